@@ -1,1 +1,142 @@
-fn main() {}
+//! The `intransit` binary: command-line parsing, logging, configuration
+//! loading and signal handling. Everything else lives in the library crates;
+//! this file only wires them together.
+
+#![forbid(unsafe_code)]
+
+mod cli;
+mod up;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use intransit_config::Config;
+use intransit_proxy::Proxy;
+use tracing::{info, warn};
+
+use crate::cli::{Cli, Command, LogFormat};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, cli.log_level.as_deref());
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::new(l),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Up(args) => {
+            runtime()?.block_on(up::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Proxy(args) => {
+            let config = load_config(&args.config)?;
+            let proxy = Proxy::prepare(&config)
+                .with_context(|| format!("checking {}", args.config.display()))?;
+            runtime()?.block_on(async move {
+                let bound = proxy.bind().await?;
+                serve(bound).await;
+                Ok::<_, anyhow::Error>(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig(args) => {
+            let config = load_config(&args.file)?;
+            let proxy = Proxy::prepare(&config)
+                .with_context(|| format!("checking {}", args.file.display()))?;
+            println!("{}: OK", args.file.display());
+            for l in proxy.listeners() {
+                println!(
+                    "  listener {:?}: {} -> {} (postgres, TLS >= {}, client certificates {}, {} allow pattern(s), db_users {})",
+                    l.name,
+                    l.listen,
+                    l.upstream,
+                    config_listener(&config, &l.name).map_or("?".into(), |c| c.tls.min_version.to_string()),
+                    config_listener(&config, &l.name).map_or("?".into(), |c| c.tls.client_auth.to_string()),
+                    config_listener(&config, &l.name).map_or(0, |c| c.tls.allow.patterns().len()),
+                    if l.db_users.is_empty() { "not enforced" } else { "enforced" },
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn config_listener<'a>(
+    config: &'a Config,
+    name: &str,
+) -> Option<&'a intransit_config::ListenerConfig> {
+    config.listeners.iter().find(|l| l.name == name)
+}
+
+fn load_config(path: &Path) -> Result<Config> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading configuration {}", path.display()))?;
+    Config::from_toml(&text).with_context(|| format!("invalid configuration {}", path.display()))
+}
+
+/// Runs a bound proxy until SIGINT or SIGTERM, then drains. A second signal
+/// during the drain exits at once.
+pub(crate) async fn serve(bound: intransit_proxy::BoundProxy) {
+    let shutdown = async {
+        let signal = wait_for_signal().await;
+        info!(
+            signal,
+            "shutdown requested; no longer accepting connections"
+        );
+        tokio::spawn(async {
+            let signal = wait_for_signal().await;
+            warn!(
+                signal,
+                "second signal: exiting without waiting for connections"
+            );
+            std::process::exit(130);
+        });
+    };
+    bound.run(shutdown).await;
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C will stop the proxy");
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}

@@ -1,1 +1,346 @@
-//! intransit-config
+//! The configuration model: TOML in, a validated [`Config`] out.
+//!
+//! This crate owns the shape of `intransit.toml` (see `docs/configuration.md`)
+//! and every rule about which combinations of keys make sense. Parsing and
+//! validation are complete before anything binds a socket: an invalid file is
+//! refused with a [`ConfigError`] that names the key and says how to fix it.
+//! It never touches the network, and it does not read the certificate files
+//! it names (the proxy loads and checks those when it builds its TLS state).
+
+mod duration;
+mod raw;
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use intransit_policy::{AllowList, DbUserRule, DbUserRules, IdentityPattern};
+
+pub use duration::parse_duration;
+
+/// Default handshake timeout: from accept to the StartupMessage forwarded.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default cap on concurrent connections per listener.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default time to wait for an upstream TCP connection.
+pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time connections get to finish after SIGTERM before they are cut.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// A configuration error, naming the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path of the offending key, e.g. `listener[0].tls.min_version`.
+    pub key: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the CA and issued certificates live.
+    pub state_dir: Option<PathBuf>,
+    /// How long connections may finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+    /// The listeners, in file order.
+    pub listeners: Vec<ListenerConfig>,
+}
+
+/// Which database protocol a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// PostgreSQL: SSLRequest, GSSENCRequest and direct TLS.
+    Postgres,
+    /// MySQL and MariaDB: CLIENT_SSL in the handshake.
+    Mysql,
+    /// TLS from the first byte.
+    Tls,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Postgres => "postgres",
+            Protocol::Mysql => "mysql",
+            Protocol::Tls => "tls",
+        })
+    }
+}
+
+/// Which way a listener terminates TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Clients speak TLS to the listener; the proxy forwards to the database.
+    Server,
+    /// Clients speak plaintext on loopback; the proxy opens TLS upstream.
+    Client,
+}
+
+/// Where a listener binds or an upstream lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A TCP address. The host may be a name (resolved at connect time) for
+    /// upstreams; listeners need an IP address.
+    Tcp {
+        /// Host name or IP address, without brackets.
+        host: String,
+        /// Port number.
+        port: u16,
+    },
+    /// A unix domain socket path (`unix:/run/postgresql/.s.PGSQL.5432`).
+    Unix(PathBuf),
+}
+
+impl Endpoint {
+    /// Parses `host:port`, `[v6]:port` or `unix:/path`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(
+                    "unix: needs a socket path, e.g. unix:/run/postgresql/.s.PGSQL.5432".into(),
+                );
+            }
+            return Ok(Endpoint::Unix(PathBuf::from(path)));
+        }
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(Endpoint::Tcp {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+            });
+        }
+        let Some((host, port)) = text.rsplit_once(':') else {
+            return Err(format!(
+                "{text:?} has no port; write host:port (e.g. 127.0.0.1:5432) or unix:/path"
+            ));
+        };
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("{port:?} in {text:?} is not a port number"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
+            return Err(format!("{text:?} is not a valid host:port"));
+        }
+        Ok(Endpoint::Tcp {
+            host: host.to_owned(),
+            port,
+        })
+    }
+
+    /// The socket address to bind, for listeners: `localhost` means
+    /// 127.0.0.1, any other name is refused.
+    pub fn bind_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Endpoint::Tcp { host, port } => {
+                let ip: IpAddr = if host == "localhost" {
+                    IpAddr::V4(Ipv4Addr::LOCALHOST)
+                } else {
+                    host.parse().ok()?
+                };
+                Some(SocketAddr::new(ip, *port))
+            }
+            Endpoint::Unix(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Endpoint::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// Lowest TLS version a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    /// TLS 1.2 (with ECDHE and AEAD suites only).
+    V1_2,
+    /// TLS 1.3.
+    V1_3,
+}
+
+impl fmt::Display for TlsVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsVersion::V1_2 => "1.2",
+            TlsVersion::V1_3 => "1.3",
+        })
+    }
+}
+
+/// Whether clients must present a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// A certificate that chains to `client_ca` is required.
+    Required,
+    /// A certificate is verified if presented; clients without one connect.
+    Optional,
+    /// Certificates are not requested.
+    None,
+}
+
+impl fmt::Display for ClientAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ClientAuth::Required => "required",
+            ClientAuth::Optional => "optional",
+            ClientAuth::None => "none",
+        })
+    }
+}
+
+/// The TLS that clients see on a server-mode listener.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// Certificate chain, leaf first (PEM).
+    pub cert: PathBuf,
+    /// Private key of the leaf (PEM, PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+    /// Trust anchors for client certificates (PEM).
+    pub client_ca: Option<PathBuf>,
+    /// Certificate revocation lists for client certificates (PEM or DER).
+    pub crl: Option<PathBuf>,
+    /// Lowest accepted TLS version.
+    pub min_version: TlsVersion,
+    /// Client certificate requirement.
+    pub client_auth: ClientAuth,
+    /// Which identities may connect.
+    pub allow: AllowList,
+}
+
+/// One validated `[[listener]]`.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Name used in logs and metrics.
+    pub name: String,
+    /// Server or client mode.
+    pub mode: Mode,
+    /// Database protocol.
+    pub protocol: Protocol,
+    /// Where to listen.
+    pub listen: Endpoint,
+    /// Where the database is.
+    pub upstream: Endpoint,
+    /// TLS towards clients.
+    pub tls: ServerTls,
+    /// Identity to database-user mapping.
+    pub db_users: DbUserRules,
+    /// Time allowed from accept to the first message forwarded upstream.
+    pub handshake_timeout: Duration,
+    /// Time allowed to connect to the upstream.
+    pub upstream_connect_timeout: Duration,
+    /// Concurrent connections beyond which new clients are refused.
+    pub max_connections: usize,
+}
+
+impl Config {
+    /// Parses and validates a TOML document.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
+            // toml's message already carries the line, column and key.
+            err("", e.to_string().trim_end().to_owned())
+        })?;
+        raw.validate()
+    }
+}
+
+/// Builds the policy parts of a listener; shared by the TOML path and by
+/// callers that assemble a listener in code (`intransit up`).
+pub fn build_allow_list(key: &str, patterns: &[String]) -> Result<AllowList, ConfigError> {
+    let mut parsed = Vec::with_capacity(patterns.len());
+    for (i, p) in patterns.iter().enumerate() {
+        parsed.push(
+            IdentityPattern::parse(p).map_err(|e| err(format!("{key}[{i}]"), e.to_string()))?,
+        );
+    }
+    Ok(AllowList::new(parsed))
+}
+
+pub(crate) fn build_db_user_rules(
+    key: &str,
+    rules: &[raw::RawDbUser],
+) -> Result<DbUserRules, ConfigError> {
+    let mut built = Vec::with_capacity(rules.len());
+    for (i, r) in rules.iter().enumerate() {
+        let key = format!("{key}[{i}]");
+        let rule = match (&r.identity, &r.identity_regex) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    key,
+                    "set either identity (with users) or identity_regex (with user), not both",
+                ))
+            }
+            (None, None) => {
+                return Err(err(
+                    key,
+                    "missing identity: set identity = \"uri:...\" with users = [...], or identity_regex with user",
+                ))
+            }
+            (Some(identity), None) => {
+                if r.user.is_some() {
+                    return Err(err(
+                        format!("{key}.user"),
+                        "user (a template) goes with identity_regex; with identity use users = [\"name\", ...]",
+                    ));
+                }
+                let Some(users) = r.users.as_ref().filter(|u| !u.is_empty()) else {
+                    return Err(err(
+                        format!("{key}.users"),
+                        "list the database users this identity may log in as, e.g. users = [\"trainer\"] (\"*\" for any)",
+                    ));
+                };
+                DbUserRule::Listed {
+                    identity: IdentityPattern::parse(identity)
+                        .map_err(|e| err(format!("{key}.identity"), e.to_string()))?,
+                    users: users.clone(),
+                }
+            }
+            (None, Some(regex)) => {
+                if r.users.is_some() {
+                    return Err(err(
+                        format!("{key}.users"),
+                        "with identity_regex, give a single user template, e.g. user = \"\\\\1\"",
+                    ));
+                }
+                let Some(user) = &r.user else {
+                    return Err(err(
+                        format!("{key}.user"),
+                        "identity_regex needs a user template, e.g. user = \"\\\\1\"",
+                    ));
+                };
+                DbUserRule::regex(regex, user)
+                    .map_err(|e| err(format!("{key}.identity_regex"), e.to_string()))?
+            }
+        };
+        built.push(rule);
+    }
+    Ok(DbUserRules::new(built))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

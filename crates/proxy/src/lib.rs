@@ -1,1 +1,195 @@
-//! intransit-proxy
+//! The proxy runtime: listeners, negotiation drivers, TLS, upstream
+//! connections, limits and drain.
+//!
+//! Lifecycle, in three steps so that nothing binds before everything is
+//! known to be valid:
+//!
+//! 1. [`Proxy::prepare`] loads every certificate, key, trust anchor and CRL
+//!    the configuration names and builds the TLS state. `intransit
+//!    check-config` stops here.
+//! 2. [`Proxy::bind`] binds every listener, or none.
+//! 3. [`BoundProxy::run`] accepts until the shutdown future completes, then
+//!    stops accepting and gives open connections a grace period to finish.
+//!
+//! This crate never parses wire formats by hand (that is `intransit-wire`)
+//! and never decides access by itself (that is `intransit-policy`).
+
+mod net;
+mod postgres;
+mod refusal;
+mod server;
+pub mod tls;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use intransit_config::{Config, Endpoint};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use net::connect as connect_upstream;
+pub use refusal::RefusalReason;
+pub use server::PreparedListener;
+
+/// Errors that stop the proxy from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// A file the configuration names could not be used.
+    #[error("{what} {path}: {reason}")]
+    File {
+        /// What the file is for.
+        what: String,
+        /// Where it is.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The TLS configuration could not be built.
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    /// A listener could not be prepared.
+    #[error("listener {listener:?}: {source}")]
+    Listener {
+        /// The listener's name.
+        listener: String,
+        /// Why.
+        source: Box<ProxyError>,
+    },
+    /// A listener could not bind its address.
+    #[error("listener {listener:?}: cannot listen on {endpoint}: {source}")]
+    Bind {
+        /// The listener's name.
+        listener: String,
+        /// The address.
+        endpoint: Endpoint,
+        /// The bind error.
+        source: std::io::Error,
+    },
+}
+
+impl ProxyError {
+    pub(crate) fn file(what: &str, path: &Path, reason: impl Into<String>) -> Self {
+        ProxyError::File {
+            what: what.to_owned(),
+            path: path.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A validated configuration with its TLS material loaded, not yet bound.
+#[derive(Debug)]
+pub struct Proxy {
+    listeners: Vec<Arc<PreparedListener>>,
+    shutdown_grace: Duration,
+}
+
+impl Proxy {
+    /// Loads and checks everything the configuration names.
+    pub fn prepare(config: &Config) -> Result<Self, ProxyError> {
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|l| PreparedListener::prepare(l).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Proxy {
+            listeners,
+            shutdown_grace: config.shutdown_grace,
+        })
+    }
+
+    /// The prepared listeners.
+    pub fn listeners(&self) -> impl Iterator<Item = &PreparedListener> {
+        self.listeners.iter().map(|l| l.as_ref())
+    }
+
+    /// Binds every listener; if one fails, none stays bound.
+    pub async fn bind(self) -> Result<BoundProxy, ProxyError> {
+        let mut bound = Vec::with_capacity(self.listeners.len());
+        for listener in self.listeners {
+            let socket = net::BoundListener::bind(&listener.listen)
+                .await
+                .map_err(|source| ProxyError::Bind {
+                    listener: listener.name.clone(),
+                    endpoint: listener.listen.clone(),
+                    source,
+                })?;
+            bound.push((listener, socket));
+        }
+        Ok(BoundProxy {
+            listeners: bound,
+            shutdown_grace: self.shutdown_grace,
+        })
+    }
+}
+
+/// Listeners bound and ready to accept.
+#[derive(Debug)]
+pub struct BoundProxy {
+    listeners: Vec<(Arc<PreparedListener>, net::BoundListener)>,
+    shutdown_grace: Duration,
+}
+
+impl BoundProxy {
+    /// The addresses actually bound, by listener name (port 0 resolved).
+    pub fn local_endpoints(&self) -> Vec<(String, Endpoint)> {
+        self.listeners
+            .iter()
+            .filter_map(|(l, s)| s.local_endpoint().ok().map(|e| (l.name.clone(), e)))
+            .collect()
+    }
+
+    /// Serves until `shutdown` completes, then drains: no new connections
+    /// are accepted and open ones get the grace period to finish before
+    /// they are cut. Returns how many connections were still open when the
+    /// grace period ran out.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> usize {
+        let token = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let mut loops = Vec::new();
+        for (listener, socket) in self.listeners {
+            info!(
+                listener = %listener.name,
+                listen = %socket.local_endpoint().map(|e| e.to_string()).unwrap_or_default(),
+                upstream = %listener.upstream,
+                "listening"
+            );
+            loops.push(tokio::spawn(server::accept_loop(
+                listener,
+                socket,
+                token.clone(),
+                tracker.clone(),
+            )));
+        }
+        shutdown.await;
+        token.cancel();
+        for l in loops {
+            let _ = l.await;
+        }
+        tracker.close();
+        let open = tracker.len();
+        if open == 0 {
+            info!("shut down: no connections were open");
+            return 0;
+        }
+        info!(
+            open,
+            grace_secs = self.shutdown_grace.as_secs_f64(),
+            "draining open connections"
+        );
+        if tokio::time::timeout(self.shutdown_grace, tracker.wait())
+            .await
+            .is_ok()
+        {
+            info!("shut down: all connections finished");
+            0
+        } else {
+            let left = tracker.len();
+            warn!(left, "grace period over; closing the remaining connections");
+            left
+        }
+    }
+}

@@ -1,1 +1,25 @@
-//! intransit-testkit
+//! Real servers and real client programs for intransit's integration tests.
+//!
+//! This crate owns everything a test needs to talk to a genuine database
+//! rather than a mock: a private PostgreSQL per test binary ([`PgServer`]),
+//! names and ports that keep parallel tests apart ([`unique_name`],
+//! [`free_port`]), and lookup of client programs such as psql and openssl
+//! ([`require_tool`]).
+//!
+//! It must never skip a test: when a server or client program is missing,
+//! every helper returns an error that names the `apt-get` command which
+//! installs it, so the test fails with the fix in its message. It must never
+//! touch a system cluster either: each server lives in its own temporary
+//! directory, listens on 127.0.0.1 and a socket inside that directory, and is
+//! removed when the test process ends, however it ends.
+
+#![forbid(unsafe_code)]
+
+mod isolation;
+mod postgres;
+mod supervisor;
+mod tools;
+
+pub use isolation::{free_port, unique_name};
+pub use postgres::{PgOptions, PgServer, PgSsl};
+pub use tools::{require_tool, run_psql};

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the test suite needs, and only those that are
+# missing: on a machine that has everything it runs no apt command at all.
+#
+# The tests start their own servers in temporary directories, so this script
+# never starts (or lets a package start) a system database service.
+#
+# Needs root, or sudo when run as another user.
+set -euo pipefail
+
+# Each `need PACKAGE CHECK [ARGS...]` line names a package and a check that
+# succeeds when what the tests use from it is already present. Checks look
+# for programs and files rather than package names, so a server installed
+# some other way (for example from the PostgreSQL project's own packages)
+# counts as present.
+#
+# To come with the MariaDB and Redis tests, not installed yet:
+#   need mariadb-server     have_commands mariadbd mariadb-install-db
+#   need mariadb-client     have_commands mariadb
+#   need redis-server       have_commands redis-server redis-cli
+#
+# runuser/setpriv (util-linux) are not needed: the test kit drops root
+# privileges itself. util-linux and procps are Essential/standard on Debian.
+needs() {
+    need postgresql          have_files '/usr/lib/postgresql/*/bin/postgres' '/usr/lib/postgresql/*/bin/initdb'
+    need postgresql-contrib  have_files '/usr/share/postgresql/*/extension/pgcrypto.control'
+    need postgresql-client   have_commands psql pgbench pg_isready
+    need openssl             have_commands openssl
+}
+
+missing=()
+
+need() {
+    local package=$1
+    shift
+    if ! "$@"; then
+        missing+=("$package")
+    fi
+}
+
+# Succeeds when every named program is on PATH.
+have_commands() {
+    local cmd
+    for cmd in "$@"; do
+        command -v "$cmd" >/dev/null 2>&1 || return 1
+    done
+}
+
+# Succeeds when every glob pattern matches at least one file.
+have_files() {
+    local pattern
+    for pattern in "$@"; do
+        compgen -G "$pattern" >/dev/null || return 1
+    done
+}
+
+needs
+if [[ ${#missing[@]} -eq 0 ]]; then
+    echo "install-deps: all test dependencies present"
+    exit 0
+fi
+echo "install-deps: installing ${missing[*]}"
+
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "install-deps: apt-get not found; install these Debian packages (or their equivalents) by hand: ${missing[*]}" >&2
+    exit 1
+fi
+
+as_root=()
+if [[ $(id -u) -ne 0 ]]; then
+    if ! command -v sudo >/dev/null 2>&1; then
+        echo "install-deps: not root and sudo is not available; run as root: apt-get install -y ${missing[*]}" >&2
+        exit 1
+    fi
+    as_root=(sudo)
+fi
+
+# Debian's server package creates a cluster and starts it as a service.
+# A policy-rc.d that answers 101 ("action forbidden") is Debian's standard
+# way to keep package scripts from starting services; an existing one (as in
+# most container images) is left as it is.
+policy=/usr/sbin/policy-rc.d
+if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\n# Temporary, from intransit .ci/install-deps.sh\nexit 101\n' |
+        "${as_root[@]}" tee "$policy" >/dev/null
+    "${as_root[@]}" chmod 0755 "$policy"
+    trap '"${as_root[@]}" rm -f "$policy"' EXIT
+fi
+
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y --no-install-recommends "${missing[@]}"
+
+# Check again, so a package that installed but did not provide what the tests
+# use fails here rather than in the middle of the test suite.
+missing=()
+needs
+if [[ ${#missing[@]} -ne 0 ]]; then
+    echo "install-deps: still missing after installation: ${missing[*]}" >&2
+    exit 1
+fi
+echo "install-deps: done"

@@ -1,0 +1,166 @@
+//! `intransit up`: the zero-configuration start.
+//!
+//! Creates (or reuses) a CA, a server certificate and a client certificate
+//! in the state directory, builds one PostgreSQL listener with the secure
+//! defaults (TLS 1.3, client certificate required), and prints the psql
+//! command that connects through it with `sslmode=verify-full`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use intransit_config::{
+    ClientAuth, Config, Endpoint, ListenerConfig, Mode, Protocol, ServerTls, TlsVersion,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_GRACE,
+    DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+};
+use intransit_pki::StateDir;
+use intransit_policy::{AllowList, DbUserRules};
+use intransit_proxy::Proxy;
+use tracing::{info, warn};
+
+use crate::cli::UpArgs;
+
+pub async fn run(args: UpArgs) -> Result<()> {
+    let listen = Endpoint::parse(&args.listen).map_err(|m| anyhow::anyhow!("--listen: {m}"))?;
+    if listen.bind_addr().is_none() && !matches!(listen, Endpoint::Unix(_)) {
+        bail!(
+            "--listen: {} must be an IP address and port, e.g. 127.0.0.1:6432",
+            args.listen
+        );
+    }
+    let upstream =
+        Endpoint::parse(&args.upstream).map_err(|m| anyhow::anyhow!("--upstream: {m}"))?;
+
+    let state_root = absolute(&args.state_dir)?;
+    let state = StateDir::new(state_root.clone());
+    let host = hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty() && h != "localhost");
+    let mut dns = vec!["localhost".to_owned()];
+    dns.extend(host.clone());
+    let ips = [
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ];
+    let material = state
+        .ensure_quickstart(&dns, &ips, &args.client_name)
+        .with_context(|| format!("preparing certificates in {}", state_root.display()))?;
+    if material.created {
+        info!(state_dir = %state_root.display(), "created CA and certificates");
+    } else {
+        info!(state_dir = %state_root.display(), "reusing CA and certificates");
+    }
+
+    let listener = ListenerConfig {
+        name: "postgres".into(),
+        mode: Mode::Server,
+        protocol: Protocol::Postgres,
+        listen: listen.clone(),
+        upstream: upstream.clone(),
+        tls: ServerTls {
+            cert: material.server.chain.clone(),
+            key: material.server.key.clone(),
+            client_ca: Some(material.ca_cert.clone()),
+            crl: None,
+            min_version: TlsVersion::V1_3,
+            client_auth: ClientAuth::Required,
+            allow: AllowList::default(),
+        },
+        db_users: DbUserRules::default(),
+        handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        upstream_connect_timeout: DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+        max_connections: DEFAULT_MAX_CONNECTIONS,
+    };
+    let config = Config {
+        state_dir: Some(state_root.clone()),
+        shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        listeners: vec![listener],
+    };
+    let bound = Proxy::prepare(&config)?.bind().await?;
+    let bound_at = bound
+        .local_endpoints()
+        .into_iter()
+        .next()
+        .map(|(_, e)| e)
+        .unwrap_or(listen);
+
+    match intransit_proxy::connect_upstream(&upstream, Duration::from_secs(2)).await {
+        Ok(_) => info!(upstream = %upstream, "PostgreSQL is reachable"),
+        Err(e) => warn!(
+            upstream = %upstream,
+            error = %e,
+            "PostgreSQL is not reachable yet; the proxy is running and tells clients the database is unavailable until it is"
+        ),
+    }
+
+    let host_for_client = match &bound_at {
+        Endpoint::Tcp { host, .. } if host == "0.0.0.0" || host == "::" => "localhost".to_owned(),
+        Endpoint::Tcp { host, .. } => host.clone(),
+        Endpoint::Unix(p) => p
+            .parent()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default(),
+    };
+    let port = match &bound_at {
+        Endpoint::Tcp { port, .. } => port.to_string(),
+        Endpoint::Unix(_) => String::new(),
+    };
+    let conninfo = [
+        ("host", host_for_client),
+        ("port", port),
+        ("user", args.user.clone()),
+        ("dbname", args.database.clone()),
+        ("sslmode", "verify-full".into()),
+        ("sslrootcert", material.ca_cert.display().to_string()),
+        ("sslcert", material.client.cert.display().to_string()),
+        ("sslkey", material.client.key.display().to_string()),
+    ]
+    .iter()
+    .filter(|(_, v)| !v.is_empty())
+    .map(|(k, v)| format!("{k}={}", conninfo_value(v)))
+    .collect::<Vec<_>>()
+    .join(" ");
+
+    println!(
+        "intransit: listening on {bound_at} (TLS 1.3, client certificate required), forwarding to PostgreSQL at {upstream}"
+    );
+    println!(
+        "state directory: {} ({})",
+        state_root.display(),
+        if material.created {
+            "created"
+        } else {
+            "reused"
+        }
+    );
+    println!();
+    println!("Connect through it with:");
+    println!("  psql \"{conninfo}\"");
+    println!();
+    println!("Press Ctrl-C to stop.");
+
+    crate::serve(bound).await;
+    Ok(())
+}
+
+/// Quotes a libpq connection-string value when it needs it.
+fn conninfo_value(v: &str) -> String {
+    if !v.is_empty()
+        && !v.contains(|c: char| c.is_whitespace() || c == '\'' || c == '\\' || c == '"')
+    {
+        return v.to_owned();
+    }
+    let escaped = v.replace('\\', "\\\\").replace('\'', "\\'");
+    format!("'{escaped}'")
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    if path.is_absolute() {
+        return Ok(path.to_owned());
+    }
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    Ok(cwd.join(path))
+}

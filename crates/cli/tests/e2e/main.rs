@@ -1,0 +1,22 @@
+//! End-to-end tests: the built `intransit` binary in front of a real
+//! PostgreSQL started by the tests, driven by real clients (psql, pgbench,
+//! openssl s_client, tokio-postgres) and by raw protocol bytes.
+//!
+//! Modules:
+//! - `support`: certificates, the proxy child process, sentinel upstream.
+//! - `clients`: stock clients through the proxy (psql, pgbench, openssl, tokio-postgres).
+//! - `negotiation`: PostgreSQL negotiation paths byte by byte (SSLRequest,
+//!   GSSENCRequest, direct TLS, plaintext, cancel, pipelining).
+//! - `policy`: client certificate and identity refusals, db_users.
+//! - `robustness`: malformed input, stalls, limits, unreachable upstream.
+//! - `lifecycle`: `intransit up`, `check-config`, drain on SIGTERM.
+
+// Tests may panic on anything unexpected: that is how they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod clients;
+mod lifecycle;
+mod negotiation;
+mod policy;
+mod robustness;
+mod support;

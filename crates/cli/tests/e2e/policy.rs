@@ -1,0 +1,125 @@
+//! Client certificate and identity policy: each bad certificate is refused
+//! in the handshake, logged with its reason, and never reaches PostgreSQL.
+
+use intransit_pki::CertificatePaths;
+
+use crate::support::*;
+
+/// Connects with psql and a given certificate (or none); returns stderr.
+fn refused_psql(port: u16, cert: Option<&CertificatePaths>) -> String {
+    let ci = match cert {
+        Some(c) => conninfo(port, "alice", "shop", c, ""),
+        None => format!(
+            "host=localhost port={port} user=alice dbname=shop sslmode=verify-full sslrootcert={} sslcert=/nonexistent sslkey=/nonexistent connect_timeout=10",
+            pki().ca.display()
+        ),
+    };
+    let out = psql(&ci, "SELECT 1", Some("irrelevant"));
+    assert!(!out.status.success(), "psql connected: {}", stdout(&out));
+    stderr(&out)
+}
+
+#[test]
+fn bad_client_certificates_are_refused_in_the_handshake() {
+    let sentinel = Sentinel::start();
+    let proxy = ProxyProcess::start(&listener_toml(&sentinel.addr.to_string(), "", ""));
+    let p = pki();
+    let cases: [(Option<&CertificatePaths>, &str); 4] = [
+        (None, "no_client_cert"),
+        (Some(&p.stranger), "untrusted"),
+        (Some(&p.expired), "expired"),
+        (Some(&p.server_as_client), "wrong_purpose"),
+    ];
+    for (cert, reason) in cases {
+        let err = refused_psql(proxy.port(), cert);
+        assert!(
+            err.contains("SSL") || err.contains("alert") || err.contains("certificate"),
+            "{reason}: {err}"
+        );
+        let line = proxy.refusal(reason);
+        if cert.is_some() {
+            // The identity in the refused certificate is logged.
+            assert!(
+                line["identity"].as_str().is_some_and(|i| !i.is_empty()),
+                "{reason}: {line}"
+            );
+        }
+    }
+    assert_eq!(sentinel.connections(), 0);
+}
+
+#[test]
+fn identity_not_in_allow_list_is_refused() {
+    let user = db_user("allow");
+    let sentinel = Sentinel::start();
+    let tls = r#"allow = ["uri:spiffe://prod/*"]"#;
+    let denied = ProxyProcess::start(&listener_toml(&sentinel.addr.to_string(), tls, ""));
+    let err = refused_psql(denied.port(), Some(&pki().reporting));
+    assert!(err.contains("access denied"), "{err}");
+    let line = denied.refusal("identity_denied");
+    assert_eq!(line["identity"], "cn:reporting");
+    assert_eq!(sentinel.connections(), 0);
+
+    let allowed = ProxyProcess::start(&listener_toml(&pg_upstream(), tls, ""));
+    let out = psql(
+        &conninfo(allowed.port(), &user.name, &user.name, &pki().trainer, ""),
+        "SELECT 1",
+        Some(&user.password),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn db_users_refuses_a_user_the_identity_may_not_use() {
+    let user = db_user("mapped");
+    let other = db_user("notmapped");
+    let rules = format!(
+        r#"
+[[listener.db_users]]
+identity = "uri:spiffe://prod/trainer"
+users = ["{}"]
+[[listener.db_users]]
+identity_regex = "^cn:(report)ing$"
+user = "\\1"
+"#,
+        user.name
+    );
+    // db_users tables must come after [listener.tls] in TOML, so append.
+    let config = format!("{}{rules}", listener_toml(&pg_upstream(), "", ""));
+    let proxy = ProxyProcess::start(&config);
+
+    let ok = psql(
+        &conninfo(proxy.port(), &user.name, &user.name, &pki().trainer, ""),
+        "SELECT 1",
+        Some(&user.password),
+    );
+    assert!(ok.status.success(), "{}", stderr(&ok));
+
+    let denied = psql(
+        &conninfo(proxy.port(), &other.name, &other.name, &pki().trainer, ""),
+        "SELECT 1",
+        Some(&other.password),
+    );
+    assert!(!denied.status.success());
+    let err = stderr(&denied);
+    assert!(err.contains("FATAL"), "{err}");
+    assert!(
+        err.contains(&format!("database user \"{}\"", other.name)),
+        "{err}"
+    );
+    let line = proxy.refusal("user_denied");
+    assert_eq!(line["identity"], "uri:spiffe://prod/trainer");
+
+    // The regex rule maps cn:reporting to the user "report" only.
+    let regex_denied = psql(
+        &conninfo(proxy.port(), &user.name, &user.name, &pki().reporting, ""),
+        "SELECT 1",
+        Some(&user.password),
+    );
+    assert!(!regex_denied.status.success());
+    assert!(
+        stderr(&regex_denied).contains("may not log in"),
+        "{}",
+        stderr(&regex_denied)
+    );
+}

@@ -1,0 +1,173 @@
+//! Bad input and hard conditions: malformed and oversized packets, garbage,
+//! stalled clients, the connection limit, and an unreachable database. Each
+//! is refused cleanly and leaves other connections working.
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use crate::negotiation::{backend_messages, startup, SSL_REQUEST};
+use crate::support::*;
+
+fn proxy_query_works(proxy: &ProxyProcess, user: &DbUser) {
+    let out = psql(
+        &conninfo(proxy.port(), &user.name, &user.name, &pki().trainer, ""),
+        "SELECT 1",
+        Some(&user.password),
+    );
+    assert!(
+        out.status.success(),
+        "a good client failed: {}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn malformed_packets_are_closed_and_others_keep_working() {
+    let user = db_user("robust");
+    let proxy = ProxyProcess::start(&listener_toml(&pg_upstream(), "", ""));
+    let oversized = {
+        let mut m = 20_000u32.to_be_bytes().to_vec();
+        m.extend_from_slice(&[0, 3, 0, 0]);
+        m
+    };
+    let undersized = vec![0, 0, 0, 4, 0, 3, 0, 0];
+    let protocol_2 = {
+        let mut m = startup(&[("user", "alice")]);
+        m[4..8].copy_from_slice(&[0, 2, 0, 0]);
+        m
+    };
+    let no_terminator = {
+        let mut m = startup(&[("user", "alice")]);
+        let last = m.len() - 1;
+        m[last] = b'x';
+        m
+    };
+    let garbage = b"GET / HTTP/1.1\r\nHost: example\r\n\r\n".to_vec();
+    for (name, bytes) in [
+        ("oversized", oversized),
+        ("undersized", undersized),
+        ("protocol 2", protocol_2),
+        ("no terminator", no_terminator),
+        ("garbage", garbage),
+    ] {
+        let mut tcp = tcp(proxy.port());
+        write(&mut tcp, &bytes);
+        let reply = read_to_close(&mut tcp);
+        // Either closed silently or a FATAL error; never forwarded.
+        for (tag, _) in backend_messages(&reply) {
+            assert_eq!(tag, b'E', "{name}: unexpected reply {reply:?}");
+        }
+        proxy_query_works(&proxy, &user);
+    }
+    proxy.refusal("malformed");
+    assert!(
+        proxy
+            .logs()
+            .iter()
+            .all(|v| !v["message"].as_str().unwrap_or("").contains("panick")),
+        "the proxy panicked"
+    );
+}
+
+#[test]
+fn truncated_packets_and_stalled_clients_time_out() {
+    let user = db_user("stall");
+    let proxy = ProxyProcess::start(&listener_toml(
+        &pg_upstream(),
+        "",
+        "handshake_timeout = \"1s\"",
+    ));
+    // Half an SSLRequest, then silence.
+    let mut half = tcp(proxy.port());
+    write(&mut half, &SSL_REQUEST[..4]);
+    // A full SSLRequest, then no ClientHello.
+    let mut stalled = tcp(proxy.port());
+    write(&mut stalled, &SSL_REQUEST);
+    let mut s = [0u8; 1];
+    stalled.read_exact(&mut s).expect("S");
+    // A slow client does not block a good one.
+    proxy_query_works(&proxy, &user);
+    let started = Instant::now();
+    let rest = read_to_close(&mut half);
+    assert!(rest.is_empty());
+    let _ = read_to_close(&mut stalled);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "stalled clients were not closed"
+    );
+    proxy.refusal("timeout");
+}
+
+#[test]
+fn over_the_connection_limit_clients_get_53300() {
+    let user = db_user("limit");
+    let proxy = ProxyProcess::start(&listener_toml(
+        &pg_upstream(),
+        "",
+        "max_connections = 2\nhandshake_timeout = \"30s\"",
+    ));
+    // Two connections that hold their slots by saying nothing.
+    let _a = tcp(proxy.port());
+    let _b = tcp(proxy.port());
+    std::thread::sleep(Duration::from_millis(300));
+    let out = psql(
+        &conninfo(proxy.port(), &user.name, &user.name, &pki().trainer, ""),
+        "SELECT 1",
+        Some(&user.password),
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("FATAL:  sorry, too many clients already"),
+        "{err}"
+    );
+
+    let line = proxy.refusal("too_many_connections");
+    assert_eq!(line["identity"], "uri:spiffe://prod/trainer");
+    drop(_a);
+    drop(_b);
+    // Once the slots are free, clients get in again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = psql(
+            &conninfo(proxy.port(), &user.name, &user.name, &pki().trainer, ""),
+            "SELECT 1",
+            Some(&user.password),
+        );
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slots were not released: {}",
+            stderr(&out)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn unreachable_database_gets_an_error_without_internal_addresses() {
+    // A port that was free a moment ago: nothing listens there.
+    let dead_port = intransit_testkit::free_port();
+    let proxy = ProxyProcess::start(&listener_toml(&format!("127.0.0.1:{dead_port}"), "", ""));
+    let out = psql(
+        &conninfo(proxy.port(), "alice", "shop", &pki().trainer, ""),
+        "SELECT 1",
+        Some("x"),
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("the database is unavailable"), "{err}");
+    assert!(
+        !err.contains(&dead_port.to_string()),
+        "internal address leaked: {err}"
+    );
+    let line = proxy.refusal("upstream_unavailable");
+    assert!(
+        line["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains(&dead_port.to_string())),
+        "{line}"
+    );
+}

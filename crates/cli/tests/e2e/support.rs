@@ -1,0 +1,462 @@
+//! Shared fixtures: certificates, the proxy binary as a child process, raw
+//! protocol clients, and a sentinel upstream that records whether anything
+//! reached it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use intransit_pki::{
+    CertificateAuthority, CertificateKind, CertificatePaths, IssueRequest, KeyAlgorithm, Validity,
+};
+use intransit_testkit::PgServer;
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_intransit");
+
+/// The shared PostgreSQL for this test binary.
+pub fn pg() -> &'static PgServer {
+    PgServer::shared().expect("starting the test PostgreSQL")
+}
+
+/// Client certificates with different problems, all under one directory.
+pub struct Pki {
+    /// Keeps the files alive for the test binary's life.
+    _dir: TempDir,
+    pub ca: PathBuf,
+    pub server: CertificatePaths,
+    /// Client certificate: CN "trainer", URI spiffe://prod/trainer.
+    pub trainer: CertificatePaths,
+    /// Client certificate: CN "reporting".
+    pub reporting: CertificatePaths,
+    /// Client certificate from another CA.
+    pub stranger: CertificatePaths,
+    /// Client certificate that expired yesterday.
+    pub expired: CertificatePaths,
+    /// A server certificate (serverAuth only) presented as a client one.
+    pub server_as_client: CertificatePaths,
+}
+
+fn issue(
+    ca: &CertificateAuthority,
+    dir: &Path,
+    name: &str,
+    kind: CertificateKind,
+    cn: &str,
+    uris: &[&str],
+    validity: Validity,
+) -> CertificatePaths {
+    let (dns, ips) = match kind {
+        CertificateKind::Server => (
+            vec!["localhost".to_owned()],
+            vec![
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ],
+        ),
+        CertificateKind::Client => (vec![], vec![]),
+    };
+    let issued = ca
+        .issue(&IssueRequest {
+            kind,
+            common_name: cn.to_owned(),
+            dns_names: dns,
+            ip_addresses: ips,
+            uris: uris.iter().map(|s| s.to_string()).collect(),
+            key: KeyAlgorithm::EcdsaP256,
+            validity,
+        })
+        .expect("issuing a test certificate");
+    issued
+        .write_to(&dir.join(name))
+        .expect("writing a test certificate")
+}
+
+/// One PKI per test binary: issuing is cheap, but there is no need to redo it.
+pub fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("intransit-pki-")
+            .tempdir()
+            .expect("temp dir");
+        let ca = CertificateAuthority::generate(
+            "intransit test CA",
+            KeyAlgorithm::EcdsaP256,
+            Validity::days_from_now(30),
+        )
+        .expect("CA");
+        ca.save(&dir.path().join("ca")).expect("saving CA");
+        let other = CertificateAuthority::generate(
+            "some other CA",
+            KeyAlgorithm::EcdsaP256,
+            Validity::days_from_now(30),
+        )
+        .expect("other CA");
+        let d = dir.path();
+        let now = time::OffsetDateTime::now_utc();
+        let expired = Validity {
+            not_before: now - time::Duration::days(10),
+            not_after: now - time::Duration::days(1),
+        };
+        let v = || Validity::days_from_now(30);
+        let c = CertificateKind::Client;
+        Pki {
+            ca: d.join("ca").join("ca.pem"),
+            server: issue(
+                &ca,
+                d,
+                "server",
+                CertificateKind::Server,
+                "localhost",
+                &[],
+                v(),
+            ),
+            trainer: issue(
+                &ca,
+                d,
+                "trainer",
+                c,
+                "trainer",
+                &["spiffe://prod/trainer"],
+                v(),
+            ),
+            reporting: issue(&ca, d, "reporting", c, "reporting", &[], v()),
+            stranger: issue(
+                &other,
+                d,
+                "stranger",
+                c,
+                "trainer",
+                &["spiffe://prod/trainer"],
+                v(),
+            ),
+            expired: issue(
+                &ca,
+                d,
+                "expired",
+                c,
+                "trainer",
+                &["spiffe://prod/trainer"],
+                expired,
+            ),
+            server_as_client: issue(
+                &ca,
+                d,
+                "server-as-client",
+                CertificateKind::Server,
+                "trainer",
+                &[],
+                v(),
+            ),
+            _dir: dir,
+        }
+    })
+}
+
+/// A listener section with the test PKI, for `extra` policy lines to extend.
+pub fn listener_toml(upstream: &str, tls_extra: &str, listener_extra: &str) -> String {
+    let p = pki();
+    format!(
+        r#"
+shutdown_grace = "5s"
+[[listener]]
+name = "pg"
+listen = "127.0.0.1:0"
+upstream = "{upstream}"
+{listener_extra}
+[listener.tls]
+cert = "{cert}"
+key = "{key}"
+client_ca = "{ca}"
+{tls_extra}
+"#,
+        cert = p.server.chain.display(),
+        key = p.server.key.display(),
+        ca = p.ca.display(),
+    )
+}
+
+/// The upstream address of the shared PostgreSQL, over TCP.
+pub fn pg_upstream() -> String {
+    format!("127.0.0.1:{}", pg().port())
+}
+
+/// A running `intransit proxy` child process with its JSON log captured.
+pub struct ProxyProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    logs: Arc<(Mutex<Vec<Value>>, Condvar)>,
+    _dir: TempDir,
+}
+
+impl ProxyProcess {
+    /// Writes `config` to a file and starts the binary on it.
+    pub fn start(config: &str) -> ProxyProcess {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("intransit.toml");
+        std::fs::write(&path, config).expect("writing config");
+        let mut child = Command::new(BIN)
+            .args([
+                "--log-format",
+                "json",
+                "--log-level",
+                "debug",
+                "proxy",
+                "--config",
+            ])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting intransit");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs: Arc<(Mutex<Vec<Value>>, Condvar)> = Arc::default();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let value = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| serde_json::json!({ "message": line }));
+                let (lock, cv) = &*sink;
+                lock.lock().expect("log lock").push(value);
+                cv.notify_all();
+            }
+        });
+        let mut proxy = ProxyProcess {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            logs,
+            _dir: dir,
+        };
+        let listening =
+            proxy.wait_for_log(Duration::from_secs(20), |v| v["message"] == "listening");
+        let listen = listening["listen"]
+            .as_str()
+            .expect("listen field in the listening log line");
+        proxy.addr = listen.parse().expect("listen address");
+        proxy
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Waits for a log line matching `pred`, panicking with all lines on timeout.
+    pub fn wait_for_log(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let (lock, cv) = &*self.logs;
+        let deadline = Instant::now() + timeout;
+        let mut logs = lock.lock().expect("log lock");
+        loop {
+            if let Some(v) = logs.iter().find(|v| pred(v)) {
+                return v.clone();
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                panic!(
+                    "no matching log line within {timeout:?}; log so far:\n{}",
+                    logs.iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+            logs = cv.wait_timeout(logs, deadline - now).expect("log lock").0;
+        }
+    }
+
+    /// Waits for the refusal log line with `reason` and returns it.
+    pub fn refusal(&self, reason: &str) -> Value {
+        self.wait_for_log(Duration::from_secs(15), |v| {
+            v["message"] == "connection refused" && v["reason"] == reason
+        })
+    }
+
+    /// All log lines so far.
+    pub fn logs(&self) -> Vec<Value> {
+        self.logs.0.lock().expect("log lock").clone()
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for intransit") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "intransit did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a signal by name with kill(1), to avoid unsafe libc calls.
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// libpq connection string through the proxy with a client certificate.
+pub fn conninfo(port: u16, user: &str, db: &str, cert: &CertificatePaths, extra: &str) -> String {
+    format!(
+        "host=localhost port={port} user={user} dbname={db} sslmode=verify-full sslrootcert={ca} sslcert={cert} sslkey={key} connect_timeout=10 {extra}",
+        ca = pki().ca.display(),
+        cert = cert.cert.display(),
+        key = cert.key.display(),
+    )
+}
+
+/// Runs psql with a connection string and one command.
+pub fn psql(conninfo: &str, sql: &str, password: Option<&str>) -> Output {
+    let psql = intransit_testkit::require_tool("psql", "postgresql-client").expect("psql");
+    let mut cmd = Command::new(psql);
+    cmd.arg(conninfo)
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env_remove("PGPASSWORD")
+        .stdin(Stdio::null());
+    if let Some(p) = password {
+        cmd.env("PGPASSWORD", p);
+    }
+    cmd.output().expect("running psql")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).trim().to_owned()
+}
+
+/// A user and database of its own in the shared PostgreSQL.
+pub struct DbUser {
+    pub name: String,
+    pub password: String,
+}
+
+pub fn db_user(prefix: &str) -> DbUser {
+    let name = intransit_testkit::unique_name(prefix);
+    let password = format!("pw-{name}");
+    pg().create_user(&name, &password).expect("creating user");
+    pg().create_database(&name, &name)
+        .expect("creating database");
+    DbUser { name, password }
+}
+
+/// An upstream that accepts connections and counts them, to prove that a
+/// refused client caused no traffic to the database.
+pub struct Sentinel {
+    pub addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    bytes: Arc<AtomicUsize>,
+}
+
+impl Sentinel {
+    pub fn start() -> Sentinel {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("sentinel bind");
+        let addr = listener.local_addr().expect("sentinel addr");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let bytes = Arc::new(AtomicUsize::new(0));
+        let (c, b) = (connections.clone(), bytes.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                c.fetch_add(1, Ordering::SeqCst);
+                let b = b.clone();
+                std::thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        b.fetch_add(n, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        Sentinel {
+            addr,
+            connections,
+            bytes,
+        }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::SeqCst)
+    }
+}
+
+/// Opens a plain TCP connection to the proxy.
+pub fn tcp(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connecting to the proxy");
+    s.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    s
+}
+
+/// Reads until EOF (or timeout) and returns everything.
+pub fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    out
+}
+
+pub fn write(stream: &mut TcpStream, bytes: &[u8]) {
+    stream.write_all(bytes).expect("writing to the proxy");
+}
+
+/// A rustls client configuration for raw protocol tests.
+pub fn rustls_client(cert: Option<&CertificatePaths>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&pki().ca).expect("ca") {
+        roots.add(c.expect("ca cert")).expect("adding root");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let mut config = match cert {
+        Some(c) => {
+            let chain = CertificateDer::pem_file_iter(&c.cert)
+                .expect("cert")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("cert");
+            let key = PrivateKeyDer::from_pem_file(&c.key).expect("key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client auth")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Arc::new(config)
+}

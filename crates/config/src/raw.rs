@@ -1,0 +1,321 @@
+//! The TOML shape as written, and its validation into [`crate::Config`].
+//!
+//! Unknown keys are refused (`deny_unknown_fields`) so a typo never silently
+//! weakens a policy. Keys that the configuration shape reserves for features
+//! this build does not have yet are accepted by the parser and then refused
+//! by validation with a message that says so, rather than ignored.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::{
+    build_allow_list, build_db_user_rules, err, parse_duration, ClientAuth, Config, ConfigError,
+    Endpoint, ListenerConfig, Mode, Protocol, ServerTls, TlsVersion, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_GRACE, DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    state_dir: Option<PathBuf>,
+    admin: Option<toml::Value>,
+    shutdown_grace: Option<String>,
+    #[serde(default)]
+    listener: Vec<RawListener>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: Option<String>,
+    mode: Option<String>,
+    protocol: Option<String>,
+    listen: Option<String>,
+    upstream: Option<String>,
+    tls: Option<RawServerTls>,
+    #[serde(default)]
+    db_users: Vec<RawDbUser>,
+    upstream_tls: Option<toml::Value>,
+    route: Option<toml::Value>,
+    handshake_timeout: Option<String>,
+    upstream_connect_timeout: Option<String>,
+    max_connections: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServerTls {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    crl: Option<PathBuf>,
+    min_version: Option<String>,
+    client_auth: Option<String>,
+    #[serde(default)]
+    allow: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDbUser {
+    pub(crate) identity: Option<String>,
+    pub(crate) users: Option<Vec<String>>,
+    pub(crate) identity_regex: Option<String>,
+    pub(crate) user: Option<String>,
+}
+
+impl RawConfig {
+    pub(crate) fn validate(self) -> Result<Config, ConfigError> {
+        if self.admin.is_some() {
+            return Err(err(
+                "admin",
+                "the admin server (metrics, status) is not available in this version yet; remove the key",
+            ));
+        }
+        let shutdown_grace = match &self.shutdown_grace {
+            Some(s) => parse_duration(s).map_err(|m| err("shutdown_grace", m))?,
+            None => DEFAULT_SHUTDOWN_GRACE,
+        };
+        if self.listener.is_empty() {
+            return Err(err(
+                "listener",
+                "no [[listener]] defined; add at least one with listen, upstream and [listener.tls]",
+            ));
+        }
+        let mut listeners = Vec::with_capacity(self.listener.len());
+        for (i, l) in self.listener.into_iter().enumerate() {
+            listeners.push(l.validate(i)?);
+        }
+        for (i, a) in listeners.iter().enumerate() {
+            for b in &listeners[..i] {
+                if a.name == b.name {
+                    return Err(err(
+                        format!("listener[{i}].name"),
+                        format!(
+                            "{:?} is used by two listeners; names must be unique",
+                            a.name
+                        ),
+                    ));
+                }
+                if a.listen == b.listen {
+                    return Err(err(
+                        format!("listener[{i}].listen"),
+                        format!("{} is already used by listener {:?}", a.listen, b.name),
+                    ));
+                }
+            }
+        }
+        Ok(Config {
+            state_dir: self.state_dir,
+            shutdown_grace,
+            listeners,
+        })
+    }
+}
+
+impl RawListener {
+    fn validate(self, index: usize) -> Result<ListenerConfig, ConfigError> {
+        let k = format!("listener[{index}]");
+        let name = self.name.unwrap_or_else(|| format!("listener-{index}"));
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(err(
+                format!("{k}.name"),
+                format!(
+                    "{name:?} must be non-empty and use only letters, digits, '-', '_' and '.'"
+                ),
+            ));
+        }
+        let mode = match self.mode.as_deref() {
+            None | Some("server") => Mode::Server,
+            Some("client") => {
+                return Err(err(
+                    format!("{k}.mode"),
+                    "client mode is not available in this version yet; use mode = \"server\"",
+                ))
+            }
+            Some(other) => {
+                return Err(err(
+                    format!("{k}.mode"),
+                    format!("{other:?} is not a mode; use \"server\" or \"client\""),
+                ))
+            }
+        };
+        let protocol = match self.protocol.as_deref() {
+            None | Some("postgres") => Protocol::Postgres,
+            Some(p @ ("mysql" | "tls")) => {
+                return Err(err(
+                    format!("{k}.protocol"),
+                    format!(
+                        "protocol {p:?} is not available in this version yet; only \"postgres\" is"
+                    ),
+                ))
+            }
+            Some(other) => {
+                return Err(err(
+                    format!("{k}.protocol"),
+                    format!("{other:?} is not a protocol; use \"postgres\", \"mysql\" or \"tls\""),
+                ))
+            }
+        };
+        if self.upstream_tls.is_some() {
+            return Err(err(
+                format!("{k}.upstream_tls"),
+                "TLS on the upstream leg is not available in this version yet; use a loopback or unix-socket upstream",
+            ));
+        }
+        if self.route.is_some() {
+            return Err(err(
+                format!("{k}.route"),
+                "SNI routes are not available in this version yet; use one listener per upstream",
+            ));
+        }
+        let listen_text = self.listen.ok_or_else(|| {
+            err(
+                format!("{k}.listen"),
+                "missing; e.g. listen = \"127.0.0.1:6432\"",
+            )
+        })?;
+        let listen = Endpoint::parse(&listen_text).map_err(|m| err(format!("{k}.listen"), m))?;
+        if let Endpoint::Tcp { .. } = &listen {
+            if listen.bind_addr().is_none() {
+                return Err(err(
+                    format!("{k}.listen"),
+                    format!("{listen_text:?}: a listener binds an IP address (e.g. 0.0.0.0:6432 or 127.0.0.1:6432), not a host name"),
+                ));
+            }
+        }
+        let upstream_text = self.upstream.ok_or_else(|| {
+            err(
+                format!("{k}.upstream"),
+                "missing; e.g. upstream = \"127.0.0.1:5432\" or \"unix:/run/postgresql/.s.PGSQL.5432\"",
+            )
+        })?;
+        let upstream =
+            Endpoint::parse(&upstream_text).map_err(|m| err(format!("{k}.upstream"), m))?;
+
+        let tls = self
+            .tls
+            .ok_or_else(|| {
+                err(
+                    format!("{k}.tls"),
+                    "missing [listener.tls] with cert and key",
+                )
+            })?
+            .validate(&format!("{k}.tls"))?;
+        let db_users = build_db_user_rules(&format!("{k}.db_users"), &self.db_users)?;
+        if tls.client_auth == ClientAuth::None && !db_users.is_empty() {
+            return Err(err(
+                format!("{k}.db_users"),
+                "db_users maps certificate identities, but tls.client_auth = \"none\" asks for no certificate; set client_auth = \"required\"",
+            ));
+        }
+        let handshake_timeout = match &self.handshake_timeout {
+            Some(s) => parse_duration(s).map_err(|m| err(format!("{k}.handshake_timeout"), m))?,
+            None => DEFAULT_HANDSHAKE_TIMEOUT,
+        };
+        if handshake_timeout.is_zero() {
+            return Err(err(
+                format!("{k}.handshake_timeout"),
+                "must be greater than zero",
+            ));
+        }
+        let upstream_connect_timeout = match &self.upstream_connect_timeout {
+            Some(s) => {
+                parse_duration(s).map_err(|m| err(format!("{k}.upstream_connect_timeout"), m))?
+            }
+            None => DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+        };
+        let max_connections = match self.max_connections {
+            None => DEFAULT_MAX_CONNECTIONS,
+            Some(n) if (1..=1_000_000).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(err(
+                    format!("{k}.max_connections"),
+                    format!("{n} is out of range; use 1 to 1000000"),
+                ))
+            }
+        };
+        Ok(ListenerConfig {
+            name,
+            mode,
+            protocol,
+            listen,
+            upstream,
+            tls,
+            db_users,
+            handshake_timeout,
+            upstream_connect_timeout,
+            max_connections,
+        })
+    }
+}
+
+impl RawServerTls {
+    fn validate(self, k: &str) -> Result<ServerTls, ConfigError> {
+        let cert = self.cert.ok_or_else(|| {
+            err(
+                format!("{k}.cert"),
+                "missing; the server certificate chain (PEM), leaf first",
+            )
+        })?;
+        let key = self
+            .key
+            .ok_or_else(|| err(format!("{k}.key"), "missing; the server private key (PEM)"))?;
+        let min_version = match self.min_version.as_deref() {
+            None | Some("1.3") => TlsVersion::V1_3,
+            Some("1.2") => TlsVersion::V1_2,
+            Some(other) => {
+                return Err(err(
+                    format!("{k}.min_version"),
+                    format!("{other:?} is not supported; use \"1.3\" (default) or \"1.2\""),
+                ))
+            }
+        };
+        let client_auth = match self.client_auth.as_deref() {
+            None | Some("required") => ClientAuth::Required,
+            Some("optional") => ClientAuth::Optional,
+            Some("none") => ClientAuth::None,
+            Some(other) => {
+                return Err(err(
+                    format!("{k}.client_auth"),
+                    format!(
+                    "{other:?} is not valid; use \"required\" (default), \"optional\" or \"none\""
+                ),
+                ))
+            }
+        };
+        if client_auth != ClientAuth::None && self.client_ca.is_none() {
+            return Err(err(
+                format!("{k}.client_ca"),
+                format!("missing; client_auth = \"{client_auth}\" needs the CA that signs client certificates (or set client_auth = \"none\")"),
+            ));
+        }
+        if client_auth == ClientAuth::None && self.crl.is_some() {
+            return Err(err(
+                format!("{k}.crl"),
+                "a CRL revokes client certificates, but client_auth = \"none\" asks for none",
+            ));
+        }
+        let allow = build_allow_list(&format!("{k}.allow"), &self.allow)?;
+        if client_auth == ClientAuth::None && !allow.is_empty() {
+            return Err(err(
+                format!("{k}.allow"),
+                "an allow-list names certificate identities, but client_auth = \"none\" asks for no certificate",
+            ));
+        }
+        Ok(ServerTls {
+            cert,
+            key,
+            client_ca: self.client_ca,
+            crl: self.crl,
+            min_version,
+            client_auth,
+            allow,
+        })
+    }
+}

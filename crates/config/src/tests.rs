@@ -1,0 +1,188 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+[[listener]]
+name = "orders"
+listen = "127.0.0.1:6432"
+upstream = "127.0.0.1:5432"
+[listener.tls]
+cert = "/etc/intransit/chain.pem"
+key = "/etc/intransit/key.pem"
+client_ca = "/etc/intransit/ca.pem"
+"#;
+
+fn error_of(text: &str) -> ConfigError {
+    Config::from_toml(text).unwrap_err()
+}
+
+#[test]
+fn minimal_listener_gets_secure_defaults() {
+    let c = Config::from_toml(MINIMAL).unwrap();
+    let l = &c.listeners[0];
+    assert_eq!(l.name, "orders");
+    assert_eq!(l.protocol, Protocol::Postgres);
+    assert_eq!(l.mode, Mode::Server);
+    assert_eq!(l.tls.min_version, TlsVersion::V1_3);
+    assert_eq!(l.tls.client_auth, ClientAuth::Required);
+    assert_eq!(l.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT);
+    assert_eq!(l.max_connections, 10_000);
+    assert_eq!(c.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
+}
+
+#[test]
+fn full_policy_parses() {
+    let text = r#"
+state_dir = "/var/lib/intransit"
+shutdown_grace = "5s"
+[[listener]]
+name = "orders"
+protocol = "postgres"
+listen = "0.0.0.0:6432"
+upstream = "unix:/run/postgresql/.s.PGSQL.5432"
+handshake_timeout = "3s"
+max_connections = 50
+[listener.tls]
+cert = "c.pem"
+key = "k.pem"
+client_ca = "ca.pem"
+crl = "ca.crl"
+min_version = "1.2"
+client_auth = "optional"
+allow = ["uri:spiffe://prod/trainer", "dns:*.ml.internal", "cn:reporting"]
+[[listener.db_users]]
+identity = "uri:spiffe://prod/trainer"
+users = ["trainer", "readonly"]
+[[listener.db_users]]
+identity_regex = "^cn:(.+)$"
+user = "\\1"
+"#;
+    let c = Config::from_toml(text).unwrap();
+    let l = &c.listeners[0];
+    assert_eq!(
+        l.upstream,
+        Endpoint::Unix("/run/postgresql/.s.PGSQL.5432".into())
+    );
+    assert_eq!(l.tls.allow.patterns().len(), 3);
+    assert!(!l.db_users.is_empty());
+    assert_eq!(l.max_connections, 50);
+    assert_eq!(c.shutdown_grace, std::time::Duration::from_secs(5));
+}
+
+#[test]
+fn errors_name_the_key() {
+    let cases: &[(&str, &str)] = &[
+        (
+            &MINIMAL.replace("key = \"/etc/intransit/key.pem\"\n", ""),
+            "listener[0].tls.key",
+        ),
+        (
+            &MINIMAL.replace("127.0.0.1:6432", "6432"),
+            "listener[0].listen",
+        ),
+        (
+            &MINIMAL.replace("127.0.0.1:6432", "db.example:6432"),
+            "listener[0].listen",
+        ),
+        (
+            &format!("{MINIMAL}min_version = \"1.1\"\n"),
+            "listener[0].tls.min_version",
+        ),
+        (
+            &format!("{MINIMAL}client_auth = \"maybe\"\n"),
+            "listener[0].tls.client_auth",
+        ),
+        (
+            &format!("{MINIMAL}allow = [\"reporting\"]\n"),
+            "listener[0].tls.allow[0]",
+        ),
+        (
+            &MINIMAL.replace("client_ca = \"/etc/intransit/ca.pem\"\n", ""),
+            "listener[0].tls.client_ca",
+        ),
+        (
+            &MINIMAL.replace("name = \"orders\"", "name = \"orders\"\nprotocol = \"mongo\""),
+            "listener[0].protocol",
+        ),
+        (
+            &format!("{MINIMAL}[[listener.db_users]]\nidentity_regex = \"^cn:(.+)$\"\nuser = \"\\\\2\"\n"),
+            "listener[0].db_users[0].identity_regex",
+        ),
+        (
+            &format!("{MINIMAL}[[listener.db_users]]\nidentity = \"cn:x\"\n"),
+            "listener[0].db_users[0].users",
+        ),
+        (
+            &MINIMAL.replace("name = \"orders\"", "name = \"orders\"\nmax_connections = 0"),
+            "listener[0].max_connections",
+        ),
+        (
+            &MINIMAL.replace("name = \"orders\"", "name = \"orders\"\nhandshake_timeout = \"10\""),
+            "listener[0].handshake_timeout",
+        ),
+        (&format!("{MINIMAL}{MINIMAL}"), "listener[1].name"),
+        ("", "listener"),
+    ];
+    for (text, key) in cases {
+        let e = error_of(text);
+        assert_eq!(&e.key, key, "{e}");
+        assert!(!e.message.is_empty());
+    }
+}
+
+#[test]
+fn unknown_keys_are_refused_with_position() {
+    let e = error_of(&MINIMAL.replace("client_ca", "clinet_ca"));
+    let text = e.to_string();
+    assert!(text.contains("clinet_ca"), "{text}");
+    assert!(text.contains("line"), "{text}");
+}
+
+#[test]
+fn reserved_features_say_not_yet() {
+    let e = error_of(&format!("admin = \"127.0.0.1:9090\"\n{MINIMAL}"));
+    assert_eq!(e.key, "admin");
+    assert!(e.message.contains("not available"));
+    let e = error_of(&MINIMAL.replace(
+        "name = \"orders\"",
+        "name = \"orders\"\nprotocol = \"mysql\"",
+    ));
+    assert!(e.message.contains("not available"), "{e}");
+    let e = error_of(&format!(
+        "{MINIMAL}[listener.upstream_tls]\nmode = \"verify-full\"\n"
+    ));
+    assert_eq!(e.key, "listener[0].upstream_tls");
+}
+
+#[test]
+fn identities_need_certificates() {
+    let e = error_of(&format!(
+        "{}client_auth = \"none\"\nallow = [\"cn:x\"]\n",
+        MINIMAL.replace("client_ca = \"/etc/intransit/ca.pem\"\n", "")
+    ));
+    assert_eq!(e.key, "listener[0].tls.allow");
+}
+
+#[test]
+fn endpoints() {
+    assert_eq!(
+        Endpoint::parse("[::1]:5432").unwrap(),
+        Endpoint::Tcp {
+            host: "::1".into(),
+            port: 5432
+        }
+    );
+    assert_eq!(
+        Endpoint::parse("db.internal:5432").unwrap(),
+        Endpoint::Tcp {
+            host: "db.internal".into(),
+            port: 5432
+        }
+    );
+    assert_eq!(
+        Endpoint::parse("[::1]:5432").unwrap().to_string(),
+        "[::1]:5432"
+    );
+    assert!(Endpoint::parse("unix:").is_err());
+    assert!(Endpoint::parse("db.internal").is_err());
+    assert!(Endpoint::parse("db:99999").is_err());
+}

@@ -1,0 +1,570 @@
+//! PostgreSQL negotiation, as a typed state machine over one connection.
+//!
+//! ```text
+//! AwaitingRequest --SSLRequest--> 'S' --> TlsRequested
+//!        |  ^   \--first byte 0x16 (direct TLS)--> TlsRequested
+//!        |  '--GSSENCRequest--> 'N' (once)
+//!        |--CancelRequest--> forwarded upstream, closed
+//!        '--StartupMessage--> ErrorResponse 28000 (TLS required), closed
+//! TlsRequested --handshake + policy--> TlsEstablished
+//! TlsEstablished --StartupMessage--> StartupReceived --db_users--> Authorized
+//! Authorized --connect upstream, send StartupMessage--> bytes copied both ways
+//! ```
+//!
+//! Each state is its own type and each step consumes it, so a connection
+//! cannot skip the TLS handshake or the user check. This module owns the
+//! order of events and the messages sent to clients; the bytes themselves
+//! are built and parsed by `intransit_wire::pg`.
+
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use intransit_policy::ClientIdentity;
+use intransit_wire::pg::{
+    self, CancelRequest, ErrorResponse, InitialMessage, SqlState, StartupMessage,
+};
+use rustls::server::Acceptor;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::LazyConfigAcceptor;
+use tracing::{debug, info};
+
+use crate::net::{self, BoxStream, Rewind};
+use crate::refusal::RefusalReason;
+use crate::server::{ConnectionContext, Refused};
+use crate::tls::{PresentedCertificate, ALPN_POSTGRESQL};
+
+const SQLSTATE_INVALID_AUTHORIZATION: SqlState = SqlState::INVALID_AUTHORIZATION_SPECIFICATION;
+const SQLSTATE_CONNECTION_FAILURE: SqlState = SqlState::CONNECTION_FAILURE;
+const SQLSTATE_PROTOCOL_VIOLATION: SqlState = SqlState::PROTOCOL_VIOLATION;
+const SQLSTATE_TOO_MANY_CONNECTIONS: SqlState = SqlState::TOO_MANY_CONNECTIONS;
+
+type ClientTls = TlsStream<Rewind<BoxStream>>;
+
+/// Runs one client connection from accept to close. The negotiation part is
+/// bounded by the listener's handshake timeout; the copy phase is not.
+///
+/// `over_limit` connections are negotiated only as far as needed to tell
+/// the client, inside TLS, that the proxy is full: a plaintext error before
+/// the handshake would be unauthenticated, and libpq rightly ignores it.
+pub(crate) async fn serve(
+    ctx: ConnectionContext,
+    stream: BoxStream,
+    over_limit: bool,
+) -> Result<(), Refused> {
+    let negotiated = tokio::time::timeout(
+        ctx.listener.handshake_timeout,
+        negotiate(&ctx, stream, over_limit),
+    )
+    .await
+    .map_err(|_| {
+        Refused::new(
+            RefusalReason::Timeout,
+            "client did not finish negotiating in time",
+        )
+    })??;
+    let Some(session) = negotiated else {
+        return Ok(());
+    };
+    session.forward(&ctx).await;
+    Ok(())
+}
+
+async fn negotiate(
+    ctx: &ConnectionContext,
+    stream: BoxStream,
+    over_limit: bool,
+) -> Result<Option<Session>, Refused> {
+    let state = AwaitingRequest {
+        stream,
+        buf: BytesMut::with_capacity(512),
+        gssenc_answered: false,
+    };
+    let tls_requested = match state.next(ctx).await? {
+        Request::Tls(t) => t,
+        Request::Cancel(cancel) => {
+            forward_cancel(ctx, &cancel).await;
+            return Ok(None);
+        }
+    };
+    let established = tls_requested.handshake(ctx).await?;
+    let received = match established.read_startup(ctx).await? {
+        Startup::Message(m) => m,
+        Startup::Cancel(cancel) => {
+            forward_cancel(ctx, &cancel).await;
+            return Ok(None);
+        }
+    };
+    if over_limit {
+        return Err(received.refuse_over_limit(ctx).await);
+    }
+    let authorized = received.authorize(ctx).await?;
+    authorized.connect_upstream(ctx).await.map(Some)
+}
+
+/// Reads from `stream` into `buf` until one initial message parses.
+async fn read_initial<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<(InitialMessage, usize), Refused> {
+    loop {
+        match pg::parse_initial_message(buf) {
+            Ok(Some(parsed)) => return Ok(parsed),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(Refused::new(
+                    RefusalReason::Malformed,
+                    format!("invalid startup packet: {e}"),
+                ))
+            }
+        }
+        let n = stream
+            .read_buf(buf)
+            .await
+            .map_err(|e| Refused::new(RefusalReason::ClientClosed, e.to_string()))?;
+        if n == 0 {
+            return Err(Refused::new(
+                RefusalReason::ClientClosed,
+                "client closed the connection during negotiation",
+            ));
+        }
+    }
+}
+
+fn error_response(code: SqlState, message: String, hint: Option<String>) -> Vec<u8> {
+    let mut error = ErrorResponse::fatal(code, message);
+    if let Some(hint) = hint {
+        error = error.with_hint(hint);
+    }
+    error.encode()
+}
+
+/// Sends a final ErrorResponse. Failures are ignored: the client is being
+/// turned away and may already be gone.
+async fn send_error<S: AsyncWrite + Unpin>(stream: &mut S, message: &[u8]) {
+    let _ = stream.write_all(message).await;
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
+}
+
+/// The first state: plaintext, before any request is answered.
+struct AwaitingRequest {
+    stream: BoxStream,
+    buf: BytesMut,
+    gssenc_answered: bool,
+}
+
+enum Request {
+    Tls(TlsRequested),
+    Cancel(CancelRequest),
+}
+
+impl AwaitingRequest {
+    async fn next(mut self, ctx: &ConnectionContext) -> Result<Request, Refused> {
+        loop {
+            let (message, consumed) = read_initial(&mut self.stream, &mut self.buf).await?;
+            let _ = self.buf.split_to(consumed);
+            match message {
+                InitialMessage::SslRequest => {
+                    // Anything after the SSLRequest must come from inside TLS.
+                    // Bytes already waiting would be processed as if they were
+                    // encrypted (CVE-2021-23214), so the connection is closed.
+                    if !self.buf.is_empty() {
+                        return Err(Refused::new(
+                            RefusalReason::PipelinedBeforeTls,
+                            format!(
+                                "{} unencrypted byte(s) followed the SSLRequest before the TLS handshake",
+                                self.buf.len()
+                            ),
+                        ));
+                    }
+                    self.stream
+                        .write_all(&[pg::SSL_ACCEPT])
+                        .await
+                        .map_err(|e| Refused::new(RefusalReason::ClientClosed, e.to_string()))?;
+                    return Ok(Request::Tls(TlsRequested {
+                        stream: Rewind::new(Bytes::new(), self.stream),
+                        direct: false,
+                    }));
+                }
+                InitialMessage::DirectTls => {
+                    let prefix = self.buf.split().freeze();
+                    return Ok(Request::Tls(TlsRequested {
+                        stream: Rewind::new(prefix, self.stream),
+                        direct: true,
+                    }));
+                }
+                InitialMessage::GssEncRequest if !self.gssenc_answered => {
+                    // GSSAPI encryption is not offered; libpq then falls back
+                    // to an SSLRequest on the same connection.
+                    self.gssenc_answered = true;
+                    self.stream
+                        .write_all(&[pg::SSL_REFUSE])
+                        .await
+                        .map_err(|e| Refused::new(RefusalReason::ClientClosed, e.to_string()))?;
+                }
+                InitialMessage::GssEncRequest => {
+                    return Err(Refused::new(
+                        RefusalReason::Malformed,
+                        "second GSSENCRequest on one connection",
+                    ));
+                }
+                InitialMessage::Cancel(cancel) => return Ok(Request::Cancel(cancel)),
+                InitialMessage::Startup(startup) => {
+                    let reply = error_response(
+                        SQLSTATE_INVALID_AUTHORIZATION,
+                        ctx.listener.plaintext_message.clone(),
+                        Some(ctx.listener.plaintext_hint.clone()),
+                    );
+                    send_error(&mut self.stream, &reply).await;
+                    return Err(Refused::new(
+                        RefusalReason::PlaintextRefused,
+                        format!(
+                            "StartupMessage without TLS (user {:?}, database {:?})",
+                            startup.user(),
+                            startup.database()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// TLS was asked for (SSLRequest answered `S`, or direct TLS).
+struct TlsRequested {
+    stream: Rewind<BoxStream>,
+    direct: bool,
+}
+
+impl TlsRequested {
+    async fn handshake(self, ctx: &ConnectionContext) -> Result<TlsEstablished, Refused> {
+        let started = Instant::now();
+        let start = LazyConfigAcceptor::new(Acceptor::default(), self.stream)
+            .await
+            .map_err(|e| {
+                Refused::new(
+                    RefusalReason::from_handshake_io(&e),
+                    format!("reading ClientHello: {e}"),
+                )
+            })?;
+        let hello = start.client_hello();
+        let offers_postgresql = hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == ALPN_POSTGRESQL));
+        // PostgreSQL 17 accepts direct TLS only with ALPN "postgresql", so
+        // that a TLS connection meant for another protocol (say HTTPS routed
+        // to the wrong port) is never taken for a database session.
+        if self.direct && !offers_postgresql {
+            return Err(Refused::new(
+                RefusalReason::Alpn,
+                "direct TLS without ALPN \"postgresql\"",
+            ));
+        }
+        let presented = PresentedCertificate::default();
+        let handshake = start.into_stream(ctx.listener.tls.config());
+        let stream = presented.scope(handshake).await.map_err(|e| {
+            Refused::new(
+                RefusalReason::from_handshake_io(&e),
+                format!("TLS handshake: {e}"),
+            )
+            .with_identity(presented.identity())
+        })?;
+        let (_, conn) = stream.get_ref();
+        let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        let chain = conn.peer_certificates().unwrap_or(&[]);
+        let identity = chain
+            .first()
+            .and_then(|leaf| ClientIdentity::from_der(leaf.as_ref()).ok());
+        let mut established = TlsEstablished {
+            stream,
+            identity,
+            buf: BytesMut::with_capacity(512),
+            resumed,
+            handshake_micros: started.elapsed().as_micros(),
+        };
+        if resumed {
+            // rustls does not re-run certificate verification on resumption;
+            // apply today's trust anchors, CRL and allow-list again.
+            let (_, conn) = established.stream.get_ref();
+            let chain = conn.peer_certificates().unwrap_or(&[]).to_vec();
+            if let Err(e) = ctx.listener.tls.reverify(&chain) {
+                let reason = RefusalReason::from_tls_error(&e);
+                let reply = error_response(
+                    SQLSTATE_INVALID_AUTHORIZATION,
+                    "the client certificate is no longer accepted; connect again with a valid certificate".into(),
+                    None,
+                );
+                send_error(&mut established.stream, &reply).await;
+                return Err(
+                    Refused::new(reason, format!("resumed session re-verification: {e}"))
+                        .with_identity(established.identity.clone()),
+                );
+            }
+        }
+        Ok(established)
+    }
+}
+
+/// The TLS handshake is complete and the client certificate (if any) passed
+/// trust and allow-list checks.
+struct TlsEstablished {
+    stream: ClientTls,
+    identity: Option<ClientIdentity>,
+    buf: BytesMut,
+    resumed: bool,
+    handshake_micros: u128,
+}
+
+enum Startup {
+    Message(Box<StartupReceived>),
+    Cancel(CancelRequest),
+}
+
+impl TlsEstablished {
+    async fn read_startup(mut self, _ctx: &ConnectionContext) -> Result<Startup, Refused> {
+        let (message, consumed) = match read_initial(&mut self.stream, &mut self.buf).await {
+            Ok(m) => m,
+            Err(refused) => return Err(refused.with_identity(self.identity)),
+        };
+        let raw = self.buf.split_to(consumed).freeze();
+        match message {
+            InitialMessage::Startup(startup) => Ok(Startup::Message(Box::new(StartupReceived {
+                tls: self,
+                startup,
+                raw,
+            }))),
+            InitialMessage::Cancel(cancel) => Ok(Startup::Cancel(cancel)),
+            other => {
+                let reply = error_response(
+                    SQLSTATE_PROTOCOL_VIOLATION,
+                    "invalid startup packet: expected a StartupMessage inside TLS".into(),
+                    None,
+                );
+                send_error(&mut self.stream, &reply).await;
+                Err(Refused::new(
+                    RefusalReason::Malformed,
+                    format!(
+                        "{} inside TLS instead of a StartupMessage",
+                        initial_name(&other)
+                    ),
+                )
+                .with_identity(self.identity))
+            }
+        }
+    }
+}
+
+fn initial_name(message: &InitialMessage) -> &'static str {
+    match message {
+        InitialMessage::SslRequest => "SSLRequest",
+        InitialMessage::GssEncRequest => "GSSENCRequest",
+        InitialMessage::Cancel(_) => "CancelRequest",
+        InitialMessage::Startup(_) => "StartupMessage",
+        InitialMessage::DirectTls => "a nested TLS record",
+    }
+}
+
+/// A StartupMessage arrived inside TLS; the user is not checked yet.
+struct StartupReceived {
+    tls: TlsEstablished,
+    startup: StartupMessage,
+    raw: Bytes,
+}
+
+impl StartupReceived {
+    async fn refuse_over_limit(mut self: Box<Self>, ctx: &ConnectionContext) -> Refused {
+        let reply = error_response(
+            SQLSTATE_TOO_MANY_CONNECTIONS,
+            "sorry, too many clients already".into(),
+            Some("The proxy is at its connection limit; try again later.".into()),
+        );
+        send_error(&mut self.tls.stream, &reply).await;
+        Refused::new(
+            RefusalReason::TooManyConnections,
+            format!(
+                "listener is at max_connections ({})",
+                ctx.listener.max_connections
+            ),
+        )
+        .with_identity(self.tls.identity)
+    }
+
+    async fn authorize(
+        mut self: Box<Self>,
+        ctx: &ConnectionContext,
+    ) -> Result<Authorized, Refused> {
+        let user = self.startup.user().unwrap_or_default().to_owned();
+        if !ctx
+            .listener
+            .db_users
+            .permits(self.tls.identity.as_ref(), &user)
+        {
+            let who = self.tls.identity.as_ref().map_or_else(
+                || "a client without a certificate".to_owned(),
+                |i| format!("certificate identity \"{i}\""),
+            );
+            let reply = error_response(
+                SQLSTATE_INVALID_AUTHORIZATION,
+                format!("{who} may not log in as database user \"{user}\""),
+                Some("The proxy's db_users rules decide which identities may use which database users.".into()),
+            );
+            send_error(&mut self.tls.stream, &reply).await;
+            return Err(Refused::new(
+                RefusalReason::UserDenied,
+                format!("database user {user:?} not permitted by db_users"),
+            )
+            .with_identity(self.tls.identity));
+        }
+        Ok(Authorized {
+            tls: self.tls,
+            startup: self.startup,
+            raw: self.raw,
+        })
+    }
+}
+
+/// The user is permitted; next is the upstream.
+struct Authorized {
+    tls: TlsEstablished,
+    startup: StartupMessage,
+    raw: Bytes,
+}
+
+impl Authorized {
+    async fn connect_upstream(mut self, ctx: &ConnectionContext) -> Result<Session, Refused> {
+        let listener = &ctx.listener;
+        let mut upstream =
+            match net::connect(&listener.upstream, listener.upstream_connect_timeout).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let reply = error_response(
+                        SQLSTATE_CONNECTION_FAILURE,
+                        "the database is unavailable right now".into(),
+                        Some("Try again later. The proxy's log has the details.".into()),
+                    );
+                    send_error(&mut self.tls.stream, &reply).await;
+                    return Err(Refused::new(
+                        RefusalReason::UpstreamUnavailable,
+                        format!("connecting to {}: {e}", listener.upstream),
+                    )
+                    .with_identity(self.tls.identity));
+                }
+            };
+        let mut first = BytesMut::with_capacity(self.raw.len() + self.tls.buf.len());
+        first.extend_from_slice(&self.raw);
+        first.extend_from_slice(&self.tls.buf);
+        if let Err(e) = upstream.write_all(&first).await {
+            let reply = error_response(
+                SQLSTATE_CONNECTION_FAILURE,
+                "the database is unavailable right now".into(),
+                Some("Try again later. The proxy's log has the details.".into()),
+            );
+            send_error(&mut self.tls.stream, &reply).await;
+            return Err(Refused::new(
+                RefusalReason::UpstreamUnavailable,
+                format!("sending StartupMessage to {}: {e}", listener.upstream),
+            )
+            .with_identity(self.tls.identity));
+        }
+        let (_, conn) = self.tls.stream.get_ref();
+        let version = conn
+            .protocol_version()
+            .and_then(|v| v.as_str())
+            .unwrap_or("unknown");
+        let suite = conn
+            .negotiated_cipher_suite()
+            .and_then(|s| s.suite().as_str())
+            .unwrap_or("unknown");
+        let group = conn
+            .negotiated_key_exchange_group()
+            .and_then(|g| g.name().as_str())
+            .unwrap_or("unknown");
+        info!(
+            conn = ctx.id,
+            listener = %listener.name,
+            peer = %ctx.peer,
+            identity = self.tls.identity.as_ref().map(|i| i.to_string()).unwrap_or_default(),
+            user = self.startup.user().unwrap_or_default(),
+            database = self.startup.database().unwrap_or_default(),
+            tls_version = version,
+            cipher = suite,
+            group = group,
+            resumed = self.tls.resumed,
+            handshake_us = self.tls.handshake_micros as u64,
+            "connection established"
+        );
+        Ok(Session {
+            client: self.tls.stream,
+            upstream,
+        })
+    }
+}
+
+/// Both legs are open; bytes flow untouched until either side closes.
+struct Session {
+    client: ClientTls,
+    upstream: BoxStream,
+}
+
+impl Session {
+    async fn forward(mut self, ctx: &ConnectionContext) {
+        let started = Instant::now();
+        let result = tokio::io::copy_bidirectional(&mut self.client, &mut self.upstream).await;
+        match result {
+            Ok((to_upstream, to_client)) => info!(
+                conn = ctx.id,
+                listener = %ctx.listener.name,
+                peer = %ctx.peer,
+                bytes_from_client = to_upstream,
+                bytes_to_client = to_client,
+                duration_ms = started.elapsed().as_millis() as u64,
+                "connection closed"
+            ),
+            Err(e) => info!(
+                conn = ctx.id,
+                listener = %ctx.listener.name,
+                peer = %ctx.peer,
+                error = %e,
+                duration_ms = started.elapsed().as_millis() as u64,
+                "connection closed with an error"
+            ),
+        }
+    }
+}
+
+/// Forwards a CancelRequest upstream. PostgreSQL accepts cancels outside
+/// pg_hba and libpq before 17 sends them unencrypted; they carry only the
+/// backend's process id and secret key, which the proxy passes on as is.
+async fn forward_cancel(ctx: &ConnectionContext, cancel: &CancelRequest) {
+    let listener = &ctx.listener;
+    match net::connect(&listener.upstream, listener.upstream_connect_timeout).await {
+        Ok(mut upstream) => {
+            let sent = upstream.write_all(&cancel.encode()).await;
+            // PostgreSQL closes the connection once it has read the request;
+            // wait for that so the cancel is not cut short.
+            let mut sink = [0u8; 1];
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(5), upstream.read(&mut sink))
+                    .await;
+            debug!(
+                conn = ctx.id,
+                listener = %listener.name,
+                peer = %ctx.peer,
+                process_id = cancel.process_id,
+                ok = sent.is_ok(),
+                "cancel request forwarded"
+            );
+        }
+        Err(e) => {
+            tracing::warn!(
+                conn = ctx.id,
+                listener = %listener.name,
+                peer = %ctx.peer,
+                upstream = %listener.upstream,
+                error = %e,
+                "cancel request could not be forwarded"
+            );
+        }
+    }
+}

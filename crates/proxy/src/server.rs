@@ -1,0 +1,226 @@
+//! Listener runtime: accept loop, connection limit, refusal logging and
+//! graceful drain.
+//!
+//! This module owns the life of a connection from accept to close, but not
+//! what is said on it (that is `postgres`). Each accepted socket gets a task;
+//! a semaphore caps concurrent connections; a shutdown signal stops
+//! accepting, and the caller waits for the task tracker to drain.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use intransit_config::{ClientAuth, Endpoint, ListenerConfig};
+use intransit_policy::{ClientIdentity, DbUserRules};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, warn};
+
+use crate::net::{BoundListener, PeerAddr};
+use crate::refusal::RefusalReason;
+use crate::tls::ListenerTls;
+use crate::{postgres, ProxyError};
+
+/// Over-limit connections are told why inside TLS, which costs a handshake;
+/// those refusals are themselves capped so a flood cannot turn the polite
+/// path into a resource leak.
+const MAX_CONCURRENT_REFUSALS: usize = 64;
+
+/// What a listener needs at run time, prepared before anything binds.
+#[derive(Debug)]
+pub struct PreparedListener {
+    /// Name for logs.
+    pub name: String,
+    /// Where to listen.
+    pub listen: Endpoint,
+    /// Where the database is.
+    pub upstream: Endpoint,
+    /// TLS state.
+    pub tls: ListenerTls,
+    /// Identity to user mapping.
+    pub db_users: DbUserRules,
+    /// Bound on negotiation time.
+    pub handshake_timeout: Duration,
+    /// Bound on upstream connect time.
+    pub upstream_connect_timeout: Duration,
+    /// Connection cap.
+    pub max_connections: usize,
+    /// What a plaintext client is told.
+    pub plaintext_message: String,
+    /// How a plaintext client is told to connect.
+    pub plaintext_hint: String,
+}
+
+impl PreparedListener {
+    /// Loads certificate files and builds TLS state for one listener.
+    pub fn prepare(config: &ListenerConfig) -> Result<Self, ProxyError> {
+        let tls = ListenerTls::build(&config.tls).map_err(|e| ProxyError::Listener {
+            listener: config.name.clone(),
+            source: Box::new(e),
+        })?;
+        let (plaintext_message, plaintext_hint) = match config.tls.client_auth {
+            ClientAuth::None => (
+                "TLS is required: this server accepts only encrypted connections".to_owned(),
+                "Connect with sslmode=verify-full and sslrootcert set to the CA that signed the server certificate.".to_owned(),
+            ),
+            ClientAuth::Required | ClientAuth::Optional => (
+                "TLS is required: this server accepts only encrypted connections with a client certificate".to_owned(),
+                "Connect with sslmode=verify-full and set sslrootcert, sslcert and sslkey (libpq), or the equivalent options of your driver.".to_owned(),
+            ),
+        };
+        Ok(PreparedListener {
+            name: config.name.clone(),
+            listen: config.listen.clone(),
+            upstream: config.upstream.clone(),
+            tls,
+            db_users: config.db_users.clone(),
+            handshake_timeout: config.handshake_timeout,
+            upstream_connect_timeout: config.upstream_connect_timeout,
+            max_connections: config.max_connections,
+            plaintext_message,
+            plaintext_hint,
+        })
+    }
+}
+
+/// Per-connection facts every negotiation step can see.
+#[derive(Debug)]
+pub(crate) struct ConnectionContext {
+    pub(crate) id: u64,
+    pub(crate) peer: PeerAddr,
+    pub(crate) listener: Arc<PreparedListener>,
+}
+
+/// A connection turned away, with the reason and what is known of who.
+#[derive(Debug)]
+pub(crate) struct Refused {
+    pub(crate) reason: RefusalReason,
+    pub(crate) detail: String,
+    pub(crate) identity: Option<ClientIdentity>,
+}
+
+impl Refused {
+    pub(crate) fn new(reason: RefusalReason, detail: impl Into<String>) -> Self {
+        Refused {
+            reason,
+            detail: detail.into(),
+            identity: None,
+        }
+    }
+
+    pub(crate) fn with_identity(mut self, identity: Option<ClientIdentity>) -> Self {
+        if self.identity.is_none() {
+            self.identity = identity;
+        }
+        self
+    }
+}
+
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Accepts connections until `shutdown` is cancelled. Connection tasks are
+/// spawned on `tracker` so the caller can wait for them to drain.
+pub(crate) async fn accept_loop(
+    listener: Arc<PreparedListener>,
+    socket: BoundListener,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(listener.max_connections));
+    let refusals = Arc::new(Semaphore::new(MAX_CONCURRENT_REFUSALS));
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = socket.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => {
+                backoff = Duration::from_millis(5);
+                a
+            }
+            Err(e) => {
+                // Running out of file descriptors must not spin the loop:
+                // back off, bounded, and try again.
+                error!(listener = %listener.name, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
+        let ctx = ConnectionContext {
+            id,
+            peer,
+            listener: listener.clone(),
+        };
+        let (permit, over_limit) = match slots.clone().try_acquire_owned() {
+            Ok(permit) => (permit, false),
+            Err(_) => match refusals.clone().try_acquire_owned() {
+                Ok(permit) => (permit, true),
+                Err(_) => {
+                    // Even the polite refusals are saturated: drop the socket.
+                    log_refusal(
+                        &ctx,
+                        &Refused::new(
+                            RefusalReason::TooManyConnections,
+                            "listener and its refusal queue are full; connection dropped",
+                        ),
+                    );
+                    continue;
+                }
+            },
+        };
+        tracker.spawn(async move {
+            let _permit = permit;
+            if let Err(refused) = postgres::serve(ctx.clone_for_log(), stream, over_limit).await {
+                log_refusal(&ctx, &refused);
+            }
+        });
+    }
+}
+
+impl ConnectionContext {
+    fn clone_for_log(&self) -> ConnectionContext {
+        ConnectionContext {
+            id: self.id,
+            peer: self.peer.clone(),
+            listener: self.listener.clone(),
+        }
+    }
+}
+
+/// The one log line every refusal gets.
+fn log_refusal(ctx: &ConnectionContext, refused: &Refused) {
+    let identity = refused
+        .identity
+        .as_ref()
+        .map(|i| i.to_string())
+        .unwrap_or_default();
+    // A client that simply hung up is routine, not a policy event.
+    if refused.reason == RefusalReason::ClientClosed {
+        tracing::debug!(
+            conn = ctx.id,
+            listener = %ctx.listener.name,
+            peer = %ctx.peer,
+            reason = refused.reason.as_str(),
+            identity = identity,
+            detail = %refused.detail,
+            "connection ended during negotiation"
+        );
+        return;
+    }
+    warn!(
+        conn = ctx.id,
+        listener = %ctx.listener.name,
+        peer = %ctx.peer,
+        reason = refused.reason.as_str(),
+        identity = identity,
+        detail = %refused.detail,
+        "connection refused"
+    );
+}

@@ -1,0 +1,234 @@
+//! Entry points for the cargo-fuzz targets in `fuzz/` at the workspace root.
+//!
+//! Each function takes arbitrary bytes, drives the parsers, and asserts the
+//! properties that must hold for any input: no panic, consumed counts within
+//! the input, "need more bytes" only while a message can still complete, and
+//! encode(parse(bytes)) giving back the exact bytes parsed. A failed
+//! assertion here is a bug in the crate. The unit tests run these functions
+//! over captured messages and their mutations, so they are exercised on
+//! stable Rust too.
+
+use crate::pg::{
+    self, AuthenticationRequest, BackendFrame, ErrorResponse, InitialMessage, SqlState,
+    MAX_STARTUP_PACKET_LEN,
+};
+use crate::tls;
+
+/// Drives [`pg::parse_initial_message`].
+pub fn pg_initial_message(data: &[u8]) {
+    let parsed = pg::parse_initial_message(data);
+    let Ok(Some((message, used))) = parsed else {
+        if let Ok(None) = parsed {
+            // "Need more" must only be answered while the declared length
+            // can still arrive.
+            assert!(data.len() < MAX_STARTUP_PACKET_LEN + 4);
+        }
+        return;
+    };
+    let Some(original) = data.get(..used) else {
+        panic!("consumed {used} of {} bytes", data.len());
+    };
+    match &message {
+        InitialMessage::DirectTls => {
+            assert_eq!(used, 0);
+            assert_eq!(data.first(), Some(&tls::CONTENT_TYPE_HANDSHAKE));
+            return;
+        }
+        InitialMessage::SslRequest => assert_eq!(original, pg::encode_ssl_request()),
+        InitialMessage::GssEncRequest => assert_eq!(original, pg::encode_gssenc_request()),
+        InitialMessage::Cancel(cancel) => assert_eq!(cancel.encode(), original),
+        InitialMessage::Startup(startup) => {
+            assert!(startup.user().is_some());
+            assert!(startup.database().is_some());
+            assert_eq!(startup.encode().as_deref(), Ok(original));
+        }
+    }
+    // The message is complete without the bytes after it, and one byte
+    // short of complete it needs more.
+    assert_eq!(
+        pg::parse_initial_message(original),
+        Ok(Some((message, used)))
+    );
+    if let Some(short) = original.get(..used - 1) {
+        assert_eq!(pg::parse_initial_message(short), Ok(None));
+    }
+}
+
+/// Drives [`pg::parse_backend_frame`] over a stream of messages, and the
+/// body parsers over each message and over the raw input. Also encodes the
+/// input as ErrorResponse text and reads it back.
+pub fn pg_backend_frame(data: &[u8]) {
+    let mut rest = data;
+    while let Ok(Some((frame, used))) = pg::parse_backend_frame(rest) {
+        assert_eq!(used, frame.body.len() + 5);
+        let Some(original) = rest.get(..used) else {
+            panic!("consumed {used} of {} bytes", rest.len());
+        };
+        match frame.tag {
+            BackendFrame::AUTHENTICATION => authentication_round_trip(frame.body, original),
+            BackendFrame::ERROR_RESPONSE | BackendFrame::NOTICE_RESPONSE => {
+                let _ = pg::parse_error_response(frame.body);
+            }
+            _ => {}
+        }
+        rest = rest.get(used..).unwrap_or_default();
+    }
+    let _ = pg::parse_authentication(data);
+    let _ = pg::parse_error_response(data);
+
+    let text = String::from_utf8_lossy(data);
+    let encoded = ErrorResponse::fatal(SqlState::PROTOCOL_VIOLATION, text.clone())
+        .with_hint(text)
+        .encode();
+    let Ok(Some((frame, used))) = pg::parse_backend_frame(&encoded) else {
+        panic!("an encoded ErrorResponse does not frame");
+    };
+    assert_eq!(used, encoded.len());
+    let Ok(fields) = pg::parse_error_response(frame.body) else {
+        panic!("an encoded ErrorResponse does not parse");
+    };
+    assert_eq!(fields.code(), Some(SqlState::PROTOCOL_VIOLATION));
+    assert!(fields
+        .message()
+        .is_some_and(|m| m.len() <= pg::MAX_ERROR_FIELD_LEN));
+}
+
+fn authentication_round_trip(body: &[u8], original: &[u8]) {
+    if let Ok(AuthenticationRequest::Sasl { mechanisms }) = pg::parse_authentication(body) {
+        assert_eq!(
+            pg::encode_authentication_sasl(&mechanisms).as_deref(),
+            Ok(original)
+        );
+    }
+}
+
+/// Drives [`pg::parse_frontend_frame`] over a stream of messages.
+pub fn pg_frontend_frame(data: &[u8]) {
+    let mut rest = data;
+    while let Ok(Some((frame, used))) = pg::parse_frontend_frame(rest) {
+        assert_eq!(used, frame.body.len() + 5);
+        assert!(used <= rest.len());
+        rest = rest.get(used..).unwrap_or_default();
+    }
+}
+
+/// Drives [`tls::parse_record_header`].
+pub fn tls_record_header(data: &[u8]) {
+    match tls::parse_record_header(data) {
+        Ok(Some(header)) => {
+            assert!(usize::from(header.length) <= tls::MAX_RECORD_LEN);
+            let mut encoded = vec![header.content_type];
+            encoded.extend_from_slice(&header.legacy_version.to_be_bytes());
+            encoded.extend_from_slice(&header.length.to_be_bytes());
+            assert_eq!(data.get(..tls::RECORD_HEADER_LEN), Some(&encoded[..]));
+        }
+        Ok(None) => assert!(data.len() < tls::RECORD_HEADER_LEN),
+        Err(_) => {}
+    }
+}
+
+/// The fuzz entry points over captured messages, every prefix of them and
+/// deterministic mutations: a stable-Rust smoke run of what `cargo fuzz`
+/// explores at length.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::captured::ALL;
+    use crate::pg::test_util::hex;
+
+    fn drive(data: &[u8]) {
+        pg_initial_message(data);
+        pg_backend_frame(data);
+        pg_frontend_frame(data);
+        tls_record_header(data);
+    }
+
+    /// xorshift64: a fixed, dependency-free source of varied bytes.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn captures_their_prefixes_and_single_byte_mutations() {
+        for capture in ALL {
+            let bytes = hex(capture);
+            for end in 0..=bytes.len() {
+                drive(&bytes[..end]);
+            }
+            for at in 0..bytes.len() {
+                for value in [0x00, 0x01, 0x16, 0x7f, 0x80, 0xff, bytes[at] ^ 0x20] {
+                    let mut mutated = bytes.clone();
+                    mutated[at] = value;
+                    drive(&mutated);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn random_splices_of_captures() {
+        let captures: Vec<Vec<u8>> = ALL.iter().map(|c| hex(c)).collect();
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..20_000 {
+            let mut data = Vec::new();
+            for _ in 0..=rng.below(3) {
+                let source = &captures[rng.below(captures.len())];
+                let start = rng.below(source.len());
+                let end = start + rng.below(source.len() - start + 1);
+                data.extend_from_slice(&source[start..end]);
+                if rng.below(2) == 0 {
+                    let noise = rng.next().to_be_bytes();
+                    data.extend_from_slice(&noise[..rng.below(9)]);
+                }
+            }
+            drive(&data);
+        }
+    }
+
+    #[test]
+    fn random_startup_packets() {
+        // Valid length words and protocol 3 codes, random bodies built from
+        // the alphabet that matters (NUL, letters, invalid UTF-8).
+        let mut rng = Rng(42);
+        for _ in 0..20_000 {
+            let body_len = rng.below(40);
+            let body: Vec<u8> = (0..body_len)
+                .map(|_| [0, 0, b'u', b's', b'e', b'r', b'x', 0xff][rng.below(8)])
+                .collect();
+            let code = [
+                crate::pg::PROTOCOL_VERSION_3_0,
+                crate::pg::PROTOCOL_VERSION_3_2,
+                crate::pg::CANCEL_REQUEST_CODE,
+                crate::pg::SSL_REQUEST_CODE,
+            ][rng.below(4)];
+            let mut data = ((body_len + 8) as u32).to_be_bytes().to_vec();
+            data.extend_from_slice(&code.to_be_bytes());
+            data.extend_from_slice(&body);
+            drive(&data);
+        }
+        // And the shape that parses: user plus random pairs.
+        let mut message = crate::pg::StartupMessage {
+            protocol: crate::pg::ProtocolVersion::V3_0,
+            params: vec![("user".into(), "alice".into())],
+        };
+        for i in 0..50 {
+            message
+                .params
+                .push((format!("k{i}"), "v".repeat(rng.below(20))));
+            if let Ok(bytes) = message.encode() {
+                drive(&bytes);
+            }
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! Authentication requests (message type 'R') from a PostgreSQL server.
+//!
+//! The proxy reads these to follow the authentication exchange and rewrites
+//! one of them: when the upstream leg is TLS, the SASL mechanism list must
+//! not offer `SCRAM-SHA-256-PLUS` to the client, because the channel binding
+//! would be to the proxy's certificate instead of the server's. This module
+//! parses and builds the messages; it never computes SCRAM proofs.
+
+use super::{encode_frame, read_u32, split_cstr, BackendFrame};
+use crate::WireError;
+
+/// AuthenticationOk: the client is in.
+pub const AUTH_OK: u32 = 0;
+/// AuthenticationCleartextPassword.
+pub const AUTH_CLEARTEXT_PASSWORD: u32 = 3;
+/// AuthenticationMD5Password, followed by a 4-byte salt.
+pub const AUTH_MD5_PASSWORD: u32 = 5;
+/// AuthenticationGSS.
+pub const AUTH_GSS: u32 = 7;
+/// AuthenticationGSSContinue, followed by GSSAPI data.
+pub const AUTH_GSS_CONTINUE: u32 = 8;
+/// AuthenticationSSPI.
+pub const AUTH_SSPI: u32 = 9;
+/// AuthenticationSASL, followed by the mechanism list.
+pub const AUTH_SASL: u32 = 10;
+/// AuthenticationSASLContinue, followed by a server-first or similar message.
+pub const AUTH_SASL_CONTINUE: u32 = 11;
+/// AuthenticationSASLFinal, followed by the server-final message.
+pub const AUTH_SASL_FINAL: u32 = 12;
+
+/// The SCRAM mechanism without channel binding.
+pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+/// The SCRAM mechanism with `tls-server-end-point` channel binding, offered
+/// by PostgreSQL only over TLS.
+pub const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
+
+const MESSAGE: &str = "Authentication request";
+
+/// A parsed Authentication message body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthenticationRequest<'a> {
+    /// Authentication succeeded.
+    Ok,
+    /// Send the password in clear text.
+    CleartextPassword,
+    /// Send an MD5 hash of password, user and this salt.
+    Md5Password {
+        /// The salt.
+        salt: [u8; 4],
+    },
+    /// Start a GSSAPI exchange.
+    Gss,
+    /// More GSSAPI or SSPI data.
+    GssContinue {
+        /// Opaque mechanism data.
+        data: &'a [u8],
+    },
+    /// Start an SSPI exchange.
+    Sspi,
+    /// Start a SASL exchange with one of these mechanisms, in the server's
+    /// order of preference.
+    Sasl {
+        /// Mechanism names, such as [`SCRAM_SHA_256`].
+        mechanisms: Vec<&'a str>,
+    },
+    /// A SASL challenge (for SCRAM, the server-first-message).
+    SaslContinue {
+        /// Mechanism data.
+        data: &'a [u8],
+    },
+    /// The SASL outcome (for SCRAM, the server-final-message).
+    SaslFinal {
+        /// Mechanism data.
+        data: &'a [u8],
+    },
+}
+
+/// Parses the body of a [`BackendFrame::AUTHENTICATION`] message.
+pub fn parse_authentication(body: &[u8]) -> Result<AuthenticationRequest<'_>, WireError> {
+    let malformed = |reason| WireError::Malformed {
+        message: MESSAGE,
+        reason,
+    };
+    let code = read_u32(body, 0).ok_or(malformed("shorter than its 4-byte code"))?;
+    let rest = body.get(4..).unwrap_or_default();
+    let no_payload = |request| {
+        if rest.is_empty() {
+            Ok(request)
+        } else {
+            Err(malformed("unexpected bytes after the request code"))
+        }
+    };
+    match code {
+        AUTH_OK => no_payload(AuthenticationRequest::Ok),
+        AUTH_CLEARTEXT_PASSWORD => no_payload(AuthenticationRequest::CleartextPassword),
+        AUTH_GSS => no_payload(AuthenticationRequest::Gss),
+        AUTH_SSPI => no_payload(AuthenticationRequest::Sspi),
+        AUTH_MD5_PASSWORD => {
+            let salt = rest
+                .try_into()
+                .map_err(|_| malformed("MD5 salt is not 4 bytes"))?;
+            Ok(AuthenticationRequest::Md5Password { salt })
+        }
+        AUTH_GSS_CONTINUE => Ok(AuthenticationRequest::GssContinue { data: rest }),
+        AUTH_SASL => Ok(AuthenticationRequest::Sasl {
+            mechanisms: parse_mechanisms(rest)?,
+        }),
+        AUTH_SASL_CONTINUE => Ok(AuthenticationRequest::SaslContinue { data: rest }),
+        AUTH_SASL_FINAL => Ok(AuthenticationRequest::SaslFinal { data: rest }),
+        code => Err(WireError::UnsupportedAuthentication { code }),
+    }
+}
+
+/// Parses `name\0 ... name\0\0`; the empty name must be the last byte.
+fn parse_mechanisms(mut rest: &[u8]) -> Result<Vec<&str>, WireError> {
+    let malformed = |reason| WireError::Malformed {
+        message: MESSAGE,
+        reason,
+    };
+    let mut mechanisms = Vec::new();
+    loop {
+        let (name, after) =
+            split_cstr(rest).ok_or(malformed("unterminated SASL mechanism list"))?;
+        if name.is_empty() {
+            if !after.is_empty() {
+                return Err(malformed("bytes after the SASL mechanism list"));
+            }
+            return Ok(mechanisms);
+        }
+        let name = std::str::from_utf8(name).map_err(|_| WireError::InvalidUtf8 {
+            what: "SASL mechanism name",
+        })?;
+        mechanisms.push(name);
+        rest = after;
+    }
+}
+
+/// Builds a complete AuthenticationSASL message ('R', length, code 10, the
+/// mechanism list) to send to a client.
+///
+/// Fails when a name is empty (it would end the list early) or contains NUL.
+pub fn encode_authentication_sasl(mechanisms: &[&str]) -> Result<Vec<u8>, WireError> {
+    let mut body = AUTH_SASL.to_be_bytes().to_vec();
+    for name in mechanisms {
+        if name.is_empty() {
+            return Err(WireError::Malformed {
+                message: MESSAGE,
+                reason: "empty SASL mechanism name",
+            });
+        }
+        if name.contains('\0') {
+            return Err(WireError::NulInString {
+                what: "SASL mechanism name",
+            });
+        }
+        body.extend_from_slice(name.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    Ok(encode_frame(BackendFrame::AUTHENTICATION, &body))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::pg::captured::*;
+    use crate::pg::parse_backend_frame;
+    use crate::pg::test_util::hex;
+
+    /// Frames a captured message and parses its body.
+    fn parse_captured(bytes: &[u8]) -> AuthenticationRequest<'_> {
+        let (frame, used) = parse_backend_frame(bytes).unwrap().unwrap();
+        assert_eq!(used, bytes.len());
+        assert_eq!(frame.tag, BackendFrame::AUTHENTICATION);
+        parse_authentication(frame.body).unwrap()
+    }
+
+    fn body(code: u32, rest: &[u8]) -> Vec<u8> {
+        let mut out = code.to_be_bytes().to_vec();
+        out.extend_from_slice(rest);
+        out
+    }
+
+    #[test]
+    fn captured_sasl_mechanism_lists() {
+        let plaintext = hex(PG15_AUTH_SASL_PLAINTEXT);
+        let tls = hex(PG15_AUTH_SASL_TLS);
+        assert_eq!(
+            parse_captured(&plaintext),
+            AuthenticationRequest::Sasl {
+                mechanisms: vec![SCRAM_SHA_256]
+            }
+        );
+        let AuthenticationRequest::Sasl { mut mechanisms } = parse_captured(&tls) else {
+            panic!("not SASL");
+        };
+        assert_eq!(mechanisms, [SCRAM_SHA_256_PLUS, SCRAM_SHA_256]);
+        assert_eq!(encode_authentication_sasl(&mechanisms).unwrap(), tls);
+
+        // What the proxy forwards when its upstream leg is TLS: the server's
+        // list without -PLUS is byte for byte what PostgreSQL itself sends
+        // over plaintext.
+        mechanisms.retain(|m| *m != SCRAM_SHA_256_PLUS);
+        assert_eq!(encode_authentication_sasl(&mechanisms).unwrap(), plaintext);
+    }
+
+    #[test]
+    fn captured_scram_exchange() {
+        let continued = hex(PG15_AUTH_SASL_CONTINUE);
+        let AuthenticationRequest::SaslContinue { data } = parse_captured(&continued) else {
+            panic!("not SASLContinue");
+        };
+        assert!(data.starts_with(b"r=v12iC2kqIQ2uVPjVZ27GS6ph"));
+        assert!(data.ends_with(b",i=4096"));
+
+        let stream = hex(PG15_SASL_FINAL_TO_READY);
+        let (final_frame, used) = parse_backend_frame(&stream).unwrap().unwrap();
+        let AuthenticationRequest::SaslFinal { data } =
+            parse_authentication(final_frame.body).unwrap()
+        else {
+            panic!("not SASLFinal");
+        };
+        assert!(data.starts_with(b"v="));
+        let (ok_frame, _) = parse_backend_frame(&stream[used..]).unwrap().unwrap();
+        assert_eq!(
+            parse_authentication(ok_frame.body),
+            Ok(AuthenticationRequest::Ok)
+        );
+    }
+
+    #[test]
+    fn captured_password_requests() {
+        assert_eq!(
+            parse_captured(&hex(PG15_AUTH_MD5)),
+            AuthenticationRequest::Md5Password {
+                salt: [0x6d, 0x2c, 0x53, 0x78]
+            }
+        );
+        assert_eq!(
+            parse_captured(&hex(PG15_AUTH_CLEARTEXT)),
+            AuthenticationRequest::CleartextPassword
+        );
+    }
+
+    #[test]
+    fn gss_and_sspi_built_from_the_docs() {
+        assert_eq!(
+            parse_authentication(&body(AUTH_GSS, b"")),
+            Ok(AuthenticationRequest::Gss)
+        );
+        assert_eq!(
+            parse_authentication(&body(AUTH_SSPI, b"")),
+            Ok(AuthenticationRequest::Sspi)
+        );
+        assert_eq!(
+            parse_authentication(&body(AUTH_GSS_CONTINUE, b"\x60\x01")),
+            Ok(AuthenticationRequest::GssContinue { data: b"\x60\x01" })
+        );
+    }
+
+    #[test]
+    fn malformed_requests_are_refused() {
+        let malformed =
+            |body: &[u8]| matches!(parse_authentication(body), Err(WireError::Malformed { .. }));
+        assert!(malformed(b""));
+        assert!(malformed(b"\0\0\0"));
+        assert!(malformed(&body(AUTH_OK, b"\0")));
+        assert!(malformed(&body(AUTH_CLEARTEXT_PASSWORD, b"x")));
+        assert!(malformed(&body(AUTH_MD5_PASSWORD, b"abc")));
+        assert!(malformed(&body(AUTH_MD5_PASSWORD, b"abcde")));
+        assert!(malformed(&body(AUTH_SASL, b"")));
+        assert!(malformed(&body(AUTH_SASL, b"SCRAM-SHA-256\0")));
+        assert!(malformed(&body(AUTH_SASL, b"SCRAM-SHA-256")));
+        assert!(malformed(&body(AUTH_SASL, b"SCRAM-SHA-256\0\0x")));
+        assert_eq!(
+            parse_authentication(&body(AUTH_SASL, b"SCRAM\xff\0\0")),
+            Err(WireError::InvalidUtf8 {
+                what: "SASL mechanism name"
+            })
+        );
+        for code in [1, 2, 4, 6, 13, u32::MAX] {
+            assert_eq!(
+                parse_authentication(&body(code, b"")),
+                Err(WireError::UnsupportedAuthentication { code })
+            );
+        }
+    }
+
+    #[test]
+    fn empty_mechanism_list_parses_and_encodes() {
+        // Not something PostgreSQL sends, but well formed; refusing it is the
+        // client's call.
+        let bytes = encode_authentication_sasl(&[]).unwrap();
+        assert_eq!(bytes, hex("52 00000009 0000000a 00"));
+        assert_eq!(
+            parse_captured(&bytes),
+            AuthenticationRequest::Sasl { mechanisms: vec![] }
+        );
+    }
+
+    #[test]
+    fn encoder_refuses_names_that_would_break_the_list() {
+        assert!(matches!(
+            encode_authentication_sasl(&[SCRAM_SHA_256, ""]),
+            Err(WireError::Malformed { .. })
+        ));
+        assert!(matches!(
+            encode_authentication_sasl(&["SCRAM-SHA-256\0EVIL"]),
+            Err(WireError::NulInString { .. })
+        ));
+    }
+}
