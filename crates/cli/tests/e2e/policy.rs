@@ -49,6 +49,51 @@ fn bad_client_certificates_are_refused_in_the_handshake() {
 }
 
 #[test]
+fn certificate_in_the_crl_is_refused() {
+    let user = db_user("crl");
+    let tls = format!("crl = \"{}\"", pki().crl.display());
+    let proxy = ProxyProcess::start(&listener_toml(&pg_upstream(), &tls, ""));
+    let err = refused_psql(proxy.port(), Some(&pki().revoked));
+    assert!(err.contains("revoked"), "{err}");
+    let line = proxy.refusal("revoked");
+    assert_eq!(line["identity"], "cn:revoked");
+    // Certificates not in the list still work.
+    let out = psql(
+        &conninfo(proxy.port(), &user.name, &user.name, &pki().trainer, ""),
+        "SELECT 1",
+        Some(&user.password),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn resumed_sessions_keep_the_client_identity() {
+    use std::io::{Read, Write};
+    let user = db_user("resume");
+    let proxy = ProxyProcess::start(&listener_toml(&pg_upstream(), "", ""));
+    // One client configuration, so its session cache carries the ticket.
+    let config = rustls_client(Some(&pki().trainer), &[]);
+    for _ in 0..2 {
+        let mut tcp = tcp(proxy.port());
+        write(&mut tcp, &crate::negotiation::SSL_REQUEST);
+        let mut s = [0u8; 1];
+        tcp.read_exact(&mut s).expect("S");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let conn = rustls::ClientConnection::new(config.clone(), name).expect("conn");
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        tls.write_all(&crate::negotiation::startup(&[("user", &user.name)]))
+            .expect("startup");
+        let mut buf = [0u8; 512];
+        let n = tls.read(&mut buf).expect("reply");
+        assert_eq!(buf[0], b'R', "{:?}", &buf[..n]);
+    }
+    let resumed = proxy.wait_for_log(std::time::Duration::from_secs(5), |v| {
+        v["message"] == "connection established" && v["resumed"] == true
+    });
+    assert_eq!(resumed["identity"], "uri:spiffe://prod/trainer");
+}
+
+#[test]
 fn identity_not_in_allow_list_is_refused() {
     let user = db_user("allow");
     let sentinel = Sentinel::start();

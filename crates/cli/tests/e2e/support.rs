@@ -40,6 +40,10 @@ pub struct Pki {
     pub expired: CertificatePaths,
     /// A server certificate (serverAuth only) presented as a client one.
     pub server_as_client: CertificatePaths,
+    /// Client certificate listed in `crl`.
+    pub revoked: CertificatePaths,
+    /// A CRL from the test CA that revokes `revoked`.
+    pub crl: PathBuf,
 }
 
 fn issue(
@@ -51,6 +55,18 @@ fn issue(
     uris: &[&str],
     validity: Validity,
 ) -> CertificatePaths {
+    issue_with_serial(ca, dir, name, kind, cn, uris, validity).0
+}
+
+fn issue_with_serial(
+    ca: &CertificateAuthority,
+    dir: &Path,
+    name: &str,
+    kind: CertificateKind,
+    cn: &str,
+    uris: &[&str],
+    validity: Validity,
+) -> (CertificatePaths, String) {
     let (dns, ips) = match kind {
         CertificateKind::Server => (
             vec!["localhost".to_owned()],
@@ -72,9 +88,10 @@ fn issue(
             validity,
         })
         .expect("issuing a test certificate");
-    issued
+    let paths = issued
         .write_to(&dir.join(name))
-        .expect("writing a test certificate")
+        .expect("writing a test certificate");
+    (paths, issued.serial_hex.clone())
 }
 
 /// One PKI per test binary: issuing is cheap, but there is no need to redo it.
@@ -106,7 +123,18 @@ pub fn pki() -> &'static Pki {
         };
         let v = || Validity::days_from_now(30);
         let c = CertificateKind::Client;
+        let (revoked, revoked_serial) =
+            issue_with_serial(&ca, d, "revoked", c, "revoked", &[], v());
+        let crl = d.join("ca.crl");
+        std::fs::write(
+            &crl,
+            ca.crl_pem(&[&revoked_serial], time::Duration::days(7), 1)
+                .expect("CRL"),
+        )
+        .expect("writing CRL");
         Pki {
+            revoked,
+            crl,
             ca: d.join("ca").join("ca.pem"),
             server: issue(
                 &ca,
