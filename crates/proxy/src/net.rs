@@ -203,3 +203,32 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
         self.inner.is_write_vectored()
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn rewind_replays_the_prefix_then_reads_the_stream() {
+        let (mut far, near) = tokio::io::duplex(64);
+        far.write_all(b" world").await.unwrap();
+        drop(far);
+        let mut s = Rewind::new(Bytes::from_static(b"hello"), near);
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "hello world");
+    }
+
+    #[tokio::test]
+    async fn rewind_respects_small_read_buffers() {
+        let (_far, near) = tokio::io::duplex(64);
+        let mut s = Rewind::new(Bytes::from_static(b"abcdef"), near);
+        let mut two = [0u8; 2];
+        s.read_exact(&mut two).await.unwrap();
+        assert_eq!(&two, b"ab");
+        s.read_exact(&mut two).await.unwrap();
+        assert_eq!(&two, b"cd");
+    }
+}

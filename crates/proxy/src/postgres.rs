@@ -199,7 +199,7 @@ impl AwaitingRequest {
                     // to an SSLRequest on the same connection.
                     self.gssenc_answered = true;
                     self.stream
-                        .write_all(&[pg::SSL_REFUSE])
+                        .write_all(&[pg::GSSENC_REFUSE])
                         .await
                         .map_err(|e| Refused::new(RefusalReason::ClientClosed, e.to_string()))?;
                 }

@@ -134,3 +134,90 @@ impl fmt::Display for RefusalReason {
         f.write_str(self.as_str())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_errors_map_to_reasons() {
+        use rustls::Error as E;
+        let cases = [
+            (E::NoCertificatesPresented, RefusalReason::NoClientCert),
+            (
+                E::InvalidCertificate(CertificateError::UnknownIssuer),
+                RefusalReason::Untrusted,
+            ),
+            (
+                E::InvalidCertificate(CertificateError::BadSignature),
+                RefusalReason::Untrusted,
+            ),
+            (
+                E::InvalidCertificate(CertificateError::Expired),
+                RefusalReason::Expired,
+            ),
+            (
+                E::InvalidCertificate(CertificateError::Revoked),
+                RefusalReason::Revoked,
+            ),
+            (
+                E::InvalidCertificate(CertificateError::InvalidPurpose),
+                RefusalReason::WrongPurpose,
+            ),
+            (
+                E::InvalidCertificate(CertificateError::ApplicationVerificationFailure),
+                RefusalReason::IdentityDenied,
+            ),
+            (
+                E::AlertReceived(AlertDescription::UnknownCA),
+                RefusalReason::ClientRejectedCert,
+            ),
+            (E::NoApplicationProtocol, RefusalReason::Alpn),
+            (
+                E::PeerIncompatible(rustls::PeerIncompatible::Tls13RequiredForQuic),
+                RefusalReason::TlsVersion,
+            ),
+            (E::DecryptError, RefusalReason::HandshakeFailed),
+        ];
+        for (error, reason) in cases {
+            assert_eq!(RefusalReason::from_tls_error(&error), reason, "{error:?}");
+            // The same error wrapped the way tokio-rustls reports it.
+            let wrapped = io::Error::new(io::ErrorKind::InvalidData, error);
+            assert_eq!(RefusalReason::from_handshake_io(&wrapped), reason);
+        }
+        let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
+        assert_eq!(
+            RefusalReason::from_handshake_io(&eof),
+            RefusalReason::ClientClosed
+        );
+    }
+
+    #[test]
+    fn reason_names_are_unique_snake_case() {
+        let all = [
+            RefusalReason::PlaintextRefused,
+            RefusalReason::PipelinedBeforeTls,
+            RefusalReason::Alpn,
+            RefusalReason::TlsVersion,
+            RefusalReason::NoClientCert,
+            RefusalReason::Untrusted,
+            RefusalReason::Expired,
+            RefusalReason::Revoked,
+            RefusalReason::WrongPurpose,
+            RefusalReason::IdentityDenied,
+            RefusalReason::UserDenied,
+            RefusalReason::ClientRejectedCert,
+            RefusalReason::HandshakeFailed,
+            RefusalReason::Malformed,
+            RefusalReason::Timeout,
+            RefusalReason::TooManyConnections,
+            RefusalReason::UpstreamUnavailable,
+            RefusalReason::ClientClosed,
+        ];
+        let names: std::collections::HashSet<_> = all.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names.len(), all.len());
+        assert!(names
+            .iter()
+            .all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
+    }
+}
