@@ -434,39 +434,32 @@ struct Authorized {
 impl Authorized {
     async fn connect_upstream(mut self, ctx: &ConnectionContext) -> Result<Session, Refused> {
         let listener = &ctx.listener;
-        let mut upstream =
-            match net::connect(&listener.upstream, listener.upstream_connect_timeout).await {
-                Ok(s) => s,
-                Err(e) => {
-                    let reply = error_response(
-                        SQLSTATE_CONNECTION_FAILURE,
-                        "the database is unavailable right now".into(),
-                        Some("Try again later. The proxy's log has the details.".into()),
-                    );
-                    send_error(&mut self.tls.stream, &reply).await;
-                    return Err(Refused::new(
-                        RefusalReason::UpstreamUnavailable,
-                        format!("connecting to {}: {e}", listener.upstream),
-                    )
-                    .with_identity(self.tls.identity));
-                }
-            };
         let mut first = BytesMut::with_capacity(self.raw.len() + self.tls.buf.len());
         first.extend_from_slice(&self.raw);
         first.extend_from_slice(&self.tls.buf);
-        if let Err(e) = upstream.write_all(&first).await {
-            let reply = error_response(
-                SQLSTATE_CONNECTION_FAILURE,
-                "the database is unavailable right now".into(),
-                Some("Try again later. The proxy's log has the details.".into()),
-            );
-            send_error(&mut self.tls.stream, &reply).await;
-            return Err(Refused::new(
-                RefusalReason::UpstreamUnavailable,
-                format!("sending StartupMessage to {}: {e}", listener.upstream),
-            )
-            .with_identity(self.tls.identity));
-        }
+        let opened = async {
+            let mut upstream = net::connect(&listener.upstream, listener.upstream_connect_timeout)
+                .await
+                .map_err(|e| format!("connecting to {}: {e}", listener.upstream))?;
+            upstream
+                .write_all(&first)
+                .await
+                .map_err(|e| format!("sending StartupMessage to {}: {e}", listener.upstream))?;
+            Ok::<_, String>(upstream)
+        };
+        let upstream = match opened.await {
+            Ok(upstream) => upstream,
+            Err(detail) => {
+                let reply = error_response(
+                    SQLSTATE_CONNECTION_FAILURE,
+                    "the database is unavailable right now".into(),
+                    Some("Try again later. The proxy's log has the details.".into()),
+                );
+                send_error(&mut self.tls.stream, &reply).await;
+                return Err(Refused::new(RefusalReason::UpstreamUnavailable, detail)
+                    .with_identity(self.tls.identity));
+            }
+        };
         let (_, conn) = self.tls.stream.get_ref();
         let version = conn
             .protocol_version()
