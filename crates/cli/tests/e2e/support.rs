@@ -26,8 +26,8 @@ pub fn pg() -> &'static PgServer {
 
 /// Client certificates with different problems, all under one directory.
 pub struct Pki {
-    /// Keeps the files alive for the test binary's life.
-    _dir: TempDir,
+    /// Where the files live (removed by the next run once this one is gone).
+    _dir: PathBuf,
     pub ca: PathBuf,
     pub server: CertificatePaths,
     /// Client certificate: CN "trainer", URI spiffe://prod/trainer.
@@ -94,28 +94,46 @@ fn issue_with_serial(
     (paths, issued.serial_hex.clone())
 }
 
+/// A directory for this test binary's certificates. A `static` is never
+/// dropped, so instead of a self-deleting temp dir each run removes the
+/// directories of earlier runs whose process is gone.
+fn pki_dir() -> PathBuf {
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    if let Ok(entries) = std::fs::read_dir(base) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("e2e-pki-") {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+    }
+    let dir = base.join(format!("e2e-pki-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("creating the PKI directory");
+    dir
+}
+
 /// One PKI per test binary: issuing is cheap, but there is no need to redo it.
 pub fn pki() -> &'static Pki {
     static PKI: OnceLock<Pki> = OnceLock::new();
     PKI.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("intransit-pki-")
-            .tempdir()
-            .expect("temp dir");
+        let dir = pki_dir();
         let ca = CertificateAuthority::generate(
             "intransit test CA",
             KeyAlgorithm::EcdsaP256,
             Validity::days_from_now(30),
         )
         .expect("CA");
-        ca.save(&dir.path().join("ca")).expect("saving CA");
+        ca.save(&dir.join("ca")).expect("saving CA");
         let other = CertificateAuthority::generate(
             "some other CA",
             KeyAlgorithm::EcdsaP256,
             Validity::days_from_now(30),
         )
         .expect("other CA");
-        let d = dir.path();
+        let d = dir.as_path();
         let now = time::OffsetDateTime::now_utc();
         let expired = Validity {
             not_before: now - time::Duration::days(10),
