@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod reload;
 mod up;
 
 use std::path::Path;
@@ -63,8 +64,10 @@ fn run(command: Command) -> Result<ExitCode> {
             let proxy = Proxy::prepare(&config)
                 .with_context(|| format!("checking {}", args.config.display()))?;
             runtime()?.block_on(async move {
+                let signals = ShutdownSignals::install()?;
                 let bound = proxy.bind().await?;
-                serve(bound).await;
+                reload::spawn_on_sighup(args.config.clone(), bound.listeners());
+                serve(bound, signals).await;
                 Ok::<_, anyhow::Error>(())
             })?;
             Ok(ExitCode::SUCCESS)
@@ -98,23 +101,48 @@ fn config_listener<'a>(
     config.listeners.iter().find(|l| l.name == name)
 }
 
-fn load_config(path: &Path) -> Result<Config> {
+pub(crate) fn load_config(path: &Path) -> Result<Config> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading configuration {}", path.display()))?;
     Config::from_toml(&text).with_context(|| format!("invalid configuration {}", path.display()))
 }
 
+/// SIGINT and SIGTERM handlers, installed before anything is printed or
+/// bound so that a signal arriving early is never lost to the default
+/// action (which would kill the process without a drain).
+pub(crate) struct ShutdownSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    pub(crate) fn install() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(ShutdownSignals {
+            interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+}
+
 /// Runs a bound proxy until SIGINT or SIGTERM, then drains. A second signal
 /// during the drain exits at once.
-pub(crate) async fn serve(bound: intransit_proxy::BoundProxy) {
-    let shutdown = async {
-        let signal = wait_for_signal().await;
+pub(crate) async fn serve(bound: intransit_proxy::BoundProxy, mut signals: ShutdownSignals) {
+    let shutdown = async move {
+        let signal = signals.next().await;
         info!(
             signal,
             "shutdown requested; no longer accepting connections"
         );
-        tokio::spawn(async {
-            let signal = wait_for_signal().await;
+        tokio::spawn(async move {
+            let signal = signals.next().await;
             warn!(
                 signal,
                 "second signal: exiting without waiting for connections"
@@ -123,20 +151,4 @@ pub(crate) async fn serve(bound: intransit_proxy::BoundProxy) {
         });
     };
     bound.run(shutdown).await;
-}
-
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C will stop the proxy");
-            let _ = tokio::signal::ctrl_c().await;
-            return "SIGINT";
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-    }
 }

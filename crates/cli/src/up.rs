@@ -23,6 +23,7 @@ use tracing::{info, warn};
 use crate::cli::UpArgs;
 
 pub async fn run(args: UpArgs) -> Result<()> {
+    let signals = crate::ShutdownSignals::install()?;
     let listen = Endpoint::parse(&args.listen).map_err(|m| anyhow::anyhow!("--listen: {m}"))?;
     if listen.bind_addr().is_none() && !matches!(listen, Endpoint::Unix(_)) {
         bail!(
@@ -142,7 +143,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     println!();
     println!("Press Ctrl-C to stop.");
 
-    crate::serve(bound).await;
+    crate::serve(bound, signals).await;
     Ok(())
 }
 

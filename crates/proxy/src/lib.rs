@@ -33,6 +33,7 @@ use tracing::{info, warn};
 pub use net::connect as connect_upstream;
 pub use refusal::RefusalReason;
 pub use server::PreparedListener;
+pub use tls::{ListenerTls, LoadedCertificate, TlsMaterial};
 
 /// Errors that stop the proxy from starting.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +141,12 @@ impl BoundProxy {
             .iter()
             .filter_map(|(l, s)| s.local_endpoint().ok().map(|e| (l.name.clone(), e)))
             .collect()
+    }
+
+    /// The running listeners, for reloading their TLS material while the
+    /// proxy serves (`PreparedListener::tls`).
+    pub fn listeners(&self) -> Vec<Arc<PreparedListener>> {
+        self.listeners.iter().map(|(l, _)| l.clone()).collect()
     }
 
     /// Serves until `shutdown` completes, then drains: no new connections

@@ -262,7 +262,8 @@ impl TlsRequested {
             ));
         }
         let presented = PresentedCertificate::default();
-        let handshake = start.into_stream(ctx.listener.tls.config());
+        let material = ctx.listener.tls.snapshot();
+        let handshake = start.into_stream(material.config());
         let stream = presented.scope(handshake).await.map_err(|e| {
             Refused::new(
                 RefusalReason::from_handshake_io(&e),
@@ -288,7 +289,7 @@ impl TlsRequested {
             // apply today's trust anchors, CRL and allow-list again.
             let (_, conn) = established.stream.get_ref();
             let chain = conn.peer_certificates().unwrap_or(&[]).to_vec();
-            if let Err(e) = ctx.listener.tls.reverify(&chain) {
+            if let Err(e) = material.reverify(&chain) {
                 let reason = RefusalReason::from_tls_error(&e);
                 let reply = error_response(
                     SQLSTATE_INVALID_AUTHORIZATION,

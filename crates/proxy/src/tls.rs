@@ -9,7 +9,8 @@
 
 use std::fmt;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
 
 use intransit_config::{ClientAuth, ServerTls, TlsVersion};
 use intransit_policy::{AllowList, ClientIdentity};
@@ -104,77 +105,55 @@ fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, 
     }
 }
 
-/// The TLS state of one listener: its rustls configuration and the client
-/// verifier, kept so resumed sessions can be checked against today's policy.
-#[derive(Clone)]
-pub struct ListenerTls {
+/// One loaded set of TLS material: the rustls configuration built from the
+/// files, the client verifier, and what was loaded. Immutable; a reload
+/// builds a new one.
+pub struct TlsMaterial {
     config: Arc<ServerConfig>,
     verifier: Option<Arc<PolicyVerifier>>,
+    /// Summary of the server certificate in use.
+    pub server_cert: LoadedCertificate,
+    /// When this material was loaded.
+    pub loaded_at: SystemTime,
 }
 
-impl fmt::Debug for ListenerTls {
+impl fmt::Debug for TlsMaterial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ListenerTls")
+        f.debug_struct("TlsMaterial")
+            .field("server_cert", &self.server_cert)
             .field("client_auth", &self.verifier.is_some())
             .finish_non_exhaustive()
     }
 }
 
-impl ListenerTls {
-    /// Loads the files a listener names and builds its TLS configuration.
-    pub fn build(tls: &ServerTls) -> Result<Self, ProxyError> {
-        let provider = Arc::new(crypto_provider());
-        let chain = load_certs(&tls.cert, "server certificate")?;
-        let key = load_key(&tls.key)?;
-        let builder = ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(versions(tls.min_version))
-            .map_err(|e| ProxyError::Tls(e.to_string()))?;
-        let (builder, verifier) = match tls.client_auth {
-            ClientAuth::None => (builder.with_no_client_auth(), None),
-            ClientAuth::Required | ClientAuth::Optional => {
-                let Some(ca_path) = &tls.client_ca else {
-                    return Err(ProxyError::Tls(
-                        "client_auth needs client_ca (the configuration check should have caught this)"
-                            .into(),
-                    ));
-                };
-                let mut roots = RootCertStore::empty();
-                for cert in load_certs(ca_path, "client CA")? {
-                    roots
-                        .add(cert)
-                        .map_err(|e| ProxyError::file("client CA", ca_path, e.to_string()))?;
-                }
-                let mut vb = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-                if let Some(crl) = &tls.crl {
-                    vb = vb.with_crls(load_crls(crl)?);
-                }
-                if tls.client_auth == ClientAuth::Optional {
-                    vb = vb.allow_unauthenticated();
-                }
-                let inner = vb.build().map_err(|e| ProxyError::Tls(e.to_string()))?;
-                let verifier = Arc::new(PolicyVerifier {
-                    inner,
-                    allow: tls.allow.clone(),
-                });
-                (
-                    builder.with_client_cert_verifier(verifier.clone()),
-                    Some(verifier),
-                )
-            }
-        };
-        let mut config = builder.with_single_cert(chain, key).map_err(|e| {
-            ProxyError::file("server certificate and key", &tls.cert, e.to_string())
-        })?;
-        config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
-        config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
-        config.ticketer = aws_lc_rs::Ticketer::new().map_err(|e| ProxyError::Tls(e.to_string()))?;
-        Ok(ListenerTls {
-            config: Arc::new(config),
-            verifier,
+/// What the proxy knows about a certificate it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedCertificate {
+    /// Subject distinguished name.
+    pub subject: String,
+    /// Serial number, uppercase hex.
+    pub serial: String,
+    /// SHA-256 fingerprint of the DER certificate.
+    pub fingerprint_sha256: String,
+    /// Expiry, as seconds since the Unix epoch.
+    pub not_after_unix: i64,
+}
+
+impl LoadedCertificate {
+    fn from_der(der: &CertificateDer<'_>, path: &Path) -> Result<Self, ProxyError> {
+        let summary = intransit_pki::summarize(der.as_ref())
+            .map_err(|e| ProxyError::file("server certificate", path, e.to_string()))?;
+        Ok(LoadedCertificate {
+            subject: summary.subject,
+            serial: summary.serial_hex,
+            fingerprint_sha256: summary.fingerprint_sha256,
+            not_after_unix: summary.not_after.unix_timestamp(),
         })
     }
+}
 
-    /// The shared rustls configuration.
+impl TlsMaterial {
+    /// The rustls configuration new handshakes use.
     pub fn config(&self) -> Arc<ServerConfig> {
         self.config.clone()
     }
@@ -197,6 +176,135 @@ impl ListenerTls {
             .verify_client_cert(leaf, intermediates, UnixTime::now())
             .map(|_| ())
     }
+}
+
+/// The TLS state of one listener. New handshakes take the current
+/// [`TlsMaterial`]; [`ListenerTls::reload`] swaps in new material only after
+/// all of it loaded and checked, so a bad file never takes effect and
+/// established connections keep the material they started with.
+pub struct ListenerTls {
+    current: RwLock<Arc<TlsMaterial>>,
+    // Kept across reloads so clients can resume sessions after a renewal;
+    // resumed sessions are re-verified against the new material anyway.
+    session_storage: Arc<dyn rustls::server::StoresServerSessions>,
+    ticketer: Arc<dyn rustls::server::ProducesTickets>,
+}
+
+impl fmt::Debug for ListenerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenerTls")
+            .field("current", &self.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ListenerTls {
+    /// Loads the files a listener names and builds its TLS configuration.
+    pub fn build(tls: &ServerTls) -> Result<Self, ProxyError> {
+        let session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
+        let ticketer = aws_lc_rs::Ticketer::new().map_err(|e| ProxyError::Tls(e.to_string()))?;
+        let material = build_material(tls, session_storage.clone(), ticketer.clone())?;
+        Ok(ListenerTls {
+            current: RwLock::new(Arc::new(material)),
+            session_storage,
+            ticketer,
+        })
+    }
+
+    /// The material new handshakes use now.
+    pub fn snapshot(&self) -> Arc<TlsMaterial> {
+        match self.current.read() {
+            Ok(guard) => guard.clone(),
+            // A panic while holding the lock cannot leave a half-written
+            // Arc behind, so the value is still whole.
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Loads `tls` afresh and, if everything loads and checks, makes it the
+    /// material for new handshakes. On error the old material stays.
+    pub fn reload(&self, tls: &ServerTls) -> Result<Arc<TlsMaterial>, ProxyError> {
+        let material = Arc::new(build_material(
+            tls,
+            self.session_storage.clone(),
+            self.ticketer.clone(),
+        )?);
+        match self.current.write() {
+            Ok(mut guard) => *guard = material.clone(),
+            Err(poisoned) => *poisoned.into_inner() = material.clone(),
+        }
+        Ok(material)
+    }
+}
+
+fn build_material(
+    tls: &ServerTls,
+    session_storage: Arc<dyn rustls::server::StoresServerSessions>,
+    ticketer: Arc<dyn rustls::server::ProducesTickets>,
+) -> Result<TlsMaterial, ProxyError> {
+    let provider = Arc::new(crypto_provider());
+    let chain = load_certs(&tls.cert, "server certificate")?;
+    let server_cert = LoadedCertificate::from_der(&chain[0], &tls.cert)?;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    if server_cert.not_after_unix < now {
+        return Err(ProxyError::file(
+            "server certificate",
+            &tls.cert,
+            format!("expired (serial {})", server_cert.serial),
+        ));
+    }
+    let key = load_key(&tls.key)?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions(tls.min_version))
+        .map_err(|e| ProxyError::Tls(e.to_string()))?;
+    let (builder, verifier) = match tls.client_auth {
+        ClientAuth::None => (builder.with_no_client_auth(), None),
+        ClientAuth::Required | ClientAuth::Optional => {
+            let Some(ca_path) = &tls.client_ca else {
+                return Err(ProxyError::Tls(
+                    "client_auth needs client_ca (the configuration check should have caught this)"
+                        .into(),
+                ));
+            };
+            let mut roots = RootCertStore::empty();
+            for cert in load_certs(ca_path, "client CA")? {
+                roots
+                    .add(cert)
+                    .map_err(|e| ProxyError::file("client CA", ca_path, e.to_string()))?;
+            }
+            let mut vb = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            if let Some(crl) = &tls.crl {
+                vb = vb.with_crls(load_crls(crl)?);
+            }
+            if tls.client_auth == ClientAuth::Optional {
+                vb = vb.allow_unauthenticated();
+            }
+            let inner = vb.build().map_err(|e| ProxyError::Tls(e.to_string()))?;
+            let verifier = Arc::new(PolicyVerifier {
+                inner,
+                allow: tls.allow.clone(),
+            });
+            (
+                builder.with_client_cert_verifier(verifier.clone()),
+                Some(verifier),
+            )
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| ProxyError::file("server certificate and key", &tls.cert, e.to_string()))?;
+    config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+    config.session_storage = session_storage;
+    config.ticketer = ticketer;
+    Ok(TlsMaterial {
+        config: Arc::new(config),
+        verifier,
+        server_cert,
+        loaded_at: SystemTime::now(),
+    })
 }
 
 /// webpki's client verifier plus the listener's identity allow-list, so an

@@ -294,3 +294,117 @@ fn sigterm_drains_open_connections_before_exiting() {
     let status = proxy.wait_exit();
     assert!(status.success(), "{status:?}");
 }
+
+/// The SHA-256 fingerprint of the certificate the proxy serves now, as seen
+/// by a client that does SSLRequest and a TLS handshake.
+fn served_fingerprint(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut tcp = tcp(port);
+    write(&mut tcp, &crate::negotiation::SSL_REQUEST);
+    let mut s = [0u8; 1];
+    tcp.read_exact(&mut s).expect("S");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let conn = rustls::ClientConnection::new(rustls_client(Some(&pki().trainer), &[]), name)
+        .expect("conn");
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.flush().expect("handshake");
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).expect("handshake");
+    }
+    let leaf = tls.conn.peer_certificates().expect("peer certs")[0].clone();
+    intransit_pki::sha256_fingerprint(leaf.as_ref())
+}
+
+#[test]
+fn sighup_reloads_the_server_certificate_without_dropping_connections() {
+    use intransit_pki::{CertificateKind, Validity};
+    let user = db_user("reload");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let p = pki();
+    let first = crate::support::issue(
+        &p.authority,
+        dir.path(),
+        "one",
+        CertificateKind::Server,
+        "localhost",
+        &[],
+        Validity::days_from_now(5),
+    );
+    let second = crate::support::issue(
+        &p.authority,
+        dir.path(),
+        "two",
+        CertificateKind::Server,
+        "localhost",
+        &[],
+        Validity::days_from_now(5),
+    );
+    let live = dir.path().join("live");
+    std::fs::create_dir_all(&live).expect("dir");
+    let install = |from: &intransit_pki::CertificatePaths| {
+        std::fs::copy(&from.chain, live.join("chain.pem")).expect("copy chain");
+        std::fs::copy(&from.key, live.join("key.pem")).expect("copy key");
+    };
+    install(&first);
+    let config = listener_toml(&pg_upstream(), "", "")
+        .replace(
+            &p.server.chain.display().to_string(),
+            &live.join("chain.pem").display().to_string(),
+        )
+        .replace(
+            &p.server.key.display().to_string(),
+            &live.join("key.pem").display().to_string(),
+        );
+    let proxy = ProxyProcess::start(&config);
+    let fp = |paths: &intransit_pki::CertificatePaths| {
+        let pem = std::fs::read_to_string(&paths.cert).expect("cert");
+        intransit_pki::sha256_fingerprint(&intransit_pki::pem_to_der_certs(&pem).expect("pem")[0])
+    };
+    assert_eq!(served_fingerprint(proxy.port()), fp(&first));
+
+    // A session that stays open across the reload.
+    let psql_bin = intransit_testkit::require_tool("psql", "postgresql-client").expect("psql");
+    let held = Command::new(psql_bin)
+        .arg(conninfo(
+            proxy.port(),
+            &user.name,
+            &user.name,
+            &p.trainer,
+            "",
+        ))
+        .args(["-X", "-A", "-t", "-c", "SELECT pg_sleep(2), 'survived'"])
+        .env("PGPASSWORD", &user.password)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql");
+    proxy.wait_for_log(Duration::from_secs(10), |v| {
+        v["message"] == "connection established"
+    });
+
+    install(&second);
+    signal(proxy.pid(), "HUP");
+    proxy.wait_for_log(Duration::from_secs(10), |v| {
+        v["message"] == "TLS material reloaded"
+    });
+    assert_eq!(served_fingerprint(proxy.port()), fp(&second));
+
+    // A key that does not match the certificate is refused; the old material stays.
+    std::fs::copy(&first.key, live.join("key.pem")).expect("copy key");
+    signal(proxy.pid(), "HUP");
+    let failed = proxy.wait_for_log(Duration::from_secs(10), |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("TLS reload failed"))
+    });
+    assert!(
+        failed["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{failed}"
+    );
+    assert_eq!(served_fingerprint(proxy.port()), fp(&second));
+
+    let out = held.wait_with_output().expect("psql");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("survived"));
+}

@@ -29,6 +29,8 @@ pub struct Pki {
     /// Where the files live (removed by the next run once this one is gone).
     _dir: PathBuf,
     pub ca: PathBuf,
+    /// The test CA itself, for tests that issue their own certificates.
+    pub authority: CertificateAuthority,
     pub server: CertificatePaths,
     /// Client certificate: CN "trainer", URI spiffe://prod/trainer.
     pub trainer: CertificatePaths,
@@ -46,7 +48,7 @@ pub struct Pki {
     pub crl: PathBuf,
 }
 
-fn issue(
+pub fn issue(
     ca: &CertificateAuthority,
     dir: &Path,
     name: &str,
@@ -200,6 +202,7 @@ pub fn pki() -> &'static Pki {
                 &[],
                 v(),
             ),
+            authority: ca,
             _dir: dir,
         }
     })

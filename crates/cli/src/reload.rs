@@ -1,0 +1,72 @@
+//! Reloading TLS material while the proxy runs: SIGHUP re-reads the
+//! configuration file and reloads every listener's certificate, key, trust
+//! anchors, CRL and allow-list. A listener whose new material fails to load
+//! keeps the old one and the failure is logged.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use intransit_proxy::PreparedListener;
+use tracing::{error, info, warn};
+
+/// Reloads on every SIGHUP until the process exits.
+pub fn spawn_on_sighup(config_path: PathBuf, listeners: Vec<Arc<PreparedListener>>) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGHUP; reload needs a restart");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            info!(config = %config_path.display(), "SIGHUP: reloading TLS material");
+            reload_from_file(&config_path, &listeners);
+        }
+    });
+}
+
+fn reload_from_file(path: &std::path::Path, listeners: &[Arc<PreparedListener>]) {
+    let config = match crate::load_config(path) {
+        Ok(c) => c,
+        Err(e) => {
+            error!(
+                error = format!("{e:#}"),
+                "reload failed; keeping the running configuration"
+            );
+            return;
+        }
+    };
+    for listener in listeners {
+        let Some(new) = config.listeners.iter().find(|l| l.name == listener.name) else {
+            warn!(listener = %listener.name, "listener is no longer in the configuration; it keeps running until restart");
+            continue;
+        };
+        reload_listener(listener, &new.tls);
+    }
+    for new in &config.listeners {
+        if !listeners.iter().any(|l| l.name == new.name) {
+            warn!(listener = %new.name, "new listener in the configuration; it starts on restart");
+        }
+    }
+}
+
+/// Reloads one listener's TLS material and logs what is in use afterwards.
+pub fn reload_listener(listener: &PreparedListener, tls: &intransit_config::ServerTls) {
+    match listener.tls.reload(tls) {
+        Ok(material) => info!(
+            listener = %listener.name,
+            subject = %material.server_cert.subject,
+            serial = %material.server_cert.serial,
+            fingerprint = %material.server_cert.fingerprint_sha256,
+            not_after = material.server_cert.not_after_unix,
+            "TLS material reloaded"
+        ),
+        Err(e) => error!(
+            listener = %listener.name,
+            error = %e,
+            "TLS reload failed; new handshakes keep using the previous material"
+        ),
+    }
+}

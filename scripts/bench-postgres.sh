@@ -1,0 +1,360 @@
+#!/usr/bin/env bash
+# Measures intransit against PostgreSQL's own TLS 1.3, on one PostgreSQL
+# server, and prints a markdown summary (method and figures are explained
+# in docs/benchmarks.md):
+#
+#   1. pgbench -S (2 clients, -j 2) through the proxy and directly, on
+#      persistent connections and with -C, interleaved, REPS times;
+#   2. handshake latency (connect + SSLRequest + TLS 1.3 with a client
+#      certificate) and connect-to-ReadyForQuery latency, interleaved;
+#   3. the proxy's CPU time per 10,000 transactions;
+#   4. the proxy's memory with IDLE idle TLS sessions open.
+#
+# Everything runs on loopback, in a temporary directory that is removed on
+# exit (KEEP=1 keeps it, with every log). Needs root (PostgreSQL runs as the
+# `postgres` user), PostgreSQL server binaries, psql, pgbench and openssl
+# (`.ci/install-deps.sh` installs them). Not part of the test suite.
+#
+# Knobs (environment): REPS (5), DURATION seconds per pgbench run (10),
+# SCALE pgbench scale (10), HANDSHAKES per target (2000), SESSION_PROBES per
+# target (500), IDLE sessions (1000), CONTROL_REPS for the P-256 control
+# (3; 0 skips it), INFO_RUN=0 skips the info-log run, PGBIN, CARGO_TARGET_DIR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+
+REPS=${REPS:-5}
+DURATION=${DURATION:-10}
+SCALE=${SCALE:-10}
+HANDSHAKES=${HANDSHAKES:-2000}
+SESSION_PROBES=${SESSION_PROBES:-500}
+IDLE=${IDLE:-1000}
+CONTROL_REPS=${CONTROL_REPS:-3}
+INFO_RUN=${INFO_RUN:-1}
+KEEP=${KEEP:-0}
+PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
+
+log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+[[ $(id -u) == 0 ]] || die "run as root: PostgreSQL is started as the postgres user"
+[[ -x $PGBIN/postgres && -x $PGBIN/initdb ]] || die "no PostgreSQL server binaries in '$PGBIN' (set PGBIN, or: bash .ci/install-deps.sh)"
+for tool in psql pgbench openssl ss runuser; do
+    command -v "$tool" >/dev/null || die "$tool not found (bash .ci/install-deps.sh)"
+done
+id postgres >/dev/null 2>&1 || die "no postgres user (apt-get install postgresql)"
+
+log "building (release)"
+cargo build --release --locked -p intransit -p intransit-bench >&2
+intransit=$CARGO_TARGET_DIR/release/intransit
+bench=$CARGO_TARGET_DIR/release/intransit-bench-pg
+
+# 1,000 client sockets here plus 2,000 in the proxy.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+work=$(mktemp -d /tmp/intransit-bench.XXXXXX)
+chmod 755 "$work"
+proxy_pid=""
+pg_started=0
+cleanup() {
+    set +e
+    if [[ -n $proxy_pid ]]; then kill "$proxy_pid" 2>/dev/null; wait "$proxy_pid" 2>/dev/null; fi
+    if [[ $pg_started == 1 ]]; then
+        runuser -u postgres -- "$PGBIN/pg_ctl" -D "$work/pg/data" -m immediate stop >/dev/null 2>&1
+    fi
+    if [[ $KEEP == 1 ]]; then log "kept $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    local port
+    for _ in $(seq 100); do
+        port=$((20000 + RANDOM % 30000))
+        if [[ -z $(ss -Htan "sport = :$port") ]]; then echo "$port"; return; fi
+    done
+    die "no free port found"
+}
+
+wait_for_port() { # port what
+    for _ in $(seq 100); do
+        [[ -n $(ss -Htln "sport = :$1") ]] && return 0
+        sleep 0.1
+    done
+    die "$2 is not listening on $1"
+}
+
+# --- certificates: intransit up makes a CA, a server and a client certificate
+state=$work/state
+log "creating certificates with intransit up"
+"$intransit" up --state-dir "$state" --listen 127.0.0.1:0 \
+    --upstream "unix:$work/nowhere/.s.PGSQL.1" >"$work/up.log" 2>&1 &
+up_pid=$!
+for _ in $(seq 100); do
+    [[ -s $state/certs/client/key.pem && -s $state/certs/server/chain.pem ]] && break
+    sleep 0.1
+done
+kill "$up_pid" 2>/dev/null || true
+wait "$up_pid" 2>/dev/null || true
+ca=$state/ca/ca.pem
+server_chain=$state/certs/server/chain.pem
+server_key=$state/certs/server/key.pem
+client_cert=$state/certs/client/cert.pem
+client_key=$state/certs/client/key.pem
+for f in "$ca" "$server_chain" "$server_key" "$client_cert" "$client_key"; do
+    [[ -s $f ]] || die "intransit up did not create $f (see $work/up.log)"
+done
+
+# --- PostgreSQL: one server for both paths. Native clients use TLS 1.3 on
+# TCP; the proxy reaches the same server over its unix socket, as a sidecar
+# does. trust for the bench user on both, so authentication costs the same.
+pg_port=$(free_port)
+pg=$work/pg
+mkdir -p "$pg/sock"
+chown -R postgres:postgres "$pg"
+log "initdb and starting PostgreSQL on 127.0.0.1:$pg_port"
+runuser -u postgres -- "$PGBIN/initdb" -D "$pg/data" -U bench --auth=trust -E UTF8 --no-sync >"$work/initdb.log" 2>&1 \
+    || die "initdb failed (see $work/initdb.log)"
+install -o postgres -g postgres -m 0644 "$server_chain" "$pg/data/server.crt"
+install -o postgres -g postgres -m 0600 "$server_key" "$pg/data/server.key"
+install -o postgres -g postgres -m 0644 "$ca" "$pg/data/root.crt"
+cat >>"$pg/data/postgresql.conf" <<EOF
+# intransit benchmark
+listen_addresses = '127.0.0.1'
+port = $pg_port
+unix_socket_directories = '$pg/sock'
+max_connections = 1100
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
+ssl_ca_file = 'root.crt'
+ssl_min_protocol_version = 'TLSv1.3'
+EOF
+cat >"$pg/data/pg_hba.conf" <<EOF
+# TYPE   DATABASE USER  ADDRESS       METHOD
+local    all      bench               trust
+hostssl  all      bench 127.0.0.1/32  trust  clientcert=verify-ca
+EOF
+chown postgres:postgres "$pg/data/pg_hba.conf"
+runuser -u postgres -- "$PGBIN/pg_ctl" -D "$pg/data" -l "$pg/server.log" -w start >/dev/null \
+    || die "PostgreSQL did not start (see $pg/server.log)"
+pg_started=1
+psql -h "$pg/sock" -p "$pg_port" -U bench -d postgres -qAtc "CREATE DATABASE bench" >/dev/null
+log "pgbench -i -s $SCALE"
+pgbench -i -q -s "$SCALE" -h "$pg/sock" -p "$pg_port" -U bench bench >"$work/pgbench-init.log" 2>&1 \
+    || die "pgbench -i failed (see $work/pgbench-init.log)"
+
+# --- the proxy
+proxy_port=$(free_port)
+cat >"$work/proxy.toml" <<EOF
+[[listener]]
+name = "bench"
+protocol = "postgres"
+listen = "127.0.0.1:$proxy_port"
+upstream = "unix:$pg/sock/.s.PGSQL.$pg_port"
+handshake_timeout = "60s"
+
+[listener.tls]
+cert = "$server_chain"
+key = "$server_key"
+client_ca = "$ca"
+EOF
+start_proxy() { # log level
+    stop_proxy
+    "$intransit" --log-level "$1" proxy --config "$work/proxy.toml" 2>>"$work/proxy-$1.log" &
+    proxy_pid=$!
+    wait_for_port "$proxy_port" "intransit"
+}
+stop_proxy() {
+    if [[ -n $proxy_pid ]]; then
+        kill "$proxy_pid" 2>/dev/null || true
+        wait "$proxy_pid" 2>/dev/null || true
+        proxy_pid=""
+    fi
+}
+start_proxy warn
+
+conninfo() { # port
+    echo "host=127.0.0.1 port=$1 user=bench dbname=bench sslmode=verify-full sslrootcert=$ca sslcert=$client_cert sslkey=$client_key ssl_min_protocol_version=TLSv1.3 gssencmode=disable"
+}
+declare -A port=([native]=$pg_port [proxy]=$proxy_port)
+
+# What libpq negotiates on each path (openssl s_client uses the same
+# OpenSSL defaults as libpq).
+negotiated() { # side
+    openssl s_client -starttls postgres -connect "127.0.0.1:${port[$1]}" -tls1_3 \
+        -CAfile "$ca" -cert "$client_cert" -key "$client_key" -verify_return_error -brief </dev/null 2>&1 \
+        | awk -F': ' '/^(Protocol version|Ciphersuite|Server Temp Key|Negotiated TLS1.3 group)/{printf "%s%s", sep, $2; sep=", "} END{print ""}'
+}
+for side in native proxy; do
+    psql "$(conninfo "${port[$side]}")" -qAtc "SELECT 1" >/dev/null || die "psql through $side failed"
+done
+tls_native=$(negotiated native)
+tls_proxy=$(negotiated proxy)
+
+ticks() { "$bench" proc "$proxy_pid" | sed -n 's/.*cpu_ticks=\([0-9]*\).*/\1/p'; }
+clk_tck=$(getconf CLK_TCK)
+
+# One pgbench run; prints "tps transactions proxy_cpu_ms" (cpu only for the proxy).
+pgbench_run() { # side mode(persistent|reconnect) label
+    local side=$1 mode=$2 out="$work/pgbench-$3.log" flags=() before=0 after=0 cpu_ms=-
+    [[ $mode == reconnect ]] && flags=(-C)
+    [[ $side == proxy ]] && before=$(ticks)
+    pgbench -n -S -c 2 -j 2 -T "$DURATION" "${flags[@]}" "$(conninfo "${port[$side]}")" >"$out" 2>&1 \
+        || die "pgbench failed (see $out)"
+    if [[ $side == proxy ]]; then
+        after=$(ticks)
+        cpu_ms=$(( (after - before) * 1000 / clk_tck ))
+    fi
+    local tps txns
+    tps=$(awk '/^tps = /{print $3; exit}' "$out")
+    txns=$(awk -F': ' '/number of transactions actually processed/{split($2, a, "/"); print a[1]; exit}' "$out")
+    echo "$tps $txns $cpu_ms"
+}
+
+load_now() { awk '{print $1", "$2", "$3}' /proc/loadavg; }
+load_start=$(load_now)
+top -bn1 | head -n 15 >"$work/top-start.txt"
+
+# --- 1 and 3: pgbench, interleaved A B A B
+declare -A tps cpu10k
+log "pgbench -S: $REPS repetitions x 4 runs x ${DURATION}s"
+for rep in $(seq "$REPS"); do
+    for mode in persistent reconnect; do
+        for side in native proxy; do
+            result=$(pgbench_run "$side" "$mode" "$side-$mode-$rep")
+            read -r t n c <<<"$result"
+            tps[$side-$mode]+="$t "
+            if [[ $side == proxy ]]; then
+                cpu10k[$mode]+="$(awk -v c="$c" -v n="$n" 'BEGIN{printf "%.1f", c * 10000 / n}') "
+            fi
+            log "rep $rep $side $mode: $t tps, $n transactions, proxy cpu ms: $c"
+        done
+    done
+done
+
+spread() { "$bench" spread "$@"; }
+field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p"; }
+median_of() { spread $1 | field median; }
+
+# --- info-level logging cost on -C
+info_line=""
+if [[ $INFO_RUN == 1 ]]; then
+    log "pgbench -C with the proxy at the default info log level"
+    start_proxy info
+    result=$(pgbench_run native reconnect native-reconnect-info)
+    read -r n_tps _ _ <<<"$result"
+    result=$(pgbench_run proxy reconnect proxy-reconnect-info)
+    read -r p_tps p_n p_c <<<"$result"
+    info_cpu=$(awk -v c="$p_c" -v n="$p_n" 'BEGIN{printf "%.1f", c * 10000 / n}')
+    info_line="| -C, proxy at --log-level info (one run) | $n_tps | $p_tps | $(awk -v a="$p_tps" -v b="$n_tps" 'BEGIN{printf "%.2f", a / b}') | $info_cpu |"
+    start_proxy warn
+fi
+
+# --- control: both paths on P-256 (no HelloRetryRequest on the native side)
+control_rows=""
+if (( CONTROL_REPS > 0 )); then
+    log "control: -C with the client limited to P-256, $CONTROL_REPS repetitions"
+    cat >"$work/openssl-p256.cnf" <<'EOF'
+openssl_conf = openssl_init
+[openssl_init]
+ssl_conf = ssl_sect
+[ssl_sect]
+system_default = system_default_sect
+[system_default_sect]
+Groups = P-256
+EOF
+    export OPENSSL_CONF=$work/openssl-p256.cnf
+    tls_native_p256=$(negotiated native)
+    tls_proxy_p256=$(negotiated proxy)
+    declare -A ctps
+    for rep in $(seq "$CONTROL_REPS"); do
+        for side in native proxy; do
+            result=$(pgbench_run "$side" reconnect "$side-reconnect-p256-$rep")
+            read -r t _ _ <<<"$result"
+            ctps[$side]+="$t "
+            log "control rep $rep $side: $t tps"
+        done
+    done
+    unset OPENSSL_CONF
+    cn=$(median_of "${ctps[native]}")
+    cp=$(median_of "${ctps[proxy]}")
+    control_rows="| -C, client offers P-256 only | $(spread ${ctps[native]} | field median) [$(spread ${ctps[native]} | field min)–$(spread ${ctps[native]} | field max)] | $(spread ${ctps[proxy]} | field median) [$(spread ${ctps[proxy]} | field min)–$(spread ${ctps[proxy]} | field max)] | $(awk -v a="$cp" -v b="$cn" 'BEGIN{printf "%.2f", a / b}') | |"
+fi
+
+# --- 2: handshake and connect-to-ready latency, interleaved
+log "handshake latency: $HANDSHAKES per target, libpq's groups"
+tls_args=(--ca "$ca" --cert "$client_cert" --key "$client_key" --server-name 127.0.0.1)
+targets=(--target "native=127.0.0.1:$pg_port" --target "proxy=127.0.0.1:$proxy_port")
+hs_default=$("$bench" latency "${tls_args[@]}" "${targets[@]}" --count "$HANDSHAKES")
+log "handshake latency: $HANDSHAKES per target, P-256 only"
+hs_p256=$("$bench" latency "${tls_args[@]}" --groups secp256r1 "${targets[@]}" --count "$HANDSHAKES")
+log "connect-to-ReadyForQuery latency: $SESSION_PROBES per target"
+hs_session=$("$bench" latency "${tls_args[@]}" "${targets[@]}" --count "$SESSION_PROBES" --warmup 20 --session)
+
+# --- 4: memory with IDLE idle sessions, on a fresh proxy process
+log "memory: $IDLE idle sessions through a fresh proxy"
+start_proxy warn
+sleep 1
+idle=$("$bench" idle "${tls_args[@]}" --target "127.0.0.1:$proxy_port" --watch-pid "$proxy_pid" --count "$IDLE")
+stop_proxy
+load_end=$(load_now)
+
+# --- report
+cpu_model=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)
+row() { # label mode
+    local n=${tps[native-$2]} p=${tps[proxy-$2]} mn mp
+    mn=$(median_of "$n"); mp=$(median_of "$p")
+    echo "| $1 | $mn [$(spread $n | field min)–$(spread $n | field max)] | $mp [$(spread $p | field min)–$(spread $p | field max)] | $(awk -v a="$mp" -v b="$mn" 'BEGIN{printf "%.2f", a / b}') | $(median_of "${cpu10k[$2]}") [$(spread ${cpu10k[$2]} | field min)–$(spread ${cpu10k[$2]} | field max)] |"
+}
+lat_row() { # label lines target
+    local line
+    line=$(grep "^target=$3 " <<<"$2")
+    echo "| $1 | $3 | $(field p50_us <<<"$line") | $(field p90_us <<<"$line") | $(field p99_us <<<"$line") | $(field min_us <<<"$line") | $(field max_us <<<"$line") |"
+}
+kib_mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k / 1024}'; }
+
+cat <<EOF
+## intransit vs PostgreSQL TLS 1.3: $(date -u +%Y-%m-%dT%H:%MZ)
+
+Machine: $cpu_model, $(nproc) cores, Linux $(uname -r); $("$PGBIN/postgres" --version);
+$(openssl version); $(rustc --version 2>/dev/null || echo "rustc unknown").
+Load average (1, 5, 15 min) at start: $load_start; at end: $load_end.
+
+TLS negotiated by libpq's OpenSSL: native: $tls_native; proxy: $tls_proxy.
+
+### pgbench -S -c 2 -j 2 -T $DURATION, $REPS repetitions interleaved (median [min–max])
+
+| run | native TLS tps | intransit tps | ratio | proxy CPU ms / 10k txn |
+|---|---|---|---|---|
+$(row "persistent" persistent)
+$(row "-C (new connection per transaction)" reconnect)
+$info_line
+$control_rows
+
+### Latency, sequential, interleaved per probe (µs)
+
+| probe | target | p50 | p90 | p99 | min | max |
+|---|---|---|---|---|---|---|
+$(lat_row "handshake, groups x25519,P-256 ($HANDSHAKES)" "$hs_default" native)
+$(lat_row "handshake, groups x25519,P-256 ($HANDSHAKES)" "$hs_default" proxy)
+$(lat_row "handshake, P-256 only ($HANDSHAKES)" "$hs_p256" native)
+$(lat_row "handshake, P-256 only ($HANDSHAKES)" "$hs_p256" proxy)
+$(lat_row "connect to ReadyForQuery ($SESSION_PROBES)" "$hs_session" native)
+$(lat_row "connect to ReadyForQuery ($SESSION_PROBES)" "$hs_session" proxy)
+
+### Proxy memory with $IDLE idle TLS sessions (fresh process)
+
+| | VmRSS MB | VmHWM MB |
+|---|---|---|
+| 0 connections | $(kib_mb "$(field baseline_rss_kib <<<"$idle")") | $(kib_mb "$(field baseline_hwm_kib <<<"$idle")") |
+| $(field sessions <<<"$idle") open (opened in $(field open_secs <<<"$idle") s) | $(kib_mb "$(field open_rss_kib <<<"$idle")") | $(kib_mb "$(field open_hwm_kib <<<"$idle")") |
+| after closing them | $(kib_mb "$(field closed_rss_kib <<<"$idle")") | $(kib_mb "$(field closed_hwm_kib <<<"$idle")") |
+
+Per connection: $(field per_connection_kib <<<"$idle") KiB (VmRSS with sessions open minus baseline, divided by sessions).
+EOF
+if [[ $KEEP == 1 ]]; then
+    echo
+    echo "Raw output: $work"
+fi
