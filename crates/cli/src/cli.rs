@@ -119,5 +119,7 @@ The configuration is TOML. Every key (docs/configuration.md has the full referen
   identity_regex = \"^cn:(.+)$\"       matched against kind:value names, like pg_ident.conf
   user = \"\\\\1\"                        captures \\\\1..\\\\9 substituted
 
-Signals: SIGINT/SIGTERM stop accepting and drain for shutdown_grace; a second
-signal exits at once.";
+Signals: SIGHUP reloads certificates, keys, client CAs, CRLs and allow-lists
+from the files (material that fails to load is refused and the old stays);
+SIGINT/SIGTERM stop accepting and drain for shutdown_grace; a second signal
+exits at once.";
