@@ -18,7 +18,9 @@
 # Knobs (environment): REPS (5), DURATION seconds per pgbench run (10),
 # SCALE pgbench scale (10), HANDSHAKES per target (2000), SESSION_PROBES per
 # target (500), IDLE sessions (1000), CONTROL_REPS for the P-256 control
-# (3; 0 skips it), INFO_RUN=0 skips the info-log run, PGBIN, CARGO_TARGET_DIR.
+# (3; 0 skips it), INFO_RUN=0 skips the info-log run, REFERENCE=0 skips the
+# no-TLS reference runs, SKIP_BUILD=1 uses the binaries already built,
+# PGBIN, CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -31,6 +33,7 @@ SESSION_PROBES=${SESSION_PROBES:-500}
 IDLE=${IDLE:-1000}
 CONTROL_REPS=${CONTROL_REPS:-3}
 INFO_RUN=${INFO_RUN:-1}
+REFERENCE=${REFERENCE:-1}
 KEEP=${KEEP:-0}
 PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
@@ -45,8 +48,10 @@ for tool in psql pgbench openssl ss runuser; do
 done
 id postgres >/dev/null 2>&1 || die "no postgres user (apt-get install postgresql)"
 
-log "building (release)"
-cargo build --release --locked -p intransit -p intransit-bench >&2
+if [[ ${SKIP_BUILD:-0} != 1 ]]; then
+    log "building (release)"
+    cargo build --release --locked -p intransit -p intransit-bench >&2
+fi
 intransit=$CARGO_TARGET_DIR/release/intransit
 bench=$CARGO_TARGET_DIR/release/intransit-bench-pg
 
@@ -176,9 +181,13 @@ stop_proxy() {
 start_proxy warn
 
 conninfo() { # port
+    if [[ $1 == plain ]]; then
+        echo "host=$pg/sock port=$pg_port user=bench dbname=bench"
+        return
+    fi
     echo "host=127.0.0.1 port=$1 user=bench dbname=bench sslmode=verify-full sslrootcert=$ca sslcert=$client_cert sslkey=$client_key ssl_min_protocol_version=TLSv1.3 gssencmode=disable"
 }
-declare -A port=([native]=$pg_port [proxy]=$proxy_port)
+declare -A port=([native]=$pg_port [proxy]=$proxy_port [plain]=plain)
 
 # What libpq negotiates on each path (openssl s_client uses the same
 # OpenSSL defaults as libpq).
@@ -193,24 +202,35 @@ done
 tls_native=$(negotiated native)
 tls_proxy=$(negotiated proxy)
 
-ticks() { "$bench" proc "$proxy_pid" | sed -n 's/.*cpu_ticks=\([0-9]*\).*/\1/p'; }
+field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p"; }
+# CPU clock ticks: of the proxy itself, and of every PostgreSQL backend that
+# has exited (the postmaster's waited-for children).
+proxy_ticks() { "$bench" proc "$proxy_pid" | field cpu_ticks; }
+pg_ticks() { "$bench" proc "$(head -n 1 "$pg/data/postmaster.pid")" | field children_ticks; }
 clk_tck=$(getconf CLK_TCK)
 
-# One pgbench run; prints "tps transactions proxy_cpu_ms" (cpu only for the proxy).
+# One pgbench run; prints "tps transactions proxy_cpu_ms postgres_cpu_ms
+# pgbench_cpu_ms" (proxy_cpu_ms is - when the proxy is not on the path).
 pgbench_run() { # side mode(persistent|reconnect) label
-    local side=$1 mode=$2 out="$work/pgbench-$3.log" flags=() before=0 after=0 cpu_ms=-
+    local side=$1 mode=$2 out="$work/pgbench-$3.log" flags=() proxy_before=0 proxy_ms=- pg_before pg_ms client_ms
     [[ $mode == reconnect ]] && flags=(-C)
-    [[ $side == proxy ]] && before=$(ticks)
-    pgbench -n -S -c 2 -j 2 -T "$DURATION" "${flags[@]}" "$(conninfo "${port[$side]}")" >"$out" 2>&1 \
+    [[ $side == proxy ]] && proxy_before=$(proxy_ticks)
+    pg_before=$(pg_ticks)
+    local TIMEFORMAT='%3U %3S'
+    { time pgbench -n -S -c 2 -j 2 -T "$DURATION" "${flags[@]}" "$(conninfo "${port[$side]}")" >"$out" 2>&1; } 2>"$out.cpu" \
         || die "pgbench failed (see $out)"
-    if [[ $side == proxy ]]; then
-        after=$(ticks)
-        cpu_ms=$(( (after - before) * 1000 / clk_tck ))
-    fi
+    [[ $side == proxy ]] && proxy_ms=$(( ($(proxy_ticks) - proxy_before) * 1000 / clk_tck ))
+    # The postmaster reaps the backends right after pgbench disconnects.
+    sleep 0.5
+    pg_ms=$(( ($(pg_ticks) - pg_before) * 1000 / clk_tck ))
+    client_ms=$(awk '{printf "%d", ($1 + $2) * 1000}' "$out.cpu")
     local tps txns
     tps=$(awk '/^tps = /{print $3; exit}' "$out")
     txns=$(awk -F': ' '/number of transactions actually processed/{split($2, a, "/"); print a[1]; exit}' "$out")
-    echo "$tps $txns $cpu_ms"
+    echo "$tps $txns $proxy_ms $pg_ms $client_ms"
+}
+per10k() { # ms transactions
+    awk -v c="$1" -v n="$2" 'BEGIN{ if (c == "-") print "-"; else printf "%.1f", c * 10000 / n }'
 }
 
 load_now() { awk '{print $1", "$2", "$3}' /proc/loadavg; }
@@ -218,25 +238,40 @@ load_start=$(load_now)
 top -bn1 | head -n 15 >"$work/top-start.txt"
 
 # --- 1 and 3: pgbench, interleaved A B A B
-declare -A tps cpu10k
+declare -A tps cpu10k pgcpu10k clientcpu10k
 log "pgbench -S: $REPS repetitions x 4 runs x ${DURATION}s"
 for rep in $(seq "$REPS"); do
     for mode in persistent reconnect; do
         for side in native proxy; do
             result=$(pgbench_run "$side" "$mode" "$side-$mode-$rep")
-            read -r t n c <<<"$result"
+            read -r t n c p b <<<"$result"
             tps[$side-$mode]+="$t "
-            if [[ $side == proxy ]]; then
-                cpu10k[$mode]+="$(awk -v c="$c" -v n="$n" 'BEGIN{printf "%.1f", c * 10000 / n}') "
-            fi
-            log "rep $rep $side $mode: $t tps, $n transactions, proxy cpu ms: $c"
+            [[ $side == proxy ]] && cpu10k[$mode]+="$(per10k "$c" "$n") "
+            pgcpu10k[$side-$mode]+="$(per10k "$p" "$n") "
+            clientcpu10k[$side-$mode]+="$(per10k "$b" "$n") "
+            log "rep $rep $side $mode: $t tps, $n transactions, CPU ms: proxy $c, postgres $p, pgbench $b"
         done
     done
 done
 
 spread() { "$bench" spread "$@"; }
-field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p"; }
 median_of() { spread $1 | field median; }
+
+# --- reference: no TLS at all, pgbench on PostgreSQL's unix socket (what
+# the proxy's upstream leg sees); an upper bound for any proxy.
+reference_rows=""
+reference_cpu_rows=""
+if [[ $REFERENCE == 1 ]]; then
+    log "reference: plain unix socket, no TLS"
+    result=$(pgbench_run plain persistent plain-persistent)
+    read -r rp rpn _ rpp rpb <<<"$result"
+    result=$(pgbench_run plain reconnect plain-reconnect)
+    read -r rc rcn _ rcp rcb <<<"$result"
+    reference_rows="| reference: persistent, unix socket, no TLS (one run) | $rp | | | |
+| reference: -C, unix socket, no TLS (one run) | $rc | | | |"
+    reference_cpu_rows="| persistent | reference: unix, no TLS | $(per10k "$rpb" "$rpn") | $(per10k "$rpp" "$rpn") | - | |
+| -C | reference: unix, no TLS | $(per10k "$rcb" "$rcn") | $(per10k "$rcp" "$rcn") | - | |"
+fi
 
 # --- info-level logging cost on -C
 info_line=""
@@ -244,10 +279,10 @@ if [[ $INFO_RUN == 1 ]]; then
     log "pgbench -C with the proxy at the default info log level"
     start_proxy info
     result=$(pgbench_run native reconnect native-reconnect-info)
-    read -r n_tps _ _ <<<"$result"
+    read -r n_tps _ <<<"$result"
     result=$(pgbench_run proxy reconnect proxy-reconnect-info)
-    read -r p_tps p_n p_c <<<"$result"
-    info_cpu=$(awk -v c="$p_c" -v n="$p_n" 'BEGIN{printf "%.1f", c * 10000 / n}')
+    read -r p_tps p_n p_c _ _ <<<"$result"
+    info_cpu=$(per10k "$p_c" "$p_n")
     info_line="| -C, proxy at --log-level info (one run) | $n_tps | $p_tps | $(awk -v a="$p_tps" -v b="$n_tps" 'BEGIN{printf "%.2f", a / b}') | $info_cpu |"
     start_proxy warn
 fi
@@ -272,7 +307,7 @@ EOF
     for rep in $(seq "$CONTROL_REPS"); do
         for side in native proxy; do
             result=$(pgbench_run "$side" reconnect "$side-reconnect-p256-$rep")
-            read -r t _ _ <<<"$result"
+            read -r t _ <<<"$result"
             ctps[$side]+="$t "
             log "control rep $rep $side: $t tps"
         done
@@ -308,6 +343,14 @@ row() { # label mode
     mn=$(median_of "$n"); mp=$(median_of "$p")
     echo "| $1 | $mn [$(spread $n | field min)–$(spread $n | field max)] | $mp [$(spread $p | field min)–$(spread $p | field max)] | $(awk -v a="$mp" -v b="$mn" 'BEGIN{printf "%.2f", a / b}') | $(median_of "${cpu10k[$2]}") [$(spread ${cpu10k[$2]} | field min)–$(spread ${cpu10k[$2]} | field max)] |"
 }
+cpu_row() { # mode side
+    local b p c="-" label=$1
+    [[ $1 == reconnect ]] && label="-C"
+    b=$(median_of "${clientcpu10k[$2-$1]}")
+    p=$(median_of "${pgcpu10k[$2-$1]}")
+    [[ $2 == proxy ]] && c=$(median_of "${cpu10k[$1]}")
+    echo "| $label | $2 | $b | $p | $c | $(awk -v a="$b" -v b="$p" -v c="$c" 'BEGIN{printf "%.1f", a + b + (c == "-" ? 0 : c)}') |"
+}
 lat_row() { # label lines target
     local line
     line=$(grep "^target=$3 " <<<"$2")
@@ -332,6 +375,17 @@ $(row "persistent" persistent)
 $(row "-C (new connection per transaction)" reconnect)
 $info_line
 $control_rows
+$reference_rows
+
+### CPU per 10,000 transactions by process (median of $REPS runs, ms)
+
+| run | path | pgbench (client) | PostgreSQL backends | proxy | total |
+|---|---|---|---|---|---|
+$(cpu_row persistent native)
+$(cpu_row persistent proxy)
+$(cpu_row reconnect native)
+$(cpu_row reconnect proxy)
+$reference_cpu_rows
 
 ### Latency, sequential, interleaved per probe (µs)
 

@@ -15,10 +15,14 @@ pub struct CpuTicks {
     pub user: u64,
     /// Time in kernel mode (`stime`, field 15).
     pub system: u64,
+    /// User plus kernel time of children the process has waited for
+    /// (`cutime` + `cstime`, fields 16 and 17). For PostgreSQL's postmaster
+    /// this is the CPU time of every backend that has exited.
+    pub children: u64,
 }
 
 impl CpuTicks {
-    /// User plus system time.
+    /// User plus system time of the process itself.
     pub fn total(self) -> u64 {
         self.user.saturating_add(self.system)
     }
@@ -32,9 +36,15 @@ pub fn parse_stat(text: &str) -> Option<CpuTicks> {
     let after_name = text.get(text.rfind(')')? + 1..)?;
     // After the name come field 3 (state) onwards; utime is field 14.
     let mut fields = after_name.split_whitespace().skip(11);
-    let user = fields.next()?.parse().ok()?;
-    let system = fields.next()?.parse().ok()?;
-    Some(CpuTicks { user, system })
+    let mut next = || fields.next()?.parse::<u64>().ok();
+    let user = next()?;
+    let system = next()?;
+    let children = next()?.saturating_add(next()?);
+    Some(CpuTicks {
+        user,
+        system,
+        children,
+    })
 }
 
 /// Resident memory of a process, in KiB.
@@ -87,7 +97,7 @@ mod tests {
     /// A `/proc/PID/stat` line in the kernel's layout, with a command name
     /// containing the spaces and parentheses that break naive splitting.
     const STAT: &str = "4242 (tokio (rt) w) S 1 4242 4242 0 -1 4194560 2210 0 0 0 \
-                        1234 567 0 0 20 0 3 0 9911 75431936 4521 18446744073709551615 1 1 0 0 0 0 0 4096 17991 0 0 0 17 1 0 0 0 0 0";
+                        1234 567 80 9 20 0 3 0 9911 75431936 4521 18446744073709551615 1 1 0 0 0 0 0 4096 17991 0 0 0 17 1 0 0 0 0 0";
 
     #[test]
     fn stat_fields_are_counted_after_the_command_name() {
@@ -95,7 +105,8 @@ mod tests {
             parse_stat(STAT),
             Some(CpuTicks {
                 user: 1234,
-                system: 567
+                system: 567,
+                children: 89
             })
         );
         assert_eq!(parse_stat(STAT).unwrap().total(), 1801);

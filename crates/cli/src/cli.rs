@@ -37,6 +37,174 @@ pub enum Command {
     Proxy(ProxyArgs),
     /// Validate a configuration file and the files it names, without binding anything.
     CheckConfig(CheckConfigArgs),
+    /// The certificate authority: create it, publish its CRL.
+    Ca {
+        /// State directory holding the CA and the inventory.
+        #[arg(long, global = true, default_value = ".intransit")]
+        state_dir: PathBuf,
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Certificates: issue, list, inspect, renew, revoke, check expiry.
+    Cert {
+        /// State directory holding the CA and the inventory.
+        #[arg(long, global = true, default_value = ".intransit")]
+        state_dir: PathBuf,
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+}
+
+/// Where the CA key passphrase comes from, for commands that sign.
+#[derive(Debug, Args, Clone, Default)]
+pub struct PassphraseArgs {
+    /// File holding the CA key passphrase (default: $INTRANSIT_CA_PASSPHRASE).
+    #[arg(long)]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create the CA (refuses to replace an existing one without --force).
+    Init {
+        /// Key type: ecdsa-p256, ecdsa-p384, ed25519, rsa-2048, rsa-3072 or rsa-4096.
+        #[arg(long, default_value = "ecdsa-p256")]
+        key: String,
+        /// Common name of the CA.
+        #[arg(long, default_value = "intransit CA")]
+        name: String,
+        /// Lifetime in days.
+        #[arg(long, default_value_t = 3650, allow_negative_numbers = true)]
+        days: i64,
+        /// Replace an existing CA.
+        #[arg(long)]
+        force: bool,
+        /// Store the key encrypted with this passphrase (PKCS#8, AES-256-CBC,
+        /// PBKDF2-HMAC-SHA256); also read from $INTRANSIT_CA_PASSPHRASE.
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+    },
+    /// Write a fresh CRL listing every revoked certificate.
+    Crl {
+        /// Where to write it (default: <state-dir>/ca/crl.pem).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Days until nextUpdate.
+        #[arg(long, default_value_t = 7, allow_negative_numbers = true)]
+        days: i64,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Issue a server or client certificate.
+    Issue {
+        #[command(subcommand)]
+        kind: IssueKind,
+    },
+    /// The inventory: every certificate with its status.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a certificate file, or the chain a server presents
+    /// (postgres://host:port, mysql://host:port, tls://host:port).
+    Inspect {
+        /// A PEM/DER file, or a URL.
+        target: String,
+        /// Server name to send (SNI) when fetching from a server.
+        #[arg(long)]
+        sni: Option<String>,
+    },
+    /// Re-issue certificates that are due (past --renew-at of their lifetime).
+    Renew {
+        /// The certificate to renew.
+        name: Option<String>,
+        /// Consider every certificate in the inventory.
+        #[arg(long, conflicts_with = "name")]
+        all: bool,
+        /// Renew even if not due.
+        #[arg(long)]
+        force: bool,
+        /// Keep the existing private key.
+        #[arg(long)]
+        reuse_key: bool,
+        /// Command to run after each renewal (sh -c; INTRANSIT_CERT_NAME and
+        /// INTRANSIT_CERT_DIR are set), e.g. a reload.
+        #[arg(long)]
+        exec: Option<String>,
+        /// Fraction of the lifetime after which a certificate is due.
+        #[arg(long, default_value_t = 2.0 / 3.0)]
+        renew_at: f64,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+    },
+    /// Revoke a certificate by serial or name and regenerate the CRL.
+    Revoke {
+        /// Serial number (hex) or inventory name.
+        target: String,
+        /// unspecified, keyCompromise, caCompromise, affiliationChanged,
+        /// superseded, cessationOfOperation or privilegeWithdrawn.
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+        /// Days until the regenerated CRL's nextUpdate.
+        #[arg(long, default_value_t = 7)]
+        crl_days: i64,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+    },
+    /// Exit non-zero if a certificate is expired or expires within --warn.
+    Check {
+        /// Warning window, e.g. 30d, 12h.
+        #[arg(long, default_value = "30d")]
+        warn: String,
+        /// Certificate files to check instead of the inventory.
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IssueKind {
+    /// A server certificate (serverAuth): needs --dns and/or --ip.
+    Server(CertIssueArgs),
+    /// A client certificate (clientAuth): CN and optional URI SANs.
+    Client(CertIssueArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct CertIssueArgs {
+    /// Inventory name (also the CN unless --cn is given).
+    #[arg(long)]
+    pub name: String,
+    /// Subject common name.
+    #[arg(long)]
+    pub cn: Option<String>,
+    /// DNS subject alternative name (repeatable).
+    #[arg(long)]
+    pub dns: Vec<String>,
+    /// IP subject alternative name (repeatable).
+    #[arg(long)]
+    pub ip: Vec<String>,
+    /// URI subject alternative name, e.g. spiffe://prod/trainer (repeatable).
+    #[arg(long)]
+    pub uri: Vec<String>,
+    /// Lifetime in days (default 90 for servers, 30 for clients).
+    #[arg(long, allow_negative_numbers = true)]
+    pub days: Option<i64>,
+    /// Key type: ecdsa-p256, ecdsa-p384, ed25519, rsa-2048, rsa-3072 or rsa-4096.
+    #[arg(long, default_value = "ecdsa-p256")]
+    pub key: String,
+    /// Write the files here instead of <state-dir>/certs/<name>/.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Replace a certificate already issued under this name.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
 }
 
 #[derive(Debug, Args)]

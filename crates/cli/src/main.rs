@@ -4,7 +4,17 @@
 
 #![forbid(unsafe_code)]
 
+/// `println!` that treats a closed stdout (`intransit cert list | head`)
+/// as the end of the output rather than a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::write_stdout_line(format_args!($($arg)*))
+    };
+}
+
 mod cli;
+mod inspect;
+mod pki_cmd;
 mod reload;
 mod up;
 
@@ -28,6 +38,21 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+pub(crate) fn write_stdout_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_fmt(args)
+        .and_then(|()| stdout.write_all(b"\n"));
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to stdout: {e}");
+        std::process::exit(1);
     }
 }
 
@@ -72,13 +97,15 @@ fn run(command: Command) -> Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Ca { state_dir, command } => pki_cmd::run_ca(&state_dir, command),
+        Command::Cert { state_dir, command } => pki_cmd::run_cert(&state_dir, command),
         Command::CheckConfig(args) => {
             let config = load_config(&args.file)?;
             let proxy = Proxy::prepare(&config)
                 .with_context(|| format!("checking {}", args.file.display()))?;
-            println!("{}: OK", args.file.display());
+            out!("{}: OK", args.file.display());
             for l in proxy.listeners() {
-                println!(
+                out!(
                     "  listener {:?}: {} -> {} (postgres, TLS >= {}, client certificates {}, {} allow pattern(s), db_users {})",
                     l.name,
                     l.listen,

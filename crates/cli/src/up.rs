@@ -125,10 +125,10 @@ pub async fn run(args: UpArgs) -> Result<()> {
     .collect::<Vec<_>>()
     .join(" ");
 
-    println!(
+    out!(
         "intransit: listening on {bound_at} (TLS 1.3, client certificate required), forwarding to PostgreSQL at {upstream}"
     );
-    println!(
+    out!(
         "state directory: {} ({})",
         state_root.display(),
         if material.created {
@@ -137,11 +137,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
             "reused"
         }
     );
-    println!();
-    println!("Connect through it with:");
-    println!("  psql \"{conninfo}\"");
-    println!();
-    println!("Press Ctrl-C to stop.");
+    out!("");
+    out!("Connect through it with:");
+    out!("  psql \"{conninfo}\"");
+    out!("");
+    out!("Press Ctrl-C to stop.");
 
     crate::serve(bound, signals).await;
     Ok(())

@@ -1,9 +1,9 @@
-//! Human durations in configuration: `500ms`, `10s`, `2m`, `1h`.
+//! Human durations in configuration and flags: `500ms`, `10s`, `2m`, `1h`, `30d`.
 
 use std::time::Duration;
 
-/// Parses a duration written as a whole number followed by `ms`, `s`, `m`
-/// or `h`. A bare number is refused so that units are never guessed.
+/// Parses a duration written as a whole number followed by `ms`, `s`, `m`,
+/// `h` or `d`. A bare number is refused so that units are never guessed.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -18,9 +18,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
         _ => {
             return Err(format!(
-                "unknown unit {unit:?} in {text:?}; use ms, s, m or h"
+                "unknown unit {unit:?} in {text:?}; use ms, s, m, h or d"
             ))
         }
     };
@@ -38,6 +39,10 @@ mod tests {
         assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(30 * 86_400)
+        );
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("10 days").is_err());

@@ -5,7 +5,8 @@
 //! names) and the invariant that a [`CertificateAuthority`] value always holds
 //! a CA certificate together with the private key that belongs to it. It
 //! must never expose the CA private key except by writing it to a 0600 file
-//! in [`CertificateAuthority::save`].
+//! in [`CertificateAuthority::save`] or, encrypted,
+//! [`CertificateAuthority::save_encrypted`].
 
 use std::fmt;
 use std::path::Path;
@@ -21,10 +22,13 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::x509::X509Name;
 
 use crate::inspect::{decode_certs, encode_pem, parse_certificate, serial_hex};
-use crate::key::{parse_private_key, private_key_pem};
+use crate::key::{parse_private_key, pkcs8_der, private_key_pem};
+use crate::key_encryption::{decrypt_pkcs8, encrypt_pkcs8, is_encrypted_pem, DecryptError};
 use crate::request::validate_common_name;
+use crate::revocation::{serial_bytes, RevocationReason, RevokedCertificate};
 use crate::storage::{
-    create_private_dir, read_text, write_file_atomic, CertificatePaths, PRIVATE_FILE_MODE,
+    create_private_dir, path_exists, read_text, stage_files, write_file_atomic, CertificatePaths,
+    FileSpec, SwappedFiles, CA_FILE, CERT_FILE, CHAIN_FILE, KEY_FILE, PRIVATE_FILE_MODE,
     PUBLIC_FILE_MODE,
 };
 use crate::{CertificateKind, IssueRequest, KeyAlgorithm, PkiError, Validity};
@@ -117,25 +121,106 @@ impl CertificateAuthority {
     }
 
     /// Loads `dir/ca.pem` and `dir/key.pem`, as written by [`Self::save`].
+    ///
+    /// An encrypted key is refused with [`PkiError::PassphraseRequired`];
+    /// use [`Self::load_with_passphrase`] for those.
     pub fn load(dir: &Path) -> Result<Self, PkiError> {
+        Self::load_with_passphrase(dir, None)
+    }
+
+    /// Loads `dir/ca.pem` and `dir/key.pem`, decrypting the key with
+    /// `passphrase` if it is a PKCS#8 `ENCRYPTED PRIVATE KEY` (as written by
+    /// [`Self::save_encrypted`] or by `openssl pkcs8 -topk8 -v2 aes-256-cbc`).
+    /// A passphrase given for an unencrypted key is ignored.
+    ///
+    /// Errors say precisely what is wrong: [`PkiError::NoCa`] when neither
+    /// file exists, [`PkiError::IncompleteCa`] when one is missing,
+    /// [`PkiError::PassphraseRequired`] when the key is encrypted and no
+    /// passphrase was given, [`PkiError::WrongPassphrase`],
+    /// [`PkiError::UnsupportedKeyEncryption`], and otherwise
+    /// [`PkiError::Load`] with the cause (a damaged file, a key that does
+    /// not match the certificate, ...).
+    pub fn load_with_passphrase(dir: &Path, passphrase: Option<&[u8]>) -> Result<Self, PkiError> {
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
+        match (path_exists(&cert_path)?, path_exists(&key_path)?) {
+            (true, true) => {}
+            (false, false) => {
+                return Err(PkiError::NoCa {
+                    dir: dir.to_path_buf(),
+                })
+            }
+            (true, false) => {
+                return Err(PkiError::IncompleteCa {
+                    dir: dir.to_path_buf(),
+                    missing: key_path,
+                })
+            }
+            (false, true) => {
+                return Err(PkiError::IncompleteCa {
+                    dir: dir.to_path_buf(),
+                    missing: cert_path,
+                })
+            }
+        }
         let cert_pem = read_text(&cert_path, "reading CA certificate")?;
         let key_pem = read_text(&key_path, "reading CA private key")?;
-        Self::from_pem(&cert_pem, &key_pem).map_err(|source| PkiError::Load {
+        let load_error = |source: PkiError| PkiError::Load {
             path: dir.to_path_buf(),
             source: Box::new(source),
-        })
+        };
+        if !is_encrypted_pem(&key_pem) {
+            return Self::from_pem(&cert_pem, &key_pem).map_err(load_error);
+        }
+        let Some(passphrase) = passphrase else {
+            return Err(PkiError::PassphraseRequired { path: key_path });
+        };
+        let mut der = decrypt_pkcs8(&key_pem, passphrase).map_err(|e| match e {
+            DecryptError::WrongPassphrase => PkiError::WrongPassphrase {
+                path: key_path.clone(),
+            },
+            DecryptError::Unsupported(scheme) => PkiError::UnsupportedKeyEncryption {
+                path: key_path.clone(),
+                scheme,
+            },
+        })?;
+        let plain_pem = encode_pem("PRIVATE KEY", &der);
+        der.fill(0);
+        Self::from_pem(&cert_pem, &plain_pem).map_err(load_error)
+    }
+
+    /// Whether `dir/key.pem` is encrypted, so that a caller can ask for the
+    /// passphrase before calling [`Self::load_with_passphrase`].
+    pub fn is_key_encrypted(dir: &Path) -> Result<bool, PkiError> {
+        let key_pem = read_text(&dir.join(CA_KEY_FILE), "reading CA private key")?;
+        Ok(is_encrypted_pem(&key_pem))
     }
 
     /// Writes `dir/key.pem` (mode 0600) and `dir/ca.pem` (mode 0644), each
     /// atomically, replacing any existing files. Creates `dir` with mode 0700
-    /// if it does not exist.
+    /// if it does not exist. The key is written unencrypted, even if it was
+    /// loaded from an encrypted file; see [`Self::save_encrypted`].
     pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
+        self.save_key_pem(dir, &self.key_pem)
+    }
+
+    /// Like [`Self::save`], but the key file is a PKCS#8
+    /// `ENCRYPTED PRIVATE KEY` protected by `passphrase`: PBES2 with
+    /// PBKDF2-HMAC-SHA256 ([`PBKDF2_ITERATIONS`](crate::PBKDF2_ITERATIONS)
+    /// iterations, random salt) and AES-256-CBC, readable by
+    /// `openssl pkey -in key.pem -passin ...`. An empty passphrase is refused.
+    pub fn save_encrypted(&self, dir: &Path, passphrase: &[u8]) -> Result<(), PkiError> {
+        let mut der = pkcs8_der(&self.key_pem, "CA private key")?;
+        let encrypted = encrypt_pkcs8(&der, passphrase);
+        der.fill(0);
+        self.save_key_pem(dir, &encrypted?)
+    }
+
+    fn save_key_pem(&self, dir: &Path, key_pem: &str) -> Result<(), PkiError> {
         create_private_dir(dir)?;
         write_file_atomic(
             &dir.join(CA_KEY_FILE),
-            self.key_pem.as_bytes(),
+            key_pem.as_bytes(),
             PRIVATE_FILE_MODE,
         )?;
         write_file_atomic(
@@ -167,8 +252,10 @@ impl CertificateAuthority {
 
     /// Signs a certificate revocation list naming `revoked_serials` (hex, as
     /// [`crate::CertificateSummary::serial_hex`] prints them; colons are
-    /// ignored), valid from now until `next_update` later. The PEM output is
-    /// usable by the proxy's `crl` key and by PostgreSQL's `ssl_crl_file`.
+    /// ignored), each revoked now without a reason, valid from now until
+    /// `next_update` later. The PEM output is usable by the proxy's `crl`
+    /// key and by PostgreSQL's `ssl_crl_file`. See [`Self::sign_crl`] for
+    /// reasons and revocation times.
     pub fn crl_pem(
         &self,
         revoked_serials: &[&str],
@@ -176,44 +263,66 @@ impl CertificateAuthority {
         crl_number: u64,
     ) -> Result<String, PkiError> {
         let now = OffsetDateTime::now_utc();
-        let mut revoked = Vec::with_capacity(revoked_serials.len());
-        for serial in revoked_serials {
-            let hex: String = serial.chars().filter(|c| *c != ':').collect();
-            if hex.is_empty() || hex.len() % 2 != 0 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(PkiError::InvalidRequest(format!(
-                    "{serial:?} is not a hexadecimal serial number"
-                )));
-            }
-            let bytes = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
-                .collect::<Result<Vec<u8>, _>>()
-                .map_err(|_| PkiError::InvalidRequest(format!("{serial:?} is not hexadecimal")))?;
-            revoked.push(rcgen::RevokedCertParams {
+        let revoked = revoked_serials
+            .iter()
+            .map(|serial| RevokedCertificate {
+                serial_hex: (*serial).to_owned(),
+                revoked_at: now,
+                reason: RevocationReason::Unspecified,
+                name: None,
+            })
+            .collect::<Vec<_>>();
+        self.sign_crl(&revoked, now, next_update, crl_number)
+    }
+
+    /// Signs a v2 certificate revocation list: thisUpdate `this_update`,
+    /// nextUpdate `next_update` later, the CRL number extension
+    /// `crl_number` (which must grow with every CRL the CA publishes), an
+    /// authority key identifier, and per entry the serial, the revocation
+    /// time and (unless unspecified) the reason code. Returns PEM.
+    pub fn sign_crl(
+        &self,
+        revoked: &[RevokedCertificate],
+        this_update: OffsetDateTime,
+        next_update: time::Duration,
+        crl_number: u64,
+    ) -> Result<String, PkiError> {
+        if next_update <= time::Duration::ZERO {
+            return Err(PkiError::InvalidRequest(
+                "the CRL's next update must be in the future".to_owned(),
+            ));
+        }
+        let mut entries = Vec::with_capacity(revoked.len());
+        for entry in revoked {
+            let bytes = serial_bytes(&entry.serial_hex).ok_or_else(|| {
+                PkiError::InvalidRequest(format!(
+                    "{:?} is not a hexadecimal serial number",
+                    entry.serial_hex
+                ))
+            })?;
+            entries.push(rcgen::RevokedCertParams {
                 serial_number: SerialNumber::from_slice(&bytes),
-                revocation_time: now,
-                reason_code: None,
+                revocation_time: entry.revoked_at,
+                reason_code: entry.reason.to_rcgen(),
                 invalidity_date: None,
             });
         }
+        let next = this_update.checked_add(next_update).ok_or_else(|| {
+            PkiError::InvalidRequest("the CRL's next update is too far away".to_owned())
+        })?;
         let params = rcgen::CertificateRevocationListParams {
-            this_update: now,
-            next_update: now + next_update,
+            this_update,
+            next_update: next,
             crl_number: SerialNumber::from_slice(&crl_number.to_be_bytes()),
             issuing_distribution_point: None,
-            revoked_certs: revoked,
+            revoked_certs: entries,
             key_identifier_method: rcgen::KeyIdMethod::Sha256,
         };
         let crl = params
             .signed_by(&self.issuer)
-            .map_err(|source| PkiError::Crypto {
-                action: "signing the CRL".into(),
-                source,
-            })?;
-        crl.pem().map_err(|source| PkiError::Crypto {
-            action: "encoding the CRL".into(),
-            source,
-        })
+            .map_err(|e| PkiError::crypto("signing the CRL", e))?;
+        crl.pem()
+            .map_err(|e| PkiError::crypto("encoding the CRL", e))
     }
 
     /// Generates a key pair and signs a leaf certificate for it.
@@ -226,6 +335,16 @@ impl CertificateAuthority {
     /// after the CA expires is cut short at the CA's expiry (see
     /// [`IssuedCertificate::not_after`]); one starting after it is an error.
     pub fn issue(&self, req: &IssueRequest) -> Result<IssuedCertificate, PkiError> {
+        self.issue_with_key(req, None)
+    }
+
+    /// Like [`Self::issue`], for an existing key pair (and its PEM) when
+    /// `existing_key` is given; `req.key` must describe that key.
+    pub(crate) fn issue_with_key(
+        &self,
+        req: &IssueRequest,
+        existing_key: Option<(KeyPair, String)>,
+    ) -> Result<IssuedCertificate, PkiError> {
         req.validate()?;
         let mut validity = req.validity.checked()?;
         // A certificate cannot be trusted beyond its CA's expiry, so a longer
@@ -262,7 +381,14 @@ impl CertificateAuthority {
         params.not_before = validity.not_before;
         params.not_after = validity.not_after;
 
-        let key_pair = req.key.generate()?;
+        let (key_pair, key_pem) = match existing_key {
+            Some(existing) => existing,
+            None => {
+                let key_pair = req.key.generate()?;
+                let key_pem = private_key_pem(&key_pair)?;
+                (key_pair, key_pem)
+            }
+        };
         let cert = params
             .signed_by(&key_pair, &self.issuer)
             .map_err(|e| PkiError::crypto("signing the certificate", e))?;
@@ -283,7 +409,7 @@ impl CertificateAuthority {
 
         Ok(IssuedCertificate {
             cert_pem: encode_pem("CERTIFICATE", &cert_der),
-            key_pem: private_key_pem(&key_pair)?,
+            key_pem,
             ca_pem: self.cert_pem.clone(),
             serial_hex: serial_hex(&issued),
             not_after: validity.not_after,
@@ -360,16 +486,27 @@ impl IssuedCertificate {
     }
 
     /// Writes `key.pem` (0600), `cert.pem`, `chain.pem` and `ca.pem` (0644)
-    /// into `dir`, creating it with mode 0700 if needed. Each file is
-    /// replaced atomically; the key is written first.
+    /// into `dir`, creating it with mode 0700 if needed. All four files are
+    /// written to temporary names first and then renamed into place, the key
+    /// first; if anything fails, the previous files are restored and
+    /// nothing new is left behind.
     pub fn write_to(&self, dir: &Path) -> Result<CertificatePaths, PkiError> {
-        create_private_dir(dir)?;
-        let paths = CertificatePaths::in_dir(dir);
-        write_file_atomic(&paths.key, self.key_pem.as_bytes(), PRIVATE_FILE_MODE)?;
-        write_file_atomic(&paths.cert, self.cert_pem.as_bytes(), PUBLIC_FILE_MODE)?;
-        write_file_atomic(&paths.chain, self.chain_pem().as_bytes(), PUBLIC_FILE_MODE)?;
-        write_file_atomic(&paths.ca, self.ca_pem.as_bytes(), PUBLIC_FILE_MODE)?;
-        Ok(paths)
+        let swapped = self.swap_into(dir)?;
+        swapped.commit();
+        Ok(CertificatePaths::in_dir(dir))
+    }
+
+    /// Stages and renames the four files into `dir`, leaving the caller to
+    /// commit or (by dropping the result) undo the change.
+    pub(crate) fn swap_into(&self, dir: &Path) -> Result<SwappedFiles, PkiError> {
+        let chain = self.chain_pem();
+        let files: [FileSpec<'_>; 4] = [
+            (KEY_FILE, self.key_pem.as_bytes(), PRIVATE_FILE_MODE),
+            (CERT_FILE, self.cert_pem.as_bytes(), PUBLIC_FILE_MODE),
+            (CHAIN_FILE, chain.as_bytes(), PUBLIC_FILE_MODE),
+            (CA_FILE, self.ca_pem.as_bytes(), PUBLIC_FILE_MODE),
+        ];
+        stage_files(dir, &files)?.swap_in()
     }
 }
 

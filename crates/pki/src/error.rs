@@ -173,6 +173,144 @@ pub enum PkiError {
          not starting with '.' and without '..'"
     )]
     InvalidCertificateName(String),
+
+    /// A CA directory holds neither of the CA files.
+    #[error("there is no CA in {}: create one first", dir.display())]
+    NoCa {
+        /// The CA directory.
+        dir: PathBuf,
+    },
+
+    /// A CA already exists where a new one was to be created.
+    #[error(
+        "a CA already exists in {}; replacing it would invalidate every certificate it issued, \
+         so it is kept unless replacement is forced",
+        dir.display()
+    )]
+    CaExists {
+        /// The CA directory.
+        dir: PathBuf,
+    },
+
+    /// The CA private key is encrypted and no passphrase was supplied.
+    #[error("the CA private key {} is encrypted: a passphrase is needed to use it", path.display())]
+    PassphraseRequired {
+        /// The key file.
+        path: PathBuf,
+    },
+
+    /// The passphrase does not decrypt the CA private key.
+    // A wrong passphrase shows up as bad padding or a key that does not
+    // parse after decryption; both are reported as this, never with details.
+    #[error("wrong passphrase for the CA private key {}", path.display())]
+    WrongPassphrase {
+        /// The key file.
+        path: PathBuf,
+    },
+
+    /// The private key is encrypted in a way this crate does not read.
+    #[error(
+        "the private key {} is encrypted with {scheme}, which is not supported; \
+         re-encrypt it with `openssl pkcs8 -topk8 -v2 aes-256-cbc -v2prf hmacWithSHA256`",
+        path.display()
+    )]
+    UnsupportedKeyEncryption {
+        /// The key file.
+        path: PathBuf,
+        /// What was found, e.g. "scrypt" or "PBES1".
+        scheme: String,
+    },
+
+    /// Encrypting a private key with a passphrase failed.
+    #[error("encrypting the private key failed while {0}")]
+    KeyEncryption(&'static str),
+
+    /// A number of days for a validity period is out of range.
+    #[error(
+        "a validity of {days} days is not possible: use a whole number of days from 1 to {max}"
+    )]
+    InvalidDays {
+        /// What was asked for.
+        days: i64,
+        /// The largest accepted value.
+        max: i64,
+    },
+
+    /// A certificate name is already in the inventory.
+    #[error(
+        "a certificate named {name:?} was already issued (files in {}); \
+         renew it, choose another name, or force a replacement",
+        dir.display()
+    )]
+    AlreadyIssued {
+        /// The name.
+        name: String,
+        /// Where its files are.
+        dir: PathBuf,
+    },
+
+    /// The output directory already holds certificate files that the
+    /// inventory does not know about.
+    #[error(
+        "{} already holds certificate files ({file}) that the inventory does not know; \
+         choose another directory or force a replacement",
+        dir.display()
+    )]
+    OutputOccupied {
+        /// The output directory.
+        dir: PathBuf,
+        /// The first file found, e.g. `cert.pem`.
+        file: String,
+    },
+
+    /// A stored certificate's private key does not belong to it.
+    #[error(
+        "the private key {} does not match the public key in {}",
+        key.display(),
+        cert.display()
+    )]
+    CertificateKeyMismatch {
+        /// The key file.
+        key: PathBuf,
+        /// The certificate file.
+        cert: PathBuf,
+    },
+
+    /// Neither a certificate name nor a serial number in the inventory.
+    #[error("no certificate named {0:?} or with that serial number is in the inventory")]
+    UnknownCertificate(String),
+
+    /// The certificate was revoked before.
+    #[error(
+        "the certificate with serial {serial} was already revoked at {}",
+        rfc3339(revoked_at)
+    )]
+    AlreadyRevoked {
+        /// Its serial number (hex).
+        serial: String,
+        /// When it was revoked.
+        revoked_at: OffsetDateTime,
+    },
+
+    /// A revocation reason was not recognised.
+    #[error(
+        "unknown revocation reason {0:?}; expected one of unspecified, keyCompromise, \
+         caCompromise, affiliationChanged, superseded, cessationOfOperation, privilegeWithdrawn"
+    )]
+    UnknownRevocationReason(String),
+
+    /// The inventory file cannot be understood.
+    #[error(
+        "the certificate inventory {} is damaged ({detail}); restore it from a backup, \
+         or move it away to rebuild it from the certificate directories",
+        path.display()
+    )]
+    Inventory {
+        /// The inventory file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
 }
 
 /// Formats a timestamp for an error message, falling back to `Debug` for the

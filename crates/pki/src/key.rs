@@ -81,6 +81,15 @@ impl KeyAlgorithm {
         )
     }
 
+    /// The algorithm whose [`description`](Self::description) is `description`,
+    /// as [`CertificateSummary::key_description`](crate::CertificateSummary::key_description)
+    /// reports it; `None` for key types the CA cannot generate.
+    pub fn from_description(description: &str) -> Option<Self> {
+        KeyAlgorithm::ALL
+            .into_iter()
+            .find(|alg| alg.description() == description)
+    }
+
     fn signature_algorithm(self) -> &'static SignatureAlgorithm {
         match self {
             KeyAlgorithm::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
@@ -164,6 +173,37 @@ pub(crate) fn parse_private_key(
     };
     let key_pair = KeyPair::try_from(&der).map_err(|_| PkiError::PrivateKey { what })?;
     Ok((key_pair, encode_pem(label, der.secret_der())))
+}
+
+/// The DER PKCS#8 `PrivateKeyInfo` of the first key in `pem`, converting
+/// SEC1 (`EC PRIVATE KEY`) and PKCS#1 (`RSA PRIVATE KEY`) keys, because only
+/// PKCS#8 can be stored encrypted.
+pub(crate) fn pkcs8_der(pem: &str, what: &'static str) -> Result<Vec<u8>, PkiError> {
+    let der =
+        PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|_| PkiError::PrivateKey { what })?;
+    let converted = match &der {
+        PrivateKeyDer::Pkcs8(pkcs8) => Some(pkcs8.secret_pkcs8_der().to_vec()),
+        PrivateKeyDer::Sec1(sec1) => [
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &aws_lc_rs::signature::ECDSA_P384_SHA384_ASN1_SIGNING,
+        ]
+        .into_iter()
+        .find_map(|alg| {
+            aws_lc_rs::signature::EcdsaKeyPair::from_private_key_der(alg, sec1.secret_sec1_der())
+                .ok()
+        })
+        .and_then(|key| key.to_pkcs8v1().ok())
+        .map(|doc| doc.as_ref().to_vec()),
+        PrivateKeyDer::Pkcs1(pkcs1) => {
+            use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
+            aws_lc_rs::rsa::KeyPair::from_der(pkcs1.secret_pkcs1_der())
+                .ok()
+                .and_then(|key| AsDer::<Pkcs8V1Der<'static>>::as_der(&key).ok())
+                .map(|doc| doc.as_ref().to_vec())
+        }
+        _ => None,
+    };
+    converted.ok_or(PkiError::PrivateKey { what })
 }
 
 impl fmt::Display for KeyAlgorithm {

@@ -14,13 +14,32 @@
 //!
 //! - [`key`]: [`KeyAlgorithm`], the key types the CA can generate.
 //! - [`request`]: [`IssueRequest`], [`CertificateKind`] and [`Validity`],
-//!   what a caller asks for.
+//!   what a caller asks for, and the checks on user input
+//!   ([`Validity::try_days_from_now`]).
 //! - [`authority`]: [`CertificateAuthority`] and [`IssuedCertificate`], the
-//!   signing itself.
+//!   signing itself: certificates and CRLs
+//!   ([`CertificateAuthority::sign_crl`]); loading and saving the CA, with
+//!   the key optionally encrypted
+//!   ([`CertificateAuthority::load_with_passphrase`],
+//!   [`CertificateAuthority::save_encrypted`]).
+//! - `key_encryption` (private): PKCS#8 `ENCRYPTED PRIVATE KEY` with PBES2
+//!   (PBKDF2-HMAC-SHA256, AES-256-CBC), OpenSSL-compatible; the ASN.1 comes
+//!   from the `pkcs8` crate, the cryptography from aws-lc-rs.
+//! - [`revocation`]: [`RevocationReason`] and [`RevokedCertificate`], the
+//!   entries of a CRL.
+//! - [`renewal`]: [`RenewalPolicy`], [`RenewalPlan`] (when a certificate is
+//!   due, with deterministic per-serial jitter) and [`check_expiry`]. Pure:
+//!   the clock is a parameter.
 //! - [`storage`]: [`write_file_atomic`] and [`CertificatePaths`], the on-disk
-//!   layout of one certificate.
+//!   layout of one certificate, and the all-or-nothing replacement of a
+//!   certificate's files.
 //! - [`inspect`]: [`summarize`], fingerprints, SPKI pins and PEM decoding.
-//! - [`state`]: [`StateDir`], the state directory used by `intransit up`.
+//! - [`state`]: [`StateDir`], the state directory, and the quickstart used
+//!   by `intransit up`.
+//! - [`inventory`]: `<state>/inventory.json` and the operations on named
+//!   certificates: [`StateDir::issue`], [`StateDir::inventory`],
+//!   [`StateDir::renew`], [`StateDir::revoke`], [`StateDir::write_crl`],
+//!   [`StateDir::check_expiry`].
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -28,18 +47,30 @@
 pub mod authority;
 mod error;
 pub mod inspect;
+pub mod inventory;
 pub mod key;
+mod key_encryption;
+pub mod renewal;
 pub mod request;
+pub mod revocation;
 pub mod state;
 pub mod storage;
 
 pub use authority::{CertificateAuthority, IssuedCertificate, CA_ORGANIZATION};
 pub use error::PkiError;
 pub use inspect::{pem_to_der_certs, sha256_fingerprint, spki_pin, summarize, CertificateSummary};
+pub use inventory::{
+    CertStatus, Inventory, IssuedEntry, PreviousSerial, RenewOptions, RenewOutcome,
+};
 pub use key::KeyAlgorithm;
+pub use key_encryption::PBKDF2_ITERATIONS;
+pub use renewal::{
+    check_expiry, days_until, ExpiryFinding, ExpiryState, RenewalPlan, RenewalPolicy,
+};
 pub use request::{
     CertificateKind, IssueRequest, Validity, CA_VALIDITY_DAYS, CLIENT_VALIDITY_DAYS,
-    CLOCK_SKEW_ALLOWANCE, SERVER_VALIDITY_DAYS,
+    CLOCK_SKEW_ALLOWANCE, MAX_VALIDITY_DAYS, SERVER_VALIDITY_DAYS,
 };
+pub use revocation::{RevocationReason, RevokedCertificate};
 pub use state::{Quickstart, StateDir, QUICKSTART_CA_NAME};
 pub use storage::{write_file_atomic, CertificatePaths};

@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::str::FromStr;
 
 use rustls_pki_types::DnsName;
 use time::{Duration, OffsetDateTime};
@@ -20,6 +21,11 @@ pub const CLIENT_VALIDITY_DAYS: u32 = 30;
 
 /// Default lifetime of a CA certificate, in days (about ten years).
 pub const CA_VALIDITY_DAYS: u32 = 3650;
+
+/// The longest validity, in days, that [`Validity::try_days_from_now`]
+/// accepts: about a hundred years, far beyond any sensible certificate and
+/// well within what X.509 dates can express.
+pub const MAX_VALIDITY_DAYS: i64 = 36_525;
 
 /// How far in the past a new certificate's `not_before` is placed, so that a
 /// peer whose clock runs a little behind ours still accepts it.
@@ -40,6 +46,21 @@ impl CertificateKind {
         match self {
             CertificateKind::Server => SERVER_VALIDITY_DAYS,
             CertificateKind::Client => CLIENT_VALIDITY_DAYS,
+        }
+    }
+}
+
+impl FromStr for CertificateKind {
+    type Err = PkiError;
+
+    /// Parses `server` or `client`, ignoring ASCII case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            k if k.eq_ignore_ascii_case("server") => Ok(CertificateKind::Server),
+            k if k.eq_ignore_ascii_case("client") => Ok(CertificateKind::Client),
+            _ => Err(PkiError::InvalidRequest(format!(
+                "unknown certificate kind {s:?}; expected server or client"
+            ))),
         }
     }
 }
@@ -74,6 +95,28 @@ impl Validity {
             not_before: now - CLOCK_SKEW_ALLOWANCE,
             not_after: now + Duration::days(i64::from(days)),
         }
+    }
+
+    /// Like [`Self::days_from_now`], for a number of days that comes from a
+    /// user: anything below 1 or above [`MAX_VALIDITY_DAYS`] is refused with
+    /// [`PkiError::InvalidDays`].
+    pub fn try_days_from_now(days: i64) -> Result<Self, PkiError> {
+        Self::try_days_from(OffsetDateTime::now_utc(), days)
+    }
+
+    /// Valid from [`CLOCK_SKEW_ALLOWANCE`] before `start` until `days` days
+    /// after it, with the checks of [`Self::try_days_from_now`].
+    pub fn try_days_from(start: OffsetDateTime, days: i64) -> Result<Self, PkiError> {
+        if !(1..=MAX_VALIDITY_DAYS).contains(&days) {
+            return Err(PkiError::InvalidDays {
+                days,
+                max: MAX_VALIDITY_DAYS,
+            });
+        }
+        Ok(Self {
+            not_before: start - CLOCK_SKEW_ALLOWANCE,
+            not_after: start + Duration::days(days),
+        })
     }
 
     /// The length of the period.
@@ -234,6 +277,42 @@ mod tests {
         assert!(v.not_before <= before - CLOCK_SKEW_ALLOWANCE + Duration::seconds(1));
         assert!(v.not_after >= before + Duration::days(90));
         assert!(v.not_after <= before + Duration::days(90) + Duration::minutes(1));
+    }
+
+    #[test]
+    fn days_from_a_user_are_checked() {
+        for bad in [0, -1, i64::MIN, MAX_VALIDITY_DAYS + 1, i64::MAX] {
+            assert!(
+                matches!(
+                    Validity::try_days_from_now(bad),
+                    Err(PkiError::InvalidDays { days, .. }) if days == bad
+                ),
+                "{bad}"
+            );
+        }
+        let start = OffsetDateTime::UNIX_EPOCH + Duration::days(20_000);
+        let v = Validity::try_days_from(start, 1);
+        assert_eq!(
+            v.ok(),
+            Some(Validity {
+                not_before: start - CLOCK_SKEW_ALLOWANCE,
+                not_after: start + Duration::days(1),
+            })
+        );
+        assert!(Validity::try_days_from_now(MAX_VALIDITY_DAYS).is_ok());
+    }
+
+    #[test]
+    fn kinds_parse() {
+        assert_eq!(
+            "server".parse::<CertificateKind>().ok(),
+            Some(CertificateKind::Server)
+        );
+        assert_eq!(
+            "Client".parse::<CertificateKind>().ok(),
+            Some(CertificateKind::Client)
+        );
+        assert!("ca".parse::<CertificateKind>().is_err());
     }
 
     #[test]

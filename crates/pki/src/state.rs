@@ -3,17 +3,20 @@
 //! This module owns the layout below the state root:
 //!
 //! ```text
-//! <root>/ca/ca.pem, <root>/ca/key.pem
+//! <root>/ca/ca.pem, <root>/ca/key.pem, <root>/ca/crl.pem
 //! <root>/certs/<name>/{cert.pem,key.pem,chain.pem,ca.pem}
+//! <root>/inventory.json
 //! ```
+//!
+//! (the inventory and the operations on it live in [`crate::inventory`])
 //!
 //! and the rule that an existing CA is never replaced behind the user's back:
 //! if its files are damaged, incomplete or expired, [`StateDir::ensure_quickstart`]
 //! fails and leaves them alone, because replacing the CA would silently break
 //! every client that trusts it.
 
+use std::collections::HashSet;
 use std::fs;
-use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -23,11 +26,13 @@ use crate::authority::{is_signed_by, CA_CERT_FILE, CA_KEY_FILE};
 use crate::inspect::{parse_certificate, pem_to_der_certs, summarize};
 use crate::key::parse_private_key;
 use crate::request::validate_common_name;
-use crate::storage::{create_private_dir, CertificatePaths};
+use crate::revocation::normalize_serial;
+use crate::storage::{create_private_dir, path_exists, CertificatePaths};
 use crate::{
     CertificateAuthority, CertificateKind, IssueRequest, KeyAlgorithm, PkiError, Validity,
     CA_VALIDITY_DAYS,
 };
+use crate::{RenewalPlan, RenewalPolicy};
 
 /// Common name of the CA created by [`StateDir::ensure_quickstart`].
 pub const QUICKSTART_CA_NAME: &str = "intransit local CA";
@@ -110,13 +115,16 @@ impl StateDir {
     ///
     /// Keys are ECDSA P-256 with mode 0600. A leaf is reused only if all its
     /// files exist and parse, its key matches, it chains to the CA, it has the
-    /// expected usage and (at least) the requested names, and it is within
-    /// the first two thirds of its lifetime; otherwise it is re-issued. A
-    /// leaf is never valid past the CA's own expiry.
+    /// expected usage and (at least) the requested names, it is not revoked
+    /// in the inventory, and it is not yet due under the default
+    /// [`RenewalPolicy`]; otherwise it is re-issued. A leaf is never valid
+    /// past the CA's own expiry. Both leaves are recorded in the inventory
+    /// under the names `server` and `client`; a run that reuses everything
+    /// writes nothing.
     ///
     /// The CA is created only if neither of its files exists. If one is
     /// missing, or they do not load, or the CA has expired, this returns an
-    /// error and changes nothing on disk.
+    /// error and changes nothing on disk; so does a damaged inventory.
     pub fn ensure_quickstart(
         &self,
         server_dns: &[String],
@@ -138,6 +146,9 @@ impl StateDir {
         client.key = KeyAlgorithm::EcdsaP256;
         client.validate()?;
 
+        // A damaged inventory stops us before anything is written.
+        let mut inventory = self.load_inventory_file()?;
+        let revoked = inventory.revoked_serials();
         create_private_dir(&self.root)?;
         let (ca, mut created) = self.load_or_create_ca()?;
         let now = OffsetDateTime::now_utc();
@@ -148,10 +159,14 @@ impl StateDir {
         }
 
         let (server_paths, server_created) =
-            self.ensure_leaf(&ca, SERVER_CERT_NAME, &server, now)?;
+            self.ensure_leaf(&ca, SERVER_CERT_NAME, &server, &revoked, now)?;
         let (client_paths, client_created) =
-            self.ensure_leaf(&ca, CLIENT_CERT_NAME, &client, now)?;
+            self.ensure_leaf(&ca, CLIENT_CERT_NAME, &client, &revoked, now)?;
         created |= server_created | client_created;
+        self.record_quickstart(
+            &mut inventory,
+            &[(SERVER_CERT_NAME, &server), (CLIENT_CERT_NAME, &client)],
+        )?;
 
         Ok(Quickstart {
             created,
@@ -167,7 +182,7 @@ impl StateDir {
         let dir = self.ca_dir();
         let cert = dir.join(CA_CERT_FILE);
         let key = dir.join(CA_KEY_FILE);
-        match (exists(&cert)?, exists(&key)?) {
+        match (path_exists(&cert)?, path_exists(&key)?) {
             (true, true) => Ok((CertificateAuthority::load(&dir)?, false)),
             (false, false) => {
                 let ca = CertificateAuthority::generate(
@@ -190,25 +205,16 @@ impl StateDir {
         ca: &CertificateAuthority,
         name: &str,
         req: &IssueRequest,
+        revoked: &HashSet<String>,
         now: OffsetDateTime,
     ) -> Result<(CertificatePaths, bool), PkiError> {
         let dir = self.cert_dir(name)?;
         let paths = CertificatePaths::in_dir(&dir);
-        if leaf_is_current(ca, &paths, req, now).is_some() {
+        if leaf_is_current(ca, &paths, req, revoked, now).is_some() {
             return Ok((paths, false));
         }
         let paths = ca.issue(req)?.write_to(&dir)?;
         Ok((paths, true))
-    }
-}
-
-/// Whether a file system entry exists, counting a dangling symlink as
-/// existing so that it is reported rather than silently replaced.
-fn exists(path: &Path) -> Result<bool, PkiError> {
-    match fs::symlink_metadata(path) {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(PkiError::io("checking", path, e)),
     }
 }
 
@@ -218,6 +224,7 @@ fn leaf_is_current(
     ca: &CertificateAuthority,
     paths: &CertificatePaths,
     req: &IssueRequest,
+    revoked: &HashSet<String>,
     now: OffsetDateTime,
 ) -> Option<()> {
     let read = |path: &Path| fs::read_to_string(path).ok();
@@ -246,12 +253,16 @@ fn leaf_is_current(
     }
 
     let summary = summarize(leaf_der).ok()?;
+    if normalize_serial(&summary.serial_hex).is_some_and(|s| revoked.contains(&s)) {
+        return None;
+    }
     let lifetime = summary.not_after - summary.not_before;
-    // Renew once two thirds of the lifetime have passed, as the design asks
-    // of renewals in general, so `intransit up` never starts with a
-    // certificate that is about to expire.
-    let renew_at = summary.not_before + lifetime * 2 / 3;
-    let fresh = summary.not_before <= now && now < renew_at && now < summary.not_after;
+    // Renew on the default renewal plan (two thirds of the lifetime, less
+    // jitter), the same rule `cert renew` applies, so `intransit up` never
+    // starts with a certificate that is about to expire or that `cert list`
+    // shows as due.
+    let plan = RenewalPlan::for_certificate(&summary, &RenewalPolicy::default());
+    let fresh = summary.not_before <= now && !plan.is_due(now);
     let usage = match req.kind {
         CertificateKind::Server => "serverAuth",
         CertificateKind::Client => "clientAuth",

@@ -2,14 +2,18 @@
 //!
 //! This module owns the file layout of one certificate directory
 //! ([`CertificatePaths`]) and the only way this crate writes files:
-//! [`write_file_atomic`]. A reader never observes a half-written file, and a
-//! private key is never readable by anyone but its owner, not even briefly,
-//! because the temporary file is created with mode 0600 before anything is
-//! written to it.
+//! [`write_file_atomic`], and its multi-file form (`stage_files`, then
+//! `swap_in`, then `commit`), which replaces a certificate's four files
+//! together and can undo the change. A reader never observes a half-written
+//! file, and a private key is never readable by anyone but its owner, not
+//! even briefly, because the temporary file is created with mode 0600 before
+//! anything is written to it.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use tempfile::NamedTempFile;
 
 use crate::PkiError;
 
@@ -17,6 +21,15 @@ use crate::PkiError;
 pub(crate) const PRIVATE_FILE_MODE: u32 = 0o600;
 /// Mode of files holding certificates.
 pub(crate) const PUBLIC_FILE_MODE: u32 = 0o644;
+/// File name of a leaf certificate inside its directory.
+pub(crate) const CERT_FILE: &str = "cert.pem";
+/// File name of a leaf's private key inside its directory.
+pub(crate) const KEY_FILE: &str = "key.pem";
+/// File name of the leaf-plus-CA chain inside a certificate directory.
+pub(crate) const CHAIN_FILE: &str = "chain.pem";
+/// File name of the CA certificate inside a certificate directory.
+pub(crate) const CA_FILE: &str = "ca.pem";
+
 /// Mode of directories this crate creates.
 pub(crate) const PRIVATE_DIR_MODE: u32 = 0o700;
 
@@ -41,10 +54,10 @@ impl CertificatePaths {
     pub fn in_dir(dir: &Path) -> Self {
         Self {
             dir: dir.to_path_buf(),
-            cert: dir.join("cert.pem"),
-            key: dir.join("key.pem"),
-            chain: dir.join("chain.pem"),
-            ca: dir.join("ca.pem"),
+            cert: dir.join(CERT_FILE),
+            key: dir.join(KEY_FILE),
+            chain: dir.join(CHAIN_FILE),
+            ca: dir.join(CA_FILE),
         }
     }
 }
@@ -58,6 +71,23 @@ impl CertificatePaths {
 /// file is removed and `path` is left as it was. The parent directory must
 /// already exist. If `path` is a symbolic link, the link itself is replaced.
 pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
+    let temp = write_temp(path, contents, mode)?;
+    temp.persist(path)
+        .map_err(|e| PkiError::io("renaming a temporary file to", path, e.error))?;
+    sync_dir(parent_of(path))
+}
+
+/// The directory `path` is in (`.` for a bare file name).
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
+}
+
+/// Writes `contents` to a new temporary file next to `path`, with `mode`,
+/// flushed to disk. Dropping the result removes the file.
+fn write_temp(path: &Path, contents: &[u8], mode: u32) -> Result<NamedTempFile, PkiError> {
     let file_name = path.file_name().ok_or_else(|| {
         PkiError::io(
             "writing",
@@ -68,10 +98,7 @@ pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), 
             ),
         )
     })?;
-    let dir = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
+    let dir = parent_of(path);
 
     // The temporary name starts with a dot so that directory listings and
     // globs such as `*.pem` do not pick it up while it exists.
@@ -92,9 +119,158 @@ pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), 
     temp.as_file()
         .sync_all()
         .map_err(|e| PkiError::io("flushing to disk", path, e))?;
-    temp.persist(path)
-        .map_err(|e| PkiError::io("renaming a temporary file to", path, e.error))?;
-    sync_dir(dir)
+    Ok(temp)
+}
+
+/// One file to be written by [`stage_files`]: name inside the directory,
+/// contents and permission bits.
+pub(crate) type FileSpec<'a> = (&'a str, &'a [u8], u32);
+
+/// Files written to temporary names in one directory, not yet visible under
+/// their real names. Dropping it removes the temporary files and any
+/// directories [`stage_files`] created.
+#[derive(Debug)]
+pub(crate) struct StagedFiles {
+    dir: PathBuf,
+    created_dirs: Vec<PathBuf>,
+    staged: Vec<(NamedTempFile, PathBuf)>,
+}
+
+/// Files moved into place by [`StagedFiles::swap_in`]. Until
+/// [`SwappedFiles::commit`] is called, the previous versions are kept under
+/// temporary names, and dropping this value puts them back (and removes
+/// files and directories that did not exist before).
+#[derive(Debug)]
+pub(crate) struct SwappedFiles {
+    created_dirs: Vec<PathBuf>,
+    placed: Vec<(PathBuf, Option<NamedTempFile<()>>)>,
+    committed: bool,
+}
+
+/// Writes every file of `files` to a temporary name in `dir` (created with
+/// mode 0700, parents included, if missing). Nothing is visible under the
+/// real names yet; on error, nothing is left behind.
+pub(crate) fn stage_files(dir: &Path, files: &[FileSpec<'_>]) -> Result<StagedFiles, PkiError> {
+    let created_dirs = create_private_dir_tracked(dir)?;
+    let mut staged = StagedFiles {
+        dir: dir.to_path_buf(),
+        created_dirs,
+        staged: Vec::with_capacity(files.len()),
+    };
+    for (name, contents, mode) in files {
+        let dest = dir.join(name);
+        let temp = write_temp(&dest, contents, *mode)?;
+        staged.staged.push((temp, dest));
+    }
+    Ok(staged)
+}
+
+impl StagedFiles {
+    /// Renames every staged file over its real name, in the order they were
+    /// given, keeping a hard link to each replaced file so that the change
+    /// can be undone. Each rename is atomic; the set as a whole is not, so a
+    /// reader may briefly see some new and some old files.
+    pub(crate) fn swap_in(mut self) -> Result<SwappedFiles, PkiError> {
+        let mut swapped = SwappedFiles {
+            created_dirs: std::mem::take(&mut self.created_dirs),
+            placed: Vec::with_capacity(self.staged.len()),
+            committed: false,
+        };
+        for (temp, dest) in std::mem::take(&mut self.staged) {
+            let backup = if path_exists(&dest)? {
+                Some(backup_of(&dest)?)
+            } else {
+                None
+            };
+            temp.persist(&dest)
+                .map_err(|e| PkiError::io("renaming a temporary file to", &dest, e.error))?;
+            swapped.placed.push((dest, backup));
+        }
+        sync_dir(&self.dir)?;
+        Ok(swapped)
+    }
+}
+
+impl Drop for StagedFiles {
+    fn drop(&mut self) {
+        self.staged.clear();
+        remove_created_dirs(&self.created_dirs);
+    }
+}
+
+impl SwappedFiles {
+    /// Keeps the new files and deletes the backups of the old ones.
+    pub(crate) fn commit(mut self) {
+        self.committed = true;
+    }
+}
+
+impl Drop for SwappedFiles {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        // Undo in reverse order; errors cannot be reported from here, and
+        // the caller is already returning the error that caused the undo.
+        for (dest, backup) in self.placed.drain(..).rev() {
+            match backup {
+                Some(backup) => {
+                    let _ = backup.persist(&dest);
+                }
+                None => {
+                    let _ = fs::remove_file(&dest);
+                }
+            }
+        }
+        remove_created_dirs(&self.created_dirs);
+    }
+}
+
+/// A second name for `path` in the same directory (a hard link, or a copy
+/// where links are not possible), removed when the result is dropped.
+fn backup_of(path: &Path) -> Result<NamedTempFile<()>, PkiError> {
+    let dir = parent_of(path);
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(path.file_name().unwrap_or_default());
+    prefix.push(".");
+    tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".old")
+        .make_in(dir, |backup| match fs::hard_link(path, backup) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                fs::copy(path, backup).map(|_| ())
+            }
+            other => other,
+        })
+        .map_err(|e| PkiError::io("keeping a copy of", path, e))
+}
+
+/// Like [`create_private_dir`], returning the directories it created,
+/// outermost first.
+fn create_private_dir_tracked(dir: &Path) -> Result<Vec<PathBuf>, PkiError> {
+    let mut missing = Vec::new();
+    let mut current = Some(dir);
+    while let Some(path) = current {
+        if path.as_os_str().is_empty() || path_exists(path)? {
+            break;
+        }
+        missing.push(path.to_path_buf());
+        current = path.parent();
+    }
+    missing.reverse();
+    if let Err(e) = create_private_dir(dir) {
+        remove_created_dirs(&missing);
+        return Err(e);
+    }
+    Ok(missing)
+}
+
+/// Removes directories created by [`create_private_dir_tracked`], innermost
+/// first, as long as they are empty.
+fn remove_created_dirs(created: &[PathBuf]) {
+    for dir in created.iter().rev() {
+        let _ = fs::remove_dir(dir);
+    }
 }
 
 /// Creates `dir` and any missing parents with mode 0700. Existing
@@ -110,6 +286,16 @@ pub(crate) fn create_private_dir(dir: &Path) -> Result<(), PkiError> {
     builder
         .create(dir)
         .map_err(|e| PkiError::io("creating directory", dir, e))
+}
+
+/// Whether a file system entry exists, counting a dangling symlink as
+/// existing so that it is reported rather than silently replaced.
+pub(crate) fn path_exists(path: &Path) -> Result<bool, PkiError> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(PkiError::io("checking", path, e)),
+    }
 }
 
 /// Reads a whole text file, naming it in the error.
@@ -210,6 +396,66 @@ mod tests {
             Err(PkiError::Io { path, .. }) => assert_eq!(path, missing),
             other => panic!("unexpected {other:?}"),
         }
+        Ok(())
+    }
+
+    fn files<'a>(key: &'a [u8], cert: &'a [u8]) -> [FileSpec<'a>; 2] {
+        [("key.pem", key, 0o600), ("cert.pem", cert, 0o644)]
+    }
+
+    #[test]
+    fn staged_files_are_invisible_and_vanish_with_their_new_directories() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let target = dir.path().join("a/b/c");
+        let staged = stage_files(&target, &files(b"k", b"c"))?;
+        assert_eq!(entries(&target)?.len(), 2);
+        assert!(entries(&target)?.iter().all(|n| n.starts_with('.')));
+        drop(staged);
+        assert!(entries(dir.path())?.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn swapped_files_are_undone_unless_committed() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        // A fresh directory: undo removes everything.
+        let fresh = dir.path().join("fresh");
+        drop(stage_files(&fresh, &files(b"k", b"c"))?.swap_in()?);
+        assert!(!fresh.exists());
+
+        // An existing directory: undo restores the old files and modes.
+        let target = dir.path().join("existing");
+        fs::create_dir(&target)?;
+        fs::write(target.join("key.pem"), b"old key")?;
+        fs::write(target.join("other"), b"untouched")?;
+        let swapped = stage_files(&target, &files(b"new key", b"new cert"))?.swap_in()?;
+        assert_eq!(fs::read(target.join("key.pem"))?, b"new key");
+        drop(swapped);
+        assert_eq!(entries(&target)?, ["key.pem", "other"]);
+        assert_eq!(fs::read(target.join("key.pem"))?, b"old key");
+
+        // Committed: the new files stay, the backups go.
+        stage_files(&target, &files(b"new key", b"new cert"))?
+            .swap_in()?
+            .commit();
+        assert_eq!(entries(&target)?, ["cert.pem", "key.pem", "other"]);
+        assert_eq!(fs::read(target.join("cert.pem"))?, b"new cert");
+        assert_eq!(mode_of(&target.join("key.pem"))?, 0o600);
+        assert_eq!(mode_of(&target.join("cert.pem"))?, 0o644);
+        Ok(())
+    }
+
+    #[test]
+    fn a_failed_swap_restores_what_it_already_replaced() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        fs::write(dir.path().join("key.pem"), b"old key")?;
+        // rename(2) cannot replace a non-empty directory.
+        fs::create_dir(dir.path().join("cert.pem"))?;
+        fs::write(dir.path().join("cert.pem/inside"), b"x")?;
+        let err = stage_files(dir.path(), &files(b"new key", b"new cert"))?.swap_in();
+        assert!(matches!(err, Err(PkiError::Io { .. })), "{err:?}");
+        assert_eq!(entries(dir.path())?, ["cert.pem", "key.pem"]);
+        assert_eq!(fs::read(dir.path().join("key.pem"))?, b"old key");
         Ok(())
     }
 

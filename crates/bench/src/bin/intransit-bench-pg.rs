@@ -41,7 +41,8 @@ enum Command {
         #[arg(required = true)]
         values: Vec<f64>,
     },
-    /// CPU time (utime + stime, clock ticks) and memory of a process.
+    /// CPU time (utime + stime, and that of waited-for children, in clock
+    /// ticks) and memory of a process.
     Proc {
         /// Process id.
         pid: u32,
@@ -172,10 +173,11 @@ fn run(command: Command) -> Result<()> {
             let cpu = read_cpu_ticks(pid).with_context(|| format!("reading CPU time of {pid}"))?;
             let mem = read_memory(pid).with_context(|| format!("reading memory of {pid}"))?;
             println!(
-                "cpu_ticks={} user_ticks={} system_ticks={} rss_kib={} hwm_kib={}",
+                "cpu_ticks={} user_ticks={} system_ticks={} children_ticks={} rss_kib={} hwm_kib={}",
                 cpu.total(),
                 cpu.user,
                 cpu.system,
+                cpu.children,
                 mem.rss_kib,
                 mem.hwm_kib
             );

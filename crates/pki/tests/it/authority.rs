@@ -134,12 +134,18 @@ fn missing_and_malformed_inputs_are_reported_without_key_material() -> TestResul
     let err = CertificateAuthority::from_pem(ca.cert_pem(), &encrypted).err();
     assert!(matches!(err, Some(PkiError::PrivateKey { .. })), "{err:?}");
 
-    // Missing files name the file.
+    // A directory without a CA says so; one with half a CA names the
+    // missing file.
     let empty = tmp.path().join("empty");
     fs::create_dir(&empty)?;
     match CertificateAuthority::load(&empty) {
-        Err(PkiError::Io { path, .. }) => assert_eq!(path, empty.join("ca.pem")),
-        other => return Err(format!("expected an I/O error, got {other:?}").into()),
+        Err(PkiError::NoCa { dir }) => assert_eq!(dir, empty),
+        other => return Err(format!("expected NoCa, got {other:?}").into()),
+    }
+    fs::write(empty.join("ca.pem"), ca.cert_pem())?;
+    match CertificateAuthority::load(&empty) {
+        Err(PkiError::IncompleteCa { missing, .. }) => assert_eq!(missing, empty.join("key.pem")),
+        other => return Err(format!("expected IncompleteCa, got {other:?}").into()),
     }
     Ok(())
 }

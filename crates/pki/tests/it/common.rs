@@ -8,7 +8,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
 use intransit_pki::{
-    CertificateAuthority, CertificateKind, IssueRequest, IssuedCertificate, KeyAlgorithm, Validity,
+    CertificateAuthority, CertificateKind, CertificateSummary, IssueRequest, IssuedCertificate,
+    KeyAlgorithm, StateDir, Validity,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -234,4 +235,45 @@ pub fn entries(dir: &Path) -> Result<Vec<String>, Box<dyn Error>> {
 pub fn mode(path: &Path) -> Result<u32, Box<dyn Error>> {
     use std::os::unix::fs::PermissionsExt;
     Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
+}
+
+/// Every file below a directory with its contents, sorted by path.
+pub type Snapshot = Vec<(String, Vec<u8>)>;
+
+/// The files below `root`, for checking that nothing changed.
+pub fn snapshot(root: &Path) -> Result<Snapshot, Box<dyn Error>> {
+    let mut files = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push((path.display().to_string(), std::fs::read(&path)?));
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// A state directory in `root` with a fresh, unencrypted ECDSA P-256 CA.
+pub fn new_state(root: &Path) -> Result<(StateDir, CertificateAuthority), Box<dyn Error>> {
+    let state = StateDir::new(root);
+    let ca = state.init_ca(
+        "test CA",
+        KeyAlgorithm::EcdsaP256,
+        Validity::try_days_from_now(365)?,
+        None,
+        false,
+    )?;
+    Ok((state, ca))
+}
+
+/// The first certificate of a PEM file, summarised.
+pub fn summary_of(path: &Path) -> Result<CertificateSummary, Box<dyn Error>> {
+    let ders = intransit_pki::pem_to_der_certs(&std::fs::read_to_string(path)?)?;
+    let der = ders.first().ok_or("no certificate")?;
+    Ok(intransit_pki::summarize(der)?)
 }

@@ -9,7 +9,8 @@ use intransit_pki::{
 use time::{Duration, OffsetDateTime};
 
 use crate::common::{
-    assert_openssl_accepts, entries, handshake, mode, server_request, Credentials, TestResult,
+    assert_openssl_accepts, entries, handshake, mode, server_request, snapshot, Credentials,
+    TestResult,
 };
 
 fn localhost() -> (Vec<String>, Vec<IpAddr>) {
@@ -41,27 +42,6 @@ fn fingerprints(q: &Quickstart) -> Result<[String; 3], Box<dyn std::error::Error
     ])
 }
 
-/// Every file below a directory with its contents, sorted by path.
-type Snapshot = Vec<(String, Vec<u8>)>;
-
-/// The state directory's files, for checking that nothing changed.
-fn snapshot(root: &Path) -> Result<Snapshot, Box<dyn std::error::Error>> {
-    let mut files = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in fs::read_dir(&dir)? {
-            let path = entry?.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.push((path.display().to_string(), fs::read(&path)?));
-            }
-        }
-    }
-    files.sort();
-    Ok(files)
-}
-
 #[test]
 fn first_run_creates_everything_and_the_second_reuses_it() -> TestResult {
     let tmp = tempfile::tempdir()?;
@@ -77,7 +57,7 @@ fn first_run_creates_everything_and_the_second_reuses_it() -> TestResult {
     assert_eq!(mode(&state.ca_dir().join("key.pem"))?, 0o600);
     assert_eq!(mode(&first.server.key)?, 0o600);
     assert_eq!(mode(&first.client.key)?, 0o600);
-    assert_eq!(entries(state.root())?, ["ca", "certs"]);
+    assert_eq!(entries(state.root())?, ["ca", "certs", "inventory.json"]);
     assert_eq!(entries(&state.certs_dir())?, ["client", "server"]);
 
     let ca = summarize(&pem_to_der_certs(&fs::read_to_string(&first.ca_cert)?)?[0])?;

@@ -1,0 +1,320 @@
+//! When certificates are due: the renewal policy, per-certificate renewal
+//! plans and expiry checks.
+//!
+//! This module owns the arithmetic of "when should this certificate be
+//! replaced" and nothing else: it reads no files and takes the current time
+//! as a parameter, so that every decision can be tested with a fake clock.
+//! Jitter is derived from the certificate's serial number rather than drawn
+//! at random, so that repeated runs (cron, a restarted proxy) agree on when a
+//! certificate is due while a fleet of certificates still spreads out.
+
+use std::fmt;
+
+use time::{Duration, OffsetDateTime};
+
+use crate::revocation::normalize_serial;
+use crate::CertificateSummary;
+
+/// When certificates are renewed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RenewalPolicy {
+    /// The fraction of a certificate's lifetime after which it is due,
+    /// between 0 (exclusive) and 1 (inclusive). Default: two thirds.
+    /// Values outside that range, and NaN, count as the default.
+    pub fraction: f64,
+    /// The largest amount by which a certificate's due time is brought
+    /// forward, to spread renewals of certificates issued together.
+    /// `None` (the default) means 1% of the lifetime, at most
+    /// [`RenewalPolicy::DEFAULT_MAX_JITTER`]. The jitter never moves the due
+    /// time before the start of the validity.
+    pub jitter: Option<Duration>,
+}
+
+impl RenewalPolicy {
+    /// The default [`fraction`](Self::fraction): two thirds of the lifetime.
+    pub const DEFAULT_FRACTION: f64 = 2.0 / 3.0;
+
+    /// The cap on the default jitter.
+    pub const DEFAULT_MAX_JITTER: Duration = Duration::hours(6);
+
+    /// The fraction actually applied: [`Self::fraction`] if it is in (0, 1],
+    /// otherwise the default.
+    pub fn effective_fraction(&self) -> f64 {
+        if self.fraction > 0.0 && self.fraction <= 1.0 {
+            self.fraction
+        } else {
+            Self::DEFAULT_FRACTION
+        }
+    }
+
+    /// The largest jitter applied to a certificate valid for `lifetime`.
+    pub fn max_jitter(&self, lifetime: Duration) -> Duration {
+        let jitter = match self.jitter {
+            Some(jitter) => jitter,
+            None => (lifetime / 100_i32).min(Self::DEFAULT_MAX_JITTER),
+        };
+        jitter.max(Duration::ZERO)
+    }
+}
+
+impl Default for RenewalPolicy {
+    fn default() -> Self {
+        Self {
+            fraction: Self::DEFAULT_FRACTION,
+            jitter: None,
+        }
+    }
+}
+
+/// When one certificate becomes due for renewal, and when it expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RenewalPlan {
+    /// From this instant on, the certificate should be renewed.
+    pub due_at: OffsetDateTime,
+    /// The end of its validity (`notAfter`).
+    pub expires_at: OffsetDateTime,
+}
+
+impl RenewalPlan {
+    /// The plan for a certificate valid from `not_before` to `not_after`
+    /// with serial number `serial_hex`: due at `not_before` plus the
+    /// policy's fraction of the lifetime, brought forward by a jitter between
+    /// zero and [`RenewalPolicy::max_jitter`] that is a pure function of the
+    /// serial number.
+    pub fn new(
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+        serial_hex: &str,
+        policy: &RenewalPolicy,
+    ) -> Self {
+        let lifetime = (not_after - not_before).max(Duration::ZERO);
+        let nominal = scale(lifetime, policy.effective_fraction());
+        let max_jitter = policy.max_jitter(lifetime).min(nominal);
+        let jitter = scale(max_jitter, serial_fraction(serial_hex));
+        Self {
+            due_at: not_before + nominal - jitter,
+            expires_at: not_after,
+        }
+    }
+
+    /// The plan for a summarised certificate.
+    pub fn for_certificate(summary: &CertificateSummary, policy: &RenewalPolicy) -> Self {
+        Self::new(
+            summary.not_before,
+            summary.not_after,
+            &summary.serial_hex,
+            policy,
+        )
+    }
+
+    /// Whether the certificate is due (or expired) at `now`.
+    pub fn is_due(&self, now: OffsetDateTime) -> bool {
+        now >= self.due_at
+    }
+
+    /// Whether the certificate has expired at `now`: X.509 validity
+    /// includes the `notAfter` second itself.
+    pub fn is_expired(&self, now: OffsetDateTime) -> bool {
+        now > self.expires_at
+    }
+}
+
+/// Whole days from `now` until `at`, rounded down: 0 during the last day,
+/// negative once `at` has passed.
+pub fn days_until(at: OffsetDateTime, now: OffsetDateTime) -> i64 {
+    (at - now).whole_seconds().div_euclid(86_400)
+}
+
+/// Whether a certificate found by [`check_expiry`] has expired or is about to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExpiryState {
+    /// Past its `notAfter`.
+    Expired,
+    /// Expires within the warning window.
+    Expiring,
+}
+
+impl fmt::Display for ExpiryState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ExpiryState::Expired => "expired",
+            ExpiryState::Expiring => "expiring",
+        })
+    }
+}
+
+/// A certificate that has expired or expires soon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiryFinding {
+    /// What the certificate is: an inventory name, a file path, `CA`, ...
+    /// as the caller named it.
+    pub what: String,
+    /// Its subject.
+    pub subject: String,
+    /// Its serial number (hex).
+    pub serial_hex: String,
+    /// The end of its validity.
+    pub not_after: OffsetDateTime,
+    /// Whole days left, see [`days_until`]; negative when expired.
+    pub days_left: i64,
+    /// Expired or expiring.
+    pub state: ExpiryState,
+}
+
+/// The certificates among `certs` (each named by the caller) that have
+/// expired at `now` or expire within `warn_within`, soonest first.
+pub fn check_expiry<'a, I>(
+    certs: I,
+    now: OffsetDateTime,
+    warn_within: Duration,
+) -> Vec<ExpiryFinding>
+where
+    I: IntoIterator<Item = (&'a str, &'a CertificateSummary)>,
+{
+    let mut findings: Vec<ExpiryFinding> = certs
+        .into_iter()
+        .filter_map(|(what, summary)| {
+            let state = if now > summary.not_after {
+                ExpiryState::Expired
+            } else if summary.not_after - now <= warn_within {
+                ExpiryState::Expiring
+            } else {
+                return None;
+            };
+            Some(ExpiryFinding {
+                what: what.to_owned(),
+                subject: summary.subject.clone(),
+                serial_hex: summary.serial_hex.clone(),
+                not_after: summary.not_after,
+                days_left: days_until(summary.not_after, now),
+                state,
+            })
+        })
+        .collect();
+    findings.sort_by(|a, b| a.not_after.cmp(&b.not_after).then(a.what.cmp(&b.what)));
+    findings
+}
+
+/// `duration * fraction` for a fraction in [0, 1], in whole nanoseconds.
+fn scale(duration: Duration, fraction: f64) -> Duration {
+    let nanos = duration.whole_nanoseconds() as f64 * fraction.clamp(0.0, 1.0);
+    // The product is at most `duration`, so it fits back into a Duration.
+    Duration::nanoseconds_i128(nanos as i128)
+}
+
+/// A number in [0, 1) that is a pure function of the serial number: the
+/// first eight bytes of SHA-256 over its normalised hex form.
+fn serial_fraction(serial_hex: &str) -> f64 {
+    let normal = normalize_serial(serial_hex).unwrap_or_else(|| serial_hex.to_owned());
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, normal.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    // 53 bits, the precision of an f64 mantissa, so the result stays below 1.
+    (u64::from_be_bytes(first) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t0() -> OffsetDateTime {
+        OffsetDateTime::UNIX_EPOCH + Duration::days(20_000)
+    }
+
+    #[test]
+    fn due_at_two_thirds_minus_a_bounded_deterministic_jitter() {
+        let policy = RenewalPolicy::default();
+        let (nb, na) = (t0(), t0() + Duration::days(90));
+        let nominal = nb + Duration::days(60);
+        // 1% of 90 days is 21.6 hours, more than the cap.
+        let max = Duration::hours(6);
+        assert_eq!(policy.max_jitter(Duration::days(90)), max);
+        assert_eq!(
+            policy.max_jitter(Duration::days(10)),
+            Duration::hours(2) + Duration::minutes(24)
+        );
+        let mut seen = std::collections::HashSet::new();
+        for serial in ["01", "5F0A", "7FFFFFFF", "00:5F:0A", "1234567890ABCDEF"] {
+            let plan = RenewalPlan::new(nb, na, serial, &policy);
+            assert_eq!(plan.expires_at, na);
+            assert!(plan.due_at <= nominal, "{serial}");
+            assert!(plan.due_at >= nominal - max, "{serial}");
+            // Same serial, same plan.
+            assert_eq!(plan, RenewalPlan::new(nb, na, serial, &policy));
+            seen.insert(plan.due_at);
+        }
+        // "5F0A" and "00:5F:0A" are the same serial.
+        assert_eq!(seen.len(), 4);
+    }
+
+    #[test]
+    fn default_jitter_is_capped_at_six_hours() {
+        let policy = RenewalPolicy::default();
+        assert_eq!(policy.max_jitter(Duration::days(3650)), Duration::hours(6));
+        assert_eq!(
+            policy.max_jitter(Duration::minutes(10)),
+            Duration::seconds(6)
+        );
+        let fixed = RenewalPolicy {
+            jitter: Some(Duration::days(2)),
+            ..policy
+        };
+        assert_eq!(fixed.max_jitter(Duration::days(10)), Duration::days(2));
+        let negative = RenewalPolicy {
+            jitter: Some(Duration::days(-2)),
+            ..policy
+        };
+        assert_eq!(negative.max_jitter(Duration::days(10)), Duration::ZERO);
+    }
+
+    #[test]
+    fn jitter_never_moves_due_before_the_start() {
+        let policy = RenewalPolicy {
+            fraction: 0.01,
+            jitter: Some(Duration::days(365)),
+        };
+        let plan = RenewalPlan::new(t0(), t0() + Duration::days(10), "AB", &policy);
+        assert!(plan.due_at >= t0());
+    }
+
+    #[test]
+    fn bad_fractions_fall_back_to_the_default() {
+        for bad in [0.0, -1.0, 1.5, f64::NAN] {
+            let policy = RenewalPolicy {
+                fraction: bad,
+                jitter: Some(Duration::ZERO),
+            };
+            let plan = RenewalPlan::new(t0(), t0() + Duration::days(90), "01", &policy);
+            assert_eq!(plan.due_at, t0() + Duration::days(60), "{bad}");
+        }
+        let whole = RenewalPolicy {
+            fraction: 1.0,
+            jitter: Some(Duration::ZERO),
+        };
+        let plan = RenewalPlan::new(t0(), t0() + Duration::days(90), "01", &whole);
+        assert_eq!(plan.due_at, plan.expires_at);
+    }
+
+    #[test]
+    fn due_and_expired() {
+        let policy = RenewalPolicy {
+            jitter: Some(Duration::ZERO),
+            ..RenewalPolicy::default()
+        };
+        let plan = RenewalPlan::new(t0(), t0() + Duration::days(30), "01", &policy);
+        assert!(!plan.is_due(t0() + Duration::days(19)));
+        assert!(plan.is_due(t0() + Duration::days(20)));
+        assert!(!plan.is_expired(t0() + Duration::days(30)));
+        assert!(plan.is_expired(t0() + Duration::days(30) + Duration::seconds(1)));
+    }
+
+    #[test]
+    fn days_until_rounds_down() {
+        let now = t0();
+        assert_eq!(days_until(now + Duration::hours(36), now), 1);
+        assert_eq!(days_until(now + Duration::hours(12), now), 0);
+        assert_eq!(days_until(now - Duration::hours(12), now), -1);
+        assert_eq!(days_until(now - Duration::hours(24), now), -1);
+        assert_eq!(days_until(now - Duration::hours(25), now), -2);
+    }
+}

@@ -1,0 +1,52 @@
+//! intransit-scan: looking at a database server's TLS the way its clients
+//! see it.
+//!
+//! This crate owns probing endpoints: turning `postgres://`, `mysql://` and
+//! `tls://` targets into connections ([`Target`]), starting TLS the way
+//! each database's clients do (PostgreSQL SSLRequest, MySQL `CLIENT_SSL`,
+//! or TLS from the first byte), and reporting what the server presented
+//! ([`fetch_chain`], [`FetchedChain`]) and whether its chain is in order
+//! ([`chain_order`]). It is the engine under `intransit cert inspect` and,
+//! later, `intransit scan`.
+//!
+//! **What it fetches is unverified.** The probe accepts any certificate
+//! chain, because the point is to look at it: nothing here says a server is
+//! genuine, and a result must never be used to trust one.
+//!
+//! **It never sends application data.** A probe stops after the TLS
+//! handshake: no PostgreSQL StartupMessage, no MySQL HandshakeResponse, no
+//! user name or password, no query. The TLS stream never leaves this crate.
+//!
+//! It must never listen, proxy or write files; it reads no configuration
+//! and keeps no state between probes. The MySQL codec in [`mysql`] is pure
+//! and meant to move to `intransit-wire` once the proxy speaks MySQL.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod chain;
+mod error;
+mod fetch;
+pub mod mysql;
+mod negotiate;
+mod target;
+
+pub use chain::{chain_order, chain_order_with_anchors, ChainOrder};
+pub use error::{ScanError, Stage};
+pub use fetch::{fetch_chain, FetchOptions, FetchedChain, DEFAULT_TIMEOUT};
+pub use target::{Target, TargetError, MYSQL_DEFAULT_PORT, POSTGRES_DEFAULT_PORT};
+
+/// Text a server sent, made safe to print: invalid UTF-8 replaced and
+/// control characters escaped, so that a peer cannot drive the terminal
+/// that shows an error or a report.
+pub(crate) fn printable(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for c in String::from_utf8_lossy(bytes).chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -1,0 +1,234 @@
+//! Getting from an open TCP connection to the first TLS byte, the way each
+//! database's clients do.
+//!
+//! This module owns the pre-TLS exchange per [`Target`] kind: PostgreSQL's
+//! SSLRequest and one-byte answer, MySQL's greeting and SSLRequest packet,
+//! and nothing at all for direct TLS. Every read is bounded in size and by
+//! the probe's deadline.
+//!
+//! It must never send anything a server could take as a login attempt or
+//! application data: no StartupMessage, no HandshakeResponse, no
+//! credentials. Bytes that arrive before the TLS handshake beyond the
+//! answer it expects must never reach the handshake as the server's (the
+//! CVE-2021-23222 class): the PostgreSQL answer is read one byte exactly,
+//! and a MySQL greeting followed by anything ends the probe.
+
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+
+use intransit_wire::pg;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::error::{ScanError, Stage};
+use crate::mysql::{self, Greeting, SslRequest, MAX_GREETING_LEN, SSL_REQUEST_SEQUENCE_ID};
+use crate::{printable, Target};
+
+/// The largest ErrorResponse read after a PostgreSQL server answers an
+/// SSLRequest with `E`; its text only decorates the error.
+const MAX_PG_ERROR_LEN: usize = 8192;
+
+/// How a probe reached TLS, and what it learnt on the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Negotiated {
+    /// How the client asked for TLS, for reports.
+    pub(crate) how: &'static str,
+    /// The server's version, when the protocol announces it before TLS.
+    pub(crate) server_version: Option<String>,
+}
+
+/// The probe's single deadline, shared by every stage.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline {
+    at: Instant,
+    timeout: Duration,
+}
+
+impl Deadline {
+    /// A deadline `timeout` from now.
+    pub(crate) fn after(timeout: Duration) -> Self {
+        Deadline {
+            at: Instant::now() + timeout,
+            timeout,
+        }
+    }
+
+    /// Runs `fut` until the deadline; at the deadline the probe fails with
+    /// [`ScanError::Timeout`] naming `stage`.
+    pub(crate) async fn run<F: Future>(
+        &self,
+        stage: Stage,
+        fut: F,
+    ) -> Result<F::Output, ScanError> {
+        tokio::time::timeout_at(self.at, fut)
+            .await
+            .map_err(|_| ScanError::Timeout {
+                stage,
+                timeout: self.timeout,
+            })
+    }
+}
+
+/// Performs the pre-TLS exchange that `target`'s protocol needs.
+pub(crate) async fn negotiate(
+    target: &Target,
+    stream: &mut TcpStream,
+    deadline: &Deadline,
+) -> Result<Negotiated, ScanError> {
+    match target {
+        Target::Postgres { .. } => postgres(stream, deadline).await,
+        Target::Mysql { .. } => mysql(stream, deadline).await,
+        Target::Tls { .. } => Ok(Negotiated {
+            how: "TLS from the first byte",
+            server_version: None,
+        }),
+    }
+}
+
+/// Sends an SSLRequest and reads the one-byte answer.
+async fn postgres(stream: &mut TcpStream, deadline: &Deadline) -> Result<Negotiated, ScanError> {
+    write_all(stream, &pg::encode_ssl_request(), deadline).await?;
+    let stage = Stage::AwaitingSslAnswer;
+    let mut answer = [0u8; 1];
+    read_some(stream, &mut answer, stage, deadline).await?;
+    match answer[0] {
+        pg::SSL_ACCEPT => Ok(Negotiated {
+            how: "PostgreSQL SSLRequest",
+            server_version: None,
+        }),
+        pg::SSL_REFUSE => Err(ScanError::TlsRefused {
+            reason: "it answered the SSLRequest with N (ssl = off)",
+        }),
+        b'E' => Err(ScanError::ServerError {
+            message: postgres_error(stream, deadline).await,
+        }),
+        other => Err(ScanError::Protocol(format!(
+            "the server answered the SSLRequest with byte 0x{other:02x}, \
+             not S, N or E; is this a PostgreSQL server?"
+        ))),
+    }
+}
+
+/// Reads the rest of an ErrorResponse whose `E` was already read, and
+/// returns its text. Anything that goes wrong here still leaves a useful
+/// message, since the server has already refused.
+async fn postgres_error(stream: &mut TcpStream, deadline: &Deadline) -> String {
+    let fallback = "the server answered the SSLRequest with an error".to_owned();
+    let mut buf = vec![b'E'];
+    loop {
+        match pg::parse_backend_frame_with_max(&buf, MAX_PG_ERROR_LEN) {
+            Ok(Some((frame, _))) => {
+                return match pg::parse_error_response(frame.body) {
+                    Ok(fields) => {
+                        let severity = fields.severity().unwrap_or("ERROR");
+                        let message = fields.message().unwrap_or("(no message)");
+                        let code = fields
+                            .code()
+                            .map(|code| format!(" ({})", code.as_str()))
+                            .unwrap_or_default();
+                        printable(format!("{severity}{code}: {message}").as_bytes())
+                    }
+                    Err(_) => fallback,
+                };
+            }
+            Ok(None) => {}
+            Err(_) => return fallback,
+        }
+        let mut chunk = [0u8; 1024];
+        match read_some(stream, &mut chunk, Stage::AwaitingSslAnswer, deadline).await {
+            Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            Err(_) => return fallback,
+        }
+    }
+}
+
+/// Reads the server's greeting and, if it offers TLS, sends an SSLRequest.
+async fn mysql(stream: &mut TcpStream, deadline: &Deadline) -> Result<Negotiated, ScanError> {
+    let stage = Stage::AwaitingGreeting;
+    let mut buf = Vec::with_capacity(256);
+    let greeting = loop {
+        match mysql::parse_packet(&buf, MAX_GREETING_LEN) {
+            Ok(Some((packet, used))) => {
+                if used != buf.len() {
+                    return Err(ScanError::Protocol(format!(
+                        "the server sent {} bytes after its greeting, before the client answered",
+                        buf.len() - used
+                    )));
+                }
+                if packet.sequence_id != 0 {
+                    return Err(ScanError::Protocol(format!(
+                        "the greeting has sequence id {}, not 0; is this a MySQL server?",
+                        packet.sequence_id
+                    )));
+                }
+                break mysql::parse_greeting(packet.payload)
+                    .map_err(|e| ScanError::Protocol(format!("reading the greeting: {e}")))?;
+            }
+            Ok(None) => {}
+            Err(e) => return Err(ScanError::Protocol(format!("reading the greeting: {e}"))),
+        }
+        let mut chunk = [0u8; 512];
+        let n = read_some(stream, &mut chunk, stage, deadline).await?;
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+    };
+
+    let hello = match greeting {
+        Greeting::Handshake(hello) => hello,
+        Greeting::Error(err) => {
+            return Err(ScanError::ServerError {
+                message: err.to_string(),
+            })
+        }
+    };
+    if !hello.offers_tls() {
+        return Err(ScanError::TlsRefused {
+            reason: "its greeting does not advertise CLIENT_SSL",
+        });
+    }
+    write_all(
+        stream,
+        &SslRequest::probe().encode(SSL_REQUEST_SEQUENCE_ID),
+        deadline,
+    )
+    .await?;
+    Ok(Negotiated {
+        how: "MySQL SSLRequest (CLIENT_SSL)",
+        server_version: Some(hello.server_version),
+    })
+}
+
+/// Writes all of `bytes` before the deadline.
+async fn write_all(
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    deadline: &Deadline,
+) -> Result<(), ScanError> {
+    let stage = Stage::RequestingTls;
+    deadline
+        .run(stage, stream.write_all(bytes))
+        .await?
+        .map_err(|source| ScanError::Io { stage, source })
+}
+
+/// Reads at least one byte into `buf` before the deadline; the server
+/// closing the connection is an error.
+async fn read_some(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    stage: Stage,
+    deadline: &Deadline,
+) -> Result<usize, ScanError> {
+    match deadline.run(stage, stream.read(buf)).await? {
+        Ok(0) => Err(ScanError::Io {
+            stage,
+            source: io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            ),
+        }),
+        Ok(n) => Ok(n),
+        Err(source) => Err(ScanError::Io { stage, source }),
+    }
+}
