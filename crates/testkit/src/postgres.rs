@@ -61,6 +61,7 @@ const TESTKIT_CONF: &str = "intransit-testkit.conf";
 const SSL_CERT: &str = "intransit-testkit-server.crt";
 const SSL_KEY: &str = "intransit-testkit-server.key";
 const SSL_CA: &str = "intransit-testkit-ca.crt";
+const SSL_CRL: &str = "intransit-testkit.crl";
 
 /// The longest path a unix socket may have on Linux, less its final NUL.
 const MAX_SOCKET_PATH: usize = 107;
@@ -86,6 +87,11 @@ pub struct PgOptions {
     /// Further postgresql.conf lines, such as `log_connections = on`,
     /// written after everything else so they win.
     pub extra_conf: Vec<String>,
+    /// pg_hba.conf lines placed before the defaults (first match wins), e.g.
+    /// `hostssl all all 127.0.0.1/32 cert`.
+    pub hba_first: Vec<String>,
+    /// A CRL for client certificates (`ssl_crl_file`); needs `ssl`.
+    pub ssl_crl: Option<PathBuf>,
 }
 
 impl Default for PgOptions {
@@ -94,6 +100,8 @@ impl Default for PgOptions {
             ssl: None,
             max_connections: 200,
             extra_conf: Vec::new(),
+            hba_first: Vec::new(),
+            ssl_crl: None,
         }
     }
 }
@@ -164,9 +172,11 @@ impl PgServer {
         let mut supervisor = Supervisor::spawn(tmp.path())?;
         let layout = Layout::create(tmp.keep(), &account)?;
 
-        init_cluster(&bindir, &account, &layout)?;
+        init_cluster(&bindir, &account, &layout, &opts.hba_first)?;
         if let Some(ssl) = &opts.ssl {
-            install_ssl_files(ssl, &account, &layout.data_dir)?;
+            install_ssl_files(ssl, opts.ssl_crl.as_deref(), &account, &layout.data_dir)?;
+        } else if opts.ssl_crl.is_some() {
+            bail!("PgOptions::ssl_crl needs PgOptions::ssl");
         }
         let launcher = Launcher {
             postgres: bindir.join("postgres"),
@@ -483,7 +493,12 @@ fn wait_until_ready(
 }
 
 /// Runs initdb and replaces the authentication rules.
-fn init_cluster(bindir: &Path, account: &ServerAccount, layout: &Layout) -> Result<()> {
+fn init_cluster(
+    bindir: &Path,
+    account: &ServerAccount,
+    layout: &Layout,
+    hba_first: &[String],
+) -> Result<()> {
     let data_dir = &layout.data_dir;
     let initdb = bindir.join("initdb");
     let output = account
@@ -506,7 +521,13 @@ fn init_cluster(bindir: &Path, account: &ServerAccount, layout: &Layout) -> Resu
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    write_owned(account, &data_dir.join("pg_hba.conf"), PG_HBA)?;
+    let mut hba = String::new();
+    for line in hba_first {
+        hba.push_str(line);
+        hba.push('\n');
+    }
+    hba.push_str(PG_HBA);
+    write_owned(account, &data_dir.join("pg_hba.conf"), &hba)?;
 
     let main_conf = data_dir.join("postgresql.conf");
     let mut file = OpenOptions::new()
@@ -519,12 +540,21 @@ fn init_cluster(bindir: &Path, account: &ServerAccount, layout: &Layout) -> Resu
 
 /// Copies the TLS files into the data directory, readable by the server
 /// only, since PostgreSQL refuses a private key that others may read.
-fn install_ssl_files(ssl: &PgSsl, account: &ServerAccount, data_dir: &Path) -> Result<()> {
-    for (from, name) in [
-        (&ssl.cert_file, SSL_CERT),
-        (&ssl.key_file, SSL_KEY),
-        (&ssl.ca_file, SSL_CA),
-    ] {
+fn install_ssl_files(
+    ssl: &PgSsl,
+    crl: Option<&Path>,
+    account: &ServerAccount,
+    data_dir: &Path,
+) -> Result<()> {
+    let mut files = vec![
+        (ssl.cert_file.as_path(), SSL_CERT),
+        (ssl.key_file.as_path(), SSL_KEY),
+        (ssl.ca_file.as_path(), SSL_CA),
+    ];
+    if let Some(crl) = crl {
+        files.push((crl, SSL_CRL));
+    }
+    for (from, name) in files {
         let to = data_dir.join(name);
         fs::copy(from, &to)
             .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
@@ -559,6 +589,9 @@ fn server_conf(port: u16, socket_dir: &Path, opts: &PgOptions) -> String {
              ssl_ca_file = '{SSL_CA}'\n\
              ssl_min_protocol_version = 'TLSv1.3'\n"
         ));
+        if opts.ssl_crl.is_some() {
+            conf.push_str(&format!("ssl_crl_file = '{SSL_CRL}'\n"));
+        }
     }
     for line in &opts.extra_conf {
         conf.push_str(line);

@@ -9,11 +9,13 @@
 //!   GSSENCRequest, direct TLS, plaintext, cancel, pipelining).
 //! - `policy`: client certificate and identity refusals, db_users.
 //! - `robustness`: malformed input, stalls, limits, unreachable upstream.
-//! - `lifecycle`: `intransit up`, `check-config`, drain on SIGTERM.
+//! - `lifecycle`: `intransit up`, `check-config`, drain on SIGTERM, SIGHUP reload.
+//! - `ca`: `intransit ca`/`cert` checked by openssl, PostgreSQL and the proxy.
 
 // Tests may panic on anything unexpected: that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod ca;
 mod clients;
 mod lifecycle;
 mod negotiation;

@@ -1,0 +1,437 @@
+//! `intransit ca` and `intransit cert` driven as a user would, with the
+//! results checked by real peers: openssl verify, PostgreSQL's own TLS with
+//! `cert` authentication and a CRL, and the proxy.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use intransit_testkit::{PgOptions, PgServer, PgSsl};
+
+use crate::support::*;
+
+fn cli(state: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--state-dir")
+        .arg(state)
+        .env_remove("INTRANSIT_CA_PASSPHRASE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running intransit")
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed: {}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+fn openssl(args: &[&str]) -> Output {
+    let openssl = intransit_testkit::require_tool("openssl", "openssl").expect("openssl");
+    Command::new(openssl)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl")
+}
+
+struct Issued {
+    dir: PathBuf,
+}
+
+impl Issued {
+    fn file(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+fn issue(state: &Path, kind: &str, name: &str, extra: &[&str]) -> Issued {
+    let mut args = vec!["cert", "issue", kind, "--name", name];
+    args.extend_from_slice(extra);
+    ok(cli(state, &args));
+    Issued {
+        dir: state.join("certs").join(name),
+    }
+}
+
+/// Files in a directory tree, for "nothing was left behind" checks.
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn issued_certificates_pass_openssl_verify_and_revocation_is_seen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    ok(cli(&state, &["ca", "init", "--name", "Verify Root"]));
+    let server = issue(
+        &state,
+        "server",
+        "db",
+        &["--dns", "db.internal", "--ip", "127.0.0.1"],
+    );
+    let client = issue(
+        &state,
+        "client",
+        "trainer",
+        &["--uri", "spiffe://prod/trainer"],
+    );
+    let gone = issue(&state, "client", "gone", &[]);
+    let ca = state.join("ca/ca.pem").display().to_string();
+
+    let verify = |purpose: &str, cert: &str, extra: &[&str]| {
+        let mut args = vec![
+            "verify",
+            "-x509_strict",
+            "-CAfile",
+            &ca,
+            "-purpose",
+            purpose,
+        ];
+        args.extend_from_slice(extra);
+        args.push(cert);
+        openssl(&args)
+    };
+    assert!(verify("sslserver", &server.file("cert.pem"), &[])
+        .status
+        .success());
+    assert!(verify("sslclient", &client.file("cert.pem"), &[])
+        .status
+        .success());
+    // The purposes are not interchangeable.
+    assert!(!verify("sslserver", &client.file("cert.pem"), &[])
+        .status
+        .success());
+
+    let revoked = ok(cli(
+        &state,
+        &["cert", "revoke", "gone", "--reason", "keyCompromise"],
+    ));
+    assert!(revoked.contains("keyCompromise"), "{revoked}");
+    let crl = state.join("ca/crl.pem").display().to_string();
+    let out = verify(
+        "sslclient",
+        &gone.file("cert.pem"),
+        &["-crl_check", "-CRLfile", &crl],
+    );
+    assert!(!out.status.success());
+    assert!(
+        format!("{}{}", stdout(&out), stderr(&out)).contains("certificate revoked"),
+        "{}",
+        stderr(&out)
+    );
+    let out = verify(
+        "sslclient",
+        &client.file("cert.pem"),
+        &["-crl_check", "-CRLfile", &crl],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let list = ok(cli(&state, &["cert", "list", "--json"]));
+    let list: serde_json::Value = serde_json::from_str(&list).expect("json");
+    let status = |name: &str| {
+        list["certificates"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .find(|c| c["name"] == name)
+            .map(|c| c["status"].clone())
+    };
+    assert_eq!(status("db"), Some("valid".into()));
+    assert_eq!(status("gone"), Some("revoked".into()));
+
+    // The CRL number grows with every CRL.
+    ok(cli(&state, &["ca", "crl"]));
+    let text = stdout(&openssl(&["crl", "-in", &crl, "-noout", "-text"]));
+    assert!(text.contains("Key Compromise"), "{text}");
+    assert!(text.contains("Next Update"), "{text}");
+    assert!(
+        text.contains("X509v3 CRL Number: \n                2"),
+        "{text}"
+    );
+}
+
+#[test]
+fn postgres_accepts_our_certificates_for_cert_auth_and_refuses_revoked_ones() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    ok(cli(&state, &["ca", "init"]));
+    let server = issue(
+        &state,
+        "server",
+        "pg",
+        &["--dns", "localhost", "--ip", "127.0.0.1"],
+    );
+    let alice = intransit_testkit::unique_name("alice");
+    let bob = intransit_testkit::unique_name("bob");
+    let mut clients = vec![(alice.clone(), issue(&state, "client", &alice, &[]))];
+    for key in ["ecdsa-p384", "ed25519", "rsa-2048"] {
+        let name = format!("{alice}-{key}");
+        let issued = issue(&state, "client", &name, &["--cn", &alice, "--key", key]);
+        clients.push((name, issued));
+    }
+    let revoked = issue(&state, "client", &bob, &[]);
+    ok(cli(&state, &["cert", "revoke", &bob]));
+
+    let pg = PgServer::start(PgOptions {
+        ssl: Some(PgSsl {
+            cert_file: PathBuf::from(server.file("chain.pem")),
+            key_file: PathBuf::from(server.file("key.pem")),
+            ca_file: state.join("ca/ca.pem"),
+        }),
+        ssl_crl: Some(state.join("ca/crl.pem")),
+        hba_first: vec!["hostssl all all 127.0.0.1/32 cert".into()],
+        ..PgOptions::default()
+    })
+    .expect("PostgreSQL with native TLS");
+    pg.psql(
+        "postgres",
+        &format!("CREATE ROLE \"{alice}\" LOGIN; CREATE ROLE \"{bob}\" LOGIN"),
+    )
+    .expect("roles");
+
+    let ca = state.join("ca/ca.pem");
+    let conn = |user: &str, issued: &Issued| {
+        format!(
+            "host=localhost port={} user={user} dbname=postgres sslmode=verify-full sslrootcert={} sslcert={} sslkey={} connect_timeout=10",
+            pg.port(),
+            ca.display(),
+            issued.file("cert.pem"),
+            issued.file("key.pem"),
+        )
+    };
+    for (name, issued) in &clients {
+        let out = psql(&conn(&alice, issued), "SELECT current_user", None);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        assert_eq!(stdout(&out), alice, "{name}");
+    }
+    let out = psql(&conn(&bob, &revoked), "SELECT current_user", None);
+    assert!(!out.status.success(), "a revoked certificate logged in");
+    assert!(stderr(&out).contains("revoked"), "{}", stderr(&out));
+}
+
+#[test]
+fn every_key_type_round_trips_through_the_proxy() {
+    let user = db_user("keys");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    ok(cli(&state, &["ca", "init"]));
+    let ca = state.join("ca/ca.pem");
+    for key in ["ecdsa-p256", "ecdsa-p384", "ed25519", "rsa-2048"] {
+        let server = issue(
+            &state,
+            "server",
+            &format!("server-{key}"),
+            &["--dns", "localhost", "--key", key],
+        );
+        let client = issue(&state, "client", &format!("client-{key}"), &["--key", key]);
+        let config = format!(
+            r#"
+[[listener]]
+name = "pg"
+listen = "127.0.0.1:0"
+upstream = "{}"
+[listener.tls]
+cert = "{}"
+key = "{}"
+client_ca = "{}"
+"#,
+            pg_upstream(),
+            server.file("chain.pem"),
+            server.file("key.pem"),
+            ca.display()
+        );
+        let proxy = ProxyProcess::start(&config);
+        let ci = format!(
+            "host=localhost port={} user={} dbname={} sslmode=verify-full sslrootcert={} sslcert={} sslkey={} connect_timeout=10",
+            proxy.port(),
+            user.name,
+            user.name,
+            ca.display(),
+            client.file("cert.pem"),
+            client.file("key.pem"),
+        );
+        let out = psql(&ci, "SELECT 1", Some(&user.password));
+        assert!(out.status.success(), "{key}: {}", stderr(&out));
+        let line = proxy.wait_for_log(std::time::Duration::from_secs(5), |v| {
+            v["message"] == "connection established"
+        });
+        assert_eq!(line["identity"], format!("cn:client-{key}"), "{key}");
+    }
+}
+
+#[test]
+fn encrypted_ca_key_needs_the_passphrase() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "correct horse battery staple\n").expect("write");
+    let pass_arg = pass.display().to_string();
+    ok(cli(&state, &["ca", "init", "--passphrase-file", &pass_arg]));
+    let key = std::fs::read_to_string(state.join("ca/key.pem")).expect("key");
+    assert!(key.contains("BEGIN ENCRYPTED PRIVATE KEY"), "{key}");
+    // OpenSSL reads it with the same passphrase.
+    let out = openssl(&[
+        "pkey",
+        "-in",
+        &state.join("ca/key.pem").display().to_string(),
+        "-passin",
+        "pass:correct horse battery staple",
+        "-noout",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let missing = cli(&state, &["cert", "issue", "client", "--name", "a"]);
+    assert!(!missing.status.success());
+    let err = stderr(&missing);
+    assert!(
+        err.contains("--passphrase-file") && err.contains("INTRANSIT_CA_PASSPHRASE"),
+        "{err}"
+    );
+
+    let wrong = Command::new(BIN)
+        .args(["cert", "issue", "client", "--name", "a", "--state-dir"])
+        .arg(&state)
+        .env("INTRANSIT_CA_PASSPHRASE", "wrong")
+        .output()
+        .expect("run");
+    assert!(!wrong.status.success());
+    assert!(
+        stderr(&wrong).contains("does not decrypt"),
+        "{}",
+        stderr(&wrong)
+    );
+    assert!(!state.join("certs/a").exists(), "files left behind");
+
+    ok(cli(
+        &state,
+        &[
+            "cert",
+            "issue",
+            "client",
+            "--name",
+            "a",
+            "--passphrase-file",
+            &pass_arg,
+        ],
+    ));
+}
+
+#[test]
+fn bad_input_is_refused_clearly_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+
+    let no_ca = cli(&state, &["cert", "issue", "client", "--name", "a"]);
+    assert!(!no_ca.status.success());
+    assert!(
+        stderr(&no_ca).contains("intransit ca init"),
+        "{}",
+        stderr(&no_ca)
+    );
+
+    ok(cli(&state, &["ca", "init"]));
+    let again = cli(&state, &["ca", "init"]);
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
+
+    issue(&state, "client", "a", &[]);
+    let before = tree(&state);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["cert", "issue", "client", "--name", "a"],
+            "already issued",
+        ),
+        (
+            vec!["cert", "issue", "client", "--name", "b", "--days", "0"],
+            "days",
+        ),
+        (
+            vec!["cert", "issue", "client", "--name", "b", "--days", "-5"],
+            "days",
+        ),
+        (vec!["cert", "issue", "server", "--name", "b"], "--dns"),
+        (
+            vec![
+                "cert", "issue", "client", "--name", "b", "--key", "dsa-1024",
+            ],
+            "dsa-1024",
+        ),
+        (vec!["cert", "issue", "client", "--name", "../evil"], "name"),
+        (
+            vec![
+                "cert",
+                "issue",
+                "client",
+                "--name",
+                "b",
+                "--out",
+                "/dev/null/b",
+            ],
+            "/dev/null",
+        ),
+        (vec!["cert", "revoke", "nosuchcert"], "nosuchcert"),
+    ];
+    for (args, needle) in cases {
+        let out = cli(&state, &args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = stderr(&out);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(tree(&state), before, "{args:?} left files behind");
+    }
+
+    // A corrupt CA key is named as such.
+    std::fs::write(
+        state.join("ca/key.pem"),
+        "-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n",
+    )
+    .expect("write");
+    let out = cli(&state, &["cert", "issue", "client", "--name", "b"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("key"), "{}", stderr(&out));
+    assert!(!state.join("certs/b").exists());
+}
+
+#[test]
+fn cert_check_exits_non_zero_for_expiring_certificates() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    ok(cli(&state, &["ca", "init"]));
+    issue(&state, "client", "short", &["--days", "3"]);
+    let fine = cli(&state, &["cert", "check", "--warn", "1d"]);
+    assert!(fine.status.success(), "{}", stdout(&fine));
+    let warn = cli(&state, &["cert", "check", "--warn", "7d"]);
+    assert!(!warn.status.success());
+    assert!(
+        stdout(&warn).contains("short: expiring"),
+        "{}",
+        stdout(&warn)
+    );
+    // Files given on the command line are checked instead of the inventory.
+    let out = Command::new(BIN)
+        .args(["cert", "check", "--warn", "30d"])
+        .arg(&pki().expired.cert)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(stdout(&out).contains("expired"), "{}", stdout(&out));
+}
