@@ -16,6 +16,7 @@ mod cli;
 mod inspect;
 mod pki_cmd;
 mod reload;
+mod renewal;
 mod up;
 
 use std::path::Path;

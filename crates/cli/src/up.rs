@@ -75,12 +75,16 @@ pub async fn run(args: UpArgs) -> Result<()> {
         upstream_connect_timeout: DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
         max_connections: DEFAULT_MAX_CONNECTIONS,
     };
+    let server_tls = listener.tls.clone();
     let config = Config {
         state_dir: Some(state_root.clone()),
         shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         listeners: vec![listener],
     };
     let bound = Proxy::prepare(&config)?.bind().await?;
+    if let Some(running) = bound.listeners().into_iter().next() {
+        crate::renewal::spawn(state.clone(), running, server_tls);
+    }
     let bound_at = bound
         .local_endpoints()
         .into_iter()
