@@ -230,6 +230,12 @@ pub struct UpArgs {
     /// Common name of the client certificate created on first run.
     #[arg(long, default_value = "intransit-client")]
     pub client_name: String,
+    /// Lifetime of server certificates up issues (renewed at two thirds).
+    #[arg(long, default_value = "90d")]
+    pub server_cert_lifetime: String,
+    /// Lifetime of client certificates up issues (renewed at two thirds).
+    #[arg(long, default_value = "30d")]
+    pub client_cert_lifetime: String,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -53,20 +53,27 @@ fn reload_from_file(path: &std::path::Path, listeners: &[Arc<PreparedListener>])
 }
 
 /// Reloads one listener's TLS material and logs what is in use afterwards.
-pub fn reload_listener(listener: &PreparedListener, tls: &intransit_config::ServerTls) {
+/// Returns whether the new material is in service.
+pub fn reload_listener(listener: &PreparedListener, tls: &intransit_config::ServerTls) -> bool {
     match listener.tls.reload(tls) {
-        Ok(material) => info!(
+        Ok(material) => {
+            info!(
             listener = %listener.name,
             subject = %material.server_cert.subject,
             serial = %material.server_cert.serial,
             fingerprint = %material.server_cert.fingerprint_sha256,
             not_after = material.server_cert.not_after_unix,
             "TLS material reloaded"
-        ),
-        Err(e) => error!(
-            listener = %listener.name,
-            error = %e,
-            "TLS reload failed; new handshakes keep using the previous material"
-        ),
+            );
+            true
+        }
+        Err(e) => {
+            error!(
+                listener = %listener.name,
+                error = %e,
+                "TLS reload failed; new handshakes keep using the previous material"
+            );
+            false
+        }
     }
 }

@@ -38,18 +38,26 @@ pub fn spawn(state: StateDir, listener: Arc<PreparedListener>, server_tls: Serve
                 }
             };
             tokio::time::sleep(sleep).await;
+            let mut failed = false;
             for name in [SERVER, CLIENT] {
                 match renew(&state, name, &policy).await {
                     Ok(true) if name == SERVER => {
-                        crate::reload::reload_listener(&listener, &server_tls);
+                        failed |= !crate::reload::reload_listener(&listener, &server_tls);
                     }
                     Ok(_) => {}
-                    Err(e) => error!(
-                        certificate = name,
-                        error = %e,
-                        "automatic renewal failed; the current certificate stays in use"
-                    ),
+                    Err(e) => {
+                        failed = true;
+                        error!(
+                            certificate = name,
+                            error = %e,
+                            "automatic renewal failed; the current certificate stays in use"
+                        );
+                    }
                 }
+            }
+            // A failure must not turn into a renewal every second.
+            if failed {
+                tokio::time::sleep(RETRY_AFTER).await;
             }
         }
     });

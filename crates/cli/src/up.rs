@@ -15,7 +15,7 @@ use intransit_config::{
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_GRACE,
     DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
 };
-use intransit_pki::StateDir;
+use intransit_pki::{QuickstartLifetimes, StateDir};
 use intransit_policy::{AllowList, DbUserRules};
 use intransit_proxy::Proxy;
 use tracing::{info, warn};
@@ -46,8 +46,12 @@ pub async fn run(args: UpArgs) -> Result<()> {
         IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(Ipv6Addr::LOCALHOST),
     ];
+    let lifetimes = QuickstartLifetimes {
+        server: lifetime("--server-cert-lifetime", &args.server_cert_lifetime)?,
+        client: lifetime("--client-cert-lifetime", &args.client_cert_lifetime)?,
+    };
     let material = state
-        .ensure_quickstart(&dns, &ips, &args.client_name)
+        .ensure_quickstart_with(&dns, &ips, &args.client_name, &lifetimes)
         .with_context(|| format!("preparing certificates in {}", state_root.display()))?;
     if material.created {
         info!(state_dir = %state_root.display(), "created CA and certificates");
@@ -149,6 +153,14 @@ pub async fn run(args: UpArgs) -> Result<()> {
 
     crate::serve(bound, signals).await;
     Ok(())
+}
+
+fn lifetime(flag: &str, text: &str) -> Result<time::Duration> {
+    let d = intransit_config::parse_duration(text).map_err(|m| anyhow::anyhow!("{flag}: {m}"))?;
+    if d < Duration::from_secs(10) {
+        bail!("{flag}: {text} is too short; use at least 10s");
+    }
+    time::Duration::try_from(d).map_err(|_| anyhow::anyhow!("{flag}: {text} is too long"))
 }
 
 /// Quotes a libpq connection-string value when it needs it.

@@ -482,7 +482,10 @@ impl StateDir {
             None
         };
 
-        let not_before = now - CLOCK_SKEW_ALLOWANCE;
+        // The same backdating rule as `Validity::lifetime_from_now`: the
+        // clock-skew allowance, or a tenth of the lifetime when that is
+        // shorter, so a short-lived certificate is not born expired.
+        let not_before = now - CLOCK_SKEW_ALLOWANCE.min(entry.lifetime / 10);
         let not_after = not_before.checked_add(entry.lifetime).ok_or_else(|| {
             PkiError::InvalidRequest("the recorded lifetime is too long".to_owned())
         })?;

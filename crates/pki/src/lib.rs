@@ -72,5 +72,5 @@ pub use request::{
     CLOCK_SKEW_ALLOWANCE, MAX_VALIDITY_DAYS, SERVER_VALIDITY_DAYS,
 };
 pub use revocation::{RevocationReason, RevokedCertificate};
-pub use state::{Quickstart, StateDir, QUICKSTART_CA_NAME};
+pub use state::{Quickstart, QuickstartLifetimes, StateDir, QUICKSTART_CA_NAME};
 pub use storage::{write_file_atomic, CertificatePaths};

@@ -88,6 +88,18 @@ pub struct Validity {
 }
 
 impl Validity {
+    /// Valid from a little in the past until `lifetime` from now. The
+    /// backdating is [`CLOCK_SKEW_ALLOWANCE`], or a tenth of the lifetime
+    /// when that is shorter, so that a short-lived certificate (minutes, in
+    /// tests and demonstrations) is not mostly spent before it is issued.
+    pub fn lifetime_from_now(lifetime: Duration) -> Self {
+        let now = OffsetDateTime::now_utc();
+        Self {
+            not_before: now - CLOCK_SKEW_ALLOWANCE.min(lifetime / 10),
+            not_after: now + lifetime,
+        }
+    }
+
     /// Valid from [`CLOCK_SKEW_ALLOWANCE`] ago until `days` days from now.
     pub fn days_from_now(days: u32) -> Self {
         let now = OffsetDateTime::now_utc();

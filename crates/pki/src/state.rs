@@ -63,6 +63,24 @@ pub struct Quickstart {
     pub client: CertificatePaths,
 }
 
+/// Lifetimes of the certificates [`StateDir::ensure_quickstart_with`] issues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuickstartLifetimes {
+    /// The server certificate's lifetime (default 90 days).
+    pub server: time::Duration,
+    /// The client certificate's lifetime (default 30 days).
+    pub client: time::Duration,
+}
+
+impl Default for QuickstartLifetimes {
+    fn default() -> Self {
+        QuickstartLifetimes {
+            server: time::Duration::days(i64::from(crate::SERVER_VALIDITY_DAYS)),
+            client: time::Duration::days(i64::from(crate::CLIENT_VALIDITY_DAYS)),
+        }
+    }
+}
+
 impl StateDir {
     /// A state directory rooted at `root`. Nothing is touched on disk.
     pub fn new(root: impl Into<PathBuf>) -> Self {
@@ -131,6 +149,23 @@ impl StateDir {
         server_ips: &[IpAddr],
         client_name: &str,
     ) -> Result<Quickstart, PkiError> {
+        self.ensure_quickstart_with(
+            server_dns,
+            server_ips,
+            client_name,
+            &QuickstartLifetimes::default(),
+        )
+    }
+
+    /// [`Self::ensure_quickstart`] with chosen lifetimes for certificates it
+    /// issues now (certificates it reuses keep theirs).
+    pub fn ensure_quickstart_with(
+        &self,
+        server_dns: &[String],
+        server_ips: &[IpAddr],
+        client_name: &str,
+        lifetimes: &QuickstartLifetimes,
+    ) -> Result<Quickstart, PkiError> {
         // Validate what we were asked for before creating anything.
         let mut server = IssueRequest::new(CertificateKind::Server, SERVER_COMMON_NAME);
         server.dns_names = if server_dns.is_empty() && server_ips.is_empty() {
@@ -140,10 +175,12 @@ impl StateDir {
         };
         server.ip_addresses = server_ips.to_vec();
         server.key = KeyAlgorithm::EcdsaP256;
+        server.validity = Validity::lifetime_from_now(lifetimes.server);
         server.validate()?;
         validate_common_name(client_name)?;
         let mut client = IssueRequest::new(CertificateKind::Client, client_name);
         client.key = KeyAlgorithm::EcdsaP256;
+        client.validity = Validity::lifetime_from_now(lifetimes.client);
         client.validate()?;
 
         // A damaged inventory stops us before anything is written.

@@ -408,3 +408,131 @@ fn sighup_reloads_the_server_certificate_without_dropping_connections() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("survived"));
 }
+
+#[test]
+fn up_renews_its_server_certificate_without_dropping_connections() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    // A 15 s lifetime is due for renewal after about 10 s.
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "up", "--state-dir"])
+        .arg(&state)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--server-cert-lifetime",
+            "15s",
+            "--upstream",
+        ])
+        .arg(format!("unix:{}", pg().socket_path().display()))
+        .args(["--user", pg().superuser()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("intransit up");
+    let out = child.stdout.take().expect("stdout");
+    let mut command = None;
+    for line in BufReader::new(out).lines() {
+        let line = line.expect("line");
+        if line.trim_start().starts_with("psql ") {
+            command = Some(line.trim().to_owned());
+            break;
+        }
+    }
+    let command = command.expect("psql line");
+    let port: u16 = command
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("port="))
+        .and_then(|p| p.parse().ok())
+        .expect("port in the psql command");
+    let err = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(v) = serde_json::from_str(&line) {
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let served = |port: u16| {
+        use std::io::{Read, Write};
+        let mut tcp = tcp(port);
+        write(&mut tcp, &crate::negotiation::SSL_REQUEST);
+        let mut s = [0u8; 1];
+        tcp.read_exact(&mut s).expect("S");
+        // Trust the up CA, present no certificate: only the server's matters here.
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = std::fs::read_to_string(state.join("ca/ca.pem")).expect("ca");
+        for der in intransit_pki::pem_to_der_certs(&ca).expect("ca pem") {
+            roots.add(der.into()).expect("root");
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("conn");
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let _ = tls.flush();
+        while tls.conn.is_handshaking() {
+            if tls.conn.complete_io(&mut tls.sock).is_err() {
+                break;
+            }
+        }
+        let leaf = tls.conn.peer_certificates().expect("peer certs")[0].clone();
+        intransit_pki::summarize(leaf.as_ref())
+            .expect("summary")
+            .serial_hex
+    };
+    let first_serial = served(port);
+
+    // A session held open across the renewal.
+    intransit_testkit::require_tool("psql", "postgresql-client").expect("psql");
+    let held = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{command} -X -A -t -c \"SELECT pg_sleep(14), 'survived'\""
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql");
+
+    let wait_for = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let v = rx
+                .recv_timeout(left)
+                .expect("the expected log line did not come in time");
+            if pred(&v) {
+                return v;
+            }
+        }
+    };
+    let renewed =
+        wait_for(&|v| v["message"] == "certificate renewed" && v["certificate"] == "server");
+    assert_eq!(renewed["old_serial"], first_serial.as_str());
+    wait_for(&|v| v["message"] == "TLS material reloaded");
+    let second_serial = served(port);
+    assert_ne!(second_serial, first_serial);
+    assert_eq!(renewed["new_serial"], second_serial.as_str());
+
+    let out = held.wait_with_output().expect("psql");
+    assert!(
+        out.status.success(),
+        "held session failed: {}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("survived"));
+    signal(child.id(), "TERM");
+    assert!(child.wait().expect("wait").success());
+}
