@@ -289,6 +289,7 @@ fi
 
 # --- control: both paths on P-256 (no HelloRetryRequest on the native side)
 control_rows=""
+control_tls_line=""
 if (( CONTROL_REPS > 0 )); then
     log "control: -C with the client limited to P-256, $CONTROL_REPS repetitions"
     cat >"$work/openssl-p256.cnf" <<'EOF'
@@ -301,8 +302,7 @@ system_default = system_default_sect
 Groups = P-256
 EOF
     export OPENSSL_CONF=$work/openssl-p256.cnf
-    tls_native_p256=$(negotiated native)
-    tls_proxy_p256=$(negotiated proxy)
+    control_tls_line="With the client limited to P-256 (control rows): native: $(negotiated native); proxy: $(negotiated proxy)."
     declare -A ctps
     for rep in $(seq "$CONTROL_REPS"); do
         for side in native proxy; do
@@ -366,6 +366,7 @@ $(openssl version); $(rustc --version 2>/dev/null || echo "rustc unknown").
 Load average (1, 5, 15 min) at start: $load_start; at end: $load_end.
 
 TLS negotiated by libpq's OpenSSL: native: $tls_native; proxy: $tls_proxy.
+$control_tls_line
 
 ### pgbench -S -c 2 -j 2 -T $DURATION, $REPS repetitions interleaved (median [min–max])
 
@@ -400,7 +401,7 @@ $(lat_row "connect to ReadyForQuery ($SESSION_PROBES)" "$hs_session" proxy)
 
 ### Proxy memory with $IDLE idle TLS sessions (fresh process)
 
-| | VmRSS MB | VmHWM MB |
+| | VmRSS MiB | VmHWM MiB |
 |---|---|---|
 | 0 connections | $(kib_mb "$(field baseline_rss_kib <<<"$idle")") | $(kib_mb "$(field baseline_hwm_kib <<<"$idle")") |
 | $(field sessions <<<"$idle") open (opened in $(field open_secs <<<"$idle") s) | $(kib_mb "$(field open_rss_kib <<<"$idle")") | $(kib_mb "$(field open_hwm_kib <<<"$idle")") |
