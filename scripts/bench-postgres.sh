@@ -35,7 +35,7 @@ CONTROL_REPS=${CONTROL_REPS:-3}
 INFO_RUN=${INFO_RUN:-1}
 REFERENCE=${REFERENCE:-1}
 KEEP=${KEEP:-0}
-PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
+PGBIN=${PGBIN:-$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
 
 log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
@@ -254,8 +254,16 @@ for rep in $(seq "$REPS"); do
     done
 done
 
-spread() { "$bench" spread "$@"; }
-median_of() { spread $1 | field median; }
+# $1 is a space-separated list of numbers: word splitting is intended.
+# shellcheck disable=SC2086
+spread() { "$bench" spread $1; }
+median_of() { spread "$1" | field median; }
+# "median [min–max]" of a list.
+spread_text() {
+    local s
+    s=$(spread "$1")
+    echo "$(field median <<<"$s") [$(field min <<<"$s")–$(field max <<<"$s")]"
+}
 
 # --- reference: no TLS at all, pgbench on PostgreSQL's unix socket (what
 # the proxy's upstream leg sees); an upper bound for any proxy.
@@ -315,7 +323,7 @@ EOF
     unset OPENSSL_CONF
     cn=$(median_of "${ctps[native]}")
     cp=$(median_of "${ctps[proxy]}")
-    control_rows="| -C, client offers P-256 only | $(spread ${ctps[native]} | field median) [$(spread ${ctps[native]} | field min)–$(spread ${ctps[native]} | field max)] | $(spread ${ctps[proxy]} | field median) [$(spread ${ctps[proxy]} | field min)–$(spread ${ctps[proxy]} | field max)] | $(awk -v a="$cp" -v b="$cn" 'BEGIN{printf "%.2f", a / b}') | |"
+    control_rows="| -C, client offers P-256 only | $(spread_text "${ctps[native]}") | $(spread_text "${ctps[proxy]}") | $(awk -v a="$cp" -v b="$cn" 'BEGIN{printf "%.2f", a / b}') | |"
 fi
 
 # --- 2: handshake and connect-to-ready latency, interleaved
@@ -341,7 +349,7 @@ cpu_model=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)
 row() { # label mode
     local n=${tps[native-$2]} p=${tps[proxy-$2]} mn mp
     mn=$(median_of "$n"); mp=$(median_of "$p")
-    echo "| $1 | $mn [$(spread $n | field min)–$(spread $n | field max)] | $mp [$(spread $p | field min)–$(spread $p | field max)] | $(awk -v a="$mp" -v b="$mn" 'BEGIN{printf "%.2f", a / b}') | $(median_of "${cpu10k[$2]}") [$(spread ${cpu10k[$2]} | field min)–$(spread ${cpu10k[$2]} | field max)] |"
+    echo "| $1 | $(spread_text "$n") | $(spread_text "$p") | $(awk -v a="$mp" -v b="$mn" 'BEGIN{printf "%.2f", a / b}') | $(spread_text "${cpu10k[$2]}") |"
 }
 cpu_row() { # mode side
     local b p c="-" label=$1

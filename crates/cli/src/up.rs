@@ -133,23 +133,24 @@ pub async fn run(args: UpArgs) -> Result<()> {
     .collect::<Vec<_>>()
     .join(" ");
 
-    out!(
-        "intransit: listening on {bound_at} (TLS 1.3, client certificate required), forwarding to PostgreSQL at {upstream}"
-    );
-    out!(
-        "state directory: {} ({})",
+    let banner = format!(
+        "intransit: listening on {bound_at} (TLS 1.3, client certificate required), forwarding to PostgreSQL at {upstream}\n\
+         state directory: {} ({})\n\
+         \n\
+         Connect through it with:\n  psql \"{conninfo}\"\n\
+         \n\
+         Press Ctrl-C to stop.\n",
         state_root.display(),
-        if material.created {
-            "created"
-        } else {
-            "reused"
-        }
+        if material.created { "created" } else { "reused" }
     );
-    out!("");
-    out!("Connect through it with:");
-    out!("  psql \"{conninfo}\"");
-    out!("");
-    out!("Press Ctrl-C to stop.");
+    // The proxy keeps running whether or not anyone reads the banner: a
+    // closed stdout (a supervisor, `| head`) is not a reason to stop.
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(banner.as_bytes());
+        let _ = stdout.flush();
+    }
 
     crate::serve(bound, signals).await;
     Ok(())

@@ -14,6 +14,7 @@
 //! This crate never parses wire formats by hand (that is `intransit-wire`)
 //! and never decides access by itself (that is `intransit-policy`).
 
+mod copy;
 mod net;
 mod postgres;
 mod refusal;

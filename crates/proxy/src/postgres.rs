@@ -29,6 +29,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 use tracing::{debug, info};
 
+use crate::copy;
 use crate::net::{self, BoxStream, Rewind};
 use crate::refusal::RefusalReason;
 use crate::server::{ConnectionContext, Refused};
@@ -504,7 +505,7 @@ struct Session {
 impl Session {
     async fn forward(mut self, ctx: &ConnectionContext) {
         let started = Instant::now();
-        let result = tokio::io::copy_bidirectional(&mut self.client, &mut self.upstream).await;
+        let result = copy::copy_both_ways(&mut self.client, &mut self.upstream).await;
         match result {
             Ok((to_upstream, to_client)) => info!(
                 conn = ctx.id,
