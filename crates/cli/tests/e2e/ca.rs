@@ -435,3 +435,122 @@ fn cert_check_exits_non_zero_for_expiring_certificates() {
     assert!(!out.status.success());
     assert!(stdout(&out).contains("expired"), "{}", stdout(&out));
 }
+
+#[test]
+fn renew_reissues_due_certificates_and_runs_the_hook() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    ok(cli(&state, &["ca", "init"]));
+    let issued = issue(&state, "client", "svc", &["--uri", "spiffe://prod/svc"]);
+    let serial = |state: &Path| {
+        let list: serde_json::Value =
+            serde_json::from_str(&ok(cli(state, &["cert", "list", "--json"]))).expect("json");
+        list["certificates"][0]["serial"]
+            .as_str()
+            .expect("serial")
+            .to_owned()
+    };
+    let pin = || {
+        let pem = std::fs::read_to_string(issued.dir.join("cert.pem")).expect("cert");
+        let der = intransit_pki::pem_to_der_certs(&pem).expect("pem");
+        intransit_pki::summarize(&der[0]).expect("summary").spki_pin
+    };
+    let first = serial(&state);
+    let first_pin = pin();
+
+    // Not due: nothing changes.
+    let out = ok(cli(&state, &["cert", "renew", "svc"]));
+    assert!(out.contains("not due"), "{out}");
+    assert_eq!(serial(&state), first);
+
+    // Due at a tiny fraction of the lifetime: renewed, with the hook run.
+    let marker = dir.path().join("hook-ran");
+    let hook = format!(
+        "echo \"$INTRANSIT_CERT_NAME $INTRANSIT_CERT_DIR\" > {}",
+        marker.display()
+    );
+    let out = ok(cli(
+        &state,
+        &[
+            "cert",
+            "renew",
+            "--all",
+            "--renew-at",
+            "0.000001",
+            "--reuse-key",
+            "--exec",
+            &hook,
+        ],
+    ));
+    assert!(out.contains("svc: renewed"), "{out}");
+    let second = serial(&state);
+    assert_ne!(second, first);
+    assert_eq!(pin(), first_pin, "--reuse-key changed the key");
+    let hook_out = std::fs::read_to_string(&marker).expect("the hook did not run");
+    assert!(hook_out.starts_with("svc "), "{hook_out}");
+
+    // Forced renewal makes a new key by default.
+    ok(cli(&state, &["cert", "renew", "svc", "--force"]));
+    assert_ne!(serial(&state), second);
+    assert_ne!(pin(), first_pin);
+
+    // The old serials are still known, so they can be revoked.
+    let out = ok(cli(
+        &state,
+        &["cert", "revoke", &first, "--reason", "superseded"],
+    ));
+    assert!(out.contains("svc"), "{out}");
+}
+
+#[test]
+fn inspect_fetches_the_chain_over_postgres_negotiation() {
+    let proxy = ProxyProcess::start(&listener_toml(&pg_upstream(), "", ""));
+    let out = Command::new(BIN)
+        .args(["cert", "inspect"])
+        .arg(format!("postgres://127.0.0.1:{}", proxy.port()))
+        .args(["--sni", "localhost"])
+        .output()
+        .expect("run");
+    let text = ok(out);
+    assert!(text.contains("PostgreSQL SSLRequest"), "{text}");
+    assert!(
+        text.contains("TLSv1.3") || text.contains("TLSv1_3"),
+        "{text}"
+    );
+    let pem = std::fs::read_to_string(&pki().server.cert).expect("cert");
+    let der = intransit_pki::pem_to_der_certs(&pem).expect("pem");
+    let fingerprint = intransit_pki::sha256_fingerprint(&der[0]);
+    assert!(text.contains(&fingerprint), "{text}");
+    assert!(text.contains("spki pin:   sha256/"), "{text}");
+    assert!(text.contains("chain order: "), "{text}");
+
+    // A file works the same way, and a missing server is a clear error.
+    let text = ok(Command::new(BIN)
+        .args(["cert", "inspect"])
+        .arg(&pki().server.chain)
+        .output()
+        .expect("run"));
+    assert!(text.contains(&fingerprint), "{text}");
+    let dead = intransit_testkit::free_port();
+    let out = Command::new(BIN)
+        .args(["cert", "inspect"])
+        .arg(format!("postgres://127.0.0.1:{dead}"))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains(&dead.to_string()), "{}", stderr(&out));
+}
+
+#[test]
+fn a_ca_key_that_does_not_match_its_certificate_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let other = dir.path().join("other");
+    ok(cli(&state, &["ca", "init"]));
+    ok(cli(&other, &["ca", "init"]));
+    std::fs::copy(other.join("ca/key.pem"), state.join("ca/key.pem")).expect("copy");
+    let out = cli(&state, &["cert", "issue", "client", "--name", "x"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("match"), "{}", stderr(&out));
+    assert!(!state.join("certs/x").exists());
+}

@@ -168,3 +168,48 @@ user = "\\1"
         stderr(&regex_denied)
     );
 }
+
+#[test]
+fn a_crl_reloaded_on_sighup_refuses_a_newly_revoked_certificate() {
+    let user = db_user("crlreload");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let crl = dir.path().join("live.crl");
+    let p = pki();
+    // Start with a CRL that revokes nothing.
+    std::fs::write(
+        &crl,
+        p.authority
+            .crl_pem(&[], time::Duration::days(7), 1)
+            .expect("crl"),
+    )
+    .expect("write");
+    let tls = format!("crl = \"{}\"", crl.display());
+    let proxy = ProxyProcess::start(&listener_toml(&pg_upstream(), &tls, ""));
+    let connect = || {
+        psql(
+            &conninfo(proxy.port(), &user.name, &user.name, &p.reporting, ""),
+            "SELECT 1",
+            Some(&user.password),
+        )
+    };
+    assert!(connect().status.success());
+    let pem = std::fs::read_to_string(&p.reporting.cert).expect("cert");
+    let der = intransit_pki::pem_to_der_certs(&pem).expect("pem");
+    let serial = intransit_pki::summarize(&der[0])
+        .expect("summary")
+        .serial_hex;
+    std::fs::write(
+        &crl,
+        p.authority
+            .crl_pem(&[&serial], time::Duration::days(7), 2)
+            .expect("crl"),
+    )
+    .expect("write");
+    signal(proxy.pid(), "HUP");
+    proxy.wait_for_log(std::time::Duration::from_secs(10), |v| {
+        v["message"] == "TLS material reloaded"
+    });
+    let out = connect();
+    assert!(!out.status.success(), "revoked certificate still accepted");
+    proxy.refusal("revoked");
+}
