@@ -330,7 +330,7 @@ impl CertificateAuthority {
     /// The certificate has BasicConstraints CA:false, KeyUsage
     /// digitalSignature (plus keyEncipherment for RSA keys), the extended key
     /// usage matching `req.kind`, the requested subject alternative names, a
-    /// SubjectKeyIdentifier, an AuthorityKeyIdentifier and a random 127-bit
+    /// SubjectKeyIdentifier, an AuthorityKeyIdentifier and a random 128-bit
     /// serial number. A validity in the past is allowed. A validity ending
     /// after the CA expires is cut short at the CA's expiry (see
     /// [`IssuedCertificate::not_after`]); one starting after it is an error.
@@ -517,13 +517,13 @@ pub(crate) fn is_signed_by(leaf: &X509Certificate<'_>, ca: &X509Certificate<'_>)
         && leaf.verify_signature(Some(ca.public_key())).is_ok()
 }
 
-/// 128 random bits with the top bit cleared, so the DER INTEGER is positive
-/// and at most 16 bytes long (RFC 5280 allows up to 20).
+/// 128 random bits. The DER encoder (yasna, through rcgen) writes them as a
+/// positive INTEGER, adding a leading zero byte when the top bit is set, so
+/// the encoding is at most 17 bytes (RFC 5280 allows up to 20).
 fn random_serial() -> Result<SerialNumber, PkiError> {
     let mut bytes = [0u8; 16];
     aws_lc_rs::rand::fill(&mut bytes).map_err(|_| PkiError::Random)?;
-    bytes[0] &= 0x7f;
-    // RFC 5280 requires a positive serial; zero has probability 2^-127.
+    // RFC 5280 requires a positive serial; zero has probability 2^-128.
     if bytes.iter().all(|b| *b == 0) {
         bytes[15] = 1;
     }
