@@ -17,7 +17,6 @@ set -euo pipefail
 # To come with the MariaDB and Redis tests, not installed yet:
 #   need mariadb-server     have_commands mariadbd mariadb-install-db
 #   need mariadb-client     have_commands mariadb
-#   need redis-server       have_commands redis-server redis-cli
 #
 # runuser/setpriv (util-linux) are not needed: the test kit drops root
 # privileges itself. util-linux and procps are Essential/standard on Debian.
@@ -26,6 +25,8 @@ needs() {
     need postgresql-contrib  have_files '/usr/share/postgresql/*/extension/pgcrypto.control'
     need postgresql-client   have_commands psql pgbench pg_isready
     need openssl             have_commands openssl
+    need redis-server        have_commands redis-server
+    need redis-tools         have_commands redis-cli
 }
 
 missing=()

@@ -147,7 +147,8 @@ impl RawListener {
         };
         let protocol = match self.protocol.as_deref() {
             None | Some("postgres") => Protocol::Postgres,
-            Some(p @ ("mysql" | "tls")) => {
+            Some("tls") => Protocol::Tls,
+            Some(p @ "mysql") => {
                 return Err(err(
                     format!("{k}.protocol"),
                     format!(
@@ -208,6 +209,12 @@ impl RawListener {
             })?
             .validate(&format!("{k}.tls"))?;
         let db_users = build_db_user_rules(&format!("{k}.db_users"), &self.db_users)?;
+        if protocol == Protocol::Tls && !db_users.is_empty() {
+            return Err(err(
+                format!("{k}.db_users"),
+                "protocol \"tls\" carries no database user to check; remove db_users or use protocol \"postgres\"",
+            ));
+        }
         if tls.client_auth == ClientAuth::None && !db_users.is_empty() {
             return Err(err(
                 format!("{k}.db_users"),

@@ -186,3 +186,14 @@ fn endpoints() {
     assert!(Endpoint::parse("db.internal").is_err());
     assert!(Endpoint::parse("db:99999").is_err());
 }
+
+#[test]
+fn tls_protocol_listeners() {
+    let text = MINIMAL.replace("name = \"orders\"", "name = \"orders\"\nprotocol = \"tls\"");
+    let c = Config::from_toml(&text).unwrap();
+    assert_eq!(c.listeners[0].protocol, Protocol::Tls);
+    let e = error_of(&format!(
+        "{text}[[listener.db_users]]\nidentity = \"cn:x\"\nusers = [\"y\"]\n"
+    ));
+    assert_eq!(e.key, "listener[0].db_users");
+}

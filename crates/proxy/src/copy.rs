@@ -15,8 +15,41 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BytesMut};
+use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
+
 use tokio_util::io::poll_read_buf;
+use tracing::info;
+
+use crate::server::ConnectionContext;
+
+/// Copies until both sides close, then logs the session's totals.
+pub(crate) async fn forward<A, B>(ctx: &ConnectionContext, mut client: A, mut upstream: B)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let started = Instant::now();
+    match copy_both_ways(&mut client, &mut upstream).await {
+        Ok((from_client, to_client)) => info!(
+            conn = ctx.id,
+            listener = %ctx.listener.name,
+            peer = %ctx.peer,
+            bytes_from_client = from_client,
+            bytes_to_client = to_client,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "connection closed"
+        ),
+        Err(e) => info!(
+            conn = ctx.id,
+            listener = %ctx.listener.name,
+            peer = %ctx.peer,
+            error = %e,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "connection closed with an error"
+        ),
+    }
+}
 
 /// Size of the buffer a direction takes while data flows.
 const BUFFER_SIZE: usize = 8 * 1024;

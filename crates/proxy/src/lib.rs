@@ -15,7 +15,9 @@
 //! and never decides access by itself (that is `intransit-policy`).
 
 mod copy;
+mod handshake;
 mod net;
+mod plain_tls;
 mod postgres;
 mod refusal;
 mod server;

@@ -16,31 +16,24 @@
 //! order of events and the messages sent to clients; the bytes themselves
 //! are built and parsed by `intransit_wire::pg`.
 
-use std::time::Instant;
-
 use bytes::{Bytes, BytesMut};
-use intransit_policy::ClientIdentity;
 use intransit_wire::pg::{
     self, CancelRequest, ErrorResponse, InitialMessage, SqlState, StartupMessage,
 };
-use rustls::server::Acceptor;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::LazyConfigAcceptor;
-use tracing::{debug, info};
+use tracing::debug;
 
 use crate::copy;
+use crate::handshake::{self, Accepted, ClientTls};
 use crate::net::{self, BoxStream, Rewind};
 use crate::refusal::RefusalReason;
 use crate::server::{ConnectionContext, Refused};
-use crate::tls::{PresentedCertificate, ALPN_POSTGRESQL};
+use crate::tls::ALPN_POSTGRESQL;
 
 const SQLSTATE_INVALID_AUTHORIZATION: SqlState = SqlState::INVALID_AUTHORIZATION_SPECIFICATION;
 const SQLSTATE_CONNECTION_FAILURE: SqlState = SqlState::CONNECTION_FAILURE;
 const SQLSTATE_PROTOCOL_VIOLATION: SqlState = SqlState::PROTOCOL_VIOLATION;
 const SQLSTATE_TOO_MANY_CONNECTIONS: SqlState = SqlState::TOO_MANY_CONNECTIONS;
-
-type ClientTls = TlsStream<Rewind<BoxStream>>;
 
 /// Runs one client connection from accept to close. The negotiation part is
 /// bounded by the listener's handshake timeout; the copy phase is not.
@@ -240,82 +233,33 @@ struct TlsRequested {
 
 impl TlsRequested {
     async fn handshake(self, ctx: &ConnectionContext) -> Result<TlsEstablished, Refused> {
-        let started = Instant::now();
-        let start = LazyConfigAcceptor::new(Acceptor::default(), self.stream)
-            .await
-            .map_err(|e| {
-                Refused::new(
-                    RefusalReason::from_handshake_io(&e),
-                    format!("reading ClientHello: {e}"),
-                )
-            })?;
-        let hello = start.client_hello();
-        let offers_postgresql = hello
-            .alpn()
-            .is_some_and(|mut protocols| protocols.any(|p| p == ALPN_POSTGRESQL));
         // PostgreSQL 17 accepts direct TLS only with ALPN "postgresql", so
         // that a TLS connection meant for another protocol (say HTTPS routed
         // to the wrong port) is never taken for a database session.
-        if self.direct && !offers_postgresql {
-            return Err(Refused::new(
-                RefusalReason::Alpn,
-                "direct TLS without ALPN \"postgresql\"",
-            ));
-        }
-        let presented = PresentedCertificate::default();
-        let material = ctx.listener.tls.snapshot();
-        let handshake = start.into_stream(material.config());
-        let stream = presented.scope(handshake).await.map_err(|e| {
-            Refused::new(
-                RefusalReason::from_handshake_io(&e),
-                format!("TLS handshake: {e}"),
-            )
-            .with_identity(presented.identity())
-        })?;
-        let (_, conn) = stream.get_ref();
-        let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-        let chain = conn.peer_certificates().unwrap_or(&[]);
-        let identity = chain
-            .first()
-            .and_then(|leaf| ClientIdentity::from_der(leaf.as_ref()).ok());
-        let mut established = TlsEstablished {
-            stream,
-            identity,
-            buf: BytesMut::with_capacity(512),
-            resumed,
-            handshake_micros: started.elapsed().as_micros(),
-        };
-        if resumed {
-            // rustls does not re-run certificate verification on resumption;
-            // apply today's trust anchors, CRL and allow-list again.
-            let (_, conn) = established.stream.get_ref();
-            let chain = conn.peer_certificates().unwrap_or(&[]).to_vec();
-            if let Err(e) = material.reverify(&chain) {
-                let reason = RefusalReason::from_tls_error(&e);
+        let required = self.direct.then_some(ALPN_POSTGRESQL);
+        match handshake::accept(ctx, self.stream, required).await? {
+            Ok(accepted) => Ok(TlsEstablished {
+                accepted,
+                buf: BytesMut::with_capacity(512),
+            }),
+            Err(mut rejected) => {
                 let reply = error_response(
                     SQLSTATE_INVALID_AUTHORIZATION,
                     "the client certificate is no longer accepted; connect again with a valid certificate".into(),
                     None,
                 );
-                send_error(&mut established.stream, &reply).await;
-                return Err(
-                    Refused::new(reason, format!("resumed session re-verification: {e}"))
-                        .with_identity(established.identity.clone()),
-                );
+                handshake::close_with(&mut rejected.stream, &reply).await;
+                Err(rejected.refused)
             }
         }
-        Ok(established)
     }
 }
 
 /// The TLS handshake is complete and the client certificate (if any) passed
 /// trust and allow-list checks.
 struct TlsEstablished {
-    stream: ClientTls,
-    identity: Option<ClientIdentity>,
+    accepted: Accepted,
     buf: BytesMut,
-    resumed: bool,
-    handshake_micros: u128,
 }
 
 enum Startup {
@@ -325,9 +269,10 @@ enum Startup {
 
 impl TlsEstablished {
     async fn read_startup(mut self, _ctx: &ConnectionContext) -> Result<Startup, Refused> {
-        let (message, consumed) = match read_initial(&mut self.stream, &mut self.buf).await {
+        let (message, consumed) = match read_initial(&mut self.accepted.stream, &mut self.buf).await
+        {
             Ok(m) => m,
-            Err(refused) => return Err(refused.with_identity(self.identity)),
+            Err(refused) => return Err(refused.with_identity(self.accepted.identity)),
         };
         let raw = self.buf.split_to(consumed).freeze();
         match message {
@@ -343,7 +288,7 @@ impl TlsEstablished {
                     "invalid startup packet: expected a StartupMessage inside TLS".into(),
                     None,
                 );
-                send_error(&mut self.stream, &reply).await;
+                send_error(&mut self.accepted.stream, &reply).await;
                 Err(Refused::new(
                     RefusalReason::Malformed,
                     format!(
@@ -351,7 +296,7 @@ impl TlsEstablished {
                         initial_name(&other)
                     ),
                 )
-                .with_identity(self.identity))
+                .with_identity(self.accepted.identity))
             }
         }
     }
@@ -381,7 +326,7 @@ impl StartupReceived {
             "sorry, too many clients already".into(),
             Some("The proxy is at its connection limit; try again later.".into()),
         );
-        send_error(&mut self.tls.stream, &reply).await;
+        send_error(&mut self.tls.accepted.stream, &reply).await;
         Refused::new(
             RefusalReason::TooManyConnections,
             format!(
@@ -389,7 +334,7 @@ impl StartupReceived {
                 ctx.listener.max_connections
             ),
         )
-        .with_identity(self.tls.identity)
+        .with_identity(self.tls.accepted.identity)
     }
 
     async fn authorize(
@@ -400,9 +345,9 @@ impl StartupReceived {
         if !ctx
             .listener
             .db_users
-            .permits(self.tls.identity.as_ref(), &user)
+            .permits(self.tls.accepted.identity.as_ref(), &user)
         {
-            let who = self.tls.identity.as_ref().map_or_else(
+            let who = self.tls.accepted.identity.as_ref().map_or_else(
                 || "a client without a certificate".to_owned(),
                 |i| format!("certificate identity \"{i}\""),
             );
@@ -411,12 +356,12 @@ impl StartupReceived {
                 format!("{who} may not log in as database user \"{user}\""),
                 Some("The proxy's db_users rules decide which identities may use which database users.".into()),
             );
-            send_error(&mut self.tls.stream, &reply).await;
+            send_error(&mut self.tls.accepted.stream, &reply).await;
             return Err(Refused::new(
                 RefusalReason::UserDenied,
                 format!("database user {user:?} not permitted by db_users"),
             )
-            .with_identity(self.tls.identity));
+            .with_identity(self.tls.accepted.identity));
         }
         Ok(Authorized {
             tls: self.tls,
@@ -457,40 +402,19 @@ impl Authorized {
                     "the database is unavailable right now".into(),
                     Some("Try again later. The proxy's log has the details.".into()),
                 );
-                send_error(&mut self.tls.stream, &reply).await;
+                send_error(&mut self.tls.accepted.stream, &reply).await;
                 return Err(Refused::new(RefusalReason::UpstreamUnavailable, detail)
-                    .with_identity(self.tls.identity));
+                    .with_identity(self.tls.accepted.identity));
             }
         };
-        let (_, conn) = self.tls.stream.get_ref();
-        let version = conn
-            .protocol_version()
-            .and_then(|v| v.as_str())
-            .unwrap_or("unknown");
-        let suite = conn
-            .negotiated_cipher_suite()
-            .and_then(|s| s.suite().as_str())
-            .unwrap_or("unknown");
-        let group = conn
-            .negotiated_key_exchange_group()
-            .and_then(|g| g.name().as_str())
-            .unwrap_or("unknown");
-        info!(
-            conn = ctx.id,
-            listener = %listener.name,
-            peer = %ctx.peer,
-            identity = self.tls.identity.as_ref().map(|i| i.to_string()).unwrap_or_default(),
-            user = self.startup.user().unwrap_or_default(),
-            database = self.startup.database().unwrap_or_default(),
-            tls_version = version,
-            cipher = suite,
-            group = group,
-            resumed = self.tls.resumed,
-            handshake_us = self.tls.handshake_micros as u64,
-            "connection established"
+        handshake::log_established(
+            ctx,
+            &self.tls.accepted,
+            self.startup.user().unwrap_or_default(),
+            self.startup.database().unwrap_or_default(),
         );
         Ok(Session {
-            client: self.tls.stream,
+            client: self.tls.accepted.stream,
             upstream,
         })
     }
@@ -503,28 +427,8 @@ struct Session {
 }
 
 impl Session {
-    async fn forward(mut self, ctx: &ConnectionContext) {
-        let started = Instant::now();
-        let result = copy::copy_both_ways(&mut self.client, &mut self.upstream).await;
-        match result {
-            Ok((to_upstream, to_client)) => info!(
-                conn = ctx.id,
-                listener = %ctx.listener.name,
-                peer = %ctx.peer,
-                bytes_from_client = to_upstream,
-                bytes_to_client = to_client,
-                duration_ms = started.elapsed().as_millis() as u64,
-                "connection closed"
-            ),
-            Err(e) => info!(
-                conn = ctx.id,
-                listener = %ctx.listener.name,
-                peer = %ctx.peer,
-                error = %e,
-                duration_ms = started.elapsed().as_millis() as u64,
-                "connection closed with an error"
-            ),
-        }
+    async fn forward(self, ctx: &ConnectionContext) {
+        copy::forward(ctx, self.client, self.upstream).await;
     }
 }
 

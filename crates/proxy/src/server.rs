@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use intransit_config::{ClientAuth, Endpoint, ListenerConfig};
+use intransit_config::{ClientAuth, Endpoint, ListenerConfig, Protocol};
 use intransit_policy::{ClientIdentity, DbUserRules};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -19,8 +19,8 @@ use tracing::{error, warn};
 
 use crate::net::{BoundListener, PeerAddr};
 use crate::refusal::RefusalReason;
-use crate::tls::ListenerTls;
-use crate::{postgres, ProxyError};
+use crate::tls::{ListenerTls, ALPN_POSTGRESQL};
+use crate::{plain_tls, postgres, ProxyError};
 
 /// Over-limit connections are told why inside TLS, which costs a handshake;
 /// those refusals are themselves capped so a flood cannot turn the polite
@@ -32,6 +32,8 @@ const MAX_CONCURRENT_REFUSALS: usize = 64;
 pub struct PreparedListener {
     /// Name for logs.
     pub name: String,
+    /// The database protocol spoken on the listener.
+    pub protocol: Protocol,
     /// Where to listen.
     pub listen: Endpoint,
     /// Where the database is.
@@ -55,7 +57,11 @@ pub struct PreparedListener {
 impl PreparedListener {
     /// Loads certificate files and builds TLS state for one listener.
     pub fn prepare(config: &ListenerConfig) -> Result<Self, ProxyError> {
-        let tls = ListenerTls::build(&config.tls).map_err(|e| ProxyError::Listener {
+        let alpn = match config.protocol {
+            Protocol::Postgres => vec![ALPN_POSTGRESQL.to_vec()],
+            Protocol::Tls | Protocol::Mysql => Vec::new(),
+        };
+        let tls = ListenerTls::build(&config.tls, alpn).map_err(|e| ProxyError::Listener {
             listener: config.name.clone(),
             source: Box::new(e),
         })?;
@@ -71,6 +77,7 @@ impl PreparedListener {
         };
         Ok(PreparedListener {
             name: config.name.clone(),
+            protocol: config.protocol,
             listen: config.listen.clone(),
             upstream: config.upstream.clone(),
             tls,
@@ -177,7 +184,18 @@ pub(crate) async fn accept_loop(
         };
         tracker.spawn(async move {
             let _permit = permit;
-            if let Err(refused) = postgres::serve(ctx.clone_for_log(), stream, over_limit).await {
+            let served = match ctx.listener.protocol {
+                Protocol::Tls => plain_tls::serve(ctx.clone_for_log(), stream, over_limit).await,
+                Protocol::Postgres => {
+                    postgres::serve(ctx.clone_for_log(), stream, over_limit).await
+                }
+                // The configuration refuses mysql listeners until they exist.
+                Protocol::Mysql => Err(Refused::new(
+                    RefusalReason::Malformed,
+                    "mysql listeners are not available in this version",
+                )),
+            };
+            if let Err(refused) = served {
                 log_refusal(&ctx, &refused);
             }
         });

@@ -184,6 +184,9 @@ impl TlsMaterial {
 /// established connections keep the material they started with.
 pub struct ListenerTls {
     current: RwLock<Arc<TlsMaterial>>,
+    /// ALPN protocols offered: `postgresql` for PostgreSQL listeners,
+    /// none for plain TLS (the client's choice is then not constrained).
+    alpn: Vec<Vec<u8>>,
     // Kept across reloads so clients can resume sessions after a renewal;
     // resumed sessions are re-verified against the new material anyway.
     session_storage: Arc<dyn rustls::server::StoresServerSessions>,
@@ -200,12 +203,13 @@ impl fmt::Debug for ListenerTls {
 
 impl ListenerTls {
     /// Loads the files a listener names and builds its TLS configuration.
-    pub fn build(tls: &ServerTls) -> Result<Self, ProxyError> {
+    pub fn build(tls: &ServerTls, alpn: Vec<Vec<u8>>) -> Result<Self, ProxyError> {
         let session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
         let ticketer = aws_lc_rs::Ticketer::new().map_err(|e| ProxyError::Tls(e.to_string()))?;
-        let material = build_material(tls, session_storage.clone(), ticketer.clone())?;
+        let material = build_material(tls, &alpn, session_storage.clone(), ticketer.clone())?;
         Ok(ListenerTls {
             current: RwLock::new(Arc::new(material)),
+            alpn,
             session_storage,
             ticketer,
         })
@@ -226,6 +230,7 @@ impl ListenerTls {
     pub fn reload(&self, tls: &ServerTls) -> Result<Arc<TlsMaterial>, ProxyError> {
         let material = Arc::new(build_material(
             tls,
+            &self.alpn,
             self.session_storage.clone(),
             self.ticketer.clone(),
         )?);
@@ -239,6 +244,7 @@ impl ListenerTls {
 
 fn build_material(
     tls: &ServerTls,
+    alpn: &[Vec<u8>],
     session_storage: Arc<dyn rustls::server::StoresServerSessions>,
     ticketer: Arc<dyn rustls::server::ProducesTickets>,
 ) -> Result<TlsMaterial, ProxyError> {
@@ -296,7 +302,7 @@ fn build_material(
     let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|e| ProxyError::file("server certificate and key", &tls.cert, e.to_string()))?;
-    config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+    config.alpn_protocols = alpn.to_vec();
     // Our order (AES-128-GCM first) rather than the client's: libpq asks for
     // AES-256-GCM-SHA384 first, which costs more for no practical gain.
     config.ignore_client_order = true;

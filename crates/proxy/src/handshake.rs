@@ -1,0 +1,151 @@
+//! The TLS handshake with a client, shared by every protocol: read the
+//! ClientHello, check ALPN where the protocol demands it, run the handshake
+//! with the listener's current material, and re-verify resumed sessions.
+//!
+//! This module owns what happens between "the client wants TLS" and "TLS
+//! is established with an identity we accept". It sends nothing but TLS.
+
+use std::time::Instant;
+
+use intransit_policy::ClientIdentity;
+use rustls::server::Acceptor;
+use tokio::io::AsyncWriteExt;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::LazyConfigAcceptor;
+use tracing::info;
+
+use crate::net::{BoxStream, Rewind};
+use crate::refusal::RefusalReason;
+use crate::server::{ConnectionContext, Refused};
+use crate::tls::PresentedCertificate;
+
+/// The client side of an established TLS session.
+pub(crate) type ClientTls = TlsStream<Rewind<BoxStream>>;
+
+/// A completed handshake whose certificate passed every check.
+pub(crate) struct Accepted {
+    pub(crate) stream: ClientTls,
+    pub(crate) identity: Option<ClientIdentity>,
+    pub(crate) resumed: bool,
+    pub(crate) handshake_micros: u128,
+}
+
+/// A handshake that completed, but whose resumed session no longer passes
+/// today's checks. The stream is handed back so the protocol can say why.
+pub(crate) struct Rejected {
+    pub(crate) stream: ClientTls,
+    pub(crate) refused: Refused,
+}
+
+/// Runs the handshake. With `required_alpn`, a ClientHello that does not
+/// offer that protocol is refused before the server says anything.
+pub(crate) async fn accept(
+    ctx: &ConnectionContext,
+    stream: Rewind<BoxStream>,
+    required_alpn: Option<&[u8]>,
+) -> Result<Result<Accepted, Rejected>, Refused> {
+    let started = Instant::now();
+    let start = LazyConfigAcceptor::new(Acceptor::default(), stream)
+        .await
+        .map_err(|e| {
+            Refused::new(
+                RefusalReason::from_handshake_io(&e),
+                format!("reading ClientHello: {e}"),
+            )
+        })?;
+    if let Some(required) = required_alpn {
+        let offered = start
+            .client_hello()
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == required));
+        if !offered {
+            return Err(Refused::new(
+                RefusalReason::Alpn,
+                format!(
+                    "ClientHello without ALPN {:?}",
+                    String::from_utf8_lossy(required)
+                ),
+            ));
+        }
+    }
+    let presented = PresentedCertificate::default();
+    let material = ctx.listener.tls.snapshot();
+    let handshake = start.into_stream(material.config());
+    let stream = presented.scope(handshake).await.map_err(|e| {
+        Refused::new(
+            RefusalReason::from_handshake_io(&e),
+            format!("TLS handshake: {e}"),
+        )
+        .with_identity(presented.identity())
+    })?;
+    let (_, conn) = stream.get_ref();
+    let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    let chain = conn.peer_certificates().unwrap_or(&[]).to_vec();
+    let identity = chain
+        .first()
+        .and_then(|leaf| ClientIdentity::from_der(leaf.as_ref()).ok());
+    if resumed {
+        // rustls does not re-run certificate verification on resumption;
+        // apply today's trust anchors, CRL and allow-list again.
+        if let Err(e) = material.reverify(&chain) {
+            return Ok(Err(Rejected {
+                stream,
+                refused: Refused::new(
+                    RefusalReason::from_tls_error(&e),
+                    format!("resumed session re-verification: {e}"),
+                )
+                .with_identity(identity),
+            }));
+        }
+    }
+    Ok(Ok(Accepted {
+        stream,
+        identity,
+        resumed,
+        handshake_micros: started.elapsed().as_micros(),
+    }))
+}
+
+/// Closes a TLS stream after a final message, ignoring errors: the client
+/// is being turned away and may already be gone.
+pub(crate) async fn close_with(stream: &mut ClientTls, message: &[u8]) {
+    let _ = stream.write_all(message).await;
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
+}
+
+/// The one log line for an established session.
+pub(crate) fn log_established(
+    ctx: &ConnectionContext,
+    accepted: &Accepted,
+    user: &str,
+    database: &str,
+) {
+    let (_, conn) = accepted.stream.get_ref();
+    let version = conn
+        .protocol_version()
+        .and_then(|v| v.as_str())
+        .unwrap_or("unknown");
+    let suite = conn
+        .negotiated_cipher_suite()
+        .and_then(|s| s.suite().as_str())
+        .unwrap_or("unknown");
+    let group = conn
+        .negotiated_key_exchange_group()
+        .and_then(|g| g.name().as_str())
+        .unwrap_or("unknown");
+    info!(
+        conn = ctx.id,
+        listener = %ctx.listener.name,
+        peer = %ctx.peer,
+        identity = accepted.identity.as_ref().map(|i| i.to_string()).unwrap_or_default(),
+        user = user,
+        database = database,
+        tls_version = version,
+        cipher = suite,
+        group = group,
+        resumed = accepted.resumed,
+        handshake_us = accepted.handshake_micros as u64,
+        "connection established"
+    );
+}
