@@ -215,10 +215,12 @@ pub struct UpArgs {
     /// Address to listen on for TLS clients.
     #[arg(long, default_value = "127.0.0.1:6432")]
     pub listen: String,
-    /// The database: host:port, or unix:/path/to/.s.PGSQL.5432.
-    #[arg(long, default_value = "127.0.0.1:5432")]
-    pub upstream: String,
-    /// Database protocol. Only postgres is available in this version.
+    /// The database: host:port, or unix:/path/to/.s.PGSQL.5432 (required
+    /// with --protocol tls, e.g. 127.0.0.1:6379 for Redis).
+    #[arg(long)]
+    pub upstream: Option<String>,
+    /// Protocol: postgres, or tls (TLS from the first byte: Redis, Kafka,
+    /// NATS, ...). mysql is not available in this version.
     #[arg(long, value_enum, default_value_t = UpProtocol::Postgres)]
     pub protocol: UpProtocol,
     /// Database user shown in the printed psql command.
@@ -242,6 +244,8 @@ pub struct UpArgs {
 pub enum UpProtocol {
     /// PostgreSQL (SSLRequest and direct TLS).
     Postgres,
+    /// TLS from the first byte.
+    Tls,
 }
 
 #[derive(Debug, Args)]
@@ -268,7 +272,7 @@ The configuration is TOML. Every key (docs/configuration.md has the full referen
   [[listener]]
   name = \"orders\"                    used in logs; letters, digits, - _ .
   mode = \"server\"                    server (only mode in this version)
-  protocol = \"postgres\"              postgres (mysql and tls: not in this version)
+  protocol = \"postgres\"              postgres, or tls (TLS from the first byte); mysql: not yet
   listen = \"0.0.0.0:6432\"            IP:port or unix:/path
   upstream = \"127.0.0.1:5432\"        host:port or unix:/path/.s.PGSQL.5432
   handshake_timeout = \"10s\"          accept to StartupMessage forwarded

@@ -20,7 +20,7 @@ use intransit_policy::{AllowList, DbUserRules};
 use intransit_proxy::Proxy;
 use tracing::{info, warn};
 
-use crate::cli::UpArgs;
+use crate::cli::{UpArgs, UpProtocol};
 
 pub async fn run(args: UpArgs) -> Result<()> {
     let signals = crate::ShutdownSignals::install()?;
@@ -31,8 +31,19 @@ pub async fn run(args: UpArgs) -> Result<()> {
             args.listen
         );
     }
+    let protocol = match args.protocol {
+        UpProtocol::Postgres => Protocol::Postgres,
+        UpProtocol::Tls => Protocol::Tls,
+    };
+    let upstream_text = match (&args.upstream, protocol) {
+        (Some(u), _) => u.clone(),
+        (None, Protocol::Postgres) => "127.0.0.1:5432".to_owned(),
+        (None, _) => bail!(
+            "--protocol tls needs --upstream HOST:PORT (for example 127.0.0.1:6379 for Redis)"
+        ),
+    };
     let upstream =
-        Endpoint::parse(&args.upstream).map_err(|m| anyhow::anyhow!("--upstream: {m}"))?;
+        Endpoint::parse(&upstream_text).map_err(|m| anyhow::anyhow!("--upstream: {m}"))?;
 
     let state_root = absolute(&args.state_dir)?;
     let state = StateDir::new(state_root.clone());
@@ -60,9 +71,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
     }
 
     let listener = ListenerConfig {
-        name: "postgres".into(),
+        name: protocol.to_string(),
         mode: Mode::Server,
-        protocol: Protocol::Postgres,
+        protocol,
         listen: listen.clone(),
         upstream: upstream.clone(),
         tls: ServerTls {
@@ -97,11 +108,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
         .unwrap_or(listen);
 
     match intransit_proxy::connect_upstream(&upstream, Duration::from_secs(2)).await {
-        Ok(_) => info!(upstream = %upstream, "PostgreSQL is reachable"),
+        Ok(_) => info!(upstream = %upstream, "the upstream is reachable"),
         Err(e) => warn!(
             upstream = %upstream,
             error = %e,
-            "PostgreSQL is not reachable yet; the proxy is running and tells clients the database is unavailable until it is"
+            "the upstream is not reachable yet; the proxy is running and refuses clients until it is"
         ),
     }
 
@@ -133,16 +144,42 @@ pub async fn run(args: UpArgs) -> Result<()> {
     .collect::<Vec<_>>()
     .join(" ");
 
-    let banner = format!(
-        "intransit: listening on {bound_at} (TLS 1.3, client certificate required), forwarding to PostgreSQL at {upstream}\n\
-         state directory: {} ({})\n\
-         \n\
-         Connect through it with:\n  psql \"{conninfo}\"\n\
-         \n\
-         Press Ctrl-C to stop.\n",
-        state_root.display(),
-        if material.created { "created" } else { "reused" }
-    );
+    let state_note = if material.created {
+        "created"
+    } else {
+        "reused"
+    };
+    let banner = match protocol {
+        Protocol::Tls => {
+            let (host, port) = match &bound_at {
+                Endpoint::Tcp { host, port } => (host.clone(), port.to_string()),
+                Endpoint::Unix(_) => (String::new(), String::new()),
+            };
+            format!(
+                "intransit: listening on {bound_at} (TLS 1.3, client certificate required), forwarding plaintext to {upstream}\n\
+                 state directory: {} ({state_note})\n\
+                 \n\
+                 Client files: CA {ca}, certificate {cert}, key {key}\n\
+                 Check it with:\n  openssl s_client -connect {host}:{port} -servername localhost -verify_return_error -CAfile {ca} -cert {cert} -key {key}\n\
+                 For Redis:\n  redis-cli -h {host} -p {port} --tls --sni localhost --cacert {ca} --cert {cert} --key {key} PING\n\
+                 \n\
+                 Press Ctrl-C to stop.\n",
+                state_root.display(),
+                ca = material.ca_cert.display(),
+                cert = material.client.cert.display(),
+                key = material.client.key.display(),
+            )
+        }
+        Protocol::Postgres | Protocol::Mysql => format!(
+            "intransit: listening on {bound_at} (TLS 1.3, client certificate required), forwarding to PostgreSQL at {upstream}\n\
+             state directory: {} ({state_note})\n\
+             \n\
+             Connect through it with:\n  psql \"{conninfo}\"\n\
+             \n\
+             Press Ctrl-C to stop.\n",
+            state_root.display(),
+        ),
+    };
     // The proxy keeps running whether or not anyone reads the banner: a
     // closed stdout (a supervisor, `| head`) is not a reason to stop.
     {

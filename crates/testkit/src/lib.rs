@@ -17,9 +17,11 @@
 
 mod isolation;
 mod postgres;
+mod redis;
 mod supervisor;
 mod tools;
 
 pub use isolation::{free_port, unique_name};
 pub use postgres::{PgOptions, PgServer, PgSsl};
+pub use redis::RedisServer;
 pub use tools::{require_tool, run_psql};

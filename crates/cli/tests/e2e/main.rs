@@ -11,6 +11,7 @@
 //! - `robustness`: malformed input, stalls, limits, unreachable upstream.
 //! - `lifecycle`: `intransit up`, `check-config`, drain on SIGTERM, SIGHUP reload.
 //! - `ca`: `intransit ca`/`cert` checked by openssl, PostgreSQL and the proxy.
+//! - `tls_protocol`: `protocol = "tls"` listeners in front of a real Redis.
 
 // Tests may panic on anything unexpected: that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -22,3 +23,4 @@ mod negotiation;
 mod policy;
 mod robustness;
 mod support;
+mod tls_protocol;
