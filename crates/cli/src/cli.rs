@@ -290,6 +290,12 @@ The configuration is TOML. Every key (docs/configuration.md has the full referen
                                      empty = any certificate the CA signed;
                                      * stays within a DNS label or URI path segment, ** crosses
 
+  [[listener.route]]                 SNI routes (docs/configuration.md)
+  server_name = \"orders.db.internal\" exact or *.suffix
+  upstream = \"10.0.0.5:5432\"        default: the listener's
+  tls = { cert = \"...\", key = \"...\" } policy keys not given come from [listener.tls]
+  require_sni_match = false          (listener key) refuse names that match no route
+
   [[listener.db_users]]              once any rule exists, logins must match one
   identity = \"uri:spiffe://prod/trainer\"
   users = [\"trainer\", \"readonly\"]    \"*\" = any user

@@ -112,12 +112,24 @@ fn run(command: Command) -> Result<ExitCode> {
                     "  listener {:?}: {} -> {} (postgres, TLS >= {}, client certificates {}, {} allow pattern(s), db_users {})",
                     l.name,
                     l.listen,
-                    l.upstream,
+                    l.default_route.upstream,
                     config_listener(&config, &l.name).map_or("?".into(), |c| c.tls.min_version.to_string()),
                     config_listener(&config, &l.name).map_or("?".into(), |c| c.tls.client_auth.to_string()),
                     config_listener(&config, &l.name).map_or(0, |c| c.tls.allow.patterns().len()),
-                    if l.db_users.is_empty() { "not enforced" } else { "enforced" },
+                    if l.default_route.db_users.is_empty() { "not enforced" } else { "enforced" },
                 );
+                for r in &l.routes {
+                    out!(
+                        "    route {}: -> {} (db_users {})",
+                        r.label(),
+                        r.upstream,
+                        if r.db_users.is_empty() {
+                            "not enforced"
+                        } else {
+                            "enforced"
+                        },
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

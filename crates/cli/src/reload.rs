@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use intransit_proxy::PreparedListener;
+use intransit_proxy::{PreparedListener, PreparedRoute};
 use tracing::{error, info, warn};
 
 /// Reloads on every SIGHUP until the process exits.
@@ -44,6 +44,22 @@ fn reload_from_file(path: &std::path::Path, listeners: &[Arc<PreparedListener>])
             continue;
         };
         reload_listener(listener, &new.tls);
+        for route in &listener.routes {
+            let matching = new
+                .routes
+                .iter()
+                .find(|r| Some(&r.server_name) == route.server_name.as_ref());
+            match matching {
+                Some(r) => {
+                    reload_route(&listener.name, route, &r.tls);
+                }
+                None => warn!(
+                    listener = %listener.name,
+                    route = %route.label(),
+                    "route is no longer in the configuration; it keeps running until restart"
+                ),
+            }
+        }
     }
     for new in &config.listeners {
         if !listeners.iter().any(|l| l.name == new.name) {
@@ -52,13 +68,24 @@ fn reload_from_file(path: &std::path::Path, listeners: &[Arc<PreparedListener>])
     }
 }
 
-/// Reloads one listener's TLS material and logs what is in use afterwards.
+/// Reloads a listener's default route and logs what is in use afterwards.
 /// Returns whether the new material is in service.
 pub fn reload_listener(listener: &PreparedListener, tls: &intransit_config::ServerTls) -> bool {
-    match listener.tls.reload(tls) {
+    reload_route(&listener.name, &listener.default_route, tls)
+}
+
+/// Reloads one route's TLS material. Returns whether the new material is
+/// in service.
+pub fn reload_route(
+    listener: &str,
+    route: &PreparedRoute,
+    tls: &intransit_config::ServerTls,
+) -> bool {
+    match route.tls.reload(tls) {
         Ok(material) => {
             info!(
-            listener = %listener.name,
+            listener = %listener,
+            route = %route.label(),
             subject = %material.server_cert.subject,
             serial = %material.server_cert.serial,
             fingerprint = %material.server_cert.fingerprint_sha256,
@@ -69,7 +96,8 @@ pub fn reload_listener(listener: &PreparedListener, tls: &intransit_config::Serv
         }
         Err(e) => {
             error!(
-                listener = %listener.name,
+                listener = %listener,
+                route = %route.label(),
                 error = %e,
                 "TLS reload failed; new handshakes keep using the previous material"
             );

@@ -89,6 +89,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
         handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         upstream_connect_timeout: DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
         max_connections: DEFAULT_MAX_CONNECTIONS,
+        routes: Vec::new(),
+        require_sni_match: false,
     };
     let server_tls = listener.tls.clone();
     let config = Config {

@@ -255,6 +255,96 @@ pub struct ListenerConfig {
     pub upstream_connect_timeout: Duration,
     /// Concurrent connections beyond which new clients are refused.
     pub max_connections: usize,
+    /// SNI routes: each TLS server name its own certificate, upstream and
+    /// policy. The listener's own `upstream`, `tls` and `db_users` are the
+    /// default route.
+    pub routes: Vec<RouteConfig>,
+    /// Refuse a handshake whose server name matches no route with the
+    /// `unrecognized_name` alert, instead of using the default route.
+    pub require_sni_match: bool,
+}
+
+/// One `[[listener.route]]`: where a TLS server name leads.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// The server name (or `*.suffix`) this route answers.
+    pub server_name: ServerNamePattern,
+    /// Where its database is (default: the listener's upstream).
+    pub upstream: Endpoint,
+    /// Its certificate, and policy (what it leaves out comes from the
+    /// listener's `tls`).
+    pub tls: ServerTls,
+    /// Its identity to database-user mapping (default: the listener's).
+    pub db_users: DbUserRules,
+}
+
+/// A TLS server name to match: exact (`orders.db.internal`) or one
+/// wildcard label (`*.db.internal` matches `a.db.internal`, not
+/// `a.b.db.internal` nor `db.internal`). Compared case-insensitively.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerNamePattern {
+    /// Exactly this name.
+    Exact(String),
+    /// Any single label followed by this suffix (stored with its leading dot).
+    Wildcard(String),
+}
+
+impl ServerNamePattern {
+    /// Parses `name` or `*.suffix`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let lower = text.trim().to_ascii_lowercase();
+        let valid_name = |n: &str| {
+            !n.is_empty()
+                && n.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                })
+        };
+        if let Some(suffix) = lower.strip_prefix("*.") {
+            if valid_name(suffix) && suffix.contains('.') {
+                return Ok(ServerNamePattern::Wildcard(format!(".{suffix}")));
+            }
+            return Err(format!(
+                "{text:?}: a wildcard needs at least two labels after \"*.\", e.g. \"*.db.internal\""
+            ));
+        }
+        // The last label of a DNS name is never all digits; that rules out
+        // IPv4 addresses, which clients do not send as server names.
+        let numeric_tail = lower
+            .rsplit('.')
+            .next()
+            .is_some_and(|l| l.chars().all(|c| c.is_ascii_digit()));
+        if valid_name(&lower) && !numeric_tail {
+            Ok(ServerNamePattern::Exact(lower))
+        } else {
+            Err(format!(
+                "{text:?} is not a DNS name (an IP address is never sent as a TLS server name)"
+            ))
+        }
+    }
+
+    /// Whether a server name from a ClientHello matches.
+    pub fn matches(&self, server_name: &str) -> bool {
+        let name = server_name.to_ascii_lowercase();
+        match self {
+            ServerNamePattern::Exact(exact) => name == *exact,
+            ServerNamePattern::Wildcard(suffix) => name
+                .strip_suffix(suffix.as_str())
+                .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+        }
+    }
+}
+
+impl fmt::Display for ServerNamePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerNamePattern::Exact(name) => f.write_str(name),
+            ServerNamePattern::Wildcard(suffix) => write!(f, "*{suffix}"),
+        }
+    }
 }
 
 impl Config {

@@ -11,8 +11,9 @@ use serde::Deserialize;
 
 use crate::{
     build_allow_list, build_db_user_rules, err, parse_duration, ClientAuth, Config, ConfigError,
-    Endpoint, ListenerConfig, Mode, Protocol, ServerTls, TlsVersion, DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_GRACE, DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+    Endpoint, ListenerConfig, Mode, Protocol, RouteConfig, ServerNamePattern, ServerTls,
+    TlsVersion, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_GRACE,
+    DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
 };
 
 #[derive(Debug, Deserialize)]
@@ -37,7 +38,9 @@ struct RawListener {
     #[serde(default)]
     db_users: Vec<RawDbUser>,
     upstream_tls: Option<toml::Value>,
-    route: Option<toml::Value>,
+    #[serde(default)]
+    route: Vec<RawRoute>,
+    require_sni_match: Option<bool>,
     handshake_timeout: Option<String>,
     upstream_connect_timeout: Option<String>,
     max_connections: Option<i64>,
@@ -54,6 +57,16 @@ struct RawServerTls {
     client_auth: Option<String>,
     #[serde(default)]
     allow: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    server_name: Option<String>,
+    upstream: Option<String>,
+    tls: Option<RawServerTls>,
+    #[serde(default)]
+    db_users: Vec<RawDbUser>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,12 +182,6 @@ impl RawListener {
                 "TLS on the upstream leg is not available in this version yet; use a loopback or unix-socket upstream",
             ));
         }
-        if self.route.is_some() {
-            return Err(err(
-                format!("{k}.route"),
-                "SNI routes are not available in this version yet; use one listener per upstream",
-            ));
-        }
         let listen_text = self.listen.ok_or_else(|| {
             err(
                 format!("{k}.listen"),
@@ -247,6 +254,31 @@ impl RawListener {
                 ))
             }
         };
+        let mut routes = Vec::with_capacity(self.route.len());
+        for (i, r) in self.route.into_iter().enumerate() {
+            let rk = format!("{k}.route[{i}]");
+            let route = r.validate(&rk, &upstream, &tls, &db_users, protocol)?;
+            if let Some(earlier) = routes
+                .iter()
+                .position(|e: &RouteConfig| e.server_name == route.server_name)
+            {
+                return Err(err(
+                    format!("{rk}.server_name"),
+                    format!(
+                        "{} is already the server_name of {k}.route[{earlier}]",
+                        route.server_name
+                    ),
+                ));
+            }
+            routes.push(route);
+        }
+        let require_sni_match = self.require_sni_match.unwrap_or(false);
+        if require_sni_match && routes.is_empty() {
+            return Err(err(
+                format!("{k}.require_sni_match"),
+                "needs at least one [[listener.route]] for a server name to match",
+            ));
+        }
         Ok(ListenerConfig {
             name,
             mode,
@@ -255,6 +287,8 @@ impl RawListener {
             upstream,
             tls,
             db_users,
+            routes,
+            require_sni_match,
             handshake_timeout,
             upstream_connect_timeout,
             max_connections,
@@ -262,8 +296,74 @@ impl RawListener {
     }
 }
 
+impl RawRoute {
+    fn validate(
+        self,
+        k: &str,
+        listener_upstream: &Endpoint,
+        listener_tls: &ServerTls,
+        listener_db_users: &intransit_policy::DbUserRules,
+        protocol: Protocol,
+    ) -> Result<RouteConfig, ConfigError> {
+        let name = self.server_name.ok_or_else(|| {
+            err(
+                format!("{k}.server_name"),
+                "missing; the TLS server name this route answers, e.g. \"orders.db.internal\" or \"*.db.internal\"",
+            )
+        })?;
+        let server_name =
+            ServerNamePattern::parse(&name).map_err(|m| err(format!("{k}.server_name"), m))?;
+        let upstream = match &self.upstream {
+            Some(u) => Endpoint::parse(u).map_err(|m| err(format!("{k}.upstream"), m))?,
+            None => listener_upstream.clone(),
+        };
+        let tls = self
+            .tls
+            .ok_or_else(|| {
+                err(
+                    format!("{k}.tls"),
+                    "missing; a route needs its own certificate: tls = { cert = \"...\", key = \"...\" }",
+                )
+            })?
+            .validate_with_parent(&format!("{k}.tls"), Some(listener_tls))?;
+        let db_users = if self.db_users.is_empty() {
+            listener_db_users.clone()
+        } else {
+            if protocol == Protocol::Tls {
+                return Err(err(
+                    format!("{k}.db_users"),
+                    "protocol \"tls\" carries no database user to check; remove db_users",
+                ));
+            }
+            build_db_user_rules(&format!("{k}.db_users"), &self.db_users)?
+        };
+        if tls.client_auth == ClientAuth::None && !db_users.is_empty() {
+            return Err(err(
+                format!("{k}.tls.client_auth"),
+                "db_users maps certificate identities, but client_auth = \"none\" asks for no certificate",
+            ));
+        }
+        Ok(RouteConfig {
+            server_name,
+            upstream,
+            tls,
+            db_users,
+        })
+    }
+}
+
 impl RawServerTls {
     fn validate(self, k: &str) -> Result<ServerTls, ConfigError> {
+        self.validate_with_parent(k, None)
+    }
+
+    /// Validates a `tls` table; keys a route leaves out are taken from the
+    /// listener's (`parent`), except the certificate and key.
+    fn validate_with_parent(
+        self,
+        k: &str,
+        parent: Option<&ServerTls>,
+    ) -> Result<ServerTls, ConfigError> {
         let cert = self.cert.ok_or_else(|| {
             err(
                 format!("{k}.cert"),
@@ -274,6 +374,7 @@ impl RawServerTls {
             .key
             .ok_or_else(|| err(format!("{k}.key"), "missing; the server private key (PEM)"))?;
         let min_version = match self.min_version.as_deref() {
+            None if parent.is_some() => parent.map_or(TlsVersion::V1_3, |p| p.min_version),
             None | Some("1.3") => TlsVersion::V1_3,
             Some("1.2") => TlsVersion::V1_2,
             Some(other) => {
@@ -284,6 +385,7 @@ impl RawServerTls {
             }
         };
         let client_auth = match self.client_auth.as_deref() {
+            None if parent.is_some() => parent.map_or(ClientAuth::Required, |p| p.client_auth),
             None | Some("required") => ClientAuth::Required,
             Some("optional") => ClientAuth::Optional,
             Some("none") => ClientAuth::None,
@@ -296,19 +398,30 @@ impl RawServerTls {
                 ))
             }
         };
-        if client_auth != ClientAuth::None && self.client_ca.is_none() {
+        let client_ca = self
+            .client_ca
+            .or_else(|| parent.and_then(|p| p.client_ca.clone()));
+        // A route that turns client certificates off inherits no CRL.
+        let crl = match client_auth {
+            ClientAuth::None => self.crl,
+            _ => self.crl.or_else(|| parent.and_then(|p| p.crl.clone())),
+        };
+        if client_auth != ClientAuth::None && client_ca.is_none() {
             return Err(err(
                 format!("{k}.client_ca"),
                 format!("missing; client_auth = \"{client_auth}\" needs the CA that signs client certificates (or set client_auth = \"none\")"),
             ));
         }
-        if client_auth == ClientAuth::None && self.crl.is_some() {
+        if client_auth == ClientAuth::None && crl.is_some() {
             return Err(err(
                 format!("{k}.crl"),
                 "a CRL revokes client certificates, but client_auth = \"none\" asks for none",
             ));
         }
-        let allow = build_allow_list(&format!("{k}.allow"), &self.allow)?;
+        let allow = match parent {
+            Some(p) if self.allow.is_empty() => p.allow.clone(),
+            _ => build_allow_list(&format!("{k}.allow"), &self.allow)?,
+        };
         if client_auth == ClientAuth::None && !allow.is_empty() {
             return Err(err(
                 format!("{k}.allow"),
@@ -318,8 +431,8 @@ impl RawServerTls {
         Ok(ServerTls {
             cert,
             key,
-            client_ca: self.client_ca,
-            crl: self.crl,
+            client_ca,
+            crl,
             min_version,
             client_auth,
             allow,

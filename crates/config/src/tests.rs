@@ -197,3 +197,66 @@ fn tls_protocol_listeners() {
     ));
     assert_eq!(e.key, "listener[0].db_users");
 }
+
+#[test]
+fn routes_inherit_policy_and_need_their_own_certificate() {
+    let text = format!(
+        r#"{MINIMAL}min_version = "1.2"
+allow = ["cn:reporting"]
+[[listener.route]]
+server_name = "orders.db.internal"
+upstream = "10.0.0.5:5432"
+tls = {{ cert = "orders.pem", key = "orders-key.pem" }}
+[[listener.route]]
+server_name = "*.ml.internal"
+tls = {{ cert = "ml.pem", key = "ml-key.pem", client_auth = "optional", allow = ["uri:spiffe://prod/*"] }}
+"#
+    );
+    let c = Config::from_toml(&text).unwrap();
+    let l = &c.listeners[0];
+    assert_eq!(l.routes.len(), 2);
+    let orders = &l.routes[0];
+    assert_eq!(orders.tls.min_version, TlsVersion::V1_2);
+    assert_eq!(orders.tls.allow.patterns().len(), 1);
+    assert_eq!(orders.tls.client_ca, l.tls.client_ca);
+    assert_eq!(
+        orders.upstream,
+        Endpoint::Tcp {
+            host: "10.0.0.5".into(),
+            port: 5432
+        }
+    );
+    let ml = &l.routes[1];
+    assert_eq!(ml.upstream, l.upstream);
+    assert_eq!(ml.tls.client_auth, ClientAuth::Optional);
+    assert!(!l.require_sni_match);
+
+    let e = error_of(&format!(
+        "{MINIMAL}[[listener.route]]\nserver_name = \"a.example\"\n"
+    ));
+    assert_eq!(e.key, "listener[0].route[0].tls");
+    let e = error_of(&format!(
+        "{MINIMAL}[[listener.route]]\nserver_name = \"10.0.0.1\"\ntls = {{ cert = \"c\", key = \"k\" }}\n"
+    ));
+    assert_eq!(e.key, "listener[0].route[0].server_name");
+    let dup =
+        "[[listener.route]]\nserver_name = \"a.example\"\ntls = { cert = \"c\", key = \"k\" }\n";
+    let e = error_of(&format!("{MINIMAL}{dup}{dup}"));
+    assert_eq!(e.key, "listener[0].route[1].server_name");
+}
+
+#[test]
+fn server_name_patterns() {
+    let exact = ServerNamePattern::parse("Orders.DB.internal").unwrap();
+    assert!(exact.matches("orders.db.internal"));
+    assert!(!exact.matches("x.orders.db.internal"));
+    let wild = ServerNamePattern::parse("*.db.internal").unwrap();
+    assert!(wild.matches("orders.db.internal"));
+    assert!(wild.matches("ORDERS.db.internal"));
+    assert!(!wild.matches("db.internal"));
+    assert!(!wild.matches("a.b.db.internal"));
+    assert_eq!(wild.to_string(), "*.db.internal");
+    for bad in ["*.internal", "", "a..b", "10.0.0.1x/", "*"] {
+        assert!(ServerNamePattern::parse(bad).is_err(), "{bad}");
+    }
+}

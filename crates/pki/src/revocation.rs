@@ -131,7 +131,7 @@ pub(crate) fn normalize_serial(serial: &str) -> Option<String> {
     if hex.is_empty() || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         hex.insert(0, '0');
     }
     while hex.len() > 2 && hex.starts_with("00") {

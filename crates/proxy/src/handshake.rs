@@ -5,6 +5,7 @@
 //! This module owns what happens between "the client wants TLS" and "TLS
 //! is established with an identity we accept". It sends nothing but TLS.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use intransit_policy::ClientIdentity;
@@ -16,8 +17,11 @@ use tracing::info;
 
 use crate::net::{BoxStream, Rewind};
 use crate::refusal::RefusalReason;
-use crate::server::{ConnectionContext, Refused};
+use crate::server::{ConnectionContext, PreparedRoute, Refused};
 use crate::tls::PresentedCertificate;
+
+/// A TLS alert record: fatal, unrecognized_name.
+const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
 
 /// The client side of an established TLS session.
 pub(crate) type ClientTls = TlsStream<Rewind<BoxStream>>;
@@ -25,6 +29,8 @@ pub(crate) type ClientTls = TlsStream<Rewind<BoxStream>>;
 /// A completed handshake whose certificate passed every check.
 pub(crate) struct Accepted {
     pub(crate) stream: ClientTls,
+    /// The route the server name chose.
+    pub(crate) route: Arc<PreparedRoute>,
     pub(crate) identity: Option<ClientIdentity>,
     pub(crate) resumed: bool,
     pub(crate) handshake_micros: u128,
@@ -68,8 +74,23 @@ pub(crate) async fn accept(
             ));
         }
     }
+    let server_name = start.client_hello().server_name().map(str::to_owned);
+    let Some(route) = ctx.listener.route_for(server_name.as_deref()) else {
+        // Before any ServerHello an alert travels as a plaintext record:
+        // fatal (2), unrecognized_name (112).
+        let mut io = start.io;
+        let _ = io.write_all(&UNRECOGNIZED_NAME_ALERT).await;
+        let _ = io.shutdown().await;
+        return Err(Refused::new(
+            RefusalReason::UnknownServerName,
+            format!(
+                "server name {:?} matches no route",
+                server_name.as_deref().unwrap_or("")
+            ),
+        ));
+    };
     let presented = PresentedCertificate::default();
-    let material = ctx.listener.tls.snapshot();
+    let material = route.tls.snapshot();
     let handshake = start.into_stream(material.config());
     let stream = presented.scope(handshake).await.map_err(|e| {
         Refused::new(
@@ -100,6 +121,7 @@ pub(crate) async fn accept(
     }
     Ok(Ok(Accepted {
         stream,
+        route,
         identity,
         resumed,
         handshake_micros: started.elapsed().as_micros(),
@@ -145,6 +167,7 @@ pub(crate) fn log_established(
         cipher = suite,
         group = group,
         resumed = accepted.resumed,
+        route = %accepted.route.label(),
         handshake_us = accepted.handshake_micros as u64,
         "connection established"
     );

@@ -35,7 +35,7 @@ use tracing::{info, warn};
 
 pub use net::connect as connect_upstream;
 pub use refusal::RefusalReason;
-pub use server::PreparedListener;
+pub use server::{PreparedListener, PreparedRoute};
 pub use tls::{ListenerTls, LoadedCertificate, TlsMaterial};
 
 /// Errors that stop the proxy from starting.
@@ -164,7 +164,8 @@ impl BoundProxy {
             info!(
                 listener = %listener.name,
                 listen = %socket.local_endpoint().map(|e| e.to_string()).unwrap_or_default(),
-                upstream = %listener.upstream,
+                upstream = %listener.default_route.upstream,
+                routes = listener.routes.len(),
                 "listening"
             );
             loops.push(tokio::spawn(server::accept_loop(

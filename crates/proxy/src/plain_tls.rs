@@ -64,8 +64,8 @@ pub(crate) async fn serve(
             )
             .with_identity(accepted.identity));
         }
-        let listener = &ctx.listener;
-        match net::connect(&listener.upstream, listener.upstream_connect_timeout).await {
+        let target = accepted.route.upstream.clone();
+        match net::connect(&target, ctx.listener.upstream_connect_timeout).await {
             Ok(upstream) => {
                 handshake::log_established(&ctx, &accepted, "", "");
                 Ok((accepted.stream, upstream))
@@ -75,7 +75,7 @@ pub(crate) async fn serve(
                 handshake::close_with(&mut accepted.stream, &[]).await;
                 Err(Refused::new(
                     RefusalReason::UpstreamUnavailable,
-                    format!("connecting to {}: {e}", listener.upstream),
+                    format!("connecting to {target}: {e}"),
                 )
                 .with_identity(accepted.identity))
             }

@@ -17,6 +17,7 @@
 //! are built and parsed by `intransit_wire::pg`.
 
 use bytes::{Bytes, BytesMut};
+use intransit_config::Endpoint;
 use intransit_wire::pg::{
     self, CancelRequest, ErrorResponse, InitialMessage, SqlState, StartupMessage,
 };
@@ -77,22 +78,25 @@ async fn negotiate(
     let tls_requested = match state.next(ctx).await? {
         Request::Tls(t) => t,
         Request::Cancel(cancel) => {
-            forward_cancel(ctx, &cancel).await;
+            // A plaintext cancel carries no server name, so with SNI routes
+            // the backend may be behind any upstream: each checks the secret
+            // key and ignores a request that is not its own.
+            forward_cancel(ctx, &cancel, &ctx.listener.upstreams()).await;
             return Ok(None);
         }
     };
     let established = tls_requested.handshake(ctx).await?;
     let received = match established.read_startup(ctx).await? {
         Startup::Message(m) => m,
-        Startup::Cancel(cancel) => {
-            forward_cancel(ctx, &cancel).await;
+        Startup::Cancel(cancel, upstream) => {
+            forward_cancel(ctx, &cancel, &[upstream]).await;
             return Ok(None);
         }
     };
     if over_limit {
         return Err(received.refuse_over_limit(ctx).await);
     }
-    let authorized = received.authorize(ctx).await?;
+    let authorized = received.authorize().await?;
     authorized.connect_upstream(ctx).await.map(Some)
 }
 
@@ -264,7 +268,8 @@ struct TlsEstablished {
 
 enum Startup {
     Message(Box<StartupReceived>),
-    Cancel(CancelRequest),
+    /// A cancel sent inside TLS, with the upstream of the chosen route.
+    Cancel(CancelRequest, Endpoint),
 }
 
 impl TlsEstablished {
@@ -281,7 +286,10 @@ impl TlsEstablished {
                 startup,
                 raw,
             }))),
-            InitialMessage::Cancel(cancel) => Ok(Startup::Cancel(cancel)),
+            InitialMessage::Cancel(cancel) => Ok(Startup::Cancel(
+                cancel,
+                self.accepted.route.upstream.clone(),
+            )),
             other => {
                 let reply = error_response(
                     SQLSTATE_PROTOCOL_VIOLATION,
@@ -337,13 +345,12 @@ impl StartupReceived {
         .with_identity(self.tls.accepted.identity)
     }
 
-    async fn authorize(
-        mut self: Box<Self>,
-        ctx: &ConnectionContext,
-    ) -> Result<Authorized, Refused> {
+    async fn authorize(mut self: Box<Self>) -> Result<Authorized, Refused> {
         let user = self.startup.user().unwrap_or_default().to_owned();
-        if !ctx
-            .listener
+        if !self
+            .tls
+            .accepted
+            .route
             .db_users
             .permits(self.tls.accepted.identity.as_ref(), &user)
         {
@@ -380,18 +387,19 @@ struct Authorized {
 
 impl Authorized {
     async fn connect_upstream(mut self, ctx: &ConnectionContext) -> Result<Session, Refused> {
-        let listener = &ctx.listener;
+        let target = self.tls.accepted.route.upstream.clone();
+        let timeout = ctx.listener.upstream_connect_timeout;
         let mut first = BytesMut::with_capacity(self.raw.len() + self.tls.buf.len());
         first.extend_from_slice(&self.raw);
         first.extend_from_slice(&self.tls.buf);
         let opened = async {
-            let mut upstream = net::connect(&listener.upstream, listener.upstream_connect_timeout)
+            let mut upstream = net::connect(&target, timeout)
                 .await
-                .map_err(|e| format!("connecting to {}: {e}", listener.upstream))?;
+                .map_err(|e| format!("connecting to {target}: {e}"))?;
             upstream
                 .write_all(&first)
                 .await
-                .map_err(|e| format!("sending StartupMessage to {}: {e}", listener.upstream))?;
+                .map_err(|e| format!("sending StartupMessage to {target}: {e}"))?;
             Ok::<_, String>(upstream)
         };
         let upstream = match opened.await {
@@ -435,35 +443,40 @@ impl Session {
 /// Forwards a CancelRequest upstream. PostgreSQL accepts cancels outside
 /// pg_hba and libpq before 17 sends them unencrypted; they carry only the
 /// backend's process id and secret key, which the proxy passes on as is.
-async fn forward_cancel(ctx: &ConnectionContext, cancel: &CancelRequest) {
+async fn forward_cancel(ctx: &ConnectionContext, cancel: &CancelRequest, upstreams: &[Endpoint]) {
     let listener = &ctx.listener;
-    match net::connect(&listener.upstream, listener.upstream_connect_timeout).await {
-        Ok(mut upstream) => {
-            let sent = upstream.write_all(&cancel.encode()).await;
-            // PostgreSQL closes the connection once it has read the request;
-            // wait for that so the cancel is not cut short.
-            let mut sink = [0u8; 1];
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(5), upstream.read(&mut sink))
-                    .await;
-            debug!(
-                conn = ctx.id,
-                listener = %listener.name,
-                peer = %ctx.peer,
-                process_id = cancel.process_id,
-                ok = sent.is_ok(),
-                "cancel request forwarded"
-            );
-        }
-        Err(e) => {
-            tracing::warn!(
-                conn = ctx.id,
-                listener = %listener.name,
-                peer = %ctx.peer,
-                upstream = %listener.upstream,
-                error = %e,
-                "cancel request could not be forwarded"
-            );
+    for target in upstreams {
+        match net::connect(target, listener.upstream_connect_timeout).await {
+            Ok(mut upstream) => {
+                let sent = upstream.write_all(&cancel.encode()).await;
+                // PostgreSQL closes the connection once it has read the
+                // request; wait for that so the cancel is not cut short.
+                let mut sink = [0u8; 1];
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    upstream.read(&mut sink),
+                )
+                .await;
+                debug!(
+                    conn = ctx.id,
+                    listener = %listener.name,
+                    peer = %ctx.peer,
+                    upstream = %target,
+                    process_id = cancel.process_id,
+                    ok = sent.is_ok(),
+                    "cancel request forwarded"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(
+                    conn = ctx.id,
+                    listener = %listener.name,
+                    peer = %ctx.peer,
+                    upstream = %target,
+                    error = %e,
+                    "cancel request could not be forwarded"
+                );
+            }
         }
     }
 }

@@ -19,6 +19,8 @@ pub enum RefusalReason {
     Alpn,
     /// The client offered no TLS version or suite we accept.
     TlsVersion,
+    /// The TLS server name matches no route and the listener requires one.
+    UnknownServerName,
     /// No client certificate, where one is required.
     NoClientCert,
     /// The client certificate does not chain to the configured CA.
@@ -57,6 +59,7 @@ impl RefusalReason {
             RefusalReason::PipelinedBeforeTls => "pipelined_before_tls",
             RefusalReason::Alpn => "alpn",
             RefusalReason::TlsVersion => "tls_version",
+            RefusalReason::UnknownServerName => "unknown_server_name",
             RefusalReason::NoClientCert => "no_client_cert",
             RefusalReason::Untrusted => "untrusted",
             RefusalReason::Expired => "expired",
@@ -199,6 +202,7 @@ mod tests {
             RefusalReason::PipelinedBeforeTls,
             RefusalReason::Alpn,
             RefusalReason::TlsVersion,
+            RefusalReason::UnknownServerName,
             RefusalReason::NoClientCert,
             RefusalReason::Untrusted,
             RefusalReason::Expired,

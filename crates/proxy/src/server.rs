@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use intransit_config::{ClientAuth, Endpoint, ListenerConfig, Protocol};
+use intransit_config::{ClientAuth, Endpoint, ListenerConfig, Protocol, ServerNamePattern};
 use intransit_policy::{ClientIdentity, DbUserRules};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +27,29 @@ use crate::{plain_tls, postgres, ProxyError};
 /// path into a resource leak.
 const MAX_CONCURRENT_REFUSALS: usize = 64;
 
+/// Where one TLS server name leads: certificate and policy, upstream, and
+/// database-user rules.
+#[derive(Debug)]
+pub struct PreparedRoute {
+    /// The server name it answers; `None` for the listener's default route.
+    pub server_name: Option<ServerNamePattern>,
+    /// Where the database is.
+    pub upstream: Endpoint,
+    /// TLS state (certificate, trust anchors, CRL, allow-list).
+    pub tls: ListenerTls,
+    /// Identity to user mapping.
+    pub db_users: DbUserRules,
+}
+
+impl PreparedRoute {
+    /// A name for logs: the server name, or `default`.
+    pub fn label(&self) -> String {
+        self.server_name
+            .as_ref()
+            .map_or_else(|| "default".to_owned(), |n| n.to_string())
+    }
+}
+
 /// What a listener needs at run time, prepared before anything binds.
 #[derive(Debug)]
 pub struct PreparedListener {
@@ -36,12 +59,13 @@ pub struct PreparedListener {
     pub protocol: Protocol,
     /// Where to listen.
     pub listen: Endpoint,
-    /// Where the database is.
-    pub upstream: Endpoint,
-    /// TLS state.
-    pub tls: ListenerTls,
-    /// Identity to user mapping.
-    pub db_users: DbUserRules,
+    /// The listener's own certificate, upstream and rules: used when the
+    /// client's server name matches no route (unless `require_sni_match`).
+    pub default_route: Arc<PreparedRoute>,
+    /// SNI routes, in configuration order.
+    pub routes: Vec<Arc<PreparedRoute>>,
+    /// Refuse unmatched server names instead of using the default route.
+    pub require_sni_match: bool,
     /// Bound on negotiation time.
     pub handshake_timeout: Duration,
     /// Bound on upstream connect time.
@@ -55,16 +79,32 @@ pub struct PreparedListener {
 }
 
 impl PreparedListener {
-    /// Loads certificate files and builds TLS state for one listener.
+    /// Loads certificate files and builds TLS state for one listener and
+    /// each of its routes.
     pub fn prepare(config: &ListenerConfig) -> Result<Self, ProxyError> {
         let alpn = match config.protocol {
             Protocol::Postgres => vec![ALPN_POSTGRESQL.to_vec()],
             Protocol::Tls | Protocol::Mysql => Vec::new(),
         };
-        let tls = ListenerTls::build(&config.tls, alpn).map_err(|e| ProxyError::Listener {
+        let in_listener = |e: ProxyError| ProxyError::Listener {
             listener: config.name.clone(),
             source: Box::new(e),
-        })?;
+        };
+        let default_route = Arc::new(PreparedRoute {
+            server_name: None,
+            upstream: config.upstream.clone(),
+            tls: ListenerTls::build(&config.tls, alpn.clone()).map_err(in_listener)?,
+            db_users: config.db_users.clone(),
+        });
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for route in &config.routes {
+            routes.push(Arc::new(PreparedRoute {
+                server_name: Some(route.server_name.clone()),
+                upstream: route.upstream.clone(),
+                tls: ListenerTls::build(&route.tls, alpn.clone()).map_err(in_listener)?,
+                db_users: route.db_users.clone(),
+            }));
+        }
         let (plaintext_message, plaintext_hint) = match config.tls.client_auth {
             ClientAuth::None => (
                 "TLS is required: this server accepts only encrypted connections".to_owned(),
@@ -79,15 +119,42 @@ impl PreparedListener {
             name: config.name.clone(),
             protocol: config.protocol,
             listen: config.listen.clone(),
-            upstream: config.upstream.clone(),
-            tls,
-            db_users: config.db_users.clone(),
+            default_route,
+            routes,
+            require_sni_match: config.require_sni_match,
             handshake_timeout: config.handshake_timeout,
             upstream_connect_timeout: config.upstream_connect_timeout,
             max_connections: config.max_connections,
             plaintext_message,
             plaintext_hint,
         })
+    }
+
+    /// The route for a ClientHello's server name: the first route whose
+    /// pattern matches, else the default route, or `None` when the listener
+    /// requires a match.
+    pub fn route_for(&self, server_name: Option<&str>) -> Option<Arc<PreparedRoute>> {
+        let matched = server_name.and_then(|name| {
+            self.routes
+                .iter()
+                .find(|r| r.server_name.as_ref().is_some_and(|p| p.matches(name)))
+        });
+        match matched {
+            Some(route) => Some(route.clone()),
+            None if self.require_sni_match => None,
+            None => Some(self.default_route.clone()),
+        }
+    }
+
+    /// Every distinct upstream of the listener, the default route's first.
+    pub fn upstreams(&self) -> Vec<Endpoint> {
+        let mut out = vec![self.default_route.upstream.clone()];
+        for r in &self.routes {
+            if !out.contains(&r.upstream) {
+                out.push(r.upstream.clone());
+            }
+        }
+        out
     }
 }
 

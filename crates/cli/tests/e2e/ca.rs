@@ -531,14 +531,13 @@ fn inspect_fetches_the_chain_over_postgres_negotiation() {
         .output()
         .expect("run"));
     assert!(text.contains(&fingerprint), "{text}");
-    let dead = intransit_testkit::free_port();
     let out = Command::new(BIN)
         .args(["cert", "inspect"])
-        .arg(format!("postgres://127.0.0.1:{dead}"))
+        .arg(format!("postgres://{DEAD_UPSTREAM}"))
         .output()
         .expect("run");
     assert!(!out.status.success());
-    assert!(stderr(&out).contains(&dead.to_string()), "{}", stderr(&out));
+    assert!(stderr(&out).contains(DEAD_UPSTREAM), "{}", stderr(&out));
 }
 
 #[test]

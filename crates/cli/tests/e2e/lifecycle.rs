@@ -157,13 +157,11 @@ fn up_creates_state_prints_a_working_psql_command_and_reuses_it() {
 #[test]
 fn up_starts_without_a_database_and_clients_are_told_it_is_unavailable() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let dead_port = intransit_testkit::free_port();
     let mut child = Command::new(BIN)
         .arg("up")
         .arg("--state-dir")
         .arg(dir.path())
-        .args(["--listen", "127.0.0.1:0", "--upstream"])
-        .arg(format!("127.0.0.1:{dead_port}"))
+        .args(["--listen", "127.0.0.1:0", "--upstream", DEAD_UPSTREAM])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

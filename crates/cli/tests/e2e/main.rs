@@ -12,6 +12,7 @@
 //! - `lifecycle`: `intransit up`, `check-config`, drain on SIGTERM, SIGHUP reload.
 //! - `ca`: `intransit ca`/`cert` checked by openssl, PostgreSQL and the proxy.
 //! - `tls_protocol`: `protocol = "tls"` listeners in front of a real Redis.
+//! - `sni`: routes chosen by the TLS server name, across two PostgreSQL servers.
 
 // Tests may panic on anything unexpected: that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -22,5 +23,6 @@ mod lifecycle;
 mod negotiation;
 mod policy;
 mod robustness;
+mod sni;
 mod support;
 mod tls_protocol;

@@ -148,9 +148,7 @@ fn over_the_connection_limit_clients_get_53300() {
 
 #[test]
 fn unreachable_database_gets_an_error_without_internal_addresses() {
-    // A port that was free a moment ago: nothing listens there.
-    let dead_port = intransit_testkit::free_port();
-    let proxy = ProxyProcess::start(&listener_toml(&format!("127.0.0.1:{dead_port}"), "", ""));
+    let proxy = ProxyProcess::start(&listener_toml(DEAD_UPSTREAM, "", ""));
     let out = psql(
         &conninfo(proxy.port(), "alice", "shop", &pki().trainer, ""),
         "SELECT 1",
@@ -160,14 +158,14 @@ fn unreachable_database_gets_an_error_without_internal_addresses() {
     let err = stderr(&out);
     assert!(err.contains("the database is unavailable"), "{err}");
     assert!(
-        !err.contains(&dead_port.to_string()),
+        !err.contains(DEAD_UPSTREAM),
         "internal address leaked: {err}"
     );
     let line = proxy.refusal("upstream_unavailable");
     assert!(
         line["detail"]
             .as_str()
-            .is_some_and(|d| d.contains(&dead_port.to_string())),
+            .is_some_and(|d| d.contains(DEAD_UPSTREAM)),
         "{line}"
     );
 }

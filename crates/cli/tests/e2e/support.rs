@@ -231,6 +231,11 @@ client_ca = "{ca}"
     )
 }
 
+/// An upstream where nothing listens. A privileged port that no test
+/// binds, rather than a port that was free a moment ago: another test may
+/// bind that one in the meantime.
+pub const DEAD_UPSTREAM: &str = "127.0.0.1:613";
+
 /// The upstream address of the shared PostgreSQL, over TCP.
 pub fn pg_upstream() -> String {
     format!("127.0.0.1:{}", pg().port())

@@ -84,7 +84,7 @@ pub(crate) mod test_util {
     /// only ever comes from constants in this crate's tests.
     pub(crate) fn hex(s: &str) -> Vec<u8> {
         let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-        assert!(digits.len() % 2 == 0, "odd hex length");
+        assert!(digits.len().is_multiple_of(2), "odd hex length");
         digits
             .chunks(2)
             .map(|pair| {
