@@ -159,6 +159,7 @@ pub(crate) fn log_established(
     info!(
         conn = ctx.id,
         listener = %ctx.listener.name,
+        protocol = %ctx.listener.protocol,
         peer = %ctx.peer,
         identity = accepted.identity.as_ref().map(|i| i.to_string()).unwrap_or_default(),
         user = user,

@@ -51,6 +51,8 @@ fn redis_cli_with_tls_and_a_client_certificate_reaches_redis() {
     });
     assert_eq!(line["tls_version"], "TLSv1_3");
     assert_eq!(line["identity"], "uri:spiffe://prod/trainer");
+    assert_eq!(line["protocol"], "tls");
+    assert_eq!(line["route"], "default");
 }
 
 #[test]
