@@ -109,10 +109,11 @@ fn run(command: Command) -> Result<ExitCode> {
             out!("{}: OK", args.file.display());
             for l in proxy.listeners() {
                 out!(
-                    "  listener {:?}: {} -> {} (postgres, TLS >= {}, client certificates {}, {} allow pattern(s), db_users {})",
+                    "  listener {:?}: {} -> {} ({}, TLS >= {}, client certificates {}, {} allow pattern(s), db_users {})",
                     l.name,
                     l.listen,
                     l.default_route.upstream,
+                    l.protocol,
                     config_listener(&config, &l.name).map_or("?".into(), |c| c.tls.min_version.to_string()),
                     config_listener(&config, &l.name).map_or("?".into(), |c| c.tls.client_auth.to_string()),
                     config_listener(&config, &l.name).map_or(0, |c| c.tls.allow.patterns().len()),
