@@ -10,7 +10,8 @@
 #
 # Loopback only; everything lives in a temporary directory removed on exit.
 # Knobs: REPS (5), REQUESTS per run (200000), CLIENTS (50), TESTS
-# (ping_mbulk,set,get), SKIP_BUILD=1, CARGO_TARGET_DIR. Not part of the
+# (ping_mbulk,set,get), UPSTREAM (tcp, or unix for the proxy to reach Redis
+# over its unix socket), SKIP_BUILD=1, CARGO_TARGET_DIR. Not part of the
 # test suite.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,6 +19,7 @@ REPS=${REPS:-5}
 REQUESTS=${REQUESTS:-200000}
 CLIENTS=${CLIENTS:-50}
 TESTS=${TESTS:-ping_mbulk,set,get}
+UPSTREAM=${UPSTREAM:-tcp}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
 intransit=$CARGO_TARGET_DIR/release/intransit
 
@@ -57,16 +59,19 @@ tls_port=$(free_port)
 redis-server --port "$plain_port" --bind 127.0.0.1 --save '' --appendonly no \
     --tls-port "$tls_port" --tls-cert-file "$srv/chain.pem" --tls-key-file "$srv/key.pem" \
     --tls-ca-cert-file "$ca" --tls-auth-clients yes --tls-protocols TLSv1.3 \
+    --unixsocket "$work/redis.sock" --unixsocketperm 700 \
     --dir "$work" --logfile "$work/redis.log" --daemonize no &
 pids+=($!)
 
 proxy_port=$(free_port)
+upstream=127.0.0.1:$plain_port
+[[ $UPSTREAM == unix ]] && upstream=unix:$work/redis.sock
 cat > "$work/proxy.toml" <<EOF
 [[listener]]
 name = "redis"
 protocol = "tls"
 listen = "127.0.0.1:$proxy_port"
-upstream = "127.0.0.1:$plain_port"
+upstream = "$upstream"
 
 [listener.tls]
 cert = "$srv/chain.pem"
@@ -115,7 +120,7 @@ minmax() { tr ' ' '\n' | grep -v '^$' | sort -g | awk 'NR==1{min=$1} {max=$1} EN
 
 echo "## intransit tls listener vs redis-server TLS: $(date -u +%Y-%m-%dT%H:%MZ)"
 echo
-echo "redis-benchmark -n $REQUESTS -c $CLIENTS, TLS 1.3 with a client certificate, $REPS repetitions interleaved; $(redis-server --version | cut -d' ' -f1-3)."
+echo "redis-benchmark -n $REQUESTS -c $CLIENTS, TLS 1.3 with a client certificate, $REPS repetitions interleaved; proxy upstream over $UPSTREAM; $(redis-server --version | cut -d' ' -f1-3)."
 echo
 echo "| test | native TLS rps, median [min–max] | intransit rps, median [min–max] | ratio |"
 echo "|---|---|---|---|"
