@@ -14,10 +14,6 @@ set -euo pipefail
 # some other way (for example from the PostgreSQL project's own packages)
 # counts as present.
 #
-# To come with the MariaDB and Redis tests, not installed yet:
-#   need mariadb-server     have_commands mariadbd mariadb-install-db
-#   need mariadb-client     have_commands mariadb
-#
 # runuser/setpriv (util-linux) are not needed: the test kit drops root
 # privileges itself. util-linux and procps are Essential/standard on Debian.
 needs() {
@@ -26,6 +22,10 @@ needs() {
     need postgresql-client   have_commands psql pgbench pg_isready
     need openssl             have_commands openssl
     need redis-server        have_commands redis-server
+    # mariadbd and mariadb-install-db live in /usr/sbin, which is not on
+    # every user's PATH; the test kit looks there too.
+    need mariadb-server      have_files '/usr/sbin/mariadbd' '/usr/bin/mariadb-install-db'
+    need mariadb-client      have_commands mariadb
     need redis-tools         have_commands redis-cli
 }
 

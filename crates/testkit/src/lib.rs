@@ -2,6 +2,7 @@
 //!
 //! This crate owns everything a test needs to talk to a genuine database
 //! rather than a mock: a private PostgreSQL per test binary ([`PgServer`]),
+//! a private MariaDB ([`MariaDbServer`]),
 //! names and ports that keep parallel tests apart ([`unique_name`],
 //! [`free_port`]), and lookup of client programs such as psql and openssl
 //! ([`require_tool`]).
@@ -16,12 +17,14 @@
 #![forbid(unsafe_code)]
 
 mod isolation;
+mod mariadb;
 mod postgres;
 mod redis;
 mod supervisor;
 mod tools;
 
 pub use isolation::{free_port, unique_name};
+pub use mariadb::{run_mariadb, MariaDbAuth, MariaDbOptions, MariaDbServer, MariaDbSsl};
 pub use postgres::{PgOptions, PgServer, PgSsl};
 pub use redis::RedisServer;
 pub use tools::{require_tool, run_psql};

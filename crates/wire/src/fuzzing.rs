@@ -8,6 +8,7 @@
 //! over captured messages and their mutations, so they are exercised on
 //! stable Rust too.
 
+use crate::mysql::{self, ClientHandshake, HandshakeResponse41, HandshakeV10, ServerAuthReply};
 use crate::pg::{
     self, AuthenticationRequest, BackendFrame, ErrorResponse, InitialMessage, SqlState,
     MAX_STARTUP_PACKET_LEN,
@@ -127,6 +128,94 @@ pub fn tls_record_header(data: &[u8]) {
     }
 }
 
+/// Drives [`mysql::parse_packet`] over a stream of packets, and the
+/// server-reply parsers over each payload.
+pub fn mysql_packet(data: &[u8]) {
+    let mut rest = data;
+    loop {
+        match mysql::parse_packet(rest) {
+            Ok(Some((packet, used))) => {
+                assert_eq!(used, packet.payload.len() + mysql::HEADER_LEN);
+                assert!(packet.payload.len() <= mysql::MAX_HANDSHAKE_PAYLOAD_LEN);
+                let Some(original) = rest.get(..used) else {
+                    panic!("consumed {used} of {} bytes", rest.len());
+                };
+                assert_eq!(
+                    mysql::encode_packet(packet.sequence_id, packet.payload).as_deref(),
+                    Ok(original)
+                );
+                mysql_server_reply(packet.payload);
+                rest = rest.get(used..).unwrap_or_default();
+            }
+            Ok(None) => {
+                // "Need more" only while the declared payload can still arrive.
+                if let Some(header) = rest.get(..mysql::HEADER_LEN) {
+                    let len = usize::from(header[0])
+                        | usize::from(header[1]) << 8
+                        | usize::from(header[2]) << 16;
+                    assert!(rest.len() < mysql::HEADER_LEN + len);
+                }
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+}
+
+fn mysql_server_reply(payload: &[u8]) {
+    match mysql::parse_server_auth_reply(payload) {
+        Ok(ServerAuthReply::Ok(ok)) => assert_eq!(ok.encode(), payload),
+        Ok(ServerAuthReply::Err(err)) => {
+            assert_eq!(err.encode(), payload);
+            let _ = err.to_string();
+        }
+        Ok(ServerAuthReply::AuthSwitch(switch)) => {
+            assert_eq!(switch.encode().as_deref(), Ok(payload));
+        }
+        Ok(ServerAuthReply::AuthMoreData(data)) => assert_eq!(payload.get(1..), Some(data)),
+        Ok(ServerAuthReply::OldAuthSwitch) => assert_eq!(payload, [mysql::EOF_MARKER]),
+        Err(_) => {}
+    }
+}
+
+/// Drives [`HandshakeV10::parse`] on the input as a payload: whatever
+/// parses re-encodes to the same bytes, also with CLIENT_SSL toggled and
+/// restored.
+pub fn mysql_greeting(data: &[u8]) {
+    let Ok(mut greeting) = HandshakeV10::parse(data) else {
+        return;
+    };
+    assert_eq!(greeting.encode().as_deref(), Ok(data));
+    let offered = greeting.offers_tls();
+    greeting.set_tls_offered(!offered);
+    let toggled = greeting.encode();
+    assert!(toggled.as_ref().is_ok_and(|t| t.len() == data.len()));
+    greeting.set_tls_offered(offered);
+    assert_eq!(greeting.encode().as_deref(), Ok(data));
+}
+
+/// Drives [`mysql::parse_client_handshake`] and
+/// [`HandshakeResponse41::parse`] on the input as a payload.
+pub fn mysql_handshake_response(data: &[u8]) {
+    match mysql::parse_client_handshake(data) {
+        Ok(ClientHandshake::SslRequest(request)) => assert_eq!(request.encode()[..], *data),
+        Ok(ClientHandshake::Response(response)) => {
+            assert_eq!(response.encode().as_deref(), Ok(data));
+        }
+        Err(_) => {}
+    }
+    if let Ok(mut response) = HandshakeResponse41::parse(data) {
+        assert_eq!(response.encode().as_deref(), Ok(data));
+        let _ = response.user_utf8();
+        response.clear_ssl();
+        let cleared = response.encode();
+        assert!(cleared.as_ref().is_ok_and(|c| c.len() == data.len()));
+        if let Ok(cleared) = cleared {
+            assert_eq!(HandshakeResponse41::parse(&cleared), Ok(response));
+        }
+    }
+}
+
 /// The fuzz entry points over captured messages, every prefix of them and
 /// deterministic mutations: a stable-Rust smoke run of what `cargo fuzz`
 /// explores at length.
@@ -137,6 +226,9 @@ mod tests {
     use crate::pg::test_util::hex;
 
     fn drive(data: &[u8]) {
+        mysql_packet(data);
+        mysql_greeting(data);
+        mysql_handshake_response(data);
         pg_initial_message(data);
         pg_backend_frame(data);
         pg_frontend_frame(data);
@@ -161,7 +253,7 @@ mod tests {
 
     #[test]
     fn captures_their_prefixes_and_single_byte_mutations() {
-        for capture in ALL {
+        for capture in ALL.iter().chain(crate::mysql::captured::ALL) {
             let bytes = hex(capture);
             for end in 0..=bytes.len() {
                 drive(&bytes[..end]);
@@ -178,7 +270,11 @@ mod tests {
 
     #[test]
     fn random_splices_of_captures() {
-        let captures: Vec<Vec<u8>> = ALL.iter().map(|c| hex(c)).collect();
+        let captures: Vec<Vec<u8>> = ALL
+            .iter()
+            .chain(crate::mysql::captured::ALL)
+            .map(|c| hex(c))
+            .collect();
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         for _ in 0..20_000 {
             let mut data = Vec::new();
@@ -193,6 +289,35 @@ mod tests {
                 }
             }
             drive(&data);
+        }
+    }
+
+    /// MySQL payloads: the captures without their headers, so the payload
+    /// parsers see them, mutated at every byte.
+    #[test]
+    fn mysql_payloads_and_their_mutations() {
+        for capture in crate::mysql::captured::ALL {
+            let bytes = crate::mysql::test_util::payload(capture);
+            for end in 0..=bytes.len() {
+                drive(&bytes[..end]);
+            }
+            for at in 0..bytes.len() {
+                for value in [
+                    0x00,
+                    0x01,
+                    0x08,
+                    0x0a,
+                    0xfb,
+                    0xfc,
+                    0xfe,
+                    0xff,
+                    bytes[at] ^ 0x08,
+                ] {
+                    let mut mutated = bytes.clone();
+                    mutated[at] = value;
+                    drive(&mutated);
+                }
+            }
         }
     }
 

@@ -2,8 +2,8 @@
 //! functions over byte slices.
 //!
 //! This crate owns the bytes of connection setup: the PostgreSQL messages
-//! exchanged before and during authentication ([`pg`]) and the TLS record
-//! header ([`tls`]). Parsers take everything received so far and answer
+//! exchanged before and during authentication ([`pg`]), the MySQL/MariaDB
+//! connection-phase packets ([`mysql`]) and the TLS record header ([`tls`]). Parsers take everything received so far and answer
 //! `Ok(Some((message, consumed)))`, `Ok(None)` for "need more bytes", or a
 //! typed [`WireError`]; encoders return the exact bytes to send.
 //!
@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod mysql;
 pub mod pg;
 pub mod tls;
 
