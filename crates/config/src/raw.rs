@@ -161,14 +161,7 @@ impl RawListener {
         let protocol = match self.protocol.as_deref() {
             None | Some("postgres") => Protocol::Postgres,
             Some("tls") => Protocol::Tls,
-            Some(p @ "mysql") => {
-                return Err(err(
-                    format!("{k}.protocol"),
-                    format!(
-                        "protocol {p:?} is not available in this version yet; only \"postgres\" is"
-                    ),
-                ))
-            }
+            Some("mysql") => Protocol::Mysql,
             Some(other) => {
                 return Err(err(
                     format!("{k}.protocol"),
@@ -271,6 +264,12 @@ impl RawListener {
                 ));
             }
             routes.push(route);
+        }
+        if protocol == Protocol::Mysql && !routes.is_empty() {
+            return Err(err(
+                format!("{k}.route"),
+                "SNI routes are not available for mysql listeners: the server greets the client (with the scramble its password answer depends on) before the client sends a server name; use one listener per MySQL server",
+            ));
         }
         let require_sni_match = self.require_sni_match.unwrap_or(false);
         if require_sni_match && routes.is_empty() {

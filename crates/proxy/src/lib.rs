@@ -16,6 +16,7 @@
 
 mod copy;
 mod handshake;
+mod mysql;
 mod net;
 mod plain_tls;
 mod postgres;

@@ -20,7 +20,7 @@ use tracing::{error, warn};
 use crate::net::{BoundListener, PeerAddr};
 use crate::refusal::RefusalReason;
 use crate::tls::{ListenerTls, ALPN_POSTGRESQL};
-use crate::{plain_tls, postgres, ProxyError};
+use crate::{mysql, plain_tls, postgres, ProxyError};
 
 /// Over-limit connections are told why inside TLS, which costs a handshake;
 /// those refusals are themselves capped so a flood cannot turn the polite
@@ -256,11 +256,7 @@ pub(crate) async fn accept_loop(
                 Protocol::Postgres => {
                     postgres::serve(ctx.clone_for_log(), stream, over_limit).await
                 }
-                // The configuration refuses mysql listeners until they exist.
-                Protocol::Mysql => Err(Refused::new(
-                    RefusalReason::Malformed,
-                    "mysql listeners are not available in this version",
-                )),
+                Protocol::Mysql => mysql::serve(ctx.clone_for_log(), stream, over_limit).await,
             };
             if let Err(refused) = served {
                 log_refusal(&ctx, &refused);

@@ -13,6 +13,7 @@
 //! - `ca`: `intransit ca`/`cert` checked by openssl, PostgreSQL and the proxy.
 //! - `tls_protocol`: `protocol = "tls"` listeners in front of a real Redis.
 //! - `sni`: routes chosen by the TLS server name, across two PostgreSQL servers.
+//! - `mysql`: `protocol = "mysql"` listeners in front of a real MariaDB.
 
 // Tests may panic on anything unexpected: that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -20,6 +21,7 @@
 mod ca;
 mod clients;
 mod lifecycle;
+mod mysql;
 mod negotiation;
 mod policy;
 mod robustness;

@@ -1,0 +1,146 @@
+//! `protocol = "mysql"` listeners in front of a real MariaDB, driven by the
+//! `mariadb` client with full verification and client certificates.
+
+use std::ffi::OsString;
+
+use intransit_pki::CertificatePaths;
+use intransit_testkit::{run_mariadb, MariaDbAuth, MariaDbServer};
+
+use crate::support::*;
+
+fn mariadb() -> &'static MariaDbServer {
+    MariaDbServer::shared().expect("starting the test MariaDB")
+}
+
+fn mysql_listener(extra: &str) -> String {
+    let base = listener_toml(&mariadb().addr(), "", "")
+        .replace("name = \"pg\"", "name = \"maria\"\nprotocol = \"mysql\"");
+    format!("{base}{extra}")
+}
+
+fn args(port: u16, user: &str, cert: Option<&CertificatePaths>, tls: bool) -> Vec<OsString> {
+    let mut a: Vec<OsString> = vec![
+        "-h".into(),
+        "127.0.0.1".into(),
+        "-P".into(),
+        port.to_string().into(),
+        "-u".into(),
+        user.into(),
+    ];
+    if tls {
+        a.push("--ssl".into());
+        a.push("--ssl-verify-server-cert".into());
+        a.push(format!("--ssl-ca={}", pki().ca.display()).into());
+        if let Some(c) = cert {
+            a.push(format!("--ssl-cert={}", c.cert.display()).into());
+            a.push(format!("--ssl-key={}", c.key.display()).into());
+        }
+    } else {
+        a.push("--skip-ssl".into());
+    }
+    a
+}
+
+fn user(prefix: &str, auth: MariaDbAuth) -> (String, String) {
+    let name = intransit_testkit::unique_name(prefix);
+    let password = format!("pw-{name}");
+    mariadb()
+        .create_user(&name, &password, auth)
+        .expect("creating a MariaDB user");
+    (name, password)
+}
+
+#[test]
+fn mariadb_client_logs_in_through_the_proxy_with_both_password_plugins() {
+    let proxy = ProxyProcess::start(&mysql_listener(""));
+    let mut plugins = vec![("native", MariaDbAuth::NativePassword)];
+    if mariadb().ed25519_available() {
+        plugins.push(("ed", MariaDbAuth::Ed25519));
+    }
+    for (prefix, auth) in plugins {
+        let (name, password) = user(prefix, auth);
+        let out = run_mariadb(
+            &args(proxy.port(), &name, Some(&pki().trainer), true),
+            Some(&password),
+            "SELECT CURRENT_USER(), @@ssl_cipher IS NULL OR @@ssl_cipher = ''",
+        )
+        .unwrap_or_else(|e| panic!("{prefix}: {e:#}\n{:#?}", proxy.logs()));
+        assert!(out.starts_with(&format!("{name}@")), "{prefix}: {out}");
+    }
+    let line = proxy.wait_for_log(std::time::Duration::from_secs(5), |v| {
+        v["message"] == "connection established"
+    });
+    assert_eq!(line["protocol"], "mysql");
+    assert_eq!(line["tls_version"], "TLSv1_3");
+    assert_eq!(line["identity"], "uri:spiffe://prod/trainer");
+}
+
+#[test]
+fn plaintext_missing_certificates_and_unmapped_users_are_refused() {
+    let (name, password) = user("refused", MariaDbAuth::NativePassword);
+    let rules =
+        format!("[[listener.db_users]]\nidentity = \"cn:reporting\"\nusers = [\"{name}\"]\n");
+    let proxy = ProxyProcess::start(&mysql_listener(&rules));
+
+    let plain = run_mariadb(
+        &args(proxy.port(), &name, None, false),
+        Some(&password),
+        "SELECT 1",
+    )
+    .expect_err("a plaintext login was accepted");
+    let text = format!("{plain:#}");
+    assert!(text.contains("3159"), "{text}");
+    assert!(text.contains("insecure transport"), "{text}");
+    proxy.refusal("plaintext_refused");
+
+    let no_cert = run_mariadb(
+        &args(proxy.port(), &name, None, true),
+        Some(&password),
+        "SELECT 1",
+    );
+    assert!(
+        no_cert.is_err(),
+        "a login without a client certificate was accepted"
+    );
+    proxy.refusal("no_client_cert");
+
+    let unmapped = run_mariadb(
+        &args(proxy.port(), &name, Some(&pki().trainer), true),
+        Some(&password),
+        "SELECT 1",
+    )
+    .expect_err("an unmapped user was accepted");
+    let text = format!("{unmapped:#}");
+    assert!(text.contains("1045"), "{text}");
+    assert!(text.contains(&name), "{text}");
+    proxy.refusal("user_denied");
+
+    let mapped = run_mariadb(
+        &args(proxy.port(), &name, Some(&pki().reporting), true),
+        Some(&password),
+        "SELECT 1",
+    )
+    .expect("the mapped identity logs in");
+    assert_eq!(mapped, "1");
+}
+
+#[test]
+fn openssl_starttls_mysql_sees_tls13() {
+    let proxy = ProxyProcess::start(&mysql_listener(""));
+    let openssl = intransit_testkit::require_tool("openssl", "openssl").expect("openssl");
+    let p = pki();
+    let out = std::process::Command::new(openssl)
+        .args(["s_client", "-brief", "-starttls", "mysql", "-connect"])
+        .arg(format!("127.0.0.1:{}", proxy.port()))
+        .args(["-verify_return_error", "-CAfile"])
+        .arg(&p.ca)
+        .arg("-cert")
+        .arg(&p.trainer.cert)
+        .arg("-key")
+        .arg(&p.trainer.key)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl");
+    let text = format!("{}\n{}", stdout(&out), stderr(&out));
+    assert!(text.contains("Protocol version: TLSv1.3"), "{text}");
+}
