@@ -215,15 +215,17 @@ pub struct UpArgs {
     /// Address to listen on for TLS clients.
     #[arg(long, default_value = "127.0.0.1:6432")]
     pub listen: String,
-    /// The database: host:port, or unix:/path/to/.s.PGSQL.5432 (required
-    /// with --protocol tls, e.g. 127.0.0.1:6379 for Redis).
+    /// The database: host:port or unix:/path (default 127.0.0.1:5432 for
+    /// postgres, 127.0.0.1:3306 for mysql; required with --protocol tls,
+    /// e.g. 127.0.0.1:6379 for Redis).
     #[arg(long)]
     pub upstream: Option<String>,
-    /// Protocol: postgres, or tls (TLS from the first byte: Redis, Kafka,
-    /// NATS, ...). mysql is not available in this version.
+    /// Protocol: postgres, mysql (MySQL/MariaDB, default upstream
+    /// 127.0.0.1:3306), or tls (TLS from the first byte: Redis, Kafka, NATS, ...).
     #[arg(long, value_enum, default_value_t = UpProtocol::Postgres)]
     pub protocol: UpProtocol,
-    /// Database user shown in the printed psql command.
+    /// Database user shown in the printed psql (or, if left at postgres,
+    /// root for the mariadb) command.
     #[arg(long, default_value = "postgres")]
     pub user: String,
     /// Database name shown in the printed psql command.
@@ -246,6 +248,8 @@ pub enum UpProtocol {
     Postgres,
     /// TLS from the first byte.
     Tls,
+    /// MySQL and MariaDB (CLIENT_SSL in the handshake).
+    Mysql,
 }
 
 #[derive(Debug, Args)]
@@ -272,7 +276,7 @@ The configuration is TOML. Every key (docs/configuration.md has the full referen
   [[listener]]
   name = \"orders\"                    used in logs; letters, digits, - _ .
   mode = \"server\"                    server (only mode in this version)
-  protocol = \"postgres\"              postgres, or tls (TLS from the first byte); mysql: not yet
+  protocol = \"postgres\"              postgres, mysql (MySQL/MariaDB), or tls (TLS from the first byte)
   listen = \"0.0.0.0:6432\"            IP:port or unix:/path
   upstream = \"127.0.0.1:5432\"        host:port or unix:/path/.s.PGSQL.5432
   handshake_timeout = \"10s\"          accept to StartupMessage forwarded

@@ -34,10 +34,12 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let protocol = match args.protocol {
         UpProtocol::Postgres => Protocol::Postgres,
         UpProtocol::Tls => Protocol::Tls,
+        UpProtocol::Mysql => Protocol::Mysql,
     };
     let upstream_text = match (&args.upstream, protocol) {
         (Some(u), _) => u.clone(),
         (None, Protocol::Postgres) => "127.0.0.1:5432".to_owned(),
+        (None, Protocol::Mysql) => "127.0.0.1:3306".to_owned(),
         (None, _) => bail!(
             "--protocol tls needs --upstream HOST:PORT (for example 127.0.0.1:6379 for Redis)"
         ),
@@ -172,7 +174,26 @@ pub async fn run(args: UpArgs) -> Result<()> {
                 key = material.client.key.display(),
             )
         }
-        Protocol::Postgres | Protocol::Mysql => format!(
+        Protocol::Mysql => {
+            let (host, port) = match &bound_at {
+                Endpoint::Tcp { host, port } => (host.clone(), port.to_string()),
+                Endpoint::Unix(_) => (String::new(), String::new()),
+            };
+            let user = if args.user == "postgres" { "root".to_owned() } else { args.user.clone() };
+            format!(
+                "intransit: listening on {bound_at} (TLS 1.3, client certificate required), forwarding to MySQL/MariaDB at {upstream}\n\
+                 state directory: {} ({state_note})\n\
+                 \n\
+                 Connect through it with:\n  mariadb -h {host} -P {port} -u {user} -p --ssl --ssl-verify-server-cert --ssl-ca={ca} --ssl-cert={cert} --ssl-key={key}\n\
+                 \n\
+                 Press Ctrl-C to stop.\n",
+                state_root.display(),
+                ca = material.ca_cert.display(),
+                cert = material.client.cert.display(),
+                key = material.client.key.display(),
+            )
+        }
+        Protocol::Postgres => format!(
             "intransit: listening on {bound_at} (TLS 1.3, client certificate required), forwarding to PostgreSQL at {upstream}\n\
              state directory: {} ({state_note})\n\
              \n\
