@@ -220,3 +220,64 @@ fn up_with_protocol_mysql_prints_a_working_mariadb_command() {
     signal(child.id(), "TERM");
     assert!(child.wait().expect("wait").success());
 }
+
+#[test]
+fn mysql_async_client_library_queries_through_the_proxy() {
+    use mysql_async::prelude::Queryable;
+    let (name, password) = user("rust", MariaDbAuth::NativePassword);
+    let proxy = ProxyProcess::start(&mysql_listener(""));
+    let p = pki();
+    // mysql_async's rustls backend reads client keys only as PKCS#1 RSA
+    // ("RSA PRIVATE KEY"), so this client gets an RSA certificate and
+    // openssl converts its key.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let issued = p
+        .authority
+        .issue(&intransit_pki::IssueRequest {
+            kind: intransit_pki::CertificateKind::Client,
+            common_name: "rust-client".into(),
+            dns_names: vec![],
+            ip_addresses: vec![],
+            uris: vec![],
+            key: intransit_pki::KeyAlgorithm::Rsa2048,
+            validity: intransit_pki::Validity::days_from_now(2),
+        })
+        .expect("RSA client certificate");
+    let paths = issued.write_to(&dir.path().join("rsa")).expect("write");
+    let pkcs1 = dir.path().join("key-pkcs1.pem");
+    let openssl = intransit_testkit::require_tool("openssl", "openssl").expect("openssl");
+    let status = std::process::Command::new(openssl)
+        .args(["rsa", "-traditional", "-in"])
+        .arg(&paths.key)
+        .arg("-out")
+        .arg(&pkcs1)
+        .status()
+        .expect("openssl rsa");
+    assert!(status.success());
+    let ssl = mysql_async::SslOpts::default()
+        .with_root_certs(vec![p.ca.clone().into()])
+        .with_client_identity(Some(mysql_async::ClientIdentity::new(
+            paths.cert.clone().into(),
+            pkcs1.into(),
+        )));
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname("localhost")
+        .tcp_port(proxy.port())
+        .user(Some(name))
+        .pass(Some(password))
+        .ssl_opts(Some(ssl))
+        .prefer_socket(false);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let answer: Option<i64> = rt.block_on(async {
+        let mut conn = mysql_async::Conn::new(opts)
+            .await
+            .expect("mysql_async connects through the proxy");
+        let v = conn.query_first("SELECT 6 * 7").await.expect("query");
+        conn.disconnect().await.expect("disconnect");
+        v
+    });
+    assert_eq!(answer, Some(42));
+}
