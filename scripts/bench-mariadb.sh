@@ -6,16 +6,20 @@
 #   (TLS 1.3), `SELECT 1`, CONCURRENCY clients on persistent connections:
 #     native: mariadbd's own TLS on TCP 127.0.0.1 (OpenSSL),
 #     proxy:  intransit (rustls) -> mariadbd's unix socket,
-#   interleaved, REPS times, plus the proxy's CPU per 10,000 queries.
+#   interleaved, REPS times, plus the proxy's CPU per 10,000 queries;
+#   then the same with a new connection per query (mariadb-slap --detach=1,
+#   CONNECT_QUERIES queries per run).
 #
 # Loopback only; everything lives in a temporary directory removed on exit.
-# Knobs: REPS (5), QUERIES per run (50000), CONCURRENCY (2), SKIP_BUILD=1,
+# Knobs: REPS (5), QUERIES per run (50000), CONNECT_QUERIES (2000),
+# CONCURRENCY (2), SKIP_BUILD=1,
 # CARGO_TARGET_DIR. Needs root (mariadbd runs as the mysql user). Not part
 # of the test suite.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 REPS=${REPS:-5}
 QUERIES=${QUERIES:-50000}
+CONNECT_QUERIES=${CONNECT_QUERIES:-2000}
 CONCURRENCY=${CONCURRENCY:-2}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
 intransit=$CARGO_TARGET_DIR/release/intransit
@@ -98,42 +102,45 @@ ticks_per_sec=$(getconf CLK_TCK)
 declare -A qps
 declare -A cpu
 
-slap() { # port -> seconds for all queries
+slap() { # port queries detach -> seconds for all queries
     mariadb-slap --no-defaults -h 127.0.0.1 -P "$1" -u bench --password=bench-pw "${tls_args[@]}" \
-        --create-schema=bench --concurrency="$CONCURRENCY" --iterations=1 \
-        --number-of-queries="$QUERIES" --query="SELECT 1" 2>/dev/null |
+        --create-schema=bench --concurrency="$CONCURRENCY" --iterations=1 --detach="$3" \
+        --number-of-queries="$2" --query="SELECT 1" 2>/dev/null |
         awk '/Average number of seconds to run all queries/ {print $(NF-1)}'
 }
 
 echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 for rep in $(seq "$REPS"); do
-    for target in native proxy; do
-        port=$db_port
-        [[ $target == proxy ]] && port=$proxy_port
-        before=$(cpu_ticks "$proxy_pid")
-        secs=$(slap "$port")
-        after=$(cpu_ticks "$proxy_pid")
-        rate=$(awk -v q="$QUERIES" -v s="$secs" 'BEGIN {printf "%.0f", q / s}')
-        qps[$target]+="$rate "
-        if [[ $target == proxy ]]; then
-            cpu[proxy]+="$(awk -v t=$((after - before)) -v hz="$ticks_per_sec" -v q="$QUERIES" 'BEGIN {printf "%.1f", t * 1000 / hz * 10000 / q}') "
-        fi
-        echo "rep $rep $target: $secs s, $rate queries/s" >&2
+    for mode in persistent connect; do
+        queries=$QUERIES detach=0
+        [[ $mode == connect ]] && queries=$CONNECT_QUERIES detach=1
+        for target in native proxy; do
+            port=$db_port
+            [[ $target == proxy ]] && port=$proxy_port
+            before=$(cpu_ticks "$proxy_pid")
+            secs=$(slap "$port" "$queries" "$detach")
+            after=$(cpu_ticks "$proxy_pid")
+            rate=$(awk -v q="$queries" -v s="$secs" 'BEGIN {printf "%.0f", q / s}')
+            qps[$mode,$target]+="$rate "
+            if [[ $target == proxy ]]; then
+                cpu[$mode]+="$(awk -v t=$((after - before)) -v hz="$ticks_per_sec" -v q="$queries" 'BEGIN {printf "%.1f", t * 1000 / hz * 10000 / q}') "
+            fi
+            echo "rep $rep $mode $target: $secs s, $rate queries/s" >&2
+        done
     done
 done
 echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 minmax() { tr ' ' '\n' | grep -v '^$' | sort -g | awk 'NR==1{min=$1} {max=$1} END {print min "–" max}'; }
-n=$(echo "${qps[native]}" | median)
-p=$(echo "${qps[proxy]}" | median)
 echo "## intransit mysql listener vs MariaDB TLS: $(date -u +%Y-%m-%dT%H:%MZ)"
 echo
-echo "mariadb-slap --concurrency=$CONCURRENCY --number-of-queries=$QUERIES --query='SELECT 1', TLS 1.3 with a client certificate, persistent connections, $REPS repetitions interleaved; $(mariadbd --version | awk '{print $3}')."
+echo "mariadb-slap --concurrency=$CONCURRENCY --query='SELECT 1', TLS 1.3 with a client certificate, $REPS repetitions interleaved; $(mariadbd --version | awk '{print $3}'). Persistent: $QUERIES queries per run; connect per query (--detach=1): $CONNECT_QUERIES."
 echo
-echo "| path | queries/s, median [min–max] |"
-echo "|---|---|"
-echo "| MariaDB's own TLS | $n [$(echo "${qps[native]}" | minmax)] |"
-echo "| intransit -> unix socket | $p [$(echo "${qps[proxy]}" | minmax)] |"
-echo
-echo "Ratio: $(awk -v a="$p" -v b="$n" 'BEGIN {printf "%.2f", a / b}'). Proxy CPU per 10,000 queries (median): $(echo "${cpu[proxy]}" | median) ms."
+echo "| run | MariaDB's own TLS, queries/s median [min–max] | intransit -> unix socket | ratio | proxy CPU ms / 10k queries |"
+echo "|---|---|---|---|---|"
+for mode in persistent connect; do
+    n=$(echo "${qps[$mode,native]}" | median)
+    p=$(echo "${qps[$mode,proxy]}" | median)
+    echo "| $mode | $n [$(echo "${qps[$mode,native]}" | minmax)] | $p [$(echo "${qps[$mode,proxy]}" | minmax)] | $(awk -v a="$p" -v b="$n" 'BEGIN {printf "%.2f", a / b}') | $(echo "${cpu[$mode]}" | median) |"
+done
