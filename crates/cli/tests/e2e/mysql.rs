@@ -281,3 +281,29 @@ fn mysql_async_client_library_queries_through_the_proxy() {
     });
     assert_eq!(answer, Some(42));
 }
+
+#[test]
+fn a_client_certificate_outside_the_allow_list_is_refused() {
+    let (name, password) = user("allow", MariaDbAuth::NativePassword);
+    let config = listener_toml(&mariadb().addr(), "allow = [\"cn:reporting\"]", "")
+        .replace("name = \"pg\"", "name = \"maria\"\nprotocol = \"mysql\"");
+    let proxy = ProxyProcess::start(&config);
+    let denied = run_mariadb(
+        &args(proxy.port(), &name, Some(&pki().trainer), true),
+        Some(&password),
+        "SELECT 1",
+    );
+    assert!(
+        denied.is_err(),
+        "an identity outside the allow-list logged in"
+    );
+    let line = proxy.refusal("identity_denied");
+    assert_eq!(line["identity"], "uri:spiffe://prod/trainer");
+    let allowed = run_mariadb(
+        &args(proxy.port(), &name, Some(&pki().reporting), true),
+        Some(&password),
+        "SELECT 1",
+    )
+    .expect("the allowed identity logs in");
+    assert_eq!(allowed, "1");
+}
