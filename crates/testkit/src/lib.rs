@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+mod account;
 mod isolation;
 mod mariadb;
 mod postgres;

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::account::ServerAccount;
 use crate::isolation::free_port;
 use crate::supervisor::Supervisor;
 use crate::tools::{find_on_path, is_executable, require_tool};
@@ -145,7 +146,12 @@ impl MariaDbServer {
         let mariadbd = server_program("mariadbd")?;
         let install_db = server_program("mariadb-install-db")?;
         require_tool("mariadb", "mariadb-client")?;
-        let account = ServerAccount::detect()?;
+        let account = ServerAccount::detect(SYSTEM_ACCOUNT, || {
+            format!(
+                "the tests run as root and there is no `{SYSTEM_ACCOUNT}` user to run MariaDB \
+                 as; install the server, which creates that user, with: {SERVER_INSTALL}"
+            )
+        })?;
 
         let tmp = tempfile::Builder::new()
             .prefix("intransit-mariadb-")
@@ -160,7 +166,7 @@ impl MariaDbServer {
         if let Some(ssl) = &opts.ssl {
             install_ssl_files(ssl, &account, &layout.root)?;
         }
-        write_owned(&account, &layout.conf_path, &server_conf(&layout, &opts))?;
+        account.write_owned(&layout.conf_path, &server_conf(&layout, &opts))?;
 
         let (port, server) = launch(&mariadbd, &account, &layout, &mut supervisor, next_port)?;
         Ok(MariaDbServer {
@@ -455,7 +461,7 @@ fn server_conf(layout: &Layout, opts: &MariaDbOptions) -> String {
 /// exists only @localhost).
 fn install_db_files(install_db: &Path, account: &ServerAccount, layout: &Layout) -> Result<()> {
     let output = account
-        .command(install_db, &layout.root)
+        .command(install_db, &layout.root, without_mysql_environment)
         .arg("--no-defaults")
         .arg(format!("--datadir={}", layout.data_dir.display()))
         .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
@@ -509,7 +515,7 @@ fn launch(
         port = next_port();
         let log_start = fs::metadata(log_path).map(|m| m.len()).unwrap_or(0);
         let mut server = account
-            .command(mariadbd, &layout.root)
+            .command(mariadbd, &layout.root, without_mysql_environment)
             // --defaults-file must come first; it also keeps every other
             // option file (/etc/mysql/...) out.
             .arg(format!("--defaults-file={}", layout.conf_path.display()))
@@ -614,74 +620,6 @@ fn greets(port: u16) -> bool {
     stream.read_exact(&mut start).is_ok() && start[3] == 0 && start[4] == 10
 }
 
-/// Who mariadb-install-db and mariadbd run as.
-#[derive(Debug)]
-enum ServerAccount {
-    /// The test process's own user.
-    Current,
-    /// The `mysql` system user, because the tests run as root.
-    System { uid: u32, gid: u32 },
-}
-
-impl ServerAccount {
-    fn detect() -> Result<ServerAccount> {
-        if id(&["-u"])? != 0 {
-            return Ok(ServerAccount::Current);
-        }
-        let missing = || {
-            format!(
-                "the tests run as root and there is no `{SYSTEM_ACCOUNT}` user to run MariaDB \
-                 as; install the server, which creates that user, with: {SERVER_INSTALL}"
-            )
-        };
-        let uid = id(&["-u", SYSTEM_ACCOUNT]).with_context(missing)?;
-        let gid = id(&["-g", SYSTEM_ACCOUNT]).with_context(missing)?;
-        Ok(ServerAccount::System { uid, gid })
-    }
-
-    /// A command for a server program, run as this account from `cwd`.
-    fn command(&self, program: &Path, cwd: &Path) -> Command {
-        let mut command = Command::new(program);
-        // The test's working directory may be closed to the server account.
-        command.current_dir(cwd);
-        without_mysql_environment(&mut command);
-        if let ServerAccount::System { uid, gid } = *self {
-            command.uid(uid).gid(gid);
-        }
-        command
-    }
-
-    fn take_ownership(&self, path: &Path) -> Result<()> {
-        match *self {
-            ServerAccount::Current => Ok(()),
-            ServerAccount::System { uid, gid } => {
-                std::os::unix::fs::chown(path, Some(uid), Some(gid))
-                    .with_context(|| format!("handing {} to user {SYSTEM_ACCOUNT}", path.display()))
-            }
-        }
-    }
-}
-
-/// Runs `id` with `args` and parses the number it prints.
-fn id(args: &[&str]) -> Result<u32> {
-    let output = Command::new("id")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .context("running id")?;
-    if !output.status.success() {
-        bail!(
-            "`id {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    let text = String::from_utf8_lossy(&output.stdout);
-    text.trim()
-        .parse()
-        .with_context(|| format!("`id {}` printed {text:?}", args.join(" ")))
-}
-
 /// A server program: on PATH, or in /usr/sbin and /usr/bin where Debian
 /// puts them (root's PATH has /usr/sbin, other users' often does not).
 fn server_program(name: &str) -> Result<PathBuf> {
@@ -701,12 +639,6 @@ fn first_executable(name: &str, dirs: &[&Path]) -> Result<PathBuf> {
                  /usr/bin; install it with: {SERVER_INSTALL} (or run .ci/install-deps.sh)"
             )
         })
-}
-
-/// Writes `contents` to `path`, owned by the server account.
-fn write_owned(account: &ServerAccount, path: &Path, contents: &str) -> Result<()> {
-    fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
-    account.take_ownership(path)
 }
 
 /// `name` as a quoted MariaDB identifier.

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::account::ServerAccount;
 use crate::isolation::free_port;
 use crate::supervisor::Supervisor;
 use crate::tools::{
@@ -157,7 +158,13 @@ impl PgServer {
     /// [`PgServer::start`], taking each port to try from `next_port`.
     fn start_on_ports(opts: PgOptions, next_port: &mut dyn FnMut() -> u16) -> Result<PgServer> {
         let bindir = server_bindir()?;
-        let account = ServerAccount::detect()?;
+        let account = ServerAccount::detect(SYSTEM_ACCOUNT, || {
+            format!(
+                "the tests run as root, PostgreSQL refuses to, and there is no `{SYSTEM_ACCOUNT}` \
+                 user to run it as; install the server, which creates that user, with: \
+                 {SERVER_INSTALL}"
+            )
+        })?;
         let isready = match bindir.join("pg_isready") {
             path if is_executable(&path) => path,
             _ => require_tool("pg_isready", "postgresql-client")?,
@@ -396,11 +403,8 @@ impl Launcher<'_> {
     /// output appended to the server log.
     fn spawn(&self, port: u16) -> Result<Child> {
         let conf = server_conf(port, &self.layout.socket_dir, self.opts);
-        write_owned(
-            self.account,
-            &self.layout.data_dir.join(TESTKIT_CONF),
-            &conf,
-        )?;
+        self.account
+            .write_owned(&self.layout.data_dir.join(TESTKIT_CONF), &conf)?;
 
         let log_path = &self.layout.log_path;
         let open_log = || {
@@ -411,7 +415,7 @@ impl Launcher<'_> {
                 .with_context(|| format!("opening server log {}", log_path.display()))
         };
         self.account
-            .command(&self.postgres, &self.layout.root)
+            .command(&self.postgres, &self.layout.root, without_libpq_environment)
             .arg("-D")
             .arg(&self.layout.data_dir)
             .stdin(Stdio::null())
@@ -502,7 +506,7 @@ fn init_cluster(
     let data_dir = &layout.data_dir;
     let initdb = bindir.join("initdb");
     let output = account
-        .command(&initdb, &layout.root)
+        .command(&initdb, &layout.root, without_libpq_environment)
         .arg("--pgdata")
         .arg(data_dir)
         .args(["--username", SUPERUSER, "--auth", "trust"])
@@ -527,7 +531,7 @@ fn init_cluster(
         hba.push('\n');
     }
     hba.push_str(PG_HBA);
-    write_owned(account, &data_dir.join("pg_hba.conf"), &hba)?;
+    account.write_owned(&data_dir.join("pg_hba.conf"), &hba)?;
 
     let main_conf = data_dir.join("postgresql.conf");
     let mut file = OpenOptions::new()
@@ -598,86 +602,6 @@ fn server_conf(port: u16, socket_dir: &Path, opts: &PgOptions) -> String {
         conf.push('\n');
     }
     conf
-}
-
-/// Writes `contents` to `path`, owned by the server account.
-fn write_owned(account: &ServerAccount, path: &Path, contents: &str) -> Result<()> {
-    fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
-    account.take_ownership(path)
-}
-
-/// Who initdb and the postmaster run as.
-#[derive(Debug)]
-enum ServerAccount {
-    /// The test process's own user.
-    Current,
-    /// The `postgres` system user, because PostgreSQL refuses to run as
-    /// root and CI runs the tests as root.
-    System { uid: u32, gid: u32 },
-}
-
-impl ServerAccount {
-    fn detect() -> Result<ServerAccount> {
-        if id(&["-u"])? != 0 {
-            return Ok(ServerAccount::Current);
-        }
-        let missing = || {
-            format!(
-                "the tests run as root, PostgreSQL refuses to, and there is no `{SYSTEM_ACCOUNT}` \
-                 user to run it as; install the server, which creates that user, with: \
-                 {SERVER_INSTALL}"
-            )
-        };
-        let uid = id(&["-u", SYSTEM_ACCOUNT]).with_context(missing)?;
-        let gid = id(&["-g", SYSTEM_ACCOUNT]).with_context(missing)?;
-        Ok(ServerAccount::System { uid, gid })
-    }
-
-    /// A command for a server program, run as this account from `cwd`.
-    fn command(&self, program: &Path, cwd: &Path) -> Command {
-        let mut command = Command::new(program);
-        // The test's working directory may be closed to the server account,
-        // and PostgreSQL programs fail when they cannot return to it.
-        command.current_dir(cwd);
-        without_libpq_environment(&mut command);
-        if let ServerAccount::System { uid, gid } = *self {
-            // The standard library also drops root's supplementary groups
-            // when it changes the user, as runuser would.
-            command.uid(uid).gid(gid);
-        }
-        command
-    }
-
-    /// Makes `path` belong to this account.
-    fn take_ownership(&self, path: &Path) -> Result<()> {
-        match *self {
-            ServerAccount::Current => Ok(()),
-            ServerAccount::System { uid, gid } => {
-                std::os::unix::fs::chown(path, Some(uid), Some(gid))
-                    .with_context(|| format!("handing {} to user {SYSTEM_ACCOUNT}", path.display()))
-            }
-        }
-    }
-}
-
-/// Runs `id` with `args` and parses the number it prints.
-fn id(args: &[&str]) -> Result<u32> {
-    let output = Command::new("id")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .context("running id")?;
-    if !output.status.success() {
-        bail!(
-            "`id {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    let text = String::from_utf8_lossy(&output.stdout);
-    text.trim()
-        .parse()
-        .with_context(|| format!("`id {}` printed {text:?}", args.join(" ")))
 }
 
 /// The directory holding `postgres` and `initdb`, looked for where Debian
