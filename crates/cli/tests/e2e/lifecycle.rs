@@ -296,21 +296,34 @@ fn sigterm_drains_open_connections_before_exiting() {
 /// The SHA-256 fingerprint of the certificate the proxy serves now, as seen
 /// by a client that does SSLRequest and a TLS handshake.
 fn served_fingerprint(port: u16) -> String {
+    let leaf = served_leaf(port, rustls_client(Some(&pki().trainer), &[]));
+    intransit_pki::sha256_fingerprint(leaf.as_ref())
+}
+
+/// The certificate the proxy presents to a client that does SSLRequest and
+/// a TLS handshake with `config`. The client's own certificate (or its
+/// absence) does not matter: the server's arrives before it is judged.
+fn served_leaf(
+    port: u16,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> rustls::pki_types::CertificateDer<'static> {
     use std::io::{Read, Write};
     let mut tcp = tcp(port);
     write(&mut tcp, &crate::negotiation::SSL_REQUEST);
     let mut s = [0u8; 1];
     tcp.read_exact(&mut s).expect("S");
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let conn = rustls::ClientConnection::new(rustls_client(Some(&pki().trainer), &[]), name)
-        .expect("conn");
+    let conn = rustls::ClientConnection::new(config, name).expect("conn");
     let mut tls = rustls::StreamOwned::new(conn, tcp);
-    tls.flush().expect("handshake");
+    let _ = tls.flush();
     while tls.conn.is_handshaking() {
-        tls.conn.complete_io(&mut tls.sock).expect("handshake");
+        if tls.conn.complete_io(&mut tls.sock).is_err() {
+            break;
+        }
     }
-    let leaf = tls.conn.peer_certificates().expect("peer certs")[0].clone();
-    intransit_pki::sha256_fingerprint(leaf.as_ref())
+    tls.conn.peer_certificates().expect("peer certs")[0]
+        .clone()
+        .into_owned()
 }
 
 #[test]
@@ -457,11 +470,6 @@ fn up_renews_its_server_certificate_without_dropping_connections() {
         }
     });
     let served = |port: u16| {
-        use std::io::{Read, Write};
-        let mut tcp = tcp(port);
-        write(&mut tcp, &crate::negotiation::SSL_REQUEST);
-        let mut s = [0u8; 1];
-        tcp.read_exact(&mut s).expect("S");
         // Trust the up CA, present no certificate: only the server's matters here.
         let mut roots = rustls::RootCertStore::empty();
         let ca = std::fs::read_to_string(state.join("ca/ca.pem")).expect("ca");
@@ -475,16 +483,7 @@ fn up_renews_its_server_certificate_without_dropping_connections() {
         .expect("versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
-        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-        let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("conn");
-        let mut tls = rustls::StreamOwned::new(conn, tcp);
-        let _ = tls.flush();
-        while tls.conn.is_handshaking() {
-            if tls.conn.complete_io(&mut tls.sock).is_err() {
-                break;
-            }
-        }
-        let leaf = tls.conn.peer_certificates().expect("peer certs")[0].clone();
+        let leaf = served_leaf(port, std::sync::Arc::new(config));
         intransit_pki::summarize(leaf.as_ref())
             .expect("summary")
             .serial_hex
