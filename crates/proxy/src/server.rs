@@ -159,7 +159,7 @@ impl PreparedListener {
 }
 
 /// Per-connection facts every negotiation step can see.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct ConnectionContext {
     pub(crate) id: u64,
     pub(crate) peer: PeerAddr,
@@ -252,26 +252,14 @@ pub(crate) async fn accept_loop(
         tracker.spawn(async move {
             let _permit = permit;
             let served = match ctx.listener.protocol {
-                Protocol::Tls => plain_tls::serve(ctx.clone_for_log(), stream, over_limit).await,
-                Protocol::Postgres => {
-                    postgres::serve(ctx.clone_for_log(), stream, over_limit).await
-                }
-                Protocol::Mysql => mysql::serve(ctx.clone_for_log(), stream, over_limit).await,
+                Protocol::Tls => plain_tls::serve(ctx.clone(), stream, over_limit).await,
+                Protocol::Postgres => postgres::serve(ctx.clone(), stream, over_limit).await,
+                Protocol::Mysql => mysql::serve(ctx.clone(), stream, over_limit).await,
             };
             if let Err(refused) = served {
                 log_refusal(&ctx, &refused);
             }
         });
-    }
-}
-
-impl ConnectionContext {
-    fn clone_for_log(&self) -> ConnectionContext {
-        ConnectionContext {
-            id: self.id,
-            peer: self.peer.clone(),
-            listener: self.listener.clone(),
-        }
     }
 }
 
