@@ -307,3 +307,47 @@ fn a_client_certificate_outside_the_allow_list_is_refused() {
     .expect("the allowed identity logs in");
     assert_eq!(allowed, "1");
 }
+
+#[test]
+fn unreachable_database_and_full_listener_get_mysql_errors() {
+    let (name, password) = user("limits", MariaDbAuth::NativePassword);
+    let dead = listener_toml(DEAD_UPSTREAM, "", "")
+        .replace("name = \"pg\"", "name = \"maria\"\nprotocol = \"mysql\"");
+    let proxy = ProxyProcess::start(&dead);
+    let err = run_mariadb(
+        &args(proxy.port(), &name, Some(&pki().trainer), true),
+        Some(&password),
+        "SELECT 1",
+    )
+    .expect_err("a login through a proxy without a database succeeded");
+    let text = format!("{err:#}");
+    assert!(text.contains("the database is unavailable"), "{text}");
+    assert!(
+        !text.contains(DEAD_UPSTREAM),
+        "internal address leaked: {text}"
+    );
+    proxy.refusal("upstream_unavailable");
+
+    let full = listener_toml(
+        &mariadb().addr(),
+        "",
+        "max_connections = 1\nhandshake_timeout = \"30s\"",
+    )
+    .replace("name = \"pg\"", "name = \"maria\"\nprotocol = \"mysql\"");
+    let proxy = ProxyProcess::start(&full);
+    // One connection holds the only slot by saying nothing after the greeting.
+    let _held = tcp(proxy.port());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let err = run_mariadb(
+        &args(proxy.port(), &name, Some(&pki().trainer), true),
+        Some(&password),
+        "SELECT 1",
+    )
+    .expect_err("a login over the connection limit succeeded");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("1040") && text.contains("Too many connections"),
+        "{text}"
+    );
+    proxy.refusal("too_many_connections");
+}

@@ -153,3 +153,19 @@ fn up_with_protocol_tls_prints_a_working_redis_cli_command() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--upstream"), "{}", stderr(&out));
 }
+
+#[test]
+fn an_unreachable_upstream_closes_the_session_and_is_logged() {
+    // Plain TLS has no protocol-neutral error message: the session closes
+    // after the handshake and the log says why.
+    let proxy = ProxyProcess::start(&tls_listener(DEAD_UPSTREAM));
+    let out = redis_cli(proxy.port(), Some(&pki().trainer), true, &["PING"]);
+    assert_ne!(stdout(&out), "PONG");
+    let line = proxy.refusal("upstream_unavailable");
+    assert!(
+        line["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains(DEAD_UPSTREAM)),
+        "{line}"
+    );
+}
