@@ -464,6 +464,10 @@ fn install_db_files(install_db: &Path, account: &ServerAccount, layout: &Layout)
         .command(install_db, &layout.root, without_mysql_environment)
         .arg("--no-defaults")
         .arg(format!("--datadir={}", layout.data_dir.display()))
+        // The bootstrap server's temporary tables go in a directory of this
+        // server's own: concurrent installs sharing /tmp have been seen to
+        // remove each other's `#sql-temptable-*` files.
+        .arg(format!("--tmpdir={}", layout.tmp_dir.display()))
         .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
         .arg("--skip-name-resolve")
         .stdin(Stdio::null())
