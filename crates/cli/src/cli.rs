@@ -240,6 +240,10 @@ pub struct UpArgs {
     /// Lifetime of client certificates up issues (renewed at two thirds).
     #[arg(long, default_value = "30d")]
     pub client_cert_lifetime: String,
+    /// Admin server (metrics, health) on a loopback address, or `off`.
+    /// Default 127.0.0.1:9090; when that port is taken, up starts without it.
+    #[arg(long)]
+    pub admin: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -12,6 +12,7 @@ macro_rules! out {
     };
 }
 
+mod admin;
 mod cli;
 mod inspect;
 mod pki_cmd;
@@ -94,6 +95,9 @@ fn run(command: Command) -> Result<ExitCode> {
             runtime()?.block_on(async move {
                 let signals = ShutdownSignals::install()?;
                 let bound = proxy.bind().await?;
+                if let Some(addr) = config.admin {
+                    admin::start(addr, &bound).await?;
+                }
                 reload::spawn_on_sighup(args.config.clone(), bound.listeners());
                 serve(bound, signals).await;
                 Ok::<_, anyhow::Error>(())

@@ -51,7 +51,7 @@ fn reload_from_file(path: &std::path::Path, listeners: &[Arc<PreparedListener>])
                 .find(|r| Some(&r.server_name) == route.server_name.as_ref());
             match matching {
                 Some(r) => {
-                    reload_route(&listener.name, route, &r.tls);
+                    reload_route(listener, route, &r.tls);
                 }
                 None => warn!(
                     listener = %listener.name,
@@ -71,17 +71,22 @@ fn reload_from_file(path: &std::path::Path, listeners: &[Arc<PreparedListener>])
 /// Reloads a listener's default route and logs what is in use afterwards.
 /// Returns whether the new material is in service.
 pub fn reload_listener(listener: &PreparedListener, tls: &intransit_config::ServerTls) -> bool {
-    reload_route(&listener.name, &listener.default_route, tls)
+    reload_route(listener, &listener.default_route, tls)
 }
 
 /// Reloads one route's TLS material. Returns whether the new material is
 /// in service.
 pub fn reload_route(
-    listener: &str,
+    listener: &PreparedListener,
     route: &PreparedRoute,
     tls: &intransit_config::ServerTls,
 ) -> bool {
-    match route.tls.reload(tls) {
+    let result = route.tls.reload(tls);
+    listener
+        .metrics
+        .reload(&listener.name, &route.label(), result.is_ok());
+    let listener = &listener.name;
+    match result {
         Ok(material) => {
             info!(
             listener = %listener,

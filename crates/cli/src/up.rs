@@ -97,10 +97,12 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let server_tls = listener.tls.clone();
     let config = Config {
         state_dir: Some(state_root.clone()),
+        admin: None,
         shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         listeners: vec![listener],
     };
     let bound = Proxy::prepare(&config)?.bind().await?;
+    let admin_line = start_admin(args.admin.as_deref(), &bound).await?;
     if let Some(running) = bound.listeners().into_iter().next() {
         crate::renewal::spawn(state.clone(), running, server_tls);
     }
@@ -162,6 +164,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             format!(
                 "intransit: listening on {bound_at} (TLS 1.3, client certificate required), forwarding plaintext to {upstream}\n\
                  state directory: {} ({state_note})\n\
+                 {admin_line}\
                  \n\
                  Client files: CA {ca}, certificate {cert}, key {key}\n\
                  Check it with:\n  openssl s_client -connect {host}:{port} -servername localhost -verify_return_error -CAfile {ca} -cert {cert} -key {key}\n\
@@ -183,6 +186,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             format!(
                 "intransit: listening on {bound_at} (TLS 1.3, client certificate required), forwarding to MySQL/MariaDB at {upstream}\n\
                  state directory: {} ({state_note})\n\
+                 {admin_line}\
                  \n\
                  Connect through it with:\n  mariadb -h {host} -P {port} -u {user} -p --ssl --ssl-verify-server-cert --ssl-ca={ca} --ssl-cert={cert} --ssl-key={key}\n\
                  \n\
@@ -196,6 +200,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         Protocol::Postgres => format!(
             "intransit: listening on {bound_at} (TLS 1.3, client certificate required), forwarding to PostgreSQL at {upstream}\n\
              state directory: {} ({state_note})\n\
+                 {admin_line}\
              \n\
              Connect through it with:\n  psql \"{conninfo}\"\n\
              \n\
@@ -214,6 +219,31 @@ pub async fn run(args: UpArgs) -> Result<()> {
 
     crate::serve(bound, signals).await;
     Ok(())
+}
+
+/// Starts the admin server as `--admin` asks and returns the banner line
+/// that says where it is. Only the default address may be skipped when it is
+/// taken; an address the user chose must work.
+async fn start_admin(flag: Option<&str>, bound: &intransit_proxy::BoundProxy) -> Result<String> {
+    const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
+    let text = match flag {
+        Some("off") => return Ok(String::new()),
+        Some(text) => text,
+        None => DEFAULT_ADMIN,
+    };
+    let addr =
+        intransit_config::parse_admin_addr(text).map_err(|m| anyhow::anyhow!("--admin: {m}"))?;
+    match crate::admin::start(addr, bound).await {
+        Ok(local) => Ok(format!("metrics: http://{local}/metrics\n")),
+        Err(e) if flag.is_none() => {
+            warn!(
+                error = format!("{e:#}"),
+                "starting without the admin server; choose another address with --admin"
+            );
+            Ok(String::new())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn lifetime(flag: &str, text: &str) -> Result<time::Duration> {

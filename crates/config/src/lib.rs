@@ -18,6 +18,7 @@ use std::time::Duration;
 use intransit_policy::{AllowList, DbUserRule, DbUserRules, IdentityPattern};
 
 pub use duration::parse_duration;
+pub use raw::parse_admin_addr;
 
 /// Default handshake timeout: from accept to the StartupMessage forwarded.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,6 +62,8 @@ fn err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 pub struct Config {
     /// Where the CA and issued certificates live.
     pub state_dir: Option<PathBuf>,
+    /// The admin server (metrics, health), loopback only.
+    pub admin: Option<SocketAddr>,
     /// How long connections may finish after a shutdown signal.
     pub shutdown_grace: Duration,
     /// The listeners, in file order.
@@ -78,13 +81,20 @@ pub enum Protocol {
     Tls,
 }
 
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Protocol {
+    /// The configuration name, also used in logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Protocol::Postgres => "postgres",
             Protocol::Mysql => "mysql",
             Protocol::Tls => "tls",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -20,7 +20,7 @@ use crate::{
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawConfig {
     state_dir: Option<PathBuf>,
-    admin: Option<toml::Value>,
+    admin: Option<String>,
     shutdown_grace: Option<String>,
     #[serde(default)]
     listener: Vec<RawListener>,
@@ -80,12 +80,12 @@ pub(crate) struct RawDbUser {
 
 impl RawConfig {
     pub(crate) fn validate(self) -> Result<Config, ConfigError> {
-        if self.admin.is_some() {
-            return Err(err(
-                "admin",
-                "the admin server (metrics, status) is not available in this version yet; remove the key",
-            ));
-        }
+        let admin = self
+            .admin
+            .as_deref()
+            .map(parse_admin_addr)
+            .transpose()
+            .map_err(|m| err("admin", m))?;
         let shutdown_grace = match &self.shutdown_grace {
             Some(s) => parse_duration(s).map_err(|m| err("shutdown_grace", m))?,
             None => DEFAULT_SHUTDOWN_GRACE,
@@ -121,6 +121,7 @@ impl RawConfig {
         }
         Ok(Config {
             state_dir: self.state_dir,
+            admin,
             shutdown_grace,
             listeners,
         })
@@ -437,4 +438,19 @@ impl RawServerTls {
             allow,
         })
     }
+}
+
+/// The admin server's address: an IP and port on loopback. The admin
+/// server has no TLS of its own, so it must not be reachable from elsewhere.
+pub fn parse_admin_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    let addr: std::net::SocketAddr = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not an IP address and port, e.g. \"127.0.0.1:9090\""))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{addr} is not a loopback address; the admin server has no TLS of its own, \
+             so it listens on 127.0.0.1 or [::1] only (put a TLS listener in front to expose it)"
+        ));
+    }
+    Ok(addr)
 }

@@ -139,9 +139,6 @@ fn unknown_keys_are_refused_with_position() {
 
 #[test]
 fn reserved_features_say_not_yet() {
-    let e = error_of(&format!("admin = \"127.0.0.1:9090\"\n{MINIMAL}"));
-    assert_eq!(e.key, "admin");
-    assert!(e.message.contains("not available"));
     let mysql = Config::from_toml(&MINIMAL.replace(
         "name = \"orders\"",
         "name = \"orders\"\nprotocol = \"mysql\"",
@@ -260,4 +257,18 @@ fn server_name_patterns() {
     for bad in ["*.internal", "", "a..b", "10.0.0.1x/", "*"] {
         assert!(ServerNamePattern::parse(bad).is_err(), "{bad}");
     }
+}
+
+#[test]
+fn the_admin_server_listens_on_loopback_only() {
+    let config = Config::from_toml(&format!("admin = \"127.0.0.1:9090\"\n{MINIMAL}")).unwrap();
+    assert_eq!(config.admin, Some("127.0.0.1:9090".parse().unwrap()));
+    let config = Config::from_toml(&format!("admin = \"[::1]:0\"\n{MINIMAL}")).unwrap();
+    assert!(config.admin.is_some_and(|a| a.ip().is_loopback()));
+    assert!(Config::from_toml(MINIMAL).unwrap().admin.is_none());
+    let e = error_of(&format!("admin = \"0.0.0.0:9090\"\n{MINIMAL}"));
+    assert_eq!(e.key, "admin");
+    assert!(e.message.contains("loopback"), "{}", e.message);
+    let e = error_of(&format!("admin = \"localhost:9090\"\n{MINIMAL}"));
+    assert!(e.message.contains("IP address and port"), "{}", e.message);
 }

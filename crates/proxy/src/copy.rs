@@ -31,7 +31,11 @@ where
 {
     let started = Instant::now();
     match copy_both_ways(&mut client, &mut upstream).await {
-        Ok((from_client, to_client)) => info!(
+        Ok((from_client, to_client)) => {
+            ctx.listener
+                .metrics
+                .bytes(&ctx.listener.name, from_client, to_client);
+            info!(
             conn = ctx.id,
             listener = %ctx.listener.name,
             peer = %ctx.peer,
@@ -39,7 +43,8 @@ where
             bytes_to_client = to_client,
             duration_ms = started.elapsed().as_millis() as u64,
             "connection closed"
-        ),
+            )
+        }
         Err(e) => info!(
             conn = ctx.id,
             listener = %ctx.listener.name,

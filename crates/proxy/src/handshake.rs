@@ -8,6 +8,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::metrics::HandshakeFacts;
+
 use intransit_policy::ClientIdentity;
 use rustls::server::Acceptor;
 use tokio::io::AsyncWriteExt;
@@ -34,6 +36,50 @@ pub(crate) struct Accepted {
     pub(crate) identity: Option<ClientIdentity>,
     pub(crate) resumed: bool,
     pub(crate) handshake_micros: u128,
+}
+
+/// What a completed TLS handshake negotiated, kept on the connection so
+/// that a later refusal is counted with the TLS facts and route it had.
+#[derive(Debug, Clone)]
+pub(crate) struct Negotiated {
+    pub(crate) route: String,
+    pub(crate) tls_version: &'static str,
+    pub(crate) cipher: &'static str,
+    pub(crate) group: &'static str,
+    pub(crate) resumed: bool,
+}
+
+impl Negotiated {
+    fn of(stream: &ClientTls, route: &PreparedRoute) -> Self {
+        let (_, conn) = stream.get_ref();
+        Negotiated {
+            route: route.label(),
+            tls_version: conn
+                .protocol_version()
+                .and_then(|v| v.as_str())
+                .unwrap_or("unknown"),
+            cipher: conn
+                .negotiated_cipher_suite()
+                .and_then(|s| s.suite().as_str())
+                .unwrap_or("unknown"),
+            group: conn
+                .negotiated_key_exchange_group()
+                .and_then(|g| g.name().as_str())
+                .unwrap_or("unknown"),
+            resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+        }
+    }
+
+    /// The metric labels these facts give.
+    pub(crate) fn facts(&self) -> HandshakeFacts<'_> {
+        HandshakeFacts {
+            route: &self.route,
+            tls_version: self.tls_version,
+            cipher: self.cipher,
+            group: self.group,
+            resumed: self.resumed,
+        }
+    }
 }
 
 /// A handshake that completed, but whose resumed session no longer passes
@@ -99,8 +145,11 @@ pub(crate) async fn accept(
         )
         .with_identity(presented.identity())
     })?;
+    let negotiated = Negotiated::of(&stream, &route);
+    let resumed = negotiated.resumed;
+    // The first handshake of a connection is its only one.
+    let _ = ctx.negotiated.set(negotiated);
     let (_, conn) = stream.get_ref();
-    let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     let chain = conn.peer_certificates().unwrap_or(&[]).to_vec();
     let identity = chain
         .first()
@@ -143,19 +192,21 @@ pub(crate) fn log_established(
     user: &str,
     database: &str,
 ) {
-    let (_, conn) = accepted.stream.get_ref();
-    let version = conn
-        .protocol_version()
-        .and_then(|v| v.as_str())
-        .unwrap_or("unknown");
-    let suite = conn
-        .negotiated_cipher_suite()
-        .and_then(|s| s.suite().as_str())
-        .unwrap_or("unknown");
-    let group = conn
-        .negotiated_key_exchange_group()
-        .and_then(|g| g.name().as_str())
-        .unwrap_or("unknown");
+    let negotiated = ctx
+        .negotiated
+        .get()
+        .cloned()
+        .unwrap_or_else(|| Negotiated::of(&accepted.stream, &accepted.route));
+    let listener = &ctx.listener;
+    let protocol = listener.protocol.as_str();
+    listener
+        .metrics
+        .handshake(&listener.name, protocol, negotiated.facts(), None);
+    listener.metrics.handshake_duration(
+        &listener.name,
+        protocol,
+        accepted.handshake_micros as f64 / 1e6,
+    );
     info!(
         conn = ctx.id,
         listener = %ctx.listener.name,
@@ -164,11 +215,11 @@ pub(crate) fn log_established(
         identity = accepted.identity.as_ref().map(|i| i.to_string()).unwrap_or_default(),
         user = user,
         database = database,
-        tls_version = version,
-        cipher = suite,
-        group = group,
+        tls_version = negotiated.tls_version,
+        cipher = negotiated.cipher,
+        group = negotiated.group,
         resumed = accepted.resumed,
-        route = %accepted.route.label(),
+        route = %negotiated.route,
         handshake_us = accepted.handshake_micros as u64,
         "connection established"
     );

@@ -16,6 +16,7 @@
 
 mod copy;
 mod handshake;
+pub mod metrics;
 mod mysql;
 mod net;
 mod plain_tls;
@@ -34,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+pub use metrics::ProxyMetrics;
 pub use net::connect as connect_upstream;
 pub use refusal::RefusalReason;
 pub use server::{PreparedListener, PreparedRoute};
@@ -90,19 +92,22 @@ impl ProxyError {
 pub struct Proxy {
     listeners: Vec<Arc<PreparedListener>>,
     shutdown_grace: Duration,
+    metrics: Arc<ProxyMetrics>,
 }
 
 impl Proxy {
     /// Loads and checks everything the configuration names.
     pub fn prepare(config: &Config) -> Result<Self, ProxyError> {
+        let metrics = ProxyMetrics::new();
         let listeners = config
             .listeners
             .iter()
-            .map(|l| PreparedListener::prepare(l).map(Arc::new))
+            .map(|l| PreparedListener::prepare(l, metrics.clone()).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Proxy {
             listeners,
             shutdown_grace: config.shutdown_grace,
+            metrics,
         })
     }
 
@@ -127,6 +132,7 @@ impl Proxy {
         Ok(BoundProxy {
             listeners: bound,
             shutdown_grace: self.shutdown_grace,
+            metrics: self.metrics,
         })
     }
 }
@@ -136,6 +142,7 @@ impl Proxy {
 pub struct BoundProxy {
     listeners: Vec<(Arc<PreparedListener>, net::BoundListener)>,
     shutdown_grace: Duration,
+    metrics: Arc<ProxyMetrics>,
 }
 
 impl BoundProxy {
@@ -145,6 +152,11 @@ impl BoundProxy {
             .iter()
             .filter_map(|(l, s)| s.local_endpoint().ok().map(|e| (l.name.clone(), e)))
             .collect()
+    }
+
+    /// The proxy's counters, for the admin server.
+    pub fn metrics(&self) -> Arc<ProxyMetrics> {
+        self.metrics.clone()
     }
 
     /// The running listeners, for reloading their TLS material while the

@@ -7,7 +7,7 @@
 //! accepting, and the caller waits for the task tracker to drain.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use intransit_config::{ClientAuth, Endpoint, ListenerConfig, Protocol, ServerNamePattern};
@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, warn};
 
+use crate::handshake::Negotiated;
+use crate::metrics::{HandshakeFacts, ProxyMetrics};
 use crate::net::{BoundListener, PeerAddr};
 use crate::refusal::RefusalReason;
 use crate::tls::{ListenerTls, ALPN_POSTGRESQL};
@@ -76,12 +78,17 @@ pub struct PreparedListener {
     pub plaintext_message: String,
     /// How a plaintext client is told to connect.
     pub plaintext_hint: String,
+    /// Where the listener's connections are counted.
+    pub metrics: Arc<ProxyMetrics>,
 }
 
 impl PreparedListener {
     /// Loads certificate files and builds TLS state for one listener and
     /// each of its routes.
-    pub fn prepare(config: &ListenerConfig) -> Result<Self, ProxyError> {
+    pub fn prepare(
+        config: &ListenerConfig,
+        metrics: Arc<ProxyMetrics>,
+    ) -> Result<Self, ProxyError> {
         let alpn = match config.protocol {
             Protocol::Postgres => vec![ALPN_POSTGRESQL.to_vec()],
             Protocol::Tls | Protocol::Mysql => Vec::new(),
@@ -127,6 +134,7 @@ impl PreparedListener {
             max_connections: config.max_connections,
             plaintext_message,
             plaintext_hint,
+            metrics,
         })
     }
 
@@ -164,6 +172,8 @@ pub(crate) struct ConnectionContext {
     pub(crate) id: u64,
     pub(crate) peer: PeerAddr,
     pub(crate) listener: Arc<PreparedListener>,
+    /// Set once the TLS handshake completes.
+    pub(crate) negotiated: Arc<OnceLock<Negotiated>>,
 }
 
 /// A connection turned away, with the reason and what is known of who.
@@ -231,6 +241,7 @@ pub(crate) async fn accept_loop(
             id,
             peer,
             listener: listener.clone(),
+            negotiated: Arc::default(),
         };
         let (permit, over_limit) = match slots.clone().try_acquire_owned() {
             Ok(permit) => (permit, false),
@@ -249,8 +260,12 @@ pub(crate) async fn accept_loop(
                 }
             },
         };
+        let active = listener
+            .metrics
+            .connection_opened(&listener.name, listener.protocol.as_str());
         tracker.spawn(async move {
             let _permit = permit;
+            let _active = active;
             let served = match ctx.listener.protocol {
                 Protocol::Tls => plain_tls::serve(ctx.clone(), stream, over_limit).await,
                 Protocol::Postgres => postgres::serve(ctx.clone(), stream, over_limit).await,
@@ -263,8 +278,19 @@ pub(crate) async fn accept_loop(
     }
 }
 
-/// The one log line every refusal gets.
+/// The one log line and metric every refusal gets.
 fn log_refusal(ctx: &ConnectionContext, refused: &Refused) {
+    let listener = &ctx.listener;
+    let facts = ctx
+        .negotiated
+        .get()
+        .map_or(HandshakeFacts::BEFORE_TLS, Negotiated::facts);
+    listener.metrics.handshake(
+        &listener.name,
+        listener.protocol.as_str(),
+        facts,
+        Some(refused.reason),
+    );
     let identity = refused
         .identity
         .as_ref()

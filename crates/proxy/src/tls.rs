@@ -113,6 +113,8 @@ pub struct TlsMaterial {
     verifier: Option<Arc<PolicyVerifier>>,
     /// Summary of the server certificate in use.
     pub server_cert: LoadedCertificate,
+    /// The trust anchors client certificates must chain to.
+    pub trust_anchors: Vec<LoadedCertificate>,
     /// When this material was loaded.
     pub loaded_at: SystemTime,
 }
@@ -142,7 +144,7 @@ pub struct LoadedCertificate {
 impl LoadedCertificate {
     fn from_der(der: &CertificateDer<'_>, path: &Path) -> Result<Self, ProxyError> {
         let summary = intransit_pki::summarize(der.as_ref())
-            .map_err(|e| ProxyError::file("server certificate", path, e.to_string()))?;
+            .map_err(|e| ProxyError::file("certificate", path, e.to_string()))?;
         Ok(LoadedCertificate {
             subject: summary.subject,
             serial: summary.serial_hex,
@@ -266,6 +268,7 @@ fn build_material(
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions(tls.min_version))
         .map_err(|e| ProxyError::Tls(e.to_string()))?;
+    let mut trust_anchors = Vec::new();
     let (builder, verifier) = match tls.client_auth {
         ClientAuth::None => (builder.with_no_client_auth(), None),
         ClientAuth::Required | ClientAuth::Optional => {
@@ -277,6 +280,7 @@ fn build_material(
             };
             let mut roots = RootCertStore::empty();
             for cert in load_certs(ca_path, "client CA")? {
+                trust_anchors.push(LoadedCertificate::from_der(&cert, ca_path)?);
                 roots
                     .add(cert)
                     .map_err(|e| ProxyError::file("client CA", ca_path, e.to_string()))?;
@@ -312,6 +316,7 @@ fn build_material(
         config: Arc::new(config),
         verifier,
         server_cert,
+        trust_anchors,
         loaded_at: SystemTime::now(),
     })
 }

@@ -14,6 +14,7 @@
 //! - `tls_protocol`: `protocol = "tls"` listeners in front of a real Redis.
 //! - `sni`: routes chosen by the TLS server name, across two PostgreSQL servers.
 //! - `mysql`: `protocol = "mysql"` listeners in front of a real MariaDB.
+//! - `metrics`: the admin server's metrics, health and readiness under real traffic.
 
 // Tests may panic on anything unexpected: that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -21,6 +22,7 @@
 mod ca;
 mod clients;
 mod lifecycle;
+mod metrics;
 mod mysql;
 mod negotiation;
 mod policy;

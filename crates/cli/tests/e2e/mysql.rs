@@ -80,7 +80,7 @@ fn plaintext_missing_certificates_and_unmapped_users_are_refused() {
     let (name, password) = user("refused", MariaDbAuth::NativePassword);
     let rules =
         format!("[[listener.db_users]]\nidentity = \"cn:reporting\"\nusers = [\"{name}\"]\n");
-    let proxy = ProxyProcess::start(&mysql_listener(&rules));
+    let proxy = ProxyProcess::start(&format!("{ADMIN_ON}{}", mysql_listener(&rules)));
 
     let plain = run_mariadb(
         &args(proxy.port(), &name, None, false),
@@ -122,6 +122,39 @@ fn plaintext_missing_certificates_and_unmapped_users_are_refused() {
     )
     .expect("the mapped identity logs in");
     assert_eq!(mapped, "1");
+
+    // Each outcome is counted once, with the protocol; the user refusal
+    // happened inside TLS, so it carries the TLS version and route.
+    let m = proxy.metrics();
+    let handshakes = "intransit_handshakes_total";
+    for (outcome, tls_version) in [
+        ("ok", "TLSv1_3"),
+        ("plaintext_refused", "none"),
+        ("no_client_cert", "none"),
+        ("user_denied", "TLSv1_3"),
+    ] {
+        assert_eq!(
+            m.sum(
+                handshakes,
+                &[
+                    ("listener", "maria"),
+                    ("protocol", "mysql"),
+                    ("outcome", outcome),
+                    ("tls_version", tls_version)
+                ]
+            ),
+            1.0,
+            "{outcome}:\n{}",
+            m.text
+        );
+    }
+    assert_eq!(
+        m.sum(
+            handshakes,
+            &[("outcome", "user_denied"), ("route", "default")]
+        ),
+        1.0
+    );
 }
 
 #[test]

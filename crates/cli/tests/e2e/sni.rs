@@ -67,7 +67,7 @@ tls = {{ cert = "{b_cert}", key = "{b_key}" }}
         b_key = b.key.display(),
     );
     // The default route leads nowhere, so reaching it is easy to recognise.
-    let config = format!("{}{routes}", listener_toml(DEAD_UPSTREAM, "", ""));
+    let config = format!("{ADMIN_ON}{}{routes}", listener_toml(DEAD_UPSTREAM, "", ""));
     let proxy = ProxyProcess::start(&config);
     let port_of = |host: &str| {
         let out = psql(
@@ -113,6 +113,34 @@ tls = {{ cert = "{b_cert}", key = "{b_key}" }}
         stderr(&out)
     );
     strict.refusal("unknown_server_name");
+    // Metrics carry the route: each named route once, the default route's
+    // failure with its label, the strict listener's refusal with none.
+    let m = proxy.metrics();
+    let handshakes = "intransit_handshakes_total";
+    for route in ["a.db.internal", "b.db.internal"] {
+        assert_eq!(
+            m.sum(handshakes, &[("route", route), ("outcome", "ok")]),
+            1.0,
+            "{route}:\n{}",
+            m.text
+        );
+    }
+    assert_eq!(
+        m.sum(
+            handshakes,
+            &[("route", "default"), ("outcome", "upstream_unavailable")]
+        ),
+        1.0,
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        strict.metrics().sum(
+            handshakes,
+            &[("route", ""), ("outcome", "unknown_server_name")]
+        ),
+        1.0
+    );
     assert_eq!(port_of_strict(&strict, &user), pg().port().to_string());
 }
 

@@ -514,3 +514,136 @@ pub fn rustls_client(cert: Option<&CertificatePaths>, alpn: &[&[u8]]) -> Arc<rus
     config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     Arc::new(config)
 }
+
+/// The top-level line that turns the admin server on, on a free port.
+pub const ADMIN_ON: &str = "admin = \"127.0.0.1:0\"\n";
+
+impl ProxyProcess {
+    /// The admin server's address, from its start-up log line.
+    pub fn admin_addr(&self) -> SocketAddr {
+        let line = self.wait_for_log(Duration::from_secs(10), |v| {
+            v["message"] == "admin server listening"
+        });
+        line["admin"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("admin address in {line}"))
+    }
+
+    /// Scrapes `/metrics`.
+    pub fn metrics(&self) -> Metrics {
+        let (status, body) = http_get(self.admin_addr(), "/metrics");
+        assert_eq!(status, 200, "{body}");
+        Metrics::parse(&body)
+    }
+}
+
+/// A minimal HTTP/1.1 GET: status code and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("admin connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("sending the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("reading the response");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {response:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, body.to_owned())
+}
+
+/// One scraped sample: metric name, labels, value.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+impl Sample {
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A parsed OpenMetrics text exposition (as much of it as the tests need:
+/// label values without escaped quotes).
+#[derive(Debug)]
+pub struct Metrics {
+    pub samples: Vec<Sample>,
+    pub text: String,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            let (series, value) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("sample line {line:?}"));
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => {
+                    let inner = rest.trim_end_matches('}');
+                    let labels = inner
+                        .split("\",")
+                        .filter(|p| !p.is_empty())
+                        .map(|pair| {
+                            let (k, v) = pair
+                                .split_once('=')
+                                .unwrap_or_else(|| panic!("label {pair:?} in {line:?}"));
+                            (k.to_owned(), v.trim_matches('"').to_owned())
+                        })
+                        .collect();
+                    (name.to_owned(), labels)
+                }
+                None => (series.to_owned(), Vec::new()),
+            };
+            samples.push(Sample {
+                name,
+                labels,
+                value: value
+                    .parse()
+                    .unwrap_or_else(|_| panic!("value in {line:?}")),
+            });
+        }
+        Metrics {
+            samples,
+            text: text.to_owned(),
+        }
+    }
+
+    /// The samples named `name` whose labels include every pair in `with`.
+    pub fn matching<'a>(
+        &'a self,
+        name: &'a str,
+        with: &'a [(&str, &str)],
+    ) -> impl Iterator<Item = &'a Sample> {
+        self.samples
+            .iter()
+            .filter(move |s| s.name == name && with.iter().all(|(k, v)| s.label(k) == Some(*v)))
+    }
+
+    /// The sum of the matching samples.
+    pub fn sum(&self, name: &str, with: &[(&str, &str)]) -> f64 {
+        self.matching(name, with).map(|s| s.value).sum()
+    }
+}

@@ -1,0 +1,209 @@
+//! The admin HTTP server: Prometheus metrics, liveness and readiness.
+//!
+//! | Path       | Answer |
+//! |------------|--------|
+//! | `/metrics` | OpenMetrics text: the proxy's counters, plus the expiry of every certificate in use, read from the live TLS material at scrape time |
+//! | `/healthz` | `200 ok` while the process serves HTTP |
+//! | `/readyz`  | `200` when every listener is bound and every certificate in use is valid now; `503` with the reasons otherwise |
+//!
+//! The server only reads proxy state; it changes nothing. It binds
+//! loopback only: it has no TLS of its own yet, and the configuration
+//! refuses any other address.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use intransit_proxy::{PreparedListener, ProxyMetrics};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+/// The OpenMetrics content type Prometheus negotiates.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// What the admin server reads.
+#[derive(Debug)]
+pub struct Admin {
+    registry: Registry,
+    listeners: Vec<Arc<PreparedListener>>,
+}
+
+impl Admin {
+    /// Builds the registry for a running proxy's metrics and listeners.
+    pub fn new(metrics: &ProxyMetrics, listeners: Vec<Arc<PreparedListener>>) -> Arc<Self> {
+        let mut registry = Registry::with_prefix("intransit");
+        metrics.register(&mut registry);
+        registry.register_collector(Box::new(CertificateExpiry {
+            listeners: listeners.clone(),
+        }));
+        Arc::new(Admin {
+            registry,
+            listeners,
+        })
+    }
+
+    /// The metrics exposition, as `/metrics` serves it.
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String does not fail; an encoding error would be a
+        // bug in a label, and the scrape then shows what was written.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Why the proxy is not ready, or an empty list when it is.
+    pub fn not_ready_reasons(&self) -> Vec<String> {
+        let now = unix_now();
+        let mut reasons = Vec::new();
+        for listener in &self.listeners {
+            for route in std::iter::once(&listener.default_route).chain(&listener.routes) {
+                let material = route.tls.snapshot();
+                let cert = &material.server_cert;
+                if cert.not_after_unix <= now {
+                    reasons.push(format!(
+                        "listener {} route {}: server certificate {} (serial {}) has expired",
+                        listener.name,
+                        route.label(),
+                        cert.subject,
+                        cert.serial
+                    ));
+                }
+                for anchor in &material.trust_anchors {
+                    if anchor.not_after_unix <= now {
+                        reasons.push(format!(
+                            "listener {} route {}: client CA {} (serial {}) has expired",
+                            listener.name,
+                            route.label(),
+                            anchor.subject,
+                            anchor.serial
+                        ));
+                    }
+                }
+            }
+        }
+        reasons
+    }
+
+    /// The HTTP routes.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .with_state(self.clone())
+    }
+}
+
+async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
+    ([(header::CONTENT_TYPE, OPENMETRICS)], admin.metrics_text()).into_response()
+}
+
+async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
+    let reasons = admin.not_ready_reasons();
+    if reasons.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        let mut body = String::from("not ready:\n");
+        for r in reasons {
+            let _ = writeln!(body, "- {r}");
+        }
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
+}
+
+/// Binds the admin address. Separate from [`serve`] so that a bad address
+/// stops start-up before the proxy accepts anything.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves until `shutdown` completes.
+pub async fn serve(
+    socket: TcpListener,
+    admin: Arc<Admin>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(socket, admin.router())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Labels of one certificate in use.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    listener: String,
+    route: String,
+    /// `server` (the certificate the proxy presents) or `client_ca` (a
+    /// trust anchor for client certificates).
+    role: String,
+    subject: String,
+    serial: String,
+}
+
+/// Reads the expiry of every certificate in use at scrape time, so a reload
+/// shows up in the next scrape and replaced certificates disappear.
+#[derive(Debug)]
+struct CertificateExpiry {
+    listeners: Vec<Arc<PreparedListener>>,
+}
+
+impl Collector for CertificateExpiry {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let not_after = Family::<CertificateLabels, Gauge>::default();
+        let loaded_at = Family::<CertificateLabels, Gauge>::default();
+        for listener in &self.listeners {
+            for route in std::iter::once(&listener.default_route).chain(&listener.routes) {
+                let material = route.tls.snapshot();
+                let loaded = material
+                    .loaded_at
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                let certs = std::iter::once(("server", &material.server_cert))
+                    .chain(material.trust_anchors.iter().map(|a| ("client_ca", a)));
+                for (role, cert) in certs {
+                    let labels = CertificateLabels {
+                        listener: listener.name.clone(),
+                        route: route.label(),
+                        role: role.to_owned(),
+                        subject: cert.subject.clone(),
+                        serial: cert.serial.clone(),
+                    };
+                    not_after.get_or_create(&labels).set(cert.not_after_unix);
+                    loaded_at.get_or_create(&labels).set(loaded);
+                }
+            }
+        }
+        let m = encoder.encode_descriptor(
+            "certificate_not_after_seconds",
+            "Expiry of each certificate in use, as Unix time",
+            None,
+            not_after.metric_type(),
+        )?;
+        not_after.encode(m)?;
+        let m = encoder.encode_descriptor(
+            "certificate_loaded_at_seconds",
+            "When each certificate in use was loaded, as Unix time",
+            None,
+            loaded_at.metric_type(),
+        )?;
+        loaded_at.encode(m)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,199 @@
+//! The admin server under real traffic: every outcome the test provokes
+//! is counted with the listener, route, protocol and TLS facts it had, and
+//! certificate expiry, health and readiness are served.
+
+use std::time::{Duration, SystemTime};
+
+use crate::support::*;
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[test]
+fn psql_traffic_and_refusals_are_counted_by_outcome() {
+    let user = db_user("metrics");
+    let config = format!(
+        "{ADMIN_ON}{}",
+        listener_toml(
+            &pg_upstream(),
+            "allow = [\"uri:spiffe://prod/trainer\"]",
+            ""
+        )
+    );
+    let proxy = ProxyProcess::start(&config);
+    let p = pki();
+
+    let ok = psql(
+        &conninfo(proxy.port(), &user.name, &user.name, &p.trainer, ""),
+        "SELECT 1",
+        Some(&user.password),
+    );
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let plaintext = psql(
+        &format!(
+            "host=localhost port={} user={} dbname={} sslmode=disable connect_timeout=10",
+            proxy.port(),
+            user.name,
+            user.name
+        ),
+        "SELECT 1",
+        Some(&user.password),
+    );
+    assert!(!plaintext.status.success());
+    proxy.refusal("plaintext_refused");
+    let stranger = psql(
+        &conninfo(proxy.port(), &user.name, &user.name, &p.stranger, ""),
+        "SELECT 1",
+        Some(&user.password),
+    );
+    assert!(!stranger.status.success());
+    proxy.refusal("untrusted");
+    let not_allowed = psql(
+        &conninfo(proxy.port(), &user.name, &user.name, &p.reporting, ""),
+        "SELECT 1",
+        Some(&user.password),
+    );
+    assert!(!not_allowed.status.success());
+    proxy.refusal("identity_denied");
+    // The accepted session's byte counts are added when it closes.
+    proxy.wait_for_log(Duration::from_secs(10), |v| {
+        v["message"] == "connection closed"
+    });
+
+    let m = proxy.metrics();
+    let handshakes = "intransit_handshakes_total";
+    let established: Vec<_> = m
+        .matching(handshakes, &[("outcome", "ok")])
+        .cloned()
+        .collect();
+    assert_eq!(established.len(), 1, "{}", m.text);
+    let s = &established[0];
+    assert_eq!(s.value, 1.0);
+    assert_eq!(s.label("listener"), Some("pg"));
+    assert_eq!(s.label("route"), Some("default"));
+    assert_eq!(s.label("protocol"), Some("postgres"));
+    assert_eq!(s.label("tls_version"), Some("TLSv1_3"));
+    assert_eq!(s.label("resumed"), Some("false"));
+    assert!(s.label("cipher").is_some_and(|c| c.starts_with("TLS13_")));
+    assert!(s.label("group").is_some_and(|g| g != "none"));
+    for reason in ["plaintext_refused", "untrusted", "identity_denied"] {
+        assert_eq!(
+            m.sum(handshakes, &[("outcome", reason), ("protocol", "postgres")]),
+            1.0,
+            "{reason}:\n{}",
+            m.text
+        );
+    }
+    // Refused before TLS: no TLS facts and no route.
+    assert_eq!(
+        m.sum(
+            handshakes,
+            &[
+                ("outcome", "plaintext_refused"),
+                ("tls_version", "none"),
+                ("route", "")
+            ]
+        ),
+        1.0
+    );
+    assert!(!m.text.contains(&user.name), "a user name became a label");
+
+    assert_eq!(
+        m.sum(
+            "intransit_handshake_duration_seconds_count",
+            &[("listener", "pg")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.sum("intransit_connections_total", &[("listener", "pg")]),
+        4.0
+    );
+    assert!(m.sum("intransit_bytes_total", &[("direction", "from_client")]) > 0.0);
+    assert!(m.sum("intransit_bytes_total", &[("direction", "to_client")]) > 0.0);
+
+    let server: Vec<_> = m
+        .matching(
+            "intransit_certificate_not_after_seconds",
+            &[("role", "server"), ("listener", "pg"), ("route", "default")],
+        )
+        .collect();
+    assert_eq!(server.len(), 1, "{}", m.text);
+    assert!(
+        server[0].value > now(),
+        "server certificate expiry in the past"
+    );
+    assert!(server[0]
+        .label("subject")
+        .is_some_and(|s| s.contains("localhost")));
+    assert_eq!(
+        m.matching(
+            "intransit_certificate_not_after_seconds",
+            &[("role", "client_ca")]
+        )
+        .count(),
+        1
+    );
+
+    let (status, body) = http_get(proxy.admin_addr(), "/healthz");
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let (status, body) = http_get(proxy.admin_addr(), "/readyz");
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = http_get(proxy.admin_addr(), "/no-such-page");
+    assert_eq!(status, 404);
+
+    // Once every client is gone, nothing is counted as active.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let active = proxy
+            .metrics()
+            .sum("intransit_connections_active", &[("listener", "pg")]);
+        if active == 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{active} connections still active"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_reload_is_counted_and_the_admin_address_must_be_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{ADMIN_ON}{}", listener_toml(DEAD_UPSTREAM, "", ""));
+    let proxy = ProxyProcess::start(&config);
+    signal(proxy.pid(), "HUP");
+    proxy.wait_for_log(Duration::from_secs(10), |v| {
+        v["message"] == "TLS material reloaded"
+    });
+    let m = proxy.metrics();
+    assert_eq!(
+        m.sum(
+            "intransit_tls_reloads_total",
+            &[("listener", "pg"), ("outcome", "ok")]
+        ),
+        1.0,
+        "{}",
+        m.text
+    );
+
+    let path = dir.path().join("open.toml");
+    std::fs::write(
+        &path,
+        config.replace(ADMIN_ON, "admin = \"0.0.0.0:9090\"\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("loopback"), "{}", stderr(&out));
+}
