@@ -37,6 +37,15 @@ pub enum Command {
     Proxy(ProxyArgs),
     /// Validate a configuration file and the files it names, without binding anything.
     CheckConfig(CheckConfigArgs),
+    /// Print the SPKI pins (sha256/BASE64) of a certificate file or of the
+    /// chain a server presents, ready to paste into `pins = [...]`.
+    Pin {
+        /// A PEM/DER file, or postgres://HOST:PORT, mysql://HOST:PORT, tls://HOST:PORT.
+        target: String,
+        /// Server name to send (SNI) when fetching from a server.
+        #[arg(long)]
+        sni: Option<String>,
+    },
     /// The certificate authority: create it, publish its CRL.
     Ca {
         /// State directory holding the CA and the inventory.

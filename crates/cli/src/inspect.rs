@@ -11,6 +11,57 @@ use intransit_scan::{ChainOrder, FetchOptions, Target};
 use rustls_pki_types::CertificateDer;
 
 pub fn run(target: &str, sni: Option<&str>) -> Result<ExitCode> {
+    let (source, ders) = load_chain(target, sni)?;
+    out!("{source}");
+    out!("chain of {} certificate(s), as presented:", ders.len());
+    for (i, der) in ders.iter().enumerate() {
+        let s = intransit_pki::summarize(der)
+            .with_context(|| format!("certificate {i} in {source}"))?;
+        print_summary(i, &s);
+    }
+    let chain: Vec<CertificateDer<'_>> =
+        ders.iter().map(|d| CertificateDer::from(&d[..])).collect();
+    let order = intransit_scan::chain_order(&chain);
+    out!("chain order: {}", describe_order(&order));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `intransit pin TARGET`: the SPKI pins of a chain, and a `pins = [...]`
+/// line to paste into an `upstream_tls` table.
+pub fn run_pin(target: &str, sni: Option<&str>) -> Result<ExitCode> {
+    let (source, ders) = load_chain(target, sni)?;
+    out!("# {source}");
+    let mut pins = Vec::with_capacity(ders.len());
+    for (i, der) in ders.iter().enumerate() {
+        let s = intransit_pki::summarize(der)
+            .with_context(|| format!("certificate {i} in {source}"))?;
+        let role = match (i, s.is_ca, s.subject == s.issuer) {
+            (_, true, true) => "root CA",
+            (_, true, false) => "intermediate CA",
+            (0, false, _) => "leaf",
+            _ => "certificate",
+        };
+        out!(
+            "{}  {role}: {} (expires {}, {})",
+            s.spki_pin,
+            s.subject,
+            s.not_after.date(),
+            days_left(&s)
+        );
+        pins.push(s.spki_pin);
+    }
+    out!(
+        "pins = [{}]",
+        pins.iter()
+            .map(|p| format!("\"{p}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The certificates of a file, or the chain a server presents.
+fn load_chain(target: &str, sni: Option<&str>) -> Result<(String, Vec<Vec<u8>>)> {
     let (source, ders) = if target.contains("://") {
         let parsed: Target = target
             .parse()
@@ -42,18 +93,10 @@ pub fn run(target: &str, sni: Option<&str>) -> Result<ExitCode> {
     } else {
         (target.to_owned(), read_file(Path::new(target))?)
     };
-    out!("{source}");
-    out!("chain of {} certificate(s), as presented:", ders.len());
-    for (i, der) in ders.iter().enumerate() {
-        let s = intransit_pki::summarize(der)
-            .with_context(|| format!("certificate {i} in {source}"))?;
-        print_summary(i, &s);
+    if ders.is_empty() {
+        anyhow::bail!("{source}: no certificate found");
     }
-    let chain: Vec<CertificateDer<'_>> =
-        ders.iter().map(|d| CertificateDer::from(&d[..])).collect();
-    let order = intransit_scan::chain_order(&chain);
-    out!("chain order: {}", describe_order(&order));
-    Ok(ExitCode::SUCCESS)
+    Ok((source, ders))
 }
 
 fn read_file(path: &Path) -> Result<Vec<Vec<u8>>> {

@@ -106,6 +106,7 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Ca { state_dir, command } => pki_cmd::run_ca(&state_dir, command),
         Command::Cert { state_dir, command } => pki_cmd::run_cert(&state_dir, command),
+        Command::Pin { target, sni } => inspect::run_pin(&target, sni.as_deref()),
         Command::CheckConfig(args) => {
             let config = load_config(&args.file)?;
             let proxy = Proxy::prepare(&config)

@@ -553,3 +553,84 @@ fn a_ca_key_that_does_not_match_its_certificate_is_refused() {
     assert!(stderr(&out).contains("match"), "{}", stderr(&out));
     assert!(!state.join("certs/x").exists());
 }
+
+/// The SPKI pin of a PEM certificate, computed by openssl alone.
+fn openssl_pin(cert: &Path) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let pubkey = dir.path().join("pub.pem");
+    let spki = dir.path().join("spki.der");
+    let digest = dir.path().join("digest");
+    let cert = cert.display().to_string();
+    let steps: [&[&str]; 3] = [
+        &[
+            "x509",
+            "-in",
+            &cert,
+            "-pubkey",
+            "-noout",
+            "-out",
+            &pubkey.display().to_string(),
+        ],
+        &[
+            "pkey",
+            "-pubin",
+            "-in",
+            &pubkey.display().to_string(),
+            "-outform",
+            "DER",
+            "-out",
+            &spki.display().to_string(),
+        ],
+        &[
+            "dgst",
+            "-sha256",
+            "-binary",
+            "-out",
+            &digest.display().to_string(),
+            &spki.display().to_string(),
+        ],
+    ];
+    for step in steps {
+        let out = openssl(step);
+        assert!(out.status.success(), "openssl {step:?}: {}", stderr(&out));
+    }
+    let b64 = openssl(&["base64", "-A", "-in", &digest.display().to_string()]);
+    format!("sha256/{}", stdout(&b64))
+}
+
+#[test]
+fn pin_prints_the_pins_of_a_file_and_of_a_served_chain() {
+    let leaf = openssl_pin(&pki().server.cert);
+    let ca = openssl_pin(&pki().ca);
+
+    let text = ok(Command::new(BIN)
+        .arg("pin")
+        .arg(&pki().server.chain)
+        .output()
+        .expect("run"));
+    assert!(text.contains(&format!("{leaf}  leaf: ")), "{text}");
+    assert!(text.contains(&format!("{ca}  root CA: ")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l == format!("pins = [\"{leaf}\", \"{ca}\"]")),
+        "{text}"
+    );
+
+    // The chain the proxy serves over SSLRequest: the leaf, and the same pin.
+    let proxy = ProxyProcess::start(&listener_toml(&pg_upstream(), "", ""));
+    let text = ok(Command::new(BIN)
+        .arg("pin")
+        .arg(format!("postgres://127.0.0.1:{}", proxy.port()))
+        .args(["--sni", "localhost"])
+        .output()
+        .expect("run"));
+    assert!(text.contains(&format!("{leaf}  leaf: ")), "{text}");
+    assert!(text.contains("PostgreSQL SSLRequest"), "{text}");
+
+    let out = Command::new(BIN)
+        .arg("pin")
+        .arg(format!("mysql://{DEAD_UPSTREAM}"))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+}
