@@ -253,6 +253,9 @@ pub struct UpArgs {
     /// Default 127.0.0.1:9090; when that port is taken, up starts without it.
     #[arg(long)]
     pub admin: Option<String>,
+    /// Also append audit events (one JSON line per connection) to this file.
+    #[arg(long)]
+    pub audit_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -98,11 +98,19 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let config = Config {
         state_dir: Some(state_root.clone()),
         admin: None,
+        audit_log: args.audit_log.clone(),
         shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         listeners: vec![listener],
     };
     let bound = Proxy::prepare(&config)?.bind().await?;
     let admin_line = start_admin(args.admin.as_deref(), &bound).await?;
+    let audit_line = match &args.audit_log {
+        Some(path) => format!(
+            "audit events: one JSON line per connection in {}\n",
+            path.display()
+        ),
+        None => "audit events: one \"connection audit\" line per connection in this log\n".to_owned(),
+    };
     if let Some(running) = bound.listeners().into_iter().next() {
         crate::renewal::spawn(state.clone(), running, server_tls);
     }
@@ -164,7 +172,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             format!(
                 "intransit: listening on {bound_at} (TLS 1.3, client certificate required), forwarding plaintext to {upstream}\n\
                  state directory: {} ({state_note})\n\
-                 {admin_line}\
+                 {admin_line}{audit_line}\
                  \n\
                  Client files: CA {ca}, certificate {cert}, key {key}\n\
                  Check it with:\n  openssl s_client -connect {host}:{port} -servername localhost -verify_return_error -CAfile {ca} -cert {cert} -key {key}\n\
@@ -186,7 +194,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             format!(
                 "intransit: listening on {bound_at} (TLS 1.3, client certificate required), forwarding to MySQL/MariaDB at {upstream}\n\
                  state directory: {} ({state_note})\n\
-                 {admin_line}\
+                 {admin_line}{audit_line}\
                  \n\
                  Connect through it with:\n  mariadb -h {host} -P {port} -u {user} -p --ssl --ssl-verify-server-cert --ssl-ca={ca} --ssl-cert={cert} --ssl-key={key}\n\
                  \n\
@@ -200,7 +208,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         Protocol::Postgres => format!(
             "intransit: listening on {bound_at} (TLS 1.3, client certificate required), forwarding to PostgreSQL at {upstream}\n\
              state directory: {} ({state_note})\n\
-                 {admin_line}\
+                 {admin_line}{audit_line}\
              \n\
              Connect through it with:\n  psql \"{conninfo}\"\n\
              \n\

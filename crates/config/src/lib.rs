@@ -64,6 +64,9 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
     /// The admin server (metrics, health), loopback only.
     pub admin: Option<SocketAddr>,
+    /// Where audit events are appended as JSON lines (they always go to
+    /// the log too).
+    pub audit_log: Option<PathBuf>,
     /// How long connections may finish after a shutdown signal.
     pub shutdown_grace: Duration,
     /// The listeners, in file order.

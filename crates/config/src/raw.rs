@@ -21,6 +21,7 @@ use crate::{
 pub(crate) struct RawConfig {
     state_dir: Option<PathBuf>,
     admin: Option<String>,
+    audit_log: Option<PathBuf>,
     shutdown_grace: Option<String>,
     #[serde(default)]
     listener: Vec<RawListener>,
@@ -122,6 +123,7 @@ impl RawConfig {
         Ok(Config {
             state_dir: self.state_dir,
             admin,
+            audit_log: self.audit_log,
             shutdown_grace,
             listeners,
         })

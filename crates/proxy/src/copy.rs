@@ -32,6 +32,7 @@ where
     let started = Instant::now();
     match copy_both_ways(&mut client, &mut upstream).await {
         Ok((from_client, to_client)) => {
+            ctx.note(|r| r.bytes = Some((from_client, to_client)));
             ctx.listener
                 .metrics
                 .bytes(&ctx.listener.name, from_client, to_client);

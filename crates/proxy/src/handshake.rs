@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::audit::ClientCertFacts;
 use crate::metrics::HandshakeFacts;
 
 use intransit_policy::ClientIdentity;
@@ -121,6 +122,7 @@ pub(crate) async fn accept(
         }
     }
     let server_name = start.client_hello().server_name().map(str::to_owned);
+    ctx.note(|r| r.sni = server_name.clone());
     let Some(route) = ctx.listener.route_for(server_name.as_deref()) else {
         // Before any ServerHello an alert travels as a plaintext record:
         // fatal (2), unrecognized_name (112).
@@ -138,7 +140,11 @@ pub(crate) async fn accept(
     let presented = PresentedCertificate::default();
     let material = route.tls.snapshot();
     let handshake = start.into_stream(material.config());
-    let stream = presented.scope(handshake).await.map_err(|e| {
+    let stream = presented.scope(handshake).await;
+    if let Some(der) = presented.der() {
+        ctx.note(|r| r.client_cert = ClientCertFacts::from_der(der.as_ref()));
+    }
+    let stream = stream.map_err(|e| {
         Refused::new(
             RefusalReason::from_handshake_io(&e),
             format!("TLS handshake: {e}"),
@@ -150,6 +156,24 @@ pub(crate) async fn accept(
     // The first handshake of a connection is its only one.
     let _ = ctx.negotiated.set(negotiated);
     let (_, conn) = stream.get_ref();
+    let alpn = conn
+        .alpn_protocol()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    let resumed_cert = if resumed {
+        // A resumed session runs no verifier; its certificate comes from
+        // the session.
+        conn.peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|der| ClientCertFacts::from_der(der.as_ref()))
+    } else {
+        None
+    };
+    ctx.note(|r| {
+        r.alpn = alpn;
+        if resumed_cert.is_some() {
+            r.client_cert = resumed_cert;
+        }
+    });
     let chain = conn.peer_certificates().unwrap_or(&[]).to_vec();
     let identity = chain
         .first()

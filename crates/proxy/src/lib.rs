@@ -14,6 +14,7 @@
 //! This crate never parses wire formats by hand (that is `intransit-wire`)
 //! and never decides access by itself (that is `intransit-policy`).
 
+pub mod audit;
 mod copy;
 mod handshake;
 pub mod metrics;
@@ -35,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+pub use audit::AuditLog;
 pub use metrics::ProxyMetrics;
 pub use net::connect as connect_upstream;
 pub use refusal::RefusalReason;
@@ -93,21 +95,27 @@ pub struct Proxy {
     listeners: Vec<Arc<PreparedListener>>,
     shutdown_grace: Duration,
     metrics: Arc<ProxyMetrics>,
+    audit: Arc<AuditLog>,
 }
 
 impl Proxy {
     /// Loads and checks everything the configuration names.
     pub fn prepare(config: &Config) -> Result<Self, ProxyError> {
         let metrics = ProxyMetrics::new();
+        let audit = Arc::new(match &config.audit_log {
+            Some(path) => AuditLog::to_file(path)?,
+            None => AuditLog::to_log(),
+        });
         let listeners = config
             .listeners
             .iter()
-            .map(|l| PreparedListener::prepare(l, metrics.clone()).map(Arc::new))
+            .map(|l| PreparedListener::prepare(l, metrics.clone(), audit.clone()).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Proxy {
             listeners,
             shutdown_grace: config.shutdown_grace,
             metrics,
+            audit,
         })
     }
 
@@ -133,6 +141,7 @@ impl Proxy {
             listeners: bound,
             shutdown_grace: self.shutdown_grace,
             metrics: self.metrics,
+            audit: self.audit,
         })
     }
 }
@@ -143,6 +152,7 @@ pub struct BoundProxy {
     listeners: Vec<(Arc<PreparedListener>, net::BoundListener)>,
     shutdown_grace: Duration,
     metrics: Arc<ProxyMetrics>,
+    audit: Arc<AuditLog>,
 }
 
 impl BoundProxy {
@@ -157,6 +167,11 @@ impl BoundProxy {
     /// The proxy's counters, for the admin server.
     pub fn metrics(&self) -> Arc<ProxyMetrics> {
         self.metrics.clone()
+    }
+
+    /// The audit log, for the admin server's recent refusals.
+    pub fn audit(&self) -> Arc<AuditLog> {
+        self.audit.clone()
     }
 
     /// The running listeners, for reloading their TLS material while the

@@ -234,6 +234,12 @@ async fn negotiate(
         .flatten()
         .unwrap_or("")
         .to_owned();
+    ctx.note_login(
+        Some(&user),
+        Some(&database)
+            .filter(|d| !d.is_empty())
+            .map(|d| d.as_str()),
+    );
     if over_limit {
         let reply = err_packet(
             seq.wrapping_add(1),

@@ -93,6 +93,7 @@ async fn negotiate(
             return Ok(None);
         }
     };
+    ctx.note_login(received.startup.user(), received.startup.database());
     if over_limit {
         return Err(received.refuse_over_limit(ctx).await);
     }

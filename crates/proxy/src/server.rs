@@ -7,8 +7,8 @@
 //! accepting, and the caller waits for the task tracker to drain.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use intransit_config::{ClientAuth, Endpoint, ListenerConfig, Protocol, ServerNamePattern};
 use intransit_policy::{ClientIdentity, DbUserRules};
@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, warn};
 
+use crate::audit::{rfc3339, AuditEvent, AuditLog, ConnectionRecord};
 use crate::handshake::Negotiated;
 use crate::metrics::{HandshakeFacts, ProxyMetrics};
 use crate::net::{BoundListener, PeerAddr};
@@ -80,6 +81,8 @@ pub struct PreparedListener {
     pub plaintext_hint: String,
     /// Where the listener's connections are counted.
     pub metrics: Arc<ProxyMetrics>,
+    /// Where each ended connection is recorded.
+    pub audit: Arc<AuditLog>,
 }
 
 impl PreparedListener {
@@ -88,6 +91,7 @@ impl PreparedListener {
     pub fn prepare(
         config: &ListenerConfig,
         metrics: Arc<ProxyMetrics>,
+        audit: Arc<AuditLog>,
     ) -> Result<Self, ProxyError> {
         let alpn = match config.protocol {
             Protocol::Postgres => vec![ALPN_POSTGRESQL.to_vec()],
@@ -135,6 +139,7 @@ impl PreparedListener {
             plaintext_message,
             plaintext_hint,
             metrics,
+            audit,
         })
     }
 
@@ -174,6 +179,62 @@ pub(crate) struct ConnectionContext {
     pub(crate) listener: Arc<PreparedListener>,
     /// Set once the TLS handshake completes.
     pub(crate) negotiated: Arc<OnceLock<Negotiated>>,
+    /// What the audit event will say, filled in as negotiation goes.
+    pub(crate) record: Arc<Mutex<ConnectionRecord>>,
+    pub(crate) accepted_at: Instant,
+}
+
+impl ConnectionContext {
+    /// Changes the audit record.
+    pub(crate) fn note(&self, change: impl FnOnce(&mut ConnectionRecord)) {
+        let mut record = self
+            .record
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        change(&mut record);
+    }
+
+    /// Records the database user and name the client asked for.
+    pub(crate) fn note_login(&self, user: Option<&str>, database: Option<&str>) {
+        self.note(|r| {
+            r.user = user.map(str::to_owned);
+            r.database = database.map(str::to_owned);
+        });
+    }
+
+    /// The audit event for this connection, ending now.
+    fn audit_event(&self, refused: Option<&Refused>) -> AuditEvent {
+        let record = self
+            .record
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone());
+        let negotiated = self.negotiated.get();
+        let facts = negotiated.map_or(HandshakeFacts::BEFORE_TLS, Negotiated::facts);
+        let (from_client, to_client) = record.bytes.unwrap_or_default();
+        AuditEvent {
+            time: rfc3339(SystemTime::now()),
+            conn: self.id,
+            listener: self.listener.name.clone(),
+            route: facts.route.to_owned(),
+            protocol: self.listener.protocol.as_str().to_owned(),
+            peer: self.peer.to_string(),
+            client_cert: record.client_cert,
+            db_user: record.user,
+            db_name: record.database,
+            tls_version: facts.tls_version.to_owned(),
+            cipher: facts.cipher.to_owned(),
+            group: facts.group.to_owned(),
+            resumed: facts.resumed,
+            sni: record.sni,
+            alpn: record.alpn,
+            outcome: refused.map_or("ok", |r| r.reason.as_str()).to_owned(),
+            detail: refused.map(|r| r.detail.clone()),
+            bytes_from_client: from_client,
+            bytes_to_client: to_client,
+            duration_ms: self.accepted_at.elapsed().as_millis() as u64,
+        }
+    }
 }
 
 /// A connection turned away, with the reason and what is known of who.
@@ -242,6 +303,8 @@ pub(crate) async fn accept_loop(
             peer,
             listener: listener.clone(),
             negotiated: Arc::default(),
+            record: Arc::default(),
+            accepted_at: Instant::now(),
         };
         let (permit, over_limit) = match slots.clone().try_acquire_owned() {
             Ok(permit) => (permit, false),
@@ -249,13 +312,12 @@ pub(crate) async fn accept_loop(
                 Ok(permit) => (permit, true),
                 Err(_) => {
                     // Even the polite refusals are saturated: drop the socket.
-                    log_refusal(
-                        &ctx,
-                        &Refused::new(
-                            RefusalReason::TooManyConnections,
-                            "listener and its refusal queue are full; connection dropped",
-                        ),
+                    let refused = Refused::new(
+                        RefusalReason::TooManyConnections,
+                        "listener and its refusal queue are full; connection dropped",
                     );
+                    log_refusal(&ctx, &refused);
+                    listener.audit.record(ctx.audit_event(Some(&refused)));
                     continue;
                 }
             },
@@ -271,9 +333,12 @@ pub(crate) async fn accept_loop(
                 Protocol::Postgres => postgres::serve(ctx.clone(), stream, over_limit).await,
                 Protocol::Mysql => mysql::serve(ctx.clone(), stream, over_limit).await,
             };
-            if let Err(refused) = served {
-                log_refusal(&ctx, &refused);
+            if let Err(refused) = &served {
+                log_refusal(&ctx, refused);
             }
+            ctx.listener
+                .audit
+                .record(ctx.audit_event(served.as_ref().err()));
         });
     }
 }

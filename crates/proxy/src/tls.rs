@@ -417,6 +417,11 @@ impl PresentedCertificate {
         });
     }
 
+    /// The presented certificate, if any.
+    pub fn der(&self) -> Option<CertificateDer<'static>> {
+        self.0.lock().ok()?.clone()
+    }
+
     /// The identity in the presented certificate, if one was presented and
     /// parses.
     pub fn identity(&self) -> Option<ClientIdentity> {

@@ -197,3 +197,95 @@ fn a_reload_is_counted_and_the_admin_address_must_be_loopback() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("loopback"), "{}", stderr(&out));
 }
+
+#[test]
+fn audit_events_record_who_connected_and_never_the_password() {
+    let user = db_user("audit");
+    let dir = tempfile::tempdir().unwrap();
+    let audit_path = dir.path().join("audit.jsonl");
+    let rules = format!(
+        "[[listener.db_users]]\nidentity = \"uri:spiffe://prod/trainer\"\nusers = [\"{}\"]\n",
+        user.name
+    );
+    let config = format!(
+        "audit_log = \"{}\"\n{}{rules}",
+        audit_path.display(),
+        listener_toml(&pg_upstream(), "", "")
+    );
+    let proxy = ProxyProcess::start(&config);
+    let p = pki();
+
+    let ok = psql(
+        &conninfo(proxy.port(), &user.name, &user.name, &p.trainer, ""),
+        "SELECT 1",
+        Some(&user.password),
+    );
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let denied = psql(
+        &conninfo(proxy.port(), &user.name, &user.name, &p.reporting, ""),
+        "SELECT 1",
+        Some(&user.password),
+    );
+    assert!(!denied.status.success());
+    // Each event is written when its connection ends.
+    for outcome in ["ok", "user_denied"] {
+        proxy.wait_for_log(Duration::from_secs(10), |v| {
+            v["message"] == "connection audit" && v["outcome"] == outcome
+        });
+    }
+
+    let text = std::fs::read_to_string(&audit_path).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 2, "{text}");
+    let ok = events
+        .iter()
+        .find(|e| e["outcome"] == "ok")
+        .expect("ok event");
+    assert_eq!(ok["listener"], "pg");
+    assert_eq!(ok["route"], "default");
+    assert_eq!(ok["protocol"], "postgres");
+    assert!(ok["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(ok["client_cert"]["cn"], "trainer");
+    assert!(ok["client_cert"]["sans"]
+        .as_array()
+        .unwrap()
+        .contains(&"uri:spiffe://prod/trainer".into()));
+    let trainer_pem = std::fs::read_to_string(&p.trainer.cert).unwrap();
+    let trainer_der = intransit_pki::pem_to_der_certs(&trainer_pem).unwrap();
+    assert_eq!(
+        ok["client_cert"]["sha256"],
+        intransit_pki::sha256_fingerprint(&trainer_der[0])
+    );
+    assert_eq!(ok["db_user"], user.name.as_str());
+    assert_eq!(ok["db_name"], user.name.as_str());
+    assert_eq!(ok["tls_version"], "TLSv1_3");
+    assert_eq!(ok["sni"], "localhost");
+    assert!(ok["cipher"].as_str().unwrap().starts_with("TLS13_"));
+    assert!(ok["bytes_from_client"].as_u64().unwrap() > 0);
+    assert!(ok["bytes_to_client"].as_u64().unwrap() > 0);
+    assert!(ok["duration_ms"].is_u64());
+    assert!(ok["time"].as_str().unwrap().ends_with('Z'));
+
+    let refused = events
+        .iter()
+        .find(|e| e["outcome"] == "user_denied")
+        .expect("refusal event");
+    assert_eq!(refused["client_cert"]["cn"], "reporting");
+    assert_eq!(refused["db_user"], user.name.as_str());
+    assert_eq!(refused["tls_version"], "TLSv1_3");
+    assert!(refused["detail"].as_str().unwrap().contains("db_users"));
+
+    // The password went through the proxy (SCRAM inside TLS) twice; it is
+    // in neither the audit file nor the log.
+    assert!(!text.contains(&user.password));
+    let logs: String = proxy
+        .logs()
+        .iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(!logs.contains(&user.password));
+}
