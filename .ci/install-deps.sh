@@ -27,6 +27,10 @@ needs() {
     need mariadb-server      have_files '/usr/sbin/mariadbd' '/usr/bin/mariadb-install-db'
     need mariadb-client      have_commands mariadb
     need redis-tools         have_commands redis-cli
+    # The admin status page is tested in a real headless browser.
+    need chromium            have_commands chromium
+    need chromium-driver     have_commands chromedriver
+    need fonts-dejavu-core   have_files '/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf'
 }
 
 missing=()

@@ -5,6 +5,8 @@
 //! | `/metrics` | OpenMetrics text: the proxy's counters, plus the expiry of every certificate in use, read from the live TLS material at scrape time |
 //! | `/healthz` | `200 ok` while the process serves HTTP |
 //! | `/readyz`  | `200` when every listener is bound and every certificate in use is valid now; `503` with the reasons otherwise |
+//! | `/status`  | JSON: listeners, routes, policies and certificates in force, outcome totals and timeline, recent refusals |
+//! | `/`        | the status page for people (`page.rs`), built from `/status` in the browser |
 //!
 //! The server only reads proxy state; it changes nothing. It binds
 //! loopback only: it has no TLS of its own yet, and the configuration
@@ -21,13 +23,17 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use intransit_proxy::{PreparedListener, ProxyMetrics};
+use intransit_config::Endpoint;
+use intransit_proxy::{AuditLog, BoundProxy, PreparedListener, ProxyMetrics};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+
+mod page;
+mod status;
 
 /// The OpenMetrics content type Prometheus negotiates.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -36,12 +42,19 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 #[derive(Debug)]
 pub struct Admin {
     registry: Registry,
+    metrics: Arc<ProxyMetrics>,
+    audit: Arc<AuditLog>,
     listeners: Vec<Arc<PreparedListener>>,
+    /// The addresses bound, by listener name (port 0 resolved).
+    endpoints: Vec<(String, Endpoint)>,
+    started_at: SystemTime,
 }
 
 impl Admin {
-    /// Builds the registry for a running proxy's metrics and listeners.
-    pub fn new(metrics: &ProxyMetrics, listeners: Vec<Arc<PreparedListener>>) -> Arc<Self> {
+    /// Builds the registry for a bound proxy's metrics and listeners.
+    pub fn new(bound: &BoundProxy) -> Arc<Self> {
+        let metrics = bound.metrics();
+        let listeners = bound.listeners();
         let mut registry = Registry::with_prefix("intransit");
         metrics.register(&mut registry);
         registry.register_collector(Box::new(CertificateExpiry {
@@ -49,7 +62,11 @@ impl Admin {
         }));
         Arc::new(Admin {
             registry,
+            metrics,
+            audit: bound.audit(),
             listeners,
+            endpoints: bound.local_endpoints(),
+            started_at: SystemTime::now(),
         })
     }
 
@@ -101,8 +118,16 @@ impl Admin {
             .route("/metrics", get(metrics))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
+            .route("/status", get(status_json))
+            .route("/", get(page::index))
+            .route("/assets/status.js", get(page::script))
+            .route("/assets/status.css", get(page::style))
             .with_state(self.clone())
     }
+}
+
+async fn status_json(State(admin): State<Arc<Admin>>) -> Response {
+    axum::Json(status::build(&admin)).into_response()
 }
 
 async fn metrics(State(admin): State<Arc<Admin>>) -> Response {

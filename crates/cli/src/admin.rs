@@ -15,7 +15,7 @@ pub async fn start(addr: SocketAddr, bound: &BoundProxy) -> Result<SocketAddr> {
         .await
         .with_context(|| format!("admin server: cannot listen on {addr}"))?;
     let local = socket.local_addr().unwrap_or(addr);
-    let admin = Admin::new(&bound.metrics(), bound.listeners());
+    let admin = Admin::new(bound);
     tokio::spawn(async move {
         if let Err(e) = intransit_admin::serve(socket, admin, std::future::pending()).await {
             warn!(error = %e, "admin server stopped");
@@ -23,6 +23,7 @@ pub async fn start(addr: SocketAddr, bound: &BoundProxy) -> Result<SocketAddr> {
     });
     info!(
         admin = %local,
+        page = %format!("http://{local}/"),
         metrics = %format!("http://{local}/metrics"),
         "admin server listening"
     );

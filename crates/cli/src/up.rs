@@ -109,7 +109,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
             "audit events: one JSON line per connection in {}\n",
             path.display()
         ),
-        None => "audit events: one \"connection audit\" line per connection in this log\n".to_owned(),
+        None => {
+            "audit events: one \"connection audit\" line per connection in this log\n".to_owned()
+        }
     };
     if let Some(running) = bound.listeners().into_iter().next() {
         crate::renewal::spawn(state.clone(), running, server_tls);
@@ -242,7 +244,9 @@ async fn start_admin(flag: Option<&str>, bound: &intransit_proxy::BoundProxy) ->
     let addr =
         intransit_config::parse_admin_addr(text).map_err(|m| anyhow::anyhow!("--admin: {m}"))?;
     match crate::admin::start(addr, bound).await {
-        Ok(local) => Ok(format!("metrics: http://{local}/metrics\n")),
+        Ok(local) => Ok(format!(
+            "status page: http://{local}/ (Prometheus metrics at /metrics)\n"
+        )),
         Err(e) if flag.is_none() => {
             warn!(
                 error = format!("{e:#}"),

@@ -41,7 +41,7 @@ pub use metrics::ProxyMetrics;
 pub use net::connect as connect_upstream;
 pub use refusal::RefusalReason;
 pub use server::{PreparedListener, PreparedRoute};
-pub use tls::{ListenerTls, LoadedCertificate, TlsMaterial};
+pub use tls::{ListenerTls, LoadedCertificate, PolicySummary, TlsMaterial};
 
 /// Errors that stop the proxy from starting.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,9 @@
 //! read from the live TLS material at scrape time, so it is never stale
 //! after a reload.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -89,6 +91,71 @@ pub struct ProxyMetrics {
     connections: Family<ListenerLabels, Counter>,
     bytes: Family<BytesLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
+    summary: Mutex<Summary>,
+}
+
+/// How many minutes of outcomes the status keeps.
+pub const TIMELINE_MINUTES: usize = 30;
+
+/// Handshake outcomes in one minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct MinuteBucket {
+    /// Start of the minute, Unix seconds.
+    pub minute: i64,
+    /// Established sessions.
+    pub ok: u64,
+    /// Refusals of any reason.
+    pub refused: u64,
+}
+
+/// Totals for the status page, which cannot read the prometheus families
+/// back: outcomes, and the TLS versions and groups of established sessions.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Summary {
+    /// Count per outcome (`ok` or a refusal reason).
+    pub outcomes: BTreeMap<String, u64>,
+    /// Established sessions per TLS version.
+    pub tls_versions: BTreeMap<String, u64>,
+    /// Established sessions per key-exchange group.
+    pub groups: BTreeMap<String, u64>,
+    /// The last minutes, oldest first; minutes without traffic are absent.
+    pub minutes: VecDeque<MinuteBucket>,
+}
+
+impl Summary {
+    fn add(&mut self, facts: HandshakeFacts<'_>, refusal: Option<RefusalReason>, now: i64) {
+        let outcome = refusal.map_or("ok", RefusalReason::as_str);
+        *self.outcomes.entry(outcome.to_owned()).or_default() += 1;
+        if refusal.is_none() {
+            *self
+                .tls_versions
+                .entry(facts.tls_version.to_owned())
+                .or_default() += 1;
+            *self.groups.entry(facts.group.to_owned()).or_default() += 1;
+        }
+        let minute = now - now.rem_euclid(60);
+        if self.minutes.back().is_none_or(|b| b.minute != minute) {
+            self.minutes.push_back(MinuteBucket {
+                minute,
+                ok: 0,
+                refused: 0,
+            });
+        }
+        while self
+            .minutes
+            .front()
+            .is_some_and(|b| b.minute <= minute - 60 * TIMELINE_MINUTES as i64)
+        {
+            self.minutes.pop_front();
+        }
+        if let Some(bucket) = self.minutes.back_mut() {
+            if refusal.is_some() {
+                bucket.refused += 1;
+            } else {
+                bucket.ok += 1;
+            }
+        }
+    }
 }
 
 fn handshake_histogram() -> Histogram {
@@ -106,6 +173,7 @@ impl Default for ProxyMetrics {
             connections: Family::default(),
             bytes: Family::default(),
             reloads: Family::default(),
+            summary: Mutex::default(),
         }
     }
 }
@@ -198,6 +266,21 @@ impl ProxyMetrics {
                 outcome: refusal.map_or("ok", RefusalReason::as_str).to_owned(),
             })
             .inc();
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.summary
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .add(facts, refusal, now);
+    }
+
+    /// Outcome totals and the recent timeline, for the status page.
+    pub fn summary(&self) -> Summary {
+        self.summary
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Records how long an accepted handshake took.
@@ -346,5 +429,50 @@ mod tests {
         assert!(text.contains(
             "intransit_tls_reloads_total{listener=\"pg\",route=\"default\",outcome=\"failed\"} 1"
         ));
+    }
+
+    #[test]
+    fn the_summary_keeps_totals_and_a_bounded_timeline() {
+        let mut s = Summary::default();
+        let ok = HandshakeFacts {
+            route: "default",
+            tls_version: "TLSv1_3",
+            cipher: "TLS13_AES_128_GCM_SHA256",
+            group: "X25519MLKEM768",
+            resumed: false,
+        };
+        // A whole minute.
+        let start = 1_800_000_000;
+        s.add(ok, None, start);
+        s.add(ok, None, start + 59);
+        s.add(
+            HandshakeFacts::BEFORE_TLS,
+            Some(RefusalReason::NoClientCert),
+            start + 60,
+        );
+        assert_eq!(s.outcomes["ok"], 2);
+        assert_eq!(s.outcomes["no_client_cert"], 1);
+        assert_eq!(s.tls_versions["TLSv1_3"], 2);
+        assert_eq!(s.groups["X25519MLKEM768"], 2);
+        assert!(!s.tls_versions.contains_key("none"));
+        assert_eq!(
+            s.minutes.iter().copied().collect::<Vec<_>>(),
+            vec![
+                MinuteBucket {
+                    minute: start,
+                    ok: 2,
+                    refused: 0
+                },
+                MinuteBucket {
+                    minute: start + 60,
+                    ok: 0,
+                    refused: 1
+                },
+            ]
+        );
+        // Much later, old minutes fall out.
+        s.add(ok, None, start + 3600);
+        assert_eq!(s.minutes.len(), 1);
+        assert_eq!(s.outcomes["ok"], 3);
     }
 }

@@ -220,8 +220,8 @@ impl AwaitingRequest {
                         RefusalReason::PlaintextRefused,
                         format!(
                             "StartupMessage without TLS (user {:?}, database {:?})",
-                            startup.user(),
-                            startup.database()
+                            startup.user().unwrap_or_default(),
+                            startup.database().unwrap_or_default()
                         ),
                     ));
                 }

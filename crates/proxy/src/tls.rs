@@ -115,6 +115,8 @@ pub struct TlsMaterial {
     pub server_cert: LoadedCertificate,
     /// The trust anchors client certificates must chain to.
     pub trust_anchors: Vec<LoadedCertificate>,
+    /// The client policy this material enforces, for status pages.
+    pub policy: PolicySummary,
     /// When this material was loaded.
     pub loaded_at: SystemTime,
 }
@@ -128,6 +130,19 @@ impl fmt::Debug for TlsMaterial {
     }
 }
 
+/// The client-facing policy of one route, as loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySummary {
+    /// Lowest TLS version accepted: `1.3` or `1.2`.
+    pub min_version: String,
+    /// `required`, `optional` or `none`.
+    pub client_auth: String,
+    /// Whether a CRL is checked.
+    pub crl: bool,
+    /// Identity allow-list patterns; empty allows any trusted certificate.
+    pub allow: Vec<String>,
+}
+
 /// What the proxy knows about a certificate it serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadedCertificate {
@@ -135,6 +150,8 @@ pub struct LoadedCertificate {
     pub subject: String,
     /// Serial number, uppercase hex.
     pub serial: String,
+    /// Subject alternative names: `DNS:`, `IP:` and `URI:` prefixed.
+    pub sans: Vec<String>,
     /// SHA-256 fingerprint of the DER certificate.
     pub fingerprint_sha256: String,
     /// Expiry, as seconds since the Unix epoch.
@@ -145,9 +162,17 @@ impl LoadedCertificate {
     fn from_der(der: &CertificateDer<'_>, path: &Path) -> Result<Self, ProxyError> {
         let summary = intransit_pki::summarize(der.as_ref())
             .map_err(|e| ProxyError::file("certificate", path, e.to_string()))?;
+        let sans = summary
+            .dns_names
+            .iter()
+            .map(|d| format!("DNS:{d}"))
+            .chain(summary.ip_addresses.iter().map(|ip| format!("IP:{ip}")))
+            .chain(summary.uris.iter().map(|u| format!("URI:{u}")))
+            .collect();
         Ok(LoadedCertificate {
             subject: summary.subject,
             serial: summary.serial_hex,
+            sans,
             fingerprint_sha256: summary.fingerprint_sha256,
             not_after_unix: summary.not_after.unix_timestamp(),
         })
@@ -317,6 +342,12 @@ fn build_material(
         verifier,
         server_cert,
         trust_anchors,
+        policy: PolicySummary {
+            min_version: tls.min_version.to_string(),
+            client_auth: tls.client_auth.to_string(),
+            crl: tls.crl.is_some(),
+            allow: tls.allow.patterns().iter().map(|p| p.to_string()).collect(),
+        },
         loaded_at: SystemTime::now(),
     })
 }

@@ -14,7 +14,8 @@
 //! - `tls_protocol`: `protocol = "tls"` listeners in front of a real Redis.
 //! - `sni`: routes chosen by the TLS server name, across two PostgreSQL servers.
 //! - `mysql`: `protocol = "mysql"` listeners in front of a real MariaDB.
-//! - `metrics`: the admin server's metrics, health and readiness under real traffic.
+//! - `metrics`: the admin server's metrics, health, readiness and audit events under real traffic.
+//! - `status_page`: the admin status page in headless chromium.
 
 // Tests may panic on anything unexpected: that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -28,5 +29,6 @@ mod negotiation;
 mod policy;
 mod robustness;
 mod sni;
+mod status_page;
 mod support;
 mod tls_protocol;

@@ -540,29 +540,66 @@ impl ProxyProcess {
 
 /// A minimal HTTP/1.1 GET: status code and body.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path, None)
+}
+
+/// A minimal HTTP request with an optional JSON body: status code and body.
+/// The servers asked (axum, chromedriver) answer with a Content-Length,
+/// never chunked, so the body is what follows the header.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+) -> (u16, String) {
     let mut stream =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("admin connect");
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("HTTP connect");
     stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(Duration::from_secs(60)))
         .expect("read timeout");
+    let body = json.unwrap_or("");
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .expect("sending the request");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .expect("reading the response");
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {response:?}"));
+    // Read the header, then exactly Content-Length bytes: some servers
+    // (chromedriver) keep the connection open despite `Connection: close`.
+    let mut reader = BufReader::new(stream);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        let n = reader.read_line(&mut line).expect("reading the response");
+        assert!(n > 0, "connection closed inside the header: {head:?}");
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status in {head:?}"));
-    (status, body.to_owned())
+    let length = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())
+            .flatten()
+    });
+    let mut body = Vec::new();
+    match length {
+        Some(n) => {
+            body.resize(n, 0);
+            reader.read_exact(&mut body).expect("reading the body");
+        }
+        None => {
+            reader.read_to_end(&mut body).expect("reading the body");
+        }
+    }
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// One scraped sample: metric name, labels, value.

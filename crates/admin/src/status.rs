@@ -1,0 +1,190 @@
+//! `/status`: what the proxy is doing now, as JSON.
+//!
+//! The shape is documented in docs/configuration.md ("Admin server") and
+//! is what the status page reads. Nothing in it is secret: certificates are
+//! described by their public facts, refusals by names and reasons.
+
+use std::time::SystemTime;
+
+use intransit_proxy::audit::AuditEvent;
+use intransit_proxy::metrics::Summary;
+use intransit_proxy::{LoadedCertificate, PolicySummary, PreparedRoute};
+use serde::Serialize;
+
+use crate::{unix_now, Admin};
+
+/// The whole status document.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// intransit's version.
+    pub version: &'static str,
+    /// When the proxy started, RFC 3339.
+    pub started_at: String,
+    /// Now, Unix seconds (the page computes ages from it).
+    pub now: i64,
+    /// Every listener.
+    pub listeners: Vec<ListenerStatus>,
+    /// Outcome totals and the recent timeline.
+    pub handshakes: Summary,
+    /// The latest refusals, newest last.
+    pub recent_refusals: Vec<AuditEvent>,
+}
+
+/// One listener.
+#[derive(Debug, Serialize)]
+pub struct ListenerStatus {
+    /// Configured name.
+    pub name: String,
+    /// `postgres`, `mysql` or `tls`.
+    pub protocol: String,
+    /// The bound address.
+    pub listen: String,
+    /// Connection cap.
+    pub max_connections: usize,
+    /// Whether unmatched server names are refused.
+    pub require_sni_match: bool,
+    /// The default route first, then SNI routes in order.
+    pub routes: Vec<RouteStatus>,
+}
+
+/// One route and the material it serves.
+#[derive(Debug, Serialize)]
+pub struct RouteStatus {
+    /// `default` or the server-name pattern.
+    pub route: String,
+    /// Where it forwards.
+    pub upstream: String,
+    /// Client policy in force.
+    pub policy: PolicyStatus,
+    /// Whether `db_users` rules restrict database users.
+    pub db_users_enforced: bool,
+    /// The certificates in use: the served one first, then trust anchors.
+    pub certificates: Vec<CertificateStatus>,
+}
+
+/// A route's client policy.
+#[derive(Debug, Serialize)]
+pub struct PolicyStatus {
+    /// Lowest TLS version accepted.
+    pub min_version: String,
+    /// `required`, `optional` or `none`.
+    pub client_auth: String,
+    /// Whether a CRL is checked.
+    pub crl: bool,
+    /// Identity allow-list; empty allows any trusted certificate.
+    pub allow: Vec<String>,
+}
+
+/// One certificate in use.
+#[derive(Debug, Serialize)]
+pub struct CertificateStatus {
+    /// `server` or `client_ca`.
+    pub role: &'static str,
+    /// Subject DN.
+    pub subject: String,
+    /// SANs, prefixed.
+    pub sans: Vec<String>,
+    /// Serial, hex.
+    pub serial: String,
+    /// SHA-256 fingerprint.
+    pub fingerprint_sha256: String,
+    /// Expiry, RFC 3339.
+    pub not_after: String,
+    /// Expiry, Unix seconds.
+    pub not_after_unix: i64,
+    /// Whole days until expiry (negative once expired).
+    pub days_left: i64,
+    /// When the material was loaded, RFC 3339.
+    pub loaded_at: String,
+}
+
+pub(crate) fn build(admin: &Admin) -> Status {
+    let now = unix_now();
+    let listeners = admin
+        .listeners
+        .iter()
+        .map(|l| {
+            let listen = admin
+                .endpoints
+                .iter()
+                .find(|(name, _)| name == &l.name)
+                .map_or_else(|| l.listen.to_string(), |(_, e)| e.to_string());
+            ListenerStatus {
+                name: l.name.clone(),
+                protocol: l.protocol.as_str().to_owned(),
+                listen,
+                max_connections: l.max_connections,
+                require_sni_match: l.require_sni_match,
+                routes: std::iter::once(&l.default_route)
+                    .chain(&l.routes)
+                    .map(|r| route_status(r, now))
+                    .collect(),
+            }
+        })
+        .collect();
+    Status {
+        version: env!("CARGO_PKG_VERSION"),
+        started_at: rfc3339_unix(unix_seconds(admin.started_at)),
+        now,
+        listeners,
+        handshakes: admin.metrics.summary(),
+        recent_refusals: admin.audit.recent_refusals(),
+    }
+}
+
+fn route_status(route: &PreparedRoute, now: i64) -> RouteStatus {
+    let material = route.tls.snapshot();
+    let loaded_at = rfc3339_unix(unix_seconds(material.loaded_at));
+    let describe = |role: &'static str, c: &LoadedCertificate| CertificateStatus {
+        role,
+        subject: c.subject.clone(),
+        sans: c.sans.clone(),
+        serial: c.serial.clone(),
+        fingerprint_sha256: c.fingerprint_sha256.clone(),
+        not_after: rfc3339_unix(c.not_after_unix),
+        not_after_unix: c.not_after_unix,
+        days_left: (c.not_after_unix - now).div_euclid(86_400),
+        loaded_at: loaded_at.clone(),
+    };
+    let certificates = std::iter::once(describe("server", &material.server_cert))
+        .chain(
+            material
+                .trust_anchors
+                .iter()
+                .map(|a| describe("client_ca", a)),
+        )
+        .collect();
+    let PolicySummary {
+        min_version,
+        client_auth,
+        crl,
+        allow,
+    } = material.policy.clone();
+    RouteStatus {
+        route: route.label(),
+        upstream: route.upstream.to_string(),
+        policy: PolicyStatus {
+            min_version,
+            client_auth,
+            crl,
+            allow,
+        },
+        db_users_enforced: !route.db_users.is_empty(),
+        certificates,
+    }
+}
+
+fn unix_seconds(at: SystemTime) -> i64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn rfc3339_unix(seconds: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(seconds)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
