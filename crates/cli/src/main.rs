@@ -17,6 +17,7 @@ mod inspect;
 mod pki_cmd;
 mod reload;
 mod renewal;
+mod rotate;
 mod up;
 
 use std::path::Path;
@@ -28,7 +29,7 @@ use intransit_config::Config;
 use intransit_proxy::Proxy;
 use tracing::{info, warn};
 
-use crate::cli::{Cli, Command, LogFormat};
+use crate::cli::{Cli, Command, LogFormat, RotateCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -102,6 +103,8 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Ca { state_dir, command } => pki_cmd::run_ca(&state_dir, command),
         Command::Cert { state_dir, command } => pki_cmd::run_cert(&state_dir, command),
+        Command::Rotate(RotateCommand::Postgres(args)) => rotate::postgres::run(args),
+        Command::Rotate(RotateCommand::Mariadb(args)) => rotate::mariadb::run(args),
         Command::CheckConfig(args) => {
             let config = load_config(&args.file)?;
             let proxy = Proxy::prepare(&config)
