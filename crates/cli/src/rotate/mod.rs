@@ -208,8 +208,10 @@ pub(crate) async fn rotate<R: Reload>(
     // Everything that can be checked is checked before anything is written.
     let material = match (&args.cert, &args.key) {
         (Some(cert), Some(key)) => {
-            let chain = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
-            let key_pem = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
+            let chain =
+                std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+            let key_pem =
+                std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
             let origin = format!("{} and {}", cert.display(), key.display());
             let material = Material::check(chain, key_pem, &origin)?;
             out!(
@@ -247,7 +249,8 @@ pub(crate) async fn rotate<R: Reload>(
                 files::check_writable(&located.cert, current_cert.ownership.uid)?;
                 files::check_writable(&located.key, current_key.ownership.uid)?;
                 let entry = state.issue(&ca, &name, &request, None, true)?;
-                let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+                let read =
+                    |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
                 let material = Material::check(
                     read(&entry.paths.chain)?,
                     read(&entry.paths.key)?,
@@ -471,7 +474,13 @@ async fn rollback<R: Reload>(
     );
     let hint =
         "the files on disk are the previous ones; check the server log for why it did not load them";
-    reload_and_verify(&mut located, &previous.fingerprint, verify_timeout, hint.into()).await?;
+    reload_and_verify(
+        &mut located,
+        &previous.fingerprint,
+        verify_timeout,
+        hint.into(),
+    )
+    .await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -206,7 +206,11 @@ mod tests {
         std::fs::write(d.join("extra.conf"), "ssl_key_file = 'b.key'\nport = 2\n").unwrap();
         std::fs::write(d.join("conf.d/10-a.conf"), "ssl_ca_file = 'ca1'\n").unwrap();
         std::fs::write(d.join("conf.d/20-b.conf"), "ssl_ca_file = 'ca2'\n").unwrap();
-        std::fs::write(d.join("postgresql.auto.conf"), "ssl_cert_file = 'auto.crt'\n").unwrap();
+        std::fs::write(
+            d.join("postgresql.auto.conf"),
+            "ssl_cert_file = 'auto.crt'\n",
+        )
+        .unwrap();
         let s = PgSettings::load(d).unwrap();
         assert_eq!(s.get("ssl_cert_file").unwrap().value, "auto.crt");
         assert_eq!(s.get("ssl_key_file").unwrap().value, "b.key");

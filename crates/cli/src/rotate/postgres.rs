@@ -33,7 +33,9 @@ const DEFAULT_PORT: u16 = 5432;
 
 pub fn run(args: RotatePostgresArgs) -> Result<ExitCode> {
     if args.dsn.is_none() && args.data_dir.is_none() && args.conf_dir.is_none() {
-        bail!("say where the server is: --dsn \"postgres://...\", --data-dir DIR or --conf-dir DIR");
+        bail!(
+            "say where the server is: --dsn \"postgres://...\", --data-dir DIR or --conf-dir DIR"
+        );
     }
     super::block_on(async move {
         match &args.dsn {
@@ -70,10 +72,14 @@ impl Reload for SqlReload {
             .client
             .query_one("SELECT pg_reload_conf()", &[])
             .await
-            .context("SELECT pg_reload_conf() (it needs a superuser or EXECUTE on pg_reload_conf)")?;
+            .context(
+                "SELECT pg_reload_conf() (it needs a superuser or EXECUTE on pg_reload_conf)",
+            )?;
         match row.try_get::<_, bool>(0) {
             Ok(true) => Ok(()),
-            Ok(false) => bail!("pg_reload_conf() returned false: the server could not be signalled"),
+            Ok(false) => {
+                bail!("pg_reload_conf() returned false: the server could not be signalled")
+            }
             Err(e) => Err(anyhow!("reading the result of pg_reload_conf(): {e}")),
         }
     }
@@ -153,10 +159,7 @@ async fn locate_by_dsn(dsn: &str, args: &RotatePostgresArgs) -> Result<Located<S
         let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
             super::admin_tls::unverified_client_config()?,
         );
-        let (client, connection) = config
-            .connect(tls)
-            .await
-            .context("connecting with --dsn")?;
+        let (client, connection) = config.connect(tls).await.context("connecting with --dsn")?;
         tokio::spawn(connection);
         client
     };

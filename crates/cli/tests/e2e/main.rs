@@ -14,6 +14,8 @@
 //! - `tls_protocol`: `protocol = "tls"` listeners in front of a real Redis.
 //! - `sni`: routes chosen by the TLS server name, across two PostgreSQL servers.
 //! - `mysql`: `protocol = "mysql"` listeners in front of a real MariaDB.
+//! - `rotate`: `intransit rotate` replacing the certificate of a PostgreSQL
+//!   and a MariaDB with native TLS, under pgbench and client load.
 
 // Tests may panic on anything unexpected: that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -25,6 +27,7 @@ mod mysql;
 mod negotiation;
 mod policy;
 mod robustness;
+mod rotate;
 mod sni;
 mod support;
 mod tls_protocol;
