@@ -8,7 +8,9 @@
 //!
 //! It does no networking and no logging. Private keys never appear in
 //! `Debug` or `Display` output or in error messages; they are written to disk
-//! only through [`write_file_atomic`] with mode 0600.
+//! only through [`write_file_atomic`] with mode 0600, or through
+//! [`write_file_atomic_owned`] with the owner and mode of the server key file
+//! they replace.
 //!
 //! # Map
 //!

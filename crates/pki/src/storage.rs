@@ -393,6 +393,37 @@ mod tests {
     }
 
     #[test]
+    fn owned_writes_keep_the_given_owner_group_and_mode() -> TestResult {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir()?;
+        let key = dir.path().join("server.key");
+        fs::write(&key, b"old")?;
+        let meta = fs::metadata(&key)?;
+        let ownership = FileOwnership {
+            uid: Some(meta.uid()),
+            gid: Some(meta.gid()),
+            mode: 0o640,
+        };
+        write_file_atomic_owned(&key, b"new", ownership)?;
+        assert_eq!(fs::read(&key)?, b"new");
+        assert_eq!(mode_of(&key)?, 0o640);
+        assert_eq!(entries(dir.path())?, vec!["server.key".to_owned()]);
+        // Only root may give a file away; then the owner must be applied.
+        if meta.uid() == 0 {
+            let nobody = FileOwnership {
+                uid: Some(65534),
+                gid: Some(65534),
+                mode: 0o600,
+            };
+            write_file_atomic_owned(&key, b"newer", nobody)?;
+            let after = fs::metadata(&key)?;
+            assert_eq!((after.uid(), after.gid()), (65534, 65534));
+            assert_eq!(mode_of(&key)?, 0o600);
+        }
+        Ok(())
+    }
+
+    #[test]
     fn writes_with_the_requested_mode_and_leaves_no_temporary_file() -> TestResult {
         let dir = tempfile::tempdir()?;
         let key = dir.path().join("key.pem");

@@ -232,6 +232,10 @@ pub(crate) async fn rotate<R: Reload>(
         (None, None) => {
             let request = issue_request(args, current.as_ref().map(|(_, s)| s), located.kind)?;
             let name = args.name.clone().unwrap_or_else(|| located.kind.to_owned());
+            if !args.dry_run {
+                files::check_writable(&located.cert, current_cert.ownership.uid)?;
+                files::check_writable(&located.key, current_key.ownership.uid)?;
+            }
             let state = StateDir::new(&args.state_dir);
             let ca = crate::pki_cmd::load_ca(&state, &args.passphrase)?;
             if args.dry_run {
@@ -246,8 +250,6 @@ pub(crate) async fn rotate<R: Reload>(
                 );
                 None
             } else {
-                files::check_writable(&located.cert, current_cert.ownership.uid)?;
-                files::check_writable(&located.key, current_key.ownership.uid)?;
                 let entry = state.issue(&ca, &name, &request, None, true)?;
                 let read =
                     |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
@@ -493,13 +495,9 @@ async fn reload_and_verify<R: Reload>(
     timeout: Duration,
     hint_on_mismatch: String,
 ) -> Result<()> {
-    located.reloader.reload().await.with_context(|| {
-        format!(
-            "reloading with {} (the new files are in place; {})",
-            located.reloader.describe(),
-            "reload the server yourself, or roll back with --rollback"
-        )
-    })?;
+    located.reloader.reload().await.context(
+        "the server was not reloaded, and the new files are in place: reload it yourself, or put the previous files back with --rollback",
+    )?;
     out!("reload: {}", located.reloader.describe());
 
     let started = Instant::now();

@@ -62,6 +62,12 @@ impl PgSettings {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                bail!(
+                    "cannot read {}: permission denied; run as root or as the user that owns the data directory",
+                    path.display()
+                );
+            }
             Err(e) => {
                 return Err(e).with_context(|| format!("reading {}", path.display()));
             }

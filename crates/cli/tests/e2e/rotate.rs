@@ -290,6 +290,27 @@ fn postgres_rotation_by_data_dir_and_by_dsn_then_rollback() {
         (after_key.uid, after_key.gid, after_key.mode),
         (before_key.uid, before_key.gid, before_key.mode)
     );
+
+    // The scheduled recipe of docs/rotation.md: renew the inventory entry
+    // and install the renewed files with --exec.
+    let recipe = format!(
+        "{BIN} rotate postgres --data-dir {} --cert \"$INTRANSIT_CERT_DIR/chain.pem\" --key \"$INTRANSIT_CERT_DIR/key.pem\"",
+        data.display()
+    );
+    ok(intransit(&[
+        "cert",
+        "renew",
+        "postgres",
+        "--force",
+        "--exec",
+        &recipe,
+        "--state-dir",
+        state.dir(),
+    ]));
+    let renewed = file_fingerprint(&state.root.join("certs/postgres/chain.pem"));
+    assert_ne!(renewed, third);
+    assert_eq!(file_fingerprint(&cert), renewed);
+    assert_eq!(served_fingerprint("postgres", pg.port()), renewed);
 }
 
 #[test]
@@ -411,6 +432,41 @@ fn dry_runs_and_refused_material_change_nothing() {
         "--state-dir",
         state.dir(),
     ]));
+    assert_eq!(served_fingerprint("postgres", pg.port()), given);
+
+    // When the server is not seen serving the new certificate, the command
+    // says so, fails, and leaves the previous files for --rollback.
+    let unused = intransit_testkit::free_port();
+    let out = intransit(&[
+        "rotate",
+        "postgres",
+        "--data-dir",
+        s(&data),
+        "--verify-addr",
+        &format!("127.0.0.1:{unused}"),
+        "--verify-timeout",
+        "1s",
+        "--state-dir",
+        state.dir(),
+    ]);
+    assert!(!out.status.success());
+    let message = stderr(&out);
+    assert!(
+        message.contains("verify:") && message.contains(".prev") && message.contains("--rollback"),
+        "{message}"
+    );
+    assert_eq!(file_fingerprint(&prev(&cert)), given);
+    assert_ne!(file_fingerprint(&cert), given);
+    ok(intransit(&[
+        "rotate",
+        "postgres",
+        "--data-dir",
+        s(&data),
+        "--rollback",
+        "--state-dir",
+        state.dir(),
+    ]));
+    assert_eq!(file_fingerprint(&cert), given);
     assert_eq!(served_fingerprint("postgres", pg.port()), given);
 
     // A rollback dry run changes nothing either.
@@ -570,20 +626,25 @@ fn mariadb_rotation_with_flush_ssl_under_a_client_loop() {
         })
     };
 
+    // The first rotations connect as root over the unix socket, the last
+    // over TCP (with TLS) as a user that holds only RELOAD.
+    let admin = unique_name("rotator");
+    db.create_user(&admin, "rotate-secret", MariaDbAuth::NativePassword)
+        .expect("admin user");
+    db.root_sql(&format!("GRANT RELOAD ON *.* TO '{admin}'@'%';"))
+        .expect("granting RELOAD");
     let socket = db.socket_path().to_path_buf();
+    let tcp_dsn = format!("mysql://{admin}:rotate-secret@127.0.0.1:{}", db.port());
     let mut fingerprints = vec![before];
-    for _ in 0..3 {
+    for i in 0..3 {
         std::thread::sleep(Duration::from_millis(700));
-        let out = ok(intransit(&[
-            "rotate",
-            "mariadb",
-            "--dsn",
-            "mysql://root@localhost",
-            "--socket",
-            s(&socket),
-            "--state-dir",
-            state.dir(),
-        ]));
+        let mut args = vec!["rotate", "mariadb", "--state-dir", state.dir()];
+        if i < 2 {
+            args.extend(["--dsn", "mysql://root@localhost", "--socket", s(&socket)]);
+        } else {
+            args.extend(["--dsn", &tcp_dsn]);
+        }
+        let out = ok(intransit(&args));
         assert!(out.contains("reload: FLUSH SSL"), "{out}");
         let cert = out
             .lines()
