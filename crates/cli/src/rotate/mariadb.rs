@@ -122,7 +122,7 @@ async fn locate(args: &RotateMariaDbArgs) -> Result<Located<SqlReload>> {
     };
     let mut conn = mysql_async::Conn::new(builder)
         .await
-        .context("connecting with --dsn")?;
+        .context("connecting with --dsn (is the server running, and does --dsn name it?)")?;
     type Row = (
         Option<String>,
         Option<String>,

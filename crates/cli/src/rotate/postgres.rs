@@ -148,21 +148,23 @@ async fn locate_by_dsn(dsn: &str, args: &RotatePostgresArgs) -> Result<Located<S
         .get_hosts()
         .iter()
         .all(|h| matches!(h, Host::Unix(_)));
-    let client = if over_socket || config.get_ssl_mode() == SslMode::Disable {
-        let (client, connection) = config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .context("connecting with --dsn")?;
-        tokio::spawn(connection);
-        client
-    } else {
-        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
-            super::admin_tls::unverified_client_config()?,
-        );
-        let (client, connection) = config.connect(tls).await.context("connecting with --dsn")?;
-        tokio::spawn(connection);
-        client
-    };
+    let client =
+        if over_socket || config.get_ssl_mode() == SslMode::Disable {
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await.context(
+                "connecting with --dsn (is the server running, and does --dsn name it?)",
+            )?;
+            tokio::spawn(connection);
+            client
+        } else {
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
+                super::admin_tls::unverified_client_config()?,
+            );
+            let (client, connection) = config.connect(tls).await.context(
+                "connecting with --dsn (is the server running, and does --dsn name it?)",
+            )?;
+            tokio::spawn(connection);
+            client
+        };
     let show = |name: &'static str| {
         let client = &client;
         async move {
