@@ -229,6 +229,15 @@ fn postgres_rotation_by_data_dir_and_by_dsn_then_rollback() {
     let list = ok(intransit(&["cert", "list", "--state-dir", state.dir()]));
     assert!(list.lines().any(|l| l.starts_with("postgres ")), "{list}");
 
+    // A key owned by root and readable by the server's group (0640), the
+    // other layout PostgreSQL accepts, stays that way.
+    let root_owned = before_key.uid != 0 && std::fs::metadata(&data).unwrap().uid() != 0;
+    if root_owned {
+        std::os::unix::fs::chown(&key, Some(0), Some(before_key.gid)).unwrap();
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o640))
+            .unwrap();
+    }
+
     // By DSN over the unix socket: SHOW finds the files, pg_reload_conf()
     // reloads.
     let socket_dsn = format!(
@@ -248,6 +257,13 @@ fn postgres_rotation_by_data_dir_and_by_dsn_then_rollback() {
     let second = file_fingerprint(&cert);
     assert_ne!(second, first);
     assert_eq!(served_fingerprint("postgres", pg.port()), second);
+    if root_owned {
+        let k = file_state(&key);
+        assert_eq!((k.uid, k.gid, k.mode), (0, before_key.gid, 0o640));
+        std::os::unix::fs::chown(&key, Some(before_key.uid), Some(before_key.gid)).unwrap();
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+    }
 
     // By DSN over TCP with TLS, as a superuser with a password.
     let admin = unique_name("rotator");
