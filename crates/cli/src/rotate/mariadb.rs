@@ -123,23 +123,32 @@ async fn locate(args: &RotateMariaDbArgs) -> Result<Located<SqlReload>> {
     let mut conn = mysql_async::Conn::new(builder)
         .await
         .context("connecting with --dsn (is the server running, and does --dsn name it?)")?;
-    type Row = (
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    );
-    let row: Option<Row> = conn
+    // A Row, not a tuple: converting a tuple panics on a value that does
+    // not convert, and a path need not be UTF-8.
+    let row: Option<mysql_async::Row> = conn
         .query_first(
             "SELECT @@ssl_cert, @@ssl_key, @@ssl_ca, @@datadir, CAST(@@port AS CHAR), VERSION()",
         )
         .await
         .context("reading @@ssl_cert, @@ssl_key, @@ssl_ca, @@datadir")?;
-    let Some((cert, key, ca, datadir, port, version)) = row else {
+    let Some(row) = row else {
         bail!("the server returned no row for SELECT @@ssl_cert, ...");
     };
+    let column = |i: usize| -> Result<Option<String>> {
+        match row.get_opt::<Option<String>, _>(i) {
+            None => Ok(None),
+            Some(Ok(value)) => Ok(value),
+            Some(Err(e)) => Err(anyhow!("column {i} of SELECT @@ssl_cert, ...: {e}")),
+        }
+    };
+    let (cert, key, ca, datadir, port, version) = (
+        column(0)?,
+        column(1)?,
+        column(2)?,
+        column(3)?,
+        column(4)?,
+        column(5)?,
+    );
     let nonempty = |v: Option<String>| v.filter(|s| !s.is_empty());
     let (Some(cert), Some(key)) = (nonempty(cert), nonempty(key)) else {
         bail!("the server has no ssl_cert/ssl_key configured: there is no certificate to rotate; configure TLS first");

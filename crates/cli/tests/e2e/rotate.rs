@@ -369,6 +369,41 @@ fn dry_runs_and_refused_material_change_nothing() {
     }
     unchanged("--dry-run");
 
+    // A configuration directory apart from the data directory, as Debian
+    // lays them out: data_directory names the data, includes are followed.
+    let conf_dir = tempfile::tempdir().expect("conf dir");
+    std::fs::write(
+        conf_dir.path().join("postgresql.conf"),
+        format!(
+            "data_directory = '{data}'\ninclude '{data}/postgresql.conf'\n",
+            data = data.display()
+        ),
+    )
+    .unwrap();
+    let out = ok(intransit(&[
+        "rotate",
+        "postgres",
+        "--conf-dir",
+        s(conf_dir.path()),
+        "--dry-run",
+        "--state-dir",
+        state.dir(),
+    ]));
+    assert!(
+        out.contains(&format!(
+            "locate: certificate {}, key {}",
+            cert.display(),
+            key.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("reload -D {}", data.display())),
+        "{out}"
+    );
+    assert!(out.contains(&format!("127.0.0.1:{}", pg.port())), "{out}");
+    unchanged("--conf-dir --dry-run");
+
     // A certificate with another certificate's key is refused.
     let a = state.issue(&unique_name("a"));
     let b = state.issue(&unique_name("b"));
