@@ -62,6 +62,100 @@ pub enum Command {
         #[command(subcommand)]
         command: CertCommand,
     },
+    /// Replace a database server's own TLS certificate without a restart:
+    /// write the files, reload the server, check what it serves.
+    #[command(subcommand)]
+    Rotate(RotateCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RotateCommand {
+    /// PostgreSQL: files from SHOW over --dsn or from postgresql.conf in
+    /// --data-dir/--conf-dir; reload with SELECT pg_reload_conf() (--dsn) or
+    /// pg_ctl reload (run as the data directory's owner).
+    Postgres(RotatePostgresArgs),
+    /// MariaDB 10.4+ (FLUSH SSL) or MySQL 8.0.16+ (ALTER INSTANCE RELOAD
+    /// TLS): files from @@ssl_cert/@@ssl_key over --dsn.
+    Mariadb(RotateMariaDbArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RotatePostgresArgs {
+    /// The data directory (its postgresql.conf is read unless --conf-dir or
+    /// --dsn is given).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The directory holding postgresql.conf when it is not the data
+    /// directory (Debian: /etc/postgresql/VERSION/main).
+    #[arg(long, conflicts_with = "dsn")]
+    pub conf_dir: Option<PathBuf>,
+    /// Connection to the local server, e.g. "host=/var/run/postgresql
+    /// user=postgres" or "postgres://postgres@127.0.0.1:5432/postgres"; the
+    /// server then reports its files and reloads with pg_reload_conf().
+    #[arg(long)]
+    pub dsn: Option<String>,
+    #[command(flatten)]
+    pub common: RotateCommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateMariaDbArgs {
+    /// Connection to the local server: mysql://user:password@host:port
+    /// (a user with the RELOAD privilege, or CONNECTION_ADMIN on MySQL).
+    #[arg(long)]
+    pub dsn: String,
+    /// Connect through this unix socket instead of TCP.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: RotateCommonArgs,
+}
+
+/// Options shared by every `rotate` command.
+#[derive(Debug, Args)]
+pub struct RotateCommonArgs {
+    /// Inventory name of the certificate issued for the server (default:
+    /// postgres or mariadb).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// DNS names of the new certificate (repeatable; default: those of the
+    /// current certificate).
+    #[arg(long)]
+    pub dns: Vec<String>,
+    /// IP addresses of the new certificate (repeatable; default: those of
+    /// the current certificate).
+    #[arg(long)]
+    pub ip: Vec<String>,
+    /// Lifetime of the new certificate in days (default 90).
+    #[arg(long, allow_negative_numbers = true)]
+    pub days: Option<i64>,
+    /// Key type of the new certificate (default: that of the current one).
+    #[arg(long)]
+    pub key_type: Option<String>,
+    /// Install this certificate chain instead of issuing one (with --key).
+    #[arg(long, requires = "key", conflicts_with_all = ["name", "dns", "ip", "days", "key_type"])]
+    pub cert: Option<PathBuf>,
+    /// The private key of --cert.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Put the previous files (<file>.prev) back, reload and check.
+    #[arg(long, conflicts_with_all = ["cert", "name", "dns", "ip", "days", "key_type"])]
+    pub rollback: bool,
+    /// Print each step without changing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Where to check the served certificate, HOST:PORT (default: the
+    /// address from --dsn or the server's configuration).
+    #[arg(long)]
+    pub verify_addr: Option<String>,
+    /// How long to wait for the server to serve the new certificate.
+    #[arg(long, default_value = "15s")]
+    pub verify_timeout: String,
+    /// State directory holding the CA and the inventory.
+    #[arg(long, default_value = ".intransit")]
+    pub state_dir: PathBuf,
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
 }
 
 /// Where the CA key passphrase comes from, for commands that sign.

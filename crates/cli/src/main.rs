@@ -18,6 +18,7 @@ mod inspect;
 mod pki_cmd;
 mod reload;
 mod renewal;
+mod rotate;
 mod up;
 
 use std::path::Path;
@@ -29,7 +30,7 @@ use intransit_config::Config;
 use intransit_proxy::Proxy;
 use tracing::{info, warn};
 
-use crate::cli::{Cli, Command, LogFormat};
+use crate::cli::{Cli, Command, LogFormat, RotateCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -107,6 +108,8 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Ca { state_dir, command } => pki_cmd::run_ca(&state_dir, command),
         Command::Cert { state_dir, command } => pki_cmd::run_cert(&state_dir, command),
         Command::Pin { target, sni } => inspect::run_pin(&target, sni.as_deref()),
+        Command::Rotate(RotateCommand::Postgres(args)) => rotate::postgres::run(args),
+        Command::Rotate(RotateCommand::Mariadb(args)) => rotate::mariadb::run(args),
         Command::CheckConfig(args) => {
             let config = load_config(&args.file)?;
             let proxy = Proxy::prepare(&config)

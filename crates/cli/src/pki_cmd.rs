@@ -39,7 +39,10 @@ fn passphrase(args: &PassphraseArgs) -> Result<Option<Vec<u8>>> {
 }
 
 /// Loads the CA for signing, with errors that say what to do.
-fn load_ca(state: &StateDir, args: &PassphraseArgs) -> Result<intransit_pki::CertificateAuthority> {
+pub(crate) fn load_ca(
+    state: &StateDir,
+    args: &PassphraseArgs,
+) -> Result<intransit_pki::CertificateAuthority> {
     let pass = passphrase(args)?;
     state.load_ca(pass.as_deref()).map_err(|e| match e {
         PkiError::PassphraseRequired { .. } => anyhow::anyhow!(

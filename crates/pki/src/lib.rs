@@ -8,7 +8,9 @@
 //!
 //! It does no networking and no logging. Private keys never appear in
 //! `Debug` or `Display` output or in error messages; they are written to disk
-//! only through [`write_file_atomic`] with mode 0600.
+//! only through [`write_file_atomic`] with mode 0600, or through
+//! [`write_file_atomic_owned`] with the owner and mode of the server key file
+//! they replace.
 //!
 //! # Map
 //!
@@ -30,7 +32,8 @@
 //! - [`renewal`]: [`RenewalPolicy`], [`RenewalPlan`] (when a certificate is
 //!   due, with deterministic per-serial jitter) and [`check_expiry`]. Pure:
 //!   the clock is a parameter.
-//! - [`storage`]: [`write_file_atomic`] and [`CertificatePaths`], the on-disk
+//! - [`storage`]: [`write_file_atomic`] (and [`write_file_atomic_owned`],
+//!   which also sets the owner) and [`CertificatePaths`], the on-disk
 //!   layout of one certificate, and the all-or-nothing replacement of a
 //!   certificate's files.
 //! - [`inspect`]: [`summarize`], fingerprints, SPKI pins and PEM decoding.
@@ -73,4 +76,6 @@ pub use request::{
 };
 pub use revocation::{RevocationReason, RevokedCertificate};
 pub use state::{Quickstart, QuickstartLifetimes, StateDir, QUICKSTART_CA_NAME};
-pub use storage::{write_file_atomic, CertificatePaths};
+#[cfg(unix)]
+pub use storage::write_file_atomic_owned;
+pub use storage::{write_file_atomic, CertificatePaths, FileOwnership};

@@ -77,6 +77,52 @@ pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), 
     sync_dir(parent_of(path))
 }
 
+/// Who a file written by [`write_file_atomic_owned`] belongs to, and its
+/// permission bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileOwnership {
+    /// Owning user id; `None` leaves the writer's own.
+    pub uid: Option<u32>,
+    /// Owning group id; `None` leaves the writer's own.
+    pub gid: Option<u32>,
+    /// Permission bits, e.g. `0o600`.
+    pub mode: u32,
+}
+
+/// [`write_file_atomic`], with the replacement also given an owner and a
+/// group before it becomes visible, so a server that checks who owns its
+/// key (PostgreSQL does) never sees a file with the wrong owner.
+///
+/// Changing the owner needs root (or, for the group alone, membership of
+/// that group); the ids are only applied when they differ from the
+/// writer's, so an unprivileged owner can replace its own files.
+#[cfg(unix)]
+pub fn write_file_atomic_owned(
+    path: &Path,
+    contents: &[u8],
+    ownership: FileOwnership,
+) -> Result<(), PkiError> {
+    use std::os::unix::fs::MetadataExt;
+    let temp = write_temp(path, contents, ownership.mode)?;
+    let meta = temp
+        .as_file()
+        .metadata()
+        .map_err(|e| PkiError::io("reading the metadata of a temporary file for", path, e))?;
+    let uid = ownership.uid.filter(|&u| u != meta.uid());
+    let gid = ownership.gid.filter(|&g| g != meta.gid());
+    if uid.is_some() || gid.is_some() {
+        std::os::unix::fs::fchown(temp.as_file(), uid, gid)
+            .map_err(|e| PkiError::io("changing the owner of", path, e))?;
+        // chown clears set-id bits only, but be explicit: the mode is what
+        // the caller asked for.
+        set_mode(temp.as_file(), ownership.mode)
+            .map_err(|e| PkiError::io("setting permissions on", path, e))?;
+    }
+    temp.persist(path)
+        .map_err(|e| PkiError::io("renaming a temporary file to", path, e.error))?;
+    sync_dir(parent_of(path))
+}
+
 /// The directory `path` is in (`.` for a bare file name).
 fn parent_of(path: &Path) -> &Path {
     match path.parent() {
@@ -344,6 +390,37 @@ mod tests {
             .collect::<Result<Vec<_>, _>>()?;
         names.sort();
         Ok(names)
+    }
+
+    #[test]
+    fn owned_writes_keep_the_given_owner_group_and_mode() -> TestResult {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir()?;
+        let key = dir.path().join("server.key");
+        fs::write(&key, b"old")?;
+        let meta = fs::metadata(&key)?;
+        let ownership = FileOwnership {
+            uid: Some(meta.uid()),
+            gid: Some(meta.gid()),
+            mode: 0o640,
+        };
+        write_file_atomic_owned(&key, b"new", ownership)?;
+        assert_eq!(fs::read(&key)?, b"new");
+        assert_eq!(mode_of(&key)?, 0o640);
+        assert_eq!(entries(dir.path())?, vec!["server.key".to_owned()]);
+        // Only root may give a file away; then the owner must be applied.
+        if meta.uid() == 0 {
+            let nobody = FileOwnership {
+                uid: Some(65534),
+                gid: Some(65534),
+                mode: 0o600,
+            };
+            write_file_atomic_owned(&key, b"newer", nobody)?;
+            let after = fs::metadata(&key)?;
+            assert_eq!((after.uid(), after.gid()), (65534, 65534));
+            assert_eq!(mode_of(&key)?, 0o600);
+        }
+        Ok(())
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! - `mysql`: `protocol = "mysql"` listeners in front of a real MariaDB.
 //! - `metrics`: the admin server's metrics, health, readiness and audit events under real traffic.
 //! - `status_page`: the admin status page in headless chromium.
+//! - `rotate`: `intransit rotate` replacing the certificate of a PostgreSQL
+//!   and a MariaDB with native TLS, under pgbench and client load.
 
 // Tests may panic on anything unexpected: that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -28,6 +30,7 @@ mod mysql;
 mod negotiation;
 mod policy;
 mod robustness;
+mod rotate;
 mod sni;
 mod status_page;
 mod support;
