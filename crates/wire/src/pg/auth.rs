@@ -160,6 +160,28 @@ pub fn encode_authentication_sasl(mechanisms: &[&str]) -> Result<Vec<u8>, WireEr
     Ok(encode_frame(BackendFrame::AUTHENTICATION, &body))
 }
 
+/// Rewrites an AuthenticationSASL body without the channel-binding
+/// mechanisms (`-PLUS`), as a complete message ready to send.
+///
+/// Returns `Ok(None)` when `body` is another authentication request or
+/// offers no `-PLUS` mechanism, so the caller forwards the original bytes.
+/// A proxy that terminates TLS must do this when its upstream leg is TLS:
+/// the client would bind to the proxy's certificate, the server to its
+/// own, and the exchange would fail with a binding mismatch.
+pub fn without_channel_binding(body: &[u8]) -> Result<Option<Vec<u8>>, WireError> {
+    let AuthenticationRequest::Sasl { mechanisms } = parse_authentication(body)? else {
+        return Ok(None);
+    };
+    if !mechanisms.iter().any(|m| m.ends_with("-PLUS")) {
+        return Ok(None);
+    }
+    let kept: Vec<&str> = mechanisms
+        .into_iter()
+        .filter(|m| !m.ends_with("-PLUS"))
+        .collect();
+    encode_authentication_sasl(&kept).map(Some)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -309,5 +331,36 @@ mod tests {
             encode_authentication_sasl(&["SCRAM-SHA-256\0EVIL"]),
             Err(WireError::NulInString { .. })
         ));
+    }
+
+    #[test]
+    fn channel_binding_is_stripped_from_the_captured_tls_offer() {
+        let tls = hex(PG15_AUTH_SASL_TLS);
+        let (frame, _) = parse_backend_frame(&tls).unwrap().unwrap();
+        let rewritten = without_channel_binding(frame.body).unwrap().unwrap();
+        assert_eq!(rewritten, hex(PG15_AUTH_SASL_PLAINTEXT));
+        // The length word counts itself and the shorter body.
+        let (again, used) = parse_backend_frame(&rewritten).unwrap().unwrap();
+        assert_eq!(used, rewritten.len());
+        assert_eq!(
+            parse_authentication(again.body).unwrap(),
+            AuthenticationRequest::Sasl {
+                mechanisms: vec![SCRAM_SHA_256]
+            }
+        );
+    }
+
+    #[test]
+    fn other_requests_are_left_alone() {
+        let plaintext = hex(PG15_AUTH_SASL_PLAINTEXT);
+        let (frame, _) = parse_backend_frame(&plaintext).unwrap().unwrap();
+        assert_eq!(without_channel_binding(frame.body).unwrap(), None);
+        assert_eq!(without_channel_binding(&body(AUTH_OK, &[])).unwrap(), None);
+        assert_eq!(
+            without_channel_binding(&body(AUTH_MD5_PASSWORD, &[1, 2, 3, 4])).unwrap(),
+            None
+        );
+        assert!(without_channel_binding(&body(AUTH_SASL, b"SCRAM-SHA-256-PLUS")).is_err());
+        assert!(without_channel_binding(&[0, 0]).is_err());
     }
 }
