@@ -142,6 +142,7 @@ pub(crate) fn log_established(
     accepted: &Accepted,
     user: &str,
     database: &str,
+    upstream_tls: Option<&str>,
 ) {
     let (_, conn) = accepted.stream.get_ref();
     let version = conn
@@ -169,6 +170,7 @@ pub(crate) fn log_established(
         group = group,
         resumed = accepted.resumed,
         route = %accepted.route.label(),
+        upstream_tls = upstream_tls.unwrap_or("off"),
         handshake_us = accepted.handshake_micros as u64,
         "connection established"
     );

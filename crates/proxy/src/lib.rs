@@ -23,6 +23,7 @@ mod postgres;
 mod refusal;
 mod server;
 pub mod tls;
+pub mod upstream_tls;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,7 @@ pub use net::connect as connect_upstream;
 pub use refusal::RefusalReason;
 pub use server::{PreparedListener, PreparedRoute};
 pub use tls::{ListenerTls, LoadedCertificate, TlsMaterial};
+pub use upstream_tls::{UpstreamTls, UpstreamTlsFailure};
 
 /// Errors that stop the proxy from starting.
 #[derive(Debug, thiserror::Error)]

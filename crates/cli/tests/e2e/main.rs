@@ -14,6 +14,8 @@
 //! - `tls_protocol`: `protocol = "tls"` listeners in front of a real Redis.
 //! - `sni`: routes chosen by the TLS server name, across two PostgreSQL servers.
 //! - `mysql`: `protocol = "mysql"` listeners in front of a real MariaDB.
+//! - `upstream_tls`: the encrypted upstream leg (verify modes, pins, client
+//!   certificate, failures) against PostgreSQL, MariaDB and Redis with TLS.
 
 // Tests may panic on anything unexpected: that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -28,3 +30,4 @@ mod robustness;
 mod sni;
 mod support;
 mod tls_protocol;
+mod upstream_tls;
