@@ -326,3 +326,197 @@ impl ServerCertVerifier for UpstreamVerifier {
         self.algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use intransit_pki::{
+        CertificateAuthority, CertificateKind, IssueRequest, KeyAlgorithm, Validity,
+    };
+
+    struct Fixture {
+        roots: Arc<RootCertStore>,
+        leaf: CertificateDer<'static>,
+        leaf_pin: String,
+        foreign_leaf: CertificateDer<'static>,
+        expired_leaf: CertificateDer<'static>,
+    }
+
+    fn leaf_of(ca: &CertificateAuthority, validity: Validity) -> CertificateDer<'static> {
+        let issued = ca
+            .issue(&IssueRequest {
+                kind: CertificateKind::Server,
+                common_name: "db.internal".into(),
+                dns_names: vec!["db.internal".into()],
+                ip_addresses: vec!["127.0.0.1".parse().unwrap()],
+                uris: vec![],
+                key: KeyAlgorithm::EcdsaP256,
+                validity,
+            })
+            .unwrap();
+        let der = intransit_pki::pem_to_der_certs(&issued.cert_pem).unwrap();
+        CertificateDer::from(der[0].clone())
+    }
+
+    fn fixture() -> Fixture {
+        let ca = CertificateAuthority::generate(
+            "database CA",
+            KeyAlgorithm::EcdsaP256,
+            Validity::days_from_now(10),
+        )
+        .unwrap();
+        let other = CertificateAuthority::generate(
+            "other CA",
+            KeyAlgorithm::EcdsaP256,
+            Validity::days_from_now(10),
+        )
+        .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(ca.cert_der().to_vec()))
+            .unwrap();
+        let leaf = leaf_of(&ca, Validity::days_from_now(5));
+        let now = time::OffsetDateTime::now_utc();
+        let expired = Validity {
+            not_before: now - time::Duration::days(3),
+            not_after: now - time::Duration::days(1),
+        };
+        Fixture {
+            roots: Arc::new(roots),
+            leaf_pin: intransit_pki::spki_pin(leaf.as_ref()).unwrap(),
+            leaf,
+            foreign_leaf: leaf_of(&other, Validity::days_from_now(5)),
+            expired_leaf: leaf_of(&ca, expired),
+        }
+    }
+
+    fn verifier(f: &Fixture, mode: UpstreamTlsMode, pins: &[&str]) -> UpstreamVerifier {
+        let provider = Arc::new(crypto_provider());
+        let inner = matches!(
+            mode,
+            UpstreamTlsMode::VerifyCa | UpstreamTlsMode::VerifyFull
+        )
+        .then(|| {
+            WebPkiServerVerifier::builder_with_provider(f.roots.clone(), provider.clone())
+                .build()
+                .unwrap()
+        });
+        UpstreamVerifier {
+            mode,
+            inner,
+            pins: pins.iter().map(|p| SpkiPin::parse(p).unwrap()).collect(),
+            algorithms: provider.signature_verification_algorithms,
+        }
+    }
+
+    fn check(
+        v: &UpstreamVerifier,
+        leaf: &CertificateDer<'_>,
+        name: &str,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let name = ServerName::try_from(name.to_owned()).unwrap();
+        v.verify_server_cert(leaf, &[], &name, &[], UnixTime::now())
+    }
+
+    const WRONG_PIN: &str = "sha256/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+    /// The reason `describe` gives for a verifier error, as the handshake
+    /// reports it (a rustls error inside an io::Error).
+    fn reason_of(error: rustls::Error) -> UpstreamTlsFailure {
+        let tls = UpstreamTls {
+            config: Arc::new(
+                ClientConfig::builder_with_provider(Arc::new(crypto_provider()))
+                    .with_safe_default_protocol_versions()
+                    .unwrap()
+                    .with_root_certificates(RootCertStore::empty())
+                    .with_no_client_auth(),
+            ),
+            server_name: ServerName::try_from("db.internal").unwrap(),
+            mode: UpstreamTlsMode::VerifyFull,
+            pins: Vec::new(),
+        };
+        tls.describe(&io::Error::new(io::ErrorKind::InvalidData, error))
+    }
+
+    #[test]
+    fn verify_full_checks_chain_name_and_expiry() {
+        let f = fixture();
+        let v = verifier(&f, UpstreamTlsMode::VerifyFull, &[]);
+        assert!(check(&v, &f.leaf, "db.internal").is_ok());
+        assert!(check(&v, &f.leaf, "127.0.0.1").is_ok());
+
+        let wrong_name = check(&v, &f.leaf, "other.internal").unwrap_err();
+        let failure = reason_of(wrong_name);
+        assert_eq!(failure.reason, RefusalReason::UpstreamNameMismatch);
+        assert!(
+            failure.detail.contains("other.internal"),
+            "{}",
+            failure.detail
+        );
+        assert!(failure.detail.contains("db.internal"), "{}", failure.detail);
+
+        let foreign = check(&v, &f.foreign_leaf, "db.internal").unwrap_err();
+        let failure = reason_of(foreign);
+        assert_eq!(failure.reason, RefusalReason::UpstreamUntrusted);
+        assert!(
+            failure.detail.contains("unknown issuer"),
+            "{}",
+            failure.detail
+        );
+
+        let expired = check(&v, &f.expired_leaf, "db.internal").unwrap_err();
+        assert_eq!(reason_of(expired).reason, RefusalReason::UpstreamExpired);
+    }
+
+    #[test]
+    fn verify_ca_forgives_only_the_name() {
+        let f = fixture();
+        let v = verifier(&f, UpstreamTlsMode::VerifyCa, &[]);
+        assert!(check(&v, &f.leaf, "other.internal").is_ok());
+        assert!(check(&v, &f.foreign_leaf, "db.internal").is_err());
+        assert!(check(&v, &f.expired_leaf, "other.internal").is_err());
+    }
+
+    #[test]
+    fn pins_are_checked_on_top_of_the_chain_or_alone() {
+        let f = fixture();
+        let good = f.leaf_pin.as_str();
+        let backup = verifier(&f, UpstreamTlsMode::VerifyFull, &[WRONG_PIN, good]);
+        assert!(check(&backup, &f.leaf, "db.internal").is_ok());
+        // A pin does not excuse a wrong name in verify-full.
+        assert!(check(&backup, &f.leaf, "other.internal").is_err());
+
+        let mismatch = verifier(&f, UpstreamTlsMode::VerifyFull, &[WRONG_PIN]);
+        let failure = reason_of(check(&mismatch, &f.leaf, "db.internal").unwrap_err());
+        assert_eq!(failure.reason, RefusalReason::PinMismatch);
+        assert!(failure.detail.contains(good), "{}", failure.detail);
+        assert!(failure.detail.contains(WRONG_PIN), "{}", failure.detail);
+
+        // Pinned: neither chain nor name nor expiry, only the key.
+        let pinned = verifier(&f, UpstreamTlsMode::Pinned, &[good]);
+        assert!(check(&pinned, &f.leaf, "other.internal").is_ok());
+        assert!(check(&pinned, &f.foreign_leaf, "db.internal").is_err());
+        let expired_pin = intransit_pki::spki_pin(f.expired_leaf.as_ref()).unwrap();
+        let pinned_expired = verifier(&f, UpstreamTlsMode::Pinned, &[&expired_pin]);
+        assert!(check(&pinned_expired, &f.expired_leaf, "db.internal").is_ok());
+
+        let require = verifier(&f, UpstreamTlsMode::Require, &[]);
+        assert!(check(&require, &f.foreign_leaf, "anything.internal").is_ok());
+    }
+
+    #[test]
+    fn alerts_and_other_errors_are_upstream_tls_failed() {
+        let failure = reason_of(rustls::Error::AlertReceived(
+            rustls::AlertDescription::CertificateRequired,
+        ));
+        assert_eq!(failure.reason, RefusalReason::UpstreamTlsFailed);
+        assert!(
+            failure.detail.contains("CertificateRequired"),
+            "{}",
+            failure.detail
+        );
+        let tls = reason_of(rustls::Error::DecryptError);
+        assert_eq!(tls.reason, RefusalReason::UpstreamTlsFailed);
+    }
+}
