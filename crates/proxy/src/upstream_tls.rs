@@ -36,6 +36,7 @@ use crate::ProxyError;
 
 /// The upstream leg's TLS settings, loaded and ready for handshakes.
 pub struct UpstreamTls {
+    settings: UpstreamTlsConfig,
     config: Arc<ClientConfig>,
     server_name: ServerName<'static>,
     mode: UpstreamTlsMode,
@@ -145,11 +146,18 @@ impl UpstreamTls {
                 .map_err(|e| ProxyError::Tls(format!("upstream server_name {name:?}: {e}")))?,
         };
         Ok(UpstreamTls {
+            settings: settings.clone(),
             config: Arc::new(config),
             server_name,
             mode: settings.mode,
             pins: settings.pins.clone(),
         })
+    }
+
+    /// The settings this was built from (a reload compares them with the
+    /// file's: upstream TLS is not reloaded in place).
+    pub fn settings(&self) -> &UpstreamTlsConfig {
+        &self.settings
     }
 
     /// The name the certificate is checked against, for logs.
@@ -425,6 +433,16 @@ mod tests {
     /// reports it (a rustls error inside an io::Error).
     fn reason_of(error: rustls::Error) -> UpstreamTlsFailure {
         let tls = UpstreamTls {
+            settings: UpstreamTlsConfig {
+                mode: UpstreamTlsMode::VerifyFull,
+                ca: None,
+                cert: None,
+                key: None,
+                server_name: UpstreamServerName::Dns("db.internal".into()),
+                server_name_explicit: true,
+                pins: Vec::new(),
+                min_version: TlsVersion::V1_3,
+            },
             config: Arc::new(
                 ClientConfig::builder_with_provider(Arc::new(crypto_provider()))
                     .with_safe_default_protocol_versions()
