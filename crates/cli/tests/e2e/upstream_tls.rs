@@ -659,3 +659,78 @@ fn redis_cli_reaches_redis_on_its_tls_port() {
     assert_ne!(stdout(&out), "PONG");
     mismatch.refusal("pin_mismatch");
 }
+
+#[test]
+fn each_route_encrypts_its_own_upstream_leg() {
+    // One port: the route "secure.db.internal" leads to the TLS PostgreSQL
+    // over TLS, the default route to the plaintext shared PostgreSQL.
+    let secure_user = tls_pg_user("uproute");
+    let plain_user = db_user("uproute-plain");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let route_cert = pki()
+        .authority
+        .issue(&intransit_pki::IssueRequest {
+            kind: CertificateKind::Server,
+            common_name: "secure.db.internal".into(),
+            dns_names: vec!["secure.db.internal".into()],
+            ip_addresses: vec![],
+            uris: vec![],
+            key: KeyAlgorithm::EcdsaP256,
+            validity: Validity::days_from_now(5),
+        })
+        .expect("route certificate")
+        .write_to(&dir.path().join("route"))
+        .expect("writing the route certificate");
+    let config = format!(
+        r#"{}
+[[listener.route]]
+server_name = "secure.db.internal"
+upstream = "{}"
+tls = {{ cert = "{}", key = "{}" }}
+upstream_tls = {{ ca = "{}", server_name = "localhost" }}
+"#,
+        listener_toml(&pg_upstream(), "", ""),
+        tls_pg_upstream(),
+        route_cert.chain.display(),
+        route_cert.key.display(),
+        db_pki().ca.display(),
+    );
+    let proxy = ProxyProcess::start(&config);
+    let p = pki();
+    let secure = psql(
+        &format!(
+            "host=secure.db.internal hostaddr=127.0.0.1 port={} user={u} dbname={u} sslmode=verify-full sslrootcert={ca} sslcert={c} sslkey={k} channel_binding=disable connect_timeout=10",
+            proxy.port(),
+            u = secure_user.name,
+            ca = p.ca.display(),
+            c = p.trainer.cert.display(),
+            k = p.trainer.key.display(),
+        ),
+        SSL_OF_SESSION,
+        Some(&secure_user.password),
+    );
+    assert!(secure.status.success(), "{}", stderr(&secure));
+    assert_eq!(stdout(&secure), "t|TLSv1.3");
+
+    let plain = psql(
+        &conninfo(
+            proxy.port(),
+            &plain_user.name,
+            &plain_user.name,
+            &p.trainer,
+            "",
+        ),
+        "SELECT count(*) FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl",
+        Some(&plain_user.password),
+    );
+    assert!(plain.status.success(), "{}", stderr(&plain));
+    assert_eq!(stdout(&plain), "0");
+
+    for (route, upstream_tls) in [("secure.db.internal", "TLSv1_3"), ("default", "off")] {
+        proxy.wait_for_log(Duration::from_secs(5), |v| {
+            v["message"] == "connection established"
+                && v["route"] == route
+                && v["upstream_tls"] == upstream_tls
+        });
+    }
+}
