@@ -323,7 +323,7 @@ async fn negotiate(
                     .write_all(&packet)
                     .await
                     .map_err(|e| unavailable(format!("sending the SSLRequest to {target}: {e}")))?;
-                tls.connect(upstream)
+                tls.connect(upstream, listener.upstream_connect_timeout)
                     .await
                     .map_err(|f| Refused::new(f.reason, format!("{target}: {}", f.detail)))
             };

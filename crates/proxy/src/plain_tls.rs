@@ -80,7 +80,7 @@ pub(crate) async fn serve(
             match &route.upstream_tls {
                 None => Ok((upstream, None)),
                 Some(tls) => tls
-                    .connect(upstream)
+                    .connect(upstream, ctx.listener.upstream_connect_timeout)
                     .await
                     .map(|(stream, version)| (stream, Some(version)))
                     .map_err(|f| Refused::new(f.reason, format!("{target}: {}", f.detail))),

@@ -509,10 +509,19 @@ async fn open_upstream(
     // Exactly one byte: anything the server sent after its 'S' must go to
     // the TLS stack, which rejects it (CVE-2021-23222 class).
     let mut answer = [0u8; 1];
-    stream
-        .read_exact(&mut answer)
-        .await
-        .map_err(|e| unavailable(format!("reading the SSLRequest answer from {target}: {e}")))?;
+    match tokio::time::timeout(timeout, stream.read_exact(&mut answer)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            return Err(unavailable(format!(
+                "reading the SSLRequest answer from {target}: {e}"
+            )))
+        }
+        Err(_) => {
+            return Err(unavailable(format!(
+                "{target} did not answer the SSLRequest within {timeout:?}"
+            )))
+        }
+    }
     match answer[0] {
         pg::SSL_ACCEPT => {}
         pg::SSL_REFUSE => {
@@ -529,7 +538,7 @@ async fn open_upstream(
         }
     }
     let (stream, version) = tls
-        .connect(stream)
+        .connect(stream, timeout)
         .await
         .map_err(|f| Refused::new(f.reason, format!("{target}: {}", f.detail)))?;
     Ok((stream, Some(version)))

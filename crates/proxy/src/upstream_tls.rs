@@ -14,6 +14,7 @@
 use std::fmt;
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use intransit_config::{
     SpkiPin, TlsVersion, UpstreamServerName, UpstreamTls as UpstreamTlsConfig, UpstreamTlsMode,
@@ -166,14 +167,25 @@ impl UpstreamTls {
     }
 
     /// Runs the TLS handshake over `stream` (already connected, and already
-    /// past the protocol's TLS request) and returns the encrypted stream
-    /// with the negotiated TLS version.
+    /// past the protocol's TLS request), within `timeout`, and returns the
+    /// encrypted stream with the negotiated TLS version.
     pub async fn connect(
         &self,
         stream: BoxStream,
+        timeout: Duration,
     ) -> Result<(BoxStream, &'static str), UpstreamTlsFailure> {
         let connector = TlsConnector::from(self.config.clone());
-        match connector.connect(self.server_name.clone(), stream).await {
+        let handshake = connector.connect(self.server_name.clone(), stream);
+        let Ok(finished) = tokio::time::timeout(timeout, handshake).await else {
+            return Err(UpstreamTlsFailure {
+                reason: RefusalReason::UpstreamTlsFailed,
+                detail: format!(
+                    "TLS with the upstream (server name {}): no handshake within {timeout:?}",
+                    self.server_name()
+                ),
+            });
+        };
+        match finished {
             Ok(tls) => {
                 let version = tls
                     .get_ref()

@@ -734,3 +734,91 @@ upstream_tls = {{ ca = "{}", server_name = "localhost" }}
         });
     }
 }
+
+#[test]
+fn check_config_names_bad_upstream_tls_keys_and_files() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let check = |name: &str, table: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pg_listener("127.0.0.1:5432", table)).expect("write");
+        Command::new(BIN)
+            .arg("check-config")
+            .arg(&path)
+            .output()
+            .expect("check-config")
+    };
+    let good = check("good.toml", &db_ca_line());
+    assert!(good.status.success(), "{}", stderr(&good));
+
+    let cases = [
+        (
+            "bad-pin.toml",
+            format!("{}\npins = [\"sha1/abc\"]", db_ca_line()),
+            "listener[0].upstream_tls.pins[0]",
+        ),
+        (
+            "no-pins.toml",
+            "mode = \"pinned\"".to_owned(),
+            "listener[0].upstream_tls.pins",
+        ),
+        (
+            "no-ca.toml",
+            "mode = \"verify-ca\"".to_owned(),
+            "listener[0].upstream_tls.ca",
+        ),
+        (
+            "typo.toml",
+            format!("{}\nsslmode = \"require\"", db_ca_line()),
+            "sslmode",
+        ),
+        (
+            "missing-ca.toml",
+            "ca = \"/nonexistent/db-ca.pem\"".to_owned(),
+            "/nonexistent/db-ca.pem",
+        ),
+        (
+            "missing-key.toml",
+            format!(
+                "{}\ncert = \"{}\"\nkey = \"/nonexistent/proxy-key.pem\"",
+                db_ca_line(),
+                db_pki().proxy_client.chain.display()
+            ),
+            "/nonexistent/proxy-key.pem",
+        ),
+    ];
+    for (name, table, expected) in cases {
+        let out = check(name, &table);
+        assert!(!out.status.success(), "{name} was accepted");
+        assert!(stderr(&out).contains(expected), "{name}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn a_database_that_never_answers_the_sslrequest_is_bounded_by_the_connect_timeout() {
+    // The sentinel accepts and reads but never answers.
+    let sentinel = Sentinel::start();
+    let upstream = sentinel.addr.to_string();
+    let config = pg_listener(&upstream, &db_ca_line()).replace(
+        "name = \"pg\"",
+        "name = \"pg\"\nupstream_connect_timeout = \"1s\"",
+    );
+    let proxy = ProxyProcess::start(&config);
+    let user = DbUser {
+        name: "nobody".into(),
+        password: "pw".into(),
+    };
+    let out = psql_as(proxy.port(), &user, "SELECT 1");
+    assert_unavailable(&out, &upstream);
+    // The reason proves the connect timeout cut it short: the handshake
+    // timeout (10s) would have logged `timeout`.
+    let line = proxy.refusal("upstream_unavailable");
+    assert!(
+        line["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("did not answer the SSLRequest"),
+        "{line}"
+    );
+    // Only the proxy's own 8-byte SSLRequest reached it, no StartupMessage.
+    assert_eq!(sentinel.bytes(), 8);
+}
