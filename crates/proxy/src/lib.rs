@@ -168,6 +168,11 @@ impl BoundProxy {
                 listener = %listener.name,
                 listen = %socket.local_endpoint().map(|e| e.to_string()).unwrap_or_default(),
                 upstream = %listener.default_route.upstream,
+                upstream_tls = %listener
+                    .default_route
+                    .upstream_tls
+                    .as_ref()
+                    .map_or_else(|| "off".to_owned(), |t| t.settings().mode.to_string()),
                 routes = listener.routes.len(),
                 "listening"
             );

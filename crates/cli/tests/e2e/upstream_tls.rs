@@ -183,6 +183,8 @@ fn assert_unavailable(out: &std::process::Output, upstream: &str) {
 fn psql_reaches_a_tls_postgres_with_verify_full() {
     let user = tls_pg_user("uptls");
     let proxy = ProxyProcess::start(&pg_listener(&tls_pg_upstream(), &db_ca_line()));
+    let listening = proxy.wait_for_log(Duration::from_secs(5), |v| v["message"] == "listening");
+    assert_eq!(listening["upstream_tls"], "verify-full");
     let out = psql_as(proxy.port(), &user, SSL_OF_SESSION);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "t|TLSv1.3");
