@@ -555,6 +555,22 @@ fn mariadb_client_reaches_a_mariadb_that_requires_secure_transport() {
     assert_eq!(line["upstream_tls"], "TLSv1_3");
     assert_eq!(line["protocol"], "mysql");
 
+    // ed25519 makes the server switch plugins mid-handshake: the relayed
+    // AuthSwitchRequest and its answer keep their sequence ids over TLS.
+    if server.ed25519_available() {
+        let ed = intransit_testkit::unique_name("upmaria-ed");
+        server
+            .create_user(&ed, "pw-ed", MariaDbAuth::Ed25519)
+            .expect("ed25519 user");
+        let out = run_mariadb(
+            &mariadb_args(proxy.port(), &ed),
+            Some("pw-ed"),
+            "SELECT CURRENT_USER()",
+        )
+        .unwrap_or_else(|e| panic!("ed25519: {e:#}"));
+        assert!(out.starts_with(&format!("{ed}@")), "{out}");
+    }
+
     // The control: without upstream TLS the server's own rule refuses
     // (MariaDB 10.11 answers a plaintext login under
     // require_secure_transport with 1045, as it does without the proxy).
