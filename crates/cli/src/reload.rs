@@ -1,7 +1,8 @@
 //! Reloading TLS material while the proxy runs: SIGHUP re-reads the
 //! configuration file and reloads every listener's certificate, key, trust
 //! anchors, CRL and allow-list. A listener whose new material fails to load
-//! keeps the old one and the failure is logged.
+//! keeps the old one and the failure is logged. Upstream TLS is not
+//! reloaded: a change to it is logged as needing a restart.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,6 +45,11 @@ fn reload_from_file(path: &std::path::Path, listeners: &[Arc<PreparedListener>])
             continue;
         };
         reload_listener(listener, &new.tls);
+        warn_if_upstream_tls_changed(
+            &listener.name,
+            &listener.default_route,
+            new.upstream_tls.as_ref(),
+        );
         for route in &listener.routes {
             let matching = new
                 .routes
@@ -52,6 +58,7 @@ fn reload_from_file(path: &std::path::Path, listeners: &[Arc<PreparedListener>])
             match matching {
                 Some(r) => {
                     reload_route(listener, route, &r.tls);
+                    warn_if_upstream_tls_changed(&listener.name, route, r.upstream_tls.as_ref());
                 }
                 None => warn!(
                     listener = %listener.name,
@@ -65,6 +72,23 @@ fn reload_from_file(path: &std::path::Path, listeners: &[Arc<PreparedListener>])
         if !listeners.iter().any(|l| l.name == new.name) {
             warn!(listener = %new.name, "new listener in the configuration; it starts on restart");
         }
+    }
+}
+
+/// Upstream TLS settings are built once at start; a changed
+/// `[listener.upstream_tls]` is reported rather than silently ignored.
+fn warn_if_upstream_tls_changed(
+    listener: &str,
+    route: &PreparedRoute,
+    new: Option<&intransit_config::UpstreamTls>,
+) {
+    let running = route.upstream_tls.as_ref().map(|t| t.settings());
+    if running != new {
+        warn!(
+            listener = %listener,
+            route = %route.label(),
+            "upstream_tls changed in the configuration; it takes effect on restart"
+        );
     }
 }
 

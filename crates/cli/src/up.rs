@@ -78,6 +78,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         protocol,
         listen: listen.clone(),
         upstream: upstream.clone(),
+        upstream_tls: None,
         tls: ServerTls {
             cert: material.server.chain.clone(),
             key: material.server.key.clone(),

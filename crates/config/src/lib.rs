@@ -9,6 +9,7 @@
 
 mod duration;
 mod raw;
+mod upstream_tls;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -19,6 +20,7 @@ use intransit_policy::{AllowList, DbUserRule, DbUserRules, IdentityPattern};
 
 pub use duration::parse_duration;
 pub use raw::parse_admin_addr;
+pub use upstream_tls::{SpkiPin, UpstreamServerName, UpstreamTls, UpstreamTlsMode};
 
 /// Default handshake timeout: from accept to the StartupMessage forwarded.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -258,6 +260,8 @@ pub struct ListenerConfig {
     pub listen: Endpoint,
     /// Where the database is.
     pub upstream: Endpoint,
+    /// TLS towards the database; `None` for a plaintext upstream leg.
+    pub upstream_tls: Option<UpstreamTls>,
     /// TLS towards clients.
     pub tls: ServerTls,
     /// Identity to database-user mapping.
@@ -284,6 +288,9 @@ pub struct RouteConfig {
     pub server_name: ServerNamePattern,
     /// Where its database is (default: the listener's upstream).
     pub upstream: Endpoint,
+    /// TLS towards its database (default: the listener's `upstream_tls`,
+    /// with a derived server name taken from this route's upstream).
+    pub upstream_tls: Option<UpstreamTls>,
     /// Its certificate, and policy (what it leaves out comes from the
     /// listener's `tls`).
     pub tls: ServerTls,

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::upstream_tls::{RawUpstreamTls, UpstreamTls};
 use crate::{
     build_allow_list, build_db_user_rules, err, parse_duration, ClientAuth, Config, ConfigError,
     Endpoint, ListenerConfig, Mode, Protocol, RouteConfig, ServerNamePattern, ServerTls,
@@ -38,7 +39,7 @@ struct RawListener {
     tls: Option<RawServerTls>,
     #[serde(default)]
     db_users: Vec<RawDbUser>,
-    upstream_tls: Option<toml::Value>,
+    upstream_tls: Option<RawUpstreamTls>,
     #[serde(default)]
     route: Vec<RawRoute>,
     require_sni_match: Option<bool>,
@@ -68,6 +69,7 @@ struct RawRoute {
     tls: Option<RawServerTls>,
     #[serde(default)]
     db_users: Vec<RawDbUser>,
+    upstream_tls: Option<RawUpstreamTls>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,12 +174,6 @@ impl RawListener {
                 ))
             }
         };
-        if self.upstream_tls.is_some() {
-            return Err(err(
-                format!("{k}.upstream_tls"),
-                "TLS on the upstream leg is not available in this version yet; use a loopback or unix-socket upstream",
-            ));
-        }
         let listen_text = self.listen.ok_or_else(|| {
             err(
                 format!("{k}.listen"),
@@ -201,6 +197,10 @@ impl RawListener {
         })?;
         let upstream =
             Endpoint::parse(&upstream_text).map_err(|m| err(format!("{k}.upstream"), m))?;
+        let upstream_tls = match self.upstream_tls {
+            Some(t) => t.validate(&format!("{k}.upstream_tls"), &upstream)?,
+            None => None,
+        };
 
         let tls = self
             .tls
@@ -253,7 +253,14 @@ impl RawListener {
         let mut routes = Vec::with_capacity(self.route.len());
         for (i, r) in self.route.into_iter().enumerate() {
             let rk = format!("{k}.route[{i}]");
-            let route = r.validate(&rk, &upstream, &tls, &db_users, protocol)?;
+            let route = r.validate(
+                &rk,
+                &upstream,
+                upstream_tls.as_ref(),
+                &tls,
+                &db_users,
+                protocol,
+            )?;
             if let Some(earlier) = routes
                 .iter()
                 .position(|e: &RouteConfig| e.server_name == route.server_name)
@@ -287,6 +294,7 @@ impl RawListener {
             protocol,
             listen,
             upstream,
+            upstream_tls,
             tls,
             db_users,
             routes,
@@ -303,6 +311,7 @@ impl RawRoute {
         self,
         k: &str,
         listener_upstream: &Endpoint,
+        listener_upstream_tls: Option<&UpstreamTls>,
         listener_tls: &ServerTls,
         listener_db_users: &intransit_policy::DbUserRules,
         protocol: Protocol,
@@ -318,6 +327,16 @@ impl RawRoute {
         let upstream = match &self.upstream {
             Some(u) => Endpoint::parse(u).map_err(|m| err(format!("{k}.upstream"), m))?,
             None => listener_upstream.clone(),
+        };
+        // A route without its own table encrypts like its listener; a name
+        // derived from the listener's upstream is derived again from the
+        // route's.
+        let upstream_tls = match (self.upstream_tls, listener_upstream_tls) {
+            (Some(t), _) => t.validate(&format!("{k}.upstream_tls"), &upstream)?,
+            (None, Some(inherited)) => {
+                Some(inherited.for_upstream(&format!("{k}.upstream_tls"), &upstream)?)
+            }
+            (None, None) => None,
         };
         let tls = self
             .tls
@@ -348,6 +367,7 @@ impl RawRoute {
         Ok(RouteConfig {
             server_name,
             upstream,
+            upstream_tls,
             tls,
             db_users,
         })

@@ -145,10 +145,163 @@ fn reserved_features_say_not_yet() {
     ))
     .unwrap();
     assert_eq!(mysql.listeners[0].protocol, Protocol::Mysql);
-    let e = error_of(&format!(
-        "{MINIMAL}[listener.upstream_tls]\nmode = \"verify-full\"\n"
-    ));
+}
+
+const PIN_A: &str = "sha256/47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
+const PIN_B: &str = "sha256/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+fn with_upstream_tls(table: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(&format!("{MINIMAL}[listener.upstream_tls]\n{table}\n"))
+}
+
+#[test]
+fn upstream_tls_defaults_to_verify_full_with_the_upstream_host() {
+    let c = with_upstream_tls("ca = \"/etc/db-ca.pem\"").unwrap();
+    let t = c.listeners[0].upstream_tls.clone().unwrap();
+    assert_eq!(t.mode, UpstreamTlsMode::VerifyFull);
+    assert_eq!(
+        t.server_name,
+        UpstreamServerName::Ip("127.0.0.1".parse().unwrap())
+    );
+    assert_eq!(t.min_version, TlsVersion::V1_3);
+    assert!(t.pins.is_empty());
+    assert!(Config::from_toml(MINIMAL).unwrap().listeners[0]
+        .upstream_tls
+        .is_none());
+    let named = Config::from_toml(
+        &(MINIMAL.replace("127.0.0.1:5432", "DB.internal:5432")
+            + "[listener.upstream_tls]\nca = \"ca.pem\"\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        named.listeners[0]
+            .upstream_tls
+            .as_ref()
+            .unwrap()
+            .server_name,
+        UpstreamServerName::Dns("db.internal".into())
+    );
+}
+
+#[test]
+fn upstream_tls_full_table_parses() {
+    let c = with_upstream_tls(&format!(
+        "mode = \"verify-ca\"\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"k.pem\"\nserver_name = \"db.internal\"\npins = [\"{PIN_A}\", \"{PIN_B}\"]\nmin_version = \"1.2\""
+    ))
+    .unwrap();
+    let t = c.listeners[0].upstream_tls.clone().unwrap();
+    assert_eq!(t.mode, UpstreamTlsMode::VerifyCa);
+    assert_eq!(t.cert.as_deref(), Some(std::path::Path::new("c.pem")));
+    assert_eq!(t.server_name, UpstreamServerName::Dns("db.internal".into()));
+    assert_eq!(t.pins.len(), 2);
+    assert_eq!(t.pins[0].as_str(), PIN_A);
+    assert_eq!(t.min_version, TlsVersion::V1_2);
+    let pinned = with_upstream_tls(&format!("mode = \"pinned\"\npins = [\"{PIN_A}\"]")).unwrap();
+    assert_eq!(
+        pinned.listeners[0].upstream_tls.as_ref().unwrap().mode,
+        UpstreamTlsMode::Pinned
+    );
+    let disabled = with_upstream_tls("mode = \"disable\"").unwrap();
+    assert!(disabled.listeners[0].upstream_tls.is_none());
+}
+
+#[test]
+fn upstream_tls_mistakes_name_the_key() {
+    let k = "listener[0].upstream_tls";
+    let cases: Vec<(String, String)> = vec![
+        ("mode = \"verify\"".into(), format!("{k}.mode")),
+        ("mode = \"verify-full\"".into(), format!("{k}.ca")),
+        ("mode = \"verify-ca\"".into(), format!("{k}.ca")),
+        ("mode = \"pinned\"".into(), format!("{k}.pins")),
+        (
+            format!("mode = \"pinned\"\npins = [\"{PIN_A}\"]\nca = \"ca.pem\""),
+            format!("{k}.ca"),
+        ),
+        (
+            "mode = \"require\"\nca = \"ca.pem\"".into(),
+            format!("{k}.ca"),
+        ),
+        (
+            format!("mode = \"require\"\npins = [\"{PIN_A}\"]"),
+            format!("{k}.pins"),
+        ),
+        (
+            "mode = \"disable\"\nca = \"ca.pem\"".into(),
+            format!("{k}.ca"),
+        ),
+        (
+            "ca = \"ca.pem\"\ncert = \"c.pem\"".into(),
+            format!("{k}.key"),
+        ),
+        (
+            "ca = \"ca.pem\"\nkey = \"k.pem\"".into(),
+            format!("{k}.cert"),
+        ),
+        (
+            "ca = \"ca.pem\"\nmin_version = \"1.1\"".into(),
+            format!("{k}.min_version"),
+        ),
+        (
+            "ca = \"ca.pem\"\nserver_name = \"db internal\"".into(),
+            format!("{k}.server_name"),
+        ),
+        (
+            "ca = \"ca.pem\"\npins = [\"md5/abc\"]".into(),
+            format!("{k}.pins[0]"),
+        ),
+        (
+            "ca = \"ca.pem\"\npins = [\"sha256/not base64!\"]".into(),
+            format!("{k}.pins[0]"),
+        ),
+        (
+            "ca = \"ca.pem\"\npins = [\"sha256/AAAA\"]".into(),
+            format!("{k}.pins[0]"),
+        ),
+    ];
+    for (table, key) in cases {
+        let e = with_upstream_tls(&table).unwrap_err();
+        assert_eq!(e.key, key, "{table}: {e}");
+        assert!(!e.message.is_empty());
+    }
+    let e = with_upstream_tls("ca = \"ca.pem\"\nsslmode = \"x\"").unwrap_err();
+    assert!(e.message.contains("sslmode"), "{e}");
+}
+
+#[test]
+fn upstream_tls_over_a_unix_socket_is_refused() {
+    let text = MINIMAL.replace("127.0.0.1:5432", "unix:/run/postgresql/.s.PGSQL.5432")
+        + "[listener.upstream_tls]\nca = \"ca.pem\"\nserver_name = \"db\"\n";
+    let e = error_of(&text);
     assert_eq!(e.key, "listener[0].upstream_tls");
+    assert!(e.message.contains("unix"), "{e}");
+}
+
+#[test]
+fn routes_inherit_upstream_tls_with_their_own_server_name() {
+    let text = format!(
+        r#"{MINIMAL}[listener.upstream_tls]
+ca = "ca.pem"
+pins = ["{PIN_A}"]
+[[listener.route]]
+server_name = "a.db.internal"
+upstream = "a.db.internal:5432"
+tls = {{ cert = "a.pem", key = "a.key" }}
+[[listener.route]]
+server_name = "b.db.internal"
+upstream = "10.0.0.2:5432"
+tls = {{ cert = "b.pem", key = "b.key" }}
+upstream_tls = {{ mode = "disable" }}
+"#
+    );
+    let c = Config::from_toml(&text).unwrap();
+    let l = &c.listeners[0];
+    let a = l.routes[0].upstream_tls.as_ref().unwrap();
+    assert_eq!(
+        a.server_name,
+        UpstreamServerName::Dns("a.db.internal".into())
+    );
+    assert_eq!(a.pins[0].as_str(), PIN_A);
+    assert!(l.routes[1].upstream_tls.is_none());
 }
 
 #[test]

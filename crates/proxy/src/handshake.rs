@@ -215,6 +215,7 @@ pub(crate) fn log_established(
     accepted: &Accepted,
     user: &str,
     database: &str,
+    upstream_tls: Option<&str>,
 ) {
     let negotiated = ctx
         .negotiated
@@ -244,6 +245,7 @@ pub(crate) fn log_established(
         group = negotiated.group,
         resumed = accepted.resumed,
         route = %negotiated.route,
+        upstream_tls = upstream_tls.unwrap_or("off"),
         handshake_us = accepted.handshake_micros as u64,
         "connection established"
     );

@@ -25,6 +25,7 @@ mod postgres;
 mod refusal;
 mod server;
 pub mod tls;
+pub mod upstream_tls;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,7 @@ pub use net::connect as connect_upstream;
 pub use refusal::RefusalReason;
 pub use server::{PreparedListener, PreparedRoute};
 pub use tls::{ListenerTls, LoadedCertificate, PolicySummary, TlsMaterial};
+pub use upstream_tls::{UpstreamTls, UpstreamTlsFailure};
 
 /// Errors that stop the proxy from starting.
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +195,11 @@ impl BoundProxy {
                 listener = %listener.name,
                 listen = %socket.local_endpoint().map(|e| e.to_string()).unwrap_or_default(),
                 upstream = %listener.default_route.upstream,
+                upstream_tls = %listener
+                    .default_route
+                    .upstream_tls
+                    .as_ref()
+                    .map_or_else(|| "off".to_owned(), |t| t.settings().mode.to_string()),
                 routes = listener.routes.len(),
                 "listening"
             );

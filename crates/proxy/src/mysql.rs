@@ -4,16 +4,25 @@
 //! connect upstream, read its greeting --> greeting with CLIENT_SSL set to the client
 //! client SSLRequest (seq 1) --> TLS handshake (the ClientHello follows at once)
 //! client HandshakeResponse without TLS --> ERR 3159, closed, nothing sent upstream
-//! HandshakeResponse inside TLS (seq 2) --db_users--> upstream with CLIENT_SSL cleared (seq 1)
-//! authentication exchange relayed, sequence ids renumbered (client = upstream + 1),
+//! HandshakeResponse inside TLS (seq 2) --db_users-->
+//!   plaintext upstream: response with CLIENT_SSL cleared (seq 1)
+//!   upstream_tls: proxy's SSLRequest (seq 1), TLS, response as sent (seq 2)
+//! authentication exchange relayed, sequence ids renumbered
+//! (client = upstream + 1 over plaintext, + 0 over TLS),
 //! until the server's OK or ERR; then bytes are copied untouched
 //! ```
 //!
-//! The upstream leg is plaintext here (loopback or unix socket), so the
-//! server never sees the SSLRequest and counts one packet fewer than the
-//! client. `caching_sha2_password` full authentication (MySQL 8) wants a
-//! secure upstream leg: over TCP it asks for the server's RSA key and works
-//! only if the client allows that; a unix-socket upstream counts as secure.
+//! With a plaintext upstream leg (loopback or unix socket) the server never
+//! sees an SSLRequest and counts one packet fewer than the client. With
+//! `upstream_tls` the proxy sends its own SSLRequest (seq 1, the client's
+//! capabilities), runs TLS, and forwards the response with CLIENT_SSL kept:
+//! both legs then count alike. The upstream TLS starts only after the
+//! client passed TLS and `db_users`.
+//!
+//! `caching_sha2_password` full authentication (MySQL 8) wants a secure
+//! upstream leg: over plaintext TCP it asks for the server's RSA key and
+//! works only if the client allows that; a unix-socket or TLS upstream
+//! counts as secure.
 //!
 //! This module owns the order of events and the MySQL packets sent to
 //! clients; the bytes are parsed and built by `intransit_wire::mysql`.
@@ -21,7 +30,7 @@
 use bytes::BytesMut;
 use intransit_wire::mysql::{
     encode_packet, parse_client_handshake, parse_packet, parse_server_auth_reply, ClientHandshake,
-    ErrPacket, HandshakeResponse41, HandshakeV10, ServerAuthReply, ServerError,
+    ErrPacket, HandshakeResponse41, HandshakeV10, ServerAuthReply, ServerError, SslRequest,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -144,6 +153,7 @@ async fn negotiate(
             return Err(unavailable(format!("{target}: {what}")));
         }
     };
+    let upstream_offers_tls = greeting.offers_tls();
     greeting.set_tls_offered(true);
     let encoded = greeting
         .encode()
@@ -281,19 +291,70 @@ async fn negotiate(
         .with_identity(identity));
     }
 
-    // The upstream never saw the SSLRequest: the response is its packet 1.
-    response.clear_ssl();
+    let unavailable_reply = err_packet(
+        seq.wrapping_add(1),
+        UNAVAILABLE,
+        "the database is unavailable right now; try again later",
+    );
+    // With a TLS upstream the proxy sends its own SSLRequest (the client's
+    // capabilities, CLIENT_SSL set) as packet 1, so both legs count the
+    // same and the response keeps its sequence id and CLIENT_SSL. With a
+    // plaintext upstream the server never sees an SSLRequest: the response
+    // is its packet 1, and every later packet is one behind the client's.
+    let route = accepted.route.clone();
+    let (offset, upstream_tls_version) = match &route.upstream_tls {
+        Some(tls) => {
+            let secured = async {
+                if !upstream_offers_tls {
+                    return Err(Refused::new(
+                        RefusalReason::UpstreamTlsRefused,
+                        format!("{target} does not offer TLS (its greeting lacks CLIENT_SSL; is ssl off?), and upstream_tls requires TLS"),
+                    ));
+                }
+                if !upstream_buf.is_empty() {
+                    return Err(unavailable(format!(
+                        "{target} sent {} byte(s) after its greeting, before the proxy spoke",
+                        upstream_buf.len()
+                    )));
+                }
+                let request = SslRequest {
+                    capabilities: response.capabilities,
+                    max_packet_size: response.max_packet_size,
+                    collation: response.collation,
+                    extended_capabilities: response.extended_capabilities,
+                };
+                let packet = encode_packet(seq.wrapping_sub(1), &request.encode())
+                    .map_err(|e| unavailable(format!("SSLRequest: {e}")))?;
+                upstream
+                    .write_all(&packet)
+                    .await
+                    .map_err(|e| unavailable(format!("sending the SSLRequest to {target}: {e}")))?;
+                tls.connect(upstream, listener.upstream_connect_timeout)
+                    .await
+                    .map_err(|f| Refused::new(f.reason, format!("{target}: {}", f.detail)))
+            };
+            match secured.await {
+                Ok((stream, version)) => {
+                    upstream = stream;
+                    (0u8, Some(version))
+                }
+                Err(refused) => {
+                    handshake::close_with(&mut accepted.stream, &unavailable_reply).await;
+                    return Err(refused.with_identity(identity));
+                }
+            }
+        }
+        None => {
+            response.clear_ssl();
+            (1u8, None)
+        }
+    };
     let forwarded = response
         .encode()
-        .and_then(|r| encode_packet(seq.wrapping_sub(1), &r))
+        .and_then(|r| encode_packet(seq.wrapping_sub(offset), &r))
         .map_err(|e| Refused::new(RefusalReason::Malformed, format!("HandshakeResponse: {e}")))?;
     if let Err(e) = upstream.write_all(&forwarded).await {
-        let reply = err_packet(
-            seq.wrapping_add(1),
-            UNAVAILABLE,
-            "the database is unavailable right now; try again later",
-        );
-        handshake::close_with(&mut accepted.stream, &reply).await;
+        handshake::close_with(&mut accepted.stream, &unavailable_reply).await;
         return Err(
             unavailable(format!("sending the HandshakeResponse to {target}: {e}"))
                 .with_identity(identity),
@@ -305,6 +366,7 @@ async fn negotiate(
         &mut tls_buf,
         &mut upstream,
         &mut upstream_buf,
+        offset,
     )
     .await
     .map_err(|e| {
@@ -314,12 +376,13 @@ async fn negotiate(
         )
         .with_identity(identity.clone())
     })?;
-    handshake::log_established(ctx, &accepted, &user, &database);
+    handshake::log_established(ctx, &accepted, &user, &database, upstream_tls_version);
     Ok((accepted.stream, upstream))
 }
 
 /// Relays the authentication exchange (auth switch, more data, the
-/// client's answers) in both directions with sequence ids renumbered, until
+/// client's answers) in both directions with sequence ids renumbered
+/// (client = upstream + `offset`), until
 /// the server ends it with OK or ERR. Bytes already read past that point
 /// are passed on as they are.
 async fn relay_authentication(
@@ -327,6 +390,7 @@ async fn relay_authentication(
     client_buf: &mut BytesMut,
     upstream: &mut BoxStream,
     upstream_buf: &mut BytesMut,
+    offset: u8,
 ) -> Result<(), String> {
     loop {
         tokio::select! {
@@ -336,7 +400,7 @@ async fn relay_authentication(
                     parse_server_auth_reply(&payload),
                     Ok(ServerAuthReply::Ok(_) | ServerAuthReply::Err(_))
                 );
-                let packet = encode_packet(seq.wrapping_add(1), &payload).map_err(|e| e.to_string())?;
+                let packet = encode_packet(seq.wrapping_add(offset), &payload).map_err(|e| e.to_string())?;
                 client.write_all(&packet).await.map_err(|e| format!("to client: {e}"))?;
                 if done {
                     if !upstream_buf.is_empty() {
@@ -354,7 +418,7 @@ async fn relay_authentication(
             }
             from_client = read_packet(client, client_buf) => {
                 let (seq, payload) = from_client?;
-                let packet = encode_packet(seq.wrapping_sub(1), &payload).map_err(|e| e.to_string())?;
+                let packet = encode_packet(seq.wrapping_sub(offset), &payload).map_err(|e| e.to_string())?;
                 upstream.write_all(&packet).await.map_err(|e| format!("to server: {e}"))?;
             }
         }

@@ -2,6 +2,8 @@
 //! NATS, MongoDB, HTTP, anything), with the same certificate policy as the
 //! database protocols, and the plaintext stream forwarded upstream.
 //!
+//! With `upstream_tls`, the upstream leg is TLS from its first byte too.
+//!
 //! There is no in-band error message to send in a protocol we do not
 //! speak, so refusals close the connection (with a TLS alert where the
 //! handshake got that far) and are logged.
@@ -64,20 +66,37 @@ pub(crate) async fn serve(
             )
             .with_identity(accepted.identity));
         }
-        let target = accepted.route.upstream.clone();
-        match net::connect(&target, ctx.listener.upstream_connect_timeout).await {
-            Ok(upstream) => {
-                handshake::log_established(&ctx, &accepted, "", "");
+        let route = accepted.route.clone();
+        let target = &route.upstream;
+        let opened = async {
+            let upstream = net::connect(target, ctx.listener.upstream_connect_timeout)
+                .await
+                .map_err(|e| {
+                    Refused::new(
+                        RefusalReason::UpstreamUnavailable,
+                        format!("connecting to {target}: {e}"),
+                    )
+                })?;
+            match &route.upstream_tls {
+                None => Ok((upstream, None)),
+                Some(tls) => tls
+                    .connect(upstream, ctx.listener.upstream_connect_timeout)
+                    .await
+                    .map(|(stream, version)| (stream, Some(version)))
+                    .map_err(|f| Refused::new(f.reason, format!("{target}: {}", f.detail))),
+            }
+        };
+        match opened.await {
+            Ok((upstream, tls_version)) => {
+                handshake::log_established(&ctx, &accepted, "", "", tls_version);
                 Ok((accepted.stream, upstream))
             }
-            Err(e) => {
+            Err(refused) => {
+                // No in-band error exists in a protocol we do not speak:
+                // the client sees the connection close.
                 let mut accepted = accepted;
                 handshake::close_with(&mut accepted.stream, &[]).await;
-                Err(Refused::new(
-                    RefusalReason::UpstreamUnavailable,
-                    format!("connecting to {target}: {e}"),
-                )
-                .with_identity(accepted.identity))
+                Err(refused.with_identity(accepted.identity))
             }
         }
     })

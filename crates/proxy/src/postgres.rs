@@ -8,18 +8,26 @@
 //!        '--StartupMessage--> ErrorResponse 28000 (TLS required), closed
 //! TlsRequested --handshake + policy--> TlsEstablished
 //! TlsEstablished --StartupMessage--> StartupReceived --db_users--> Authorized
-//! Authorized --connect upstream, send StartupMessage--> bytes copied both ways
+//! Authorized --connect upstream [SSLRequest, TLS], send StartupMessage--> bytes copied both ways
 //! ```
+//!
+//! With `upstream_tls`, the proxy sends its own SSLRequest upstream and
+//! runs TLS before the StartupMessage, and removes `SCRAM-SHA-256-PLUS`
+//! from the server's first authentication request: the client's channel
+//! binding would name the proxy's certificate, not the server's.
 //!
 //! Each state is its own type and each step consumes it, so a connection
 //! cannot skip the TLS handshake or the user check. This module owns the
 //! order of events and the messages sent to clients; the bytes themselves
 //! are built and parsed by `intransit_wire::pg`.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use bytes::{Bytes, BytesMut};
-use intransit_config::Endpoint;
 use intransit_wire::pg::{
-    self, CancelRequest, ErrorResponse, InitialMessage, SqlState, StartupMessage,
+    self, BackendFrame, CancelRequest, ErrorResponse, FrontendFrame, InitialMessage, SqlState,
+    StartupMessage,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
@@ -28,7 +36,7 @@ use crate::copy;
 use crate::handshake::{self, Accepted, ClientTls};
 use crate::net::{self, BoxStream, Rewind};
 use crate::refusal::RefusalReason;
-use crate::server::{ConnectionContext, Refused};
+use crate::server::{ConnectionContext, PreparedRoute, Refused};
 use crate::tls::ALPN_POSTGRESQL;
 
 const SQLSTATE_INVALID_AUTHORIZATION: SqlState = SqlState::INVALID_AUTHORIZATION_SPECIFICATION;
@@ -81,15 +89,15 @@ async fn negotiate(
             // A plaintext cancel carries no server name, so with SNI routes
             // the backend may be behind any upstream: each checks the secret
             // key and ignores a request that is not its own.
-            forward_cancel(ctx, &cancel, &ctx.listener.upstreams()).await;
+            forward_cancel(ctx, &cancel, &ctx.listener.upstream_routes()).await;
             return Ok(None);
         }
     };
     let established = tls_requested.handshake(ctx).await?;
     let received = match established.read_startup(ctx).await? {
         Startup::Message(m) => m,
-        Startup::Cancel(cancel, upstream) => {
-            forward_cancel(ctx, &cancel, &[upstream]).await;
+        Startup::Cancel(cancel, route) => {
+            forward_cancel(ctx, &cancel, &[route]).await;
             return Ok(None);
         }
     };
@@ -269,8 +277,8 @@ struct TlsEstablished {
 
 enum Startup {
     Message(Box<StartupReceived>),
-    /// A cancel sent inside TLS, with the upstream of the chosen route.
-    Cancel(CancelRequest, Endpoint),
+    /// A cancel sent inside TLS, with the chosen route.
+    Cancel(CancelRequest, Arc<PreparedRoute>),
 }
 
 impl TlsEstablished {
@@ -287,10 +295,9 @@ impl TlsEstablished {
                 startup,
                 raw,
             }))),
-            InitialMessage::Cancel(cancel) => Ok(Startup::Cancel(
-                cancel,
-                self.accepted.route.upstream.clone(),
-            )),
+            InitialMessage::Cancel(cancel) => {
+                Ok(Startup::Cancel(cancel, self.accepted.route.clone()))
+            }
             other => {
                 let reply = error_response(
                     SQLSTATE_PROTOCOL_VIOLATION,
@@ -388,44 +395,198 @@ struct Authorized {
 
 impl Authorized {
     async fn connect_upstream(mut self, ctx: &ConnectionContext) -> Result<Session, Refused> {
-        let target = self.tls.accepted.route.upstream.clone();
-        let timeout = ctx.listener.upstream_connect_timeout;
+        let route = self.tls.accepted.route.clone();
+        let target = &route.upstream;
         let mut first = BytesMut::with_capacity(self.raw.len() + self.tls.buf.len());
         first.extend_from_slice(&self.raw);
         first.extend_from_slice(&self.tls.buf);
         let opened = async {
-            let mut upstream = net::connect(&target, timeout)
-                .await
-                .map_err(|e| format!("connecting to {target}: {e}"))?;
-            upstream
-                .write_all(&first)
-                .await
-                .map_err(|e| format!("sending StartupMessage to {target}: {e}"))?;
-            Ok::<_, String>(upstream)
+            let (mut upstream, tls_version) =
+                open_upstream(&route, ctx.listener.upstream_connect_timeout).await?;
+            upstream.write_all(&first).await.map_err(|e| {
+                Refused::new(
+                    RefusalReason::UpstreamUnavailable,
+                    format!("sending StartupMessage to {target}: {e}"),
+                )
+            })?;
+            // Over a TLS upstream the server offers SCRAM-SHA-256-PLUS; its
+            // channel binding would be to the server's certificate while
+            // the client sees the proxy's, so the offer is rewritten.
+            let (to_client, offer_rewritten) = if tls_version.is_some() {
+                first_authentication_request(&mut upstream)
+                    .await
+                    .map_err(|e| {
+                        Refused::new(RefusalReason::UpstreamUnavailable, format!("{target}: {e}"))
+                    })?
+            } else {
+                (Vec::new(), false)
+            };
+            Ok::<_, Refused>((upstream, tls_version, to_client, offer_rewritten))
         };
-        let upstream = match opened.await {
-            Ok(upstream) => upstream,
-            Err(detail) => {
+        let (upstream, tls_version, to_client, offer_rewritten) = match opened.await {
+            Ok(opened) => opened,
+            Err(refused) => {
                 let reply = error_response(
                     SQLSTATE_CONNECTION_FAILURE,
                     "the database is unavailable right now".into(),
                     Some("Try again later. The proxy's log has the details.".into()),
                 );
                 send_error(&mut self.tls.accepted.stream, &reply).await;
-                return Err(Refused::new(RefusalReason::UpstreamUnavailable, detail)
-                    .with_identity(self.tls.accepted.identity));
+                return Err(refused.with_identity(self.tls.accepted.identity));
             }
         };
+        let client = &mut self.tls.accepted.stream;
+        let identity = &self.tls.accepted.identity;
+        if let Err(e) = client.write_all(&to_client).await {
+            return Err(Refused::new(RefusalReason::ClientClosed, e.to_string())
+                .with_identity(identity.clone()));
+        }
+        let mut upstream = upstream;
+        if offer_rewritten {
+            let answer = match sasl_initial_response(client).await {
+                Ok(answer) => answer,
+                Err(refused) => {
+                    if refused.reason == RefusalReason::ChannelBinding {
+                        let reply = error_response(
+                            SQLSTATE_INVALID_AUTHORIZATION,
+                            "SCRAM channel binding is not possible through this proxy: the database's TLS session is not the client's".into(),
+                            Some("Connect with channel_binding=disable; the proxy verifies the database's certificate itself.".into()),
+                        );
+                        send_error(client, &reply).await;
+                    }
+                    return Err(refused.with_identity(identity.clone()));
+                }
+            };
+            upstream.write_all(&answer).await.map_err(|e| {
+                Refused::new(
+                    RefusalReason::UpstreamUnavailable,
+                    format!("sending the SASL response to {target}: {e}"),
+                )
+                .with_identity(identity.clone())
+            })?;
+        }
+        Ok(self.established(ctx, upstream, tls_version))
+    }
+
+    fn established(
+        self,
+        ctx: &ConnectionContext,
+        upstream: BoxStream,
+        tls_version: Option<&'static str>,
+    ) -> Session {
         handshake::log_established(
             ctx,
             &self.tls.accepted,
             self.startup.user().unwrap_or_default(),
             self.startup.database().unwrap_or_default(),
+            tls_version,
         );
-        Ok(Session {
+        Session {
             client: self.tls.accepted.stream,
             upstream,
-        })
+        }
+    }
+}
+
+/// Opens a route's upstream leg: the connection, then, when the route
+/// encrypts it, an SSLRequest and the TLS handshake. Returns the stream
+/// and the negotiated TLS version (`None` for plaintext).
+async fn open_upstream(
+    route: &PreparedRoute,
+    timeout: Duration,
+) -> Result<(BoxStream, Option<&'static str>), Refused> {
+    let target = &route.upstream;
+    let unavailable = |detail: String| Refused::new(RefusalReason::UpstreamUnavailable, detail);
+    let mut stream = net::connect(target, timeout)
+        .await
+        .map_err(|e| unavailable(format!("connecting to {target}: {e}")))?;
+    let Some(tls) = &route.upstream_tls else {
+        return Ok((stream, None));
+    };
+    stream
+        .write_all(&pg::encode_ssl_request())
+        .await
+        .map_err(|e| unavailable(format!("sending an SSLRequest to {target}: {e}")))?;
+    // Exactly one byte: anything the server sent after its 'S' must go to
+    // the TLS stack, which rejects it (CVE-2021-23222 class).
+    let mut answer = [0u8; 1];
+    match tokio::time::timeout(timeout, stream.read_exact(&mut answer)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            return Err(unavailable(format!(
+                "reading the SSLRequest answer from {target}: {e}"
+            )))
+        }
+        Err(_) => {
+            return Err(unavailable(format!(
+                "{target} did not answer the SSLRequest within {timeout:?}"
+            )))
+        }
+    }
+    match answer[0] {
+        pg::SSL_ACCEPT => {}
+        pg::SSL_REFUSE => {
+            return Err(Refused::new(
+                RefusalReason::UpstreamTlsRefused,
+                format!("{target} refused TLS: it answered the SSLRequest with 'N' (the server has ssl = off), and upstream_tls requires TLS"),
+            ))
+        }
+        other => {
+            return Err(Refused::new(
+                RefusalReason::UpstreamTlsRefused,
+                format!("{target} answered the SSLRequest with 0x{other:02x} instead of 'S' or 'N'"),
+            ))
+        }
+    }
+    let (stream, version) = tls
+        .connect(stream, timeout)
+        .await
+        .map_err(|f| Refused::new(f.reason, format!("{target}: {}", f.detail)))?;
+    Ok((stream, Some(version)))
+}
+
+/// Reads the server's messages up to its first authentication request (or
+/// error) and returns the bytes to pass to the client, with `-PLUS` SASL
+/// mechanisms removed. Bytes read past that message are passed on as they
+/// are; from then on the session is copied untouched. The flag says
+/// whether a SASL offer was rewritten.
+async fn first_authentication_request(upstream: &mut BoxStream) -> Result<(Vec<u8>, bool), String> {
+    let mut buf = BytesMut::with_capacity(512);
+    let mut out = Vec::new();
+    let mut rewrote = false;
+    loop {
+        match pg::parse_backend_frame(&buf) {
+            Ok(Some((frame, used))) => {
+                let rewritten = if frame.tag == BackendFrame::AUTHENTICATION {
+                    // Requests this proxy cannot parse are not SASL offers
+                    // it would need to change; they pass unchanged.
+                    pg::without_channel_binding(frame.body).ok().flatten()
+                } else {
+                    None
+                };
+                // NegotiateProtocolVersion and notices may precede the request.
+                let done = !matches!(
+                    frame.tag,
+                    BackendFrame::NEGOTIATE_PROTOCOL_VERSION | BackendFrame::NOTICE_RESPONSE
+                );
+                rewrote |= rewritten.is_some();
+                let original = buf.split_to(used);
+                out.extend_from_slice(rewritten.as_deref().unwrap_or(&original));
+                if done {
+                    out.extend_from_slice(&buf);
+                    return Ok((out, rewrote));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("invalid message while authenticating: {e}")),
+        }
+        let n = upstream
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| format!("reading the authentication request: {e}"))?;
+        if n == 0 {
+            return Err("the server closed the connection before asking for authentication".into());
+        }
     }
 }
 
@@ -441,15 +602,61 @@ impl Session {
     }
 }
 
-/// Forwards a CancelRequest upstream. PostgreSQL accepts cancels outside
-/// pg_hba and libpq before 17 sends them unencrypted; they carry only the
-/// backend's process id and secret key, which the proxy passes on as is.
-async fn forward_cancel(ctx: &ConnectionContext, cancel: &CancelRequest, upstreams: &[Endpoint]) {
+/// Reads the client's answer to a rewritten SASL offer and returns the
+/// bytes to forward. A SCRAM client that could have bound the channel
+/// says so with the GS2 flag `y`; a server on TLS takes that for a
+/// downgrade attack and refuses, and the flag is covered by the client's
+/// proof, so no rewrite can help: the client is told what to change.
+async fn sasl_initial_response(client: &mut ClientTls) -> Result<BytesMut, Refused> {
+    let mut buf = BytesMut::with_capacity(256);
+    loop {
+        match pg::parse_frontend_frame(&buf) {
+            Ok(Some((frame, _))) => {
+                let flag = (frame.tag == FrontendFrame::PASSWORD)
+                    .then(|| pg::parse_sasl_initial_response(frame.body).ok())
+                    .flatten()
+                    .map(|r| (r.mechanism.to_owned(), r.channel_binding_flag()));
+                if let Some((mechanism, Some(b'y'))) = flag {
+                    return Err(Refused::new(
+                        RefusalReason::ChannelBinding,
+                        format!("the client chose {mechanism} with the GS2 flag 'y' (channel binding supported, e.g. libpq channel_binding=prefer); the database, itself on TLS, would refuse that as a downgrade"),
+                    ));
+                }
+                return Ok(buf);
+            }
+            Ok(None) => {}
+            // Not a message this proxy needs to judge: the server will.
+            Err(_) => return Ok(buf),
+        }
+        let n = client
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| Refused::new(RefusalReason::ClientClosed, e.to_string()))?;
+        if n == 0 {
+            return Err(Refused::new(
+                RefusalReason::ClientClosed,
+                "client closed the connection during authentication",
+            ));
+        }
+    }
+}
+
+/// Forwards a CancelRequest upstream, over TLS where the route encrypts
+/// its upstream leg. PostgreSQL accepts cancels outside pg_hba and libpq
+/// before 17 sends them unencrypted; they carry only the backend's process
+/// id and secret key, which the proxy passes on as is.
+async fn forward_cancel(
+    ctx: &ConnectionContext,
+    cancel: &CancelRequest,
+    routes: &[Arc<PreparedRoute>],
+) {
     let listener = &ctx.listener;
-    for target in upstreams {
-        match net::connect(target, listener.upstream_connect_timeout).await {
-            Ok(mut upstream) => {
+    for route in routes {
+        let target = &route.upstream;
+        match open_upstream(route, listener.upstream_connect_timeout).await {
+            Ok((mut upstream, tls_version)) => {
                 let sent = upstream.write_all(&cancel.encode()).await;
+                let _ = upstream.flush().await;
                 // PostgreSQL closes the connection once it has read the
                 // request; wait for that so the cancel is not cut short.
                 let mut sink = [0u8; 1];
@@ -463,18 +670,20 @@ async fn forward_cancel(ctx: &ConnectionContext, cancel: &CancelRequest, upstrea
                     listener = %listener.name,
                     peer = %ctx.peer,
                     upstream = %target,
+                    upstream_tls = tls_version.unwrap_or("off"),
                     process_id = cancel.process_id,
                     ok = sent.is_ok(),
                     "cancel request forwarded"
                 );
             }
-            Err(e) => {
+            Err(refused) => {
                 tracing::warn!(
                     conn = ctx.id,
                     listener = %listener.name,
                     peer = %ctx.peer,
                     upstream = %target,
-                    error = %e,
+                    reason = refused.reason.as_str(),
+                    error = %refused.detail,
                     "cancel request could not be forwarded"
                 );
             }

@@ -47,6 +47,22 @@ pub enum RefusalReason {
     TooManyConnections,
     /// The database could not be reached.
     UpstreamUnavailable,
+    /// The database answered the proxy's TLS request with a refusal
+    /// (PostgreSQL `N`, a MySQL greeting without `CLIENT_SSL`).
+    UpstreamTlsRefused,
+    /// The database's certificate does not chain to the upstream `ca`.
+    UpstreamUntrusted,
+    /// The database's certificate is expired or not yet valid.
+    UpstreamExpired,
+    /// The database's certificate is not valid for the expected server name.
+    UpstreamNameMismatch,
+    /// The database's public key matches none of the configured pins.
+    PinMismatch,
+    /// Any other failure of the TLS handshake with the database.
+    UpstreamTlsFailed,
+    /// The client wanted SCRAM channel binding, which cannot span the
+    /// proxy's two TLS sessions.
+    ChannelBinding,
     /// The client went away during negotiation.
     ClientClosed,
 }
@@ -73,6 +89,13 @@ impl RefusalReason {
             RefusalReason::Timeout => "timeout",
             RefusalReason::TooManyConnections => "too_many_connections",
             RefusalReason::UpstreamUnavailable => "upstream_unavailable",
+            RefusalReason::UpstreamTlsRefused => "upstream_tls_refused",
+            RefusalReason::UpstreamUntrusted => "upstream_untrusted",
+            RefusalReason::UpstreamExpired => "upstream_expired",
+            RefusalReason::UpstreamNameMismatch => "upstream_name_mismatch",
+            RefusalReason::PinMismatch => "pin_mismatch",
+            RefusalReason::UpstreamTlsFailed => "upstream_tls_failed",
+            RefusalReason::ChannelBinding => "channel_binding",
             RefusalReason::ClientClosed => "client_closed",
         }
     }
@@ -216,6 +239,13 @@ mod tests {
             RefusalReason::Timeout,
             RefusalReason::TooManyConnections,
             RefusalReason::UpstreamUnavailable,
+            RefusalReason::UpstreamTlsRefused,
+            RefusalReason::UpstreamUntrusted,
+            RefusalReason::UpstreamExpired,
+            RefusalReason::UpstreamNameMismatch,
+            RefusalReason::PinMismatch,
+            RefusalReason::UpstreamTlsFailed,
+            RefusalReason::ChannelBinding,
             RefusalReason::ClientClosed,
         ];
         let names: std::collections::HashSet<_> = all.iter().map(|r| r.as_str()).collect();

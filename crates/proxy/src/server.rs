@@ -23,6 +23,7 @@ use crate::metrics::{HandshakeFacts, ProxyMetrics};
 use crate::net::{BoundListener, PeerAddr};
 use crate::refusal::RefusalReason;
 use crate::tls::{ListenerTls, ALPN_POSTGRESQL};
+use crate::upstream_tls::UpstreamTls;
 use crate::{mysql, plain_tls, postgres, ProxyError};
 
 /// Over-limit connections are told why inside TLS, which costs a handshake;
@@ -38,6 +39,8 @@ pub struct PreparedRoute {
     pub server_name: Option<ServerNamePattern>,
     /// Where the database is.
     pub upstream: Endpoint,
+    /// TLS towards the database, built once at load; `None` for plaintext.
+    pub upstream_tls: Option<Arc<UpstreamTls>>,
     /// TLS state (certificate, trust anchors, CRL, allow-list).
     pub tls: ListenerTls,
     /// Identity to user mapping.
@@ -101,9 +104,16 @@ impl PreparedListener {
             listener: config.name.clone(),
             source: Box::new(e),
         };
+        let upstream_tls = |settings: Option<&intransit_config::UpstreamTls>| {
+            settings
+                .map(|s| UpstreamTls::build(s).map(Arc::new))
+                .transpose()
+                .map_err(in_listener)
+        };
         let default_route = Arc::new(PreparedRoute {
             server_name: None,
             upstream: config.upstream.clone(),
+            upstream_tls: upstream_tls(config.upstream_tls.as_ref())?,
             tls: ListenerTls::build(&config.tls, alpn.clone()).map_err(in_listener)?,
             db_users: config.db_users.clone(),
         });
@@ -112,6 +122,7 @@ impl PreparedListener {
             routes.push(Arc::new(PreparedRoute {
                 server_name: Some(route.server_name.clone()),
                 upstream: route.upstream.clone(),
+                upstream_tls: upstream_tls(route.upstream_tls.as_ref())?,
                 tls: ListenerTls::build(&route.tls, alpn.clone()).map_err(in_listener)?,
                 db_users: route.db_users.clone(),
             }));
@@ -159,12 +170,13 @@ impl PreparedListener {
         }
     }
 
-    /// Every distinct upstream of the listener, the default route's first.
-    pub fn upstreams(&self) -> Vec<Endpoint> {
-        let mut out = vec![self.default_route.upstream.clone()];
+    /// One route per distinct upstream of the listener, the default
+    /// route's first.
+    pub fn upstream_routes(&self) -> Vec<Arc<PreparedRoute>> {
+        let mut out = vec![self.default_route.clone()];
         for r in &self.routes {
-            if !out.contains(&r.upstream) {
-                out.push(r.upstream.clone());
+            if !out.iter().any(|o| o.upstream == r.upstream) {
+                out.push(r.clone());
             }
         }
         out

@@ -27,5 +27,5 @@ mod tools;
 pub use isolation::{free_port, unique_name};
 pub use mariadb::{run_mariadb, MariaDbAuth, MariaDbOptions, MariaDbServer, MariaDbSsl};
 pub use postgres::{PgOptions, PgServer, PgSsl};
-pub use redis::RedisServer;
+pub use redis::{RedisServer, RedisTls};
 pub use tools::{require_tool, run_psql};

@@ -1,7 +1,8 @@
 //! A private Redis server per test binary, for `protocol = "tls"`
 //! listeners: plaintext on a random loopback port, no persistence, its
 //! working directory in a temporary directory that the supervisor removes
-//! once the test process is gone.
+//! once the test process is gone. [`RedisServer::start_with_tls`] adds
+//! Redis's own TLS port, for tests of an encrypted upstream leg.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -20,11 +21,25 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Start-up attempts, each on a fresh port, in case a port was taken.
 const ATTEMPTS: usize = 5;
 
+/// PEM files for Redis's own TLS port (`--tls-port`). They are read by
+/// the server at start-up, from where they are.
+#[derive(Debug, Clone)]
+pub struct RedisTls {
+    /// The server certificate chain.
+    pub cert_file: PathBuf,
+    /// The server's private key.
+    pub key_file: PathBuf,
+    /// The CA for client certificates; clients are asked for one but
+    /// need not present it.
+    pub ca_file: PathBuf,
+}
+
 /// A running `redis-server`.
 #[derive(Debug)]
 pub struct RedisServer {
     dir: PathBuf,
     port: u16,
+    tls_port: Option<u16>,
     process: Child,
     supervisor: Supervisor,
 }
@@ -43,6 +58,17 @@ impl RedisServer {
     /// Starts a fresh server. A missing `redis-server` is an error that
     /// names the package to install.
     pub fn start() -> Result<RedisServer> {
+        RedisServer::start_inner(None)
+    }
+
+    /// Starts a fresh server that also serves TLS (1.2 and 1.3) on a port
+    /// of its own ([`RedisServer::tls_port`]); the plaintext port stays for
+    /// the readiness check.
+    pub fn start_with_tls(tls: RedisTls) -> Result<RedisServer> {
+        RedisServer::start_inner(Some(tls))
+    }
+
+    fn start_inner(tls: Option<RedisTls>) -> Result<RedisServer> {
         let binary = require_tool("redis-server", "redis-server")?;
         let dir = tempfile::Builder::new()
             .prefix("intransit-redis-")
@@ -53,13 +79,15 @@ impl RedisServer {
         let mut last_error = None;
         for _ in 0..ATTEMPTS {
             let port = free_port();
-            let mut process = spawn(&binary, &dir, port)?;
+            let tls_port = tls.as_ref().map(|t| (free_port(), t));
+            let mut process = spawn(&binary, &dir, port, tls_port)?;
             supervisor.watch(process.id())?;
             match wait_ready(&mut process, port, &dir) {
                 Ok(()) => {
                     return Ok(RedisServer {
                         dir,
                         port,
+                        tls_port: tls_port.map(|(p, _)| p),
                         process,
                         supervisor,
                     })
@@ -84,6 +112,11 @@ impl RedisServer {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The TLS port on 127.0.0.1, for a server started with TLS.
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
+    }
+
     /// The server's working directory (its log is `redis.log` there).
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -98,9 +131,21 @@ impl Drop for RedisServer {
     }
 }
 
-fn spawn(binary: &Path, dir: &Path, port: u16) -> Result<Child> {
-    Command::new(binary)
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+fn spawn(binary: &Path, dir: &Path, port: u16, tls: Option<(u16, &RedisTls)>) -> Result<Child> {
+    let mut command = Command::new(binary);
+    command.args(["--port", &port.to_string(), "--bind", "127.0.0.1"]);
+    if let Some((tls_port, files)) = tls {
+        command
+            .args(["--tls-port", &tls_port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(&files.cert_file)
+            .arg("--tls-key-file")
+            .arg(&files.key_file)
+            .arg("--tls-ca-cert-file")
+            .arg(&files.ca_file)
+            .args(["--tls-auth-clients", "optional"]);
+    }
+    command
         .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
         .arg("--dir")
         .arg(dir)

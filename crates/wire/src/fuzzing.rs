@@ -100,6 +100,25 @@ fn authentication_round_trip(body: &[u8], original: &[u8]) {
             pg::encode_authentication_sasl(&mechanisms).as_deref(),
             Ok(original)
         );
+        // The rewrite a TLS upstream needs: no -PLUS left, the rest kept in
+        // order, and a message that frames and parses again.
+        if let Ok(Some(rewritten)) = pg::without_channel_binding(body) {
+            let Ok(Some((frame, used))) = pg::parse_backend_frame(&rewritten) else {
+                panic!("a rewritten SASL offer does not frame");
+            };
+            assert_eq!(used, rewritten.len());
+            let Ok(AuthenticationRequest::Sasl { mechanisms: kept }) =
+                pg::parse_authentication(frame.body)
+            else {
+                panic!("a rewritten SASL offer does not parse");
+            };
+            let expected: Vec<&str> = mechanisms
+                .iter()
+                .copied()
+                .filter(|m| !m.ends_with("-PLUS"))
+                .collect();
+            assert_eq!(kept, expected);
+        }
     }
 }
 
@@ -109,8 +128,14 @@ pub fn pg_frontend_frame(data: &[u8]) {
     while let Ok(Some((frame, used))) = pg::parse_frontend_frame(rest) {
         assert_eq!(used, frame.body.len() + 5);
         assert!(used <= rest.len());
+        if frame.tag == pg::FrontendFrame::PASSWORD {
+            if let Ok(response) = pg::parse_sasl_initial_response(frame.body) {
+                assert!(response.data.is_none_or(|d| d.len() < frame.body.len()));
+            }
+        }
         rest = rest.get(used..).unwrap_or_default();
     }
+    let _ = pg::parse_sasl_initial_response(data);
 }
 
 /// Drives [`tls::parse_record_header`].

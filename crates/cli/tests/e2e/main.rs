@@ -18,6 +18,8 @@
 //! - `status_page`: the admin status page in headless chromium.
 //! - `rotate`: `intransit rotate` replacing the certificate of a PostgreSQL
 //!   and a MariaDB with native TLS, under pgbench and client load.
+//! - `upstream_tls`: the encrypted upstream leg (verify modes, pins, client
+//!   certificate, failures) against PostgreSQL, MariaDB and Redis with TLS.
 
 // Tests may panic on anything unexpected: that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -35,3 +37,4 @@ mod sni;
 mod status_page;
 mod support;
 mod tls_protocol;
+mod upstream_tls;

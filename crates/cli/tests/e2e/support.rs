@@ -27,7 +27,7 @@ pub fn pg() -> &'static PgServer {
 /// Client certificates with different problems, all under one directory.
 pub struct Pki {
     /// Where the files live (removed by the next run once this one is gone).
-    _dir: PathBuf,
+    pub dir: PathBuf,
     pub ca: PathBuf,
     /// The test CA itself, for tests that issue their own certificates.
     pub authority: CertificateAuthority,
@@ -203,7 +203,7 @@ pub fn pki() -> &'static Pki {
                 v(),
             ),
             authority: ca,
-            _dir: dir,
+            dir,
         }
     })
 }

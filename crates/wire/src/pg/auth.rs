@@ -160,6 +160,75 @@ pub fn encode_authentication_sasl(mechanisms: &[&str]) -> Result<Vec<u8>, WireEr
     Ok(encode_frame(BackendFrame::AUTHENTICATION, &body))
 }
 
+/// A client's SASLInitialResponse (a 'p' message answering
+/// AuthenticationSASL): the chosen mechanism and its first message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SaslInitialResponse<'a> {
+    /// The mechanism the client chose, such as [`SCRAM_SHA_256`].
+    pub mechanism: &'a str,
+    /// The mechanism's initial data (for SCRAM, the client-first-message);
+    /// `None` when the client sent length -1.
+    pub data: Option<&'a [u8]>,
+}
+
+impl SaslInitialResponse<'_> {
+    /// The SCRAM GS2 channel-binding flag: `b'n'` (the client does not
+    /// support binding), `b'y'` (it does, but thinks the server does not)
+    /// or `b'p'` (it binds). `None` without data.
+    pub fn channel_binding_flag(&self) -> Option<u8> {
+        self.data.and_then(|d| d.first().copied())
+    }
+}
+
+/// Parses the body of a SASLInitialResponse ([`super::FrontendFrame::PASSWORD`]
+/// sent in answer to AuthenticationSASL).
+pub fn parse_sasl_initial_response(body: &[u8]) -> Result<SaslInitialResponse<'_>, WireError> {
+    const WHAT: &str = "SASLInitialResponse";
+    let malformed = |reason| WireError::Malformed {
+        message: WHAT,
+        reason,
+    };
+    let (name, rest) = split_cstr(body).ok_or(malformed("unterminated mechanism name"))?;
+    let mechanism = std::str::from_utf8(name).map_err(|_| WireError::InvalidUtf8 {
+        what: "SASL mechanism name",
+    })?;
+    let length = read_u32(rest, 0).ok_or(malformed("no data length"))? as i32;
+    let data = rest.get(4..).unwrap_or_default();
+    match usize::try_from(length) {
+        Err(_) if length == -1 && data.is_empty() => Ok(SaslInitialResponse {
+            mechanism,
+            data: None,
+        }),
+        Ok(n) if n == data.len() => Ok(SaslInitialResponse {
+            mechanism,
+            data: Some(data),
+        }),
+        _ => Err(malformed("data length does not match the message")),
+    }
+}
+
+/// Rewrites an AuthenticationSASL body without the channel-binding
+/// mechanisms (`-PLUS`), as a complete message ready to send.
+///
+/// Returns `Ok(None)` when `body` is another authentication request or
+/// offers no `-PLUS` mechanism, so the caller forwards the original bytes.
+/// A proxy that terminates TLS must do this when its upstream leg is TLS:
+/// the client would bind to the proxy's certificate, the server to its
+/// own, and the exchange would fail with a binding mismatch.
+pub fn without_channel_binding(body: &[u8]) -> Result<Option<Vec<u8>>, WireError> {
+    let AuthenticationRequest::Sasl { mechanisms } = parse_authentication(body)? else {
+        return Ok(None);
+    };
+    if !mechanisms.iter().any(|m| m.ends_with("-PLUS")) {
+        return Ok(None);
+    }
+    let kept: Vec<&str> = mechanisms
+        .into_iter()
+        .filter(|m| !m.ends_with("-PLUS"))
+        .collect();
+    encode_authentication_sasl(&kept).map(Some)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -309,5 +378,63 @@ mod tests {
             encode_authentication_sasl(&["SCRAM-SHA-256\0EVIL"]),
             Err(WireError::NulInString { .. })
         ));
+    }
+
+    #[test]
+    fn channel_binding_is_stripped_from_the_captured_tls_offer() {
+        let tls = hex(PG15_AUTH_SASL_TLS);
+        let (frame, _) = parse_backend_frame(&tls).unwrap().unwrap();
+        let rewritten = without_channel_binding(frame.body).unwrap().unwrap();
+        assert_eq!(rewritten, hex(PG15_AUTH_SASL_PLAINTEXT));
+        // The length word counts itself and the shorter body.
+        let (again, used) = parse_backend_frame(&rewritten).unwrap().unwrap();
+        assert_eq!(used, rewritten.len());
+        assert_eq!(
+            parse_authentication(again.body).unwrap(),
+            AuthenticationRequest::Sasl {
+                mechanisms: vec![SCRAM_SHA_256]
+            }
+        );
+    }
+
+    #[test]
+    fn other_requests_are_left_alone() {
+        let plaintext = hex(PG15_AUTH_SASL_PLAINTEXT);
+        let (frame, _) = parse_backend_frame(&plaintext).unwrap().unwrap();
+        assert_eq!(without_channel_binding(frame.body).unwrap(), None);
+        assert_eq!(without_channel_binding(&body(AUTH_OK, &[])).unwrap(), None);
+        assert_eq!(
+            without_channel_binding(&body(AUTH_MD5_PASSWORD, &[1, 2, 3, 4])).unwrap(),
+            None
+        );
+        assert!(without_channel_binding(&body(AUTH_SASL, b"SCRAM-SHA-256-PLUS")).is_err());
+        assert!(without_channel_binding(&[0, 0]).is_err());
+    }
+
+    #[test]
+    fn captured_sasl_initial_response() {
+        let bytes = hex(PSQL15_SASL_INITIAL_RESPONSE);
+        let (frame, used) = crate::pg::parse_frontend_frame(&bytes).unwrap().unwrap();
+        assert_eq!(used, bytes.len());
+        let response = parse_sasl_initial_response(frame.body).unwrap();
+        assert_eq!(response.mechanism, SCRAM_SHA_256);
+        assert_eq!(response.channel_binding_flag(), Some(b'n'));
+        assert!(response.data.unwrap().starts_with(b"n,,n=,r="));
+
+        let mut y = b"SCRAM-SHA-256\0".to_vec();
+        y.extend_from_slice(&5u32.to_be_bytes());
+        y.extend_from_slice(b"y,,n=");
+        assert_eq!(
+            parse_sasl_initial_response(&y)
+                .unwrap()
+                .channel_binding_flag(),
+            Some(b'y')
+        );
+        let mut none = b"SCRAM-SHA-256\0".to_vec();
+        none.extend_from_slice(&(-1i32).to_be_bytes());
+        assert_eq!(parse_sasl_initial_response(&none).unwrap().data, None);
+        for bad in [&b"SCRAM"[..], b"SCRAM\0\0\0", b"SCRAM\0\0\0\0\x09abc"] {
+            assert!(parse_sasl_initial_response(bad).is_err(), "{bad:?}");
+        }
     }
 }

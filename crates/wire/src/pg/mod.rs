@@ -10,7 +10,8 @@
 //! - message framing after startup ([`parse_backend_frame`],
 //!   [`parse_frontend_frame`]);
 //! - Authentication requests ([`parse_authentication`],
-//!   [`encode_authentication_sasl`]);
+//!   [`encode_authentication_sasl`], [`without_channel_binding`]) and the
+//!   client's answer ([`parse_sasl_initial_response`]);
 //! - ErrorResponse building and parsing ([`ErrorResponse`],
 //!   [`parse_error_response`]).
 //!
@@ -30,9 +31,10 @@ mod startup;
 pub(crate) mod captured;
 
 pub use auth::{
-    encode_authentication_sasl, parse_authentication, AuthenticationRequest,
-    AUTH_CLEARTEXT_PASSWORD, AUTH_GSS, AUTH_GSS_CONTINUE, AUTH_MD5_PASSWORD, AUTH_OK, AUTH_SASL,
-    AUTH_SASL_CONTINUE, AUTH_SASL_FINAL, AUTH_SSPI, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
+    encode_authentication_sasl, parse_authentication, parse_sasl_initial_response,
+    without_channel_binding, AuthenticationRequest, SaslInitialResponse, AUTH_CLEARTEXT_PASSWORD,
+    AUTH_GSS, AUTH_GSS_CONTINUE, AUTH_MD5_PASSWORD, AUTH_OK, AUTH_SASL, AUTH_SASL_CONTINUE,
+    AUTH_SASL_FINAL, AUTH_SSPI, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
 };
 pub use error_response::{
     error_field, parse_error_response, ErrorResponse, ErrorResponseFields, Severity, SqlState,

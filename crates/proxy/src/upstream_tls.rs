@@ -1,0 +1,552 @@
+//! TLS on the leg from the proxy to the database: the rustls client side.
+//!
+//! This module owns turning an [`intransit_config::UpstreamTls`] into a
+//! rustls [`ClientConfig`] (built once, when the configuration is loaded),
+//! the server-certificate verifier with its SPKI pins, running the
+//! handshake over an already-open upstream stream, and saying precisely
+//! why a handshake failed (which pin was presented and which were
+//! expected, which name did not match, which issuer is unknown, when the
+//! certificate expired). It does not decide how a protocol asks the
+//! server for TLS (`SSLRequest`, `CLIENT_SSL`): the protocol modules do
+//! that and then hand the stream here. Server mode uses it for the
+//! upstream leg; client mode will use the same type.
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use intransit_config::{
+    SpkiPin, TlsVersion, UpstreamServerName, UpstreamTls as UpstreamTlsConfig, UpstreamTlsMode,
+};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore,
+    SignatureScheme,
+};
+use tokio_rustls::TlsConnector;
+
+use crate::net::BoxStream;
+use crate::refusal::RefusalReason;
+use crate::tls::{crypto_provider, load_certs};
+use crate::ProxyError;
+
+/// The upstream leg's TLS settings, loaded and ready for handshakes.
+pub struct UpstreamTls {
+    settings: UpstreamTlsConfig,
+    config: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+    mode: UpstreamTlsMode,
+    pins: Vec<SpkiPin>,
+}
+
+impl fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("mode", &self.mode)
+            .field("server_name", &self.server_name)
+            .field("pins", &self.pins.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a TLS handshake with the upstream failed, for the refusal log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTlsFailure {
+    /// The refusal reason (and metric label).
+    pub reason: RefusalReason,
+    /// What exactly failed, for the log.
+    pub detail: String,
+}
+
+/// The presented certificate's key matches none of the configured pins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinMismatch {
+    /// The pin of the certificate the server presented.
+    pub presented: String,
+    /// The pins that would have been accepted.
+    pub expected: Vec<String>,
+}
+
+impl fmt::Display for PinMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the certificate's public key pin {} matches none of the expected pins [{}]",
+            self.presented,
+            self.expected.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for PinMismatch {}
+
+impl UpstreamTls {
+    /// Loads the files the settings name and builds the client
+    /// configuration: aws-lc-rs, TLS 1.3 (and 1.2 when allowed), the
+    /// listener-side groups, the verifier for the mode and pins, and the
+    /// client certificate if one is configured.
+    pub fn build(settings: &UpstreamTlsConfig) -> Result<Self, ProxyError> {
+        let provider = Arc::new(crypto_provider());
+        let inner = match (&settings.mode, &settings.ca) {
+            (UpstreamTlsMode::VerifyCa | UpstreamTlsMode::VerifyFull, Some(ca)) => {
+                let mut roots = RootCertStore::empty();
+                for cert in load_certs(ca, "upstream CA")? {
+                    roots
+                        .add(cert)
+                        .map_err(|e| ProxyError::file("upstream CA", ca, e.to_string()))?;
+                }
+                Some(
+                    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                        .build()
+                        .map_err(|e| ProxyError::Tls(format!("upstream verifier: {e}")))?,
+                )
+            }
+            (UpstreamTlsMode::VerifyCa | UpstreamTlsMode::VerifyFull, None) => {
+                return Err(ProxyError::Tls(
+                    "upstream_tls verify modes need ca (the configuration check should have caught this)"
+                        .into(),
+                ))
+            }
+            (UpstreamTlsMode::Require | UpstreamTlsMode::Pinned, _) => None,
+        };
+        let verifier = Arc::new(UpstreamVerifier {
+            mode: settings.mode,
+            inner,
+            pins: settings.pins.clone(),
+            algorithms: provider.signature_verification_algorithms,
+        });
+        let versions = match settings.min_version {
+            TlsVersion::V1_3 => &[&rustls::version::TLS13][..],
+            TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12][..],
+        };
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .map_err(|e| ProxyError::Tls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let config = match (&settings.cert, &settings.key) {
+            (Some(cert), Some(key_path)) => {
+                let chain = load_certs(cert, "upstream client certificate")?;
+                let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| {
+                    ProxyError::file("upstream client key", key_path, e.to_string())
+                })?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| {
+                    ProxyError::file("upstream client certificate and key", cert, e.to_string())
+                })?
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        let server_name = match &settings.server_name {
+            UpstreamServerName::Ip(ip) => ServerName::IpAddress((*ip).into()),
+            UpstreamServerName::Dns(name) => ServerName::try_from(name.clone())
+                .map_err(|e| ProxyError::Tls(format!("upstream server_name {name:?}: {e}")))?,
+        };
+        Ok(UpstreamTls {
+            settings: settings.clone(),
+            config: Arc::new(config),
+            server_name,
+            mode: settings.mode,
+            pins: settings.pins.clone(),
+        })
+    }
+
+    /// The settings this was built from (a reload compares them with the
+    /// file's: upstream TLS is not reloaded in place).
+    pub fn settings(&self) -> &UpstreamTlsConfig {
+        &self.settings
+    }
+
+    /// The name the certificate is checked against, for logs.
+    pub fn server_name(&self) -> String {
+        self.server_name.to_str().into_owned()
+    }
+
+    /// Runs the TLS handshake over `stream` (already connected, and already
+    /// past the protocol's TLS request), within `timeout`, and returns the
+    /// encrypted stream with the negotiated TLS version.
+    pub async fn connect(
+        &self,
+        stream: BoxStream,
+        timeout: Duration,
+    ) -> Result<(BoxStream, &'static str), UpstreamTlsFailure> {
+        let connector = TlsConnector::from(self.config.clone());
+        let handshake = connector.connect(self.server_name.clone(), stream);
+        let Ok(finished) = tokio::time::timeout(timeout, handshake).await else {
+            return Err(UpstreamTlsFailure {
+                reason: RefusalReason::UpstreamTlsFailed,
+                detail: format!(
+                    "TLS with the upstream (server name {}): no handshake within {timeout:?}",
+                    self.server_name()
+                ),
+            });
+        };
+        match finished {
+            Ok(tls) => {
+                let version = tls
+                    .get_ref()
+                    .1
+                    .protocol_version()
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("unknown");
+                Ok((Box::new(tls), version))
+            }
+            Err(e) => Err(self.describe(&e)),
+        }
+    }
+
+    /// Says what failed, from the error a handshake returned.
+    fn describe(&self, error: &io::Error) -> UpstreamTlsFailure {
+        let context = format!(
+            "TLS with the upstream (mode {}, server name {})",
+            self.mode,
+            self.server_name()
+        );
+        let Some(tls) = error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        else {
+            return UpstreamTlsFailure {
+                reason: RefusalReason::UpstreamTlsFailed,
+                detail: format!("{context}: {error}"),
+            };
+        };
+        let reason = match tls {
+            rustls::Error::InvalidCertificate(cert) => match cert {
+                CertificateError::Other(OtherError(other)) => {
+                    if let Some(mismatch) = other.downcast_ref::<PinMismatch>() {
+                        return UpstreamTlsFailure {
+                            reason: RefusalReason::PinMismatch,
+                            detail: format!("{context}: {mismatch}"),
+                        };
+                    }
+                    RefusalReason::UpstreamTlsFailed
+                }
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. } => {
+                    RefusalReason::UpstreamNameMismatch
+                }
+                CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+                    RefusalReason::UpstreamUntrusted
+                }
+                CertificateError::Expired
+                | CertificateError::ExpiredContext { .. }
+                | CertificateError::NotValidYet
+                | CertificateError::NotValidYetContext { .. } => RefusalReason::UpstreamExpired,
+                _ => RefusalReason::UpstreamTlsFailed,
+            },
+            _ => RefusalReason::UpstreamTlsFailed,
+        };
+        let what = match tls {
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+                "the certificate does not chain to the configured upstream ca (unknown issuer)"
+                    .to_owned()
+            }
+            rustls::Error::AlertReceived(alert) => {
+                format!("the server sent the alert {alert:?} (did it want a client certificate, or one it trusts?)")
+            }
+            other => other.to_string(),
+        };
+        UpstreamTlsFailure {
+            reason,
+            detail: format!("{context}: {what}"),
+        }
+    }
+}
+
+/// webpki's server verifier, used as far as the mode asks, plus the SPKI
+/// pins. In `verify-ca` a name mismatch is forgiven (webpki checks the name
+/// last, after the chain, so any other error is still reported); in
+/// `pinned` and `require` webpki is not consulted at all. Handshake
+/// signatures are always checked, so the server must hold the key of the
+/// certificate it presents.
+#[derive(Debug)]
+struct UpstreamVerifier {
+    mode: UpstreamTlsMode,
+    inner: Option<Arc<WebPkiServerVerifier>>,
+    pins: Vec<SpkiPin>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl UpstreamVerifier {
+    fn check_pins(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        if self.pins.is_empty() {
+            return Ok(());
+        }
+        let presented = intransit_pki::spki_pin(end_entity.as_ref())
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        if self.pins.iter().any(|p| p.as_str() == presented) {
+            return Ok(());
+        }
+        Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+            OtherError(Arc::new(PinMismatch {
+                presented,
+                expected: self.pins.iter().map(|p| p.to_string()).collect(),
+            })),
+        )))
+    }
+}
+
+impl ServerCertVerifier for UpstreamVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(inner) = &self.inner {
+            let verified = inner.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            );
+            match (self.mode, verified) {
+                (_, Ok(_)) => {}
+                (
+                    UpstreamTlsMode::VerifyCa,
+                    Err(rustls::Error::InvalidCertificate(
+                        CertificateError::NotValidForName
+                        | CertificateError::NotValidForNameContext { .. },
+                    )),
+                ) => {}
+                (_, Err(e)) => return Err(e),
+            }
+        }
+        self.check_pins(end_entity)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use intransit_pki::{
+        CertificateAuthority, CertificateKind, IssueRequest, KeyAlgorithm, Validity,
+    };
+
+    struct Fixture {
+        roots: Arc<RootCertStore>,
+        leaf: CertificateDer<'static>,
+        leaf_pin: String,
+        foreign_leaf: CertificateDer<'static>,
+        expired_leaf: CertificateDer<'static>,
+    }
+
+    fn leaf_of(ca: &CertificateAuthority, validity: Validity) -> CertificateDer<'static> {
+        let issued = ca
+            .issue(&IssueRequest {
+                kind: CertificateKind::Server,
+                common_name: "db.internal".into(),
+                dns_names: vec!["db.internal".into()],
+                ip_addresses: vec!["127.0.0.1".parse().unwrap()],
+                uris: vec![],
+                key: KeyAlgorithm::EcdsaP256,
+                validity,
+            })
+            .unwrap();
+        let der = intransit_pki::pem_to_der_certs(&issued.cert_pem).unwrap();
+        CertificateDer::from(der[0].clone())
+    }
+
+    fn fixture() -> Fixture {
+        let ca = CertificateAuthority::generate(
+            "database CA",
+            KeyAlgorithm::EcdsaP256,
+            Validity::days_from_now(10),
+        )
+        .unwrap();
+        let other = CertificateAuthority::generate(
+            "other CA",
+            KeyAlgorithm::EcdsaP256,
+            Validity::days_from_now(10),
+        )
+        .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(ca.cert_der().to_vec()))
+            .unwrap();
+        let leaf = leaf_of(&ca, Validity::days_from_now(5));
+        let now = time::OffsetDateTime::now_utc();
+        let expired = Validity {
+            not_before: now - time::Duration::days(3),
+            not_after: now - time::Duration::days(1),
+        };
+        Fixture {
+            roots: Arc::new(roots),
+            leaf_pin: intransit_pki::spki_pin(leaf.as_ref()).unwrap(),
+            leaf,
+            foreign_leaf: leaf_of(&other, Validity::days_from_now(5)),
+            expired_leaf: leaf_of(&ca, expired),
+        }
+    }
+
+    fn verifier(f: &Fixture, mode: UpstreamTlsMode, pins: &[&str]) -> UpstreamVerifier {
+        let provider = Arc::new(crypto_provider());
+        let inner = matches!(
+            mode,
+            UpstreamTlsMode::VerifyCa | UpstreamTlsMode::VerifyFull
+        )
+        .then(|| {
+            WebPkiServerVerifier::builder_with_provider(f.roots.clone(), provider.clone())
+                .build()
+                .unwrap()
+        });
+        UpstreamVerifier {
+            mode,
+            inner,
+            pins: pins.iter().map(|p| SpkiPin::parse(p).unwrap()).collect(),
+            algorithms: provider.signature_verification_algorithms,
+        }
+    }
+
+    fn check(
+        v: &UpstreamVerifier,
+        leaf: &CertificateDer<'_>,
+        name: &str,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let name = ServerName::try_from(name.to_owned()).unwrap();
+        v.verify_server_cert(leaf, &[], &name, &[], UnixTime::now())
+    }
+
+    const WRONG_PIN: &str = "sha256/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+    /// The reason `describe` gives for a verifier error, as the handshake
+    /// reports it (a rustls error inside an io::Error).
+    fn reason_of(error: rustls::Error) -> UpstreamTlsFailure {
+        let tls = UpstreamTls {
+            settings: UpstreamTlsConfig {
+                mode: UpstreamTlsMode::VerifyFull,
+                ca: None,
+                cert: None,
+                key: None,
+                server_name: UpstreamServerName::Dns("db.internal".into()),
+                server_name_explicit: true,
+                pins: Vec::new(),
+                min_version: TlsVersion::V1_3,
+            },
+            config: Arc::new(
+                ClientConfig::builder_with_provider(Arc::new(crypto_provider()))
+                    .with_safe_default_protocol_versions()
+                    .unwrap()
+                    .with_root_certificates(RootCertStore::empty())
+                    .with_no_client_auth(),
+            ),
+            server_name: ServerName::try_from("db.internal").unwrap(),
+            mode: UpstreamTlsMode::VerifyFull,
+            pins: Vec::new(),
+        };
+        tls.describe(&io::Error::new(io::ErrorKind::InvalidData, error))
+    }
+
+    #[test]
+    fn verify_full_checks_chain_name_and_expiry() {
+        let f = fixture();
+        let v = verifier(&f, UpstreamTlsMode::VerifyFull, &[]);
+        assert!(check(&v, &f.leaf, "db.internal").is_ok());
+        assert!(check(&v, &f.leaf, "127.0.0.1").is_ok());
+
+        let wrong_name = check(&v, &f.leaf, "other.internal").unwrap_err();
+        let failure = reason_of(wrong_name);
+        assert_eq!(failure.reason, RefusalReason::UpstreamNameMismatch);
+        assert!(
+            failure.detail.contains("other.internal"),
+            "{}",
+            failure.detail
+        );
+        assert!(failure.detail.contains("db.internal"), "{}", failure.detail);
+
+        let foreign = check(&v, &f.foreign_leaf, "db.internal").unwrap_err();
+        let failure = reason_of(foreign);
+        assert_eq!(failure.reason, RefusalReason::UpstreamUntrusted);
+        assert!(
+            failure.detail.contains("unknown issuer"),
+            "{}",
+            failure.detail
+        );
+
+        let expired = check(&v, &f.expired_leaf, "db.internal").unwrap_err();
+        assert_eq!(reason_of(expired).reason, RefusalReason::UpstreamExpired);
+    }
+
+    #[test]
+    fn verify_ca_forgives_only_the_name() {
+        let f = fixture();
+        let v = verifier(&f, UpstreamTlsMode::VerifyCa, &[]);
+        assert!(check(&v, &f.leaf, "other.internal").is_ok());
+        assert!(check(&v, &f.foreign_leaf, "db.internal").is_err());
+        assert!(check(&v, &f.expired_leaf, "other.internal").is_err());
+    }
+
+    #[test]
+    fn pins_are_checked_on_top_of_the_chain_or_alone() {
+        let f = fixture();
+        let good = f.leaf_pin.as_str();
+        let backup = verifier(&f, UpstreamTlsMode::VerifyFull, &[WRONG_PIN, good]);
+        assert!(check(&backup, &f.leaf, "db.internal").is_ok());
+        // A pin does not excuse a wrong name in verify-full.
+        assert!(check(&backup, &f.leaf, "other.internal").is_err());
+
+        let mismatch = verifier(&f, UpstreamTlsMode::VerifyFull, &[WRONG_PIN]);
+        let failure = reason_of(check(&mismatch, &f.leaf, "db.internal").unwrap_err());
+        assert_eq!(failure.reason, RefusalReason::PinMismatch);
+        assert!(failure.detail.contains(good), "{}", failure.detail);
+        assert!(failure.detail.contains(WRONG_PIN), "{}", failure.detail);
+
+        // Pinned: neither chain nor name nor expiry, only the key.
+        let pinned = verifier(&f, UpstreamTlsMode::Pinned, &[good]);
+        assert!(check(&pinned, &f.leaf, "other.internal").is_ok());
+        assert!(check(&pinned, &f.foreign_leaf, "db.internal").is_err());
+        let expired_pin = intransit_pki::spki_pin(f.expired_leaf.as_ref()).unwrap();
+        let pinned_expired = verifier(&f, UpstreamTlsMode::Pinned, &[&expired_pin]);
+        assert!(check(&pinned_expired, &f.expired_leaf, "db.internal").is_ok());
+
+        let require = verifier(&f, UpstreamTlsMode::Require, &[]);
+        assert!(check(&require, &f.foreign_leaf, "anything.internal").is_ok());
+    }
+
+    #[test]
+    fn alerts_and_other_errors_are_upstream_tls_failed() {
+        let failure = reason_of(rustls::Error::AlertReceived(
+            rustls::AlertDescription::CertificateRequired,
+        ));
+        assert_eq!(failure.reason, RefusalReason::UpstreamTlsFailed);
+        assert!(
+            failure.detail.contains("CertificateRequired"),
+            "{}",
+            failure.detail
+        );
+        let tls = reason_of(rustls::Error::DecryptError);
+        assert_eq!(tls.reason, RefusalReason::UpstreamTlsFailed);
+    }
+}
