@@ -8,9 +8,10 @@
 //! | `/status`  | JSON: listeners, routes, policies and certificates in force, outcome totals and timeline, recent refusals |
 //! | `/`        | the status page for people (`page.rs`), built from `/status` in the browser |
 //!
-//! The server only reads proxy state; it changes nothing. It binds
-//! loopback only: it has no TLS of its own yet, and the configuration
-//! refuses any other address.
+//! The server only reads proxy state; it changes nothing. Without
+//! `[admin_tls]` it speaks plain HTTP and the configuration allows loopback
+//! addresses only; with it, every connection is TLS (mutual TLS by
+//! default) and any address is allowed.
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -24,13 +25,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use intransit_config::Endpoint;
-use intransit_proxy::{AuditLog, BoundProxy, PreparedListener, ProxyMetrics};
+use intransit_proxy::{AuditLog, BoundProxy, ListenerTls, PreparedListener, ProxyMetrics};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tracing::warn;
 
 mod page;
 mod status;
@@ -152,6 +154,49 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
+
+/// Serves HTTPS: each connection is a TLS handshake with the admin
+/// material's current configuration (client certificates checked as for a
+/// listener), then HTTP/1.1. Runs until the process exits.
+pub async fn serve_tls(socket: TcpListener, admin: Arc<Admin>, tls: Arc<ListenerTls>) {
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+    loop {
+        let (tcp, peer) = match socket.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!(error = %e, "admin server: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.snapshot().config());
+        let service = TowerToHyperService::new(admin.router());
+        tokio::spawn(async move {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+            let stream = match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    warn!(peer = %peer, error = %e, "admin server: TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    warn!(peer = %peer, "admin server: TLS handshake timed out");
+                    return;
+                }
+            };
+            let served = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(peer = %peer, error = %e, "admin server: connection ended with an error");
+            }
+        });
+    }
+}
+
+/// How long an admin client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serves until `shutdown` completes.
 pub async fn serve(

@@ -1,30 +1,56 @@
-//! Starting the admin server (metrics, health, readiness) next to a bound
-//! proxy.
+//! Starting the admin server (metrics, health, status page) next to a
+//! bound proxy.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use intransit_admin::Admin;
-use intransit_proxy::BoundProxy;
+use intransit_proxy::{BoundProxy, ListenerTls};
 use tracing::{info, warn};
 
+/// Loads `[admin_tls]` before anything binds, so a bad file stops start-up.
+pub fn prepare_tls(tls: Option<&intransit_config::ServerTls>) -> Result<Option<Arc<ListenerTls>>> {
+    tls.map(|t| {
+        ListenerTls::build(t, vec![b"http/1.1".to_vec()])
+            .map(Arc::new)
+            .context("admin_tls")
+    })
+    .transpose()
+}
+
 /// Binds `addr` and serves the admin endpoints for `bound` until the
-/// process exits. Returns the address actually bound (port 0 resolved).
-pub async fn start(addr: SocketAddr, bound: &BoundProxy) -> Result<SocketAddr> {
+/// process exits, over TLS when `tls` is given. Returns the address
+/// actually bound (port 0 resolved).
+pub async fn start(
+    addr: SocketAddr,
+    tls: Option<Arc<ListenerTls>>,
+    bound: &BoundProxy,
+) -> Result<SocketAddr> {
     let socket = intransit_admin::bind(addr)
         .await
         .with_context(|| format!("admin server: cannot listen on {addr}"))?;
     let local = socket.local_addr().unwrap_or(addr);
     let admin = Admin::new(bound);
-    tokio::spawn(async move {
-        if let Err(e) = intransit_admin::serve(socket, admin, std::future::pending()).await {
-            warn!(error = %e, "admin server stopped");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    match tls {
+        Some(tls) => {
+            tokio::spawn(intransit_admin::serve_tls(socket, admin, tls));
         }
-    });
+        None => {
+            tokio::spawn(async move {
+                if let Err(e) = intransit_admin::serve(socket, admin, std::future::pending()).await
+                {
+                    warn!(error = %e, "admin server stopped");
+                }
+            });
+        }
+    }
     info!(
         admin = %local,
-        page = %format!("http://{local}/"),
-        metrics = %format!("http://{local}/metrics"),
+        tls = scheme == "https",
+        page = %format!("{scheme}://{local}/"),
+        metrics = %format!("{scheme}://{local}/metrics"),
         "admin server listening"
     );
     Ok(local)

@@ -93,11 +93,12 @@ fn run(command: Command) -> Result<ExitCode> {
             let config = load_config(&args.config)?;
             let proxy = Proxy::prepare(&config)
                 .with_context(|| format!("checking {}", args.config.display()))?;
+            let admin_tls = admin::prepare_tls(config.admin_tls.as_ref())?;
             runtime()?.block_on(async move {
                 let signals = ShutdownSignals::install()?;
                 let bound = proxy.bind().await?;
                 if let Some(addr) = config.admin {
-                    admin::start(addr, &bound).await?;
+                    admin::start(addr, admin_tls, &bound).await?;
                 }
                 reload::spawn_on_sighup(args.config.clone(), bound.listeners());
                 serve(bound, signals).await;
@@ -113,6 +114,8 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::CheckConfig(args) => {
             let config = load_config(&args.file)?;
             let proxy = Proxy::prepare(&config)
+                .with_context(|| format!("checking {}", args.file.display()))?;
+            admin::prepare_tls(config.admin_tls.as_ref())
                 .with_context(|| format!("checking {}", args.file.display()))?;
             out!("{}: OK", args.file.display());
             for l in proxy.listeners() {

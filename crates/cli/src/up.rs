@@ -99,6 +99,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let config = Config {
         state_dir: Some(state_root.clone()),
         admin: None,
+        admin_tls: None,
         audit_log: args.audit_log.clone(),
         shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         listeners: vec![listener],
@@ -244,7 +245,7 @@ async fn start_admin(flag: Option<&str>, bound: &intransit_proxy::BoundProxy) ->
     };
     let addr =
         intransit_config::parse_admin_addr(text).map_err(|m| anyhow::anyhow!("--admin: {m}"))?;
-    match crate::admin::start(addr, bound).await {
+    match crate::admin::start(addr, None, bound).await {
         Ok(local) => Ok(format!(
             "status page: http://{local}/ (Prometheus metrics at /metrics)\n"
         )),

@@ -64,8 +64,11 @@ fn err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 pub struct Config {
     /// Where the CA and issued certificates live.
     pub state_dir: Option<PathBuf>,
-    /// The admin server (metrics, health), loopback only.
+    /// The admin server (metrics, health, status); loopback only unless
+    /// `admin_tls` is set.
     pub admin: Option<SocketAddr>,
+    /// TLS (and client certificates) for the admin server.
+    pub admin_tls: Option<ServerTls>,
     /// Where audit events are appended as JSON lines (they always go to
     /// the log too).
     pub audit_log: Option<PathBuf>,

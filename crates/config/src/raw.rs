@@ -22,6 +22,7 @@ use crate::{
 pub(crate) struct RawConfig {
     state_dir: Option<PathBuf>,
     admin: Option<String>,
+    admin_tls: Option<RawServerTls>,
     audit_log: Option<PathBuf>,
     shutdown_grace: Option<String>,
     #[serde(default)]
@@ -83,12 +84,27 @@ pub(crate) struct RawDbUser {
 
 impl RawConfig {
     pub(crate) fn validate(self) -> Result<Config, ConfigError> {
-        let admin = self
-            .admin
-            .as_deref()
-            .map(parse_admin_addr)
-            .transpose()
-            .map_err(|m| err("admin", m))?;
+        let admin_tls = self
+            .admin_tls
+            .map(|t| t.validate("admin_tls"))
+            .transpose()?;
+        let admin = match (self.admin.as_deref(), &admin_tls) {
+            (None, Some(_)) => {
+                return Err(err(
+                    "admin_tls",
+                    "there is no admin server to protect; set admin = \"HOST:PORT\" too",
+                ))
+            }
+            (None, None) => None,
+            // With TLS of its own the admin server may listen anywhere.
+            (Some(text), Some(_)) => Some(text.parse().map_err(|_| {
+                err(
+                    "admin",
+                    format!("{text:?} is not an IP address and port, e.g. \"0.0.0.0:9443\""),
+                )
+            })?),
+            (Some(text), None) => Some(parse_admin_addr(text).map_err(|m| err("admin", m))?),
+        };
         let shutdown_grace = match &self.shutdown_grace {
             Some(s) => parse_duration(s).map_err(|m| err("shutdown_grace", m))?,
             None => DEFAULT_SHUTDOWN_GRACE,
@@ -125,6 +141,7 @@ impl RawConfig {
         Ok(Config {
             state_dir: self.state_dir,
             admin,
+            admin_tls,
             audit_log: self.audit_log,
             shutdown_grace,
             listeners,
@@ -462,16 +479,17 @@ impl RawServerTls {
     }
 }
 
-/// The admin server's address: an IP and port on loopback. The admin
-/// server has no TLS of its own, so it must not be reachable from elsewhere.
+/// The admin server's address without `[admin_tls]`: an IP and port on
+/// loopback, since plain HTTP must not be reachable from elsewhere.
 pub fn parse_admin_addr(text: &str) -> Result<std::net::SocketAddr, String> {
     let addr: std::net::SocketAddr = text
         .parse()
         .map_err(|_| format!("{text:?} is not an IP address and port, e.g. \"127.0.0.1:9090\""))?;
     if !addr.ip().is_loopback() {
         return Err(format!(
-            "{addr} is not a loopback address; the admin server has no TLS of its own, \
-             so it listens on 127.0.0.1 or [::1] only (put a TLS listener in front to expose it)"
+            "{addr} is not a loopback address; without [admin_tls] the admin server speaks \
+             plain HTTP, so it listens on 127.0.0.1 or [::1] only (add [admin_tls] with a \
+             certificate, and client_ca for mutual TLS, to listen elsewhere)"
         ));
     }
     Ok(addr)

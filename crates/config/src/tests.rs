@@ -425,3 +425,22 @@ fn the_admin_server_listens_on_loopback_only() {
     let e = error_of(&format!("admin = \"localhost:9090\"\n{MINIMAL}"));
     assert!(e.message.contains("IP address and port"), "{}", e.message);
 }
+
+#[test]
+fn the_admin_server_needs_tls_to_leave_loopback() {
+    let tls = "[admin_tls]\ncert = \"/etc/a/cert.pem\"\nkey = \"/etc/a/key.pem\"\nclient_ca = \"/etc/a/ca.pem\"\n";
+    let config = Config::from_toml(&format!("admin = \"0.0.0.0:9443\"\n{MINIMAL}{tls}")).unwrap();
+    assert_eq!(config.admin, Some("0.0.0.0:9443".parse().unwrap()));
+    let admin_tls = config.admin_tls.unwrap();
+    assert_eq!(admin_tls.client_auth, ClientAuth::Required);
+    // client_auth defaults to required, which needs client_ca.
+    let e = error_of(&format!(
+        "admin = \"0.0.0.0:9443\"\n{MINIMAL}{}",
+        tls.replace("client_ca = \"/etc/a/ca.pem\"\n", "")
+    ));
+    assert_eq!(e.key, "admin_tls.client_ca");
+    let e = error_of(&format!("admin = \"0.0.0.0:9443\"\n{MINIMAL}"));
+    assert!(e.message.contains("[admin_tls]"), "{}", e.message);
+    let e = error_of(&format!("{MINIMAL}{tls}"));
+    assert_eq!(e.key, "admin_tls");
+}

@@ -289,3 +289,76 @@ fn audit_events_record_who_connected_and_never_the_password() {
         .join("\n");
     assert!(!logs.contains(&user.password));
 }
+
+/// GET over TLS with the test CA, presenting `cert` if given. Returns the
+/// status line and body, or the error that ended the exchange.
+fn https_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    cert: Option<&intransit_pki::CertificatePaths>,
+) -> Result<(String, String), std::io::Error> {
+    use std::io::{Read, Write};
+    let config = rustls_client(cert, &[b"http/1.1"]);
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(config, name).unwrap();
+    let tcp = std::net::TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    tls.flush()?;
+    let mut response = String::new();
+    tls.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    Ok((
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    ))
+}
+
+#[test]
+fn the_admin_server_speaks_mutual_tls_when_configured() {
+    let p = pki();
+    let admin_tls = format!(
+        "[admin_tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nallow = [\"cn:reporting\"]\n",
+        p.server.chain.display(),
+        p.server.key.display(),
+        p.ca.display()
+    );
+    let config = format!(
+        "{ADMIN_ON}{}{admin_tls}",
+        listener_toml(DEAD_UPSTREAM, "", "")
+    );
+    let proxy = ProxyProcess::start(&config);
+    let line = proxy.wait_for_log(Duration::from_secs(10), |v| {
+        v["message"] == "admin server listening"
+    });
+    assert_eq!(line["tls"], true);
+    let addr = proxy.admin_addr();
+
+    let (status, body) = https_get(addr, "/metrics", Some(&p.reporting)).expect("mTLS scrape");
+    assert!(status.contains("200"), "{status}");
+    assert!(body.contains("intransit_certificate_not_after_seconds"));
+    // No certificate, or one the allow-list does not name: no answer.
+    assert!(https_get(addr, "/metrics", None).is_err());
+    assert!(https_get(addr, "/metrics", Some(&p.trainer)).is_err());
+    proxy.wait_for_log(Duration::from_secs(10), |v| {
+        v["message"] == "admin server: TLS handshake refused"
+    });
+    // Plain HTTP gets nothing either.
+    let plain = std::panic::catch_unwind(|| http_get(addr, "/metrics"));
+    assert!(plain.is_err() || plain.is_ok_and(|(s, _)| s != 200));
+
+    // With TLS the admin server may listen beyond loopback; without, not.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wide.toml");
+    std::fs::write(&path, config.replace(ADMIN_ON, "admin = \"0.0.0.0:0\"\n")).unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
