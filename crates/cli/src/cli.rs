@@ -46,6 +46,21 @@ pub enum Command {
         #[arg(long)]
         sni: Option<String>,
     },
+    /// Check postgresql.conf, pg_hba.conf and MySQL/MariaDB option files
+    /// against a TLS policy, with line numbers and the compliance controls
+    /// each finding evidences. Exit 0: the policy holds; 1: it fails; 2: the
+    /// lint could not run.
+    Lint(LintArgs),
+    /// TLS policies: list the built-in presets, print one as TOML.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// The certificate authority: create it, publish its CRL.
     Ca {
         /// State directory holding the CA and the inventory.
@@ -421,3 +436,62 @@ Signals: SIGHUP reloads certificates, keys, client CAs, CRLs and allow-lists
 from the files (material that fails to load is refused and the old stays);
 SIGINT/SIGTERM stop accepting and drain for shutdown_grace; a second signal
 exits at once.";
+
+#[derive(Debug, Args)]
+pub struct LintArgs {
+    /// Files to check: postgresql.conf, pg_hba.conf, my.cnf (kind guessed
+    /// from the name unless --kind is given).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// A preset (mozilla-modern, mozilla-intermediate, nist-800-52r2,
+    /// pci-dss-4, hipaa) or a policy TOML file.
+    #[arg(long, default_value = "mozilla-intermediate")]
+    pub policy: String,
+    /// Report format.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub format: ReportFormat,
+    /// The kind of every file: postgresql, pg_hba or mycnf.
+    #[arg(long)]
+    pub kind: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ReportFormat {
+    /// For people: findings by file, then pass/fail per control.
+    Text,
+    /// A stable JSON schema (docs/compliance.md).
+    Json,
+    /// SARIF 2.1.0, for code-scanning interfaces.
+    Sarif,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// The built-in presets.
+    List,
+    /// Print a preset as TOML, to start a policy file from.
+    Show {
+        /// Preset name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print a compliant starting configuration that uses the CA's files:
+    /// postgres (postgresql.conf lines), pg_hba, or mariadb (an option file).
+    Template {
+        /// postgres, pg_hba or mariadb.
+        kind: String,
+        /// The policy the template must satisfy.
+        #[arg(long, default_value = "mozilla-intermediate")]
+        policy: String,
+        /// State directory with the CA.
+        #[arg(long, default_value = ".intransit")]
+        state_dir: PathBuf,
+        /// The server certificate's name in the state directory (see
+        /// `intransit cert issue server --name`).
+        #[arg(long, default_value = "db")]
+        name: String,
+    },
+}

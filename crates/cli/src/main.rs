@@ -14,6 +14,7 @@ macro_rules! out {
 
 mod admin;
 mod cli;
+mod compliance_cmd;
 mod inspect;
 mod pki_cmd;
 mod reload;
@@ -109,6 +110,9 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Ca { state_dir, command } => pki_cmd::run_ca(&state_dir, command),
         Command::Cert { state_dir, command } => pki_cmd::run_cert(&state_dir, command),
         Command::Pin { target, sni } => inspect::run_pin(&target, sni.as_deref()),
+        Command::Lint(args) => Ok(compliance_cmd::lint(&args)),
+        Command::Policy { command } => compliance_cmd::policy(command),
+        Command::Config { command } => compliance_cmd::config(command),
         Command::Rotate(RotateCommand::Postgres(args)) => rotate::postgres::run(args),
         Command::Rotate(RotateCommand::Mariadb(args)) => rotate::mariadb::run(args),
         Command::CheckConfig(args) => {

@@ -208,6 +208,11 @@ impl MariaDbServer {
         &self.layout.pid_path
     }
 
+    /// The option file the server reads.
+    pub fn conf_path(&self) -> &Path {
+        &self.layout.conf_path
+    }
+
     /// The file the server logs to.
     pub fn log_path(&self) -> &Path {
         &self.layout.log_path

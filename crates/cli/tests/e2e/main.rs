@@ -15,6 +15,7 @@
 //! - `sni`: routes chosen by the TLS server name, across two PostgreSQL servers.
 //! - `mysql`: `protocol = "mysql"` listeners in front of a real MariaDB.
 //! - `metrics`: the admin server's metrics, health, readiness and audit events under real traffic.
+//! - `lint`: `intransit lint` on the files real PostgreSQL and MariaDB servers run with.
 //! - `status_page`: the admin status page in headless chromium.
 //! - `rotate`: `intransit rotate` replacing the certificate of a PostgreSQL
 //!   and a MariaDB with native TLS, under pgbench and client load.
@@ -27,6 +28,7 @@
 mod ca;
 mod clients;
 mod lifecycle;
+mod lint;
 mod metrics;
 mod mysql;
 mod negotiation;
