@@ -51,6 +51,12 @@ pub enum Command {
     /// each finding evidences. Exit 0: the policy holds; 1: it fails; 2: the
     /// lint could not run.
     Lint(LintArgs),
+    /// Scan database endpoints the way their clients connect (postgres://,
+    /// mysql://, tls://): protocol versions and cipher suites (legacy ones
+    /// too), groups, certificate chain, plaintext logins, client
+    /// certificates, against a policy. Exit 0: the policy holds; 1: it
+    /// fails; 2: the scan could not run.
+    Scan(ScanArgs),
     /// TLS policies: list the built-in presets, print one as TOML.
     Policy {
         #[command(subcommand)]
@@ -494,4 +500,38 @@ pub enum ConfigCommand {
         #[arg(long, default_value = "db")]
         name: String,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// postgres://HOST:PORT, mysql://HOST:PORT or tls://HOST:PORT.
+    #[arg(required = true)]
+    pub targets: Vec<String>,
+    /// A preset or a policy TOML file.
+    #[arg(long, default_value = "mozilla-intermediate")]
+    pub policy: String,
+    /// Report format.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub format: ReportFormat,
+    /// SPKI pins (sha256/BASE64) the chain must match; adds to the policy's.
+    #[arg(long = "pin")]
+    pub pins: Vec<String>,
+    /// Server name to send and to check the certificate against.
+    #[arg(long)]
+    pub sni: Option<String>,
+    /// Trust anchors (PEM) for the chain; default: the system CA bundle.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// A client certificate chain (PEM) to test whether it is accepted.
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The key for --cert (PEM).
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Connections open at once per target.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Time allowed per probe, e.g. 5s.
+    #[arg(long, default_value = "5s")]
+    pub timeout: String,
 }

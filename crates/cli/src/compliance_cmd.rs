@@ -3,12 +3,13 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use intransit_compliance::lint::{lint_file, FileKind};
 use intransit_compliance::template::{self, TemplateFiles};
 use intransit_compliance::{Policy, Report, PRESETS};
+use intransit_scan::{ClientIdentity, SurveyOptions, Target, TrustInput};
 
-use crate::cli::{ConfigCommand, LintArgs, PolicyCommand, ReportFormat};
+use crate::cli::{ConfigCommand, LintArgs, PolicyCommand, ReportFormat, ScanArgs};
 
 /// Exit code when the policy fails.
 const POLICY_FAILS: u8 = 1;
@@ -51,6 +52,7 @@ fn run_lint(args: &LintArgs) -> Result<Report> {
         version: env!("CARGO_PKG_VERSION").into(),
         policy: policy.name,
         findings,
+        observations: Vec::new(),
     })
 }
 
@@ -120,4 +122,92 @@ pub fn config(command: ConfigCommand) -> Result<ExitCode> {
     }
     out!("{}", text.trim_end());
     Ok(ExitCode::SUCCESS)
+}
+
+pub fn scan(args: &ScanArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(COULD_NOT_RUN);
+        }
+    };
+    match runtime.block_on(run_scan(args)) {
+        Ok(report) => {
+            print_report(&report, args.format);
+            if report.holds() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(POLICY_FAILS)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(COULD_NOT_RUN)
+        }
+    }
+}
+
+fn read_certs(path: &Path) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
+    let pem =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(intransit_pki::pem_to_der_certs(&pem)
+        .with_context(|| format!("reading certificates from {}", path.display()))?
+        .into_iter()
+        .map(rustls_pki_types::CertificateDer::from)
+        .collect())
+}
+
+async fn run_scan(args: &ScanArgs) -> Result<Report> {
+    use rustls_pki_types::pem::PemObject;
+    let mut policy = Policy::load(&args.policy)?;
+    policy.pins.extend(args.pins.iter().cloned());
+    let timeout = intransit_config::parse_duration(&args.timeout)
+        .map_err(|m| anyhow::anyhow!("--timeout: {m}"))?;
+    let trust = TrustInput {
+        anchors: match &args.ca {
+            Some(p) => read_certs(p)?,
+            None => Vec::new(),
+        },
+        server_name: args.sni.clone(),
+    };
+    let client_identity = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => Some(ClientIdentity {
+            chain: read_certs(cert)?,
+            key: rustls_pki_types::PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| anyhow::anyhow!("reading the key {}: {e}", key.display()))?,
+        }),
+        _ => None,
+    };
+    let opts = SurveyOptions {
+        server_name: args.sni.clone(),
+        concurrency: args.concurrency.clamp(1, 64),
+        timeout,
+        client_identity,
+    };
+    let mut findings = Vec::new();
+    let mut observations = Vec::new();
+    for text in &args.targets {
+        let target: Target = text.parse().map_err(|e| anyhow::anyhow!("{text}: {e}"))?;
+        let survey = intransit_scan::survey(&target, &opts)
+            .await
+            .with_context(|| format!("scanning {text}"))?;
+        findings.extend(intransit_scan::evaluate(
+            &survey,
+            target.host(),
+            &policy,
+            &trust,
+        ));
+        observations.push(serde_json::to_value(&survey).unwrap_or_default());
+    }
+    Ok(Report {
+        tool: "intransit scan".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        policy: policy.name,
+        findings,
+        observations,
+    })
 }

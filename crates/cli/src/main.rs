@@ -111,6 +111,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Cert { state_dir, command } => pki_cmd::run_cert(&state_dir, command),
         Command::Pin { target, sni } => inspect::run_pin(&target, sni.as_deref()),
         Command::Lint(args) => Ok(compliance_cmd::lint(&args)),
+        Command::Scan(args) => Ok(compliance_cmd::scan(&args)),
         Command::Policy { command } => compliance_cmd::policy(command),
         Command::Config { command } => compliance_cmd::config(command),
         Command::Rotate(RotateCommand::Postgres(args)) => rotate::postgres::run(args),

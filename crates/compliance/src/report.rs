@@ -24,6 +24,8 @@ pub struct Report {
     pub policy: String,
     /// Every finding, in the order made.
     pub findings: Vec<Finding>,
+    /// What was observed, per target (scans), for the JSON report.
+    pub observations: Vec<Value>,
 }
 
 impl Report {
@@ -87,7 +89,11 @@ impl Report {
                 framework = control.framework;
                 let _ = writeln!(out, "  {framework}");
             }
-            let verdict = if fail > 0 { "FAIL" } else { "pass" };
+            let verdict = match (pass, fail) {
+                (_, f) if f > 0 => "FAIL",
+                (0, 0) => "n/a",
+                _ => "pass",
+            };
             let _ = writeln!(
                 out,
                 "    {verdict:<4} {:<32} {pass} passed, {fail} failed",
@@ -118,7 +124,11 @@ impl Report {
                 json!({
                     "framework": c.framework,
                     "id": c.id,
-                    "status": if fail > 0 { "fail" } else { "pass" },
+                    "status": match (pass, fail) {
+                        (_, f) if f > 0 => "fail",
+                        (0, 0) => "not_evaluated",
+                        _ => "pass",
+                    },
                     "passed": pass,
                     "failed": fail,
                 })
@@ -153,6 +163,7 @@ impl Report {
             },
             "controls": controls,
             "findings": findings,
+            "observations": self.observations,
         })
     }
 
@@ -264,6 +275,7 @@ mod tests {
                     "20 days",
                 ),
             ],
+            observations: Vec::new(),
         }
     }
 

@@ -247,9 +247,9 @@ fn probe_config(
         kx_groups: aws_lc_rs::ALL_KX_GROUPS.to_vec(),
         ..aws_lc_rs::default_provider()
     });
-    let verifier = Arc::new(AcceptAnyChain {
-        algorithms: provider.signature_verification_algorithms,
-    });
+    let verifier = Arc::new(AcceptAnyChain::new(
+        provider.signature_verification_algorithms,
+    ));
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| ScanError::Tls(e.to_string()))?
@@ -267,8 +267,25 @@ fn probe_config(
 /// checked against the leaf's key, so the chain recorded is the one the
 /// server holds the key for.
 #[derive(Debug)]
-struct AcceptAnyChain {
+pub(crate) struct AcceptAnyChain {
     algorithms: WebPkiSupportedAlgorithms,
+    /// Set when the server stapled an OCSP response.
+    ocsp_stapled: AtomicBool,
+}
+
+impl AcceptAnyChain {
+    pub(crate) fn new(algorithms: WebPkiSupportedAlgorithms) -> Self {
+        AcceptAnyChain {
+            algorithms,
+            ocsp_stapled: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether any handshake verified so far carried a stapled OCSP
+    /// response.
+    pub(crate) fn ocsp_stapled(&self) -> bool {
+        self.ocsp_stapled.load(Ordering::Relaxed)
+    }
 }
 
 impl ServerCertVerifier for AcceptAnyChain {
@@ -277,9 +294,12 @@ impl ServerCertVerifier for AcceptAnyChain {
         _end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
+        ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if !ocsp_response.is_empty() {
+            self.ocsp_stapled.store(true, Ordering::Relaxed);
+        }
         Ok(ServerCertVerified::assertion())
     }
 
@@ -309,10 +329,10 @@ impl ServerCertVerifier for AcceptAnyChain {
 /// Sends no client certificate, and remembers whether the server asked
 /// for one.
 #[derive(Debug, Default)]
-struct CertificateRequestSeen(AtomicBool);
+pub(crate) struct CertificateRequestSeen(AtomicBool);
 
 impl CertificateRequestSeen {
-    fn seen(&self) -> bool {
+    pub(crate) fn seen(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
 }

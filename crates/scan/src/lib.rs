@@ -26,14 +26,20 @@
 
 mod chain;
 mod error;
+mod evaluate;
 mod fetch;
 pub mod mysql;
 mod negotiate;
+pub mod plaintext;
+mod session;
+mod survey;
 mod target;
 
 pub use chain::{chain_order, chain_order_with_anchors, ChainOrder};
 pub use error::{ScanError, Stage};
+pub use evaluate::{evaluate, TrustInput, SYSTEM_BUNDLE};
 pub use fetch::{fetch_chain, FetchOptions, FetchedChain, DEFAULT_TIMEOUT};
+pub use survey::{survey, ClientIdentity, Plaintext, Survey, SurveyOptions, VersionSupport};
 pub use target::{Target, TargetError, MYSQL_DEFAULT_PORT, POSTGRES_DEFAULT_PORT};
 
 /// Text a server sent, made safe to print: invalid UTF-8 replaced and

@@ -153,6 +153,24 @@ pub fn tls_record_header(data: &[u8]) {
     }
 }
 
+/// Drives [`hello::parse_server_flight`]: any bytes give a result or an
+/// error, never a panic; a complete flight stays complete with more bytes
+/// after it; certificates are taken only from whole messages.
+pub fn tls_server_flight(data: &[u8]) {
+    let Ok(flight) = crate::hello::parse_server_flight(data) else {
+        return;
+    };
+    let total: usize = flight.certificates.iter().map(Vec::len).sum();
+    assert!(total <= data.len());
+    if flight.is_complete() {
+        let mut longer = data.to_vec();
+        longer.extend_from_slice(&[0x17, 0x03, 0x03, 0x00, 0x01, 0x00]);
+        if let Ok(again) = crate::hello::parse_server_flight(&longer) {
+            assert!(again.is_complete());
+        }
+    }
+}
+
 /// Drives [`mysql::parse_packet`] over a stream of packets, and the
 /// server-reply parsers over each payload.
 pub fn mysql_packet(data: &[u8]) {
@@ -258,6 +276,7 @@ mod tests {
         pg_backend_frame(data);
         pg_frontend_frame(data);
         tls_record_header(data);
+        tls_server_flight(data);
     }
 
     /// xorshift64: a fixed, dependency-free source of varied bytes.

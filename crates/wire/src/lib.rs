@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod hello;
 pub mod mysql;
 pub mod pg;
 pub mod tls;

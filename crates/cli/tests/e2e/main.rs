@@ -16,6 +16,7 @@
 //! - `mysql`: `protocol = "mysql"` listeners in front of a real MariaDB.
 //! - `metrics`: the admin server's metrics, health, readiness and audit events under real traffic.
 //! - `lint`: `intransit lint` on the files real PostgreSQL and MariaDB servers run with.
+//! - `scan`: `intransit scan` against openssl s_server (legacy TLS), PostgreSQL three ways, MariaDB and the proxy.
 //! - `status_page`: the admin status page in headless chromium.
 //! - `rotate`: `intransit rotate` replacing the certificate of a PostgreSQL
 //!   and a MariaDB with native TLS, under pgbench and client load.
@@ -35,6 +36,7 @@ mod negotiation;
 mod policy;
 mod robustness;
 mod rotate;
+mod scan;
 mod sni;
 mod status_page;
 mod support;
