@@ -98,6 +98,44 @@ pub enum Plaintext {
     Unknown,
 }
 
+/// What a presented certificate says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertificateFacts {
+    /// Subject DN.
+    pub subject: String,
+    /// Issuer DN.
+    pub issuer: String,
+    /// SHA-256 fingerprint of the DER.
+    pub sha256: String,
+    /// SPKI pin.
+    pub spki_pin: String,
+    /// Expiry, RFC 3339.
+    pub not_after: String,
+    /// Key type and size.
+    pub key: String,
+    /// Signature algorithm.
+    pub signature: String,
+}
+
+fn describe(chain: &[CertificateDer<'_>]) -> Vec<CertificateFacts> {
+    chain
+        .iter()
+        .filter_map(|c| intransit_pki::summarize(c.as_ref()).ok())
+        .map(|s| CertificateFacts {
+            subject: s.subject,
+            issuer: s.issuer,
+            sha256: s.fingerprint_sha256,
+            spki_pin: s.spki_pin,
+            not_after: s
+                .not_after
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            key: s.key_description,
+            signature: s.signature_algorithm,
+        })
+        .collect()
+}
+
 /// Everything a survey found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Survey {
@@ -127,6 +165,8 @@ pub struct Survey {
     /// The certificates presented, leaf first (DER).
     #[serde(skip)]
     pub chain: Vec<CertificateDer<'static>>,
+    /// The same certificates, described.
+    pub certificates: Vec<CertificateFacts>,
     /// What rustls negotiated when fetching the chain.
     pub negotiated: Option<String>,
     /// A stapled OCSP response was seen.
@@ -281,6 +321,7 @@ pub async fn survey(target: &Target, opts: &SurveyOptions) -> Result<Survey, Sca
             compression: None,
             secure_renegotiation: None,
             chain: Vec::new(),
+            certificates: Vec::new(),
             negotiated: None,
             ocsp_stapled: false,
             plaintext: plaintext.0,
@@ -443,6 +484,7 @@ pub async fn survey(target: &Target, opts: &SurveyOptions) -> Result<Survey, Sca
         groups,
         compression,
         secure_renegotiation,
+        certificates: describe(&chain),
         chain,
         negotiated: sessions.negotiated.clone(),
         ocsp_stapled: ocsp_stapled || sessions.ocsp_stapled,

@@ -188,15 +188,21 @@ fn legacy_versions_and_suites_are_seen_and_agree_with_openssl() {
     assert!(ok);
     let (ok, _) = s_client(port, None, &["-tls1", "-cipher", "AES128-SHA:@SECLEVEL=0"]);
     assert!(!ok);
-    // The certificate facts are the ones on disk.
+    // The certificate facts agree with what openssl saw.
+    let (_, text) = s_client(port, None, &["-showcerts"]);
+    let served = intransit_pki::pem_to_der_certs(&text).expect("PEM in s_client output");
+    assert_eq!(
+        report["observations"][0]["certificates"][0]["sha256"],
+        intransit_pki::sha256_fingerprint(&served[0])
+    );
     let pem = std::fs::read_to_string(&cert.cert).unwrap();
     let der = intransit_pki::pem_to_der_certs(&pem).unwrap();
+    assert_eq!(served[0], der[0]);
     assert!(report["findings"]
         .as_array()
         .unwrap()
         .iter()
         .any(|f| f["requirement"] == "cert.trusted" && f["status"] == "pass"));
-    let _ = der;
 }
 
 fn pg_with(dir: &Path, extra_conf: &[&str], hba: &[&str]) -> PgServer {
@@ -271,6 +277,57 @@ fn postgresql_three_ways_and_the_proxy() {
     assert_eq!(report["observations"][0]["client_cert_accepted"], true);
     assert_eq!(failing(&report), Vec::<String>::new(), "{}", stdout(&out));
     assert_eq!(code, Some(0));
+    // Every preset against the three servers: exit code and the exact
+    // failing requirements. NIST SP 800-52r2 approves no ChaCha20 suite,
+    // which OpenSSL's TLS 1.3 offers; HIPAA demands client certificates.
+    const PLAIN: &str = "transport.no_plaintext";
+    const SUITES: &str = "tls.cipher_suites";
+    let expected: [(&str, [&[&str]; 3]); 5] = [
+        (
+            "mozilla-modern",
+            [
+                &[SUITES, "tls.min_version", PLAIN],
+                &[],
+                &["tls.enabled", PLAIN],
+            ],
+        ),
+        (
+            "mozilla-intermediate",
+            [&[SUITES, PLAIN], &[], &["tls.enabled", PLAIN]],
+        ),
+        (
+            "nist-800-52r2",
+            [&[SUITES, PLAIN], &[SUITES], &["tls.enabled", PLAIN]],
+        ),
+        (
+            "pci-dss-4",
+            [&[SUITES, PLAIN], &[], &["tls.enabled", PLAIN]],
+        ),
+        (
+            "hipaa",
+            [
+                &["auth.client_certificate", SUITES, PLAIN],
+                &[],
+                &["tls.enabled", PLAIN],
+            ],
+        ),
+    ];
+    for (preset, per_server) in expected {
+        for (port, want) in [loose.port(), strict.port(), pg().port()]
+            .into_iter()
+            .zip(per_server)
+        {
+            let (code, report, _) = scan(&format!("postgres://127.0.0.1:{port}"), preset, &args);
+            let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+            want.sort();
+            assert_eq!(failing(&report), want, "{preset} on port {port}");
+            assert_eq!(
+                code,
+                Some(if want.is_empty() { 0 } else { 1 }),
+                "{preset} on port {port}"
+            );
+        }
+    }
     let (ok12, _) = s_client(strict.port(), Some("postgres"), &["-tls1_2"]);
     assert!(!ok12, "openssl disagrees: TLS 1.2 accepted");
     let (ok13, text) = s_client(strict.port(), Some("postgres"), &["-tls1_3"]);
