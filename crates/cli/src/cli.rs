@@ -406,7 +406,7 @@ The configuration is TOML. Every key (docs/configuration.md has the full referen
 
   [[listener]]
   name = \"orders\"                    used in logs; letters, digits, - _ .
-  mode = \"server\"                    server (only mode in this version)
+  mode = \"server\"                    server (TLS clients in), or client (below)
   protocol = \"postgres\"              postgres, mysql (MySQL/MariaDB), or tls (TLS from the first byte)
   listen = \"0.0.0.0:6432\"            IP:port or unix:/path
   upstream = \"127.0.0.1:5432\"        host:port or unix:/path/.s.PGSQL.5432
@@ -437,6 +437,11 @@ The configuration is TOML. Every key (docs/configuration.md has the full referen
   [[listener.db_users]]
   identity_regex = \"^cn:(.+)$\"       matched against kind:value names, like pg_ident.conf
   user = \"\\\\1\"                        captures \\\\1..\\\\9 substituted
+
+  mode = \"client\": plaintext from local applications in, TLS to the database out.
+  It listens on loopback or unix:/path (allow_remote_plaintext = true to accept other
+  hosts) and has no [listener.tls], db_users or routes; [listener.upstream_tls] is
+  required: ca, cert and key (the proxy's client certificate), server_name, pins, direct.
 
 Signals: SIGHUP reloads certificates, keys, client CAs, CRLs and allow-lists
 from the files (material that fails to load is refused and the old stays);

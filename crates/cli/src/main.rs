@@ -148,6 +148,20 @@ fn run(command: Command) -> Result<ExitCode> {
                     );
                 }
             }
+            for l in proxy.client_listeners() {
+                let tls = l.upstream_tls.settings();
+                out!(
+                    "  listener {:?} (client mode): plaintext on {} -> {} ({}, upstream TLS {}, server name {}, {} pin(s), client certificate {})",
+                    l.name,
+                    l.listen,
+                    l.upstream,
+                    l.protocol,
+                    tls.mode,
+                    tls.server_name,
+                    tls.pins.len(),
+                    if tls.cert.is_some() { "presented" } else { "none" },
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -103,6 +103,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         audit_log: args.audit_log.clone(),
         shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         listeners: vec![listener],
+        client_listeners: Vec::new(),
     };
     let bound = Proxy::prepare(&config)?.bind().await?;
     let admin_line = start_admin(args.admin.as_deref(), &bound).await?;

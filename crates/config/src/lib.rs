@@ -74,8 +74,11 @@ pub struct Config {
     pub audit_log: Option<PathBuf>,
     /// How long connections may finish after a shutdown signal.
     pub shutdown_grace: Duration,
-    /// The listeners, in file order.
+    /// The server-mode listeners, in file order.
     pub listeners: Vec<ListenerConfig>,
+    /// The client-mode listeners (`mode = "client"`), in file order: plaintext
+    /// from local applications in, TLS to the database out.
+    pub client_listeners: Vec<ClientListenerConfig>,
 }
 
 /// Which database protocol a listener speaks.
@@ -113,6 +116,22 @@ pub enum Mode {
     Server,
     /// Clients speak plaintext on loopback; the proxy opens TLS upstream.
     Client,
+}
+
+impl Mode {
+    /// The configuration name, also used in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Server => "server",
+            Mode::Client => "client",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Where a listener binds or an upstream lives.
@@ -250,12 +269,14 @@ pub struct ServerTls {
     pub allow: AllowList,
 }
 
-/// One validated `[[listener]]`.
+/// One validated server-mode `[[listener]]`.
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
     /// Name used in logs and metrics.
     pub name: String,
-    /// Server or client mode.
+    /// Always [`Mode::Server`]: client-mode listeners, which have no
+    /// client-facing TLS, are [`ClientListenerConfig`]s in
+    /// [`Config::client_listeners`].
     pub mode: Mode,
     /// Database protocol.
     pub protocol: Protocol,
@@ -282,6 +303,38 @@ pub struct ListenerConfig {
     /// Refuse a handshake whose server name matches no route with the
     /// `unrecognized_name` alert, instead of using the default route.
     pub require_sni_match: bool,
+}
+
+/// One validated `mode = "client"` `[[listener]]`: local applications
+/// connect in plaintext (loopback or a unix socket) and the proxy carries
+/// their sessions to the database over TLS, asking for it the way the
+/// protocol does, verifying the database's certificate and presenting its
+/// own. There is no client-facing TLS, no `db_users` and no SNI route: the
+/// application has no certificate and sends no server name.
+#[derive(Debug, Clone)]
+pub struct ClientListenerConfig {
+    /// Name used in logs and metrics.
+    pub name: String,
+    /// Database protocol.
+    pub protocol: Protocol,
+    /// Where to listen: a loopback address or a unix socket, unless
+    /// `allow_remote_plaintext`.
+    pub listen: Endpoint,
+    /// `listen` may be a non-loopback address: plaintext from other hosts
+    /// is accepted. Set explicitly, never by default.
+    pub allow_remote_plaintext: bool,
+    /// Where the database is (`host:port`; TLS is not offered on unix sockets).
+    pub upstream: Endpoint,
+    /// TLS towards the database: required in client mode.
+    pub upstream_tls: UpstreamTls,
+    /// Time allowed from accept until the login is forwarded (for MySQL,
+    /// until the server ends the authentication exchange).
+    pub handshake_timeout: Duration,
+    /// Time allowed to connect to the upstream, and for each step of its
+    /// TLS negotiation.
+    pub upstream_connect_timeout: Duration,
+    /// Concurrent connections beyond which new applications are refused.
+    pub max_connections: usize,
 }
 
 /// One `[[listener.route]]`: where a TLS server name leads.

@@ -11,10 +11,10 @@ use serde::Deserialize;
 
 use crate::upstream_tls::{RawUpstreamTls, UpstreamTls};
 use crate::{
-    build_allow_list, build_db_user_rules, err, parse_duration, ClientAuth, Config, ConfigError,
-    Endpoint, ListenerConfig, Mode, Protocol, RouteConfig, ServerNamePattern, ServerTls,
-    TlsVersion, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_GRACE,
-    DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+    build_allow_list, build_db_user_rules, err, parse_duration, ClientAuth, ClientListenerConfig,
+    Config, ConfigError, Endpoint, ListenerConfig, Mode, Protocol, RouteConfig, ServerNamePattern,
+    ServerTls, TlsVersion, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_SHUTDOWN_GRACE, DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
 };
 
 #[derive(Debug, Deserialize)]
@@ -47,6 +47,7 @@ struct RawListener {
     handshake_timeout: Option<String>,
     upstream_connect_timeout: Option<String>,
     max_connections: Option<i64>,
+    allow_remote_plaintext: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,27 +117,36 @@ impl RawConfig {
             ));
         }
         let mut listeners = Vec::with_capacity(self.listener.len());
+        let mut client_listeners = Vec::new();
+        // Names and addresses are unique across both modes, in file order.
+        let mut seen: Vec<(String, Endpoint)> = Vec::with_capacity(self.listener.len());
         for (i, l) in self.listener.into_iter().enumerate() {
-            listeners.push(l.validate(i)?);
-        }
-        for (i, a) in listeners.iter().enumerate() {
-            for b in &listeners[..i] {
-                if a.name == b.name {
+            let (name, listen) = if l.mode.as_deref() == Some("client") {
+                let c = l.validate_client(i)?;
+                let named = (c.name.clone(), c.listen.clone());
+                client_listeners.push(c);
+                named
+            } else {
+                let s = l.validate(i)?;
+                let named = (s.name.clone(), s.listen.clone());
+                listeners.push(s);
+                named
+            };
+            for (other_name, other_listen) in &seen {
+                if name == *other_name {
                     return Err(err(
                         format!("listener[{i}].name"),
-                        format!(
-                            "{:?} is used by two listeners; names must be unique",
-                            a.name
-                        ),
+                        format!("{name:?} is used by two listeners; names must be unique"),
                     ));
                 }
-                if a.listen == b.listen {
+                if listen == *other_listen {
                     return Err(err(
                         format!("listener[{i}].listen"),
-                        format!("{} is already used by listener {:?}", a.listen, b.name),
+                        format!("{listen} is already used by listener {other_name:?}"),
                     ));
                 }
             }
+            seen.push((name, listen));
         }
         Ok(Config {
             state_dir: self.state_dir,
@@ -145,6 +155,7 @@ impl RawConfig {
             audit_log: self.audit_log,
             shutdown_grace,
             listeners,
+            client_listeners,
         })
     }
 }
@@ -152,27 +163,9 @@ impl RawConfig {
 impl RawListener {
     fn validate(self, index: usize) -> Result<ListenerConfig, ConfigError> {
         let k = format!("listener[{index}]");
-        let name = self.name.unwrap_or_else(|| format!("listener-{index}"));
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            return Err(err(
-                format!("{k}.name"),
-                format!(
-                    "{name:?} must be non-empty and use only letters, digits, '-', '_' and '.'"
-                ),
-            ));
-        }
+        let name = listener_name(&k, index, self.name)?;
         let mode = match self.mode.as_deref() {
             None | Some("server") => Mode::Server,
-            Some("client") => {
-                return Err(err(
-                    format!("{k}.mode"),
-                    "client mode is not available in this version yet; use mode = \"server\"",
-                ))
-            }
             Some(other) => {
                 return Err(err(
                     format!("{k}.mode"),
@@ -180,44 +173,24 @@ impl RawListener {
                 ))
             }
         };
-        let protocol = match self.protocol.as_deref() {
-            None | Some("postgres") => Protocol::Postgres,
-            Some("tls") => Protocol::Tls,
-            Some("mysql") => Protocol::Mysql,
-            Some(other) => {
-                return Err(err(
-                    format!("{k}.protocol"),
-                    format!("{other:?} is not a protocol; use \"postgres\", \"mysql\" or \"tls\""),
-                ))
-            }
-        };
-        let listen_text = self.listen.ok_or_else(|| {
-            err(
-                format!("{k}.listen"),
-                "missing; e.g. listen = \"127.0.0.1:6432\"",
-            )
-        })?;
-        let listen = Endpoint::parse(&listen_text).map_err(|m| err(format!("{k}.listen"), m))?;
-        if let Endpoint::Tcp { .. } = &listen {
-            if listen.bind_addr().is_none() {
-                return Err(err(
-                    format!("{k}.listen"),
-                    format!("{listen_text:?}: a listener binds an IP address (e.g. 0.0.0.0:6432 or 127.0.0.1:6432), not a host name"),
-                ));
-            }
-        }
-        let upstream_text = self.upstream.ok_or_else(|| {
-            err(
-                format!("{k}.upstream"),
-                "missing; e.g. upstream = \"127.0.0.1:5432\" or \"unix:/run/postgresql/.s.PGSQL.5432\"",
-            )
-        })?;
-        let upstream =
-            Endpoint::parse(&upstream_text).map_err(|m| err(format!("{k}.upstream"), m))?;
+        let protocol = listener_protocol(&k, self.protocol.as_deref())?;
+        let listen = listen_endpoint(&k, self.listen)?;
+        let upstream = upstream_endpoint(&k, self.upstream)?;
         let upstream_tls = match self.upstream_tls {
             Some(t) => t.validate(&format!("{k}.upstream_tls"), &upstream)?,
             None => None,
         };
+        check_direct(
+            &format!("{k}.upstream_tls"),
+            upstream_tls.as_ref(),
+            protocol,
+        )?;
+        if self.allow_remote_plaintext.is_some() {
+            return Err(err(
+                format!("{k}.allow_remote_plaintext"),
+                "only a mode = \"client\" listener accepts plaintext; a server-mode listener requires TLS from every client, so remove this key",
+            ));
+        }
 
         let tls = self
             .tls
@@ -241,32 +214,16 @@ impl RawListener {
                 "db_users maps certificate identities, but tls.client_auth = \"none\" asks for no certificate; set client_auth = \"required\"",
             ));
         }
-        let handshake_timeout = match &self.handshake_timeout {
-            Some(s) => parse_duration(s).map_err(|m| err(format!("{k}.handshake_timeout"), m))?,
-            None => DEFAULT_HANDSHAKE_TIMEOUT,
-        };
-        if handshake_timeout.is_zero() {
-            return Err(err(
-                format!("{k}.handshake_timeout"),
-                "must be greater than zero",
-            ));
-        }
-        let upstream_connect_timeout = match &self.upstream_connect_timeout {
-            Some(s) => {
-                parse_duration(s).map_err(|m| err(format!("{k}.upstream_connect_timeout"), m))?
-            }
-            None => DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
-        };
-        let max_connections = match self.max_connections {
-            None => DEFAULT_MAX_CONNECTIONS,
-            Some(n) if (1..=1_000_000).contains(&n) => n as usize,
-            Some(n) => {
-                return Err(err(
-                    format!("{k}.max_connections"),
-                    format!("{n} is out of range; use 1 to 1000000"),
-                ))
-            }
-        };
+        let Limits {
+            handshake_timeout,
+            upstream_connect_timeout,
+            max_connections,
+        } = Limits::validate(
+            &k,
+            self.handshake_timeout.as_deref(),
+            self.upstream_connect_timeout.as_deref(),
+            self.max_connections,
+        )?;
         let mut routes = Vec::with_capacity(self.route.len());
         for (i, r) in self.route.into_iter().enumerate() {
             let rk = format!("{k}.route[{i}]");
@@ -323,6 +280,221 @@ impl RawListener {
     }
 }
 
+impl RawListener {
+    /// Validates a `mode = "client"` listener: plaintext in from local
+    /// applications, TLS out. Keys that only make sense with client-facing
+    /// TLS are refused with what to do instead.
+    fn validate_client(self, index: usize) -> Result<ClientListenerConfig, ConfigError> {
+        let k = format!("listener[{index}]");
+        let name = listener_name(&k, index, self.name)?;
+        let protocol = listener_protocol(&k, self.protocol.as_deref())?;
+        if self.tls.is_some() {
+            return Err(err(
+                format!("{k}.tls"),
+                "a client-mode listener has no [listener.tls]: applications connect to it in plaintext, and the certificate it presents to the database goes in [listener.upstream_tls] as cert and key; move it there, or use mode = \"server\" to accept TLS clients",
+            ));
+        }
+        if !self.db_users.is_empty() {
+            return Err(err(
+                format!("{k}.db_users"),
+                "db_users maps client certificate identities to database users, and applications reach a client-mode listener in plaintext without a certificate; remove db_users (the database checks the user it sees)",
+            ));
+        }
+        if !self.route.is_empty() {
+            return Err(err(
+                format!("{k}.route"),
+                "SNI routes choose by the server name a TLS client sends, and applications reach a client-mode listener in plaintext; use one client-mode listener per upstream",
+            ));
+        }
+        if self.require_sni_match.is_some() {
+            return Err(err(
+                format!("{k}.require_sni_match"),
+                "a client-mode listener receives no TLS server name to match; remove this key",
+            ));
+        }
+        let listen = listen_endpoint(&k, self.listen)?;
+        let allow_remote_plaintext = self.allow_remote_plaintext.unwrap_or(false);
+        if !allow_remote_plaintext && !listen_is_local(&listen) {
+            return Err(err(
+                format!("{k}.listen"),
+                format!("{listen} is not a loopback address; a client-mode listener accepts plaintext (passwords, queries, results), so it listens on 127.0.0.1, [::1] or a unix socket. To accept plaintext from other hosts anyway, on a network you trust as much as loopback, set allow_remote_plaintext = true"),
+            ));
+        }
+        let upstream = upstream_endpoint(&k, self.upstream)?;
+        let ut = format!("{k}.upstream_tls");
+        let Some(raw_tls) = self.upstream_tls else {
+            return Err(err(
+                ut,
+                "missing; a client-mode listener exists to encrypt the leg to the database: add [listener.upstream_tls] with ca (the CA that signs the database's certificate) and, for mutual TLS, the cert and key the proxy presents",
+            ));
+        };
+        let Some(upstream_tls) = raw_tls.validate(&ut, &upstream)? else {
+            return Err(err(
+                format!("{ut}.mode"),
+                "\"disable\" would forward the applications' plaintext to the database; a client-mode listener always encrypts its upstream leg (use \"verify-full\", the default, \"verify-ca\", \"pinned\" or \"require\")",
+            ));
+        };
+        check_direct(&ut, Some(&upstream_tls), protocol)?;
+        let Limits {
+            handshake_timeout,
+            upstream_connect_timeout,
+            max_connections,
+        } = Limits::validate(
+            &k,
+            self.handshake_timeout.as_deref(),
+            self.upstream_connect_timeout.as_deref(),
+            self.max_connections,
+        )?;
+        Ok(ClientListenerConfig {
+            name,
+            protocol,
+            listen,
+            allow_remote_plaintext,
+            upstream,
+            upstream_tls,
+            handshake_timeout,
+            upstream_connect_timeout,
+            max_connections,
+        })
+    }
+}
+
+fn listener_name(k: &str, index: usize, name: Option<String>) -> Result<String, ConfigError> {
+    let name = name.unwrap_or_else(|| format!("listener-{index}"));
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(err(
+            format!("{k}.name"),
+            format!("{name:?} must be non-empty and use only letters, digits, '-', '_' and '.'"),
+        ));
+    }
+    Ok(name)
+}
+
+fn listener_protocol(k: &str, protocol: Option<&str>) -> Result<Protocol, ConfigError> {
+    match protocol {
+        None | Some("postgres") => Ok(Protocol::Postgres),
+        Some("tls") => Ok(Protocol::Tls),
+        Some("mysql") => Ok(Protocol::Mysql),
+        Some(other) => Err(err(
+            format!("{k}.protocol"),
+            format!("{other:?} is not a protocol; use \"postgres\", \"mysql\" or \"tls\""),
+        )),
+    }
+}
+
+fn listen_endpoint(k: &str, listen: Option<String>) -> Result<Endpoint, ConfigError> {
+    let listen_text = listen.ok_or_else(|| {
+        err(
+            format!("{k}.listen"),
+            "missing; e.g. listen = \"127.0.0.1:6432\"",
+        )
+    })?;
+    let listen = Endpoint::parse(&listen_text).map_err(|m| err(format!("{k}.listen"), m))?;
+    if let Endpoint::Tcp { .. } = &listen {
+        if listen.bind_addr().is_none() {
+            return Err(err(
+                format!("{k}.listen"),
+                format!("{listen_text:?}: a listener binds an IP address (e.g. 0.0.0.0:6432 or 127.0.0.1:6432), not a host name"),
+            ));
+        }
+    }
+    Ok(listen)
+}
+
+/// Whether only this host can reach `listen`: a loopback address
+/// (127.0.0.0/8, ::1, also IPv4-mapped) or a unix socket.
+fn listen_is_local(listen: &Endpoint) -> bool {
+    match listen {
+        Endpoint::Unix(_) => true,
+        Endpoint::Tcp { .. } => listen
+            .bind_addr()
+            .is_some_and(|a| a.ip().to_canonical().is_loopback()),
+    }
+}
+
+fn upstream_endpoint(k: &str, upstream: Option<String>) -> Result<Endpoint, ConfigError> {
+    let upstream_text = upstream.ok_or_else(|| {
+        err(
+            format!("{k}.upstream"),
+            "missing; e.g. upstream = \"127.0.0.1:5432\" or \"unix:/run/postgresql/.s.PGSQL.5432\"",
+        )
+    })?;
+    Endpoint::parse(&upstream_text).map_err(|m| err(format!("{k}.upstream"), m))
+}
+
+/// `upstream_tls.direct` is PostgreSQL's: MySQL asks for TLS inside its
+/// handshake, and a `tls` listener's upstream leg is TLS from the first
+/// byte already.
+fn check_direct(
+    k: &str,
+    upstream_tls: Option<&UpstreamTls>,
+    protocol: Protocol,
+) -> Result<(), ConfigError> {
+    match (upstream_tls, protocol) {
+        (Some(t), Protocol::Mysql) if t.direct => Err(err(
+            format!("{k}.direct"),
+            "direct TLS is PostgreSQL's (version 17 and later); MySQL and MariaDB ask for TLS inside their handshake, so remove direct",
+        )),
+        (Some(t), Protocol::Tls) if t.direct => Err(err(
+            format!("{k}.direct"),
+            "a protocol = \"tls\" upstream leg is TLS from the first byte already; remove direct",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The timeouts and the connection cap every listener has.
+struct Limits {
+    handshake_timeout: std::time::Duration,
+    upstream_connect_timeout: std::time::Duration,
+    max_connections: usize,
+}
+
+impl Limits {
+    fn validate(
+        k: &str,
+        handshake_timeout: Option<&str>,
+        upstream_connect_timeout: Option<&str>,
+        max_connections: Option<i64>,
+    ) -> Result<Self, ConfigError> {
+        let handshake_timeout = match handshake_timeout {
+            Some(s) => parse_duration(s).map_err(|m| err(format!("{k}.handshake_timeout"), m))?,
+            None => DEFAULT_HANDSHAKE_TIMEOUT,
+        };
+        if handshake_timeout.is_zero() {
+            return Err(err(
+                format!("{k}.handshake_timeout"),
+                "must be greater than zero",
+            ));
+        }
+        let upstream_connect_timeout = match upstream_connect_timeout {
+            Some(s) => {
+                parse_duration(s).map_err(|m| err(format!("{k}.upstream_connect_timeout"), m))?
+            }
+            None => DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+        };
+        let max_connections = match max_connections {
+            None => DEFAULT_MAX_CONNECTIONS,
+            Some(n) if (1..=1_000_000).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(err(
+                    format!("{k}.max_connections"),
+                    format!("{n} is out of range; use 1 to 1000000"),
+                ))
+            }
+        };
+        Ok(Limits {
+            handshake_timeout,
+            upstream_connect_timeout,
+            max_connections,
+        })
+    }
+}
+
 impl RawRoute {
     fn validate(
         self,
@@ -355,6 +527,11 @@ impl RawRoute {
             }
             (None, None) => None,
         };
+        check_direct(
+            &format!("{k}.upstream_tls"),
+            upstream_tls.as_ref(),
+            protocol,
+        )?;
         let tls = self
             .tls
             .ok_or_else(|| {

@@ -444,3 +444,172 @@ fn the_admin_server_needs_tls_to_leave_loopback() {
     let e = error_of(&format!("{MINIMAL}{tls}"));
     assert_eq!(e.key, "admin_tls");
 }
+
+const CLIENT: &str = r#"
+[[listener]]
+name = "orders-out"
+mode = "client"
+listen = "127.0.0.1:6432"
+upstream = "db.internal:5432"
+[listener.upstream_tls]
+ca = "/etc/intransit/db-ca.pem"
+cert = "/etc/intransit/app/chain.pem"
+key = "/etc/intransit/app/key.pem"
+"#;
+
+#[test]
+fn client_mode_listener_parses_with_verify_full() {
+    let c = Config::from_toml(CLIENT).unwrap();
+    assert!(c.listeners.is_empty());
+    let l = &c.client_listeners[0];
+    assert_eq!(l.name, "orders-out");
+    assert_eq!(l.protocol, Protocol::Postgres);
+    assert!(!l.allow_remote_plaintext);
+    assert_eq!(l.upstream_tls.mode, UpstreamTlsMode::VerifyFull);
+    assert_eq!(
+        l.upstream_tls.server_name,
+        UpstreamServerName::Dns("db.internal".into())
+    );
+    assert!(!l.upstream_tls.direct);
+    assert_eq!(l.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT);
+    assert_eq!(l.max_connections, DEFAULT_MAX_CONNECTIONS);
+
+    let direct = Config::from_toml(&format!("{CLIENT}direct = true\n")).unwrap();
+    assert!(direct.client_listeners[0].upstream_tls.direct);
+    for listen in [
+        "[::1]:6432",
+        "localhost:6432",
+        "127.0.0.53:6432",
+        "unix:/run/app/pg.sock",
+    ] {
+        let c = Config::from_toml(&CLIENT.replace("127.0.0.1:6432", listen)).unwrap();
+        assert_eq!(c.client_listeners.len(), 1, "{listen}");
+    }
+    for protocol in ["mysql", "tls"] {
+        let c = Config::from_toml(&CLIENT.replace(
+            "mode = \"client\"",
+            &format!("mode = \"client\"\nprotocol = \"{protocol}\""),
+        ))
+        .unwrap();
+        assert_eq!(c.client_listeners[0].protocol.as_str(), protocol);
+    }
+}
+
+#[test]
+fn client_mode_refuses_remote_plaintext_unless_allowed() {
+    for listen in ["0.0.0.0:6432", "[::]:6432", "10.1.2.3:6432"] {
+        let e = error_of(&CLIENT.replace("127.0.0.1:6432", listen));
+        assert_eq!(e.key, "listener[0].listen", "{listen}: {e}");
+        assert!(e.message.contains("allow_remote_plaintext"), "{e}");
+        assert!(e.message.contains("loopback"), "{e}");
+    }
+    let allowed = Config::from_toml(&CLIENT.replace(
+        "listen = \"127.0.0.1:6432\"",
+        "listen = \"0.0.0.0:6432\"\nallow_remote_plaintext = true",
+    ))
+    .unwrap();
+    assert!(allowed.client_listeners[0].allow_remote_plaintext);
+
+    // A server-mode listener never accepts plaintext: the key is refused.
+    let e = error_of(&MINIMAL.replace(
+        "[listener.tls]",
+        "allow_remote_plaintext = true\n[listener.tls]",
+    ));
+    assert_eq!(e.key, "listener[0].allow_remote_plaintext", "{e}");
+}
+
+#[test]
+fn client_mode_mistakes_name_the_key_and_the_fix() {
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            format!("{CLIENT}[listener.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n"),
+            "listener[0].tls",
+            "upstream_tls",
+        ),
+        (
+            CLIENT.replace("[listener.upstream_tls]", "[[listener.db_users]]\nidentity = \"cn:x\"\nusers = [\"x\"]\n[listener.upstream_tls]"),
+            "listener[0].db_users",
+            "plaintext",
+        ),
+        (
+            CLIENT.replace("[listener.upstream_tls]", "[[listener.route]]\nserver_name = \"a.db.internal\"\ntls = { cert = \"a.pem\", key = \"a.key\" }\n[listener.upstream_tls]"),
+            "listener[0].route",
+            "one client-mode listener per upstream",
+        ),
+        (
+            CLIENT.replace("upstream = ", "require_sni_match = true\nupstream = "),
+            "listener[0].require_sni_match",
+            "server name",
+        ),
+        (
+            CLIENT.split("[listener.upstream_tls]").next().unwrap().to_owned(),
+            "listener[0].upstream_tls",
+            "ca",
+        ),
+        (
+            CLIENT.split("[listener.upstream_tls]").next().unwrap().to_owned()
+                + "[listener.upstream_tls]\nmode = \"disable\"\n",
+            "listener[0].upstream_tls.mode",
+            "always encrypts",
+        ),
+        (
+            CLIENT.replace("db.internal:5432", "unix:/run/postgresql/.s.PGSQL.5432")
+                .replace("ca = ", "server_name = \"db\"\nca = "),
+            "listener[0].upstream_tls",
+            "unix",
+        ),
+        (
+            CLIENT.replace("mode = \"client\"", "mode = \"client\"\nprotocol = \"mysql\"")
+                + "direct = true\n",
+            "listener[0].upstream_tls.direct",
+            "PostgreSQL",
+        ),
+        (
+            CLIENT.replace("mode = \"client\"", "mode = \"client\"\nprotocol = \"tls\"")
+                + "direct = true\n",
+            "listener[0].upstream_tls.direct",
+            "first byte",
+        ),
+        (
+            CLIENT.replace("mode = \"client\"", "mode = \"Client\""),
+            "listener[0].mode",
+            "\"client\"",
+        ),
+    ];
+    for (text, key, hint) in cases {
+        let e = error_of(&text);
+        assert_eq!(e.key, key, "{text}\n{e}");
+        assert!(e.message.contains(hint), "{key}: {e}");
+    }
+}
+
+#[test]
+fn names_and_addresses_are_unique_across_modes() {
+    let both = format!("{MINIMAL}{CLIENT}").replace(
+        "127.0.0.1:6432\"\nupstream = \"db",
+        "127.0.0.1:6433\"\nupstream = \"db",
+    );
+    let c = Config::from_toml(&both).unwrap();
+    assert_eq!((c.listeners.len(), c.client_listeners.len()), (1, 1));
+    let same_name = both.replace("orders-out", "orders");
+    assert_eq!(error_of(&same_name).key, "listener[1].name");
+    let same_listen = format!("{MINIMAL}{CLIENT}");
+    let e = error_of(&same_listen);
+    assert_eq!(e.key, "listener[1].listen", "{e}");
+    assert!(e.message.contains("\"orders\""), "{e}");
+}
+
+#[test]
+fn direct_upstream_tls_is_postgres_only_in_server_mode_too() {
+    let c = with_upstream_tls("ca = \"ca.pem\"\ndirect = true").unwrap();
+    assert!(c.listeners[0].upstream_tls.as_ref().unwrap().direct);
+    let e = error_of(
+        &(MINIMAL.replace(
+            "name = \"orders\"",
+            "name = \"orders\"\nprotocol = \"mysql\"",
+        ) + "[listener.upstream_tls]\nca = \"ca.pem\"\ndirect = true\n"),
+    );
+    assert_eq!(e.key, "listener[0].upstream_tls.direct");
+    let e = with_upstream_tls("mode = \"disable\"\ndirect = true").unwrap_err();
+    assert_eq!(e.key, "listener[0].upstream_tls.direct");
+}

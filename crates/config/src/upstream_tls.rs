@@ -143,6 +143,9 @@ pub struct UpstreamTls {
     pub pins: Vec<SpkiPin>,
     /// Lowest TLS version offered to the server.
     pub min_version: TlsVersion,
+    /// PostgreSQL only: start TLS at the first byte with ALPN `postgresql`
+    /// (PostgreSQL 17's direct TLS) instead of sending an SSLRequest.
+    pub direct: bool,
 }
 
 impl UpstreamTls {
@@ -189,6 +192,7 @@ pub(crate) struct RawUpstreamTls {
     server_name: Option<String>,
     pins: Option<Vec<String>>,
     min_version: Option<String>,
+    direct: Option<bool>,
 }
 
 impl RawUpstreamTls {
@@ -207,6 +211,7 @@ impl RawUpstreamTls {
                     ("server_name", self.server_name.is_some()),
                     ("pins", self.pins.is_some()),
                     ("min_version", self.min_version.is_some()),
+                    ("direct", self.direct.is_some()),
                 ]
                 .into_iter()
                 .filter_map(|(name, present)| present.then_some(name))
@@ -306,6 +311,7 @@ impl RawUpstreamTls {
             server_name_explicit,
             pins,
             min_version,
+            direct: self.direct.unwrap_or(false),
         }))
     }
 }

@@ -21,11 +21,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
 use tracing::info;
 
-use crate::server::ConnectionContext;
+use crate::server::{ConnectionContext, Listener};
 
 /// Copies until both sides close, then logs the session's totals.
-pub(crate) async fn forward<A, B>(ctx: &ConnectionContext, mut client: A, mut upstream: B)
+pub(crate) async fn forward<L, A, B>(ctx: &ConnectionContext<L>, mut client: A, mut upstream: B)
 where
+    L: Listener,
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
@@ -34,11 +35,11 @@ where
         Ok((from_client, to_client)) => {
             ctx.note(|r| r.bytes = Some((from_client, to_client)));
             ctx.listener
-                .metrics
-                .bytes(&ctx.listener.name, from_client, to_client);
+                .metrics()
+                .bytes(ctx.listener.name(), from_client, to_client);
             info!(
             conn = ctx.id,
-            listener = %ctx.listener.name,
+            listener = %ctx.listener.name(),
             peer = %ctx.peer,
             bytes_from_client = from_client,
             bytes_to_client = to_client,
@@ -48,7 +49,7 @@ where
         }
         Err(e) => info!(
             conn = ctx.id,
-            listener = %ctx.listener.name,
+            listener = %ctx.listener.name(),
             peer = %ctx.peer,
             error = %e,
             duration_ms = started.elapsed().as_millis() as u64,

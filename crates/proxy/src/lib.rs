@@ -15,6 +15,7 @@
 //! and never decides access by itself (that is `intransit-policy`).
 
 pub mod audit;
+mod client;
 mod copy;
 mod handshake;
 pub mod metrics;
@@ -38,12 +39,13 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use audit::AuditLog;
+pub use client::PreparedClientListener;
 pub use metrics::ProxyMetrics;
 pub use net::connect as connect_upstream;
 pub use refusal::RefusalReason;
 pub use server::{PreparedListener, PreparedRoute};
 pub use tls::{ListenerTls, LoadedCertificate, PolicySummary, TlsMaterial};
-pub use upstream_tls::{UpstreamTls, UpstreamTlsFailure};
+pub use upstream_tls::{UpstreamSession, UpstreamTls, UpstreamTlsFailure};
 
 /// Errors that stop the proxy from starting.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +97,7 @@ impl ProxyError {
 #[derive(Debug)]
 pub struct Proxy {
     listeners: Vec<Arc<PreparedListener>>,
+    client_listeners: Vec<Arc<PreparedClientListener>>,
     shutdown_grace: Duration,
     metrics: Arc<ProxyMetrics>,
     audit: Arc<AuditLog>,
@@ -113,34 +116,59 @@ impl Proxy {
             .iter()
             .map(|l| PreparedListener::prepare(l, metrics.clone(), audit.clone()).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
+        let client_listeners = config
+            .client_listeners
+            .iter()
+            .map(|l| {
+                PreparedClientListener::prepare(l, metrics.clone(), audit.clone()).map(Arc::new)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Proxy {
             listeners,
+            client_listeners,
             shutdown_grace: config.shutdown_grace,
             metrics,
             audit,
         })
     }
 
-    /// The prepared listeners.
+    /// The prepared server-mode listeners.
     pub fn listeners(&self) -> impl Iterator<Item = &PreparedListener> {
         self.listeners.iter().map(|l| l.as_ref())
     }
 
+    /// The prepared client-mode listeners.
+    pub fn client_listeners(&self) -> impl Iterator<Item = &PreparedClientListener> {
+        self.client_listeners.iter().map(|l| l.as_ref())
+    }
+
     /// Binds every listener; if one fails, none stays bound.
     pub async fn bind(self) -> Result<BoundProxy, ProxyError> {
+        let bind = |name: &str, listen: &Endpoint| {
+            let (name, listen) = (name.to_owned(), listen.clone());
+            async move {
+                net::BoundListener::bind(&listen)
+                    .await
+                    .map_err(|source| ProxyError::Bind {
+                        listener: name,
+                        endpoint: listen,
+                        source,
+                    })
+            }
+        };
         let mut bound = Vec::with_capacity(self.listeners.len());
         for listener in self.listeners {
-            let socket = net::BoundListener::bind(&listener.listen)
-                .await
-                .map_err(|source| ProxyError::Bind {
-                    listener: listener.name.clone(),
-                    endpoint: listener.listen.clone(),
-                    source,
-                })?;
+            let socket = bind(&listener.name, &listener.listen).await?;
             bound.push((listener, socket));
+        }
+        let mut clients = Vec::with_capacity(self.client_listeners.len());
+        for listener in self.client_listeners {
+            let socket = bind(&listener.name, &listener.listen).await?;
+            clients.push((listener, socket));
         }
         Ok(BoundProxy {
             listeners: bound,
+            client_listeners: clients,
             shutdown_grace: self.shutdown_grace,
             metrics: self.metrics,
             audit: self.audit,
@@ -152,6 +180,7 @@ impl Proxy {
 #[derive(Debug)]
 pub struct BoundProxy {
     listeners: Vec<(Arc<PreparedListener>, net::BoundListener)>,
+    client_listeners: Vec<(Arc<PreparedClientListener>, net::BoundListener)>,
     shutdown_grace: Duration,
     metrics: Arc<ProxyMetrics>,
     audit: Arc<AuditLog>,
@@ -160,9 +189,11 @@ pub struct BoundProxy {
 impl BoundProxy {
     /// The addresses actually bound, by listener name (port 0 resolved).
     pub fn local_endpoints(&self) -> Vec<(String, Endpoint)> {
-        self.listeners
-            .iter()
-            .filter_map(|(l, s)| s.local_endpoint().ok().map(|e| (l.name.clone(), e)))
+        let server = self.listeners.iter().map(|(l, s)| (&l.name, s));
+        let client = self.client_listeners.iter().map(|(l, s)| (&l.name, s));
+        server
+            .chain(client)
+            .filter_map(|(name, s)| s.local_endpoint().ok().map(|e| (name.clone(), e)))
             .collect()
     }
 
@@ -176,10 +207,19 @@ impl BoundProxy {
         self.audit.clone()
     }
 
-    /// The running listeners, for reloading their TLS material while the
-    /// proxy serves (`PreparedListener::tls`).
+    /// The running server-mode listeners, for reloading their TLS material
+    /// while the proxy serves (`PreparedListener::tls`).
     pub fn listeners(&self) -> Vec<Arc<PreparedListener>> {
         self.listeners.iter().map(|(l, _)| l.clone()).collect()
+    }
+
+    /// The running client-mode listeners. Their upstream TLS is built once
+    /// at start and not reloaded.
+    pub fn client_listeners(&self) -> Vec<Arc<PreparedClientListener>> {
+        self.client_listeners
+            .iter()
+            .map(|(l, _)| l.clone())
+            .collect()
     }
 
     /// Serves until `shutdown` completes, then drains: no new connections
@@ -203,6 +243,34 @@ impl BoundProxy {
                 routes = listener.routes.len(),
                 "listening"
             );
+            loops.push(tokio::spawn(server::accept_loop(
+                listener,
+                socket,
+                token.clone(),
+                tracker.clone(),
+            )));
+        }
+        for (listener, socket) in self.client_listeners {
+            info!(
+                listener = %listener.name,
+                mode = "client",
+                protocol = %listener.protocol,
+                listen = %socket.local_endpoint().map(|e| e.to_string()).unwrap_or_default(),
+                upstream = %listener.upstream,
+                upstream_tls = %listener.upstream_tls.settings().mode,
+                server_name = %listener.upstream_tls.server_name(),
+                direct = listener.upstream_tls.direct(),
+                client_cert = listener.upstream_tls.settings().cert.is_some(),
+                pins = listener.upstream_tls.settings().pins.len(),
+                "listening"
+            );
+            if listener.allow_remote_plaintext {
+                warn!(
+                    listener = %listener.name,
+                    listen = %listener.listen,
+                    "allow_remote_plaintext: this client-mode listener accepts plaintext from other hosts"
+                );
+            }
             loops.push(tokio::spawn(server::accept_loop(
                 listener,
                 socket,

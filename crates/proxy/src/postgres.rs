@@ -11,10 +11,28 @@
 //! Authorized --connect upstream [SSLRequest, TLS], send StartupMessage--> bytes copied both ways
 //! ```
 //!
-//! With `upstream_tls`, the proxy sends its own SSLRequest upstream and
-//! runs TLS before the StartupMessage, and removes `SCRAM-SHA-256-PLUS`
-//! from the server's first authentication request: the client's channel
-//! binding would name the proxy's certificate, not the server's.
+//! With `upstream_tls`, the proxy sends its own SSLRequest upstream (or
+//! starts TLS at once with ALPN `postgresql` when `direct`) and runs TLS
+//! before the StartupMessage, and removes `SCRAM-SHA-256-PLUS` from the
+//! server's first authentication request: the client's channel binding
+//! would name the proxy's certificate, not the server's.
+//!
+//! Client mode (`serve_client`) is the mirror image over the same upstream
+//! connector ([`open_tls_upstream`]):
+//!
+//! ```text
+//! plaintext from a local application:
+//!   SSLRequest --> 'N' (once)      GSSENCRequest --> 'N' (once)
+//!   CancelRequest --> forwarded upstream over TLS, closed
+//!   StartupMessage --> connect, SSLRequest (or direct TLS), TLS, StartupMessage --> bytes copied
+//!   first byte 0x16 (the application starts TLS) --> closed
+//! ```
+//!
+//! The server, on TLS, offers `SCRAM-SHA-256-PLUS`; libpq on a connection
+//! without TLS refuses such an offer ("server offered SCRAM-SHA-256-PLUS
+//! authentication over a non-SSL connection"), so client mode removes it
+//! too. The application then uses SCRAM-SHA-256 with the GS2 flag `n` (it
+//! cannot bind a channel), which the server accepts on TLS.
 //!
 //! Each state is its own type and each step consumes it, so a connection
 //! cannot skip the TLS handshake or the user check. This module owns the
@@ -25,6 +43,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use intransit_config::Endpoint;
 use intransit_wire::pg::{
     self, BackendFrame, CancelRequest, ErrorResponse, FrontendFrame, InitialMessage, SqlState,
     StartupMessage,
@@ -32,12 +51,14 @@ use intransit_wire::pg::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
+use crate::client::{self, PreparedClientListener};
 use crate::copy;
 use crate::handshake::{self, Accepted, ClientTls};
 use crate::net::{self, BoxStream, Rewind};
 use crate::refusal::RefusalReason;
-use crate::server::{ConnectionContext, PreparedRoute, Refused};
+use crate::server::{ConnectionContext, Listener, PreparedRoute, Refused};
 use crate::tls::ALPN_POSTGRESQL;
+use crate::upstream_tls::{UpstreamSession, UpstreamTls};
 
 const SQLSTATE_INVALID_AUTHORIZATION: SqlState = SqlState::INVALID_AUTHORIZATION_SPECIFICATION;
 const SQLSTATE_CONNECTION_FAILURE: SqlState = SqlState::CONNECTION_FAILURE;
@@ -89,7 +110,8 @@ async fn negotiate(
             // A plaintext cancel carries no server name, so with SNI routes
             // the backend may be behind any upstream: each checks the secret
             // key and ignores a request that is not its own.
-            forward_cancel(ctx, &cancel, &ctx.listener.upstream_routes()).await;
+            let routes = ctx.listener.upstream_routes();
+            forward_cancel(ctx, &cancel, &upstreams_of(&routes)).await;
             return Ok(None);
         }
     };
@@ -97,7 +119,7 @@ async fn negotiate(
     let received = match established.read_startup(ctx).await? {
         Startup::Message(m) => m,
         Startup::Cancel(cancel, route) => {
-            forward_cancel(ctx, &cancel, &[route]).await;
+            forward_cancel(ctx, &cancel, &upstreams_of(&[route])).await;
             return Ok(None);
         }
     };
@@ -401,8 +423,13 @@ impl Authorized {
         first.extend_from_slice(&self.raw);
         first.extend_from_slice(&self.tls.buf);
         let opened = async {
-            let (mut upstream, tls_version) =
-                open_upstream(&route, ctx.listener.upstream_connect_timeout).await?;
+            let (mut upstream, session) = open_upstream(
+                target,
+                route.upstream_tls.as_deref(),
+                ctx.listener.upstream_connect_timeout,
+            )
+            .await?;
+            let tls_version = session.map(|s| s.version);
             upstream.write_all(&first).await.map_err(|e| {
                 Refused::new(
                     RefusalReason::UpstreamUnavailable,
@@ -413,11 +440,7 @@ impl Authorized {
             // channel binding would be to the server's certificate while
             // the client sees the proxy's, so the offer is rewritten.
             let (to_client, offer_rewritten) = if tls_version.is_some() {
-                first_authentication_request(&mut upstream)
-                    .await
-                    .map_err(|e| {
-                        Refused::new(RefusalReason::UpstreamUnavailable, format!("{target}: {e}"))
-                    })?
+                first_authentication_request(&mut upstream, target).await?
             } else {
                 (Vec::new(), false)
             };
@@ -426,12 +449,7 @@ impl Authorized {
         let (upstream, tls_version, to_client, offer_rewritten) = match opened.await {
             Ok(opened) => opened,
             Err(refused) => {
-                let reply = error_response(
-                    SQLSTATE_CONNECTION_FAILURE,
-                    "the database is unavailable right now".into(),
-                    Some("Try again later. The proxy's log has the details.".into()),
-                );
-                send_error(&mut self.tls.accepted.stream, &reply).await;
+                send_error(&mut self.tls.accepted.stream, &unavailable_response()).await;
                 return Err(refused.with_identity(self.tls.accepted.identity));
             }
         };
@@ -488,21 +506,59 @@ impl Authorized {
     }
 }
 
-/// Opens a route's upstream leg: the connection, then, when the route
-/// encrypts it, an SSLRequest and the TLS handshake. Returns the stream
-/// and the negotiated TLS version (`None` for plaintext).
+/// The ErrorResponse a client gets when the upstream leg cannot be opened:
+/// the same in both modes, and without the database's address.
+fn unavailable_response() -> Vec<u8> {
+    error_response(
+        SQLSTATE_CONNECTION_FAILURE,
+        "the database is unavailable right now".into(),
+        Some("Try again later. The proxy's log has the details.".into()),
+    )
+}
+
+/// The PostgreSQL upstream connector, shared by server mode, client mode
+/// and cancel requests: the connection, then, when `tls` is set, the TLS
+/// request and handshake ([`open_tls_upstream`]). Returns the stream and
+/// what TLS negotiated (`None` for plaintext).
 async fn open_upstream(
-    route: &PreparedRoute,
+    target: &Endpoint,
+    tls: Option<&UpstreamTls>,
     timeout: Duration,
-) -> Result<(BoxStream, Option<&'static str>), Refused> {
-    let target = &route.upstream;
+) -> Result<(BoxStream, Option<UpstreamSession>), Refused> {
+    match tls {
+        None => {
+            let stream = net::connect(target, timeout).await.map_err(|e| {
+                Refused::new(
+                    RefusalReason::UpstreamUnavailable,
+                    format!("connecting to {target}: {e}"),
+                )
+            })?;
+            Ok((stream, None))
+        }
+        Some(tls) => open_tls_upstream(target, tls, timeout)
+            .await
+            .map(|(stream, session)| (stream, Some(session))),
+    }
+}
+
+/// Connects to `target` and runs TLS the way PostgreSQL asks for it: an
+/// SSLRequest answered `S`, or, with `direct`, a handshake at once with
+/// ALPN `postgresql` (PostgreSQL 17). Each step is bounded by `timeout`.
+async fn open_tls_upstream(
+    target: &Endpoint,
+    tls: &UpstreamTls,
+    timeout: Duration,
+) -> Result<(BoxStream, UpstreamSession), Refused> {
     let unavailable = |detail: String| Refused::new(RefusalReason::UpstreamUnavailable, detail);
     let mut stream = net::connect(target, timeout)
         .await
         .map_err(|e| unavailable(format!("connecting to {target}: {e}")))?;
-    let Some(tls) = &route.upstream_tls else {
-        return Ok((stream, None));
-    };
+    if tls.direct() {
+        return tls
+            .connect(stream, timeout)
+            .await
+            .map_err(|f| Refused::new(f.reason, format!("{target}: {}", f.detail)));
+    }
     stream
         .write_all(&pg::encode_ssl_request())
         .await
@@ -538,19 +594,28 @@ async fn open_upstream(
             ))
         }
     }
-    let (stream, version) = tls
-        .connect(stream, timeout)
+    tls.connect(stream, timeout)
         .await
-        .map_err(|f| Refused::new(f.reason, format!("{target}: {}", f.detail)))?;
-    Ok((stream, Some(version)))
+        .map_err(|f| Refused::new(f.reason, format!("{target}: {}", f.detail)))
 }
 
 /// Reads the server's messages up to its first authentication request (or
 /// error) and returns the bytes to pass to the client, with `-PLUS` SASL
 /// mechanisms removed. Bytes read past that message are passed on as they
 /// are; from then on the session is copied untouched. The flag says
-/// whether a SASL offer was rewritten.
-async fn first_authentication_request(upstream: &mut BoxStream) -> Result<(Vec<u8>, bool), String> {
+/// whether a SASL offer was rewritten. This is the first read on the TLS
+/// leg, so a server that rejects the proxy's client certificate (TLS 1.3
+/// says so after the handshake) is reported here as `upstream_tls_failed`.
+async fn first_authentication_request(
+    upstream: &mut BoxStream,
+    target: &Endpoint,
+) -> Result<(Vec<u8>, bool), Refused> {
+    let unavailable = |detail: String| {
+        Refused::new(
+            RefusalReason::UpstreamUnavailable,
+            format!("{target}: {detail}"),
+        )
+    };
     let mut buf = BytesMut::with_capacity(512);
     let mut out = Vec::new();
     let mut rewrote = false;
@@ -578,14 +643,22 @@ async fn first_authentication_request(upstream: &mut BoxStream) -> Result<(Vec<u
                 }
             }
             Ok(None) => {}
-            Err(e) => return Err(format!("invalid message while authenticating: {e}")),
+            Err(e) => {
+                return Err(unavailable(format!(
+                    "invalid message while authenticating: {e}"
+                )))
+            }
         }
-        let n = upstream
-            .read_buf(&mut buf)
-            .await
-            .map_err(|e| format!("reading the authentication request: {e}"))?;
+        let n = upstream.read_buf(&mut buf).await.map_err(|e| {
+            match crate::upstream_tls::failure_after_handshake(&e) {
+                Some(f) => Refused::new(f.reason, format!("{target}: {}", f.detail)),
+                None => unavailable(format!("reading the authentication request: {e}")),
+            }
+        })?;
         if n == 0 {
-            return Err("the server closed the connection before asking for authentication".into());
+            return Err(unavailable(
+                "the server closed the connection before asking for authentication".into(),
+            ));
         }
     }
 }
@@ -641,20 +714,28 @@ async fn sasl_initial_response(client: &mut ClientTls) -> Result<BytesMut, Refus
     }
 }
 
-/// Forwards a CancelRequest upstream, over TLS where the route encrypts
-/// its upstream leg. PostgreSQL accepts cancels outside pg_hba and libpq
-/// before 17 sends them unencrypted; they carry only the backend's process
-/// id and secret key, which the proxy passes on as is.
-async fn forward_cancel(
-    ctx: &ConnectionContext,
+/// Each route's upstream and its TLS, for [`forward_cancel`].
+fn upstreams_of(routes: &[Arc<PreparedRoute>]) -> Vec<(&Endpoint, Option<&UpstreamTls>)> {
+    routes
+        .iter()
+        .map(|r| (&r.upstream, r.upstream_tls.as_deref()))
+        .collect()
+}
+
+/// Forwards a CancelRequest to each upstream, over TLS where that leg is
+/// encrypted (always in client mode). PostgreSQL accepts cancels outside
+/// pg_hba and libpq before 17 sends them unencrypted; they carry only the
+/// backend's process id and secret key, which the proxy passes on as is.
+async fn forward_cancel<L: Listener>(
+    ctx: &ConnectionContext<L>,
     cancel: &CancelRequest,
-    routes: &[Arc<PreparedRoute>],
+    upstreams: &[(&Endpoint, Option<&UpstreamTls>)],
 ) {
     let listener = &ctx.listener;
-    for route in routes {
-        let target = &route.upstream;
-        match open_upstream(route, listener.upstream_connect_timeout).await {
-            Ok((mut upstream, tls_version)) => {
+    let timeout = listener.upstream_connect_timeout();
+    for (target, tls) in upstreams {
+        match open_upstream(target, *tls, timeout).await {
+            Ok((mut upstream, session)) => {
                 let sent = upstream.write_all(&cancel.encode()).await;
                 let _ = upstream.flush().await;
                 // PostgreSQL closes the connection once it has read the
@@ -667,10 +748,10 @@ async fn forward_cancel(
                 .await;
                 debug!(
                     conn = ctx.id,
-                    listener = %listener.name,
+                    listener = %listener.name(),
                     peer = %ctx.peer,
                     upstream = %target,
-                    upstream_tls = tls_version.unwrap_or("off"),
+                    upstream_tls = session.map_or("off", |s| s.version),
                     process_id = cancel.process_id,
                     ok = sent.is_ok(),
                     "cancel request forwarded"
@@ -679,7 +760,7 @@ async fn forward_cancel(
             Err(refused) => {
                 tracing::warn!(
                     conn = ctx.id,
-                    listener = %listener.name,
+                    listener = %listener.name(),
                     peer = %ctx.peer,
                     upstream = %target,
                     reason = refused.reason.as_str(),
@@ -687,6 +768,138 @@ async fn forward_cancel(
                     "cancel request could not be forwarded"
                 );
             }
+        }
+    }
+}
+
+/// Runs one client-mode connection: a local application speaking
+/// plaintext, carried to the database over TLS. Negotiation is bounded by
+/// the listener's handshake timeout; the copy phase is not.
+pub(crate) async fn serve_client(
+    ctx: ConnectionContext<PreparedClientListener>,
+    stream: BoxStream,
+    over_limit: bool,
+) -> Result<(), Refused> {
+    let negotiated = tokio::time::timeout(
+        ctx.listener.handshake_timeout,
+        negotiate_client(&ctx, stream, over_limit),
+    )
+    .await
+    .map_err(|_| {
+        Refused::new(
+            RefusalReason::Timeout,
+            "application did not finish negotiating in time",
+        )
+    })??;
+    if let Some((app, upstream)) = negotiated {
+        copy::forward(&ctx, app, upstream).await;
+    }
+    Ok(())
+}
+
+/// Answers the application's requests for encryption with `N`, forwards a
+/// cancel, and opens the TLS upstream leg for its StartupMessage. Returns
+/// both legs, or `None` when the connection was a cancel.
+async fn negotiate_client(
+    ctx: &ConnectionContext<PreparedClientListener>,
+    mut app: BoxStream,
+    over_limit: bool,
+) -> Result<Option<(BoxStream, BoxStream)>, Refused> {
+    let listener = &ctx.listener;
+    let mut buf = BytesMut::with_capacity(512);
+    let (mut ssl_answered, mut gssenc_answered) = (false, false);
+    let (startup, raw) = loop {
+        let (message, consumed) = read_initial(&mut app, &mut buf).await?;
+        let raw = buf.split_to(consumed).freeze();
+        let refusal = match message {
+            InitialMessage::SslRequest if !ssl_answered => {
+                // The application asked for TLS anyway (sslmode=prefer):
+                // this leg is plaintext on loopback, the proxy encrypts
+                // the database's leg. libpq continues without TLS.
+                ssl_answered = true;
+                pg::SSL_REFUSE
+            }
+            InitialMessage::GssEncRequest if !gssenc_answered => {
+                gssenc_answered = true;
+                pg::GSSENC_REFUSE
+            }
+            InitialMessage::SslRequest | InitialMessage::GssEncRequest => {
+                return Err(Refused::new(
+                    RefusalReason::Malformed,
+                    format!("second {} on one connection", initial_name(&message)),
+                ));
+            }
+            InitialMessage::DirectTls => {
+                // No ErrorResponse: the application expects a ServerHello.
+                return Err(Refused::new(
+                    RefusalReason::Malformed,
+                    "the application started TLS (direct TLS), but a client-mode listener accepts plaintext only; connect with sslmode=disable (or prefer)",
+                ));
+            }
+            InitialMessage::Cancel(cancel) => {
+                let upstream = [(&listener.upstream, Some(listener.upstream_tls.as_ref()))];
+                forward_cancel(ctx, &cancel, &upstream).await;
+                return Ok(None);
+            }
+            InitialMessage::Startup(startup) => break (startup, raw),
+        };
+        app.write_all(&[refusal])
+            .await
+            .map_err(|e| Refused::new(RefusalReason::ClientClosed, e.to_string()))?;
+    };
+    let user = startup.user().unwrap_or_default().to_owned();
+    let database = startup.database().unwrap_or_default().to_owned();
+    ctx.note_login(startup.user(), startup.database());
+    if over_limit {
+        let reply = error_response(
+            SQLSTATE_TOO_MANY_CONNECTIONS,
+            "sorry, too many clients already".into(),
+            Some("The proxy is at its connection limit; try again later.".into()),
+        );
+        send_error(&mut app, &reply).await;
+        return Err(Refused::new(
+            RefusalReason::TooManyConnections,
+            format!(
+                "listener is at max_connections ({})",
+                listener.max_connections
+            ),
+        ));
+    }
+    let target = &listener.upstream;
+    let opened = async {
+        let (mut upstream, session) = open_tls_upstream(
+            target,
+            &listener.upstream_tls,
+            listener.upstream_connect_timeout,
+        )
+        .await?;
+        client::note_upstream_tls(ctx, &session);
+        // The StartupMessage and whatever the application sent behind it.
+        let mut first = BytesMut::with_capacity(raw.len() + buf.len());
+        first.extend_from_slice(&raw);
+        first.extend_from_slice(&buf);
+        upstream.write_all(&first).await.map_err(|e| {
+            Refused::new(
+                RefusalReason::UpstreamUnavailable,
+                format!("sending StartupMessage to {target}: {e}"),
+            )
+        })?;
+        // As in server mode, SCRAM-SHA-256-PLUS goes: libpq without TLS
+        // refuses a server that offers it.
+        let (to_app, _) = first_authentication_request(&mut upstream, target).await?;
+        Ok::<_, Refused>((upstream, session, to_app))
+    };
+    match opened.await {
+        Ok((upstream, session, to_app)) => {
+            app.write_all(&to_app)
+                .await
+                .map_err(|e| Refused::new(RefusalReason::ClientClosed, e.to_string()))?;
+            client::log_established(ctx, &session, &user, &database);
+            Ok(Some((app, upstream)))
+        }
+        Err(refused) => {
+            send_error(&mut app, &unavailable_response()).await;
+            Err(refused)
         }
     }
 }

@@ -4,8 +4,13 @@
 //! This module owns the life of a connection from accept to close, but not
 //! what is said on it (that is `postgres`). Each accepted socket gets a task;
 //! a semaphore caps concurrent connections; a shutdown signal stops
-//! accepting, and the caller waits for the task tracker to drain.
+//! accepting, and the caller waits for the task tracker to drain. Server-mode
+//! listeners ([`PreparedListener`]) and client-mode ones
+//! ([`crate::client::PreparedClientListener`]) share the loop, the refusal
+//! log line, the metrics and the audit event through [`Listener`].
 
+use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -20,7 +25,7 @@ use tracing::{error, warn};
 use crate::audit::{rfc3339, AuditEvent, AuditLog, ConnectionRecord};
 use crate::handshake::Negotiated;
 use crate::metrics::{HandshakeFacts, ProxyMetrics};
-use crate::net::{BoundListener, PeerAddr};
+use crate::net::{BoundListener, BoxStream, PeerAddr};
 use crate::refusal::RefusalReason;
 use crate::tls::{ListenerTls, ALPN_POSTGRESQL};
 use crate::upstream_tls::UpstreamTls;
@@ -183,20 +188,97 @@ impl PreparedListener {
     }
 }
 
-/// Per-connection facts every negotiation step can see.
-#[derive(Debug, Clone)]
-pub(crate) struct ConnectionContext {
+/// What the accept loop, refusal logging, metrics and audit need from a
+/// listener, whichever its mode.
+pub(crate) trait Listener: fmt::Debug + Send + Sync + Sized + 'static {
+    /// Name for logs and metric labels.
+    fn name(&self) -> &str;
+    /// The protocol spoken.
+    fn protocol(&self) -> Protocol;
+    /// The connection cap.
+    fn max_connections(&self) -> usize;
+    /// Bound on each step of opening the upstream leg.
+    fn upstream_connect_timeout(&self) -> Duration;
+    /// Where the listener's connections are counted.
+    fn metrics(&self) -> &Arc<ProxyMetrics>;
+    /// Where each ended connection is recorded.
+    fn audit(&self) -> &AuditLog;
+    /// Runs one connection from accept to close. `over_limit` connections
+    /// are told the listener is full in the protocol's own way.
+    fn serve(
+        ctx: ConnectionContext<Self>,
+        stream: BoxStream,
+        over_limit: bool,
+    ) -> impl Future<Output = Result<(), Refused>> + Send;
+}
+
+impl Listener for PreparedListener {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    fn upstream_connect_timeout(&self) -> Duration {
+        self.upstream_connect_timeout
+    }
+
+    fn metrics(&self) -> &Arc<ProxyMetrics> {
+        &self.metrics
+    }
+
+    fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    async fn serve(
+        ctx: ConnectionContext<Self>,
+        stream: BoxStream,
+        over_limit: bool,
+    ) -> Result<(), Refused> {
+        match ctx.listener.protocol {
+            Protocol::Tls => plain_tls::serve(ctx, stream, over_limit).await,
+            Protocol::Postgres => postgres::serve(ctx, stream, over_limit).await,
+            Protocol::Mysql => mysql::serve(ctx, stream, over_limit).await,
+        }
+    }
+}
+
+/// Per-connection facts every negotiation step can see. `L` is the kind of
+/// listener: server mode unless said otherwise.
+#[derive(Debug)]
+pub(crate) struct ConnectionContext<L = PreparedListener> {
     pub(crate) id: u64,
     pub(crate) peer: PeerAddr,
-    pub(crate) listener: Arc<PreparedListener>,
-    /// Set once the TLS handshake completes.
+    pub(crate) listener: Arc<L>,
+    /// Set once TLS is established: with the client in server mode, with
+    /// the database in client mode.
     pub(crate) negotiated: Arc<OnceLock<Negotiated>>,
     /// What the audit event will say, filled in as negotiation goes.
     pub(crate) record: Arc<Mutex<ConnectionRecord>>,
     pub(crate) accepted_at: Instant,
 }
 
-impl ConnectionContext {
+impl<L> Clone for ConnectionContext<L> {
+    fn clone(&self) -> Self {
+        ConnectionContext {
+            id: self.id,
+            peer: self.peer.clone(),
+            listener: self.listener.clone(),
+            negotiated: self.negotiated.clone(),
+            record: self.record.clone(),
+            accepted_at: self.accepted_at,
+        }
+    }
+}
+
+impl<L: Listener> ConnectionContext<L> {
     /// Changes the audit record.
     pub(crate) fn note(&self, change: impl FnOnce(&mut ConnectionRecord)) {
         let mut record = self
@@ -227,9 +309,9 @@ impl ConnectionContext {
         AuditEvent {
             time: rfc3339(SystemTime::now()),
             conn: self.id,
-            listener: self.listener.name.clone(),
+            listener: self.listener.name().to_owned(),
             route: facts.route.to_owned(),
-            protocol: self.listener.protocol.as_str().to_owned(),
+            protocol: self.listener.protocol().as_str().to_owned(),
             peer: self.peer.to_string(),
             client_cert: record.client_cert,
             db_user: record.user,
@@ -278,13 +360,13 @@ static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Accepts connections until `shutdown` is cancelled. Connection tasks are
 /// spawned on `tracker` so the caller can wait for them to drain.
-pub(crate) async fn accept_loop(
-    listener: Arc<PreparedListener>,
+pub(crate) async fn accept_loop<L: Listener>(
+    listener: Arc<L>,
     socket: BoundListener,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let slots = Arc::new(Semaphore::new(listener.max_connections));
+    let slots = Arc::new(Semaphore::new(listener.max_connections()));
     let refusals = Arc::new(Semaphore::new(MAX_CONCURRENT_REFUSALS));
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -300,7 +382,7 @@ pub(crate) async fn accept_loop(
             Err(e) => {
                 // Running out of file descriptors must not spin the loop:
                 // back off, bounded, and try again.
-                error!(listener = %listener.name, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
+                error!(listener = %listener.name(), error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(backoff) => {}
@@ -329,42 +411,38 @@ pub(crate) async fn accept_loop(
                         "listener and its refusal queue are full; connection dropped",
                     );
                     log_refusal(&ctx, &refused);
-                    listener.audit.record(ctx.audit_event(Some(&refused)));
+                    listener.audit().record(ctx.audit_event(Some(&refused)));
                     continue;
                 }
             },
         };
         let active = listener
-            .metrics
-            .connection_opened(&listener.name, listener.protocol.as_str());
+            .metrics()
+            .connection_opened(listener.name(), listener.protocol().as_str());
         tracker.spawn(async move {
             let _permit = permit;
             let _active = active;
-            let served = match ctx.listener.protocol {
-                Protocol::Tls => plain_tls::serve(ctx.clone(), stream, over_limit).await,
-                Protocol::Postgres => postgres::serve(ctx.clone(), stream, over_limit).await,
-                Protocol::Mysql => mysql::serve(ctx.clone(), stream, over_limit).await,
-            };
+            let served = L::serve(ctx.clone(), stream, over_limit).await;
             if let Err(refused) = &served {
                 log_refusal(&ctx, refused);
             }
             ctx.listener
-                .audit
+                .audit()
                 .record(ctx.audit_event(served.as_ref().err()));
         });
     }
 }
 
 /// The one log line and metric every refusal gets.
-fn log_refusal(ctx: &ConnectionContext, refused: &Refused) {
+fn log_refusal<L: Listener>(ctx: &ConnectionContext<L>, refused: &Refused) {
     let listener = &ctx.listener;
     let facts = ctx
         .negotiated
         .get()
         .map_or(HandshakeFacts::BEFORE_TLS, Negotiated::facts);
-    listener.metrics.handshake(
-        &listener.name,
-        listener.protocol.as_str(),
+    listener.metrics().handshake(
+        listener.name(),
+        listener.protocol().as_str(),
         facts,
         Some(refused.reason),
     );
@@ -377,7 +455,7 @@ fn log_refusal(ctx: &ConnectionContext, refused: &Refused) {
     if refused.reason == RefusalReason::ClientClosed {
         tracing::debug!(
             conn = ctx.id,
-            listener = %ctx.listener.name,
+            listener = %ctx.listener.name(),
             peer = %ctx.peer,
             reason = refused.reason.as_str(),
             identity = identity,
@@ -388,7 +466,7 @@ fn log_refusal(ctx: &ConnectionContext, refused: &Refused) {
     }
     warn!(
         conn = ctx.id,
-        listener = %ctx.listener.name,
+        listener = %ctx.listener.name(),
         peer = %ctx.peer,
         reason = refused.reason.as_str(),
         identity = identity,

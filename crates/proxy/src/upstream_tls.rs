@@ -8,13 +8,13 @@
 //! expected, which name did not match, which issuer is unknown, when the
 //! certificate expired). It does not decide how a protocol asks the
 //! server for TLS (`SSLRequest`, `CLIENT_SSL`): the protocol modules do
-//! that and then hand the stream here. Server mode uses it for the
-//! upstream leg; client mode will use the same type.
+//! that and then hand the stream here. Server mode and client mode use
+//! the same type, through the same per-protocol connectors.
 
 use std::fmt;
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use intransit_config::{
     SpkiPin, TlsVersion, UpstreamServerName, UpstreamTls as UpstreamTlsConfig, UpstreamTlsMode,
@@ -32,7 +32,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::net::BoxStream;
 use crate::refusal::RefusalReason;
-use crate::tls::{crypto_provider, load_certs};
+use crate::tls::{crypto_provider, load_certs, ALPN_POSTGRESQL};
 use crate::ProxyError;
 
 /// The upstream leg's TLS settings, loaded and ready for handshakes.
@@ -52,6 +52,22 @@ impl fmt::Debug for UpstreamTls {
             .field("pins", &self.pins.len())
             .finish_non_exhaustive()
     }
+}
+
+/// What a completed upstream handshake negotiated, for logs, metrics and
+/// audit events (client mode reports these as the connection's TLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamSession {
+    /// `TLSv1_3` or `TLSv1_2`.
+    pub version: &'static str,
+    /// The cipher suite.
+    pub cipher: &'static str,
+    /// The key-exchange group.
+    pub group: &'static str,
+    /// Whether the session was resumed from an earlier one.
+    pub resumed: bool,
+    /// How long the handshake took.
+    pub handshake_micros: u128,
 }
 
 /// Why a TLS handshake with the upstream failed, for the refusal log line.
@@ -129,7 +145,7 @@ impl UpstreamTls {
             .map_err(|e| ProxyError::Tls(e.to_string()))?
             .dangerous()
             .with_custom_certificate_verifier(verifier);
-        let config = match (&settings.cert, &settings.key) {
+        let mut config = match (&settings.cert, &settings.key) {
             (Some(cert), Some(key_path)) => {
                 let chain = load_certs(cert, "upstream client certificate")?;
                 let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| {
@@ -141,6 +157,10 @@ impl UpstreamTls {
             }
             _ => builder.with_no_client_auth(),
         };
+        if settings.direct {
+            // PostgreSQL 17 accepts direct TLS only with this ALPN.
+            config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+        }
         let server_name = match &settings.server_name {
             UpstreamServerName::Ip(ip) => ServerName::IpAddress((*ip).into()),
             UpstreamServerName::Dns(name) => ServerName::try_from(name.clone())
@@ -166,14 +186,20 @@ impl UpstreamTls {
         self.server_name.to_str().into_owned()
     }
 
+    /// Whether the protocol's TLS request is skipped: PostgreSQL direct TLS.
+    pub fn direct(&self) -> bool {
+        self.settings.direct
+    }
+
     /// Runs the TLS handshake over `stream` (already connected, and already
-    /// past the protocol's TLS request), within `timeout`, and returns the
-    /// encrypted stream with the negotiated TLS version.
+    /// past the protocol's TLS request, if it has one), within `timeout`,
+    /// and returns the encrypted stream with what was negotiated.
     pub async fn connect(
         &self,
         stream: BoxStream,
         timeout: Duration,
-    ) -> Result<(BoxStream, &'static str), UpstreamTlsFailure> {
+    ) -> Result<(BoxStream, UpstreamSession), UpstreamTlsFailure> {
+        let started = Instant::now();
         let connector = TlsConnector::from(self.config.clone());
         let handshake = connector.connect(self.server_name.clone(), stream);
         let Ok(finished) = tokio::time::timeout(timeout, handshake).await else {
@@ -187,15 +213,43 @@ impl UpstreamTls {
         };
         match finished {
             Ok(tls) => {
-                let version = tls
-                    .get_ref()
-                    .1
-                    .protocol_version()
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("unknown");
-                Ok((Box::new(tls), version))
+                let conn = tls.get_ref().1;
+                if self.settings.direct && conn.alpn_protocol() != Some(ALPN_POSTGRESQL) {
+                    return Err(UpstreamTlsFailure {
+                        reason: RefusalReason::UpstreamTlsFailed,
+                        detail: format!(
+                            "direct TLS with the upstream (server name {}): the server did not agree to ALPN \"postgresql\", so it may not be a PostgreSQL server",
+                            self.server_name()
+                        ),
+                    });
+                }
+                let session = UpstreamSession {
+                    version: conn
+                        .protocol_version()
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("unknown"),
+                    cipher: conn
+                        .negotiated_cipher_suite()
+                        .and_then(|s| s.suite().as_str())
+                        .unwrap_or("unknown"),
+                    group: conn
+                        .negotiated_key_exchange_group()
+                        .and_then(|g| g.name().as_str())
+                        .unwrap_or("unknown"),
+                    resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+                    handshake_micros: started.elapsed().as_micros(),
+                };
+                Ok((Box::new(tls), session))
             }
-            Err(e) => Err(self.describe(&e)),
+            Err(e) => {
+                let mut failure = self.describe(&e);
+                if self.settings.direct && failure.reason == RefusalReason::UpstreamTlsFailed {
+                    failure.detail.push_str(
+                        " (direct TLS needs PostgreSQL 17 or later, or a proxy that accepts it; without upstream_tls.direct the proxy sends an SSLRequest first)",
+                    );
+                }
+                Err(failure)
+            }
         }
     }
 
@@ -256,6 +310,26 @@ impl UpstreamTls {
             detail: format!("{context}: {what}"),
         }
     }
+}
+
+/// Describes a TLS failure on an upstream leg whose handshake completed:
+/// a TLS 1.3 server checks the client certificate after its side of the
+/// handshake, so its verdict (say, the alert `CertificateRequired`) arrives
+/// with the first read. `None` when `error` is not a TLS error.
+pub(crate) fn failure_after_handshake(error: &io::Error) -> Option<UpstreamTlsFailure> {
+    let tls = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())?;
+    let what = match tls {
+        rustls::Error::AlertReceived(alert) => format!(
+            "the server sent the alert {alert:?} after the handshake (a TLS 1.3 server checks the client certificate then: did it want one, or one it trusts?)"
+        ),
+        other => format!("after the handshake: {other}"),
+    };
+    Some(UpstreamTlsFailure {
+        reason: RefusalReason::UpstreamTlsFailed,
+        detail: format!("TLS with the upstream: {what}"),
+    })
 }
 
 /// webpki's server verifier, used as far as the mode asks, plus the SPKI
@@ -454,6 +528,7 @@ mod tests {
                 server_name_explicit: true,
                 pins: Vec::new(),
                 min_version: TlsVersion::V1_3,
+                direct: false,
             },
             config: Arc::new(
                 ClientConfig::builder_with_provider(Arc::new(crypto_provider()))

@@ -22,11 +22,15 @@
 //!   and a MariaDB with native TLS, under pgbench and client load.
 //! - `upstream_tls`: the encrypted upstream leg (verify modes, pins, client
 //!   certificate, failures) against PostgreSQL, MariaDB and Redis with TLS.
+//! - `client_mode`: `mode = "client"` listeners: plaintext applications
+//!   through a client-mode proxy to a server-mode proxy (the mutual-TLS
+//!   tunnel) and to PostgreSQL, MariaDB and Redis with TLS of their own.
 
 // Tests may panic on anything unexpected: that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod ca;
+mod client_mode;
 mod clients;
 mod lifecycle;
 mod lint;

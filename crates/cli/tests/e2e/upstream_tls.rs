@@ -23,25 +23,25 @@ use crate::support::*;
 
 /// The database user whose login the proxy's own client certificate
 /// proves (`hostssl ... cert`: the certificate's CN is the user).
-const CERT_USER: &str = "intransit_proxy";
+pub(crate) const CERT_USER: &str = "intransit_proxy";
 
 /// A pin no certificate in these tests has.
-const WRONG_PIN: &str = "sha256/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
-const OTHER_WRONG_PIN: &str = "sha256///////////////////////////////////////////8=";
+pub(crate) const WRONG_PIN: &str = "sha256/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+pub(crate) const OTHER_WRONG_PIN: &str = "sha256///////////////////////////////////////////8=";
 
 /// Certificates of the database side: their own CA, the servers'
 /// certificates, and the client certificate the proxy presents upstream.
-struct DbPki {
-    ca: PathBuf,
+pub(crate) struct DbPki {
+    pub(crate) ca: PathBuf,
     /// For `localhost`, 127.0.0.1 and ::1.
-    server: CertificatePaths,
+    pub(crate) server: CertificatePaths,
     /// The same names, expired yesterday.
-    expired_server: CertificatePaths,
+    pub(crate) expired_server: CertificatePaths,
     /// CN = [`CERT_USER`].
-    proxy_client: CertificatePaths,
+    pub(crate) proxy_client: CertificatePaths,
 }
 
-fn db_pki() -> &'static DbPki {
+pub(crate) fn db_pki() -> &'static DbPki {
     static DB_PKI: OnceLock<DbPki> = OnceLock::new();
     DB_PKI.get_or_init(|| {
         let dir = pki().dir.join("database");
@@ -92,13 +92,13 @@ fn db_pki() -> &'static DbPki {
 }
 
 /// The SPKI pin of a certificate file's first certificate.
-fn pin_of(cert: &std::path::Path) -> String {
+pub(crate) fn pin_of(cert: &std::path::Path) -> String {
     let pem = std::fs::read_to_string(cert).expect("reading a certificate");
     let der = intransit_pki::pem_to_der_certs(&pem).expect("PEM");
     intransit_pki::spki_pin(&der[0]).expect("pin")
 }
 
-fn pg_with_cert(cert: &CertificatePaths) -> PgServer {
+pub(crate) fn pg_with_cert(cert: &CertificatePaths) -> PgServer {
     PgServer::start(PgOptions {
         ssl: Some(PgSsl {
             cert_file: cert.chain.clone(),
@@ -117,7 +117,7 @@ fn pg_with_cert(cert: &CertificatePaths) -> PgServer {
 }
 
 /// A PostgreSQL with TLS and a valid certificate, shared by this module.
-fn tls_pg() -> &'static PgServer {
+pub(crate) fn tls_pg() -> &'static PgServer {
     static TLS_PG: OnceLock<PgServer> = OnceLock::new();
     TLS_PG.get_or_init(|| {
         let pg = pg_with_cert(&db_pki().server);
@@ -128,7 +128,7 @@ fn tls_pg() -> &'static PgServer {
 }
 
 /// A user with a password and a database of its own on [`tls_pg`].
-fn tls_pg_user(prefix: &str) -> DbUser {
+pub(crate) fn tls_pg_user(prefix: &str) -> DbUser {
     let name = intransit_testkit::unique_name(prefix);
     let password = format!("pw-{name}");
     tls_pg().create_user(&name, &password).expect("user");
@@ -136,7 +136,7 @@ fn tls_pg_user(prefix: &str) -> DbUser {
     DbUser { name, password }
 }
 
-fn tls_pg_upstream() -> String {
+pub(crate) fn tls_pg_upstream() -> String {
     format!("127.0.0.1:{}", tls_pg().port())
 }
 
