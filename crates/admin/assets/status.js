@@ -81,6 +81,26 @@ function verdicts(status) {
     `${established} established since start`));
 }
 
+function upstreamText(u) {
+  if (!u) return "plaintext (loopback or unix socket)";
+  const parts = [`TLS ≥ ${u.min_version}, ${u.mode}`, `name ${u.server_name}`];
+  if (u.pins) parts.push(`${u.pins} pin${u.pins === 1 ? "" : "s"}`);
+  if (u.client_certificate) parts.push("client certificate");
+  return parts.join(", ");
+}
+
+function clientListeners(status) {
+  const section = document.getElementById("client-section");
+  const rows = (status.client_listeners || []).map((l) => el("tr", {},
+    el("td", {}, el("strong", {}, l.name), el("div", { class: "muted" }, l.protocol)),
+    el("td", {}, el("code", {}, l.listen)),
+    el("td", {}, el("code", {}, l.upstream)),
+    el("td", {}, upstreamText(l.upstream_tls)),
+    el("td", {}, l.allow_remote_plaintext ? "allowed" : "loopback only")));
+  section.hidden = rows.length === 0;
+  fill(document.querySelector("#client-listeners tbody"), rows, 5, "no client-mode listeners");
+}
+
 function listeners(status) {
   const rows = [];
   for (const l of status.listeners) {
@@ -94,10 +114,11 @@ function listeners(status) {
         el("td", {}, `TLS ≥ ${p.min_version}`),
         el("td", {}, p.client_auth + (p.crl ? ", CRL checked" : "")),
         el("td", {}, p.allow.length ? p.allow.join(", ") : "any trusted certificate"),
-        el("td", {}, r.db_users_enforced ? "enforced" : "not enforced")));
+        el("td", {}, r.db_users_enforced ? "enforced" : "not enforced"),
+        el("td", {}, upstreamText(r.upstream_tls))));
     });
   }
-  fill(document.querySelector("#listeners tbody"), rows, 8, "no listeners");
+  fill(document.querySelector("#listeners tbody"), rows, 9, "no listeners");
 }
 
 function expiry(status) {
@@ -198,6 +219,7 @@ async function refresh() {
     document.getElementById("version").textContent = `v${status.version} · started ${status.started_at}`;
     verdicts(status);
     listeners(status);
+    clientListeners(status);
     expiry(status);
     timeline(status);
     outcomes(status);

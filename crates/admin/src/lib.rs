@@ -25,7 +25,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use intransit_config::Endpoint;
-use intransit_proxy::{AuditLog, BoundProxy, ListenerTls, PreparedListener, ProxyMetrics};
+use intransit_proxy::{
+    AuditLog, BoundProxy, ListenerTls, PreparedClientListener, PreparedListener, ProxyMetrics,
+};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::family::Family;
@@ -47,6 +49,7 @@ pub struct Admin {
     metrics: Arc<ProxyMetrics>,
     audit: Arc<AuditLog>,
     listeners: Vec<Arc<PreparedListener>>,
+    client_listeners: Vec<Arc<PreparedClientListener>>,
     /// The addresses bound, by listener name (port 0 resolved).
     endpoints: Vec<(String, Endpoint)>,
     started_at: SystemTime,
@@ -67,6 +70,7 @@ impl Admin {
             metrics,
             audit: bound.audit(),
             listeners,
+            client_listeners: bound.client_listeners(),
             endpoints: bound.local_endpoints(),
             started_at: SystemTime::now(),
         })

@@ -22,8 +22,10 @@ pub struct Status {
     pub started_at: String,
     /// Now, Unix seconds (the page computes ages from it).
     pub now: i64,
-    /// Every listener.
+    /// Every server-mode listener.
     pub listeners: Vec<ListenerStatus>,
+    /// Every client-mode listener (plaintext in, TLS to the database).
+    pub client_listeners: Vec<ClientListenerStatus>,
     /// Outcome totals and the recent timeline.
     pub handshakes: Summary,
     /// The latest refusals, newest last.
@@ -58,8 +60,53 @@ pub struct RouteStatus {
     pub policy: PolicyStatus,
     /// Whether `db_users` rules restrict database users.
     pub db_users_enforced: bool,
+    /// TLS to the database, when the upstream leg is encrypted.
+    pub upstream_tls: Option<UpstreamTlsStatus>,
     /// The certificates in use: the served one first, then trust anchors.
     pub certificates: Vec<CertificateStatus>,
+}
+
+/// How the leg to the database is encrypted and verified.
+#[derive(Debug, Serialize)]
+pub struct UpstreamTlsStatus {
+    /// `require`, `verify-ca`, `verify-full` or `pinned`.
+    pub mode: String,
+    /// The name checked (and sent as SNI).
+    pub server_name: String,
+    /// How many SPKI pins are configured.
+    pub pins: usize,
+    /// Whether the proxy presents a client certificate.
+    pub client_certificate: bool,
+    /// Lowest TLS version.
+    pub min_version: String,
+}
+
+fn upstream_tls_status(tls: &intransit_proxy::UpstreamTls) -> UpstreamTlsStatus {
+    let s = tls.settings();
+    UpstreamTlsStatus {
+        mode: s.mode.to_string(),
+        server_name: tls.server_name(),
+        pins: s.pins.len(),
+        client_certificate: s.cert.is_some(),
+        min_version: s.min_version.to_string(),
+    }
+}
+
+/// A client-mode listener.
+#[derive(Debug, Serialize)]
+pub struct ClientListenerStatus {
+    /// Configured name.
+    pub name: String,
+    /// `postgres`, `mysql` or `tls`.
+    pub protocol: String,
+    /// The bound (plaintext) address.
+    pub listen: String,
+    /// The database.
+    pub upstream: String,
+    /// Whether plaintext is accepted from other hosts.
+    pub allow_remote_plaintext: bool,
+    /// The TLS it speaks to the database.
+    pub upstream_tls: UpstreamTlsStatus,
 }
 
 /// A route's client policy.
@@ -122,11 +169,28 @@ pub(crate) fn build(admin: &Admin) -> Status {
             }
         })
         .collect();
+    let client_listeners = admin
+        .client_listeners
+        .iter()
+        .map(|l| ClientListenerStatus {
+            name: l.name.clone(),
+            protocol: l.protocol.as_str().to_owned(),
+            listen: admin
+                .endpoints
+                .iter()
+                .find(|(name, _)| name == &l.name)
+                .map_or_else(|| l.listen.to_string(), |(_, e)| e.to_string()),
+            upstream: l.upstream.to_string(),
+            allow_remote_plaintext: l.allow_remote_plaintext,
+            upstream_tls: upstream_tls_status(&l.upstream_tls),
+        })
+        .collect();
     Status {
         version: env!("CARGO_PKG_VERSION"),
         started_at: rfc3339_unix(unix_seconds(admin.started_at)),
         now,
         listeners,
+        client_listeners,
         handshakes: admin.metrics.summary(),
         recent_refusals: admin.audit.recent_refusals(),
     }
@@ -170,6 +234,7 @@ fn route_status(route: &PreparedRoute, now: i64) -> RouteStatus {
             allow,
         },
         db_users_enforced: !route.db_users.is_empty(),
+        upstream_tls: route.upstream_tls.as_deref().map(upstream_tls_status),
         certificates,
     }
 }

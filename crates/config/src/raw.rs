@@ -139,7 +139,10 @@ impl RawConfig {
                         format!("{name:?} is used by two listeners; names must be unique"),
                     ));
                 }
-                if listen == *other_listen {
+                // Port 0 asks the system for a free port each time, so two
+                // listeners on port 0 never collide.
+                let ephemeral = matches!(listen, Endpoint::Tcp { port: 0, .. });
+                if listen == *other_listen && !ephemeral {
                     return Err(err(
                         format!("listener[{i}].listen"),
                         format!("{listen} is already used by listener {other_name:?}"),

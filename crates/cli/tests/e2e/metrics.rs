@@ -362,3 +362,31 @@ fn the_admin_server_speaks_mutual_tls_when_configured() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn status_lists_client_mode_listeners_and_the_upstream_leg() {
+    let p = pki();
+    let config = format!(
+        "{ADMIN_ON}{}[listener.upstream_tls]\nmode = \"verify-ca\"\nca = \"{ca}\"\n\
+         [[listener]]\nname = \"out\"\nmode = \"client\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{DEAD_UPSTREAM}\"\n\
+         [listener.upstream_tls]\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\nserver_name = \"db.internal\"\n",
+        listener_toml(DEAD_UPSTREAM, "", ""),
+        ca = p.ca.display(),
+        cert = p.trainer.chain.display(),
+        key = p.trainer.key.display(),
+    );
+    let proxy = ProxyProcess::start(&config);
+    let (status, body) = http_get(proxy.admin_addr(), "/status");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let route = &v["listeners"][0]["routes"][0];
+    assert_eq!(route["upstream_tls"]["mode"], "verify-ca");
+    assert_eq!(route["upstream_tls"]["client_certificate"], false);
+    let client = &v["client_listeners"][0];
+    assert_eq!(client["name"], "out");
+    assert_eq!(client["upstream_tls"]["mode"], "verify-full");
+    assert_eq!(client["upstream_tls"]["server_name"], "db.internal");
+    assert_eq!(client["upstream_tls"]["client_certificate"], true);
+    assert_eq!(client["allow_remote_plaintext"], false);
+    assert!(client["listen"].as_str().unwrap().starts_with("127.0.0.1:"));
+}
