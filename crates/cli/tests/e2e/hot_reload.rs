@@ -667,3 +667,141 @@ fn sighup_and_intransit_reload_show_the_new_serial_and_loaded_at() {
         stderr(&missing)
     );
 }
+
+/// A client-mode proxy in front of a server-mode one (the mutual-TLS
+/// tunnel): new pins applied by SIGHUP refuse the server-mode proxy's
+/// current key until its certificate is replaced on disk; then the
+/// client-mode proxy's own client certificate is replaced on disk and the
+/// server-mode proxy sees the new one.
+#[test]
+fn an_upstream_leg_reloads_its_pins_and_client_certificate() {
+    let user = db_user("hotupstream");
+    let p = pki();
+    let certs = tempfile::tempdir().unwrap();
+    let first = server_cert(
+        &p.authority,
+        certs.path(),
+        "first",
+        Validity::days_from_now(5),
+    );
+    let live = Live::new(&first);
+    let server = ProxyProcess::start(&live.config(""));
+
+    let client_live = tempfile::tempdir().unwrap();
+    let (client_chain, client_key) = (
+        client_live.path().join("chain.pem"),
+        client_live.path().join("key.pem"),
+    );
+    let install_client = |paths: &CertificatePaths| {
+        write_atomic(&client_chain, &std::fs::read(&paths.chain).unwrap());
+        write_atomic(&client_key, &std::fs::read(&paths.key).unwrap());
+    };
+    install_client(&p.trainer);
+    let client_config = |pin: &str| {
+        format!(
+            r#"{ADMIN_ON}
+[[listener]]
+name = "app"
+mode = "client"
+protocol = "postgres"
+listen = "127.0.0.1:0"
+upstream = "127.0.0.1:{port}"
+[listener.upstream_tls]
+ca = "{ca}"
+cert = "{chain}"
+key = "{key}"
+server_name = "localhost"
+pins = ["{pin}"]
+"#,
+            port = server.port(),
+            ca = p.ca.display(),
+            chain = client_chain.display(),
+            key = client_key.display(),
+        )
+    };
+    let first_pin = crate::upstream_tls::pin_of(&first.cert);
+    let client = ProxyProcess::start(&client_config(&first_pin));
+    let query = || {
+        psql(
+            &format!(
+                "host=127.0.0.1 port={} user={} dbname={} sslmode=disable connect_timeout=10",
+                client.port(),
+                user.name,
+                user.name
+            ),
+            "SELECT 'through'",
+            Some(&user.password),
+        )
+    };
+    let out = query();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The pin of the server-mode proxy's next key, applied by SIGHUP,
+    // takes effect at once: the certificate served now no longer matches.
+    // (A reload starts a fresh upstream session cache, so nothing resumes
+    // a session verified under the old pins.)
+    let second = server_cert(
+        &p.authority,
+        certs.path(),
+        "second",
+        Validity::days_from_now(5),
+    );
+    std::fs::write(
+        &client.config_path,
+        client_config(&crate::upstream_tls::pin_of(&second.cert)),
+    )
+    .unwrap();
+    signal(client.pid(), "HUP");
+    let reloaded = wait_for_new(&client, 0, |v| {
+        v["message"] == "TLS material reloaded" && v["leg"] == "upstream"
+    });
+    assert_eq!(reloaded["listener"], "app", "{reloaded}");
+    assert_eq!(reloaded["trigger"], "sighup", "{reloaded}");
+    assert!(!query().status.success(), "the old key passed the new pin");
+    client.refusal("pin_mismatch");
+
+    // The server-mode proxy's certificate with the new key, replaced on
+    // disk: the tunnel works again.
+    live.install(&second);
+    wait_reloaded(&server, &facts(&second.cert).0);
+    let out = query();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The client-mode proxy's own certificate, replaced on disk.
+    let renewed = issue(
+        &p.authority,
+        certs.path(),
+        "renewed-trainer",
+        CertificateKind::Client,
+        "trainer",
+        &["spiffe://prod/trainer"],
+        Validity::days_from_now(5),
+    );
+    install_client(&renewed);
+    let (renewed_fp, _) = facts(&renewed.cert);
+    wait_reloaded(&client, &renewed_fp);
+    let out = query();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let audit = wait_for_new(&server, 0, |v| {
+        v["message"] == "connection audit" && v["client_cert_sha256"] == renewed_fp.as_str()
+    });
+    assert_eq!(audit["outcome"], "ok", "{audit}");
+    let status = status(&client);
+    let leg = &status["client_listeners"][0]["upstream_tls"];
+    assert_eq!(leg["certificates"][0]["role"], "upstream_client", "{leg}");
+    assert_eq!(
+        leg["certificates"][0]["fingerprint_sha256"],
+        renewed_fp.as_str(),
+        "{leg}"
+    );
+    assert!(leg["reload_error"].is_null(), "{leg}");
+    let m = client.metrics();
+    assert!(
+        m.sum(
+            "intransit_tls_reloads_total",
+            &[("listener", "app"), ("leg", "upstream"), ("outcome", "ok")]
+        ) >= 2.0,
+        "{}",
+        m.text
+    );
+}
