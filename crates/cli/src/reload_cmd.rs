@@ -120,16 +120,17 @@ fn status(addr: SocketAddr) -> Result<Value> {
 /// Prints the round's result and each route's material; the exit code
 /// says whether everything reloaded.
 fn print_status(status: &Value) -> ExitCode {
-    let reloads = &status["reloads"];
+    let round = &status["reloads"]["last_sighup"];
     let mut ok = true;
-    if let Some(e) = reloads["last_error"].as_str() {
+    if let Some(e) = round["error"].as_str() {
         out!("reload failed: {e}");
         ok = false;
     } else {
+        let failed = round["failed"].as_u64().unwrap_or(0);
+        ok &= failed == 0;
         out!(
-            "reload finished: {} swapped, {} failed",
-            reloads["last_swapped"].as_u64().unwrap_or(0),
-            reloads["last_failed"].as_u64().unwrap_or(0),
+            "reload finished: {} swapped, {failed} failed",
+            round["swapped"].as_u64().unwrap_or(0),
         );
     }
     let empty = Vec::new();

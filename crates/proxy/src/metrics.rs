@@ -104,16 +104,23 @@ pub struct ReloadRounds {
     pub sighup: u64,
     /// Rounds triggered by a watched file changing.
     pub file_change: u64,
-    /// When the latest round finished, Unix seconds.
-    pub last_at: Option<i64>,
-    /// What triggered it: `sighup` or `file_change`.
-    pub last_trigger: Option<String>,
-    /// Material swapped in by the latest round.
-    pub last_swapped: usize,
-    /// Failures in the latest round (the old material stays in service).
-    pub last_failed: usize,
-    /// Why the latest round could not run at all (an invalid configuration).
-    pub last_error: Option<String>,
+    /// The latest SIGHUP round.
+    pub last_sighup: Option<RoundReport>,
+    /// The latest file-change round.
+    pub last_file_change: Option<RoundReport>,
+}
+
+/// What one finished reload round did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RoundReport {
+    /// When it finished, Unix seconds.
+    pub at: i64,
+    /// Material swapped in.
+    pub swapped: usize,
+    /// Material refused (the old stays in service).
+    pub failed: usize,
+    /// Why the round could not run at all (an invalid configuration).
+    pub error: Option<String>,
 }
 
 type HistogramFamily = Family<ListenerLabels, Histogram, fn() -> Histogram>;
@@ -373,15 +380,22 @@ impl ProxyMetrics {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
+        let report = Some(RoundReport {
+            at: unix_now(),
+            swapped: round.swapped,
+            failed: round.failed,
+            error: round.error.clone(),
+        });
         match round.trigger {
-            "sighup" => rounds.sighup += 1,
-            _ => rounds.file_change += 1,
+            "sighup" => {
+                rounds.sighup += 1;
+                rounds.last_sighup = report;
+            }
+            _ => {
+                rounds.file_change += 1;
+                rounds.last_file_change = report;
+            }
         }
-        rounds.last_at = Some(unix_now());
-        rounds.last_trigger = Some(round.trigger.to_owned());
-        rounds.last_swapped = round.swapped;
-        rounds.last_failed = round.failed;
-        rounds.last_error = round.error.clone();
     }
 
     /// The reload rounds so far.

@@ -188,7 +188,8 @@ fn a_reload_is_counted_and_the_admin_address_must_be_loopback() {
     assert_eq!(code, 200);
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(status["reloads"]["sighup"], 1, "{status}");
-    assert_eq!(status["reloads"]["last_swapped"], 0, "{status}");
+    assert_eq!(status["reloads"]["last_sighup"]["swapped"], 0, "{status}");
+    assert_eq!(status["reloads"]["last_sighup"]["failed"], 0, "{status}");
 
     let path = dir.path().join("open.toml");
     std::fs::write(
