@@ -101,6 +101,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         admin: None,
         admin_tls: None,
         audit_log: args.audit_log.clone(),
+        pid_file: None,
         shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         listeners: vec![listener],
         client_listeners: Vec::new(),

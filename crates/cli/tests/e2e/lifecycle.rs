@@ -295,7 +295,7 @@ fn sigterm_drains_open_connections_before_exiting() {
 
 /// The SHA-256 fingerprint of the certificate the proxy serves now, as seen
 /// by a client that does SSLRequest and a TLS handshake.
-fn served_fingerprint(port: u16) -> String {
+pub(crate) fn served_fingerprint(port: u16) -> String {
     let leaf = served_leaf(port, rustls_client(Some(&pki().trainer), &[]));
     intransit_pki::sha256_fingerprint(leaf.as_ref())
 }
