@@ -26,7 +26,8 @@ use axum::routing::get;
 use axum::Router;
 use intransit_config::Endpoint;
 use intransit_proxy::{
-    AuditLog, BoundProxy, ListenerTls, PreparedClientListener, PreparedListener, ProxyMetrics,
+    AuditLog, BoundProxy, ListenerTls, LoadedCertificate, PreparedClientListener, PreparedListener,
+    ProxyMetrics, UpstreamTls,
 };
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -64,6 +65,7 @@ impl Admin {
         metrics.register(&mut registry);
         registry.register_collector(Box::new(CertificateExpiry {
             listeners: listeners.clone(),
+            client_listeners: bound.client_listeners(),
         }));
         Arc::new(Admin {
             registry,
@@ -224,8 +226,11 @@ fn unix_now() -> i64 {
 struct CertificateLabels {
     listener: String,
     route: String,
-    /// `server` (the certificate the proxy presents) or `client_ca` (a
-    /// trust anchor for client certificates).
+    /// `server` (the certificate the proxy presents), `client_ca` (a
+    /// trust anchor for client certificates), `upstream_client` (the
+    /// certificate the proxy presents to the database), `upstream_ca` (an
+    /// anchor for the database's certificate) or `upstream_peer` (the
+    /// certificate the database presented in the latest handshake).
     role: String,
     subject: String,
     serial: String,
@@ -236,33 +241,81 @@ struct CertificateLabels {
 #[derive(Debug)]
 struct CertificateExpiry {
     listeners: Vec<Arc<PreparedListener>>,
+    client_listeners: Vec<Arc<PreparedClientListener>>,
+}
+
+/// A role, a certificate, and when it was loaded (Unix time).
+type RoleCertificate = (&'static str, LoadedCertificate, i64);
+
+/// The certificates of an upstream leg with their roles and when each was
+/// loaded (or, for the database's own, first seen).
+fn upstream_certificates(tls: &UpstreamTls) -> Vec<RoleCertificate> {
+    let material = tls.snapshot();
+    let loaded = unix_seconds(material.loaded_at);
+    let mut certs: Vec<_> = material
+        .client_cert
+        .iter()
+        .map(|c| ("upstream_client", c.clone(), loaded))
+        .chain(
+            material
+                .trust_anchors
+                .iter()
+                .map(|c| ("upstream_ca", c.clone(), loaded)),
+        )
+        .collect();
+    if let Some((peer, first_seen)) = tls.last_peer_certificate() {
+        certs.push(("upstream_peer", peer, unix_seconds(first_seen)));
+    }
+    certs
+}
+
+fn unix_seconds(at: SystemTime) -> i64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl Collector for CertificateExpiry {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let not_after = Family::<CertificateLabels, Gauge>::default();
         let loaded_at = Family::<CertificateLabels, Gauge>::default();
+        let record = |listener: &str, route: String, certs: Vec<RoleCertificate>| {
+            for (role, cert, loaded) in certs {
+                let labels = CertificateLabels {
+                    listener: listener.to_owned(),
+                    route: route.clone(),
+                    role: String::from(role),
+                    subject: cert.subject,
+                    serial: cert.serial,
+                };
+                not_after.get_or_create(&labels).set(cert.not_after_unix);
+                loaded_at.get_or_create(&labels).set(loaded);
+            }
+        };
         for listener in &self.listeners {
             for route in std::iter::once(&listener.default_route).chain(&listener.routes) {
                 let material = route.tls.snapshot();
-                let loaded = material
-                    .loaded_at
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64);
-                let certs = std::iter::once(("server", &material.server_cert))
-                    .chain(material.trust_anchors.iter().map(|a| ("client_ca", a)));
-                for (role, cert) in certs {
-                    let labels = CertificateLabels {
-                        listener: listener.name.clone(),
-                        route: route.label(),
-                        role: role.to_owned(),
-                        subject: cert.subject.clone(),
-                        serial: cert.serial.clone(),
-                    };
-                    not_after.get_or_create(&labels).set(cert.not_after_unix);
-                    loaded_at.get_or_create(&labels).set(loaded);
+                let loaded = unix_seconds(material.loaded_at);
+                let mut certs: Vec<RoleCertificate> =
+                    std::iter::once(("server", material.server_cert.clone(), loaded))
+                        .chain(
+                            material
+                                .trust_anchors
+                                .iter()
+                                .map(|a| ("client_ca", a.clone(), loaded)),
+                        )
+                        .collect();
+                if let Some(upstream) = &route.upstream_tls {
+                    certs.extend(upstream_certificates(upstream));
                 }
+                record(&listener.name, route.label(), certs);
             }
+        }
+        for listener in &self.client_listeners {
+            record(
+                &listener.name,
+                "default".to_owned(),
+                upstream_certificates(&listener.upstream_tls),
+            );
         }
         let m = encoder.encode_descriptor(
             "certificate_not_after_seconds",

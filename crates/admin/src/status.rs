@@ -103,8 +103,10 @@ pub struct UpstreamTlsStatus {
     pub min_version: String,
     /// When this leg's material was loaded, RFC 3339.
     pub loaded_at: String,
-    /// The proxy's client certificate (`upstream_client`), then the
-    /// anchors the database's certificate must chain to (`upstream_ca`).
+    /// The proxy's client certificate (`upstream_client`), the anchors
+    /// the database's certificate must chain to (`upstream_ca`), then the
+    /// certificate the database presented in the latest upstream handshake
+    /// (`upstream_peer`, its `loaded_at` is when it was first seen).
     pub certificates: Vec<CertificateStatus>,
     /// Why the latest reload of this leg's files was refused, while they
     /// still hold what was refused.
@@ -125,6 +127,14 @@ fn upstream_tls_status(tls: &intransit_proxy::UpstreamTls, now: i64) -> Upstream
                 .iter()
                 .map(|c| describe("upstream_ca", c, &loaded_at, now)),
         )
+        .chain(tls.last_peer_certificate().map(|(c, first_seen)| {
+            describe(
+                "upstream_peer",
+                &c,
+                &rfc3339_unix(unix_seconds(first_seen)),
+                now,
+            )
+        }))
         .collect();
     UpstreamTlsStatus {
         mode: s.mode.to_string(),
@@ -171,7 +181,7 @@ pub struct PolicyStatus {
 /// One certificate in use.
 #[derive(Debug, Serialize)]
 pub struct CertificateStatus {
-    /// `server`, `client_ca`, `upstream_client` or `upstream_ca`.
+    /// `server`, `client_ca`, `upstream_client`, `upstream_ca` or `upstream_peer`.
     pub role: &'static str,
     /// Subject DN.
     pub subject: String,

@@ -45,6 +45,43 @@ pub struct UpstreamTls {
     current: RwLock<Arc<UpstreamMaterial>>,
     /// Why the latest reload failed, while the files still hold what failed.
     last_failure: Mutex<Option<ReloadFailure>>,
+    /// The certificate the database presented last.
+    peer: PeerSeen,
+}
+
+/// The leaf certificate of the latest upstream handshake that succeeded,
+/// so its expiry can be watched like the proxy's own certificates. Parsed
+/// only when it differs from the one before.
+#[derive(Debug, Default)]
+struct PeerSeen(Mutex<Option<(CertificateDer<'static>, LoadedCertificate, SystemTime)>>);
+
+impl PeerSeen {
+    fn record(&self, leaf: &CertificateDer<'_>) {
+        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if guard
+            .as_ref()
+            .is_some_and(|(der, _, _)| der.as_ref() == leaf.as_ref())
+        {
+            return;
+        }
+        // The handshake has just verified this certificate (or, in
+        // `require` mode, at least its signature over the handshake), so it
+        // parses; if it did not, there is nothing to show.
+        if let Ok(loaded) = LoadedCertificate::from_der(
+            leaf,
+            std::path::Path::new("(upstream handshake)"),
+            "upstream server certificate",
+        ) {
+            *guard = Some((leaf.clone().into_owned(), loaded, SystemTime::now()));
+        }
+    }
+
+    fn get(&self) -> Option<(LoadedCertificate, SystemTime)> {
+        let guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        guard
+            .as_ref()
+            .map(|(_, loaded, first_seen)| (loaded.clone(), *first_seen))
+    }
 }
 
 /// One loaded set of upstream TLS material. Immutable; a reload builds a
@@ -173,7 +210,15 @@ impl UpstreamTls {
         Ok(UpstreamTls {
             current: RwLock::new(Arc::new(UpstreamMaterial::build(settings, &files)?)),
             last_failure: Mutex::new(None),
+            peer: PeerSeen::default(),
         })
+    }
+
+    /// The certificate the database presented in the latest upstream
+    /// handshake that succeeded, if there was one since the start, and
+    /// when that certificate was first seen.
+    pub fn last_peer_certificate(&self) -> Option<(LoadedCertificate, SystemTime)> {
+        self.peer.get()
     }
 
     /// The material new upstream handshakes use now.
@@ -246,7 +291,9 @@ impl UpstreamTls {
         stream: BoxStream,
         timeout: Duration,
     ) -> Result<(BoxStream, UpstreamSession), UpstreamTlsFailure> {
-        self.snapshot().connect(stream, timeout).await
+        self.snapshot()
+            .connect(stream, timeout, Some(&self.peer))
+            .await
     }
 }
 
@@ -357,10 +404,11 @@ impl UpstreamMaterial {
     /// Runs the TLS handshake over `stream` (already connected, and already
     /// past the protocol's TLS request, if it has one), within `timeout`,
     /// and returns the encrypted stream with what was negotiated.
-    pub async fn connect(
+    async fn connect(
         &self,
         stream: BoxStream,
         timeout: Duration,
+        peer: Option<&PeerSeen>,
     ) -> Result<(BoxStream, UpstreamSession), UpstreamTlsFailure> {
         let started = Instant::now();
         let connector = TlsConnector::from(self.config.clone());
@@ -402,6 +450,11 @@ impl UpstreamMaterial {
                     resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
                     handshake_micros: started.elapsed().as_micros(),
                 };
+                if let (Some(peer), Some(leaf)) =
+                    (peer, conn.peer_certificates().and_then(|c| c.first()))
+                {
+                    peer.record(leaf);
+                }
                 Ok((Box::new(tls), session))
             }
             Err(e) => {
