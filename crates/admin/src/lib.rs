@@ -228,8 +228,8 @@ struct CertificateLabels {
     route: String,
     /// `server` (the certificate the proxy presents), `client_ca` (a
     /// trust anchor for client certificates), `upstream_client` (the
-    /// certificate the proxy presents to the database), `upstream_ca` (an
-    /// anchor for the database's certificate) or `upstream_peer` (the
+    /// certificate the proxy presents to the database), `upstream_ca` (a
+    /// trust anchor for the database's certificate) or `upstream_peer` (the
     /// certificate the database presented in the latest handshake).
     role: String,
     subject: String,
@@ -244,32 +244,7 @@ struct CertificateExpiry {
     client_listeners: Vec<Arc<PreparedClientListener>>,
 }
 
-/// A role, a certificate, and when it was loaded (Unix time).
-type RoleCertificate = (&'static str, LoadedCertificate, i64);
-
-/// The certificates of an upstream leg with their roles and when each was
-/// loaded (or, for the database's own, first seen).
-fn upstream_certificates(tls: &UpstreamTls) -> Vec<RoleCertificate> {
-    let material = tls.snapshot();
-    let loaded = unix_seconds(material.loaded_at);
-    let mut certs: Vec<_> = material
-        .client_cert
-        .iter()
-        .map(|c| ("upstream_client", c.clone(), loaded))
-        .chain(
-            material
-                .trust_anchors
-                .iter()
-                .map(|c| ("upstream_ca", c.clone(), loaded)),
-        )
-        .collect();
-    if let Some((peer, first_seen)) = tls.last_peer_certificate() {
-        certs.push(("upstream_peer", peer, unix_seconds(first_seen)));
-    }
-    certs
-}
-
-fn unix_seconds(at: SystemTime) -> i64 {
+fn unix(at: SystemTime) -> i64 {
     at.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
 }
@@ -278,44 +253,47 @@ impl Collector for CertificateExpiry {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let not_after = Family::<CertificateLabels, Gauge>::default();
         let loaded_at = Family::<CertificateLabels, Gauge>::default();
-        let record = |listener: &str, route: String, certs: Vec<RoleCertificate>| {
-            for (role, cert, loaded) in certs {
-                let labels = CertificateLabels {
-                    listener: listener.to_owned(),
-                    route: route.clone(),
-                    role: String::from(role),
-                    subject: cert.subject,
-                    serial: cert.serial,
-                };
-                not_after.get_or_create(&labels).set(cert.not_after_unix);
-                loaded_at.get_or_create(&labels).set(loaded);
+        let record = |listener: &str, route: &str, role: &str, cert: &LoadedCertificate, at| {
+            let labels = CertificateLabels {
+                listener: listener.to_owned(),
+                route: route.to_owned(),
+                role: role.to_owned(),
+                subject: cert.subject.clone(),
+                serial: cert.serial.clone(),
+            };
+            not_after.get_or_create(&labels).set(cert.not_after_unix);
+            loaded_at.get_or_create(&labels).set(unix(at));
+        };
+        let upstream = |listener: &str, route: &str, tls: &UpstreamTls| {
+            let material = tls.snapshot();
+            let certs = material
+                .client_cert
+                .iter()
+                .map(|c| ("upstream_client", c))
+                .chain(material.trust_anchors.iter().map(|a| ("upstream_ca", a)));
+            for (role, cert) in certs {
+                record(listener, route, role, cert, material.loaded_at);
+            }
+            if let Some((peer, first_seen)) = tls.last_peer_certificate() {
+                record(listener, route, "upstream_peer", &peer, first_seen);
             }
         };
         for listener in &self.listeners {
             for route in std::iter::once(&listener.default_route).chain(&listener.routes) {
                 let material = route.tls.snapshot();
-                let loaded = unix_seconds(material.loaded_at);
-                let mut certs: Vec<RoleCertificate> =
-                    std::iter::once(("server", material.server_cert.clone(), loaded))
-                        .chain(
-                            material
-                                .trust_anchors
-                                .iter()
-                                .map(|a| ("client_ca", a.clone(), loaded)),
-                        )
-                        .collect();
-                if let Some(upstream) = &route.upstream_tls {
-                    certs.extend(upstream_certificates(upstream));
+                let label = route.label();
+                let certs = std::iter::once(("server", &material.server_cert))
+                    .chain(material.trust_anchors.iter().map(|a| ("client_ca", a)));
+                for (role, cert) in certs {
+                    record(&listener.name, &label, role, cert, material.loaded_at);
                 }
-                record(&listener.name, route.label(), certs);
+                if let Some(tls) = &route.upstream_tls {
+                    upstream(&listener.name, &label, tls);
+                }
             }
         }
         for listener in &self.client_listeners {
-            record(
-                &listener.name,
-                "default".to_owned(),
-                upstream_certificates(&listener.upstream_tls),
-            );
+            upstream(&listener.name, "default", &listener.upstream_tls);
         }
         let m = encoder.encode_descriptor(
             "certificate_not_after_seconds",

@@ -106,7 +106,10 @@ fn run(command: Command) -> Result<ExitCode> {
                 if let Some(addr) = config.admin {
                     admin::start(addr, admin_tls, &bound).await?;
                 }
-                watch::spawn(reload::Reloader::new(args.config.clone(), &bound), hup);
+                watch::spawn(
+                    reload::Reloader::new(Some(args.config.clone()), &bound),
+                    hup,
+                );
                 serve(bound, signals).await;
                 Ok::<_, anyhow::Error>(())
             })?;

@@ -44,14 +44,16 @@ impl Trigger {
 /// Everything a running proxy can reload.
 #[derive(Debug)]
 pub struct Reloader {
-    config_path: PathBuf,
+    /// The configuration SIGHUP re-reads; `intransit up` has none, and
+    /// SIGHUP then rebuilds from the settings in service.
+    config_path: Option<PathBuf>,
     listeners: Vec<Arc<PreparedListener>>,
     client_listeners: Vec<Arc<PreparedClientListener>>,
     metrics: Arc<ProxyMetrics>,
 }
 
 impl Reloader {
-    pub fn new(config_path: PathBuf, bound: &intransit_proxy::BoundProxy) -> Self {
+    pub fn new(config_path: Option<PathBuf>, bound: &intransit_proxy::BoundProxy) -> Self {
         Reloader {
             config_path,
             listeners: bound.listeners(),
@@ -89,10 +91,14 @@ impl Reloader {
             trigger: trigger.as_str(),
             ..ReloadRound::default()
         };
-        match trigger {
-            Trigger::Signal => {
-                info!(config = %self.config_path.display(), "SIGHUP: reloading the configuration and TLS material");
-                match crate::load_config(&self.config_path) {
+        match (trigger, &self.config_path) {
+            (Trigger::Signal, None) => {
+                info!("SIGHUP: reloading TLS material");
+                self.reload_in_place(trigger, &mut round);
+            }
+            (Trigger::Signal, Some(path)) => {
+                info!(config = %path.display(), "SIGHUP: reloading the configuration and TLS material");
+                match crate::load_config(path) {
                     Ok(config) => self.reload_from_config(&config, &mut round),
                     Err(e) => {
                         let e = format!("{e:#}");
@@ -104,7 +110,9 @@ impl Reloader {
                     }
                 }
             }
-            Trigger::FileChange | Trigger::Renewal => self.reload_in_place(&mut round),
+            (Trigger::FileChange | Trigger::Renewal, _) => {
+                self.reload_in_place(trigger, &mut round)
+            }
         }
         self.metrics.reload_round(&round);
         if round.swapped + round.failed > 0 || trigger == Trigger::Signal {
@@ -117,8 +125,7 @@ impl Reloader {
         }
     }
 
-    fn reload_in_place(&self, round: &mut ReloadRound) {
-        let trigger = Trigger::FileChange;
+    fn reload_in_place(&self, trigger: Trigger, round: &mut ReloadRound) {
         for listener in &self.listeners {
             for route in std::iter::once(&listener.default_route).chain(&listener.routes) {
                 let settings = route.tls.snapshot().settings().clone();

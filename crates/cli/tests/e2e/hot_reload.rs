@@ -778,7 +778,7 @@ pins = ["{pin}"]
         Validity::days_from_now(5),
     );
     install_client(&renewed);
-    let (renewed_fp, _) = facts(&renewed.cert);
+    let (renewed_fp, renewed_serial) = facts(&renewed.cert);
     wait_reloaded(&client, &renewed_fp);
     let out = query();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -804,4 +804,18 @@ pins = ["{pin}"]
         "{}",
         m.text
     );
+    // The expiry gauge follows the leg's live material.
+    let upstream_client = |serial: &str| {
+        m.matching(
+            "intransit_certificate_not_after_seconds",
+            &[
+                ("listener", "app"),
+                ("role", "upstream_client"),
+                ("serial", serial),
+            ],
+        )
+        .count()
+    };
+    assert_eq!(upstream_client(&renewed_serial), 1, "{}", m.text);
+    assert_eq!(upstream_client(&facts(&p.trainer.cert).1), 0, "{}", m.text);
 }
