@@ -329,6 +329,7 @@ impl Connected {
                 .negotiated_key_exchange_group()
                 .and_then(|g| g.name().as_str())
                 .map(str::to_owned),
+            hello_retry: conn.handshake_kind() == Some(HandshakeKind::FullWithHelloRetryRequest),
         }
     }
 
@@ -380,6 +381,9 @@ pub struct TlsFacts {
     pub cipher_suite: String,
     /// The key exchange group, when known.
     pub group: Option<String>,
+    /// Whether the server asked for another key share first (a
+    /// HelloRetryRequest: one more round trip).
+    pub hello_retry: bool,
 }
 
 /// A refusal, if the I/O error carries a TLS error that means the server
