@@ -234,6 +234,10 @@ impl Row {
     fn finish(self) -> RunReport {
         let (status, reason) = match &self.status {
             Some((status, reason)) => (*status, Some(reason.clone())),
+            None if !self.primed => (
+                "skipped",
+                Some("not run: the benchmark was interrupted first".to_owned()),
+            ),
             None if self.samples.is_empty() => ("error", Some("nothing was measured".to_owned())),
             None => ("ok", None),
         };

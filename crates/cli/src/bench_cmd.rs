@@ -34,8 +34,13 @@ intransit in front of it, with --compare, to see what the proxy adds.
 Bounded by design: each run lasts --duration (at most 10m) and/or --count operations \
 (at most 10,000,000), with at most 256 concurrent connections and 100 rounds. Targets \
 must be loopback (127.0.0.0/8, ::1, localhost) unless their host is also named with \
---allow-remote HOST, so a typo never loads someone else's server. Ctrl-C stops the \
-run and still prints what was measured.
+--allow-remote HOST, so a typo never loads someone else's server. Ctrl-C (or SIGTERM) stops the \
+run and still prints what was measured (exit status 130). Exit status 1 when a \
+configuration ended in error; a refused configuration is not an error.
+
+--pid samples /proc: CPU time of the process and of its exited children (for \
+PostgreSQL's postmaster, the backends that ended during the run) and the highest \
+resident memory seen every 50 ms.
 
 Not supported: PostgreSQL logins other than trust, password, md5 and SCRAM-SHA-256 \
 (no channel binding, no SASLprep); MySQL logins other than mysql_native_password (not \
@@ -224,12 +229,14 @@ pub fn run(command: BenchCommand) -> Result<ExitCode> {
             }
         };
 
+        // Installed before the first connection, so an early Ctrl-C or
+        // SIGTERM still ends in a report.
+        let mut signals = crate::ShutdownSignals::install()?;
         let (stop_tx, stop_rx) = watch::channel(false);
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("\ninterrupted: finishing the report with what was measured");
-                let _ = stop_tx.send(true);
-            }
+            let name = signals.next().await;
+            eprintln!("\n{name}: finishing the report with what was measured (interrupted)");
+            let _ = stop_tx.send(true);
         });
         let progress = progress_display();
         let report = plan::execute(&plan, stop_rx, progress.as_ref().map(|(c, _)| c.clone()))
@@ -242,7 +249,11 @@ pub fn run(command: BenchCommand) -> Result<ExitCode> {
         plan::clean_up(&plan).await;
         drop(self_server);
         print_report(&report, format);
-        Ok(if report.has_errors() {
+        // 130, as a shell reports a command ended by SIGINT, so scripts
+        // can tell partial results from complete ones.
+        Ok(if report.interrupted {
+            ExitCode::from(130)
+        } else if report.has_errors() {
             ExitCode::FAILURE
         } else {
             ExitCode::SUCCESS

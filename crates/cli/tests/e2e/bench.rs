@@ -597,3 +597,47 @@ fn redis_query_and_throughput_native_and_through_the_proxy() {
     );
     assert_eq!(report["runs"][0]["status"], "skipped");
 }
+
+#[test]
+fn ctrl_c_stops_the_run_and_still_prints_the_report() {
+    let child = Command::new(BIN)
+        .args(["bench", "handshake", "--self", "--duration", "60s"])
+        .args(["--configurations", "tls1.3,x25519", "--format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Give it time to start measuring; the assertions hold either way.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // A process started with SIGINT ignored (a background job of a
+    // non-interactive shell) passes that on, and then only SIGTERM, which
+    // takes the same path, can stop the child.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    signal(child.id(), if ignored & 0b10 == 0 { "INT" } else { "TERM" });
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no report ({e}): {}", stdout(&out)));
+    assert_eq!(report["interrupted"], true);
+    for r in report["runs"].as_array().unwrap() {
+        match r["status"].as_str().unwrap() {
+            "ok" => assert_measured(r),
+            "skipped" => assert!(
+                r["reason"].as_str().unwrap().contains("interrupted"),
+                "{r:#}"
+            ),
+            other => panic!("{other}: {r:#}"),
+        }
+    }
+    // The second configuration never ran: the stop ended the first.
+    assert_eq!(
+        run(&report, "x25519", report["targets"][0].as_str().unwrap())["status"],
+        "skipped"
+    );
+    assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
+}
