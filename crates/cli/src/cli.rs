@@ -89,6 +89,10 @@ pub enum Command {
     /// write the files, reload the server, check what it serves.
     #[command(subcommand)]
     Rotate(RotateCommand),
+    /// Measure what TLS costs against any target: handshakes per TLS
+    /// configuration, query round trips, throughput, CPU and memory.
+    #[command(subcommand, long_about = crate::bench_cmd::BENCH_LONG_ABOUT)]
+    Bench(crate::bench_cmd::BenchCommand),
 }
 
 #[derive(Debug, Subcommand)]

@@ -13,6 +13,7 @@ macro_rules! out {
 }
 
 mod admin;
+mod bench_cmd;
 mod cli;
 mod compliance_cmd;
 mod inspect;
@@ -125,6 +126,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Rotate(RotateCommand::Postgres(args)) => rotate::postgres::run(args),
         Command::Rotate(RotateCommand::Mariadb(args)) => rotate::mariadb::run(args),
         Command::Reload(args) => reload_cmd::run(&args),
+        Command::Bench(command) => bench_cmd::run(command),
         Command::CheckConfig(args) => {
             let config = load_config(&args.file)?;
             let proxy = Proxy::prepare(&config)

@@ -138,7 +138,7 @@ fn unknown_keys_are_refused_with_position() {
 }
 
 #[test]
-fn reserved_features_say_not_yet() {
+fn the_mysql_protocol_is_parsed() {
     let mysql = Config::from_toml(&MINIMAL.replace(
         "name = \"orders\"",
         "name = \"orders\"\nprotocol = \"mysql\"",

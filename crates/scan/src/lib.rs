@@ -16,6 +16,9 @@
 //! **It never sends application data.** A probe stops after the TLS
 //! handshake: no PostgreSQL StartupMessage, no MySQL HandshakeResponse, no
 //! user name or password, no query. The TLS stream never leaves this crate.
+//! [`request_tls`] hands out only the pre-TLS step (SSLRequest or MySQL
+//! CLIENT_SSL) on the caller's own socket, for `intransit bench`, which
+//! runs its own verified TLS and login.
 //!
 //! It must never listen, proxy or write files; it reads no configuration
 //! and keeps no state between probes. The MySQL codec in [`mysql`] is pure
@@ -39,6 +42,7 @@ pub use chain::{chain_order, chain_order_with_anchors, ChainOrder};
 pub use error::{ScanError, Stage};
 pub use evaluate::{evaluate, TrustInput, SYSTEM_BUNDLE};
 pub use fetch::{fetch_chain, FetchOptions, FetchedChain, DEFAULT_TIMEOUT};
+pub use negotiate::{request_tls, TlsRequested};
 pub use survey::{survey, ClientIdentity, Plaintext, Survey, SurveyOptions, VersionSupport};
 pub use target::{Target, TargetError, MYSQL_DEFAULT_PORT, POSTGRES_DEFAULT_PORT};
 

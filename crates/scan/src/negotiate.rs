@@ -8,7 +8,9 @@
 //!
 //! It must never send anything a server could take as a login attempt or
 //! application data: no StartupMessage, no HandshakeResponse, no
-//! credentials. Bytes that arrive before the TLS handshake beyond the
+//! credentials. [`request_tls`] exposes the same exchange to callers that
+//! run their own TLS handshake and login afterwards (`intransit bench`);
+//! what they send after TLS is theirs, not this crate's. Bytes that arrive before the TLS handshake beyond the
 //! answer it expects must never reach the handshake as the server's (the
 //! CVE-2021-23222 class): the PostgreSQL answer is read one byte exactly,
 //! and a MySQL greeting followed by anything ends the probe.
@@ -77,14 +79,70 @@ pub(crate) async fn negotiate(
     stream: &mut TcpStream,
     deadline: &Deadline,
 ) -> Result<Negotiated, ScanError> {
+    let request = SslRequest::probe();
+    negotiate_with(target, stream, deadline, &request)
+        .await
+        .map(|(negotiated, _)| negotiated)
+}
+
+async fn negotiate_with(
+    target: &Target,
+    stream: &mut TcpStream,
+    deadline: &Deadline,
+    request: &SslRequest,
+) -> Result<(Negotiated, Option<Vec<u8>>), ScanError> {
     match target {
-        Target::Postgres { .. } => postgres(stream, deadline).await,
-        Target::Mysql { .. } => mysql(stream, deadline).await,
-        Target::Tls { .. } => Ok(Negotiated {
-            how: "TLS from the first byte",
-            server_version: None,
-        }),
+        Target::Postgres { .. } => postgres(stream, deadline).await.map(|n| (n, None)),
+        Target::Mysql { .. } => mysql(stream, deadline, request)
+            .await
+            .map(|(n, greeting)| (n, Some(greeting))),
+        Target::Tls { .. } => Ok((
+            Negotiated {
+                how: "TLS from the first byte",
+                server_version: None,
+            },
+            None,
+        )),
     }
+}
+
+/// What [`request_tls`] learnt before the first TLS byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsRequested {
+    /// How TLS was requested: "PostgreSQL SSLRequest", "MySQL SSLRequest
+    /// (CLIENT_SSL)" or "TLS from the first byte".
+    pub how: &'static str,
+    /// The server's version, when the protocol announces it before TLS.
+    pub server_version: Option<String>,
+    /// For MySQL, the greeting's payload as sent (header removed): a client
+    /// that logs in after TLS needs its scramble and capabilities.
+    pub mysql_greeting: Option<Vec<u8>>,
+}
+
+/// Runs the pre-TLS exchange of `target`'s protocol on an open connection
+/// within `timeout`, leaving `stream` where the client's ClientHello goes.
+///
+/// For MySQL the SSLRequest announces `mysql_capabilities` (with
+/// `CLIENT_SSL` added), which must match the HandshakeResponse the caller
+/// sends after TLS. A server that does not offer TLS is
+/// [`ScanError::TlsRefused`].
+pub async fn request_tls(
+    target: &Target,
+    stream: &mut TcpStream,
+    mysql_capabilities: u32,
+    timeout: Duration,
+) -> Result<TlsRequested, ScanError> {
+    let deadline = Deadline::after(timeout);
+    let request = SslRequest {
+        capabilities: mysql_capabilities,
+        ..SslRequest::probe()
+    };
+    let (negotiated, mysql_greeting) = negotiate_with(target, stream, &deadline, &request).await?;
+    Ok(TlsRequested {
+        how: negotiated.how,
+        server_version: negotiated.server_version,
+        mysql_greeting,
+    })
 }
 
 /// Sends an SSLRequest and reads the one-byte answer.
@@ -144,11 +202,16 @@ async fn postgres_error(stream: &mut TcpStream, deadline: &Deadline) -> String {
     }
 }
 
-/// Reads the server's greeting and, if it offers TLS, sends an SSLRequest.
-async fn mysql(stream: &mut TcpStream, deadline: &Deadline) -> Result<Negotiated, ScanError> {
+/// Reads the server's greeting and, if it offers TLS, sends `request`.
+/// Returns the greeting's payload too.
+async fn mysql(
+    stream: &mut TcpStream,
+    deadline: &Deadline,
+    request: &SslRequest,
+) -> Result<(Negotiated, Vec<u8>), ScanError> {
     let stage = Stage::AwaitingGreeting;
     let mut buf = Vec::with_capacity(256);
-    let greeting = loop {
+    let (greeting, payload) = loop {
         match mysql::parse_packet(&buf, MAX_GREETING_LEN) {
             Ok(Some((packet, used))) => {
                 if used != buf.len() {
@@ -163,8 +226,9 @@ async fn mysql(stream: &mut TcpStream, deadline: &Deadline) -> Result<Negotiated
                         packet.sequence_id
                     )));
                 }
-                break mysql::parse_greeting(packet.payload)
+                let parsed = mysql::parse_greeting(packet.payload)
                     .map_err(|e| ScanError::Protocol(format!("reading the greeting: {e}")))?;
+                break (parsed, packet.payload.to_vec());
             }
             Ok(None) => {}
             Err(e) => return Err(ScanError::Protocol(format!("reading the greeting: {e}"))),
@@ -187,16 +251,14 @@ async fn mysql(stream: &mut TcpStream, deadline: &Deadline) -> Result<Negotiated
             reason: "its greeting does not advertise CLIENT_SSL",
         });
     }
-    write_all(
-        stream,
-        &SslRequest::probe().encode(SSL_REQUEST_SEQUENCE_ID),
-        deadline,
-    )
-    .await?;
-    Ok(Negotiated {
-        how: "MySQL SSLRequest (CLIENT_SSL)",
-        server_version: Some(hello.server_version),
-    })
+    write_all(stream, &request.encode(SSL_REQUEST_SEQUENCE_ID), deadline).await?;
+    Ok((
+        Negotiated {
+            how: "MySQL SSLRequest (CLIENT_SSL)",
+            server_version: Some(hello.server_version),
+        },
+        payload,
+    ))
 }
 
 /// Writes all of `bytes` before the deadline.

@@ -29,10 +29,14 @@
 //! - `client_mode`: `mode = "client"` listeners: plaintext applications
 //!   through a client-mode proxy to a server-mode proxy (the mutual-TLS
 //!   tunnel) and to PostgreSQL, MariaDB and Redis with TLS of their own.
+//! - `bench`: `intransit bench` against `--self` and PostgreSQL, MariaDB and
+//!   Redis with native TLS and through the proxy (report structure and
+//!   refusals, never timings).
 
 // Tests may panic on anything unexpected: that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod bench;
 mod ca;
 mod client_mode;
 mod clients;
