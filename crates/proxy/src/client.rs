@@ -162,6 +162,9 @@ pub(crate) fn note_upstream_tls(
         cipher: session.cipher,
         group: session.group,
         resumed: session.resumed,
+        // Client mode takes plaintext from local applications: no client
+        // certificate to name.
+        identity: crate::metrics::NO_IDENTITY.to_owned(),
     });
 }
 

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::audit::ClientCertFacts;
-use crate::metrics::HandshakeFacts;
+use crate::metrics::{HandshakeFacts, NO_IDENTITY};
 
-use intransit_policy::ClientIdentity;
+use intransit_policy::{AllowDecision, AllowList, ClientIdentity};
 use rustls::server::Acceptor;
 use tokio::io::AsyncWriteExt;
 use tokio_rustls::server::TlsStream;
@@ -48,12 +48,27 @@ pub(crate) struct Negotiated {
     pub(crate) cipher: &'static str,
     pub(crate) group: &'static str,
     pub(crate) resumed: bool,
+    pub(crate) identity: String,
+}
+
+/// The identity label of a client certificate under `allow` (see
+/// [`crate::metrics::HandshakeLabels::identity`]).
+fn identity_label(allow: &AllowList, identity: Option<&ClientIdentity>) -> String {
+    let Some(identity) = identity else {
+        return NO_IDENTITY.to_owned();
+    };
+    match allow.permits(identity) {
+        AllowDecision::Open => "any".to_owned(),
+        AllowDecision::Matched { pattern, .. } => pattern.to_string(),
+        AllowDecision::Denied => "unlisted".to_owned(),
+    }
 }
 
 impl Negotiated {
-    fn of(stream: &ClientTls, route: &PreparedRoute) -> Self {
+    fn of(stream: &ClientTls, route: &PreparedRoute, identity: String) -> Self {
         let (_, conn) = stream.get_ref();
         Negotiated {
+            identity,
             route: route.label(),
             tls_version: conn
                 .protocol_version()
@@ -79,6 +94,7 @@ impl Negotiated {
             cipher: self.cipher,
             group: self.group,
             resumed: self.resumed,
+            identity: &self.identity,
         }
     }
 }
@@ -151,7 +167,20 @@ pub(crate) async fn accept(
         )
         .with_identity(presented.identity())
     })?;
-    let negotiated = Negotiated::of(&stream, &route);
+    let chain = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .unwrap_or(&[])
+        .to_vec();
+    let identity = chain
+        .first()
+        .and_then(|leaf| ClientIdentity::from_der(leaf.as_ref()).ok());
+    let negotiated = Negotiated::of(
+        &stream,
+        &route,
+        identity_label(&material.settings().allow, identity.as_ref()),
+    );
     let resumed = negotiated.resumed;
     // The first handshake of a connection is its only one.
     let _ = ctx.negotiated.set(negotiated);
@@ -174,10 +203,6 @@ pub(crate) async fn accept(
             r.client_cert = resumed_cert;
         }
     });
-    let chain = conn.peer_certificates().unwrap_or(&[]).to_vec();
-    let identity = chain
-        .first()
-        .and_then(|leaf| ClientIdentity::from_der(leaf.as_ref()).ok());
     if resumed {
         // rustls does not re-run certificate verification on resumption;
         // apply today's trust anchors, CRL and allow-list again.
@@ -217,11 +242,12 @@ pub(crate) fn log_established(
     database: &str,
     upstream_tls: Option<&str>,
 ) {
-    let negotiated = ctx
-        .negotiated
-        .get()
-        .cloned()
-        .unwrap_or_else(|| Negotiated::of(&accepted.stream, &accepted.route));
+    let negotiated = ctx.negotiated.get().cloned().unwrap_or_else(|| {
+        let material = accepted.route.tls.snapshot();
+        let allow = &material.settings().allow;
+        let identity = identity_label(allow, accepted.identity.as_ref());
+        Negotiated::of(&accepted.stream, &accepted.route, identity)
+    });
     let listener = &ctx.listener;
     let protocol = listener.protocol.as_str();
     listener

@@ -46,6 +46,11 @@ pub struct HandshakeLabels {
     pub group: String,
     /// `true` for a resumed session.
     pub resumed: String,
+    /// The allow-list entry that admitted the client certificate, `any`
+    /// (a certificate, and no allow-list), `unlisted` (a certificate no
+    /// entry admits) or `none` (no certificate, or refused before one was
+    /// checked). Only configured entries appear, so the set stays bounded.
+    pub identity: String,
     /// `ok` or a refusal reason.
     pub outcome: String,
 }
@@ -237,7 +242,12 @@ pub struct HandshakeFacts<'a> {
     pub group: &'a str,
     /// Whether the session was resumed.
     pub resumed: bool,
+    /// The identity label (see [`HandshakeLabels::identity`]).
+    pub identity: &'a str,
 }
+
+/// The identity label of a connection without a checked certificate.
+pub const NO_IDENTITY: &str = "none";
 
 impl HandshakeFacts<'static> {
     /// A refusal before TLS was negotiated or a route chosen.
@@ -247,6 +257,7 @@ impl HandshakeFacts<'static> {
         cipher: NOT_NEGOTIATED,
         group: NOT_NEGOTIATED,
         resumed: false,
+        identity: NO_IDENTITY,
     };
 }
 
@@ -309,6 +320,7 @@ impl ProxyMetrics {
                 cipher: facts.cipher.to_owned(),
                 group: facts.group.to_owned(),
                 resumed: facts.resumed.to_string(),
+                identity: facts.identity.to_owned(),
                 outcome: refusal.map_or("ok", RefusalReason::as_str).to_owned(),
             })
             .inc();
@@ -459,6 +471,7 @@ mod tests {
             cipher: "TLS13_AES_128_GCM_SHA256",
             group: "X25519MLKEM768",
             resumed: false,
+            identity: "any",
         };
         m.handshake("pg", "postgres", ok, None);
         m.handshake("pg", "postgres", ok, None);
@@ -527,6 +540,7 @@ mod tests {
             cipher: "TLS13_AES_128_GCM_SHA256",
             group: "X25519MLKEM768",
             resumed: false,
+            identity: "any",
         };
         // A whole minute.
         let start = 1_800_000_000;

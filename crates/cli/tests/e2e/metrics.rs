@@ -80,6 +80,22 @@ fn psql_traffic_and_refusals_are_counted_by_outcome() {
     assert_eq!(s.label("resumed"), Some("false"));
     assert!(s.label("cipher").is_some_and(|c| c.starts_with("TLS13_")));
     assert!(s.label("group").is_some_and(|g| g != "none"));
+    // The identity label names the allow-list entry that admitted the
+    // certificate, never the certificate's own values.
+    assert_eq!(s.label("identity"), Some("uri:spiffe://prod/trainer"));
+    assert!(
+        !m.text.contains("cn:reporting") && !m.text.contains("\"reporting\""),
+        "a refused identity appeared as a label value:\n{}",
+        m.text
+    );
+    for reason in ["plaintext_refused", "untrusted", "identity_denied"] {
+        assert_eq!(
+            m.sum(handshakes, &[("outcome", reason), ("identity", "none")]),
+            1.0,
+            "{reason}:\n{}",
+            m.text
+        );
+    }
     for reason in ["plaintext_refused", "untrusted", "identity_denied"] {
         assert_eq!(
             m.sum(handshakes, &[("outcome", reason), ("protocol", "postgres")]),
