@@ -188,6 +188,7 @@ impl Load {
             .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
             .unwrap_or_else(|| panic!("{what}: {o}"));
         assert!(!processed.starts_with("0"), "{what}: nothing ran: {o}");
+        eprintln!("pgbench ({what}): {processed} transactions, none failed");
         out
     }
 }
@@ -287,6 +288,14 @@ fn pgbench_sees_no_error_while_the_certificate_is_replaced_twenty_times() {
 
     persistent.finish();
     per_transaction.finish();
+    // The proxy refused nothing: every handshake it counted succeeded.
+    let m = proxy.metrics();
+    let all = m.sum("intransit_handshakes_total", &[("listener", "pg")]);
+    let ok = m.sum(
+        "intransit_handshakes_total",
+        &[("listener", "pg"), ("outcome", "ok")],
+    );
+    assert!(ok > 0.0 && ok == all, "{ok} of {all} ok:\n{}", m.text);
     assert_eq!(served_fingerprint(proxy.port()), newest.0);
     assert_eq!(openssl_fingerprint(proxy.port()), newest.0);
 
