@@ -70,15 +70,58 @@ function verdicts(status) {
     box.append(card("", "Post-quantum key exchange", "–", "no sessions yet"));
   }
   let soonest = null;
-  for (const c of certificates(status)) {
+  for (const c of allCertificates(status)) {
     if (soonest === null || c.days_left < soonest.days_left) soonest = c;
   }
   if (soonest) {
     box.append(card(level(soonest.days_left), "Next certificate expiry", `${soonest.days_left} days`,
-      `${soonest.subject} (${ROLES[soonest.role] || soonest.role})`));
+      `${soonest.subject} (${soonest.role})`));
   }
   box.append(card(refused > 0 ? "warn" : "ok", "Refused connections", String(refused),
     `${established} established since start`));
+  const refusedReloads = reloadErrors(status);
+  const reloads = status.reloads || {};
+  const rounds = (reloads.sighup || 0) + (reloads.file_change || 0);
+  box.append(refusedReloads.length
+    ? card("bad", "TLS material reloads", `${refusedReloads.length} refused`,
+      `${refusedReloads[0]}; the previous material keeps serving`)
+    : card("ok", "TLS material reloads", "in service", `${rounds} reload round${rounds === 1 ? "" : "s"} since start`));
+}
+
+// Every refused reload still pending, as "where: why".
+function reloadErrors(status) {
+  const out = [];
+  for (const l of status.listeners) for (const r of l.routes) {
+    if (r.reload_error) out.push(`${l.name} / ${r.route}: ${r.reload_error.error}`);
+    if (r.upstream_tls && r.upstream_tls.reload_error) {
+      out.push(`${l.name} / ${r.route} upstream: ${r.upstream_tls.reload_error.error}`);
+    }
+  }
+  for (const l of status.client_listeners || []) {
+    if (l.upstream_tls.reload_error) out.push(`${l.name} upstream: ${l.upstream_tls.reload_error.error}`);
+  }
+  return out;
+}
+
+const ROLES = {
+  server: "served",
+  client_ca: "client CA",
+  upstream_client: "presented to the database",
+  upstream_ca: "database CA",
+  upstream_peer: "database's certificate, seen",
+};
+
+// Every certificate in use, with where it is used.
+function allCertificates(status) {
+  const certs = [];
+  for (const l of status.listeners) for (const r of l.routes) {
+    for (const c of r.certificates) certs.push({ ...c, where: `${l.name} / ${r.route}` });
+    for (const c of (r.upstream_tls && r.upstream_tls.certificates) || []) certs.push({ ...c, where: `${l.name} / ${r.route}` });
+  }
+  for (const l of status.client_listeners || []) {
+    for (const c of l.upstream_tls.certificates || []) certs.push({ ...c, where: l.name });
+  }
+  return certs;
 }
 
 function upstreamText(u) {
@@ -121,35 +164,10 @@ function listeners(status) {
   fill(document.querySelector("#listeners tbody"), rows, 9, "no listeners");
 }
 
-// What each certificate role means, for people.
-const ROLES = {
-  server: "served",
-  client_ca: "client CA",
-  upstream_client: "presented to the database",
-  upstream_ca: "database CA",
-  upstream_peer: "database's certificate",
-};
-
-// Every certificate in use: listeners' own, their upstream legs', and
-// client-mode listeners' upstream legs'.
-function certificates(status) {
-  const certs = [];
-  for (const l of status.listeners) for (const r of l.routes) {
-    for (const c of r.certificates) certs.push({ ...c, where: `${l.name} / ${r.route}` });
-    if (r.upstream_tls) for (const c of r.upstream_tls.certificates) {
-      certs.push({ ...c, where: `${l.name} / ${r.route} upstream` });
-    }
-  }
-  for (const l of status.client_listeners || []) for (const c of l.upstream_tls.certificates) {
-    certs.push({ ...c, where: `${l.name} (client mode)` });
-  }
-  return certs;
-}
-
 function expiry(status) {
   const box = document.getElementById("expiry");
   box.replaceChildren();
-  const certs = certificates(status);
+  const certs = allCertificates(status);
   certs.sort((a, b) => a.days_left - b.days_left);
   const horizon = Math.max(90, ...certs.map((c) => Math.min(c.days_left, 3650)));
   for (const c of certs) {
@@ -157,7 +175,7 @@ function expiry(status) {
     const bar = el("div", { class: "bar " + level(c.days_left) });
     bar.style.width = width + "%";
     box.append(el("div", { class: "row", "data-serial": c.serial },
-      el("div", { class: "name" }, c.subject, el("small", {}, `${ROLES[c.role] || c.role} · ${c.where} · serial ${c.serial}`)),
+      el("div", { class: "name" }, c.subject, el("small", {}, `${ROLES[c.role] || c.role} · ${c.where} · serial ${c.serial} · loaded ${c.loaded_at}`)),
       el("div", { class: "track", title: `expires ${c.not_after}` }, bar),
       el("div", { class: "days" }, c.days_left < 0 ? "expired" : `${c.days_left} days left`)));
   }

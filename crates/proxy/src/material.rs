@@ -210,6 +210,40 @@ pub(crate) fn check_chain_links(
     })
 }
 
+/// Refuses a CRL that none of the trust anchors issued: its issuer must be
+/// an anchor's subject and that anchor's key must verify its signature.
+/// The client verifier treats a certificate whose issuer has no CRL as of
+/// unknown status and refuses it, so a CRL from the wrong CA would refuse
+/// every client.
+pub(crate) fn check_crl_issuer(
+    crl: &[u8],
+    anchors: &[CertificateDer<'_>],
+    crl_path: &Path,
+    ca_path: &Path,
+) -> Result<(), ProxyError> {
+    let (_, parsed) = x509_parser::parse_x509_crl(crl)
+        .map_err(|e| ProxyError::file("CRL", crl_path, format!("does not parse: {e}")))?;
+    let issued_by_anchor = anchors.iter().any(|anchor| {
+        x509_parser::parse_x509_certificate(anchor.as_ref()).is_ok_and(|(_, cert)| {
+            cert.subject().as_raw() == parsed.issuer().as_raw()
+                && parsed.verify_signature(cert.public_key()).is_ok()
+        })
+    });
+    if issued_by_anchor {
+        Ok(())
+    } else {
+        Err(ProxyError::file(
+            "CRL",
+            crl_path,
+            format!(
+                "issued by {}, which is none of the client CAs in {} (or its signature does not verify): every client certificate would fail its revocation check",
+                parsed.issuer(),
+                ca_path.display()
+            ),
+        ))
+    }
+}
+
 fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()

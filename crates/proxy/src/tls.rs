@@ -475,15 +475,20 @@ fn build_material(
                 ));
             };
             let mut roots = RootCertStore::empty();
-            for cert in material::parse_certs(ca_bytes, ca_path, "client CA")? {
-                trust_anchors.push(LoadedCertificate::from_der(&cert, ca_path, "client CA")?);
+            let anchors = material::parse_certs(ca_bytes, ca_path, "client CA")?;
+            for cert in &anchors {
+                trust_anchors.push(LoadedCertificate::from_der(cert, ca_path, "client CA")?);
                 roots
-                    .add(cert)
+                    .add(cert.clone())
                     .map_err(|e| ProxyError::file("client CA", ca_path, e.to_string()))?;
             }
             let mut vb = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
             if let (Some(crl), Some(crl_bytes)) = (&tls.crl, &files.crl) {
-                vb = vb.with_crls(parse_crls(crl_bytes, crl)?);
+                let crls = parse_crls(crl_bytes, crl)?;
+                for der in &crls {
+                    material::check_crl_issuer(der, &anchors, crl, ca_path)?;
+                }
+                vb = vb.with_crls(crls);
             }
             if tls.client_auth == ClientAuth::Optional {
                 vb = vb.allow_unauthenticated();
@@ -820,5 +825,34 @@ mod tests {
             Reloaded::Unchanged(_)
         ));
         assert!(tls.last_failure().is_none());
+    }
+
+    #[test]
+    fn a_crl_must_come_from_a_client_ca() {
+        let ca = ca("test CA");
+        let files = Files::new(&ca, &server(&ca, Validity::days_from_now(5)));
+        let crl_path = files.dir.path().join("ca.crl");
+        let mut tls_config = files.tls.clone();
+        tls_config.crl = Some(crl_path.clone());
+        std::fs::write(
+            &crl_path,
+            ca.crl_pem(&[], time::Duration::days(7), 1).unwrap(),
+        )
+        .unwrap();
+        let tls = ListenerTls::build(&tls_config, Vec::new()).unwrap();
+        assert!(tls.snapshot().policy.crl);
+
+        let other = self::ca("other CA");
+        std::fs::write(
+            &crl_path,
+            other.crl_pem(&[], time::Duration::days(7), 2).unwrap(),
+        )
+        .unwrap();
+        let err = tls.reload(&tls_config).unwrap_err();
+        assert!(
+            err.to_string().contains("which is none of the client CAs"),
+            "{err}"
+        );
+        assert!(ListenerTls::build(&tls_config, Vec::new()).is_err());
     }
 }

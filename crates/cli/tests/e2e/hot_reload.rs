@@ -188,6 +188,7 @@ impl Load {
             .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
             .unwrap_or_else(|| panic!("{what}: {o}"));
         assert!(!processed.starts_with("0"), "{what}: nothing ran: {o}");
+        eprintln!("pgbench ({what}): {processed} transactions, none failed");
         out
     }
 }
@@ -287,6 +288,14 @@ fn pgbench_sees_no_error_while_the_certificate_is_replaced_twenty_times() {
 
     persistent.finish();
     per_transaction.finish();
+    // The proxy refused nothing: every handshake it counted succeeded.
+    let m = proxy.metrics();
+    let all = m.sum("intransit_handshakes_total", &[("listener", "pg")]);
+    let ok = m.sum(
+        "intransit_handshakes_total",
+        &[("listener", "pg"), ("outcome", "ok")],
+    );
+    assert!(ok > 0.0 && ok == all, "{ok} of {all} ok:\n{}", m.text);
     assert_eq!(served_fingerprint(proxy.port()), newest.0);
     assert_eq!(openssl_fingerprint(proxy.port()), newest.0);
 
@@ -818,4 +827,58 @@ pins = ["{pin}"]
     };
     assert_eq!(upstream_client(&renewed_serial), 1, "{}", m.text);
     assert_eq!(upstream_client(&facts(&p.trainer.cert).1), 0, "{}", m.text);
+}
+
+#[test]
+fn an_sni_route_reloads_its_own_certificate_and_the_default_keeps_its_own() {
+    let p = pki();
+    let certs = tempfile::tempdir().unwrap();
+    let first = server_cert(
+        &p.authority,
+        certs.path(),
+        "route-first",
+        Validity::days_from_now(5),
+    );
+    let live = Live::new(&first);
+    let config = format!(
+        "{ADMIN_ON}{}\n[[listener.route]]\nserver_name = \"localhost\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n",
+        listener_toml(DEAD_UPSTREAM, "", ""),
+        live.chain().display(),
+        live.key().display()
+    );
+    let proxy = ProxyProcess::start(&config);
+    // The test client sends the server name "localhost": the route's.
+    assert_eq!(served_fingerprint(proxy.port()), facts(&first.cert).0);
+
+    let next = server_cert(
+        &p.authority,
+        certs.path(),
+        "route-next",
+        Validity::days_from_now(5),
+    );
+    live.install(&next);
+    let (next_fp, _) = facts(&next.cert);
+    let line = wait_reloaded(&proxy, &next_fp);
+    assert_eq!(line["route"], "localhost", "{line}");
+    assert_eq!(served_fingerprint(proxy.port()), next_fp);
+
+    let status = status(&proxy);
+    let routes = &status["listeners"][0]["routes"];
+    assert_eq!(routes[0]["route"], "default");
+    assert_eq!(
+        routes[0]["certificates"][0]["fingerprint_sha256"],
+        facts(&p.server.cert).0.as_str(),
+        "{routes}"
+    );
+    assert_eq!(routes[1]["route"], "localhost");
+    assert_eq!(
+        routes[1]["certificates"][0]["fingerprint_sha256"],
+        next_fp.as_str(),
+        "{routes}"
+    );
+    assert_eq!(
+        count(&proxy, |v| v["message"] == "TLS material reloaded"),
+        1,
+        "only the route changed"
+    );
 }

@@ -25,7 +25,8 @@
 //! - `hot_reload`: certificates, keys, client CAs replaced under pgbench
 //!   load (atomic renames, a Kubernetes Secret `..data` swap), refused
 //!   material that leaves the old serving, SIGHUP and `intransit reload`,
-//!   and an upstream leg's pins and client certificate.
+//!   an SNI route on its own, and an upstream leg's pins and client
+//!   certificate.
 //! - `client_mode`: `mode = "client"` listeners: plaintext applications
 //!   through a client-mode proxy to a server-mode proxy (the mutual-TLS
 //!   tunnel) and to PostgreSQL, MariaDB and Redis with TLS of their own.

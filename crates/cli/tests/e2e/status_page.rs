@@ -161,6 +161,8 @@ fn the_status_page_shows_listeners_expiry_and_refusals_in_a_browser() {
     );
     assert!(text.contains("untrusted"), "{text}");
     assert!(text.contains("Is everything TLS 1.3?"), "{text}");
+    assert!(text.contains("TLS material reloads"), "{text}");
+    assert!(text.contains("in service"), "{text}");
 
     let screenshot = driver.call("GET", &format!("/session/{id}/screenshot"), None);
     let png = base64::engine::general_purpose::STANDARD
