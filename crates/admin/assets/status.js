@@ -70,12 +70,12 @@ function verdicts(status) {
     box.append(card("", "Post-quantum key exchange", "–", "no sessions yet"));
   }
   let soonest = null;
-  for (const l of status.listeners) for (const r of l.routes) for (const c of r.certificates) {
+  for (const c of certificates(status)) {
     if (soonest === null || c.days_left < soonest.days_left) soonest = c;
   }
   if (soonest) {
     box.append(card(level(soonest.days_left), "Next certificate expiry", `${soonest.days_left} days`,
-      `${soonest.subject} (${soonest.role})`));
+      `${soonest.subject} (${ROLES[soonest.role] || soonest.role})`));
   }
   box.append(card(refused > 0 ? "warn" : "ok", "Refused connections", String(refused),
     `${established} established since start`));
@@ -121,13 +121,35 @@ function listeners(status) {
   fill(document.querySelector("#listeners tbody"), rows, 9, "no listeners");
 }
 
+// What each certificate role means, for people.
+const ROLES = {
+  server: "served",
+  client_ca: "client CA",
+  upstream_client: "presented to the database",
+  upstream_ca: "database CA",
+  upstream_peer: "database's certificate",
+};
+
+// Every certificate in use: listeners' own, their upstream legs', and
+// client-mode listeners' upstream legs'.
+function certificates(status) {
+  const certs = [];
+  for (const l of status.listeners) for (const r of l.routes) {
+    for (const c of r.certificates) certs.push({ ...c, where: `${l.name} / ${r.route}` });
+    if (r.upstream_tls) for (const c of r.upstream_tls.certificates) {
+      certs.push({ ...c, where: `${l.name} / ${r.route} upstream` });
+    }
+  }
+  for (const l of status.client_listeners || []) for (const c of l.upstream_tls.certificates) {
+    certs.push({ ...c, where: `${l.name} (client mode)` });
+  }
+  return certs;
+}
+
 function expiry(status) {
   const box = document.getElementById("expiry");
   box.replaceChildren();
-  const certs = [];
-  for (const l of status.listeners) for (const r of l.routes) for (const c of r.certificates) {
-    certs.push({ ...c, where: `${l.name} / ${r.route}` });
-  }
+  const certs = certificates(status);
   certs.sort((a, b) => a.days_left - b.days_left);
   const horizon = Math.max(90, ...certs.map((c) => Math.min(c.days_left, 3650)));
   for (const c of certs) {
@@ -135,7 +157,7 @@ function expiry(status) {
     const bar = el("div", { class: "bar " + level(c.days_left) });
     bar.style.width = width + "%";
     box.append(el("div", { class: "row", "data-serial": c.serial },
-      el("div", { class: "name" }, c.subject, el("small", {}, `${c.role === "server" ? "served" : "client CA"} · ${c.where} · serial ${c.serial}`)),
+      el("div", { class: "name" }, c.subject, el("small", {}, `${ROLES[c.role] || c.role} · ${c.where} · serial ${c.serial}`)),
       el("div", { class: "track", title: `expires ${c.not_after}` }, bar),
       el("div", { class: "days" }, c.days_left < 0 ? "expired" : `${c.days_left} days left`)));
   }

@@ -26,7 +26,8 @@ use axum::routing::get;
 use axum::Router;
 use intransit_config::Endpoint;
 use intransit_proxy::{
-    AuditLog, BoundProxy, ListenerTls, PreparedClientListener, PreparedListener, ProxyMetrics,
+    AuditLog, BoundProxy, ListenerTls, LoadedCertificate, PreparedClientListener, PreparedListener,
+    ProxyMetrics, UpstreamTls,
 };
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -64,6 +65,7 @@ impl Admin {
         metrics.register(&mut registry);
         registry.register_collector(Box::new(CertificateExpiry {
             listeners: listeners.clone(),
+            client_listeners: bound.client_listeners(),
         }));
         Arc::new(Admin {
             registry,
@@ -224,8 +226,11 @@ fn unix_now() -> i64 {
 struct CertificateLabels {
     listener: String,
     route: String,
-    /// `server` (the certificate the proxy presents) or `client_ca` (a
-    /// trust anchor for client certificates).
+    /// `server` (the certificate the proxy presents), `client_ca` (a
+    /// trust anchor for client certificates), `upstream_client` (the
+    /// certificate the proxy presents to the database), `upstream_ca` (a
+    /// trust anchor for the database's certificate) or `upstream_peer` (the
+    /// certificate the database presented in the latest handshake).
     role: String,
     subject: String,
     serial: String,
@@ -236,33 +241,59 @@ struct CertificateLabels {
 #[derive(Debug)]
 struct CertificateExpiry {
     listeners: Vec<Arc<PreparedListener>>,
+    client_listeners: Vec<Arc<PreparedClientListener>>,
+}
+
+fn unix(at: SystemTime) -> i64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl Collector for CertificateExpiry {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let not_after = Family::<CertificateLabels, Gauge>::default();
         let loaded_at = Family::<CertificateLabels, Gauge>::default();
+        let record = |listener: &str, route: &str, role: &str, cert: &LoadedCertificate, at| {
+            let labels = CertificateLabels {
+                listener: listener.to_owned(),
+                route: route.to_owned(),
+                role: role.to_owned(),
+                subject: cert.subject.clone(),
+                serial: cert.serial.clone(),
+            };
+            not_after.get_or_create(&labels).set(cert.not_after_unix);
+            loaded_at.get_or_create(&labels).set(unix(at));
+        };
+        let upstream = |listener: &str, route: &str, tls: &UpstreamTls| {
+            let material = tls.snapshot();
+            let certs = material
+                .client_cert
+                .iter()
+                .map(|c| ("upstream_client", c))
+                .chain(material.trust_anchors.iter().map(|a| ("upstream_ca", a)));
+            for (role, cert) in certs {
+                record(listener, route, role, cert, material.loaded_at);
+            }
+            if let Some((peer, first_seen)) = tls.last_peer_certificate() {
+                record(listener, route, "upstream_peer", &peer, first_seen);
+            }
+        };
         for listener in &self.listeners {
             for route in std::iter::once(&listener.default_route).chain(&listener.routes) {
                 let material = route.tls.snapshot();
-                let loaded = material
-                    .loaded_at
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64);
+                let label = route.label();
                 let certs = std::iter::once(("server", &material.server_cert))
                     .chain(material.trust_anchors.iter().map(|a| ("client_ca", a)));
                 for (role, cert) in certs {
-                    let labels = CertificateLabels {
-                        listener: listener.name.clone(),
-                        route: route.label(),
-                        role: role.to_owned(),
-                        subject: cert.subject.clone(),
-                        serial: cert.serial.clone(),
-                    };
-                    not_after.get_or_create(&labels).set(cert.not_after_unix);
-                    loaded_at.get_or_create(&labels).set(loaded);
+                    record(&listener.name, &label, role, cert, material.loaded_at);
+                }
+                if let Some(tls) = &route.upstream_tls {
+                    upstream(&listener.name, &label, tls);
                 }
             }
+        }
+        for listener in &self.client_listeners {
+            upstream(&listener.name, "default", &listener.upstream_tls);
         }
         let m = encoder.encode_descriptor(
             "certificate_not_after_seconds",

@@ -7,8 +7,8 @@
 use std::time::SystemTime;
 
 use intransit_proxy::audit::AuditEvent;
-use intransit_proxy::metrics::Summary;
-use intransit_proxy::{LoadedCertificate, PolicySummary, PreparedRoute};
+use intransit_proxy::metrics::{ReloadRounds, Summary};
+use intransit_proxy::{LoadedCertificate, PolicySummary, PreparedRoute, ReloadFailure};
 use serde::Serialize;
 
 use crate::{unix_now, Admin};
@@ -30,6 +30,8 @@ pub struct Status {
     pub handshakes: Summary,
     /// The latest refusals, newest last.
     pub recent_refusals: Vec<AuditEvent>,
+    /// Reload rounds so far (SIGHUP and file changes) and the latest one.
+    pub reloads: ReloadRounds,
 }
 
 /// One listener.
@@ -64,6 +66,26 @@ pub struct RouteStatus {
     pub upstream_tls: Option<UpstreamTlsStatus>,
     /// The certificates in use: the served one first, then trust anchors.
     pub certificates: Vec<CertificateStatus>,
+    /// Why the latest reload of this route's files was refused, while
+    /// they still hold what was refused; the certificates above stay in
+    /// service.
+    pub reload_error: Option<ReloadErrorStatus>,
+}
+
+/// A refused reload.
+#[derive(Debug, Serialize)]
+pub struct ReloadErrorStatus {
+    /// When, RFC 3339.
+    pub at: String,
+    /// Why.
+    pub error: String,
+}
+
+fn reload_error(failure: Option<ReloadFailure>) -> Option<ReloadErrorStatus> {
+    failure.map(|f| ReloadErrorStatus {
+        at: rfc3339_unix(unix_seconds(f.at)),
+        error: f.error,
+    })
 }
 
 /// How the leg to the database is encrypted and verified.
@@ -79,16 +101,50 @@ pub struct UpstreamTlsStatus {
     pub client_certificate: bool,
     /// Lowest TLS version.
     pub min_version: String,
+    /// When this leg's material was loaded, RFC 3339.
+    pub loaded_at: String,
+    /// The proxy's client certificate (`upstream_client`), the anchors
+    /// the database's certificate must chain to (`upstream_ca`), then the
+    /// certificate the database presented in the latest upstream handshake
+    /// (`upstream_peer`, its `loaded_at` is when it was first seen).
+    pub certificates: Vec<CertificateStatus>,
+    /// Why the latest reload of this leg's files was refused, while they
+    /// still hold what was refused.
+    pub reload_error: Option<ReloadErrorStatus>,
 }
 
-fn upstream_tls_status(tls: &intransit_proxy::UpstreamTls) -> UpstreamTlsStatus {
-    let s = tls.settings();
+fn upstream_tls_status(tls: &intransit_proxy::UpstreamTls, now: i64) -> UpstreamTlsStatus {
+    let material = tls.snapshot();
+    let s = material.settings();
+    let loaded_at = rfc3339_unix(unix_seconds(material.loaded_at));
+    let certificates = material
+        .client_cert
+        .iter()
+        .map(|c| describe("upstream_client", c, &loaded_at, now))
+        .chain(
+            material
+                .trust_anchors
+                .iter()
+                .map(|c| describe("upstream_ca", c, &loaded_at, now)),
+        )
+        .chain(tls.last_peer_certificate().map(|(c, first_seen)| {
+            describe(
+                "upstream_peer",
+                &c,
+                &rfc3339_unix(unix_seconds(first_seen)),
+                now,
+            )
+        }))
+        .collect();
     UpstreamTlsStatus {
         mode: s.mode.to_string(),
-        server_name: tls.server_name(),
+        server_name: material.server_name(),
         pins: s.pins.len(),
         client_certificate: s.cert.is_some(),
         min_version: s.min_version.to_string(),
+        loaded_at,
+        certificates,
+        reload_error: reload_error(tls.last_failure()),
     }
 }
 
@@ -125,7 +181,7 @@ pub struct PolicyStatus {
 /// One certificate in use.
 #[derive(Debug, Serialize)]
 pub struct CertificateStatus {
-    /// `server` or `client_ca`.
+    /// `server`, `client_ca`, `upstream_client`, `upstream_ca` or `upstream_peer`.
     pub role: &'static str,
     /// Subject DN.
     pub subject: String,
@@ -182,7 +238,7 @@ pub(crate) fn build(admin: &Admin) -> Status {
                 .map_or_else(|| l.listen.to_string(), |(_, e)| e.to_string()),
             upstream: l.upstream.to_string(),
             allow_remote_plaintext: l.allow_remote_plaintext,
-            upstream_tls: upstream_tls_status(&l.upstream_tls),
+            upstream_tls: upstream_tls_status(&l.upstream_tls, now),
         })
         .collect();
     Status {
@@ -193,29 +249,19 @@ pub(crate) fn build(admin: &Admin) -> Status {
         client_listeners,
         handshakes: admin.metrics.summary(),
         recent_refusals: admin.audit.recent_refusals(),
+        reloads: admin.metrics.reload_rounds(),
     }
 }
 
 fn route_status(route: &PreparedRoute, now: i64) -> RouteStatus {
     let material = route.tls.snapshot();
     let loaded_at = rfc3339_unix(unix_seconds(material.loaded_at));
-    let describe = |role: &'static str, c: &LoadedCertificate| CertificateStatus {
-        role,
-        subject: c.subject.clone(),
-        sans: c.sans.clone(),
-        serial: c.serial.clone(),
-        fingerprint_sha256: c.fingerprint_sha256.clone(),
-        not_after: rfc3339_unix(c.not_after_unix),
-        not_after_unix: c.not_after_unix,
-        days_left: (c.not_after_unix - now).div_euclid(86_400),
-        loaded_at: loaded_at.clone(),
-    };
-    let certificates = std::iter::once(describe("server", &material.server_cert))
+    let certificates = std::iter::once(describe("server", &material.server_cert, &loaded_at, now))
         .chain(
             material
                 .trust_anchors
                 .iter()
-                .map(|a| describe("client_ca", a)),
+                .map(|a| describe("client_ca", a, &loaded_at, now)),
         )
         .collect();
     let PolicySummary {
@@ -234,8 +280,31 @@ fn route_status(route: &PreparedRoute, now: i64) -> RouteStatus {
             allow,
         },
         db_users_enforced: !route.db_users.is_empty(),
-        upstream_tls: route.upstream_tls.as_deref().map(upstream_tls_status),
+        upstream_tls: route
+            .upstream_tls
+            .as_deref()
+            .map(|t| upstream_tls_status(t, now)),
         certificates,
+        reload_error: reload_error(route.tls.last_failure()),
+    }
+}
+
+fn describe(
+    role: &'static str,
+    c: &LoadedCertificate,
+    loaded_at: &str,
+    now: i64,
+) -> CertificateStatus {
+    CertificateStatus {
+        role,
+        subject: c.subject.clone(),
+        sans: c.sans.clone(),
+        serial: c.serial.clone(),
+        fingerprint_sha256: c.fingerprint_sha256.clone(),
+        not_after: rfc3339_unix(c.not_after_unix),
+        not_after_unix: c.not_after_unix,
+        days_left: (c.not_after_unix - now).div_euclid(86_400),
+        loaded_at: loaded_at.to_owned(),
     }
 }
 

@@ -35,6 +35,8 @@ pub enum Command {
     /// Run the listeners of a configuration file.
     #[command(long_about = PROXY_LONG_ABOUT)]
     Proxy(ProxyArgs),
+    /// Reload a running proxy's TLS material (SIGHUP) and show what it serves now.
+    Reload(crate::reload_cmd::ReloadArgs),
     /// Validate a configuration file and the files it names, without binding anything.
     CheckConfig(CheckConfigArgs),
     /// Print the SPKI pins (sha256/BASE64) of a certificate file or of the
@@ -392,6 +394,10 @@ pub struct ProxyArgs {
     /// The TOML configuration file.
     #[arg(long, short)]
     pub config: PathBuf,
+    /// Write the process id here (removed on exit), for `intransit reload`;
+    /// overrides the `pid_file` key.
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -447,8 +453,14 @@ The configuration is TOML. Every key (docs/configuration.md has the full referen
   hosts) and has no [listener.tls], db_users or routes; [listener.upstream_tls] is
   required: ca, cert and key (the proxy's client certificate), server_name, pins, direct.
 
-Signals: SIGHUP reloads certificates, keys, client CAs, CRLs and allow-lists
-from the files (material that fails to load is refused and the old stays);
+Reloading: certificates, keys, client CAs, CRLs and the upstream legs' CA,
+client certificate and pins reload when their files change (the parent
+directories are watched) and on SIGHUP, which also re-reads allow-lists and
+other TLS settings; new material is checked as a whole first, and material
+that fails is refused while the old stays. `intransit reload` sends SIGHUP
+and shows what is loaded.
+
+Signals: SIGHUP reloads (see above);
 SIGINT/SIGTERM stop accepting and drain for shutdown_grace; a second signal
 exits at once.";
 

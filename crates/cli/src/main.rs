@@ -19,9 +19,11 @@ mod compliance_cmd;
 mod inspect;
 mod pki_cmd;
 mod reload;
+mod reload_cmd;
 mod renewal;
 mod rotate;
 mod up;
+mod watch;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -98,11 +100,17 @@ fn run(command: Command) -> Result<ExitCode> {
             let admin_tls = admin::prepare_tls(config.admin_tls.as_ref())?;
             runtime()?.block_on(async move {
                 let signals = ShutdownSignals::install()?;
+                let hup = watch::install_sighup()?;
                 let bound = proxy.bind().await?;
+                let pid_file = args.pid_file.as_ref().or(config.pid_file.as_ref());
+                let _pid_file = pid_file.map(|p| reload::PidFile::create(p)).transpose()?;
                 if let Some(addr) = config.admin {
                     admin::start(addr, admin_tls, &bound).await?;
                 }
-                reload::spawn_on_sighup(args.config.clone(), bound.listeners());
+                watch::spawn(
+                    reload::Reloader::new(Some(args.config.clone()), &bound),
+                    hup,
+                );
                 serve(bound, signals).await;
                 Ok::<_, anyhow::Error>(())
             })?;
@@ -118,6 +126,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Rotate(RotateCommand::Postgres(args)) => rotate::postgres::run(args),
         Command::Rotate(RotateCommand::Mariadb(args)) => rotate::mariadb::run(args),
         Command::Bench(command) => bench_cmd::run(command),
+        Command::Reload(args) => reload_cmd::run(&args),
         Command::CheckConfig(args) => {
             let config = load_config(&args.file)?;
             let proxy = Proxy::prepare(&config)

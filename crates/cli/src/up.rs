@@ -24,6 +24,7 @@ use crate::cli::{UpArgs, UpProtocol};
 
 pub async fn run(args: UpArgs) -> Result<()> {
     let signals = crate::ShutdownSignals::install()?;
+    let hup = crate::watch::install_sighup()?;
     let listen = Endpoint::parse(&args.listen).map_err(|m| anyhow::anyhow!("--listen: {m}"))?;
     if listen.bind_addr().is_none() && !matches!(listen, Endpoint::Unix(_)) {
         bail!(
@@ -101,6 +102,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         admin: None,
         admin_tls: None,
         audit_log: args.audit_log.clone(),
+        pid_file: None,
         shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         listeners: vec![listener],
         client_listeners: Vec::new(),
@@ -119,6 +121,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
     if let Some(running) = bound.listeners().into_iter().next() {
         crate::renewal::spawn(state.clone(), running, server_tls);
     }
+    // Certificates replaced by hand (or by `intransit cert renew`) reload
+    // like the proxy's; there is no configuration file to re-read.
+    crate::watch::spawn(crate::reload::Reloader::new(None, &bound), hup);
     let bound_at = bound
         .local_endpoints()
         .into_iter()

@@ -72,6 +72,9 @@ pub struct Config {
     /// Where audit events are appended as JSON lines (they always go to
     /// the log too).
     pub audit_log: Option<PathBuf>,
+    /// Where `intransit proxy` writes its process id (for `intransit
+    /// reload`); `--pid-file` overrides it.
+    pub pid_file: Option<PathBuf>,
     /// How long connections may finish after a shutdown signal.
     pub shutdown_grace: Duration,
     /// The server-mode listeners, in file order.

@@ -24,6 +24,7 @@ pub(crate) struct RawConfig {
     admin: Option<String>,
     admin_tls: Option<RawServerTls>,
     audit_log: Option<PathBuf>,
+    pid_file: Option<PathBuf>,
     shutdown_grace: Option<String>,
     #[serde(default)]
     listener: Vec<RawListener>,
@@ -156,6 +157,7 @@ impl RawConfig {
             admin,
             admin_tls,
             audit_log: self.audit_log,
+            pid_file: self.pid_file,
             shutdown_grace,
             listeners,
             client_listeners,

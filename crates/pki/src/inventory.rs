@@ -279,6 +279,7 @@ impl StateDir {
         passphrase: Option<&[u8]>,
         force: bool,
     ) -> Result<CertificateAuthority, PkiError> {
+        let _lock = self.lock()?;
         let dir = self.ca_dir();
         if !force && (path_exists(&dir.join(CA_CERT_FILE))? || path_exists(&dir.join(CA_KEY_FILE))?)
         {
@@ -320,6 +321,7 @@ impl StateDir {
         out_dir: Option<&Path>,
         force: bool,
     ) -> Result<IssuedEntry, PkiError> {
+        let _lock = self.lock()?;
         let default_dir = self.cert_dir(name)?;
         let mut file = self.load_inventory_file()?;
         let entries = self.entries(&file)?;
@@ -428,6 +430,7 @@ impl StateDir {
         options: &RenewOptions,
         now: OffsetDateTime,
     ) -> Result<RenewOutcome, PkiError> {
+        let _lock = self.lock()?;
         let mut file = self.load_inventory_file()?;
         let entry = self
             .entries(&file)?
@@ -544,6 +547,7 @@ impl StateDir {
         reason: RevocationReason,
         now: OffsetDateTime,
     ) -> Result<RevokedCertificate, PkiError> {
+        let _lock = self.lock()?;
         let mut file = self.load_inventory_file()?;
         let entries = self.entries(&file)?;
         let unknown = || PkiError::UnknownCertificate(serial_or_name.to_owned());
@@ -594,6 +598,7 @@ impl StateDir {
         next_update: Duration,
         out: Option<&Path>,
     ) -> Result<PathBuf, PkiError> {
+        let _lock = self.lock()?;
         let mut file = self.load_inventory_file()?;
         let revoked: Vec<RevokedCertificate> =
             file.revoked.iter().map(RevokedRecord::to_public).collect();

@@ -6,6 +6,7 @@
 //! <root>/ca/ca.pem, <root>/ca/key.pem, <root>/ca/crl.pem
 //! <root>/certs/<name>/{cert.pem,key.pem,chain.pem,ca.pem}
 //! <root>/inventory.json
+//! <root>/.lock          (held while the inventory and files change)
 //! ```
 //!
 //! (the inventory and the operations on it live in [`crate::inventory`])
@@ -27,7 +28,9 @@ use crate::inspect::{parse_certificate, pem_to_der_certs, summarize};
 use crate::key::parse_private_key;
 use crate::request::validate_common_name;
 use crate::revocation::normalize_serial;
-use crate::storage::{create_private_dir, path_exists, CertificatePaths};
+use crate::storage::{
+    create_private_dir, lock_state_dir, path_exists, CertificatePaths, StateLock,
+};
 use crate::{
     CertificateAuthority, CertificateKind, IssueRequest, KeyAlgorithm, PkiError, Validity,
     CA_VALIDITY_DAYS,
@@ -90,6 +93,12 @@ impl StateDir {
     /// The root directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Waits for the exclusive lock that orders changes to this state
+    /// directory between processes.
+    pub(crate) fn lock(&self) -> Result<StateLock, PkiError> {
+        lock_state_dir(&self.root)
     }
 
     /// `<root>/ca`, holding `ca.pem` and `key.pem`.
@@ -183,6 +192,7 @@ impl StateDir {
         client.validity = Validity::lifetime_from_now(lifetimes.client);
         client.validate()?;
 
+        let _lock = self.lock()?;
         // A damaged inventory stops us before anything is written.
         let mut inventory = self.load_inventory_file()?;
         let revoked = inventory.revoked_serials();

@@ -548,3 +548,38 @@ mod tests {
         Ok(())
     }
 }
+
+/// Name of the lock file below the state root.
+const LOCK_FILE: &str = ".lock";
+
+/// An exclusive lock on a state directory, held until dropped.
+///
+/// Every operation that reads the inventory, changes files and writes the
+/// inventory back takes it, so that two processes (a running proxy renewing
+/// its certificates, and `intransit cert issue` from a shell) never lose
+/// each other's records. The lock is advisory (`flock`): it orders intransit
+/// processes, not other programs.
+#[derive(Debug)]
+pub(crate) struct StateLock {
+    _file: fs::File,
+}
+
+/// Waits for and takes the lock of the state directory `root`, creating the
+/// directory (mode 0700) and the lock file (mode 0600) if missing.
+pub(crate) fn lock_state_dir(root: &Path) -> Result<StateLock, PkiError> {
+    create_private_dir(root)?;
+    let path = root.join(LOCK_FILE);
+    let mut options = fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(PRIVATE_FILE_MODE);
+    }
+    let file = options
+        .open(&path)
+        .map_err(|e| PkiError::io("opening the state lock", &path, e))?;
+    file.lock()
+        .map_err(|e| PkiError::io("locking the state directory", &path, e))?;
+    Ok(StateLock { _file: file })
+}

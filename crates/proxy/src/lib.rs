@@ -18,6 +18,7 @@ pub mod audit;
 mod client;
 mod copy;
 mod handshake;
+mod material;
 pub mod metrics;
 mod mysql;
 mod net;
@@ -44,8 +45,11 @@ pub use metrics::ProxyMetrics;
 pub use net::connect as connect_upstream;
 pub use refusal::RefusalReason;
 pub use server::{PreparedListener, PreparedRoute};
-pub use tls::{ListenerTls, LoadedCertificate, PolicySummary, TlsMaterial};
-pub use upstream_tls::{UpstreamSession, UpstreamTls, UpstreamTlsFailure};
+pub use tls::{
+    ListenerTls, LoadedCertificate, PolicySummary, ReloadError, ReloadFailure, Reloaded,
+    TlsMaterial,
+};
+pub use upstream_tls::{UpstreamMaterial, UpstreamSession, UpstreamTls, UpstreamTlsFailure};
 
 /// Errors that stop the proxy from starting.
 #[derive(Debug, thiserror::Error)]

@@ -68,6 +68,19 @@ pub struct BytesLabels {
     pub direction: String,
 }
 
+/// What one reload round did.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadRound {
+    /// `sighup` or `file_change`.
+    pub trigger: &'static str,
+    /// Material swapped in.
+    pub swapped: usize,
+    /// Material refused (the old stays).
+    pub failed: usize,
+    /// Why the round could not run at all.
+    pub error: Option<String>,
+}
+
 /// Labels of the reload counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
@@ -75,8 +88,39 @@ pub struct ReloadLabels {
     pub listener: String,
     /// Route label.
     pub route: String,
+    /// `server` (the TLS clients see) or `upstream` (the leg to the
+    /// database).
+    pub leg: String,
     /// `ok` or `failed`.
     pub outcome: String,
+}
+
+/// Completed reload rounds, for `/status` and `intransit reload`: a
+/// round is one SIGHUP or one settled burst of file changes, across every
+/// route.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadRounds {
+    /// Rounds triggered by SIGHUP.
+    pub sighup: u64,
+    /// Rounds triggered by a watched file changing.
+    pub file_change: u64,
+    /// The latest SIGHUP round.
+    pub last_sighup: Option<RoundReport>,
+    /// The latest file-change round.
+    pub last_file_change: Option<RoundReport>,
+}
+
+/// What one finished reload round did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RoundReport {
+    /// When it finished, Unix seconds.
+    pub at: i64,
+    /// Material swapped in.
+    pub swapped: usize,
+    /// Material refused (the old stays in service).
+    pub failed: usize,
+    /// Why the round could not run at all (an invalid configuration).
+    pub error: Option<String>,
 }
 
 type HistogramFamily = Family<ListenerLabels, Histogram, fn() -> Histogram>;
@@ -91,6 +135,7 @@ pub struct ProxyMetrics {
     connections: Family<ListenerLabels, Counter>,
     bytes: Family<BytesLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
+    reload_rounds: Mutex<ReloadRounds>,
     summary: Mutex<Summary>,
 }
 
@@ -173,6 +218,7 @@ impl Default for ProxyMetrics {
             connections: Family::default(),
             bytes: Family::default(),
             reloads: Family::default(),
+            reload_rounds: Mutex::default(),
             summary: Mutex::default(),
         }
     }
@@ -314,16 +360,57 @@ impl ProxyMetrics {
         }
     }
 
-    /// Counts one reload of a route's TLS material.
-    pub fn reload(&self, listener: &str, route: &str, ok: bool) {
+    /// Counts one reload of a route's TLS material that swapped new
+    /// material in (`ok`) or kept the old because the new failed its
+    /// checks. A reload that found nothing changed is not counted.
+    pub fn reload(&self, listener: &str, route: &str, leg: &str, ok: bool) {
         self.reloads
             .get_or_create(&ReloadLabels {
                 listener: listener.to_owned(),
                 route: route.to_owned(),
+                leg: leg.to_owned(),
                 outcome: if ok { "ok" } else { "failed" }.to_owned(),
             })
             .inc();
     }
+
+    /// Records a finished reload round.
+    pub fn reload_round(&self, round: &ReloadRound) {
+        let mut rounds = match self.reload_rounds.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let report = Some(RoundReport {
+            at: unix_now(),
+            swapped: round.swapped,
+            failed: round.failed,
+            error: round.error.clone(),
+        });
+        match round.trigger {
+            "sighup" => {
+                rounds.sighup += 1;
+                rounds.last_sighup = report;
+            }
+            _ => {
+                rounds.file_change += 1;
+                rounds.last_file_change = report;
+            }
+        }
+    }
+
+    /// The reload rounds so far.
+    pub fn reload_rounds(&self) -> ReloadRounds {
+        match self.reload_rounds.lock() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn listener_labels(listener: &str, protocol: &str) -> ListenerLabels {
@@ -419,15 +506,15 @@ mod tests {
         let m = ProxyMetrics::new();
         m.bytes("pg", 10, 20);
         m.bytes("pg", 1, 2);
-        m.reload("pg", "default", true);
-        m.reload("pg", "default", false);
+        m.reload("pg", "default", "server", true);
+        m.reload("pg", "default", "server", false);
         let text = exposition(&m);
         assert!(
             text.contains("intransit_bytes_total{listener=\"pg\",direction=\"from_client\"} 11")
         );
         assert!(text.contains("intransit_bytes_total{listener=\"pg\",direction=\"to_client\"} 22"));
         assert!(text.contains(
-            "intransit_tls_reloads_total{listener=\"pg\",route=\"default\",outcome=\"failed\"} 1"
+            "intransit_tls_reloads_total{listener=\"pg\",route=\"default\",leg=\"server\",outcome=\"failed\"} 1"
         ));
     }
 

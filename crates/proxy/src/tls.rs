@@ -17,7 +17,7 @@ use intransit_policy::{AllowList, ClientIdentity};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
 use rustls::{
@@ -25,6 +25,7 @@ use rustls::{
     SignatureScheme, SupportedProtocolVersion,
 };
 
+use crate::material::{self, SourceFingerprint};
 use crate::ProxyError;
 
 /// The ALPN protocol id PostgreSQL 17 clients send with direct TLS.
@@ -72,36 +73,63 @@ fn versions(min: TlsVersion) -> &'static [&'static SupportedProtocolVersion] {
 
 /// Reads every certificate in a PEM file.
 pub fn load_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, ProxyError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| ProxyError::file(what, path, e.to_string()))?;
-    if certs.is_empty() {
-        return Err(ProxyError::file(
-            what,
-            path,
-            "no PEM CERTIFICATE block found",
-        ));
-    }
-    Ok(certs)
+    material::parse_certs(&material::read(path, what)?, path, what)
 }
 
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, ProxyError> {
-    PrivateKeyDer::from_pem_file(path)
-        .map_err(|e| ProxyError::file("private key", path, e.to_string()))
-}
-
-fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, ProxyError> {
-    let bytes = std::fs::read(path).map_err(|e| ProxyError::file("CRL", path, e.to_string()))?;
+fn parse_crls(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, ProxyError> {
     if bytes.starts_with(b"-----") {
-        let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        let crls = CertificateRevocationListDer::pem_slice_iter(bytes)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ProxyError::file("CRL", path, e.to_string()))?;
+            .map_err(|e| ProxyError::file("CRL", path, format!("{e} (is the file complete?)")))?;
         if crls.is_empty() {
             return Err(ProxyError::file("CRL", path, "no PEM X509 CRL block found"));
         }
         Ok(crls)
+    } else if bytes.is_empty() {
+        Err(ProxyError::file("CRL", path, "the file is empty"))
     } else {
-        Ok(vec![CertificateRevocationListDer::from(bytes)])
+        Ok(vec![CertificateRevocationListDer::from(bytes.to_vec())])
+    }
+}
+
+/// The bytes of every file a route's TLS names, read once so that what is
+/// fingerprinted is exactly what is parsed.
+struct ServerTlsFiles {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    client_ca: Option<Vec<u8>>,
+    crl: Option<Vec<u8>>,
+}
+
+impl ServerTlsFiles {
+    fn read(tls: &ServerTls) -> Result<Self, ProxyError> {
+        Ok(ServerTlsFiles {
+            cert: material::read(&tls.cert, "server certificate")?,
+            key: material::read(&tls.key, "private key")?,
+            client_ca: match (&tls.client_auth, &tls.client_ca) {
+                (ClientAuth::None, _) | (_, None) => None,
+                (_, Some(path)) => Some(material::read(path, "client CA")?),
+            },
+            crl: match (&tls.client_auth, &tls.crl) {
+                (ClientAuth::None, _) | (_, None) => None,
+                (_, Some(path)) => Some(material::read(path, "CRL")?),
+            },
+        })
+    }
+
+    fn fingerprint(&self, tls: &ServerTls) -> SourceFingerprint {
+        SourceFingerprint::of(
+            tls,
+            &[
+                Some(&self.cert),
+                Some(&self.key),
+                self.client_ca.as_deref(),
+                self.crl.as_deref(),
+            ],
+        )
     }
 }
 
@@ -111,6 +139,10 @@ fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, 
 pub struct TlsMaterial {
     config: Arc<ServerConfig>,
     verifier: Option<Arc<PolicyVerifier>>,
+    /// The settings this material was built from; a reload triggered by a
+    /// file change rebuilds from them.
+    settings: ServerTls,
+    source: SourceFingerprint,
     /// Summary of the server certificate in use.
     pub server_cert: LoadedCertificate,
     /// The trust anchors client certificates must chain to.
@@ -126,6 +158,7 @@ impl fmt::Debug for TlsMaterial {
         f.debug_struct("TlsMaterial")
             .field("server_cert", &self.server_cert)
             .field("client_auth", &self.verifier.is_some())
+            .field("source", &self.source)
             .finish_non_exhaustive()
     }
 }
@@ -144,7 +177,7 @@ pub struct PolicySummary {
 }
 
 /// What the proxy knows about a certificate it serves.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadedCertificate {
     /// Subject distinguished name.
     pub subject: String,
@@ -154,14 +187,20 @@ pub struct LoadedCertificate {
     pub sans: Vec<String>,
     /// SHA-256 fingerprint of the DER certificate.
     pub fingerprint_sha256: String,
+    /// Start of validity, as seconds since the Unix epoch.
+    pub not_before_unix: i64,
     /// Expiry, as seconds since the Unix epoch.
     pub not_after_unix: i64,
 }
 
 impl LoadedCertificate {
-    fn from_der(der: &CertificateDer<'_>, path: &Path) -> Result<Self, ProxyError> {
+    pub(crate) fn from_der(
+        der: &CertificateDer<'_>,
+        path: &Path,
+        what: &str,
+    ) -> Result<Self, ProxyError> {
         let summary = intransit_pki::summarize(der.as_ref())
-            .map_err(|e| ProxyError::file("certificate", path, e.to_string()))?;
+            .map_err(|e| ProxyError::file(what, path, e.to_string()))?;
         let sans = summary
             .dns_names
             .iter()
@@ -174,8 +213,16 @@ impl LoadedCertificate {
             serial: summary.serial_hex,
             sans,
             fingerprint_sha256: summary.fingerprint_sha256,
+            not_before_unix: summary.not_before.unix_timestamp(),
             not_after_unix: summary.not_after.unix_timestamp(),
         })
+    }
+
+    pub(crate) fn validity(&self) -> material::Validity {
+        material::Validity {
+            not_before: self.not_before_unix,
+            not_after: self.not_after_unix,
+        }
     }
 }
 
@@ -183,6 +230,11 @@ impl TlsMaterial {
     /// The rustls configuration new handshakes use.
     pub fn config(&self) -> Arc<ServerConfig> {
         self.config.clone()
+    }
+
+    /// The settings this material was built from.
+    pub fn settings(&self) -> &ServerTls {
+        &self.settings
     }
 
     /// Checks a peer chain again, as for a fresh handshake. Resumed TLS
@@ -205,12 +257,33 @@ impl TlsMaterial {
     }
 }
 
+/// What a reload did.
+#[derive(Debug, Clone)]
+pub enum Reloaded<T> {
+    /// The settings and every file were the same as in service: nothing
+    /// was rebuilt.
+    Unchanged(Arc<T>),
+    /// New material was built, checked and is now in service.
+    Swapped(Arc<T>),
+}
+
+impl<T> Reloaded<T> {
+    /// The material in service after the reload.
+    pub fn material(&self) -> &Arc<T> {
+        match self {
+            Reloaded::Unchanged(m) | Reloaded::Swapped(m) => m,
+        }
+    }
+}
+
 /// The TLS state of one listener. New handshakes take the current
 /// [`TlsMaterial`]; [`ListenerTls::reload`] swaps in new material only after
 /// all of it loaded and checked, so a bad file never takes effect and
 /// established connections keep the material they started with.
 pub struct ListenerTls {
     current: RwLock<Arc<TlsMaterial>>,
+    /// Why the latest reload failed, while the files still hold what failed.
+    last_failure: Mutex<Option<ReloadFailure>>,
     /// ALPN protocols offered: `postgresql` for PostgreSQL listeners,
     /// none for plain TLS (the client's choice is then not constrained).
     alpn: Vec<Vec<u8>>,
@@ -218,6 +291,16 @@ pub struct ListenerTls {
     // resumed sessions are re-verified against the new material anyway.
     session_storage: Arc<dyn rustls::server::StoresServerSessions>,
     ticketer: Arc<dyn rustls::server::ProducesTickets>,
+}
+
+/// A reload that failed: when, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadFailure {
+    /// When it was attempted.
+    pub at: SystemTime,
+    /// The reason, as logged.
+    pub error: String,
+    source: Option<SourceFingerprint>,
 }
 
 impl fmt::Debug for ListenerTls {
@@ -228,14 +311,78 @@ impl fmt::Debug for ListenerTls {
     }
 }
 
+/// Records a failed reload in `slot` and hands the error back. Returns
+/// whether the same files already failed before (so a file watcher does
+/// not report one bad file twice).
+pub(crate) fn note_failure(
+    slot: &Mutex<Option<ReloadFailure>>,
+    source: Option<SourceFingerprint>,
+    error: &ProxyError,
+) -> bool {
+    let mut slot = match slot.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    let repeated = source.is_some()
+        && slot
+            .as_ref()
+            .is_some_and(|f| f.source == source && f.error == error.to_string());
+    *slot = Some(ReloadFailure {
+        at: SystemTime::now(),
+        error: error.to_string(),
+        source,
+    });
+    repeated
+}
+
+pub(crate) fn clear_failure(slot: &Mutex<Option<ReloadFailure>>) {
+    match slot.lock() {
+        Ok(mut g) => *g = None,
+        Err(poisoned) => *poisoned.into_inner() = None,
+    }
+}
+
+pub(crate) fn read_failure(slot: &Mutex<Option<ReloadFailure>>) -> Option<ReloadFailure> {
+    match slot.lock() {
+        Ok(g) => g.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
+/// Why a reload did not take effect, and whether the same files had
+/// already failed the same way (a watcher then stays quiet).
+#[derive(Debug)]
+pub struct ReloadError {
+    /// What failed.
+    pub error: ProxyError,
+    /// The files and error are those of the previous failed attempt.
+    pub repeated: bool,
+}
+
+impl fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for ReloadError {}
+
 impl ListenerTls {
     /// Loads the files a listener names and builds its TLS configuration.
     pub fn build(tls: &ServerTls, alpn: Vec<Vec<u8>>) -> Result<Self, ProxyError> {
         let session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
         let ticketer = aws_lc_rs::Ticketer::new().map_err(|e| ProxyError::Tls(e.to_string()))?;
-        let material = build_material(tls, &alpn, session_storage.clone(), ticketer.clone())?;
+        let files = ServerTlsFiles::read(tls)?;
+        let material = build_material(
+            tls,
+            &files,
+            &alpn,
+            session_storage.clone(),
+            ticketer.clone(),
+        )?;
         Ok(ListenerTls {
             current: RwLock::new(Arc::new(material)),
+            last_failure: Mutex::new(None),
             alpn,
             session_storage,
             ticketer,
@@ -252,44 +399,68 @@ impl ListenerTls {
         }
     }
 
-    /// Loads `tls` afresh and, if everything loads and checks, makes it the
-    /// material for new handshakes. On error the old material stays.
-    pub fn reload(&self, tls: &ServerTls) -> Result<Arc<TlsMaterial>, ProxyError> {
-        let material = Arc::new(build_material(
-            tls,
-            &self.alpn,
-            self.session_storage.clone(),
-            self.ticketer.clone(),
-        )?);
+    /// Why the latest reload failed, unless a later one succeeded or found
+    /// the files back to what is in service.
+    pub fn last_failure(&self) -> Option<ReloadFailure> {
+        read_failure(&self.last_failure)
+    }
+
+    /// Reads the files `tls` names and, when they or the settings differ
+    /// from the material in service, builds and checks new material and
+    /// makes it the material for new handshakes. On error the old material
+    /// stays.
+    pub fn reload(&self, tls: &ServerTls) -> Result<Reloaded<TlsMaterial>, ReloadError> {
+        let fail = |source, error: ProxyError| ReloadError {
+            repeated: note_failure(&self.last_failure, source, &error),
+            error,
+        };
+        let files = ServerTlsFiles::read(tls).map_err(|e| fail(None, e))?;
+        let source = files.fingerprint(tls);
+        let current = self.snapshot();
+        if current.source == source {
+            clear_failure(&self.last_failure);
+            return Ok(Reloaded::Unchanged(current));
+        }
+        let material = Arc::new(
+            build_material(
+                tls,
+                &files,
+                &self.alpn,
+                self.session_storage.clone(),
+                self.ticketer.clone(),
+            )
+            .map_err(|e| fail(Some(source), e))?,
+        );
         match self.current.write() {
             Ok(mut guard) => *guard = material.clone(),
             Err(poisoned) => *poisoned.into_inner() = material.clone(),
         }
-        Ok(material)
+        clear_failure(&self.last_failure);
+        Ok(Reloaded::Swapped(material))
     }
 }
 
 fn build_material(
     tls: &ServerTls,
+    files: &ServerTlsFiles,
     alpn: &[Vec<u8>],
     session_storage: Arc<dyn rustls::server::StoresServerSessions>,
     ticketer: Arc<dyn rustls::server::ProducesTickets>,
 ) -> Result<TlsMaterial, ProxyError> {
     let provider = Arc::new(crypto_provider());
-    let chain = load_certs(&tls.cert, "server certificate")?;
-    let server_cert = LoadedCertificate::from_der(&chain[0], &tls.cert)?;
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    if server_cert.not_after_unix < now {
-        return Err(ProxyError::file(
-            "server certificate",
-            &tls.cert,
-            format!("expired (serial {})", server_cert.serial),
-        ));
-    }
-    let key = load_key(&tls.key)?;
+    const WHAT: &str = "server certificate";
+    let chain = material::parse_certs(&files.cert, &tls.cert, WHAT)?;
+    let server_cert = LoadedCertificate::from_der(&chain[0], &tls.cert, WHAT)?;
+    material::check_valid_now(server_cert.validity(), &server_cert.serial, &tls.cert, WHAT)?;
+    material::check_chain_links(
+        &chain,
+        &provider,
+        webpki::KeyUsage::server_auth(),
+        &tls.cert,
+        WHAT,
+    )?;
+    let key = material::parse_key(&files.key, &tls.key, "private key")?;
+    material::check_key_matches(&chain, &key, &provider, &tls.cert, &tls.key, "private key")?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions(tls.min_version))
         .map_err(|e| ProxyError::Tls(e.to_string()))?;
@@ -297,22 +468,22 @@ fn build_material(
     let (builder, verifier) = match tls.client_auth {
         ClientAuth::None => (builder.with_no_client_auth(), None),
         ClientAuth::Required | ClientAuth::Optional => {
-            let Some(ca_path) = &tls.client_ca else {
+            let (Some(ca_path), Some(ca_bytes)) = (&tls.client_ca, &files.client_ca) else {
                 return Err(ProxyError::Tls(
                     "client_auth needs client_ca (the configuration check should have caught this)"
                         .into(),
                 ));
             };
             let mut roots = RootCertStore::empty();
-            for cert in load_certs(ca_path, "client CA")? {
-                trust_anchors.push(LoadedCertificate::from_der(&cert, ca_path)?);
+            for cert in material::parse_certs(ca_bytes, ca_path, "client CA")? {
+                trust_anchors.push(LoadedCertificate::from_der(&cert, ca_path, "client CA")?);
                 roots
                     .add(cert)
                     .map_err(|e| ProxyError::file("client CA", ca_path, e.to_string()))?;
             }
             let mut vb = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-            if let Some(crl) = &tls.crl {
-                vb = vb.with_crls(load_crls(crl)?);
+            if let (Some(crl), Some(crl_bytes)) = (&tls.crl, &files.crl) {
+                vb = vb.with_crls(parse_crls(crl_bytes, crl)?);
             }
             if tls.client_auth == ClientAuth::Optional {
                 vb = vb.allow_unauthenticated();
@@ -340,6 +511,8 @@ fn build_material(
     Ok(TlsMaterial {
         config: Arc::new(config),
         verifier,
+        settings: tls.clone(),
+        source: files.fingerprint(tls),
         server_cert,
         trust_anchors,
         policy: PolicySummary {
@@ -458,5 +631,194 @@ impl PresentedCertificate {
     pub fn identity(&self) -> Option<ClientIdentity> {
         let slot = self.0.lock().ok()?;
         ClientIdentity::from_der(slot.as_ref()?.as_ref()).ok()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use intransit_pki::{
+        CertificateAuthority, CertificateKind, IssueRequest, IssuedCertificate, KeyAlgorithm,
+        Validity,
+    };
+
+    fn ca(name: &str) -> CertificateAuthority {
+        CertificateAuthority::generate(name, KeyAlgorithm::EcdsaP256, Validity::days_from_now(10))
+            .unwrap()
+    }
+
+    fn server(ca: &CertificateAuthority, validity: Validity) -> IssuedCertificate {
+        ca.issue(&IssueRequest {
+            kind: CertificateKind::Server,
+            common_name: "localhost".into(),
+            dns_names: vec!["localhost".into()],
+            ip_addresses: vec![],
+            uris: vec![],
+            key: KeyAlgorithm::EcdsaP256,
+            validity,
+        })
+        .unwrap()
+    }
+
+    struct Files {
+        dir: tempfile::TempDir,
+        tls: ServerTls,
+    }
+
+    impl Files {
+        fn new(ca: &CertificateAuthority, first: &IssuedCertificate) -> Files {
+            let dir = tempfile::tempdir().unwrap();
+            let tls = ServerTls {
+                cert: dir.path().join("chain.pem"),
+                key: dir.path().join("key.pem"),
+                client_ca: Some(dir.path().join("ca.pem")),
+                crl: None,
+                min_version: TlsVersion::V1_3,
+                client_auth: ClientAuth::Required,
+                allow: AllowList::default(),
+            };
+            std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
+            let files = Files { dir, tls };
+            files.install(first);
+            files
+        }
+
+        fn install(&self, issued: &IssuedCertificate) {
+            std::fs::write(&self.tls.cert, issued.chain_pem()).unwrap();
+            std::fs::write(&self.tls.key, &issued.key_pem).unwrap();
+        }
+    }
+
+    fn fingerprint(issued: &IssuedCertificate) -> String {
+        let der = intransit_pki::pem_to_der_certs(&issued.cert_pem).unwrap();
+        intransit_pki::sha256_fingerprint(&der[0])
+    }
+
+    fn served(tls: &ListenerTls) -> String {
+        tls.snapshot().server_cert.fingerprint_sha256.clone()
+    }
+
+    #[test]
+    fn unchanged_files_are_not_rebuilt_and_changed_ones_are_swapped() {
+        let ca = ca("test CA");
+        let (one, two) = (
+            server(&ca, Validity::days_from_now(5)),
+            server(&ca, Validity::days_from_now(5)),
+        );
+        let files = Files::new(&ca, &one);
+        let tls = ListenerTls::build(&files.tls, Vec::new()).unwrap();
+        let first = tls.snapshot();
+        assert!(matches!(
+            tls.reload(&files.tls).unwrap(),
+            Reloaded::Unchanged(m) if Arc::ptr_eq(&m, &first)
+        ));
+        files.install(&two);
+        assert!(matches!(
+            tls.reload(&files.tls).unwrap(),
+            Reloaded::Swapped(_)
+        ));
+        assert_eq!(served(&tls), fingerprint(&two));
+        // A grown trust bundle is a change too.
+        let mut bundle = ca.cert_pem().to_owned();
+        bundle.push_str(self::ca("second CA").cert_pem());
+        std::fs::write(files.tls.client_ca.as_ref().unwrap(), bundle).unwrap();
+        let grown = tls.reload(&files.tls).unwrap();
+        assert_eq!(grown.material().trust_anchors.len(), 2);
+        assert!(files.dir.path().exists());
+    }
+
+    /// Each bad replacement is refused with its reason, the material in
+    /// service stays, and putting the good files back clears the failure.
+    #[test]
+    fn bad_material_is_refused_whole_and_the_old_stays() {
+        let ca = ca("test CA");
+        let good = server(&ca, Validity::days_from_now(5));
+        let files = Files::new(&ca, &good);
+        let tls = ListenerTls::build(&files.tls, Vec::new()).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let expired = server(
+            &ca,
+            Validity {
+                not_before: now - time::Duration::days(3),
+                not_after: now - time::Duration::days(1),
+            },
+        );
+        let future = server(
+            &ca,
+            Validity {
+                not_before: now + time::Duration::days(1),
+                not_after: now + time::Duration::days(3),
+            },
+        );
+        let other = server(&ca, Validity::days_from_now(5));
+        let foreign = server(&self::ca("other CA"), Validity::days_from_now(5));
+        let chain = good.chain_pem();
+        let cases: Vec<(&str, String, String, &str)> = vec![
+            (
+                "expired",
+                expired.chain_pem(),
+                expired.key_pem.clone(),
+                "expired at",
+            ),
+            (
+                "not yet valid",
+                future.chain_pem(),
+                future.key_pem.clone(),
+                "not valid before",
+            ),
+            (
+                "key of another certificate",
+                chain.clone(),
+                other.key_pem.clone(),
+                "does not belong to the certificate",
+            ),
+            (
+                "truncated certificate",
+                chain[..chain.len() / 2].to_owned(),
+                good.key_pem.clone(),
+                "is the file complete?",
+            ),
+            (
+                "truncated key",
+                chain.clone(),
+                good.key_pem[..good.key_pem.len() / 2].to_owned(),
+                "is the file complete?",
+            ),
+            (
+                "empty certificate",
+                String::new(),
+                good.key_pem.clone(),
+                "no PEM CERTIFICATE block",
+            ),
+            (
+                "garbage",
+                "not a certificate\n".into(),
+                good.key_pem.clone(),
+                "no PEM CERTIFICATE block",
+            ),
+            (
+                "leaf with a foreign CA",
+                format!("{}{}", foreign.cert_pem, ca.cert_pem()),
+                foreign.key_pem.clone(),
+                "the chain does not build",
+            ),
+        ];
+        for (case, cert, key, reason) in cases {
+            std::fs::write(&files.tls.cert, &cert).unwrap();
+            std::fs::write(&files.tls.key, &key).unwrap();
+            let err = tls.reload(&files.tls).expect_err(case);
+            assert!(err.to_string().contains(reason), "{case}: {err}");
+            assert!(!err.repeated, "{case}");
+            assert!(tls.reload(&files.tls).unwrap_err().repeated, "{case}");
+            assert_eq!(served(&tls), fingerprint(&good), "{case}");
+            assert!(tls.last_failure().is_some(), "{case}");
+        }
+        files.install(&good);
+        assert!(matches!(
+            tls.reload(&files.tls).unwrap(),
+            Reloaded::Unchanged(_)
+        ));
+        assert!(tls.last_failure().is_none());
     }
 }

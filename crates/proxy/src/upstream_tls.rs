@@ -13,8 +13,8 @@
 
 use std::fmt;
 use std::io;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use intransit_config::{
     SpkiPin, TlsVersion, UpstreamServerName, UpstreamTls as UpstreamTlsConfig, UpstreamTlsMode,
@@ -22,34 +22,101 @@ use intransit_config::{
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore,
     SignatureScheme,
 };
 use tokio_rustls::TlsConnector;
 
+use crate::material::{self, SourceFingerprint};
 use crate::net::BoxStream;
 use crate::refusal::RefusalReason;
-use crate::tls::{crypto_provider, load_certs, ALPN_POSTGRESQL};
+use crate::tls::{
+    self, crypto_provider, LoadedCertificate, ReloadError, ReloadFailure, Reloaded, ALPN_POSTGRESQL,
+};
 use crate::ProxyError;
 
-/// The upstream leg's TLS settings, loaded and ready for handshakes.
+/// The upstream leg's TLS, ready for handshakes: the material in service
+/// (rustls configuration, verifier, pins, client certificate) behind a
+/// lock, so a reload swaps it for new handshakes while established upstream
+/// sessions keep theirs.
 pub struct UpstreamTls {
+    current: RwLock<Arc<UpstreamMaterial>>,
+    /// Why the latest reload failed, while the files still hold what failed.
+    last_failure: Mutex<Option<ReloadFailure>>,
+    /// The certificate the database presented last.
+    peer: PeerSeen,
+}
+
+/// The leaf certificate of the latest upstream handshake that succeeded,
+/// so its expiry can be watched like the proxy's own certificates. Parsed
+/// only when it differs from the one before.
+#[derive(Debug, Default)]
+struct PeerSeen(Mutex<Option<(CertificateDer<'static>, LoadedCertificate, SystemTime)>>);
+
+impl PeerSeen {
+    fn record(&self, leaf: &CertificateDer<'_>) {
+        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if guard
+            .as_ref()
+            .is_some_and(|(der, _, _)| der.as_ref() == leaf.as_ref())
+        {
+            return;
+        }
+        // The handshake has just verified this certificate (or, in
+        // `require` mode, at least its signature over the handshake), so it
+        // parses; if it did not, there is nothing to show.
+        if let Ok(loaded) = LoadedCertificate::from_der(
+            leaf,
+            std::path::Path::new("(upstream handshake)"),
+            "upstream server certificate",
+        ) {
+            *guard = Some((leaf.clone().into_owned(), loaded, SystemTime::now()));
+        }
+    }
+
+    fn get(&self) -> Option<(LoadedCertificate, SystemTime)> {
+        let guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        guard
+            .as_ref()
+            .map(|(_, loaded, first_seen)| (loaded.clone(), *first_seen))
+    }
+}
+
+/// One loaded set of upstream TLS material. Immutable; a reload builds a
+/// new one.
+pub struct UpstreamMaterial {
     settings: UpstreamTlsConfig,
+    source: SourceFingerprint,
     config: Arc<ClientConfig>,
     server_name: ServerName<'static>,
     mode: UpstreamTlsMode,
     pins: Vec<SpkiPin>,
+    /// The client certificate the proxy presents, if any.
+    pub client_cert: Option<LoadedCertificate>,
+    /// The anchors the server's certificate must chain to (`verify-*`).
+    pub trust_anchors: Vec<LoadedCertificate>,
+    /// When this material was loaded.
+    pub loaded_at: SystemTime,
 }
 
 impl fmt::Debug for UpstreamTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UpstreamTls")
+            .field("current", &self.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for UpstreamMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamMaterial")
             .field("mode", &self.mode)
             .field("server_name", &self.server_name)
             .field("pins", &self.pins.len())
+            .field("client_cert", &self.client_cert)
+            .field("source", &self.source)
             .finish_non_exhaustive()
     }
 }
@@ -101,17 +168,144 @@ impl fmt::Display for PinMismatch {
 
 impl std::error::Error for PinMismatch {}
 
+/// The bytes of the files an upstream leg names, read once so that what is
+/// fingerprinted is exactly what is parsed.
+struct UpstreamFiles {
+    ca: Option<Vec<u8>>,
+    cert: Option<Vec<u8>>,
+    key: Option<Vec<u8>>,
+}
+
+impl UpstreamFiles {
+    fn read(settings: &UpstreamTlsConfig) -> Result<Self, ProxyError> {
+        let read = |path: &Option<std::path::PathBuf>, what| {
+            path.as_deref().map(|p| material::read(p, what)).transpose()
+        };
+        Ok(UpstreamFiles {
+            ca: read(&settings.ca, "upstream CA")?,
+            cert: read(&settings.cert, "upstream client certificate")?,
+            key: read(&settings.key, "upstream client key")?,
+        })
+    }
+
+    fn fingerprint(&self, settings: &UpstreamTlsConfig) -> SourceFingerprint {
+        SourceFingerprint::of(
+            settings,
+            &[
+                self.ca.as_deref(),
+                self.cert.as_deref(),
+                self.key.as_deref(),
+            ],
+        )
+    }
+}
+
 impl UpstreamTls {
     /// Loads the files the settings name and builds the client
     /// configuration: aws-lc-rs, TLS 1.3 (and 1.2 when allowed), the
     /// listener-side groups, the verifier for the mode and pins, and the
     /// client certificate if one is configured.
     pub fn build(settings: &UpstreamTlsConfig) -> Result<Self, ProxyError> {
+        let files = UpstreamFiles::read(settings)?;
+        Ok(UpstreamTls {
+            current: RwLock::new(Arc::new(UpstreamMaterial::build(settings, &files)?)),
+            last_failure: Mutex::new(None),
+            peer: PeerSeen::default(),
+        })
+    }
+
+    /// The certificate the database presented in the latest upstream
+    /// handshake that succeeded, if there was one since the start, and
+    /// when that certificate was first seen.
+    pub fn last_peer_certificate(&self) -> Option<(LoadedCertificate, SystemTime)> {
+        self.peer.get()
+    }
+
+    /// The material new upstream handshakes use now.
+    pub fn snapshot(&self) -> Arc<UpstreamMaterial> {
+        match self.current.read() {
+            Ok(guard) => guard.clone(),
+            // A panic while holding the lock cannot leave a half-written
+            // Arc behind, so the value is still whole.
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Why the latest reload failed, unless a later one succeeded or found
+    /// the files back to what is in service.
+    pub fn last_failure(&self) -> Option<ReloadFailure> {
+        tls::read_failure(&self.last_failure)
+    }
+
+    /// Reads the files `settings` name and, when they or the settings
+    /// differ from the material in service, builds and checks new material
+    /// and makes it the material for new upstream handshakes. On error the
+    /// old material stays.
+    pub fn reload(
+        &self,
+        settings: &UpstreamTlsConfig,
+    ) -> Result<Reloaded<UpstreamMaterial>, ReloadError> {
+        let fail = |source, error: ProxyError| ReloadError {
+            repeated: tls::note_failure(&self.last_failure, source, &error),
+            error,
+        };
+        let files = UpstreamFiles::read(settings).map_err(|e| fail(None, e))?;
+        let source = files.fingerprint(settings);
+        let current = self.snapshot();
+        if current.source == source {
+            tls::clear_failure(&self.last_failure);
+            return Ok(Reloaded::Unchanged(current));
+        }
+        let material =
+            Arc::new(UpstreamMaterial::build(settings, &files).map_err(|e| fail(Some(source), e))?);
+        match self.current.write() {
+            Ok(mut guard) => *guard = material.clone(),
+            Err(poisoned) => *poisoned.into_inner() = material.clone(),
+        }
+        tls::clear_failure(&self.last_failure);
+        Ok(Reloaded::Swapped(material))
+    }
+
+    /// The settings in service (a reload triggered by a file change
+    /// rebuilds from them).
+    pub fn settings(&self) -> UpstreamTlsConfig {
+        self.snapshot().settings.clone()
+    }
+
+    /// The name the certificate is checked against, for logs.
+    pub fn server_name(&self) -> String {
+        self.snapshot().server_name()
+    }
+
+    /// Whether the protocol's TLS request is skipped: PostgreSQL direct TLS.
+    pub fn direct(&self) -> bool {
+        self.snapshot().settings.direct
+    }
+
+    /// Runs the TLS handshake over `stream` (already connected, and already
+    /// past the protocol's TLS request, if it has one), within `timeout`,
+    /// with the material in service when it starts, and returns the
+    /// encrypted stream with what was negotiated.
+    pub async fn connect(
+        &self,
+        stream: BoxStream,
+        timeout: Duration,
+    ) -> Result<(BoxStream, UpstreamSession), UpstreamTlsFailure> {
+        self.snapshot()
+            .connect(stream, timeout, Some(&self.peer))
+            .await
+    }
+}
+
+impl UpstreamMaterial {
+    fn build(settings: &UpstreamTlsConfig, files: &UpstreamFiles) -> Result<Self, ProxyError> {
         let provider = Arc::new(crypto_provider());
-        let inner = match (&settings.mode, &settings.ca) {
-            (UpstreamTlsMode::VerifyCa | UpstreamTlsMode::VerifyFull, Some(ca)) => {
+        let mut trust_anchors = Vec::new();
+        let inner = match (&settings.mode, &settings.ca, &files.ca) {
+            (UpstreamTlsMode::VerifyCa | UpstreamTlsMode::VerifyFull, Some(ca), Some(bytes)) => {
                 let mut roots = RootCertStore::empty();
-                for cert in load_certs(ca, "upstream CA")? {
+                for cert in material::parse_certs(bytes, ca, "upstream CA")? {
+                    trust_anchors.push(LoadedCertificate::from_der(&cert, ca, "upstream CA")?);
                     roots
                         .add(cert)
                         .map_err(|e| ProxyError::file("upstream CA", ca, e.to_string()))?;
@@ -122,13 +316,13 @@ impl UpstreamTls {
                         .map_err(|e| ProxyError::Tls(format!("upstream verifier: {e}")))?,
                 )
             }
-            (UpstreamTlsMode::VerifyCa | UpstreamTlsMode::VerifyFull, None) => {
+            (UpstreamTlsMode::VerifyCa | UpstreamTlsMode::VerifyFull, _, _) => {
                 return Err(ProxyError::Tls(
                     "upstream_tls verify modes need ca (the configuration check should have caught this)"
                         .into(),
                 ))
             }
-            (UpstreamTlsMode::Require | UpstreamTlsMode::Pinned, _) => None,
+            (UpstreamTlsMode::Require | UpstreamTlsMode::Pinned, _, _) => None,
         };
         let verifier = Arc::new(UpstreamVerifier {
             mode: settings.mode,
@@ -140,17 +334,35 @@ impl UpstreamTls {
             TlsVersion::V1_3 => &[&rustls::version::TLS13][..],
             TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12][..],
         };
-        let builder = ClientConfig::builder_with_provider(provider)
+        let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
             .map_err(|e| ProxyError::Tls(e.to_string()))?
             .dangerous()
             .with_custom_certificate_verifier(verifier);
-        let mut config = match (&settings.cert, &settings.key) {
-            (Some(cert), Some(key_path)) => {
-                let chain = load_certs(cert, "upstream client certificate")?;
-                let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| {
-                    ProxyError::file("upstream client key", key_path, e.to_string())
-                })?;
+        let mut client_cert = None;
+        let mut config = match (&settings.cert, &settings.key, &files.cert, &files.key) {
+            (Some(cert), Some(key_path), Some(cert_bytes), Some(key_bytes)) => {
+                const WHAT: &str = "upstream client certificate";
+                let chain = material::parse_certs(cert_bytes, cert, WHAT)?;
+                let loaded = LoadedCertificate::from_der(&chain[0], cert, WHAT)?;
+                material::check_valid_now(loaded.validity(), &loaded.serial, cert, WHAT)?;
+                material::check_chain_links(
+                    &chain,
+                    &provider,
+                    webpki::KeyUsage::client_auth(),
+                    cert,
+                    WHAT,
+                )?;
+                let key = material::parse_key(key_bytes, key_path, "upstream client key")?;
+                material::check_key_matches(
+                    &chain,
+                    &key,
+                    &provider,
+                    cert,
+                    key_path,
+                    "upstream client key",
+                )?;
+                client_cert = Some(loaded);
                 builder.with_client_auth_cert(chain, key).map_err(|e| {
                     ProxyError::file("upstream client certificate and key", cert, e.to_string())
                 })?
@@ -166,17 +378,20 @@ impl UpstreamTls {
             UpstreamServerName::Dns(name) => ServerName::try_from(name.clone())
                 .map_err(|e| ProxyError::Tls(format!("upstream server_name {name:?}: {e}")))?,
         };
-        Ok(UpstreamTls {
+        Ok(UpstreamMaterial {
             settings: settings.clone(),
+            source: files.fingerprint(settings),
             config: Arc::new(config),
             server_name,
             mode: settings.mode,
             pins: settings.pins.clone(),
+            client_cert,
+            trust_anchors,
+            loaded_at: SystemTime::now(),
         })
     }
 
-    /// The settings this was built from (a reload compares them with the
-    /// file's: upstream TLS is not reloaded in place).
+    /// The settings this material was built from.
     pub fn settings(&self) -> &UpstreamTlsConfig {
         &self.settings
     }
@@ -186,18 +401,14 @@ impl UpstreamTls {
         self.server_name.to_str().into_owned()
     }
 
-    /// Whether the protocol's TLS request is skipped: PostgreSQL direct TLS.
-    pub fn direct(&self) -> bool {
-        self.settings.direct
-    }
-
     /// Runs the TLS handshake over `stream` (already connected, and already
     /// past the protocol's TLS request, if it has one), within `timeout`,
     /// and returns the encrypted stream with what was negotiated.
-    pub async fn connect(
+    async fn connect(
         &self,
         stream: BoxStream,
         timeout: Duration,
+        peer: Option<&PeerSeen>,
     ) -> Result<(BoxStream, UpstreamSession), UpstreamTlsFailure> {
         let started = Instant::now();
         let connector = TlsConnector::from(self.config.clone());
@@ -239,6 +450,11 @@ impl UpstreamTls {
                     resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
                     handshake_micros: started.elapsed().as_micros(),
                 };
+                if let (Some(peer), Some(leaf)) =
+                    (peer, conn.peer_certificates().and_then(|c| c.first()))
+                {
+                    peer.record(leaf);
+                }
                 Ok((Box::new(tls), session))
             }
             Err(e) => {
@@ -518,18 +734,20 @@ mod tests {
     /// The reason `describe` gives for a verifier error, as the handshake
     /// reports it (a rustls error inside an io::Error).
     fn reason_of(error: rustls::Error) -> UpstreamTlsFailure {
-        let tls = UpstreamTls {
-            settings: UpstreamTlsConfig {
-                mode: UpstreamTlsMode::VerifyFull,
-                ca: None,
-                cert: None,
-                key: None,
-                server_name: UpstreamServerName::Dns("db.internal".into()),
-                server_name_explicit: true,
-                pins: Vec::new(),
-                min_version: TlsVersion::V1_3,
-                direct: false,
-            },
+        let settings = UpstreamTlsConfig {
+            mode: UpstreamTlsMode::VerifyFull,
+            ca: None,
+            cert: None,
+            key: None,
+            server_name: UpstreamServerName::Dns("db.internal".into()),
+            server_name_explicit: true,
+            pins: Vec::new(),
+            min_version: TlsVersion::V1_3,
+            direct: false,
+        };
+        let tls = UpstreamMaterial {
+            source: SourceFingerprint::of(&settings, &[]),
+            settings,
             config: Arc::new(
                 ClientConfig::builder_with_provider(Arc::new(crypto_provider()))
                     .with_safe_default_protocol_versions()
@@ -540,6 +758,9 @@ mod tests {
             server_name: ServerName::try_from("db.internal").unwrap(),
             mode: UpstreamTlsMode::VerifyFull,
             pins: Vec::new(),
+            client_cert: None,
+            trust_anchors: Vec::new(),
+            loaded_at: SystemTime::now(),
         };
         tls.describe(&io::Error::new(io::ErrorKind::InvalidData, error))
     }

@@ -151,6 +151,9 @@ fn up_creates_state_prints_a_working_psql_command_and_reuses_it() {
             .fingerprint_sha256,
         fingerprint
     );
+    // SIGHUP reloads (nothing changed here) instead of ending the process,
+    // whose exit status would then say so.
+    signal(again.child.id(), "HUP");
     assert!(again.terminate().success());
 }
 
@@ -295,7 +298,7 @@ fn sigterm_drains_open_connections_before_exiting() {
 
 /// The SHA-256 fingerprint of the certificate the proxy serves now, as seen
 /// by a client that does SSLRequest and a TLS handshake.
-fn served_fingerprint(port: u16) -> String {
+pub(crate) fn served_fingerprint(port: u16) -> String {
     let leaf = served_leaf(port, rustls_client(Some(&pki().trainer), &[]));
     intransit_pki::sha256_fingerprint(leaf.as_ref())
 }

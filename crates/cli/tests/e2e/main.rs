@@ -22,6 +22,10 @@
 //!   and a MariaDB with native TLS, under pgbench and client load.
 //! - `upstream_tls`: the encrypted upstream leg (verify modes, pins, client
 //!   certificate, failures) against PostgreSQL, MariaDB and Redis with TLS.
+//! - `hot_reload`: certificates, keys, client CAs replaced under pgbench
+//!   load (atomic renames, a Kubernetes Secret `..data` swap), refused
+//!   material that leaves the old serving, SIGHUP and `intransit reload`,
+//!   and an upstream leg's pins and client certificate.
 //! - `client_mode`: `mode = "client"` listeners: plaintext applications
 //!   through a client-mode proxy to a server-mode proxy (the mutual-TLS
 //!   tunnel) and to PostgreSQL, MariaDB and Redis with TLS of their own.
@@ -36,6 +40,7 @@ mod bench;
 mod ca;
 mod client_mode;
 mod clients;
+mod hot_reload;
 mod lifecycle;
 mod lint;
 mod metrics;

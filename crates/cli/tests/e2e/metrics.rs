@@ -168,20 +168,28 @@ fn a_reload_is_counted_and_the_admin_address_must_be_loopback() {
     let dir = tempfile::tempdir().unwrap();
     let config = format!("{ADMIN_ON}{}", listener_toml(DEAD_UPSTREAM, "", ""));
     let proxy = ProxyProcess::start(&config);
+    // Nothing changed: the round runs, says so, and counts no reload.
     signal(proxy.pid(), "HUP");
     proxy.wait_for_log(Duration::from_secs(10), |v| {
-        v["message"] == "TLS material reloaded"
+        v["message"] == "reload round finished" && v["trigger"] == "sighup"
     });
+    let unchanged = proxy.wait_for_log(Duration::from_secs(10), |v| {
+        v["message"] == "TLS material unchanged"
+    });
+    assert_eq!(unchanged["listener"], "pg", "{unchanged}");
     let m = proxy.metrics();
     assert_eq!(
-        m.sum(
-            "intransit_tls_reloads_total",
-            &[("listener", "pg"), ("outcome", "ok")]
-        ),
-        1.0,
+        m.sum("intransit_tls_reloads_total", &[("listener", "pg")]),
+        0.0,
         "{}",
         m.text
     );
+    let (code, body) = http_get(proxy.admin_addr(), "/status");
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["reloads"]["sighup"], 1, "{status}");
+    assert_eq!(status["reloads"]["last_sighup"]["swapped"], 0, "{status}");
+    assert_eq!(status["reloads"]["last_sighup"]["failed"], 0, "{status}");
 
     let path = dir.path().join("open.toml");
     std::fs::write(

@@ -246,6 +246,8 @@ pub struct ProxyProcess {
     child: Child,
     pub addr: SocketAddr,
     logs: Arc<(Mutex<Vec<Value>>, Condvar)>,
+    /// The configuration file it runs with.
+    pub config_path: PathBuf,
     _dir: TempDir,
 }
 
@@ -287,6 +289,7 @@ impl ProxyProcess {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             logs,
+            config_path: path,
             _dir: dir,
         };
         let listening =

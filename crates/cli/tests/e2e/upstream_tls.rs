@@ -182,9 +182,30 @@ fn assert_unavailable(out: &std::process::Output, upstream: &str) {
 #[test]
 fn psql_reaches_a_tls_postgres_with_verify_full() {
     let user = tls_pg_user("uptls");
-    let proxy = ProxyProcess::start(&pg_listener(&tls_pg_upstream(), &db_ca_line()));
+    let proxy = ProxyProcess::start(&format!(
+        "{ADMIN_ON}{}",
+        pg_listener(&tls_pg_upstream(), &db_ca_line())
+    ));
     let listening = proxy.wait_for_log(Duration::from_secs(5), |v| v["message"] == "listening");
     assert_eq!(listening["upstream_tls"], "verify-full");
+    let server_serial = intransit_pki::summarize(
+        &intransit_pki::pem_to_der_certs(&std::fs::read_to_string(&db_pki().server.cert).unwrap())
+            .unwrap()[0],
+    )
+    .unwrap()
+    .serial_hex;
+    let peer_gauge = |metrics: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("intransit_certificate_not_after_seconds{")
+                    && l.contains("role=\"upstream_peer\"")
+            })
+            .map(str::to_owned)
+    };
+    let (_, before) = http_get(proxy.admin_addr(), "/metrics");
+    assert_eq!(peer_gauge(&before), None, "no upstream handshake yet");
+
     let out = psql_as(proxy.port(), &user, SSL_OF_SESSION);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "t|TLSv1.3");
@@ -193,6 +214,31 @@ fn psql_reaches_a_tls_postgres_with_verify_full() {
     });
     assert_eq!(line["upstream_tls"], "TLSv1_3");
     assert_eq!(line["user"], user.name.as_str());
+
+    // The database's certificate is now watched like the proxy's own: in
+    // the expiry gauge and in /status, beside the upstream CA.
+    let (_, after) = http_get(proxy.admin_addr(), "/metrics");
+    let gauge = peer_gauge(&after).expect("an upstream_peer expiry gauge");
+    assert!(
+        gauge.contains(&format!("serial=\"{server_serial}\"")),
+        "{gauge}"
+    );
+    assert!(
+        after.lines().any(|l| l.contains("role=\"upstream_ca\"")),
+        "{after}"
+    );
+    let (_, status) = http_get(proxy.admin_addr(), "/status");
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let certs = v["listeners"][0]["routes"][0]["upstream_tls"]["certificates"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let peer = certs
+        .iter()
+        .find(|c| c["role"] == "upstream_peer")
+        .expect("the database's certificate in /status");
+    assert_eq!(peer["serial"], server_serial.as_str());
+    assert!(peer["days_left"].as_i64().unwrap() >= 29, "{peer}");
 }
 
 #[test]

@@ -247,6 +247,10 @@ pub fn snapshot(root: &Path) -> Result<Snapshot, Box<dyn Error>> {
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
+            // The empty lock file orders writers; it holds no state.
+            if path.file_name().is_some_and(|n| n == ".lock") {
+                continue;
+            }
             if path.is_dir() {
                 stack.push(path);
             } else {

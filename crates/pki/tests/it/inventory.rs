@@ -51,7 +51,10 @@ fn issued_certificates_are_listed_with_their_files_and_status() -> TestResult {
     }
     assert_openssl_accepts(&db.paths.ca, &db.paths.cert, "sslserver")?;
     assert_openssl_accepts(&trainer.paths.ca, &trainer.paths.cert, "sslclient")?;
-    assert_eq!(entries(state.root())?, ["ca", "certs", "inventory.json"]);
+    assert_eq!(
+        entries(state.root())?,
+        [".lock", "ca", "certs", "inventory.json"]
+    );
 
     let inventory = state.inventory()?;
     assert_eq!(inventory.entries, [db.clone(), trainer.clone()]);
@@ -455,5 +458,42 @@ fn expiry_check_names_expired_and_expiring_certificates() -> TestResult {
     let findings = state.check_expiry(later, Duration::days(1))?;
     let names: Vec<&str> = findings.iter().map(|f| f.what.as_str()).collect();
     assert_eq!(names, ["db"]);
+    Ok(())
+}
+
+#[test]
+fn concurrent_issues_from_many_writers_keep_every_record() -> TestResult {
+    // Each writer opens the state directory on its own, as separate
+    // processes would; without the state lock, read-modify-write of the
+    // inventory loses records.
+    let tmp = tempfile::tempdir()?;
+    let root = tmp.path().join("state");
+    new_state(&root)?;
+    let writers: Vec<_> = (0..8)
+        .map(|i| {
+            let root = root.clone();
+            std::thread::spawn(move || -> Result<(), PkiError> {
+                let state = StateDir::new(&root);
+                let ca = state.load_ca(None)?;
+                for j in 0..3 {
+                    let mut req = IssueRequest::new(CertificateKind::Client, "writer");
+                    req.validity = Validity::try_days_from_now(1)?;
+                    state.issue(&ca, &format!("w{i}-{j}"), &req, None, false)?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().map_err(|_| "a writer panicked")??;
+    }
+    let state = StateDir::new(&root);
+    let recorded = state
+        .inventory()?
+        .entries
+        .iter()
+        .filter(|e| e.recorded)
+        .count();
+    assert_eq!(recorded, 24);
     Ok(())
 }

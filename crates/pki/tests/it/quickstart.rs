@@ -57,7 +57,10 @@ fn first_run_creates_everything_and_the_second_reuses_it() -> TestResult {
     assert_eq!(mode(&state.ca_dir().join("key.pem"))?, 0o600);
     assert_eq!(mode(&first.server.key)?, 0o600);
     assert_eq!(mode(&first.client.key)?, 0o600);
-    assert_eq!(entries(state.root())?, ["ca", "certs", "inventory.json"]);
+    assert_eq!(
+        entries(state.root())?,
+        [".lock", "ca", "certs", "inventory.json"]
+    );
     assert_eq!(entries(&state.certs_dir())?, ["client", "server"]);
 
     let ca = summarize(&pem_to_der_certs(&fs::read_to_string(&first.ca_cert)?)?[0])?;
