@@ -96,8 +96,10 @@ fn failed(what: impl Into<String>) -> OpError {
     OpError::Failed(what.into())
 }
 
+/// An I/O failure; a TLS alert from the server (a client certificate it
+/// refused after the handshake, say) is a refusal.
 fn io(step: &'static str) -> impl FnOnce(std::io::Error) -> OpError {
-    move |e| OpError::Failed(format!("{step}: {e}"))
+    move |e| crate::client::classify(&e).unwrap_or_else(|| OpError::Failed(format!("{step}: {e}")))
 }
 
 impl Session {

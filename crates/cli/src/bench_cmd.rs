@@ -79,8 +79,8 @@ pub struct CommonArgs {
     /// postgres://HOST:PORT, mysql://HOST:PORT or tls://HOST:PORT.
     pub target: Option<String>,
     /// More targets measured in turn with the first (A B A B ...); ratios
-    /// are against the first.
-    #[arg(long = "compare", value_name = "TARGET")]
+    /// are against the first. Takes one or more targets, and may repeat.
+    #[arg(long = "compare", value_name = "TARGET", num_args = 1..)]
     pub compare: Vec<String>,
     /// How long each run lasts, e.g. 500ms, 5s (default 2s unless --count).
     #[arg(long)]
@@ -535,6 +535,34 @@ mod tests {
         );
         assert!(parse_target("postgres://db.example:5432", &["db.example".into()]).is_ok());
         assert!(parse_target("postgres://10.0.0.1:5432", &["db.example".into()]).is_err());
+    }
+
+    #[test]
+    fn compare_takes_several_targets() {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Wrapper {
+            #[command(subcommand)]
+            bench: BenchCommand,
+        }
+        let parsed = Wrapper::try_parse_from([
+            "bench",
+            "query",
+            "tls://127.0.0.1:1",
+            "--compare",
+            "tls://127.0.0.1:2",
+            "tls://127.0.0.1:3",
+            "--compare",
+            "tls://127.0.0.1:4",
+            "--count",
+            "1",
+        ])
+        .unwrap();
+        let BenchCommand::Query(args) = parsed.bench else {
+            panic!("not query");
+        };
+        assert_eq!(args.common.target.as_deref(), Some("tls://127.0.0.1:1"));
+        assert_eq!(args.common.compare.len(), 3);
     }
 
     #[test]

@@ -344,6 +344,24 @@ fn a_proxy_that_requires_client_certificates_refuses_handshakes_without_one() {
     let with_cert = run(&report, "tls1.3-client-cert", &target);
     assert_measured(with_cert);
     assert_eq!(with_cert["operations"], 20);
+    // A query without a client certificate: the proxy's alert after the
+    // handshake is a refusal too, not an error.
+    let report = bench(
+        &[
+            "query",
+            &target,
+            "--ca",
+            pki().ca.to_str().unwrap(),
+            "--sni",
+            "localhost",
+            "--user",
+            "nobody",
+            "--count",
+            "1",
+        ],
+        &[],
+    );
+    assert_refused(run(&report, "select-1", &target), "CertificateRequired");
     // Without --cert, the client-certificate configuration is skipped.
     let report = bench(
         &[
