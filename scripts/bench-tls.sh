@@ -151,8 +151,8 @@ proxy_pid=$!
 pids+=("$proxy_pid")
 wait_for_port "$proxy_port" "intransit"
 
-native=postgres://127.0.0.1:$pg_port
-through=postgres://127.0.0.1:$proxy_port
+native=postgres-tls=postgres://127.0.0.1:$pg_port
+through=intransit=postgres://127.0.0.1:$proxy_port
 tls_args=(--ca "$ca" --sni localhost --cert "$client_chain" --key "$client_key")
 pid_args=(--pid "proxy=$proxy_pid" --pid "postgres=$postmaster")
 
@@ -215,8 +215,8 @@ EOF
     redis_proxy_pid=$!
     pids+=("$redis_proxy_pid")
     wait_for_port "$redis_proxy_port" "intransit (redis)"
-    rnative=tls://127.0.0.1:$redis_tls_port
-    rthrough=tls://127.0.0.1:$redis_proxy_port
+    rnative=redis-tls=tls://127.0.0.1:$redis_tls_port
+    rthrough=intransit=tls://127.0.0.1:$redis_proxy_port
     echo "### Redis PING on persistent connections, $CONCURRENCY at a time"
     echo
     "$intransit" bench query "$rnative" --compare "$rthrough" "${tls_args[@]}" \

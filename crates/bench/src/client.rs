@@ -388,7 +388,7 @@ pub struct TlsFacts {
 
 /// A refusal, if the I/O error carries a TLS error that means the server
 /// declined what was offered.
-fn classify(e: &io::Error) -> Option<OpError> {
+pub(crate) fn classify(e: &io::Error) -> Option<OpError> {
     let tls = e.get_ref()?.downcast_ref::<rustls::Error>()?;
     match tls {
         rustls::Error::AlertReceived(alert) => Some(OpError::Refused(format!(

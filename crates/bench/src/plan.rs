@@ -39,6 +39,17 @@ pub enum Workload {
     },
 }
 
+impl Plan {
+    /// What reports call target `index`.
+    pub fn name_of(&self, index: usize) -> String {
+        match (self.names.get(index), self.targets.get(index)) {
+            (Some(name), _) => name.clone(),
+            (None, Some(target)) => target.to_string(),
+            (None, None) => String::new(),
+        }
+    }
+}
+
 impl Workload {
     /// The subcommand's name.
     pub fn name(&self) -> &'static str {
@@ -57,6 +68,9 @@ pub struct Plan {
     pub workload: Workload,
     /// The targets, the first being the baseline of ratios.
     pub targets: Vec<Target>,
+    /// What reports call each target (`native`, `proxy`); a target without
+    /// a name here is called by its URL.
+    pub names: Vec<String>,
     /// How to do TLS.
     pub tls: TlsOptions,
     /// Who logs in (query and throughput).
@@ -92,9 +106,11 @@ pub async fn execute(
     // name stops the command before it measures anything.
     let mut rows: Vec<Row> = Vec::new();
     for configuration in &configurations {
-        for target in &plan.targets {
+        for (index, target) in plan.targets.iter().enumerate() {
             let endpoint = Endpoint::new(target, *configuration, &plan.tls, Vec::new())?;
-            rows.push(Row::new(&plan.workload, *configuration, target, endpoint));
+            let mut row = Row::new(&plan.workload, *configuration, target, endpoint);
+            row.name = plan.name_of(index);
+            rows.push(row);
         }
     }
     let repeat = plan.repeat.clamp(1, MAX_REPEAT);
@@ -128,6 +144,7 @@ pub async fn execute(
 struct Row {
     configuration: Option<Configuration>,
     label: String,
+    name: String,
     target: Target,
     endpoint: Option<Endpoint>,
     /// Set when the pair will not run (again): skipped, refused, error.
@@ -181,6 +198,7 @@ impl Row {
         Row {
             configuration,
             label,
+            name: target.to_string(),
             target: target.clone(),
             endpoint,
             status,
@@ -256,6 +274,7 @@ impl Row {
         };
         RunReport::build(
             self.label,
+            self.name,
             self.target.to_string(),
             status,
             reason,

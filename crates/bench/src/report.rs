@@ -25,8 +25,10 @@ pub struct Report {
     pub schema_version: u32,
     /// `handshake`, `query` or `throughput`.
     pub command: &'static str,
-    /// The targets, baseline first.
+    /// The targets' names, baseline first.
     pub targets: Vec<String>,
+    /// The targets' URLs, in the same order.
+    pub urls: Vec<String>,
     /// Workers per run.
     pub concurrency: usize,
     /// Each run's duration limit, in seconds.
@@ -91,8 +93,10 @@ pub struct ProcessReport {
 pub struct RunReport {
     /// The configuration (`tls1.3`, `select-1`, `get-1MiB`, ...).
     pub configuration: String,
-    /// The target.
+    /// The target's name in this report (its label, or its URL).
     pub target: String,
+    /// The target's URL.
+    pub url: String,
     /// `ok`, `refused` (the server declined this configuration),
     /// `skipped` (not applicable) or `error`.
     pub status: &'static str,
@@ -134,6 +138,7 @@ impl RunReport {
     pub(crate) fn build(
         configuration: String,
         target: String,
+        url: String,
         status: &'static str,
         reason: Option<String>,
         tls: Option<TlsFacts>,
@@ -193,6 +198,7 @@ impl RunReport {
         RunReport {
             configuration,
             target,
+            url,
             status,
             reason,
             tls,
@@ -233,7 +239,8 @@ impl Report {
         interrupted: bool,
         runs: Vec<RunReport>,
     ) -> Report {
-        let targets: Vec<String> = plan.targets.iter().map(ToString::to_string).collect();
+        let targets: Vec<String> = (0..plan.targets.len()).map(|i| plan.name_of(i)).collect();
+        let urls: Vec<String> = plan.targets.iter().map(ToString::to_string).collect();
         let mut ratios = Vec::new();
         if let Some(baseline) = targets.first() {
             for base in runs
@@ -265,6 +272,7 @@ impl Report {
             schema_version: SCHEMA_VERSION,
             command: plan.workload.name(),
             targets,
+            urls,
             concurrency: plan.bounds.concurrency,
             duration_s: plan.bounds.duration.map(|d| d.as_secs_f64()),
             count: plan.bounds.count,

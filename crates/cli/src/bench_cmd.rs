@@ -76,11 +76,12 @@ pub enum BenchFormat {
 
 #[derive(Debug, Args)]
 pub struct CommonArgs {
-    /// postgres://HOST:PORT, mysql://HOST:PORT or tls://HOST:PORT.
+    /// postgres://HOST:PORT, mysql://HOST:PORT or tls://HOST:PORT, or
+    /// NAME=URL to call it NAME in the report (native=postgres://...).
     pub target: Option<String>,
     /// More targets measured in turn with the first (A B A B ...); ratios
-    /// are against the first.
-    #[arg(long = "compare", value_name = "TARGET")]
+    /// are against the first. Takes one or more targets, and may repeat.
+    #[arg(long = "compare", value_name = "TARGET", num_args = 1..)]
     pub compare: Vec<String>,
     /// How long each run lasts, e.g. 500ms, 5s (default 2s unless --count).
     #[arg(long)]
@@ -296,13 +297,30 @@ fn plan_from(
     self_server: Option<&SelfServer>,
 ) -> Result<Plan> {
     let mut targets = Vec::new();
+    let mut names = Vec::new();
     match (self_server, &common.target) {
-        (Some(server), _) => targets.push(server.target.clone()),
-        (None, Some(t)) => targets.push(parse_target(t, &common.allow_remote)?),
+        (Some(server), _) => {
+            targets.push(server.target.clone());
+            names.push("self".to_owned());
+        }
+        (None, Some(t)) => {
+            let (name, target) = parse_named_target(t, &common.allow_remote)?;
+            targets.push(target);
+            names.push(name);
+        }
         (None, None) => bail!("name a TARGET (postgres://, mysql:// or tls://HOST:PORT)"),
     }
     for t in &common.compare {
-        targets.push(parse_target(t, &common.allow_remote)?);
+        let (name, target) = parse_named_target(t, &common.allow_remote)?;
+        targets.push(target);
+        names.push(name);
+    }
+    if let Some(dup) = names
+        .iter()
+        .enumerate()
+        .find_map(|(i, n)| names[..i].contains(n).then_some(n))
+    {
+        bail!("two targets are called {dup:?}; give each its own NAME=URL");
     }
     let duration = common
         .duration
@@ -378,12 +396,30 @@ fn plan_from(
     Ok(Plan {
         workload,
         targets,
+        names,
         tls,
         credentials,
         bounds,
         repeat: common.repeat,
         watched,
     })
+}
+
+/// Parses `NAME=URL` or `URL`; the name defaults to the URL as written
+/// back by [`Target`]'s `Display`.
+fn parse_named_target(text: &str, allow_remote: &[String]) -> Result<(String, Target)> {
+    let (name, url) = match text.split_once('=') {
+        Some((name, url)) if !name.contains("://") => (Some(name.trim()), url),
+        _ => (None, text),
+    };
+    if name.is_some_and(str::is_empty) {
+        bail!("{text:?}: the name before '=' is empty; write NAME=URL or just the URL");
+    }
+    let target = parse_target(url, allow_remote)?;
+    Ok((
+        name.map_or_else(|| target.to_string(), str::to_owned),
+        target,
+    ))
 }
 
 /// Parses a target and applies the loopback rule.
@@ -535,6 +571,44 @@ mod tests {
         );
         assert!(parse_target("postgres://db.example:5432", &["db.example".into()]).is_ok());
         assert!(parse_target("postgres://10.0.0.1:5432", &["db.example".into()]).is_err());
+    }
+
+    #[test]
+    fn compare_takes_several_targets() {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Wrapper {
+            #[command(subcommand)]
+            bench: BenchCommand,
+        }
+        let parsed = Wrapper::try_parse_from([
+            "bench",
+            "query",
+            "tls://127.0.0.1:1",
+            "--compare",
+            "tls://127.0.0.1:2",
+            "tls://127.0.0.1:3",
+            "--compare",
+            "tls://127.0.0.1:4",
+            "--count",
+            "1",
+        ])
+        .unwrap();
+        let BenchCommand::Query(args) = parsed.bench else {
+            panic!("not query");
+        };
+        assert_eq!(args.common.target.as_deref(), Some("tls://127.0.0.1:1"));
+        assert_eq!(args.common.compare.len(), 3);
+    }
+
+    #[test]
+    fn targets_may_be_named() {
+        let (name, target) = parse_named_target("native=postgres://127.0.0.1:5432", &[]).unwrap();
+        assert_eq!(name, "native");
+        assert_eq!(target.port(), 5432);
+        let (name, _) = parse_named_target("tls://127.0.0.1:6379", &[]).unwrap();
+        assert_eq!(name, "tls://127.0.0.1:6379");
+        assert!(parse_named_target("=tls://127.0.0.1:6379", &[]).is_err());
     }
 
     #[test]

@@ -125,8 +125,8 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Config { command } => compliance_cmd::config(command),
         Command::Rotate(RotateCommand::Postgres(args)) => rotate::postgres::run(args),
         Command::Rotate(RotateCommand::Mariadb(args)) => rotate::mariadb::run(args),
-        Command::Reload(args) => reload_cmd::run(&args),
         Command::Bench(command) => bench_cmd::run(command),
+        Command::Reload(args) => reload_cmd::run(&args),
         Command::CheckConfig(args) => {
             let config = load_config(&args.file)?;
             let proxy = Proxy::prepare(&config)

@@ -111,7 +111,10 @@ fn self_measures_every_configuration_and_tls12_is_refused_by_the_default_policy(
     assert_eq!(report["command"], "handshake");
     assert_eq!(report["interrupted"], false);
     let target = report["targets"][0].as_str().unwrap().to_owned();
-    assert!(target.starts_with("tls://127.0.0.1:"), "{target}");
+    assert_eq!(target, "self");
+    let url = report["urls"][0].as_str().unwrap();
+    assert!(url.starts_with("tls://127.0.0.1:"), "{url}");
+    assert_eq!(run(&report, "tls1.3", &target)["url"], url);
     assert_eq!(report["runs"].as_array().unwrap().len(), 6);
     assert_refused(run(&report, "tls1.2", &target), "ProtocolVersion");
     for c in [
@@ -344,6 +347,24 @@ fn a_proxy_that_requires_client_certificates_refuses_handshakes_without_one() {
     let with_cert = run(&report, "tls1.3-client-cert", &target);
     assert_measured(with_cert);
     assert_eq!(with_cert["operations"], 20);
+    // A query without a client certificate: the proxy's alert after the
+    // handshake is a refusal too, not an error.
+    let report = bench(
+        &[
+            "query",
+            &target,
+            "--ca",
+            pki().ca.to_str().unwrap(),
+            "--sni",
+            "localhost",
+            "--user",
+            "nobody",
+            "--count",
+            "1",
+        ],
+        &[],
+    );
+    assert_refused(run(&report, "select-1", &target), "CertificateRequired");
     // Without --cert, the client-certificate configuration is skipped.
     let report = bench(
         &[
@@ -434,8 +455,9 @@ fn query_postgres_native_vs_proxy_persistent_and_new_connection_each() {
         "postgres",
         true,
     ));
-    let native = format!("postgres://127.0.0.1:{}", pg.port());
-    let through = format!("postgres://127.0.0.1:{}", proxy.port());
+    // Named targets: NAME=URL.
+    let native = format!("native=postgres://127.0.0.1:{}", pg.port());
+    let through = format!("proxy=postgres://127.0.0.1:{}", proxy.port());
     let ca = ca_bundle().to_str().unwrap();
     for (extra, name) in [
         (None, "select-1"),
@@ -461,9 +483,16 @@ fn query_postgres_native_vs_proxy_persistent_and_new_connection_each() {
         ];
         args.extend(extra);
         let report = bench(&args, &[("PGPASSWORD", "scram-pw")]);
-        assert_measured(run(&report, name, &native));
-        assert_measured(run(&report, name, &through));
-        assert_eq!(report["ratios"].as_array().unwrap().len(), 1);
+        assert_eq!(report["targets"], serde_json::json!(["native", "proxy"]));
+        assert_measured(run(&report, name, "native"));
+        assert_measured(run(&report, name, "proxy"));
+        assert_eq!(
+            run(&report, name, "proxy")["url"],
+            format!("postgres://127.0.0.1:{}", proxy.port())
+        );
+        let ratios = report["ratios"].as_array().unwrap();
+        assert_eq!(ratios.len(), 1);
+        assert_eq!(ratios[0]["baseline"], "native");
     }
 }
 
