@@ -486,12 +486,12 @@ mod tests {
             text.contains(
                 "intransit_handshakes_total{listener=\"pg\",route=\"default\",protocol=\"postgres\",\
                  tls_version=\"TLSv1_3\",cipher=\"TLS13_AES_128_GCM_SHA256\",group=\"X25519MLKEM768\",\
-                 resumed=\"false\",outcome=\"ok\"} 2"
+                 resumed=\"false\",identity=\"any\",outcome=\"ok\"} 2"
             ),
             "{text}"
         );
         assert!(
-            text.contains("tls_version=\"none\",cipher=\"none\",group=\"none\",resumed=\"false\",outcome=\"plaintext_refused\"} 1"),
+            text.contains("tls_version=\"none\",cipher=\"none\",group=\"none\",resumed=\"false\",identity=\"none\",outcome=\"plaintext_refused\"} 1"),
             "{text}"
         );
     }
