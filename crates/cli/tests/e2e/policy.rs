@@ -213,3 +213,51 @@ fn a_crl_reloaded_on_sighup_refuses_a_newly_revoked_certificate() {
     assert!(!out.status.success(), "revoked certificate still accepted");
     proxy.refusal("revoked");
 }
+
+#[test]
+fn a_crl_replaced_on_disk_refuses_a_newly_revoked_certificate_without_a_signal() {
+    let user = db_user("crlwatch");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let crl = dir.path().join("live.crl");
+    let p = pki();
+    std::fs::write(
+        &crl,
+        p.authority
+            .crl_pem(&[], time::Duration::days(7), 1)
+            .expect("crl"),
+    )
+    .expect("write");
+    let tls = format!("crl = \"{}\"", crl.display());
+    let proxy = ProxyProcess::start(&listener_toml(&pg_upstream(), &tls, ""));
+    let connect = || {
+        psql(
+            &conninfo(proxy.port(), &user.name, &user.name, &p.reporting, ""),
+            "SELECT 1",
+            Some(&user.password),
+        )
+    };
+    assert!(connect().status.success());
+    let pem = std::fs::read_to_string(&p.reporting.cert).expect("cert");
+    let der = intransit_pki::pem_to_der_certs(&pem).expect("pem");
+    let serial = intransit_pki::summarize(&der[0])
+        .expect("summary")
+        .serial_hex;
+    // Published the way `intransit ca crl` does it: a new file renamed over
+    // the old one. No SIGHUP: the watcher must notice.
+    let staged = dir.path().join("live.crl.new");
+    std::fs::write(
+        &staged,
+        p.authority
+            .crl_pem(&[&serial], time::Duration::days(7), 2)
+            .expect("crl"),
+    )
+    .expect("write");
+    std::fs::rename(&staged, &crl).expect("rename");
+    let reloaded = proxy.wait_for_log(std::time::Duration::from_secs(10), |v| {
+        v["message"] == "TLS material reloaded"
+    });
+    assert_eq!(reloaded["trigger"], "file_change", "{reloaded}");
+    let out = connect();
+    assert!(!out.status.success(), "revoked certificate still accepted");
+    proxy.refusal("revoked");
+}
