@@ -2,8 +2,9 @@
 //! `scripts/bench-postgres.sh`. Each subcommand prints `key=value` lines so
 //! the script can quote them in its report.
 //!
-//! This binary only wires `intransit_bench` together; the measuring code
-//! lives in the library so that a later `intransit bench` can reuse it.
+//! This binary only wires `intransit_bench` together (its libpq-like
+//! connector, the interleaving runner and the idle-session holder); the
+//! user-facing measuring command is `intransit bench`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
