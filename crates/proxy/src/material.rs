@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use rustls::sign::CertifiedKey;
 use rustls::InconsistentKeys;
 use sha2::{Digest, Sha256};
@@ -242,6 +242,44 @@ pub(crate) fn check_crl_issuer(
             ),
         ))
     }
+}
+
+/// Refuses a set of CRLs that leaves a client CA without one. The client
+/// verifier treats a certificate whose issuer published no CRL as of
+/// unknown revocation status and refuses it, so such a CA's clients would
+/// all be refused with a misleading reason; better to say so when the files
+/// are loaded.
+pub(crate) fn check_crls_cover_anchors(
+    crls: &[CertificateRevocationListDer<'_>],
+    anchors: &[CertificateDer<'_>],
+    crl_path: &Path,
+    ca_path: &Path,
+) -> Result<(), ProxyError> {
+    let issuers: Vec<Vec<u8>> = crls
+        .iter()
+        .filter_map(|crl| x509_parser::parse_x509_crl(crl.as_ref()).ok())
+        .map(|(_, parsed)| parsed.issuer().as_raw().to_vec())
+        .collect();
+    for anchor in anchors {
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(anchor.as_ref()) else {
+            continue;
+        };
+        if !issuers
+            .iter()
+            .any(|i| i.as_slice() == cert.subject().as_raw())
+        {
+            return Err(ProxyError::file(
+                "CRL",
+                crl_path,
+                format!(
+                    "has no CRL from the client CA {} in {}: every certificate that CA issued would fail its revocation check; add that CA's CRL to the file (several PEM CRLs may follow each other) or remove the CA from client_ca",
+                    cert.subject(),
+                    ca_path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn rfc3339(unix: i64) -> String {

@@ -488,6 +488,7 @@ fn build_material(
                 for der in &crls {
                     material::check_crl_issuer(der, &anchors, crl, ca_path)?;
                 }
+                material::check_crls_cover_anchors(&crls, &anchors, crl, ca_path)?;
                 vb = vb.with_crls(crls);
             }
             if tls.client_auth == ClientAuth::Optional {
@@ -854,5 +855,35 @@ mod tests {
             "{err}"
         );
         assert!(ListenerTls::build(&tls_config, Vec::new()).is_err());
+    }
+
+    #[test]
+    fn every_client_ca_needs_its_crl_in_the_file() {
+        let ca = ca("test CA");
+        let second = self::ca("second CA");
+        let files = Files::new(&ca, &server(&ca, Validity::days_from_now(5)));
+        let ca_bundle = files.tls.client_ca.clone().unwrap();
+        std::fs::write(
+            &ca_bundle,
+            format!("{}{}", ca.cert_pem(), second.cert_pem()),
+        )
+        .unwrap();
+        let crl_path = files.dir.path().join("ca.crl");
+        let mut tls_config = files.tls.clone();
+        tls_config.crl = Some(crl_path.clone());
+        let first_crl = ca.crl_pem(&[], time::Duration::days(7), 1).unwrap();
+        std::fs::write(&crl_path, &first_crl).unwrap();
+        let err = ListenerTls::build(&tls_config, Vec::new()).unwrap_err();
+        assert!(
+            err.to_string().contains("has no CRL from the client CA")
+                && err.to_string().contains("second CA"),
+            "{err}"
+        );
+
+        // Both CRLs in one file: accepted.
+        let second_crl = second.crl_pem(&[], time::Duration::days(7), 1).unwrap();
+        std::fs::write(&crl_path, format!("{first_crl}{second_crl}")).unwrap();
+        let tls = ListenerTls::build(&tls_config, Vec::new()).unwrap();
+        assert!(tls.snapshot().policy.crl);
     }
 }
