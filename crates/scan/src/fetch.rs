@@ -182,7 +182,7 @@ pub async fn fetch_chain(target: &Target, opts: &FetchOptions) -> Result<Fetched
             name.as_str()
                 .map_or_else(|| format!("0x{:04x}", u16::from(name)), str::to_owned)
         }),
-        alpn: conn.alpn_protocol().map(crate::printable),
+        alpn: conn.alpn_protocol().map(intransit_wire::printable),
         client_certificate_requested: cert_request.seen(),
         chain: conn
             .peer_certificates()

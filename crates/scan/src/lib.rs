@@ -21,8 +21,10 @@
 //! runs its own verified TLS and login.
 //!
 //! It must never listen, proxy or write files; it reads no configuration
-//! and keeps no state between probes. The MySQL codec in [`mysql`] is pure
-//! and meant to move to `intransit-wire` once the proxy speaks MySQL.
+//! and keeps no state between probes. The bytes of every protocol it speaks
+//! (PostgreSQL, MySQL, TLS records and hand-built ClientHellos) are encoded
+//! and parsed by `intransit-wire`; this crate only drives the sockets, and
+//! shows server text through `intransit_wire::printable`.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -31,7 +33,6 @@ mod chain;
 mod error;
 mod evaluate;
 mod fetch;
-pub mod mysql;
 mod negotiate;
 pub mod plaintext;
 mod session;
@@ -45,18 +46,3 @@ pub use fetch::{fetch_chain, FetchOptions, FetchedChain, DEFAULT_TIMEOUT};
 pub use negotiate::{request_tls, TlsRequested};
 pub use survey::{survey, ClientIdentity, Plaintext, Survey, SurveyOptions, VersionSupport};
 pub use target::{Target, TargetError, MYSQL_DEFAULT_PORT, POSTGRES_DEFAULT_PORT};
-
-/// Text a server sent, made safe to print: invalid UTF-8 replaced and
-/// control characters escaped, so that a peer cannot drive the terminal
-/// that shows an error or a report.
-pub(crate) fn printable(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for c in String::from_utf8_lossy(bytes).chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}

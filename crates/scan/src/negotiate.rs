@@ -19,18 +19,36 @@ use std::future::Future;
 use std::io;
 use std::time::Duration;
 
-use intransit_wire::pg;
+use intransit_wire::mysql::{
+    self, ServerGreeting, SslRequest, CLIENT_PROTOCOL_41, CLIENT_SECURE_CONNECTION, CLIENT_SSL,
+    MAX_GREETING_PAYLOAD_LEN, UTF8MB4_GENERAL_CI,
+};
+use intransit_wire::{pg, printable};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::error::{ScanError, Stage};
-use crate::mysql::{self, Greeting, SslRequest, MAX_GREETING_LEN, SSL_REQUEST_SEQUENCE_ID};
-use crate::{printable, Target};
+use crate::Target;
 
 /// The largest ErrorResponse read after a PostgreSQL server answers an
 /// SSLRequest with `E`; its text only decorates the error.
 const MAX_PG_ERROR_LEN: usize = 8192;
+
+/// The capabilities of the probe's own SSLRequest: TLS, and the 4.1
+/// protocol that every server since MySQL 4.1 expects.
+const PROBE_CAPABILITIES: u32 = CLIENT_SSL | CLIENT_PROTOCOL_41 | CLIENT_SECURE_CONNECTION;
+
+/// The SSLRequest sent with `capabilities` (CLIENT_SSL is always added), a
+/// 16 MiB maximum packet and `utf8mb4_general_ci`.
+fn ssl_request(capabilities: u32) -> SslRequest {
+    SslRequest {
+        capabilities,
+        max_packet_size: 1 << 24,
+        collation: UTF8MB4_GENERAL_CI,
+        extended_capabilities: 0,
+    }
+}
 
 /// How a probe reached TLS, and what it learnt on the way.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +97,7 @@ pub(crate) async fn negotiate(
     stream: &mut TcpStream,
     deadline: &Deadline,
 ) -> Result<Negotiated, ScanError> {
-    let request = SslRequest::probe();
+    let request = ssl_request(PROBE_CAPABILITIES);
     negotiate_with(target, stream, deadline, &request)
         .await
         .map(|(negotiated, _)| negotiated)
@@ -133,10 +151,7 @@ pub async fn request_tls(
     timeout: Duration,
 ) -> Result<TlsRequested, ScanError> {
     let deadline = Deadline::after(timeout);
-    let request = SslRequest {
-        capabilities: mysql_capabilities,
-        ..SslRequest::probe()
-    };
+    let request = ssl_request(mysql_capabilities);
     let (negotiated, mysql_greeting) = negotiate_with(target, stream, &deadline, &request).await?;
     Ok(TlsRequested {
         how: negotiated.how,
@@ -211,8 +226,8 @@ async fn mysql(
 ) -> Result<(Negotiated, Vec<u8>), ScanError> {
     let stage = Stage::AwaitingGreeting;
     let mut buf = Vec::with_capacity(256);
-    let (greeting, payload) = loop {
-        match mysql::parse_packet(&buf, MAX_GREETING_LEN) {
+    let (greeting, payload, sequence_id) = loop {
+        match mysql::parse_packet_with_max(&buf, MAX_GREETING_PAYLOAD_LEN) {
             Ok(Some((packet, used))) => {
                 if used != buf.len() {
                     return Err(ScanError::Protocol(format!(
@@ -226,12 +241,11 @@ async fn mysql(
                         packet.sequence_id
                     )));
                 }
-                let parsed = mysql::parse_greeting(packet.payload)
-                    .map_err(|e| ScanError::Protocol(format!("reading the greeting: {e}")))?;
-                break (parsed, packet.payload.to_vec());
+                let parsed = mysql::parse_server_greeting(packet.payload).map_err(not_mysql)?;
+                break (parsed, packet.payload.to_vec(), packet.sequence_id);
             }
             Ok(None) => {}
-            Err(e) => return Err(ScanError::Protocol(format!("reading the greeting: {e}"))),
+            Err(e) => return Err(not_mysql(e)),
         }
         let mut chunk = [0u8; 512];
         let n = read_some(stream, &mut chunk, stage, deadline).await?;
@@ -239,8 +253,8 @@ async fn mysql(
     };
 
     let hello = match greeting {
-        Greeting::Handshake(hello) => hello,
-        Greeting::Error(err) => {
+        ServerGreeting::Handshake(hello) => hello,
+        ServerGreeting::Error(err) => {
             return Err(ScanError::ServerError {
                 message: err.to_string(),
             })
@@ -251,13 +265,22 @@ async fn mysql(
             reason: "its greeting does not advertise CLIENT_SSL",
         });
     }
-    write_all(stream, &request.encode(SSL_REQUEST_SEQUENCE_ID), deadline).await?;
+    // The SSLRequest answers the greeting: the next sequence id.
+    let packet = request.encode_packet(sequence_id.wrapping_add(1));
+    write_all(stream, &packet, deadline).await?;
     Ok((
         Negotiated {
             how: "MySQL SSLRequest (CLIENT_SSL)",
-            server_version: Some(hello.server_version),
+            server_version: Some(hello.server_version_printable()),
         },
         payload,
+    ))
+}
+
+/// A greeting that is not a MySQL greeting, as the probe reports it.
+fn not_mysql(e: intransit_wire::WireError) -> ScanError {
+    ScanError::Protocol(format!(
+        "reading the greeting: {e}; is this a MySQL server?"
     ))
 }
 

@@ -3,13 +3,12 @@
 //! answer. The probe never sends a password: it hangs up at the first
 //! answer, whatever it is.
 
-use intransit_wire::{mysql, pg};
+use intransit_wire::{mysql, pg, printable};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::Stage;
 use crate::negotiate::Deadline;
-use crate::printable;
 use crate::survey::Plaintext;
 
 /// The user and database the probe names.

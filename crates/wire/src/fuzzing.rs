@@ -221,13 +221,22 @@ fn mysql_server_reply(payload: &[u8]) {
     }
 }
 
-/// Drives [`HandshakeV10::parse`] on the input as a payload: whatever
-/// parses re-encodes to the same bytes, also with CLIENT_SSL toggled and
-/// restored.
+/// Drives [`HandshakeV10::parse`] and [`mysql::parse_server_greeting`] on
+/// the input as a payload: whatever the strict parser accepts, the lenient
+/// one reads alike, and it re-encodes to the same bytes, also with
+/// CLIENT_SSL toggled and restored.
 pub fn mysql_greeting(data: &[u8]) {
+    let lenient = mysql::parse_server_greeting(data);
     let Ok(mut greeting) = HandshakeV10::parse(data) else {
         return;
     };
+    // What the strict parser accepts, the lenient one reads the same way.
+    let Ok(mysql::ServerGreeting::Handshake(summary)) = lenient else {
+        panic!("a greeting HandshakeV10 accepts is refused by parse_server_greeting");
+    };
+    assert_eq!(summary.server_version, greeting.server_version);
+    assert_eq!(summary.capabilities, greeting.capabilities);
+    assert_eq!(summary.collation, Some(greeting.collation));
     assert_eq!(greeting.encode().as_deref(), Ok(data));
     let offered = greeting.offers_tls();
     greeting.set_tls_offered(!offered);

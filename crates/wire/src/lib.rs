@@ -3,8 +3,9 @@
 //!
 //! This crate owns the bytes of connection setup: the PostgreSQL messages
 //! exchanged before and during authentication ([`pg`]), the MySQL/MariaDB
-//! connection-phase packets ([`mysql`]) and the TLS record header ([`tls`]). Parsers take everything received so far and answer
-//! `Ok(Some((message, consumed)))`, `Ok(None)` for "need more bytes", or a
+//! connection-phase packets ([`mysql`]) and the TLS record header ([`tls`]),
+//! and it makes text a peer sent safe to show ([`printable`]). Parsers take
+//! everything received so far and answer `Ok(Some((message, consumed)))`, `Ok(None)` for "need more bytes", or a
 //! typed [`WireError`]; encoders return the exact bytes to send.
 //!
 //! **Architecture Invariant:** this crate never does I/O. It has no sockets,
@@ -19,9 +20,11 @@ mod error;
 pub mod hello;
 pub mod mysql;
 pub mod pg;
+mod text;
 pub mod tls;
 
 #[doc(hidden)]
 pub mod fuzzing;
 
 pub use error::WireError;
+pub use text::printable;

@@ -4,12 +4,13 @@
 
 use super::codec::{put_nul_terminated, Reader};
 use super::lenenc;
+use super::{ErrPacket, ERR_MARKER, HEADER_LEN};
 use super::{
     CLIENT_CONNECT_ATTRS, CLIENT_CONNECT_WITH_DB, CLIENT_LONG_PASSWORD, CLIENT_PLUGIN_AUTH,
     CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA, CLIENT_PROTOCOL_41, CLIENT_SECURE_CONNECTION,
     CLIENT_SSL, CLIENT_ZSTD_COMPRESSION_ALGORITHM, PROTOCOL_VERSION_10,
 };
-use crate::WireError;
+use crate::{printable, WireError};
 
 /// The payload length of an SSLRequest, and the fixed part of a
 /// HandshakeResponse41: capabilities, max packet size, collation and 23
@@ -82,19 +83,13 @@ impl HandshakeV10 {
     /// Parses a greeting payload (the packet header already removed).
     pub fn parse(payload: &[u8]) -> Result<HandshakeV10, WireError> {
         let mut r = Reader::new(payload, Self::MESSAGE);
-        let version = r.u8("empty payload")?;
-        if version != PROTOCOL_VERSION_10 {
-            return Err(r.error("protocol version is not 10"));
-        }
-        let server_version = r
-            .nul_terminated("server version is not NUL-terminated")?
-            .to_vec();
-        let connection_id = r.u32("ends inside the connection id")?;
-        let auth_plugin_data_part1 = r.array("ends inside auth-plugin-data part 1")?;
-        if r.u8("ends before the filler")? != 0 {
-            return Err(r.error("filler after auth-plugin-data part 1 is not zero"));
-        }
-        let lower = r.u16("ends inside the capability flags")?;
+        let GreetingStart {
+            server_version,
+            connection_id,
+            auth_plugin_data_part1,
+            lower_capabilities: lower,
+        } = GreetingStart::read(&mut r)?;
+        let server_version = server_version.to_vec();
         if r.is_empty() {
             return Err(r.error("ends after the capability flags (a server older than MySQL 4.1)"));
         }
@@ -237,6 +232,116 @@ impl HandshakeV10 {
     }
 }
 
+/// The fields every HandshakeV10 greeting starts with, up to the lower
+/// capability flags; MySQL before 4.1 ended the greeting there.
+struct GreetingStart<'a> {
+    server_version: &'a [u8],
+    connection_id: u32,
+    auth_plugin_data_part1: [u8; AUTH_DATA_PART1_LEN],
+    lower_capabilities: u16,
+}
+
+impl<'a> GreetingStart<'a> {
+    fn read(r: &mut Reader<'a>) -> Result<GreetingStart<'a>, WireError> {
+        let version = r.u8("empty payload")?;
+        if version != PROTOCOL_VERSION_10 {
+            return Err(r.error("protocol version is not 10"));
+        }
+        let server_version = r.nul_terminated("server version is not NUL-terminated")?;
+        let connection_id = r.u32("ends inside the connection id")?;
+        let auth_plugin_data_part1 = r.array("ends inside auth-plugin-data part 1")?;
+        if r.u8("ends before the filler")? != 0 {
+            return Err(r.error("filler after auth-plugin-data part 1 is not zero"));
+        }
+        let lower_capabilities = r.u16("ends inside the capability flags")?;
+        Ok(GreetingStart {
+            server_version,
+            connection_id,
+            auth_plugin_data_part1,
+            lower_capabilities,
+        })
+    }
+}
+
+/// What a client needs from the server's greeting to decide whether to ask
+/// for TLS: the leading fields only, read leniently.
+///
+/// Unlike [`HandshakeV10::parse`], [`GreetingSummary::parse`] accepts a
+/// greeting that ends after the lower capability flags (MySQL before 4.1)
+/// and ignores everything after the upper capability flags, so a scanner
+/// can still report on a server whose greeting the proxy would refuse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GreetingSummary {
+    /// The version string as sent, without its NUL; show it with
+    /// [`GreetingSummary::server_version_printable`].
+    pub server_version: Vec<u8>,
+    /// The connection (thread) id the server assigned.
+    pub connection_id: u32,
+    /// Capability flags: the lower half, and the upper half when the
+    /// greeting has it.
+    pub capabilities: u32,
+    /// The server's default collation id, when the greeting has it.
+    pub collation: Option<u8>,
+    /// The server status flags, when the greeting has them.
+    pub status_flags: Option<u16>,
+}
+
+impl GreetingSummary {
+    /// Parses the leading fields of a greeting payload (the packet header
+    /// already removed).
+    pub fn parse(payload: &[u8]) -> Result<GreetingSummary, WireError> {
+        let mut r = Reader::new(payload, HandshakeV10::MESSAGE);
+        let start = GreetingStart::read(&mut r)?;
+        let (collation, status_flags, upper) = if r.is_empty() {
+            (None, None, 0)
+        } else {
+            let collation = r.u8("ends inside the character set")?;
+            let status_flags = r.u16("ends inside the status flags")?;
+            let upper = r.u16("ends inside the upper capability flags")?;
+            (Some(collation), Some(status_flags), upper)
+        };
+        Ok(GreetingSummary {
+            server_version: start.server_version.to_vec(),
+            connection_id: start.connection_id,
+            capabilities: u32::from(start.lower_capabilities) | u32::from(upper) << 16,
+            collation,
+            status_flags,
+        })
+    }
+
+    /// Whether the server offers TLS ([`CLIENT_SSL`]).
+    pub fn offers_tls(&self) -> bool {
+        self.capabilities & CLIENT_SSL != 0
+    }
+
+    /// The server version, safe to print (see [`crate::printable`]).
+    pub fn server_version_printable(&self) -> String {
+        printable(&self.server_version)
+    }
+}
+
+/// What a server sends first: its greeting, or an ERR packet when it
+/// refuses the client before any negotiation ("Host '...' is not allowed to
+/// connect", "Too many connections").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerGreeting {
+    /// A HandshakeV10 greeting, read as a [`GreetingSummary`].
+    Handshake(GreetingSummary),
+    /// A refusal. Its SQLSTATE is usually absent: the server does not yet
+    /// know whether the client speaks the 4.1 protocol.
+    Error(ErrPacket),
+}
+
+/// Parses the payload of the server's first packet: an ERR packet when it
+/// starts with [`ERR_MARKER`], otherwise a greeting read leniently (see
+/// [`GreetingSummary`]).
+pub fn parse_server_greeting(payload: &[u8]) -> Result<ServerGreeting, WireError> {
+    match payload.first() {
+        Some(&ERR_MARKER) => ErrPacket::parse(payload).map(ServerGreeting::Error),
+        _ => GreetingSummary::parse(payload).map(ServerGreeting::Handshake),
+    }
+}
+
 /// The client's request to start TLS, sent in place of the
 /// HandshakeResponse41 (whose first 32 bytes it repeats).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,6 +388,17 @@ impl SslRequest {
         let mut bytes = Vec::with_capacity(SSL_REQUEST_LEN);
         fixed.write(&mut bytes);
         out.copy_from_slice(&bytes);
+        out
+    }
+
+    /// The whole packet, header included, with `sequence_id` (1 when it
+    /// answers the greeting).
+    pub fn encode_packet(&self, sequence_id: u8) -> [u8; HEADER_LEN + SSL_REQUEST_LEN] {
+        let mut out = [0u8; HEADER_LEN + SSL_REQUEST_LEN];
+        let len = SSL_REQUEST_LEN.to_le_bytes();
+        out[..3].copy_from_slice(&len[..3]);
+        out[3] = sequence_id;
+        out[HEADER_LEN..].copy_from_slice(&self.encode());
         out
     }
 
@@ -713,6 +829,148 @@ mod tests {
         let mut trailing = bytes.clone();
         trailing.push(0);
         assert!(HandshakeV10::parse(&trailing).is_err());
+    }
+
+    /// A MySQL 8.0 greeting payload with `capabilities` (CLIENT_SSL set in
+    /// 0xdfff_ffff).
+    fn mysql8_greeting(capabilities: u32) -> Vec<u8> {
+        let caps = capabilities.to_le_bytes();
+        let mut bytes = vec![10];
+        bytes.extend_from_slice(b"8.0.36\0");
+        bytes.extend_from_slice(&8u32.to_le_bytes());
+        bytes.extend_from_slice(b"\x1f\x3e\x4c\x01\x6f\x52\x1d\x32\0");
+        bytes.extend_from_slice(&[caps[0], caps[1], 0xff, 0x02, 0x00, caps[2], caps[3], 21]);
+        bytes.extend_from_slice(&[0; 10]);
+        bytes.extend_from_slice(b"\x16\x57\x07\x2b\x47\x22\x3b\x65\x5b\x0c\x51\x6a\0");
+        bytes.extend_from_slice(b"caching_sha2_password\0");
+        bytes
+    }
+
+    #[test]
+    fn summary_agrees_with_the_full_greeting() {
+        for bytes in [payload(MARIADB_GREETING), mysql8_greeting(0xdfff_ffff)] {
+            let full = HandshakeV10::parse(&bytes).unwrap();
+            let ServerGreeting::Handshake(summary) = parse_server_greeting(&bytes).unwrap() else {
+                panic!("not a handshake");
+            };
+            assert_eq!(summary.server_version, full.server_version);
+            assert_eq!(summary.connection_id, full.connection_id);
+            assert_eq!(summary.capabilities, full.capabilities);
+            assert_eq!(summary.collation, Some(full.collation));
+            assert_eq!(summary.status_flags, Some(full.status_flags));
+            assert!(summary.offers_tls());
+        }
+        let summary = GreetingSummary::parse(&mysql8_greeting(0xdfff_ffff & !CLIENT_SSL)).unwrap();
+        assert!(!summary.offers_tls());
+        assert_eq!(summary.server_version_printable(), "8.0.36");
+    }
+
+    #[test]
+    fn summary_reads_what_the_full_parser_refuses() {
+        // MySQL 3.23: the greeting ends after the lower capability flags.
+        let old = b"\x0a3.23.58\x00\x01\x00\x00\x00abcdefgh\x00\x2c\x08";
+        assert!(HandshakeV10::parse(old).is_err());
+        let summary = GreetingSummary::parse(old).unwrap();
+        assert_eq!(summary.capabilities, 0x082c);
+        assert!(summary.offers_tls());
+        assert_eq!((summary.collation, summary.status_flags), (None, None));
+        // Whatever follows the upper capability flags is not looked at.
+        let mut odd = mysql8_greeting(0xdfff_ffff);
+        odd.truncate(odd.len() - 3);
+        assert!(HandshakeV10::parse(&odd).is_err());
+        assert_eq!(
+            GreetingSummary::parse(&odd).unwrap().capabilities,
+            0xdfff_ffff
+        );
+    }
+
+    #[test]
+    fn summary_escapes_the_server_version() {
+        let bytes = b"\x0a8.0\x07\x1b[2J\xfe\x00\x01\x00\x00\x00abcdefgh\x00\x00\x08";
+        let summary = GreetingSummary::parse(bytes).unwrap();
+        assert_eq!(
+            summary.server_version_printable(),
+            "8.0\\u{7}\\u{1b}[2J\u{fffd}"
+        );
+    }
+
+    #[test]
+    fn summary_errors_name_the_field() {
+        let cases: [(&[u8], &str); 6] = [
+            (b"", "empty payload"),
+            (b"\x09", "protocol version is not 10"),
+            (b"\x0a8.0.36", "NUL-terminated"),
+            (b"\x0a8.0.36\x00\x01\x00", "connection id"),
+            (
+                b"\x0a8\x00\x01\x00\x00\x00abcdefgh\x00\x00",
+                "capability flags",
+            ),
+            (
+                b"\x0a8\x00\x01\x00\x00\x00abcdefgh\x00\x00\x08\x2d\x02",
+                "status flags",
+            ),
+        ];
+        for (bytes, expected) in cases {
+            let err = parse_server_greeting(bytes).unwrap_err();
+            assert!(err.to_string().contains(expected), "{bytes:?}: {err}");
+        }
+        let bytes = mysql8_greeting(0xdfff_ffff);
+        for end in 0..bytes.len() {
+            // Every prefix is an answer or an error, never a panic.
+            let _ = parse_server_greeting(&bytes[..end]);
+        }
+    }
+
+    #[test]
+    fn err_packet_in_place_of_a_greeting() {
+        let mut bytes = vec![0xff, 0x6a, 0x04];
+        bytes.extend_from_slice(b"Host '10.0.0.9' is not allowed to connect to this MySQL server");
+        let ServerGreeting::Error(err) = parse_server_greeting(&bytes).unwrap() else {
+            panic!("not an error");
+        };
+        assert_eq!((err.code, err.sql_state), (1130, None));
+        assert_eq!(
+            err.to_string(),
+            "ERROR 1130: Host '10.0.0.9' is not allowed to connect to this MySQL server"
+        );
+        let ServerGreeting::Error(err) =
+            parse_server_greeting(b"\xff\x10\x04#08004Too many\x1b[31m connections\n").unwrap()
+        else {
+            panic!("not an error");
+        };
+        assert_eq!(
+            err.to_string(),
+            "ERROR 1040 (08004): Too many\\u{1b}[31m connections\\n"
+        );
+        assert!(parse_server_greeting(b"\xff\x10").is_err());
+        for end in 0..bytes.len() {
+            let _ = parse_server_greeting(&bytes[..end]);
+        }
+    }
+
+    #[test]
+    fn ssl_request_packet_layout() {
+        let request = SslRequest {
+            capabilities: CLIENT_PROTOCOL_41 | CLIENT_SECURE_CONNECTION,
+            max_packet_size: 1 << 24,
+            collation: crate::mysql::UTF8MB4_GENERAL_CI,
+            extended_capabilities: 0,
+        };
+        let packet = request.encode_packet(1);
+        let mut expected = vec![0x20, 0x00, 0x00, 0x01];
+        // CLIENT_SSL (always set) | CLIENT_PROTOCOL_41 | CLIENT_SECURE_CONNECTION
+        expected.extend_from_slice(&[0x00, 0x8a, 0x00, 0x00]);
+        // 16 MiB maximum packet.
+        expected.extend_from_slice(&[0x00, 0x00, 0x00, 0x01]);
+        // utf8mb4_general_ci.
+        expected.push(45);
+        expected.extend_from_slice(&[0; 23]);
+        assert_eq!(packet.to_vec(), expected);
+        let (framed, used) = crate::mysql::parse_packet(&packet).unwrap().unwrap();
+        assert_eq!((framed.sequence_id, used), (1, packet.len()));
+        let parsed = SslRequest::parse(framed.payload).unwrap();
+        assert_eq!(parsed.capabilities, request.capabilities | CLIENT_SSL);
+        assert_eq!(parsed.encode(), request.encode());
     }
 
     #[test]

@@ -8,7 +8,10 @@
 //! - length-encoded integers and strings ([`lenenc`]);
 //! - the server's greeting ([`HandshakeV10`]), including MariaDB's extended
 //!   capabilities, parsed completely and re-encoded byte for byte so the
-//!   proxy can re-emit it with [`CLIENT_SSL`] set;
+//!   proxy can re-emit it with [`CLIENT_SSL`] set; and, for a client that
+//!   only decides whether to ask for TLS, the server's first packet read
+//!   leniently ([`parse_server_greeting`]: a [`GreetingSummary`], pre-4.1
+//!   greetings included, or an ERR packet sent in place of a greeting);
 //! - the client's first packet ([`parse_client_handshake`]): an
 //!   [`SslRequest`] or a [`HandshakeResponse41`];
 //! - the server's answers during authentication ([`parse_server_auth_reply`]):
@@ -20,7 +23,7 @@
 //! Layouts follow the MySQL server (`sql/auth/sql_authentication.cc`,
 //! `include/mysql_com.h`) and MariaDB's `sql/sql_acl.cc`.
 //!
-//! Every parser is strict where being lenient would break the byte-exact
+//! Every parser except [`parse_server_greeting`] is strict where being lenient would break the byte-exact
 //! round trip `encode(parse(bytes)) == bytes` (reserved bytes must be zero,
 //! length-encoded integers must be minimal, no trailing bytes): real clients
 //! and servers always send the canonical form, and a proxy that re-encodes
@@ -36,12 +39,13 @@ mod reply;
 pub(crate) mod captured;
 
 pub use handshake::{
-    parse_client_handshake, AuthResponseEncoding, ClientHandshake, ConnectAttrs,
-    HandshakeResponse41, HandshakeV10, SslRequest, SSL_REQUEST_LEN,
+    parse_client_handshake, parse_server_greeting, AuthResponseEncoding, ClientHandshake,
+    ConnectAttrs, GreetingSummary, HandshakeResponse41, HandshakeV10, ServerGreeting, SslRequest,
+    SSL_REQUEST_LEN,
 };
 pub use packet::{
     encode_packet, parse_packet, parse_packet_with_max, Packet, HEADER_LEN,
-    MAX_HANDSHAKE_PAYLOAD_LEN, MAX_PAYLOAD_LEN,
+    MAX_GREETING_PAYLOAD_LEN, MAX_HANDSHAKE_PAYLOAD_LEN, MAX_PAYLOAD_LEN,
 };
 pub use reply::{
     is_eof_packet, is_err_packet, is_ok_packet, parse_server_auth_reply, AuthSwitchRequest,

@@ -26,6 +26,12 @@ pub const MAX_PAYLOAD_LEN: usize = 0xff_ffff;
 /// authenticated.
 pub const MAX_HANDSHAKE_PAYLOAD_LEN: usize = 128 * 1024;
 
+/// The limit on the server's first packet for a client that reads it before
+/// asking for TLS. Real greetings are about 100 bytes and error messages at
+/// most 512, so anything longer is not a MySQL server (an SSH banner, for
+/// one, reads as a 4.7 MB length).
+pub const MAX_GREETING_PAYLOAD_LEN: usize = 4096;
+
 /// One packet, borrowed from the caller's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Packet<'a> {

@@ -6,6 +6,7 @@ use std::fmt;
 
 use super::codec::{put_nul_terminated, Reader};
 use super::lenenc;
+use crate::text::write_printable;
 use crate::WireError;
 
 /// The first byte of an OK packet.
@@ -140,14 +141,7 @@ impl fmt::Display for ErrPacket {
         f.write_str(": ")?;
         // Control characters from the peer are escaped so a message cannot
         // forge log lines; everything else prints as the client would.
-        for c in String::from_utf8_lossy(&self.message).chars() {
-            if c.is_control() {
-                write!(f, "{}", c.escape_default())?;
-            } else {
-                write!(f, "{c}")?;
-            }
-        }
-        Ok(())
+        write_printable(f, &self.message)
     }
 }
 
