@@ -137,19 +137,20 @@ pub fn client_config(files: &ClientTlsFiles, groups: &[&str]) -> Result<ClientCo
 }
 
 fn load_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, BenchError> {
+    read_pem_certs(path).map_err(|reason| BenchError::File {
+        what,
+        path: path.to_owned(),
+        reason,
+    })
+}
+
+/// Every certificate in a PEM file; the error says why there is none.
+pub(crate) fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| BenchError::File {
-            what,
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| e.to_string())?;
     if certs.is_empty() {
-        return Err(BenchError::File {
-            what,
-            path: path.to_owned(),
-            reason: "no PEM CERTIFICATE block found".into(),
-        });
+        return Err("no PEM CERTIFICATE block found".into());
     }
     Ok(certs)
 }

@@ -267,14 +267,15 @@ fn probe_config(
 /// checked against the leaf's key, so the chain recorded is the one the
 /// server holds the key for.
 #[derive(Debug)]
-pub(crate) struct AcceptAnyChain {
+pub struct AcceptAnyChain {
     algorithms: WebPkiSupportedAlgorithms,
     /// Set when the server stapled an OCSP response.
     ocsp_stapled: AtomicBool,
 }
 
 impl AcceptAnyChain {
-    pub(crate) fn new(algorithms: WebPkiSupportedAlgorithms) -> Self {
+    /// Checks handshake signatures with `algorithms`.
+    pub fn new(algorithms: WebPkiSupportedAlgorithms) -> Self {
         AcceptAnyChain {
             algorithms,
             ocsp_stapled: AtomicBool::new(false),

@@ -42,7 +42,7 @@ mod target;
 pub use chain::{chain_order, chain_order_with_anchors, ChainOrder};
 pub use error::{ScanError, Stage};
 pub use evaluate::{evaluate, TrustInput, SYSTEM_BUNDLE};
-pub use fetch::{fetch_chain, FetchOptions, FetchedChain, DEFAULT_TIMEOUT};
+pub use fetch::{fetch_chain, AcceptAnyChain, FetchOptions, FetchedChain, DEFAULT_TIMEOUT};
 pub use negotiate::{request_tls, TlsRequested};
 pub use survey::{survey, ClientIdentity, Plaintext, Survey, SurveyOptions, VersionSupport};
 pub use target::{Target, TargetError, MYSQL_DEFAULT_PORT, POSTGRES_DEFAULT_PORT};
