@@ -261,3 +261,52 @@ fn a_crl_replaced_on_disk_refuses_a_newly_revoked_certificate_without_a_signal()
     assert!(!out.status.success(), "revoked certificate still accepted");
     proxy.refusal("revoked");
 }
+
+#[test]
+fn a_crl_file_that_leaves_a_client_ca_uncovered_is_refused_naming_the_ca() {
+    let p = pki();
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The test CA plus a second CA that published no CRL.
+    let bundle = dir.path().join("client-cas.pem");
+    let second_ca = &crate::upstream_tls::db_pki().ca;
+    std::fs::write(
+        &bundle,
+        format!(
+            "{}{}",
+            std::fs::read_to_string(&p.ca).expect("ca"),
+            std::fs::read_to_string(second_ca).expect("second ca")
+        ),
+    )
+    .expect("bundle");
+    let crl = dir.path().join("live.crl");
+    std::fs::write(
+        &crl,
+        p.authority
+            .crl_pem(&[], time::Duration::days(7), 1)
+            .expect("crl"),
+    )
+    .expect("write");
+    let config = dir.path().join("intransit.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listener]]\nname = \"pg\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\n\
+             [listener.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\ncrl = \"{}\"\n",
+            DEAD_UPSTREAM,
+            p.server.chain.display(),
+            p.server.key.display(),
+            bundle.display(),
+            crl.display()
+        ),
+    )
+    .expect("config");
+    let out = std::process::Command::new(BIN)
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .expect("check-config");
+    assert!(!out.status.success(), "accepted: {}", stdout(&out));
+    let err = stderr(&out);
+    assert!(err.contains("has no CRL from the client CA"), "{err}");
+    assert!(err.contains("intransit test database CA"), "{err}");
+}
