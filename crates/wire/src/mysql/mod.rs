@@ -35,8 +35,8 @@ pub mod lenenc;
 mod packet;
 mod reply;
 
-#[cfg(test)]
-pub(crate) mod captured;
+#[doc(hidden)]
+pub mod captured;
 
 pub use handshake::{
     parse_client_handshake, parse_server_greeting, AuthResponseEncoding, ClientHandshake,

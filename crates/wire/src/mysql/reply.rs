@@ -89,6 +89,19 @@ impl ErrPacket {
         }
     }
 
+    /// The whole packet, header included, that sends `error` with
+    /// `message` as packet `sequence_id`. It cannot fail: the message is
+    /// cut at [`MAX_ERROR_MESSAGE_LEN`] bytes, so the payload always fits
+    /// one packet.
+    pub fn framed(error: ServerError, message: &str, sequence_id: u8) -> Vec<u8> {
+        let payload = ErrPacket::new(error, message).encode();
+        let len = (payload.len() as u32).to_le_bytes();
+        let mut out = Vec::with_capacity(4 + payload.len());
+        out.extend_from_slice(&[len[0], len[1], len[2], sequence_id]);
+        out.extend_from_slice(&payload);
+        out
+    }
+
     /// Parses an ERR packet payload, marker included.
     pub fn parse(payload: &[u8]) -> Result<ErrPacket, WireError> {
         let mut r = Reader::new(payload, Self::MESSAGE);
@@ -334,6 +347,20 @@ mod tests {
         let cut = ErrPacket::new(ServerError::ACCESS_DENIED, &long);
         assert_eq!(cut.message.len(), MAX_ERROR_MESSAGE_LEN);
         assert!(std::str::from_utf8(&cut.message).is_ok());
+    }
+
+    #[test]
+    fn framed_err_packets_parse_back_whatever_the_message_length() {
+        for len in [0, 10, MAX_ERROR_MESSAGE_LEN, 20_000_000] {
+            let message = "x".repeat(len);
+            let bytes = ErrPacket::framed(ServerError::ACCESS_DENIED, &message, 7);
+            let (packet, used) = crate::mysql::parse_packet(&bytes).unwrap().unwrap();
+            assert_eq!(used, bytes.len());
+            assert_eq!(packet.sequence_id, 7);
+            let err = ErrPacket::parse(packet.payload).unwrap();
+            assert_eq!(err.code, ServerError::ACCESS_DENIED.code);
+            assert_eq!(err.message.len(), len.min(MAX_ERROR_MESSAGE_LEN));
+        }
     }
 
     #[test]

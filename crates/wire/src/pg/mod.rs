@@ -27,8 +27,8 @@ mod error_response;
 mod frame;
 mod startup;
 
-#[cfg(test)]
-pub(crate) mod captured;
+#[doc(hidden)]
+pub mod captured;
 
 pub use auth::{
     encode_authentication_sasl, parse_authentication, parse_sasl_initial_response,
