@@ -15,19 +15,13 @@
 //! and never decides access by itself (that is `intransit-policy`).
 
 pub mod audit;
-mod client;
 mod copy;
-mod handshake;
-mod material;
+mod listener;
 pub mod metrics;
-mod mysql;
 mod net;
-mod plain_tls;
-mod postgres;
+mod protocol;
 mod refusal;
-mod server;
 pub mod tls;
-pub mod upstream_tls;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -40,16 +34,16 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use audit::AuditLog;
-pub use client::PreparedClientListener;
+pub use listener::client_mode::PreparedClientListener;
+pub use listener::server_mode::{PreparedListener, PreparedRoute};
 pub use metrics::ProxyMetrics;
 pub use net::connect as connect_upstream;
 pub use refusal::RefusalReason;
-pub use server::{PreparedListener, PreparedRoute};
 pub use tls::{
     ListenerTls, LoadedCertificate, PolicySummary, ReloadError, ReloadFailure, Reloaded,
     TlsMaterial,
 };
-pub use upstream_tls::{UpstreamMaterial, UpstreamSession, UpstreamTls, UpstreamTlsFailure};
+pub use tls::{UpstreamMaterial, UpstreamSession, UpstreamTls, UpstreamTlsFailure};
 
 /// Errors that stop the proxy from starting.
 #[derive(Debug, thiserror::Error)]
@@ -247,7 +241,7 @@ impl BoundProxy {
                 routes = listener.routes.len(),
                 "listening"
             );
-            loops.push(tokio::spawn(server::accept_loop(
+            loops.push(tokio::spawn(listener::server_mode::accept_loop(
                 listener,
                 socket,
                 token.clone(),
@@ -275,7 +269,7 @@ impl BoundProxy {
                     "allow_remote_plaintext: this client-mode listener accepts plaintext from other hosts"
                 );
             }
-            loops.push(tokio::spawn(server::accept_loop(
+            loops.push(tokio::spawn(listener::server_mode::accept_loop(
                 listener,
                 socket,
                 token.clone(),

@@ -19,13 +19,14 @@ use intransit_config::{ClientListenerConfig, Endpoint, Protocol};
 use tracing::info;
 
 use crate::audit::AuditLog;
-use crate::handshake::Negotiated;
+use crate::listener::server_mode::{ConnectionContext, Listener, Refused};
 use crate::metrics::ProxyMetrics;
 use crate::net::{BoxStream, PeerAddr};
+use crate::protocol::{mysql, plain_tls, postgres};
 use crate::refusal::RefusalReason;
-use crate::server::{ConnectionContext, Listener, Refused};
-use crate::upstream_tls::{UpstreamSession, UpstreamTls};
-use crate::{mysql, plain_tls, postgres, ProxyError};
+use crate::tls::handshake::Negotiated;
+use crate::tls::upstream::{UpstreamSession, UpstreamTls};
+use crate::ProxyError;
 
 /// The route label a client-mode connection is counted under: it has one
 /// upstream and no SNI routes.

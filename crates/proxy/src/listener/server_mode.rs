@@ -6,7 +6,7 @@
 //! a semaphore caps concurrent connections; a shutdown signal stops
 //! accepting, and the caller waits for the task tracker to drain. Server-mode
 //! listeners ([`PreparedListener`]) and client-mode ones
-//! ([`crate::client::PreparedClientListener`]) share the loop, the refusal
+//! ([`crate::listener::client_mode::PreparedClientListener`]) share the loop, the refusal
 //! log line, the metrics and the audit event through [`Listener`].
 
 use std::fmt;
@@ -23,13 +23,14 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, warn};
 
 use crate::audit::{rfc3339, AuditEvent, AuditLog, ConnectionRecord};
-use crate::handshake::Negotiated;
 use crate::metrics::{HandshakeFacts, ProxyMetrics};
 use crate::net::{BoundListener, BoxStream, PeerAddr};
+use crate::protocol::{mysql, plain_tls, postgres};
 use crate::refusal::RefusalReason;
-use crate::tls::{ListenerTls, ALPN_POSTGRESQL};
-use crate::upstream_tls::UpstreamTls;
-use crate::{mysql, plain_tls, postgres, ProxyError};
+use crate::tls::handshake::Negotiated;
+use crate::tls::listener::{ListenerTls, ALPN_POSTGRESQL};
+use crate::tls::upstream::UpstreamTls;
+use crate::ProxyError;
 
 /// Over-limit connections are told why inside TLS, which costs a handshake;
 /// those refusals are themselves capped so a flood cannot turn the polite

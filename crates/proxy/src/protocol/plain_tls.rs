@@ -17,13 +17,13 @@ use intransit_config::Endpoint;
 use intransit_wire::tls::CONTENT_TYPE_HANDSHAKE;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::client::{self, PreparedClientListener};
 use crate::copy;
-use crate::handshake;
+use crate::listener::client_mode::{self, PreparedClientListener};
+use crate::listener::server_mode::{ConnectionContext, Refused};
 use crate::net::{self, BoxStream, Rewind};
 use crate::refusal::RefusalReason;
-use crate::server::{ConnectionContext, Refused};
-use crate::upstream_tls::{UpstreamSession, UpstreamTls};
+use crate::tls::handshake;
+use crate::tls::upstream::{UpstreamSession, UpstreamTls};
 
 /// Runs one connection: handshake (bounded by the handshake timeout), then
 /// the upstream leg, then bytes both ways.
@@ -181,7 +181,7 @@ pub(crate) async fn serve_client(
     };
     match opened {
         Ok((upstream, session)) => {
-            client::log_established(&ctx, &session, "", "");
+            client_mode::log_established(&ctx, &session, "", "");
             copy::forward(&ctx, app, upstream).await;
             Ok(())
         }

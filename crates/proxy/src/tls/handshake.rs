@@ -18,10 +18,10 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 use tracing::info;
 
+use crate::listener::server_mode::{ConnectionContext, PreparedRoute, Refused};
 use crate::net::{BoxStream, Rewind};
 use crate::refusal::RefusalReason;
-use crate::server::{ConnectionContext, PreparedRoute, Refused};
-use crate::tls::PresentedCertificate;
+use crate::tls::listener::PresentedCertificate;
 
 /// A TLS alert record: fatal, unrecognized_name.
 const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];

@@ -25,7 +25,7 @@ use rustls::{
     SignatureScheme, SupportedProtocolVersion,
 };
 
-use crate::material::{self, SourceFingerprint};
+use crate::tls::material::{self, SourceFingerprint};
 use crate::ProxyError;
 
 /// The ALPN protocol id PostgreSQL 17 clients send with direct TLS.

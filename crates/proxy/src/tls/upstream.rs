@@ -29,12 +29,12 @@ use rustls::{
 };
 use tokio_rustls::TlsConnector;
 
-use crate::material::{self, SourceFingerprint};
 use crate::net::BoxStream;
 use crate::refusal::RefusalReason;
-use crate::tls::{
+use crate::tls::listener::{
     self, crypto_provider, LoadedCertificate, ReloadError, ReloadFailure, Reloaded, ALPN_POSTGRESQL,
 };
+use crate::tls::material::{self, SourceFingerprint};
 use crate::ProxyError;
 
 /// The upstream leg's TLS, ready for handshakes: the material in service
@@ -234,7 +234,7 @@ impl UpstreamTls {
     /// Why the latest reload failed, unless a later one succeeded or found
     /// the files back to what is in service.
     pub fn last_failure(&self) -> Option<ReloadFailure> {
-        tls::read_failure(&self.last_failure)
+        listener::read_failure(&self.last_failure)
     }
 
     /// Reads the files `settings` name and, when they or the settings
@@ -246,14 +246,14 @@ impl UpstreamTls {
         settings: &UpstreamTlsConfig,
     ) -> Result<Reloaded<UpstreamMaterial>, ReloadError> {
         let fail = |source, error: ProxyError| ReloadError {
-            repeated: tls::note_failure(&self.last_failure, source, &error),
+            repeated: listener::note_failure(&self.last_failure, source, &error),
             error,
         };
         let files = UpstreamFiles::read(settings).map_err(|e| fail(None, e))?;
         let source = files.fingerprint(settings);
         let current = self.snapshot();
         if current.source == source {
-            tls::clear_failure(&self.last_failure);
+            listener::clear_failure(&self.last_failure);
             return Ok(Reloaded::Unchanged(current));
         }
         let material =
@@ -262,7 +262,7 @@ impl UpstreamTls {
             Ok(mut guard) => *guard = material.clone(),
             Err(poisoned) => *poisoned.into_inner() = material.clone(),
         }
-        tls::clear_failure(&self.last_failure);
+        listener::clear_failure(&self.last_failure);
         Ok(Reloaded::Swapped(material))
     }
 

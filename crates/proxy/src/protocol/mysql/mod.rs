@@ -55,12 +55,12 @@ use intransit_wire::mysql::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::client::{self, PreparedClientListener};
-use crate::handshake::{self, ClientTls};
+use crate::listener::client_mode::{self, PreparedClientListener};
+use crate::listener::server_mode::{ConnectionContext, Refused};
 use crate::net::{self, BoxStream, Rewind};
 use crate::refusal::RefusalReason;
-use crate::server::{ConnectionContext, Refused};
-use crate::upstream_tls::{UpstreamSession, UpstreamTls};
+use crate::tls::handshake::{self, ClientTls};
+use crate::tls::upstream::{UpstreamSession, UpstreamTls};
 
 /// What a client is told when the database cannot be reached or secured.
 const UNAVAILABLE_MESSAGE: &str = "the database is unavailable right now; try again later";
@@ -478,7 +478,7 @@ impl RelayFailure {
     /// a closed connection, or bytes that are not packets.
     fn server(error: &PacketError, answer_seq: u8) -> Self {
         let refused = match error {
-            PacketError::Io(e) => match crate::upstream_tls::failure_after_handshake(e) {
+            PacketError::Io(e) => match crate::tls::upstream::failure_after_handshake(e) {
                 Some(f) => Refused::new(f.reason, f.detail),
                 None => Refused::new(
                     RefusalReason::UpstreamUnavailable,
@@ -723,7 +723,7 @@ async fn negotiate_client(
             return Err(refused);
         }
     };
-    client::note_upstream_tls(ctx, &session);
+    client_mode::note_upstream_tls(ctx, &session);
     let forwarded = response
         .encode()
         .and_then(|r| encode_packet(seq.wrapping_add(1), &r))
@@ -747,6 +747,6 @@ async fn negotiate_client(
     if let Err(failure) = relayed {
         return Err(failure.answer(&mut app).await);
     }
-    client::log_established(ctx, &session, &user, &database);
+    client_mode::log_established(ctx, &session, &user, &database);
     Ok((app, upstream))
 }

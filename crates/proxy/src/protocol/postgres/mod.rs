@@ -51,14 +51,14 @@ use intransit_wire::pg::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
-use crate::client::{self, PreparedClientListener};
 use crate::copy;
-use crate::handshake::{self, Accepted, ClientTls};
+use crate::listener::client_mode::{self, PreparedClientListener};
+use crate::listener::server_mode::{ConnectionContext, Listener, PreparedRoute, Refused};
 use crate::net::{self, BoxStream, Rewind};
 use crate::refusal::RefusalReason;
-use crate::server::{ConnectionContext, Listener, PreparedRoute, Refused};
-use crate::tls::ALPN_POSTGRESQL;
-use crate::upstream_tls::{UpstreamSession, UpstreamTls};
+use crate::tls::handshake::{self, Accepted, ClientTls};
+use crate::tls::listener::ALPN_POSTGRESQL;
+use crate::tls::upstream::{UpstreamSession, UpstreamTls};
 
 const SQLSTATE_INVALID_AUTHORIZATION: SqlState = SqlState::INVALID_AUTHORIZATION_SPECIFICATION;
 const SQLSTATE_CONNECTION_FAILURE: SqlState = SqlState::CONNECTION_FAILURE;
@@ -650,7 +650,7 @@ async fn first_authentication_request(
             }
         }
         let n = upstream.read_buf(&mut buf).await.map_err(|e| {
-            match crate::upstream_tls::failure_after_handshake(&e) {
+            match crate::tls::upstream::failure_after_handshake(&e) {
                 Some(f) => Refused::new(f.reason, format!("{target}: {}", f.detail)),
                 None => unavailable(format!("reading the authentication request: {e}")),
             }
@@ -873,7 +873,7 @@ async fn negotiate_client(
             listener.upstream_connect_timeout,
         )
         .await?;
-        client::note_upstream_tls(ctx, &session);
+        client_mode::note_upstream_tls(ctx, &session);
         // The StartupMessage and whatever the application sent behind it.
         let mut first = BytesMut::with_capacity(raw.len() + buf.len());
         first.extend_from_slice(&raw);
@@ -894,7 +894,7 @@ async fn negotiate_client(
             app.write_all(&to_app)
                 .await
                 .map_err(|e| Refused::new(RefusalReason::ClientClosed, e.to_string()))?;
-            client::log_established(ctx, &session, &user, &database);
+            client_mode::log_established(ctx, &session, &user, &database);
             Ok(Some((app, upstream)))
         }
         Err(refused) => {
