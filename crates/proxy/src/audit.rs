@@ -23,7 +23,7 @@ use intransit_policy::ClientIdentity;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::ProxyError;
+use crate::error::ProxyError;
 
 /// How many refusals `/status` keeps.
 pub const RECENT_REFUSALS: usize = 50;

@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
 use tracing::info;
 
-use crate::listener::server_mode::{ConnectionContext, Listener};
+use crate::conn::{ConnectionContext, Listener};
 
 /// Copies until both sides close, then logs the session's totals.
 pub(crate) async fn forward<L, A, B>(ctx: &ConnectionContext<L>, mut client: A, mut upstream: B)

@@ -14,8 +14,11 @@
 //! This crate never parses wire formats by hand (that is `intransit-wire`)
 //! and never decides access by itself (that is `intransit-policy`).
 
+mod accept;
 pub mod audit;
+mod conn;
 mod copy;
+mod error;
 mod listener;
 pub mod metrics;
 mod net;
@@ -24,7 +27,6 @@ mod refusal;
 pub mod tls;
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +36,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use audit::AuditLog;
+pub use error::ProxyError;
 pub use listener::client_mode::PreparedClientListener;
 pub use listener::server_mode::{PreparedListener, PreparedRoute};
 pub use metrics::ProxyMetrics;
@@ -41,55 +44,8 @@ pub use net::connect as connect_upstream;
 pub use refusal::RefusalReason;
 pub use tls::{
     ListenerTls, LoadedCertificate, PolicySummary, ReloadError, ReloadFailure, Reloaded,
-    TlsMaterial,
+    TlsMaterial, UpstreamMaterial, UpstreamSession, UpstreamTls, UpstreamTlsFailure,
 };
-pub use tls::{UpstreamMaterial, UpstreamSession, UpstreamTls, UpstreamTlsFailure};
-
-/// Errors that stop the proxy from starting.
-#[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
-    /// A file the configuration names could not be used.
-    #[error("{what} {path}: {reason}")]
-    File {
-        /// What the file is for.
-        what: String,
-        /// Where it is.
-        path: PathBuf,
-        /// What went wrong.
-        reason: String,
-    },
-    /// The TLS configuration could not be built.
-    #[error("TLS configuration: {0}")]
-    Tls(String),
-    /// A listener could not be prepared.
-    #[error("listener {listener:?}: {source}")]
-    Listener {
-        /// The listener's name.
-        listener: String,
-        /// Why.
-        source: Box<ProxyError>,
-    },
-    /// A listener could not bind its address.
-    #[error("listener {listener:?}: cannot listen on {endpoint}: {source}")]
-    Bind {
-        /// The listener's name.
-        listener: String,
-        /// The address.
-        endpoint: Endpoint,
-        /// The bind error.
-        source: std::io::Error,
-    },
-}
-
-impl ProxyError {
-    pub(crate) fn file(what: &str, path: &Path, reason: impl Into<String>) -> Self {
-        ProxyError::File {
-            what: what.to_owned(),
-            path: path.to_owned(),
-            reason: reason.into(),
-        }
-    }
-}
 
 /// A validated configuration with its TLS material loaded, not yet bound.
 #[derive(Debug)]
@@ -112,7 +68,10 @@ impl Proxy {
         let listeners = config
             .listeners
             .iter()
-            .map(|l| PreparedListener::prepare(l, metrics.clone(), audit.clone()).map(Arc::new))
+            .map(|l| {
+                let alpn = protocol::alpn(l.protocol);
+                PreparedListener::prepare(l, alpn, metrics.clone(), audit.clone()).map(Arc::new)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let client_listeners = config
             .client_listeners
@@ -206,13 +165,13 @@ impl BoundProxy {
     }
 
     /// The running server-mode listeners, for reloading their TLS material
-    /// while the proxy serves (`PreparedListener::tls`).
+    /// while the proxy serves (each route's `tls` and `upstream_tls`).
     pub fn listeners(&self) -> Vec<Arc<PreparedListener>> {
         self.listeners.iter().map(|(l, _)| l.clone()).collect()
     }
 
-    /// The running client-mode listeners. Their upstream TLS is built once
-    /// at start and not reloaded.
+    /// The running client-mode listeners, for reloading their upstream TLS
+    /// material while the proxy serves.
     pub fn client_listeners(&self) -> Vec<Arc<PreparedClientListener>> {
         self.client_listeners
             .iter()
@@ -241,9 +200,10 @@ impl BoundProxy {
                 routes = listener.routes.len(),
                 "listening"
             );
-            loops.push(tokio::spawn(listener::server_mode::accept_loop(
+            loops.push(tokio::spawn(accept::accept_loop(
                 listener,
                 socket,
+                protocol::serve_server_mode,
                 token.clone(),
                 tracker.clone(),
             )));
@@ -269,9 +229,10 @@ impl BoundProxy {
                     "allow_remote_plaintext: this client-mode listener accepts plaintext from other hosts"
                 );
             }
-            loops.push(tokio::spawn(listener::server_mode::accept_loop(
+            loops.push(tokio::spawn(accept::accept_loop(
                 listener,
                 socket,
+                protocol::serve_client_mode,
                 token.clone(),
                 tracker.clone(),
             )));

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use intransit_config::Endpoint;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
 /// Anything the proxy can read and write bytes on.
@@ -134,6 +134,16 @@ pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> io::Result<BoxSt
             format!("no connection within {timeout:?}"),
         )),
     }
+}
+
+/// Sends a final message and closes the stream, ignoring errors: the peer
+/// is being turned away and may already be gone.
+pub(crate) async fn close_with<S: AsyncWrite + Unpin>(stream: &mut S, message: &[u8]) {
+    if !message.is_empty() {
+        let _ = stream.write_all(message).await;
+    }
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
 }
 
 /// A stream with bytes already read from it put back in front, so a TLS

@@ -1,32 +1,27 @@
-//! Client mode (`mode = "client"`): plaintext in from local applications,
-//! TLS out to the database. The other half of the encrypted path: a legacy
-//! application that cannot do TLS (or mutual TLS) talks to a client-mode
-//! listener on loopback or a unix socket, and the proxy asks the database
-//! for TLS the way its protocol does, verifies the database's certificate
-//! (modes, pins) and presents a client certificate of its own.
+//! Client-mode listeners (`mode = "client"`): plaintext in from local
+//! applications, TLS out to the database. The other half of the encrypted
+//! path: a legacy application that cannot do TLS (or mutual TLS) talks to
+//! a client-mode listener on loopback or a unix socket, and the proxy asks
+//! the database for TLS the way its protocol does, verifies the
+//! database's certificate (modes, pins) and presents a client certificate
+//! of its own.
 //!
-//! This module owns the client-mode listener and what every protocol
-//! shares in that mode: admitting only local peers, and the facts and log
-//! line of an established connection. What is said on the wire lives in
-//! the protocol modules (`postgres::serve_client`, `mysql::serve_client`,
-//! `plain_tls::serve_client`), which reach the database through the same
+//! This module owns what a client-mode listener is once prepared, and the
+//! rule that only local peers speak plaintext to it. What is said on the
+//! wire lives in `protocol`, which reaches the database through the same
 //! upstream connectors as server mode.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use intransit_config::{ClientListenerConfig, Endpoint, Protocol};
-use tracing::info;
 
 use crate::audit::AuditLog;
-use crate::listener::server_mode::{ConnectionContext, Listener, Refused};
-use crate::metrics::ProxyMetrics;
-use crate::net::{BoxStream, PeerAddr};
-use crate::protocol::{mysql, plain_tls, postgres};
-use crate::refusal::RefusalReason;
-use crate::tls::handshake::Negotiated;
+use crate::conn::{ConnectionContext, Established, Listener, Negotiated};
+use crate::error::ProxyError;
+use crate::metrics::{ProxyMetrics, NO_IDENTITY};
+use crate::net::PeerAddr;
 use crate::tls::upstream::{UpstreamSession, UpstreamTls};
-use crate::ProxyError;
 
 /// The route label a client-mode connection is counted under: it has one
 /// upstream and no SNI routes.
@@ -70,10 +65,7 @@ impl PreparedClientListener {
         audit: Arc<AuditLog>,
     ) -> Result<Self, ProxyError> {
         let upstream_tls =
-            UpstreamTls::build(&config.upstream_tls).map_err(|e| ProxyError::Listener {
-                listener: config.name.clone(),
-                source: Box::new(e),
-            })?;
+            UpstreamTls::build(&config.upstream_tls).map_err(|e| e.in_listener(&config.name))?;
         Ok(PreparedClientListener {
             name: config.name.clone(),
             protocol: config.protocol,
@@ -92,7 +84,7 @@ impl PreparedClientListener {
     /// Whether `peer` may speak plaintext here. The configuration already
     /// refuses a non-loopback `listen` without `allow_remote_plaintext`;
     /// this holds the line per connection as well.
-    fn admits(&self, peer: &PeerAddr) -> bool {
+    pub(crate) fn admits(&self, peer: &PeerAddr) -> bool {
         match peer {
             PeerAddr::Unix => true,
             PeerAddr::Tcp(addr) => {
@@ -107,12 +99,20 @@ impl Listener for PreparedClientListener {
         &self.name
     }
 
+    fn mode(&self) -> &'static str {
+        "client"
+    }
+
     fn protocol(&self) -> Protocol {
         self.protocol
     }
 
     fn max_connections(&self) -> usize {
         self.max_connections
+    }
+
+    fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
     }
 
     fn upstream_connect_timeout(&self) -> Duration {
@@ -126,87 +126,43 @@ impl Listener for PreparedClientListener {
     fn audit(&self) -> &AuditLog {
         &self.audit
     }
-
-    async fn serve(
-        ctx: ConnectionContext<Self>,
-        stream: BoxStream,
-        over_limit: bool,
-    ) -> Result<(), Refused> {
-        if !ctx.listener.admits(&ctx.peer) {
-            // Nothing is read: whatever the peer sent stays unprocessed.
-            return Err(Refused::new(
-                RefusalReason::PlaintextRefused,
-                format!(
-                    "plaintext from {}, which is not this host, on a client-mode listener without allow_remote_plaintext",
-                    ctx.peer
-                ),
-            ));
-        }
-        match ctx.listener.protocol {
-            Protocol::Postgres => postgres::serve_client(ctx, stream, over_limit).await,
-            Protocol::Mysql => mysql::serve_client(ctx, stream, over_limit).await,
-            Protocol::Tls => plain_tls::serve_client(ctx, stream, over_limit).await,
-        }
-    }
 }
 
-/// Keeps what the upstream handshake negotiated on the connection, so that
-/// metrics and the audit event describe the leg that is encrypted, also
-/// when the connection is refused later (say, a failed MySQL login relay).
-pub(crate) fn note_upstream_tls(
-    ctx: &ConnectionContext<PreparedClientListener>,
-    session: &UpstreamSession,
-) {
-    let _ = ctx.negotiated.set(Negotiated {
-        route: ROUTE.to_owned(),
-        tls_version: session.version,
-        cipher: session.cipher,
-        group: session.group,
-        resumed: session.resumed,
-        // Client mode takes plaintext from local applications: no client
-        // certificate to name.
-        identity: crate::metrics::NO_IDENTITY.to_owned(),
-    });
-}
-
-/// The one log line, metric and histogram sample for an established
-/// client-mode connection.
-pub(crate) fn log_established(
-    ctx: &ConnectionContext<PreparedClientListener>,
-    session: &UpstreamSession,
-    user: &str,
-    database: &str,
-) {
-    note_upstream_tls(ctx, session);
-    let listener = &ctx.listener;
-    let protocol = listener.protocol.as_str();
-    if let Some(negotiated) = ctx.negotiated.get() {
-        listener
-            .metrics
-            .handshake(&listener.name, protocol, negotiated.facts(), None);
+impl ConnectionContext<PreparedClientListener> {
+    /// Keeps what the upstream handshake negotiated as the connection's
+    /// TLS facts, so that metrics and the audit event describe the leg
+    /// that is encrypted, also when the connection is refused later (say,
+    /// a failed MySQL login relay).
+    pub(crate) fn note_upstream_session(&self, session: &UpstreamSession) {
+        self.note_negotiated(Negotiated {
+            route: ROUTE.to_owned(),
+            tls: session.tls,
+            // Client mode takes plaintext from local applications: no
+            // client certificate to name.
+            identity_label: NO_IDENTITY.to_owned(),
+            peer_identity: None,
+        });
     }
-    listener.metrics.handshake_duration(
-        &listener.name,
-        protocol,
-        session.handshake_micros as f64 / 1e6,
-    );
-    info!(
-        conn = ctx.id,
-        listener = %listener.name,
-        mode = "client",
-        protocol = %listener.protocol,
-        peer = %ctx.peer,
-        user = user,
-        database = database,
-        upstream = %listener.upstream,
-        server_name = %listener.upstream_tls.server_name(),
-        upstream_tls = session.version,
-        cipher = session.cipher,
-        group = session.group,
-        resumed = session.resumed,
-        handshake_us = session.handshake_micros as u64,
-        "connection established"
-    );
+
+    /// The "connection established" line of a client-mode connection,
+    /// whose encrypted leg is the upstream one.
+    pub(crate) fn log_client_mode_established(
+        &self,
+        session: &UpstreamSession,
+        user: &str,
+        database: &str,
+    ) {
+        self.note_upstream_session(session);
+        let listener = &self.listener;
+        self.log_established(Established {
+            user,
+            database,
+            upstream: &listener.upstream,
+            upstream_tls: Some(session.tls.version),
+            server_name: Some(listener.upstream_tls.server_name()),
+            handshake_micros: session.handshake_micros,
+        });
+    }
 }
 
 #[cfg(test)]

@@ -15,132 +15,104 @@ use std::time::Duration;
 use bytes::Bytes;
 use intransit_config::Endpoint;
 use intransit_wire::tls::CONTENT_TYPE_HANDSHAKE;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
+use crate::accept::Admission;
+use crate::conn::{ConnectionContext, Established, Refused};
 use crate::copy;
-use crate::listener::client_mode::{self, PreparedClientListener};
-use crate::listener::server_mode::{ConnectionContext, Refused};
-use crate::net::{self, BoxStream, Rewind};
+use crate::listener::client_mode::PreparedClientListener;
+use crate::listener::server_mode::PreparedListener;
+use crate::net::{close_with, BoxStream, Rewind};
+use crate::protocol::upstream;
 use crate::refusal::RefusalReason;
-use crate::tls::handshake;
+use crate::tls::handshake::{self, AcceptedTls};
 use crate::tls::upstream::{UpstreamSession, UpstreamTls};
 
-/// Runs one connection: handshake (bounded by the handshake timeout), then
-/// the upstream leg, then bytes both ways.
+/// Runs one connection: handshake, then the upstream leg (both bounded by
+/// the handshake timeout), then bytes both ways.
 pub(crate) async fn serve(
-    ctx: ConnectionContext,
-    mut stream: BoxStream,
-    over_limit: bool,
+    ctx: ConnectionContext<PreparedListener>,
+    stream: BoxStream,
+    admission: Admission,
 ) -> Result<(), Refused> {
-    let negotiated = tokio::time::timeout(ctx.listener.handshake_timeout, async {
-        let mut first = [0u8; 1];
-        let n = stream
-            .read(&mut first)
-            .await
-            .map_err(|e| Refused::new(RefusalReason::ClientClosed, e.to_string()))?;
-        if n == 0 {
-            return Err(Refused::new(
-                RefusalReason::ClientClosed,
-                "client closed the connection before sending anything",
-            ));
-        }
-        if first[0] != CONTENT_TYPE_HANDSHAKE {
-            return Err(Refused::new(
-                RefusalReason::PlaintextRefused,
-                format!(
-                    "first byte 0x{:02x} is not a TLS handshake record; this listener speaks TLS only",
-                    first[0]
-                ),
-            ));
-        }
-        let stream = Rewind::new(Bytes::copy_from_slice(&first), stream);
-        let accepted = match handshake::accept(&ctx, stream, None).await? {
-            Ok(accepted) => accepted,
-            Err(mut rejected) => {
-                handshake::close_with(&mut rejected.stream, &[]).await;
-                return Err(rejected.refused);
-            }
-        };
-        if over_limit {
-            let mut accepted = accepted;
-            handshake::close_with(&mut accepted.stream, &[]).await;
-            return Err(Refused::new(
-                RefusalReason::TooManyConnections,
-                format!(
-                    "listener is at max_connections ({})",
-                    ctx.listener.max_connections
-                ),
-            )
-            .with_identity(accepted.identity));
-        }
-        let route = accepted.route.clone();
-        let opened = open_upstream(
-            &route.upstream,
-            route.upstream_tls.as_deref(),
-            ctx.listener.upstream_connect_timeout,
-        );
-        match opened.await {
-            Ok((upstream, session)) => {
-                let tls_version = session.map(|s| s.version);
-                handshake::log_established(&ctx, &accepted, "", "", tls_version);
-                Ok((accepted.stream, upstream))
-            }
-            Err(refused) => {
-                // No in-band error exists in a protocol we do not speak:
-                // the client sees the connection close.
-                let mut accepted = accepted;
-                handshake::close_with(&mut accepted.stream, &[]).await;
-                Err(refused.with_identity(accepted.identity))
-            }
-        }
-    })
-    .await
-    .map_err(|_| {
-        Refused::new(
-            RefusalReason::Timeout,
-            "client did not finish the TLS handshake in time",
-        )
-    })??;
-    let (client, upstream) = negotiated;
+    let (client, upstream) = ctx
+        .within_handshake_timeout(negotiate(&ctx, stream, admission))
+        .await?;
     copy::forward(&ctx, client, upstream).await;
     Ok(())
 }
 
-/// The upstream connector of `tls` listeners, shared by both modes: the
-/// connection, then, with `tls`, a TLS handshake from the first byte
-/// ([`open_tls_upstream`]).
+async fn negotiate(
+    ctx: &ConnectionContext<PreparedListener>,
+    mut stream: BoxStream,
+    admission: Admission,
+) -> Result<(AcceptedTls, BoxStream), Refused> {
+    let mut first = [0u8; 1];
+    let n = stream
+        .read(&mut first)
+        .await
+        .map_err(Refused::client_closed)?;
+    if n == 0 {
+        return Err(Refused::new(
+            RefusalReason::ClientClosed,
+            "client closed the connection before sending anything",
+        ));
+    }
+    if first[0] != CONTENT_TYPE_HANDSHAKE {
+        return Err(Refused::new(
+            RefusalReason::PlaintextRefused,
+            format!(
+                "first byte 0x{:02x} is not a TLS handshake record; this listener speaks TLS only",
+                first[0]
+            ),
+        ));
+    }
+    let stream = Rewind::new(Bytes::copy_from_slice(&first), stream);
+    let mut accepted = handshake::accept(ctx, stream, None, &[]).await?;
+    if admission == Admission::OverLimit {
+        close_with(&mut accepted.stream, &[]).await;
+        return Err(ctx.over_limit());
+    }
+    let route = accepted.route.clone();
+    let opened = open_upstream(
+        &route.upstream,
+        route.upstream_tls.as_deref(),
+        ctx.listener.upstream_connect_timeout,
+    );
+    match opened.await {
+        Ok((upstream, session)) => {
+            ctx.log_established(Established {
+                user: "",
+                database: "",
+                upstream: &route.upstream,
+                upstream_tls: session.map(|s| s.tls.version),
+                server_name: None,
+                handshake_micros: accepted.handshake_micros,
+            });
+            Ok((accepted.stream, upstream))
+        }
+        Err(refused) => {
+            // No in-band error exists in a protocol we do not speak: the
+            // client sees the connection close.
+            close_with(&mut accepted.stream, &[]).await;
+            Err(refused)
+        }
+    }
+}
+
+/// The upstream connector of server-mode `tls` listeners: the
+/// connection, then, with `tls`, a TLS handshake from the first byte.
 async fn open_upstream(
     target: &Endpoint,
     tls: Option<&UpstreamTls>,
     timeout: Duration,
 ) -> Result<(BoxStream, Option<UpstreamSession>), Refused> {
-    match tls {
-        None => Ok((connect(target, timeout).await?, None)),
-        Some(tls) => open_tls_upstream(target, tls, timeout)
-            .await
-            .map(|(stream, session)| (stream, Some(session))),
-    }
-}
-
-/// Connects to `target` and runs TLS from the first byte.
-async fn open_tls_upstream(
-    target: &Endpoint,
-    tls: &UpstreamTls,
-    timeout: Duration,
-) -> Result<(BoxStream, UpstreamSession), Refused> {
-    let upstream = connect(target, timeout).await?;
-    tls.connect(upstream, timeout)
-        .await
-        .map_err(|f| Refused::new(f.reason, format!("{target}: {}", f.detail)))
-}
-
-async fn connect(target: &Endpoint, timeout: Duration) -> Result<BoxStream, Refused> {
-    net::connect(target, timeout).await.map_err(|e| {
-        Refused::new(
-            RefusalReason::UpstreamUnavailable,
-            format!("connecting to {target}: {e}"),
-        )
-    })
+    let stream = upstream::connect(target, timeout).await?;
+    let Some(tls) = tls else {
+        return Ok((stream, None));
+    };
+    let (stream, session) = upstream::start_tls(tls, stream, target, timeout).await?;
+    Ok((stream, Some(session)))
 }
 
 /// Runs one client-mode connection: plaintext from a local application,
@@ -151,42 +123,28 @@ async fn connect(target: &Endpoint, timeout: Duration) -> Result<BoxStream, Refu
 pub(crate) async fn serve_client(
     ctx: ConnectionContext<PreparedClientListener>,
     mut app: BoxStream,
-    over_limit: bool,
+    admission: Admission,
 ) -> Result<(), Refused> {
-    let listener = &ctx.listener;
-    if over_limit {
-        let _ = app.shutdown().await;
-        return Err(Refused::new(
-            RefusalReason::TooManyConnections,
-            format!(
-                "listener is at max_connections ({})",
-                listener.max_connections
-            ),
-        ));
+    if admission == Admission::OverLimit {
+        close_with(&mut app, &[]).await;
+        return Err(ctx.over_limit());
     }
-    let opened = tokio::time::timeout(
-        listener.handshake_timeout,
-        open_tls_upstream(
-            &listener.upstream,
-            &listener.upstream_tls,
-            listener.upstream_connect_timeout,
-        ),
-    );
-    let opened = match opened.await {
-        Ok(opened) => opened,
-        Err(_) => Err(Refused::new(
-            RefusalReason::Timeout,
-            "the upstream leg did not open within the handshake timeout",
-        )),
-    };
+    let listener = &ctx.listener;
+    let (target, timeout) = (&listener.upstream, listener.upstream_connect_timeout);
+    let opened = ctx
+        .within_handshake_timeout(async {
+            let stream = upstream::connect(target, timeout).await?;
+            upstream::start_tls(&listener.upstream_tls, stream, target, timeout).await
+        })
+        .await;
     match opened {
         Ok((upstream, session)) => {
-            client_mode::log_established(&ctx, &session, "", "");
+            ctx.log_client_mode_established(&session, "", "");
             copy::forward(&ctx, app, upstream).await;
             Ok(())
         }
         Err(refused) => {
-            let _ = app.shutdown().await;
+            close_with(&mut app, &[]).await;
             Err(refused)
         }
     }

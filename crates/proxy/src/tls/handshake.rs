@@ -1,54 +1,44 @@
-//! The TLS handshake with a client, shared by every protocol: read the
-//! ClientHello, check ALPN where the protocol demands it, run the handshake
-//! with the listener's current material, and re-verify resumed sessions.
+//! The TLS handshake with a client in server mode, shared by every
+//! protocol: read the ClientHello, check ALPN where the protocol demands
+//! it, choose the route by server name, run the handshake with that
+//! route's current material, and re-verify resumed sessions.
 //!
 //! This module owns what happens between "the client wants TLS" and "TLS
-//! is established with an identity we accept". It sends nothing but TLS.
+//! is established with an identity we accept". It sends nothing but TLS,
+//! and the bytes a protocol gives it to say that a resumed session is no
+//! longer accepted.
 
 use std::sync::Arc;
 use std::time::Instant;
-
-use crate::audit::ClientCertFacts;
-use crate::metrics::{HandshakeFacts, NO_IDENTITY};
 
 use intransit_policy::{AllowDecision, AllowList, ClientIdentity};
 use rustls::server::Acceptor;
 use tokio::io::AsyncWriteExt;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
-use tracing::info;
 
-use crate::listener::server_mode::{ConnectionContext, PreparedRoute, Refused};
-use crate::net::{BoxStream, Rewind};
+use crate::audit::ClientCertFacts;
+use crate::conn::{ConnectionContext, Negotiated, Refused};
+use crate::listener::server_mode::{PreparedListener, PreparedRoute};
+use crate::metrics::NO_IDENTITY;
+use crate::net::{close_with, BoxStream, Rewind};
 use crate::refusal::RefusalReason;
+use crate::tls::facts::TlsFacts;
 use crate::tls::listener::PresentedCertificate;
 
 /// A TLS alert record: fatal, unrecognized_name.
 const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
 
-/// The client side of an established TLS session.
-pub(crate) type ClientTls = TlsStream<Rewind<BoxStream>>;
+/// The TLS stream a server-mode listener accepted from a client.
+pub(crate) type AcceptedTls = TlsStream<Rewind<BoxStream>>;
 
-/// A completed handshake whose certificate passed every check.
+/// A completed handshake whose certificate passed every check. What it
+/// negotiated, and the client's identity, are on the connection's context.
 pub(crate) struct Accepted {
-    pub(crate) stream: ClientTls,
+    pub(crate) stream: AcceptedTls,
     /// The route the server name chose.
     pub(crate) route: Arc<PreparedRoute>,
-    pub(crate) identity: Option<ClientIdentity>,
-    pub(crate) resumed: bool,
     pub(crate) handshake_micros: u128,
-}
-
-/// What a completed TLS handshake negotiated, kept on the connection so
-/// that a later refusal is counted with the TLS facts and route it had.
-#[derive(Debug, Clone)]
-pub(crate) struct Negotiated {
-    pub(crate) route: String,
-    pub(crate) tls_version: &'static str,
-    pub(crate) cipher: &'static str,
-    pub(crate) group: &'static str,
-    pub(crate) resumed: bool,
-    pub(crate) identity: String,
 }
 
 /// The identity label of a client certificate under `allow` (see
@@ -64,55 +54,17 @@ fn identity_label(allow: &AllowList, identity: Option<&ClientIdentity>) -> Strin
     }
 }
 
-impl Negotiated {
-    fn of(stream: &ClientTls, route: &PreparedRoute, identity: String) -> Self {
-        let (_, conn) = stream.get_ref();
-        Negotiated {
-            identity,
-            route: route.label(),
-            tls_version: conn
-                .protocol_version()
-                .and_then(|v| v.as_str())
-                .unwrap_or("unknown"),
-            cipher: conn
-                .negotiated_cipher_suite()
-                .and_then(|s| s.suite().as_str())
-                .unwrap_or("unknown"),
-            group: conn
-                .negotiated_key_exchange_group()
-                .and_then(|g| g.name().as_str())
-                .unwrap_or("unknown"),
-            resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
-        }
-    }
-
-    /// The metric labels these facts give.
-    pub(crate) fn facts(&self) -> HandshakeFacts<'_> {
-        HandshakeFacts {
-            route: &self.route,
-            tls_version: self.tls_version,
-            cipher: self.cipher,
-            group: self.group,
-            resumed: self.resumed,
-            identity: &self.identity,
-        }
-    }
-}
-
-/// A handshake that completed, but whose resumed session no longer passes
-/// today's checks. The stream is handed back so the protocol can say why.
-pub(crate) struct Rejected {
-    pub(crate) stream: ClientTls,
-    pub(crate) refused: Refused,
-}
-
 /// Runs the handshake. With `required_alpn`, a ClientHello that does not
-/// offer that protocol is refused before the server says anything.
+/// offer that protocol is refused before the server says anything. A
+/// resumed session whose certificate no longer passes today's checks gets
+/// `on_rejected` (the protocol's own error, or nothing) inside TLS before
+/// the connection closes.
 pub(crate) async fn accept(
-    ctx: &ConnectionContext,
+    ctx: &ConnectionContext<PreparedListener>,
     stream: Rewind<BoxStream>,
     required_alpn: Option<&[u8]>,
-) -> Result<Result<Accepted, Rejected>, Refused> {
+    on_rejected: &[u8],
+) -> Result<Accepted, Refused> {
     let started = Instant::now();
     let start = LazyConfigAcceptor::new(Acceptor::default(), stream)
         .await
@@ -165,7 +117,7 @@ pub(crate) async fn accept(
             RefusalReason::from_handshake_io(&e),
             format!("TLS handshake: {e}"),
         )
-        .with_identity(presented.identity())
+        .presented(presented.identity())
     })?;
     let chain = stream
         .get_ref()
@@ -176,15 +128,15 @@ pub(crate) async fn accept(
     let identity = chain
         .first()
         .and_then(|leaf| ClientIdentity::from_der(leaf.as_ref()).ok());
-    let negotiated = Negotiated::of(
-        &stream,
-        &route,
-        identity_label(&material.settings().allow, identity.as_ref()),
-    );
-    let resumed = negotiated.resumed;
-    // The first handshake of a connection is its only one.
-    let _ = ctx.negotiated.set(negotiated);
     let (_, conn) = stream.get_ref();
+    let tls = TlsFacts::of(conn);
+    let resumed = tls.resumed;
+    ctx.note_negotiated(Negotiated {
+        route: route.label(),
+        tls,
+        identity_label: identity_label(&material.settings().allow, identity.as_ref()),
+        peer_identity: identity,
+    });
     let alpn = conn
         .alpn_protocol()
         .map(|p| String::from_utf8_lossy(p).into_owned());
@@ -207,72 +159,17 @@ pub(crate) async fn accept(
         // rustls does not re-run certificate verification on resumption;
         // apply today's trust anchors, CRL and allow-list again.
         if let Err(e) = material.reverify(&chain) {
-            return Ok(Err(Rejected {
-                stream,
-                refused: Refused::new(
-                    RefusalReason::from_tls_error(&e),
-                    format!("resumed session re-verification: {e}"),
-                )
-                .with_identity(identity),
-            }));
+            let mut stream = stream;
+            close_with(&mut stream, on_rejected).await;
+            return Err(Refused::new(
+                RefusalReason::from_tls_error(&e),
+                format!("resumed session re-verification: {e}"),
+            ));
         }
     }
-    Ok(Ok(Accepted {
+    Ok(Accepted {
         stream,
         route,
-        identity,
-        resumed,
         handshake_micros: started.elapsed().as_micros(),
-    }))
-}
-
-/// Closes a TLS stream after a final message, ignoring errors: the client
-/// is being turned away and may already be gone.
-pub(crate) async fn close_with(stream: &mut ClientTls, message: &[u8]) {
-    let _ = stream.write_all(message).await;
-    let _ = stream.flush().await;
-    let _ = stream.shutdown().await;
-}
-
-/// The one log line for an established session.
-pub(crate) fn log_established(
-    ctx: &ConnectionContext,
-    accepted: &Accepted,
-    user: &str,
-    database: &str,
-    upstream_tls: Option<&str>,
-) {
-    let negotiated = ctx.negotiated.get().cloned().unwrap_or_else(|| {
-        let material = accepted.route.tls.snapshot();
-        let allow = &material.settings().allow;
-        let identity = identity_label(allow, accepted.identity.as_ref());
-        Negotiated::of(&accepted.stream, &accepted.route, identity)
-    });
-    let listener = &ctx.listener;
-    let protocol = listener.protocol.as_str();
-    listener
-        .metrics
-        .handshake(&listener.name, protocol, negotiated.facts(), None);
-    listener.metrics.handshake_duration(
-        &listener.name,
-        protocol,
-        accepted.handshake_micros as f64 / 1e6,
-    );
-    info!(
-        conn = ctx.id,
-        listener = %ctx.listener.name,
-        protocol = %ctx.listener.protocol,
-        peer = %ctx.peer,
-        identity = accepted.identity.as_ref().map(|i| i.to_string()).unwrap_or_default(),
-        user = user,
-        database = database,
-        tls_version = negotiated.tls_version,
-        cipher = negotiated.cipher,
-        group = negotiated.group,
-        resumed = accepted.resumed,
-        route = %negotiated.route,
-        upstream_tls = upstream_tls.unwrap_or("off"),
-        handshake_us = accepted.handshake_micros as u64,
-        "connection established"
-    );
+    })
 }

@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use intransit_config::{ClientAuth, ServerTls, TlsVersion};
@@ -25,11 +25,9 @@ use rustls::{
     SignatureScheme, SupportedProtocolVersion,
 };
 
+use crate::error::ProxyError;
 use crate::tls::material::{self, SourceFingerprint};
-use crate::ProxyError;
-
-/// The ALPN protocol id PostgreSQL 17 clients send with direct TLS.
-pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+use crate::tls::reloadable::{Fingerprinted, ReloadError, ReloadFailure, Reloadable, Reloaded};
 
 /// How many TLS sessions each listener remembers for stateful resumption.
 const SESSION_CACHE_SIZE: usize = 4096;
@@ -257,33 +255,11 @@ impl TlsMaterial {
     }
 }
 
-/// What a reload did.
-#[derive(Debug, Clone)]
-pub enum Reloaded<T> {
-    /// The settings and every file were the same as in service: nothing
-    /// was rebuilt.
-    Unchanged(Arc<T>),
-    /// New material was built, checked and is now in service.
-    Swapped(Arc<T>),
-}
-
-impl<T> Reloaded<T> {
-    /// The material in service after the reload.
-    pub fn material(&self) -> &Arc<T> {
-        match self {
-            Reloaded::Unchanged(m) | Reloaded::Swapped(m) => m,
-        }
-    }
-}
-
 /// The TLS state of one listener. New handshakes take the current
 /// [`TlsMaterial`]; [`ListenerTls::reload`] swaps in new material only after
-/// all of it loaded and checked, so a bad file never takes effect and
-/// established connections keep the material they started with.
+/// all of it loaded and checked (see [`Reloadable`]).
 pub struct ListenerTls {
-    current: RwLock<Arc<TlsMaterial>>,
-    /// Why the latest reload failed, while the files still hold what failed.
-    last_failure: Mutex<Option<ReloadFailure>>,
+    material: Reloadable<TlsMaterial>,
     /// ALPN protocols offered: `postgresql` for PostgreSQL listeners,
     /// none for plain TLS (the client's choice is then not constrained).
     alpn: Vec<Vec<u8>>,
@@ -291,16 +267,6 @@ pub struct ListenerTls {
     // resumed sessions are re-verified against the new material anyway.
     session_storage: Arc<dyn rustls::server::StoresServerSessions>,
     ticketer: Arc<dyn rustls::server::ProducesTickets>,
-}
-
-/// A reload that failed: when, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReloadFailure {
-    /// When it was attempted.
-    pub at: SystemTime,
-    /// The reason, as logged.
-    pub error: String,
-    source: Option<SourceFingerprint>,
 }
 
 impl fmt::Debug for ListenerTls {
@@ -311,61 +277,11 @@ impl fmt::Debug for ListenerTls {
     }
 }
 
-/// Records a failed reload in `slot` and hands the error back. Returns
-/// whether the same files already failed before (so a file watcher does
-/// not report one bad file twice).
-pub(crate) fn note_failure(
-    slot: &Mutex<Option<ReloadFailure>>,
-    source: Option<SourceFingerprint>,
-    error: &ProxyError,
-) -> bool {
-    let mut slot = match slot.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    let repeated = source.is_some()
-        && slot
-            .as_ref()
-            .is_some_and(|f| f.source == source && f.error == error.to_string());
-    *slot = Some(ReloadFailure {
-        at: SystemTime::now(),
-        error: error.to_string(),
-        source,
-    });
-    repeated
-}
-
-pub(crate) fn clear_failure(slot: &Mutex<Option<ReloadFailure>>) {
-    match slot.lock() {
-        Ok(mut g) => *g = None,
-        Err(poisoned) => *poisoned.into_inner() = None,
+impl Fingerprinted for TlsMaterial {
+    fn source(&self) -> SourceFingerprint {
+        self.source
     }
 }
-
-pub(crate) fn read_failure(slot: &Mutex<Option<ReloadFailure>>) -> Option<ReloadFailure> {
-    match slot.lock() {
-        Ok(g) => g.clone(),
-        Err(poisoned) => poisoned.into_inner().clone(),
-    }
-}
-
-/// Why a reload did not take effect, and whether the same files had
-/// already failed the same way (a watcher then stays quiet).
-#[derive(Debug)]
-pub struct ReloadError {
-    /// What failed.
-    pub error: ProxyError,
-    /// The files and error are those of the previous failed attempt.
-    pub repeated: bool,
-}
-
-impl fmt::Display for ReloadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.error.fmt(f)
-    }
-}
-
-impl std::error::Error for ReloadError {}
 
 impl ListenerTls {
     /// Loads the files a listener names and builds its TLS configuration.
@@ -381,8 +297,7 @@ impl ListenerTls {
             ticketer.clone(),
         )?;
         Ok(ListenerTls {
-            current: RwLock::new(Arc::new(material)),
-            last_failure: Mutex::new(None),
+            material: Reloadable::new(material),
             alpn,
             session_storage,
             ticketer,
@@ -391,18 +306,13 @@ impl ListenerTls {
 
     /// The material new handshakes use now.
     pub fn snapshot(&self) -> Arc<TlsMaterial> {
-        match self.current.read() {
-            Ok(guard) => guard.clone(),
-            // A panic while holding the lock cannot leave a half-written
-            // Arc behind, so the value is still whole.
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.material.snapshot()
     }
 
     /// Why the latest reload failed, unless a later one succeeded or found
     /// the files back to what is in service.
     pub fn last_failure(&self) -> Option<ReloadFailure> {
-        read_failure(&self.last_failure)
+        self.material.last_failure()
     }
 
     /// Reads the files `tls` names and, when they or the settings differ
@@ -410,33 +320,18 @@ impl ListenerTls {
     /// makes it the material for new handshakes. On error the old material
     /// stays.
     pub fn reload(&self, tls: &ServerTls) -> Result<Reloaded<TlsMaterial>, ReloadError> {
-        let fail = |source, error: ProxyError| ReloadError {
-            repeated: note_failure(&self.last_failure, source, &error),
-            error,
-        };
-        let files = ServerTlsFiles::read(tls).map_err(|e| fail(None, e))?;
-        let source = files.fingerprint(tls);
-        let current = self.snapshot();
-        if current.source == source {
-            clear_failure(&self.last_failure);
-            return Ok(Reloaded::Unchanged(current));
-        }
-        let material = Arc::new(
-            build_material(
-                tls,
-                &files,
-                &self.alpn,
-                self.session_storage.clone(),
-                self.ticketer.clone(),
-            )
-            .map_err(|e| fail(Some(source), e))?,
-        );
-        match self.current.write() {
-            Ok(mut guard) => *guard = material.clone(),
-            Err(poisoned) => *poisoned.into_inner() = material.clone(),
-        }
-        clear_failure(&self.last_failure);
-        Ok(Reloaded::Swapped(material))
+        self.material.reload(
+            || ServerTlsFiles::read(tls).map(|files| (files.fingerprint(tls), files)),
+            |files| {
+                build_material(
+                    tls,
+                    &files,
+                    &self.alpn,
+                    self.session_storage.clone(),
+                    self.ticketer.clone(),
+                )
+            },
+        )
     }
 }
 

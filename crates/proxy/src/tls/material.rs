@@ -20,7 +20,7 @@ use rustls::sign::CertifiedKey;
 use rustls::InconsistentKeys;
 use sha2::{Digest, Sha256};
 
-use crate::ProxyError;
+use crate::error::ProxyError;
 
 /// SHA-256 over a route's settings and the bytes of every file they name.
 /// Equal fingerprints mean a reload would build the same material, so it

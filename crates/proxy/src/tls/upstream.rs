@@ -13,7 +13,7 @@
 
 use std::fmt;
 use std::io;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use intransit_config::{
@@ -29,22 +29,20 @@ use rustls::{
 };
 use tokio_rustls::TlsConnector;
 
+use crate::error::ProxyError;
 use crate::net::BoxStream;
 use crate::refusal::RefusalReason;
-use crate::tls::listener::{
-    self, crypto_provider, LoadedCertificate, ReloadError, ReloadFailure, Reloaded, ALPN_POSTGRESQL,
-};
+use crate::tls::facts::TlsFacts;
+use crate::tls::listener::{crypto_provider, LoadedCertificate};
 use crate::tls::material::{self, SourceFingerprint};
-use crate::ProxyError;
+use crate::tls::reloadable::{Fingerprinted, ReloadError, ReloadFailure, Reloadable, Reloaded};
 
 /// The upstream leg's TLS, ready for handshakes: the material in service
 /// (rustls configuration, verifier, pins, client certificate) behind a
 /// lock, so a reload swaps it for new handshakes while established upstream
 /// sessions keep theirs.
 pub struct UpstreamTls {
-    current: RwLock<Arc<UpstreamMaterial>>,
-    /// Why the latest reload failed, while the files still hold what failed.
-    last_failure: Mutex<Option<ReloadFailure>>,
+    material: Reloadable<UpstreamMaterial>,
     /// The certificate the database presented last.
     peer: PeerSeen,
 }
@@ -125,14 +123,8 @@ impl fmt::Debug for UpstreamMaterial {
 /// audit events (client mode reports these as the connection's TLS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UpstreamSession {
-    /// `TLSv1_3` or `TLSv1_2`.
-    pub version: &'static str,
-    /// The cipher suite.
-    pub cipher: &'static str,
-    /// The key-exchange group.
-    pub group: &'static str,
-    /// Whether the session was resumed from an earlier one.
-    pub resumed: bool,
+    /// Version, suite, group, resumption.
+    pub tls: TlsFacts,
     /// How long the handshake took.
     pub handshake_micros: u128,
 }
@@ -208,8 +200,7 @@ impl UpstreamTls {
     pub fn build(settings: &UpstreamTlsConfig) -> Result<Self, ProxyError> {
         let files = UpstreamFiles::read(settings)?;
         Ok(UpstreamTls {
-            current: RwLock::new(Arc::new(UpstreamMaterial::build(settings, &files)?)),
-            last_failure: Mutex::new(None),
+            material: Reloadable::new(UpstreamMaterial::build(settings, &files)?),
             peer: PeerSeen::default(),
         })
     }
@@ -223,18 +214,13 @@ impl UpstreamTls {
 
     /// The material new upstream handshakes use now.
     pub fn snapshot(&self) -> Arc<UpstreamMaterial> {
-        match self.current.read() {
-            Ok(guard) => guard.clone(),
-            // A panic while holding the lock cannot leave a half-written
-            // Arc behind, so the value is still whole.
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.material.snapshot()
     }
 
     /// Why the latest reload failed, unless a later one succeeded or found
     /// the files back to what is in service.
     pub fn last_failure(&self) -> Option<ReloadFailure> {
-        listener::read_failure(&self.last_failure)
+        self.material.last_failure()
     }
 
     /// Reads the files `settings` name and, when they or the settings
@@ -245,25 +231,10 @@ impl UpstreamTls {
         &self,
         settings: &UpstreamTlsConfig,
     ) -> Result<Reloaded<UpstreamMaterial>, ReloadError> {
-        let fail = |source, error: ProxyError| ReloadError {
-            repeated: listener::note_failure(&self.last_failure, source, &error),
-            error,
-        };
-        let files = UpstreamFiles::read(settings).map_err(|e| fail(None, e))?;
-        let source = files.fingerprint(settings);
-        let current = self.snapshot();
-        if current.source == source {
-            listener::clear_failure(&self.last_failure);
-            return Ok(Reloaded::Unchanged(current));
-        }
-        let material =
-            Arc::new(UpstreamMaterial::build(settings, &files).map_err(|e| fail(Some(source), e))?);
-        match self.current.write() {
-            Ok(mut guard) => *guard = material.clone(),
-            Err(poisoned) => *poisoned.into_inner() = material.clone(),
-        }
-        listener::clear_failure(&self.last_failure);
-        Ok(Reloaded::Swapped(material))
+        self.material.reload(
+            || UpstreamFiles::read(settings).map(|files| (files.fingerprint(settings), files)),
+            |files| UpstreamMaterial::build(settings, &files),
+        )
     }
 
     /// The settings in service (a reload triggered by a file change
@@ -294,6 +265,12 @@ impl UpstreamTls {
         self.snapshot()
             .connect(stream, timeout, Some(&self.peer))
             .await
+    }
+}
+
+impl Fingerprinted for UpstreamMaterial {
+    fn source(&self) -> SourceFingerprint {
+        self.source
     }
 }
 
@@ -371,7 +348,7 @@ impl UpstreamMaterial {
         };
         if settings.direct {
             // PostgreSQL 17 accepts direct TLS only with this ALPN.
-            config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+            config.alpn_protocols = vec![intransit_wire::pg::ALPN.to_vec()];
         }
         let server_name = match &settings.server_name {
             UpstreamServerName::Ip(ip) => ServerName::IpAddress((*ip).into()),
@@ -425,7 +402,7 @@ impl UpstreamMaterial {
         match finished {
             Ok(tls) => {
                 let conn = tls.get_ref().1;
-                if self.settings.direct && conn.alpn_protocol() != Some(ALPN_POSTGRESQL) {
+                if self.settings.direct && conn.alpn_protocol() != Some(intransit_wire::pg::ALPN) {
                     return Err(UpstreamTlsFailure {
                         reason: RefusalReason::UpstreamTlsFailed,
                         detail: format!(
@@ -435,19 +412,7 @@ impl UpstreamMaterial {
                     });
                 }
                 let session = UpstreamSession {
-                    version: conn
-                        .protocol_version()
-                        .and_then(|v| v.as_str())
-                        .unwrap_or("unknown"),
-                    cipher: conn
-                        .negotiated_cipher_suite()
-                        .and_then(|s| s.suite().as_str())
-                        .unwrap_or("unknown"),
-                    group: conn
-                        .negotiated_key_exchange_group()
-                        .and_then(|g| g.name().as_str())
-                        .unwrap_or("unknown"),
-                    resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+                    tls: TlsFacts::of(conn),
                     handshake_micros: started.elapsed().as_micros(),
                 };
                 if let (Some(peer), Some(leaf)) =

@@ -46,7 +46,7 @@ pub use frame::{
 };
 pub use startup::{
     encode_gssenc_request, encode_ssl_request, parse_initial_message, CancelRequest,
-    InitialMessage, ProtocolVersion, StartupMessage, CANCEL_REQUEST_CODE, GSSENC_REFUSE,
+    InitialMessage, ProtocolVersion, StartupMessage, ALPN, CANCEL_REQUEST_CODE, GSSENC_REFUSE,
     GSSENC_REQUEST_CODE, MAX_CANCEL_KEY_LEN, MAX_STARTUP_PACKET_LEN, PROTOCOL_VERSION_3_0,
     PROTOCOL_VERSION_3_2, SSL_ACCEPT, SSL_REFUSE, SSL_REQUEST_CODE,
 };

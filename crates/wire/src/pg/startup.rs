@@ -31,6 +31,10 @@ pub const MAX_STARTUP_PACKET_LEN: usize = 10_000;
 /// from protocol 3.2 (PostgreSQL 18).
 pub const MAX_CANCEL_KEY_LEN: usize = 256;
 
+/// The ALPN protocol id of direct TLS (PostgreSQL 17): a server accepts
+/// direct TLS only from a client that offers it.
+pub const ALPN: &[u8] = b"postgresql";
+
 /// The server's one-byte answer to an SSLRequest: go ahead with TLS.
 pub const SSL_ACCEPT: u8 = b'S';
 /// The server's one-byte answer to an SSLRequest: no TLS here.
