@@ -3,12 +3,10 @@
 //! diagram in the folder's module doc.
 
 use bytes::BytesMut;
-use intransit_wire::mysql::{
-    encode_packet, parse_client_handshake, ClientHandshake, ServerError, CLIENT_SSL,
-};
 use tokio::io::AsyncWriteExt;
 
-use super::packets::{err_packet, read_packet, unavailable_packet};
+use super::negotiation::{application_login, greeting_for_peer, too_many_connections, Renumbering};
+use super::packets::{read_packet, unavailable_packet};
 use super::relay::relay_authentication;
 use super::upstream::{open_upstream, tls_refused};
 use crate::accept::Admission;
@@ -43,8 +41,7 @@ async fn negotiate(
     if admission == Admission::OverLimit {
         // A server that is full answers the connection with ERR 1040 in
         // place of its greeting; so does the proxy, without asking it.
-        let reply = err_packet(0, ServerError::TOO_MANY_CONNECTIONS, "Too many connections");
-        close_with(&mut app, &reply).await;
+        close_with(&mut app, &too_many_connections(0)).await;
         return Err(ctx.over_limit());
     }
     let upstream = match open_upstream(target, listener.upstream_connect_timeout).await {
@@ -59,20 +56,15 @@ async fn negotiate(
             });
         }
     };
-    let mut greeting = upstream.greeting.clone();
     // The application's leg is plaintext on loopback: it must not try TLS
     // with the proxy, whose certificate it could not verify anyway.
-    greeting.set_tls_offered(false);
-    let encoded = greeting
-        .encode()
-        .and_then(|g| encode_packet(0, &g))
-        .map_err(|e| {
-            Refused::new(
-                RefusalReason::UpstreamUnavailable,
-                format!("re-encoding the greeting of {target}: {e}"),
-            )
-        })?;
-    app.write_all(&encoded)
+    let greeting = greeting_for_peer(&upstream.greeting, false).map_err(|e| {
+        Refused::new(
+            RefusalReason::UpstreamUnavailable,
+            format!("re-encoding the greeting of {target}: {e}"),
+        )
+    })?;
+    app.write_all(&greeting)
         .await
         .map_err(Refused::client_closed)?;
 
@@ -83,46 +75,14 @@ async fn negotiate(
             format!("application handshake: {e}"),
         )
     })?;
-    let mut response = match parse_client_handshake(&first) {
-        Ok(ClientHandshake::Response(response)) => response,
-        Ok(ClientHandshake::SslRequest(_)) => {
-            let reply = err_packet(
-                seq.wrapping_add(1),
-                ServerError::BAD_HANDSHAKE,
-                "This proxy port takes plaintext from local applications (intransit client mode) and encrypts the connection to the database itself; connect without TLS (mariadb: --skip-ssl, mysql: --ssl-mode=DISABLED)",
-            );
-            close_with(&mut app, &reply).await;
-            return Err(Refused::new(
-                RefusalReason::Malformed,
-                "the application sent an SSLRequest although the greeting offered no TLS; a client-mode listener accepts plaintext only",
-            ));
-        }
-        Err(e) => {
-            let reply = err_packet(
-                seq.wrapping_add(1),
-                ServerError::BAD_HANDSHAKE,
-                "Bad handshake",
-            );
-            close_with(&mut app, &reply).await;
-            return Err(Refused::new(
-                RefusalReason::Malformed,
-                format!("application handshake: {e}"),
-            ));
+    let login = match application_login(seq, &first) {
+        Ok(login) => login,
+        Err(refusal) => {
+            close_with(&mut app, &refusal.reply).await;
+            return Err(refusal.refused);
         }
     };
-    let user = response.user_utf8().unwrap_or("").to_owned();
-    let database = response
-        .database_utf8()
-        .ok()
-        .flatten()
-        .unwrap_or("")
-        .to_owned();
-    ctx.note_login(
-        Some(&user),
-        Some(&database)
-            .filter(|d| !d.is_empty())
-            .map(|d| d.as_str()),
-    );
+    ctx.note_login(Some(&login.user), login.database());
     if !app_buf.is_empty() {
         return Err(Refused::new(
             RefusalReason::Malformed,
@@ -133,11 +93,11 @@ async fn negotiate(
     // Upstream the proxy's SSLRequest takes the place of the application's
     // response (packet 1), and the response follows inside TLS as packet
     // 2 with CLIENT_SSL set: the application counts one packet fewer.
-    response.capabilities |= CLIENT_SSL;
+    let renumbering = Renumbering::CLIENT_MODE;
     let unavailable_reply = unavailable_packet(seq.wrapping_add(1));
     let secured = upstream.secure(
         &listener.upstream_tls,
-        &response,
+        &login.response,
         seq,
         target,
         listener.upstream_connect_timeout,
@@ -150,9 +110,8 @@ async fn negotiate(
         }
     };
     ctx.note_upstream_session(&session);
-    let forwarded = response
-        .encode()
-        .and_then(|r| encode_packet(seq.wrapping_add(1), &r))
+    let forwarded = renumbering
+        .response_for_upstream(&login, true)
         .map_err(|e| Refused::new(RefusalReason::Malformed, format!("HandshakeResponse: {e}")))?;
     if let Err(e) = upstream.write_all(&forwarded).await {
         close_with(&mut app, &unavailable_reply).await;
@@ -166,13 +125,13 @@ async fn negotiate(
         &mut app_buf,
         &mut upstream,
         &mut BytesMut::new(),
-        u8::MAX,
+        renumbering,
         seq,
     )
     .await;
     if let Err(failure) = relayed {
         return Err(failure.answer(&mut app).await);
     }
-    ctx.log_client_mode_established(&session, &user, &database);
+    ctx.log_client_mode_established(&session, &login.user, &login.database);
     Ok((app, upstream))
 }

@@ -50,6 +50,7 @@
 //!   renumbered.
 
 pub(crate) mod client_mode;
+pub(crate) mod negotiation;
 pub(crate) mod packets;
 pub(crate) mod relay;
 pub(crate) mod server_mode;

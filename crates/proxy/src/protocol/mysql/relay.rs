@@ -6,9 +6,10 @@
 use std::io;
 
 use bytes::BytesMut;
-use intransit_wire::mysql::{encode_packet, parse_server_auth_reply, ServerAuthReply};
+use intransit_wire::mysql::encode_packet;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use super::negotiation::{relay_from_server, Renumbering};
 use super::packets::{read_packet, unavailable_packet, PacketError};
 use crate::conn::Refused;
 use crate::net::{close_with, BoxStream};
@@ -72,18 +73,16 @@ impl RelayFailure {
 }
 
 /// Relays the authentication exchange (auth switch, more data, the
-/// client's answers) in both directions with sequence ids renumbered
-/// (client = upstream + `offset`, wrapping: client mode, where the
-/// application is one behind, passes `u8::MAX`), until
-/// the server ends it with OK or ERR. Bytes already read past that point
-/// are passed on as they are. `response_seq` is the sequence id of the
+/// client's answers) in both directions with sequence ids renumbered as
+/// `renumbering` says, until the server ends it with OK or ERR. Bytes
+/// already read past that point are passed on as they are. `response_seq` is the sequence id of the
 /// client's HandshakeResponse, as the client numbered it.
 pub(crate) async fn relay_authentication<C: AsyncRead + AsyncWrite + Unpin>(
     client: &mut C,
     client_buf: &mut BytesMut,
     upstream: &mut BoxStream,
     upstream_buf: &mut BytesMut,
-    offset: u8,
+    renumbering: Renumbering,
     response_seq: u8,
 ) -> Result<(), RelayFailure> {
     // The sequence id, in the client's numbering, of the server's next packet.
@@ -94,16 +93,11 @@ pub(crate) async fn relay_authentication<C: AsyncRead + AsyncWrite + Unpin>(
             from_server = read_packet(upstream, upstream_buf) => {
                 let (seq, payload) = from_server
                     .map_err(|e| RelayFailure::server(&e, next_to_client))?;
-                let done = matches!(
-                    parse_server_auth_reply(&payload),
-                    Ok(ServerAuthReply::Ok(_) | ServerAuthReply::Err(_))
-                );
-                let seq = seq.wrapping_add(offset);
-                next_to_client = seq.wrapping_add(1);
-                let packet = encode_packet(seq, &payload)
+                let relayed = relay_from_server(renumbering, seq, &payload)
                     .map_err(|e| RelayFailure::client(e.to_string()))?;
-                client.write_all(&packet).await.map_err(to_client)?;
-                if done {
+                next_to_client = relayed.seq.wrapping_add(1);
+                client.write_all(&relayed.packet).await.map_err(to_client)?;
+                if relayed.done {
                     if !upstream_buf.is_empty() {
                         client.write_all(upstream_buf).await.map_err(to_client)?;
                         upstream_buf.clear();
@@ -123,7 +117,7 @@ pub(crate) async fn relay_authentication<C: AsyncRead + AsyncWrite + Unpin>(
                 let (seq, payload) = from_client
                     .map_err(|e| RelayFailure::client(format!("the client: {e}")))?;
                 next_to_client = seq.wrapping_add(1);
-                let packet = encode_packet(seq.wrapping_sub(offset), &payload)
+                let packet = encode_packet(renumbering.to_upstream(seq), &payload)
                     .map_err(|e| RelayFailure::client(e.to_string()))?;
                 upstream.write_all(&packet).await.map_err(|e| {
                     RelayFailure::server(&PacketError::Io(e), next_to_client)

@@ -4,21 +4,22 @@
 //! the diagram in the folder's module doc.
 
 use bytes::BytesMut;
-use intransit_wire::mysql::{
-    encode_packet, parse_client_handshake, ClientHandshake, HandshakeResponse41, ServerError,
-};
 use tokio::io::AsyncWriteExt;
 
-use super::packets::{err_packet, read_packet, unavailable_packet};
+use super::negotiation::{
+    authorize, first_packet, greeting_for_peer, login_inside_tls, too_many_connections, Login,
+    Refusal, Renumbering,
+};
+use super::packets::{read_packet, unavailable_packet};
 use super::relay::relay_authentication;
-use super::upstream::open_upstream;
+use super::upstream::{open_upstream, Upstream};
 use crate::accept::Admission;
 use crate::conn::{ConnectionContext, Established, Refused};
 use crate::copy;
 use crate::listener::server_mode::PreparedListener;
 use crate::net::{close_with, BoxStream, Rewind};
 use crate::refusal::RefusalReason;
-use crate::tls::handshake::{self, AcceptedTls};
+use crate::tls::handshake::{self, Accepted, AcceptedTls};
 
 /// Runs one client connection from accept to close.
 pub(crate) async fn serve(
@@ -40,8 +41,6 @@ async fn negotiate(
 ) -> Result<(AcceptedTls, BoxStream), Refused> {
     let listener = &ctx.listener;
     let target = listener.default_route.upstream.clone();
-    let unavailable = |detail: String| Refused::new(RefusalReason::UpstreamUnavailable, detail);
-
     // The server speaks first: its greeting (and scramble) is what the
     // client will answer, so the upstream leg opens before anything else.
     let upstream = match open_upstream(&target, listener.upstream_connect_timeout).await {
@@ -51,186 +50,153 @@ async fn negotiate(
             return Err(refused);
         }
     };
-    let mut greeting = upstream.greeting.clone();
-    greeting.set_tls_offered(true);
-    let encoded = greeting
-        .encode()
-        .and_then(|g| encode_packet(0, &g))
-        .map_err(|e| unavailable(format!("re-encoding the greeting of {target}: {e}")))?;
+    let greeting = greeting_for_peer(&upstream.greeting, true).map_err(|e| {
+        Refused::new(
+            RefusalReason::UpstreamUnavailable,
+            format!("re-encoding the greeting of {target}: {e}"),
+        )
+    })?;
     client
-        .write_all(&encoded)
+        .write_all(&greeting)
         .await
         .map_err(Refused::client_closed)?;
-
-    let mut client_buf = BytesMut::with_capacity(256);
-    let (seq, first) = read_packet(&mut client, &mut client_buf)
-        .await
-        .map_err(|e| Refused::new(RefusalReason::Malformed, format!("client handshake: {e}")))?;
-    match parse_client_handshake(&first) {
-        Ok(ClientHandshake::SslRequest(_)) => {}
-        Ok(ClientHandshake::Response(response)) => {
-            let reply = err_packet(
-                seq.wrapping_add(1),
-                ServerError::SECURE_TRANSPORT_REQUIRED,
-                "Connections using insecure transport are prohibited: this server requires TLS with a client certificate (mariadb: --ssl-verify-server-cert --ssl-ca --ssl-cert --ssl-key)",
-            );
-            close_with(&mut client, &reply).await;
-            return Err(Refused::new(
-                RefusalReason::PlaintextRefused,
-                format!(
-                    "HandshakeResponse without TLS (user {:?})",
-                    response.user_utf8().unwrap_or("?")
-                ),
-            ));
-        }
-        Err(e) => {
-            let reply = err_packet(
-                seq.wrapping_add(1),
-                ServerError::BAD_HANDSHAKE,
-                "Bad handshake",
-            );
-            close_with(&mut client, &reply).await;
-            return Err(Refused::new(
-                RefusalReason::Malformed,
-                format!("client handshake: {e}"),
-            ));
-        }
-    }
-    // Unlike PostgreSQL's, MySQL's SSLRequest gets no answer: the client
-    // starts its TLS handshake right behind it, so bytes already read are
-    // the start of the ClientHello and go to the TLS stack. Any plaintext
-    // there fails the handshake; none of it reaches the server.
-    let prefix = client_buf.split().freeze();
-
-    let mut accepted = handshake::accept(ctx, Rewind::new(prefix, client), None, &[]).await?;
-    let identity = ctx.peer_identity();
+    let mut accepted = start_tls(ctx, client).await?;
     let mut tls_buf = BytesMut::with_capacity(512);
-    let (seq, payload) = read_packet(&mut accepted.stream, &mut tls_buf)
-        .await
-        .map_err(|e| Refused::new(RefusalReason::Malformed, format!("HandshakeResponse: {e}")))?;
-    // Inside TLS the response still carries CLIENT_SSL, so it is parsed as
-    // a response, not classified like the first packet.
-    let mut response = match HandshakeResponse41::parse(&payload) {
-        Ok(r) => r,
-        Err(e) => {
-            let reply = err_packet(
-                seq.wrapping_add(1),
-                ServerError::BAD_HANDSHAKE,
-                "Bad handshake",
-            );
-            close_with(&mut accepted.stream, &reply).await;
-            return Err(Refused::new(
-                RefusalReason::Malformed,
-                format!("HandshakeResponse inside TLS: {e}"),
-            ));
-        }
-    };
-    let user = response.user_utf8().unwrap_or("").to_owned();
-    let database = response
-        .database_utf8()
-        .ok()
-        .flatten()
-        .unwrap_or("")
-        .to_owned();
-    ctx.note_login(
-        Some(&user),
-        Some(&database)
-            .filter(|d| !d.is_empty())
-            .map(|d| d.as_str()),
-    );
-    if admission == Admission::OverLimit {
-        let reply = err_packet(
-            seq.wrapping_add(1),
-            ServerError::TOO_MANY_CONNECTIONS,
-            "Too many connections",
-        );
-        close_with(&mut accepted.stream, &reply).await;
-        return Err(ctx.over_limit());
-    }
-    if !accepted.route.db_users.permits(identity, &user) {
-        let who = identity.map_or_else(
-            || "a client without a certificate".to_owned(),
-            |i| format!("certificate identity \"{i}\""),
-        );
-        let reply = err_packet(
-            seq.wrapping_add(1),
-            ServerError::ACCESS_DENIED,
-            &format!("Access denied: {who} may not log in as database user '{user}'"),
-        );
-        close_with(&mut accepted.stream, &reply).await;
-        return Err(Refused::new(
-            RefusalReason::UserDenied,
-            format!("database user {user:?} not permitted by db_users"),
-        ));
-    }
-    if !tls_buf.is_empty() {
-        return Err(Refused::new(
-            RefusalReason::Malformed,
-            "bytes followed the HandshakeResponse before the server answered",
-        ));
-    }
-
-    let unavailable_reply = unavailable_packet(seq.wrapping_add(1));
-    // With a TLS upstream the proxy sends its own SSLRequest (the client's
-    // capabilities, CLIENT_SSL set) as packet 1, so both legs count the
-    // same and the response keeps its sequence id and CLIENT_SSL. With a
-    // plaintext upstream the server never sees an SSLRequest: the response
-    // is its packet 1, and every later packet is one behind the client's.
-    let route = accepted.route.clone();
-    let mut upstream_buf = BytesMut::new();
-    let (mut upstream, offset, upstream_tls_version) = match &route.upstream_tls {
-        Some(tls) => {
-            let secured = upstream.secure(
-                tls,
-                &response,
-                seq.wrapping_sub(1),
-                &target,
-                listener.upstream_connect_timeout,
-            );
-            match secured.await {
-                Ok((stream, session)) => (stream, 0u8, Some(session.tls.version)),
-                Err(refused) => {
-                    close_with(&mut accepted.stream, &unavailable_reply).await;
-                    return Err(refused);
-                }
-            }
-        }
-        None => {
-            response.clear_ssl();
-            upstream_buf = upstream.buf;
-            (upstream.stream, 1u8, None)
-        }
-    };
-    let forwarded = response
-        .encode()
-        .and_then(|r| encode_packet(seq.wrapping_sub(offset), &r))
-        .map_err(|e| Refused::new(RefusalReason::Malformed, format!("HandshakeResponse: {e}")))?;
-    if let Err(e) = upstream.write_all(&forwarded).await {
-        close_with(&mut accepted.stream, &unavailable_reply).await;
-        return Err(unavailable(format!(
-            "sending the HandshakeResponse to {target}: {e}"
-        )));
-    }
-
+    let login = read_login(ctx, &mut accepted, &mut tls_buf, admission).await?;
+    let (mut upstream, mut upstream_buf, renumbering, upstream_tls) =
+        forward_login(ctx, &mut accepted, upstream, &login).await?;
     let relayed = relay_authentication(
         &mut accepted.stream,
         &mut tls_buf,
         &mut upstream,
         &mut upstream_buf,
-        offset,
-        seq,
+        renumbering,
+        login.seq,
     )
     .await;
     if let Err(failure) = relayed {
         return Err(failure.answer(&mut accepted.stream).await);
     }
     ctx.log_established(Established {
-        user: &user,
-        database: &database,
+        user: &login.user,
+        database: &login.database,
         upstream: &target,
-        upstream_tls: upstream_tls_version,
+        upstream_tls,
         server_name: None,
         handshake_micros: accepted.handshake_micros,
     });
     Ok((accepted.stream, upstream))
+}
+
+/// Reads the client's answer to the greeting and, for an SSLRequest, runs
+/// the TLS handshake.
+async fn start_tls(
+    ctx: &ConnectionContext<PreparedListener>,
+    mut client: BoxStream,
+) -> Result<Accepted, Refused> {
+    let mut buf = BytesMut::with_capacity(256);
+    let (seq, first) = read_packet(&mut client, &mut buf)
+        .await
+        .map_err(|e| Refused::new(RefusalReason::Malformed, format!("client handshake: {e}")))?;
+    if let Err(refusal) = first_packet(seq, &first) {
+        close_with(&mut client, &refusal.reply).await;
+        return Err(refusal.refused);
+    }
+    // Unlike PostgreSQL's, MySQL's SSLRequest gets no answer: the client
+    // starts its TLS handshake right behind it, so bytes already read are
+    // the start of the ClientHello and go to the TLS stack. Any plaintext
+    // there fails the handshake; none of it reaches the server.
+    let prefix = buf.split().freeze();
+    handshake::accept(ctx, Rewind::new(prefix, client), None, &[]).await
+}
+
+/// Reads the HandshakeResponse inside TLS and checks the connection may
+/// go on: within `max_connections`, a user `db_users` permits, nothing
+/// sent ahead of the server's answer.
+async fn read_login(
+    ctx: &ConnectionContext<PreparedListener>,
+    accepted: &mut Accepted,
+    buf: &mut BytesMut,
+    admission: Admission,
+) -> Result<Login, Refused> {
+    let (seq, payload) = read_packet(&mut accepted.stream, buf)
+        .await
+        .map_err(|e| Refused::new(RefusalReason::Malformed, format!("HandshakeResponse: {e}")))?;
+    let checked = login_inside_tls(seq, &payload).and_then(|login| {
+        ctx.note_login(Some(&login.user), login.database());
+        if admission == Admission::OverLimit {
+            return Err(Refusal {
+                reply: too_many_connections(seq.wrapping_add(1)),
+                refused: ctx.over_limit(),
+            });
+        }
+        authorize(&accepted.route.db_users, ctx.peer_identity(), &login)?;
+        Ok(login)
+    });
+    let login = match checked {
+        Ok(login) => login,
+        Err(refusal) => {
+            close_with(&mut accepted.stream, &refusal.reply).await;
+            return Err(refusal.refused);
+        }
+    };
+    if !buf.is_empty() {
+        return Err(Refused::new(
+            RefusalReason::Malformed,
+            "bytes followed the HandshakeResponse before the server answered",
+        ));
+    }
+    Ok(login)
+}
+
+/// Sends the login upstream: over TLS after the proxy's own SSLRequest
+/// (packet 1, so both legs count the same and the response keeps its
+/// sequence id and CLIENT_SSL), or over plaintext, where the server never
+/// sees an SSLRequest, the response is its packet 1 and every later packet
+/// is one behind the client's. Returns the upstream leg, bytes it sent
+/// past its greeting, the renumbering and the upstream TLS version.
+async fn forward_login(
+    ctx: &ConnectionContext<PreparedListener>,
+    accepted: &mut Accepted,
+    upstream: Upstream,
+    login: &Login,
+) -> Result<(BoxStream, BytesMut, Renumbering, Option<&'static str>), Refused> {
+    let route = accepted.route.clone();
+    let target = &route.upstream;
+    let timeout = ctx.listener.upstream_connect_timeout;
+    let unavailable_reply = unavailable_packet(login.seq.wrapping_add(1));
+    let opened = match route.upstream_tls.as_deref() {
+        Some(tls) => {
+            let r = Renumbering::TLS_UPSTREAM;
+            let ssl_request_seq = r.to_upstream(login.seq).wrapping_sub(1);
+            upstream
+                .secure(tls, &login.response, ssl_request_seq, target, timeout)
+                .await
+                .map(|(stream, session)| (stream, BytesMut::new(), r, Some(session.tls.version)))
+        }
+        None => Ok((
+            upstream.stream,
+            upstream.buf,
+            Renumbering::PLAINTEXT_UPSTREAM,
+            None,
+        )),
+    };
+    let (mut stream, buf, renumbering, version) = match opened {
+        Ok(opened) => opened,
+        Err(refused) => {
+            close_with(&mut accepted.stream, &unavailable_reply).await;
+            return Err(refused);
+        }
+    };
+    let forwarded = renumbering
+        .response_for_upstream(login, version.is_some())
+        .map_err(|e| Refused::new(RefusalReason::Malformed, format!("HandshakeResponse: {e}")))?;
+    if let Err(e) = stream.write_all(&forwarded).await {
+        close_with(&mut accepted.stream, &unavailable_reply).await;
+        return Err(Refused::new(
+            RefusalReason::UpstreamUnavailable,
+            format!("sending the HandshakeResponse to {target}: {e}"),
+        ));
+    }
+    Ok((stream, buf, renumbering, version))
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use intransit_config::Endpoint;
 use intransit_wire::mysql::{
-    encode_packet, ErrPacket, HandshakeResponse41, HandshakeV10, SslRequest,
+    encode_packet, ErrPacket, HandshakeResponse41, HandshakeV10, SslRequest, CLIENT_SSL,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -56,7 +56,7 @@ pub(crate) async fn open_upstream(
 impl Upstream {
     /// The MySQL upstream connector's second half, shared by both modes:
     /// the proxy's own SSLRequest (packet `ssl_request_seq`, the
-    /// capabilities of the client's `response` with CLIENT_SSL) and the
+    /// capabilities of the peer's `response` with CLIENT_SSL set) and the
     /// TLS handshake. A greeting without CLIENT_SSL is
     /// `upstream_tls_refused`.
     pub(crate) async fn secure(
@@ -78,7 +78,7 @@ impl Upstream {
             )));
         }
         let request = SslRequest {
-            capabilities: response.capabilities,
+            capabilities: response.capabilities | CLIENT_SSL,
             max_packet_size: response.max_packet_size,
             collation: response.collation,
             extended_capabilities: response.extended_capabilities,
