@@ -9,7 +9,7 @@ use std::ffi::OsString;
 use std::io::Read;
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use intransit_pki::CertificatePaths;
 use intransit_testkit::{
@@ -694,48 +694,16 @@ fn a_postgres_with_ssl_off_is_refused_with_08006() {
 fn psql_cancel_in_client_mode_travels_over_tls() {
     let user = tls_pg_user("ccancel");
     let proxy = ProxyProcess::start(&client_toml("postgres", &tls_pg_upstream(), &db_ca(), ""));
-    let psql_bin = intransit_testkit::require_tool("psql", "postgresql-client").expect("psql");
-    let started = Instant::now();
-    let child = Command::new(psql_bin)
-        .arg(plain_conninfo(proxy.port(), &user.name, &user.name, ""))
-        .args(["-X", "-c", "SELECT pg_sleep(30)"])
-        .env("PGPASSWORD", &user.password)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("psql");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let running = tls_pg()
-            .psql(
-                "postgres",
-                &format!(
-                    "SELECT count(*) FROM pg_stat_activity WHERE usename = '{}' AND query LIKE 'SELECT pg_sleep%' AND state = 'active'",
-                    user.name
-                ),
-            )
-            .expect("pg_stat_activity");
-        if running == "1" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "query never started");
-        std::thread::sleep(Duration::from_millis(100));
-    }
     // psql sends its CancelRequest in plaintext to the client-mode proxy,
     // which forwards it over a fresh TLS connection (the server's pg_hba
     // rejects plaintext from 127.0.0.1).
-    signal(child.id(), "INT");
-    let out = child.wait_with_output().expect("psql output");
-    let err = stderr(&out);
-    assert!(
-        err.contains("canceling statement due to user request"),
-        "psql did not report a cancel: {err}"
+    let line = cancel_a_running_query(
+        &proxy,
+        tls_pg(),
+        &plain_conninfo(proxy.port(), &user.name, &user.name, ""),
+        &user.name,
+        &user.password,
     );
-    assert!(started.elapsed() < Duration::from_secs(25));
-    let line = proxy.wait_for_log(Duration::from_secs(5), |v| {
-        v["message"] == "cancel request forwarded"
-    });
     assert_eq!(line["upstream_tls"], "TLSv1_3");
 }
 

@@ -3,9 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use crate::support::*;
 
@@ -212,53 +210,11 @@ fn bytes_pipelined_after_ssl_request_close_the_connection() {
 fn psql_ctrl_c_cancels_a_query_through_the_proxy() {
     let user = db_user("cancel");
     let proxy = ProxyProcess::start(&listener_toml(&pg_upstream(), "", ""));
-    let psql_bin = intransit_testkit::require_tool("psql", "postgresql-client").expect("psql");
-    let started = Instant::now();
-    let child = Command::new(psql_bin)
-        .arg(conninfo(
-            proxy.port(),
-            &user.name,
-            &user.name,
-            &pki().trainer,
-            "",
-        ))
-        .args(["-X", "-c", "SELECT pg_sleep(30)"])
-        .env("PGPASSWORD", &user.password)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("psql");
-    // Wait until the query is running upstream before interrupting.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let running = pg()
-            .psql(
-                "postgres",
-                &format!(
-                    "SELECT count(*) FROM pg_stat_activity WHERE usename = '{}' AND query LIKE 'SELECT pg_sleep%' AND state = 'active'",
-                    user.name
-                ),
-            )
-            .expect("pg_stat_activity");
-        if running == "1" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "query never started");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    signal(child.id(), "INT");
-    let out = child.wait_with_output().expect("psql output");
-    let err = stderr(&out);
-    assert!(
-        err.contains("canceling statement due to user request"),
-        "psql did not report a cancel: {err}"
+    cancel_a_running_query(
+        &proxy,
+        pg(),
+        &conninfo(proxy.port(), &user.name, &user.name, &pki().trainer, ""),
+        &user.name,
+        &user.password,
     );
-    assert!(
-        started.elapsed() < Duration::from_secs(25),
-        "the query ran to completion"
-    );
-    proxy.wait_for_log(Duration::from_secs(5), |v| {
-        v["message"] == "cancel request forwarded"
-    });
 }

@@ -87,14 +87,15 @@ fn truncated_packets_and_stalled_clients_time_out() {
     stalled.read_exact(&mut s).expect("S");
     // A slow client does not block a good one.
     proxy_query_works(&proxy, &user);
-    let started = Instant::now();
-    let rest = read_to_close(&mut half);
+    // The event is the proxy closing each socket (end of stream); a read
+    // that gives up instead (the socket's 15 s read timeout) is an error.
+    let mut rest = Vec::new();
+    half.read_to_end(&mut rest)
+        .expect("the proxy closes a half-sent SSLRequest");
     assert!(rest.is_empty());
-    let _ = read_to_close(&mut stalled);
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "stalled clients were not closed"
-    );
+    stalled
+        .read_to_end(&mut rest)
+        .expect("the proxy closes a connection that never starts TLS");
     proxy.refusal("timeout");
 }
 

@@ -687,3 +687,57 @@ impl Metrics {
         self.matching(name, with).map(|s| s.value).sum()
     }
 }
+
+/// Runs `SELECT pg_sleep(30)` with psql (`conninfo`, `password`) through
+/// `proxy`, waits until `server` shows the query running for `user`,
+/// interrupts psql with SIGINT and waits for the cancel to land. The
+/// event that proves it is psql reporting the server's "canceling
+/// statement due to user request", which the server sends only when the
+/// CancelRequest reached it (a query that ran to completion reports
+/// nothing); then the proxy's "cancel request forwarded" line, which is
+/// returned.
+pub fn cancel_a_running_query(
+    proxy: &ProxyProcess,
+    server: &PgServer,
+    conninfo: &str,
+    user: &str,
+    password: &str,
+) -> Value {
+    let psql_bin = intransit_testkit::require_tool("psql", "postgresql-client").expect("psql");
+    let child = Command::new(psql_bin)
+        .arg(conninfo)
+        .args(["-X", "-c", "SELECT pg_sleep(30)"])
+        .env("PGPASSWORD", password)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql");
+    // Wait until the query is running upstream before interrupting.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let running = server
+            .psql(
+                "postgres",
+                &format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = '{user}' AND query LIKE 'SELECT pg_sleep%' AND state = 'active'"
+                ),
+            )
+            .expect("pg_stat_activity");
+        if running == "1" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "query never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    signal(child.id(), "INT");
+    let out = child.wait_with_output().expect("psql output");
+    let err = stderr(&out);
+    assert!(
+        err.contains("canceling statement due to user request"),
+        "psql did not report a cancel: {err}"
+    );
+    proxy.wait_for_log(Duration::from_secs(5), |v| {
+        v["message"] == "cancel request forwarded"
+    })
+}

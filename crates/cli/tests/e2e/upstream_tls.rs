@@ -9,7 +9,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use intransit_pki::{
     CertificateAuthority, CertificateKind, CertificatePaths, KeyAlgorithm, Validity,
@@ -498,51 +498,19 @@ fn channel_binding_over_a_tls_upstream() {
 fn psql_cancel_reaches_a_tls_upstream() {
     let user = tls_pg_user("upcancel");
     let proxy = ProxyProcess::start(&pg_listener(&tls_pg_upstream(), &db_ca_line()));
-    let psql_bin = intransit_testkit::require_tool("psql", "postgresql-client").expect("psql");
-    let started = Instant::now();
-    let child = Command::new(psql_bin)
-        .arg(conninfo(
+    let line = cancel_a_running_query(
+        &proxy,
+        tls_pg(),
+        &conninfo(
             proxy.port(),
             &user.name,
             &user.name,
             &pki().trainer,
             "channel_binding=disable",
-        ))
-        .args(["-X", "-c", "SELECT pg_sleep(30)"])
-        .env("PGPASSWORD", &user.password)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("psql");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let running = tls_pg()
-            .psql(
-                "postgres",
-                &format!(
-                    "SELECT count(*) FROM pg_stat_activity WHERE usename = '{}' AND query LIKE 'SELECT pg_sleep%' AND state = 'active'",
-                    user.name
-                ),
-            )
-            .expect("pg_stat_activity");
-        if running == "1" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "query never started");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    signal(child.id(), "INT");
-    let out = child.wait_with_output().expect("psql output");
-    let err = stderr(&out);
-    assert!(
-        err.contains("canceling statement due to user request"),
-        "psql did not report a cancel: {err}"
+        ),
+        &user.name,
+        &user.password,
     );
-    assert!(started.elapsed() < Duration::from_secs(25));
-    let line = proxy.wait_for_log(Duration::from_secs(5), |v| {
-        v["message"] == "cancel request forwarded"
-    });
     assert_eq!(line["upstream_tls"], "TLSv1_3");
 }
 
