@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use intransit_config::{Endpoint, Protocol};
-use intransit_policy::ClientIdentity;
+use intransit_policy::{ClientIdentity, DbUserRules};
 use tracing::{info, warn};
 
 use crate::audit::{rfc3339, AuditEvent, AuditLog, ConnectionRecord};
@@ -337,4 +337,35 @@ impl Refused {
         self.presented_identity = identity.map(Box::new);
         self
     }
+}
+
+/// A refusal and the bytes, in the peer's protocol, that tell it why
+/// before the connection closes (empty where nothing can be said).
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub(crate) reply: Vec<u8>,
+    pub(crate) refused: Refused,
+}
+
+/// Checks that `identity` may log in as `user` under `rules`. A refusal
+/// comes with who was refused, in the words the peer is told.
+pub(crate) fn check_db_user(
+    rules: &DbUserRules,
+    identity: Option<&ClientIdentity>,
+    user: &str,
+) -> Result<(), (String, Refused)> {
+    if rules.permits(identity, user) {
+        return Ok(());
+    }
+    let who = identity.map_or_else(
+        || "a client without a certificate".to_owned(),
+        |i| format!("certificate identity \"{i}\""),
+    );
+    Err((
+        who,
+        Refused::new(
+            RefusalReason::UserDenied,
+            format!("database user {user:?} not permitted by db_users"),
+        ),
+    ))
 }

@@ -12,16 +12,8 @@ use intransit_wire::mysql::{
 use intransit_wire::WireError;
 
 use super::packets::err_packet;
-use crate::conn::Refused;
+use crate::conn::{check_db_user, Refusal, Refused};
 use crate::refusal::RefusalReason;
-
-/// A refusal and the ERR packet, if any, that tells the peer why before
-/// the connection closes.
-#[derive(Debug)]
-pub(crate) struct Refusal {
-    pub(crate) reply: Vec<u8>,
-    pub(crate) refused: Refused,
-}
 
 /// The ERR a client gets for a packet that is not a handshake packet.
 fn bad_handshake(seq: u8, detail: String) -> Refusal {
@@ -121,23 +113,17 @@ pub(crate) fn authorize(
     login: &Login,
 ) -> Result<(), Refusal> {
     let user = &login.user;
-    if rules.permits(identity, user) {
-        return Ok(());
-    }
-    let who = identity.map_or_else(
-        || "a client without a certificate".to_owned(),
-        |i| format!("certificate identity \"{i}\""),
-    );
+    let (who, refused) = match check_db_user(rules, identity, user) {
+        Ok(()) => return Ok(()),
+        Err(refusal) => refusal,
+    };
     Err(Refusal {
         reply: err_packet(
             login.seq.wrapping_add(1),
             ServerError::ACCESS_DENIED,
             &format!("Access denied: {who} may not log in as database user '{user}'"),
         ),
-        refused: Refused::new(
-            RefusalReason::UserDenied,
-            format!("database user {user:?} not permitted by db_users"),
-        ),
+        refused,
     })
 }
 

@@ -8,13 +8,13 @@ use tokio::io::AsyncWriteExt;
 
 use super::negotiation::{
     authorize, first_packet, greeting_for_peer, login_inside_tls, too_many_connections, Login,
-    Refusal, Renumbering,
+    Renumbering,
 };
 use super::packets::{read_packet, unavailable_packet};
 use super::relay::relay_authentication;
 use super::upstream::{open_upstream, Upstream};
 use crate::accept::Admission;
-use crate::conn::{ConnectionContext, Established, Refused};
+use crate::conn::{ConnectionContext, Established, Refusal, Refused};
 use crate::copy;
 use crate::listener::server_mode::PreparedListener;
 use crate::net::{close_with, BoxStream, Rewind};

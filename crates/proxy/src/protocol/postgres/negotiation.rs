@@ -9,23 +9,15 @@ use intransit_policy::{ClientIdentity, DbUserRules};
 use intransit_wire::pg::{self, CancelRequest, InitialMessage, SqlState, StartupMessage};
 
 use super::messages::{error_response, initial_name};
-use crate::conn::Refused;
+use crate::conn::{check_db_user, Refusal, Refused};
 use crate::refusal::RefusalReason;
 
-/// A refusal and the bytes, if any, that tell the peer why before the
-/// connection closes.
-#[derive(Debug)]
-pub(crate) struct Refusal {
-    pub(crate) reply: Vec<u8>,
-    pub(crate) refused: Refused,
-}
-
-impl Refusal {
-    fn silent(refused: Refused) -> Self {
-        Refusal {
-            reply: Vec::new(),
-            refused,
-        }
+/// A refusal that says nothing: in plaintext before TLS nothing the proxy
+/// said would be authenticated.
+fn silent(refused: Refused) -> Refusal {
+    Refusal {
+        reply: Vec::new(),
+        refused,
     }
 }
 
@@ -59,20 +51,18 @@ pub(crate) fn before_tls(
         // Anything after the SSLRequest must come from inside TLS. Bytes
         // already waiting would be processed as if they were encrypted
         // (CVE-2021-23214), so the connection is closed.
-        InitialMessage::SslRequest if pending > 0 => {
-            BeforeTls::Refuse(Refusal::silent(Refused::new(
-                RefusalReason::PipelinedBeforeTls,
-                format!(
-                    "{pending} unencrypted byte(s) followed the SSLRequest before the TLS handshake"
-                ),
-            )))
-        }
+        InitialMessage::SslRequest if pending > 0 => BeforeTls::Refuse(silent(Refused::new(
+            RefusalReason::PipelinedBeforeTls,
+            format!(
+                "{pending} unencrypted byte(s) followed the SSLRequest before the TLS handshake"
+            ),
+        ))),
         InitialMessage::SslRequest => BeforeTls::AcceptSsl,
         InitialMessage::DirectTls => BeforeTls::DirectTls,
         // GSSAPI encryption is not offered; libpq then falls back to an
         // SSLRequest on the same connection.
         InitialMessage::GssEncRequest if !gssenc_answered => BeforeTls::RefuseGssEnc,
-        InitialMessage::GssEncRequest => BeforeTls::Refuse(Refusal::silent(Refused::new(
+        InitialMessage::GssEncRequest => BeforeTls::Refuse(silent(Refused::new(
             RefusalReason::Malformed,
             "second GSSENCRequest on one connection",
         ))),
@@ -152,13 +142,10 @@ pub(crate) fn authorize(
     startup: &StartupMessage,
 ) -> Result<(), Refusal> {
     let user = startup.user().unwrap_or_default();
-    if rules.permits(identity, user) {
-        return Ok(());
-    }
-    let who = identity.map_or_else(
-        || "a client without a certificate".to_owned(),
-        |i| format!("certificate identity \"{i}\""),
-    );
+    let (who, refused) = match check_db_user(rules, identity, user) {
+        Ok(()) => return Ok(()),
+        Err(refusal) => refusal,
+    };
     Err(Refusal {
         reply: error_response(
             SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
@@ -168,10 +155,7 @@ pub(crate) fn authorize(
                     .into(),
             ),
         ),
-        refused: Refused::new(
-            RefusalReason::UserDenied,
-            format!("database user {user:?} not permitted by db_users"),
-        ),
+        refused,
     })
 }
 
