@@ -98,7 +98,7 @@ impl Admin {
                 if cert.not_after_unix <= now {
                     reasons.push(format!(
                         "listener {} route {}: server certificate {} (serial {}) has expired",
-                        listener.name,
+                        listener.basics.name,
                         route.label(),
                         cert.subject,
                         cert.serial
@@ -108,7 +108,7 @@ impl Admin {
                     if anchor.not_after_unix <= now {
                         reasons.push(format!(
                             "listener {} route {}: client CA {} (serial {}) has expired",
-                            listener.name,
+                            listener.basics.name,
                             route.label(),
                             anchor.subject,
                             anchor.serial
@@ -285,15 +285,21 @@ impl Collector for CertificateExpiry {
                 let certs = std::iter::once(("server", &material.server_cert))
                     .chain(material.trust_anchors.iter().map(|a| ("client_ca", a)));
                 for (role, cert) in certs {
-                    record(&listener.name, &label, role, cert, material.loaded_at);
+                    record(
+                        &listener.basics.name,
+                        &label,
+                        role,
+                        cert,
+                        material.loaded_at,
+                    );
                 }
                 if let Some(tls) = &route.upstream_tls {
-                    upstream(&listener.name, &label, tls);
+                    upstream(&listener.basics.name, &label, tls);
                 }
             }
         }
         for listener in &self.client_listeners {
-            upstream(&listener.name, "default", &listener.upstream_tls);
+            upstream(&listener.basics.name, "default", &listener.upstream_tls);
         }
         let m = encoder.encode_descriptor(
             "certificate_not_after_seconds",

@@ -210,13 +210,13 @@ pub(crate) fn build(admin: &Admin) -> Status {
             let listen = admin
                 .endpoints
                 .iter()
-                .find(|(name, _)| name == &l.name)
-                .map_or_else(|| l.listen.to_string(), |(_, e)| e.to_string());
+                .find(|(name, _)| name == &l.basics.name)
+                .map_or_else(|| l.basics.listen.to_string(), |(_, e)| e.to_string());
             ListenerStatus {
-                name: l.name.clone(),
-                protocol: l.protocol.as_str().to_owned(),
+                name: l.basics.name.clone(),
+                protocol: l.basics.protocol.as_str().to_owned(),
                 listen,
-                max_connections: l.max_connections,
+                max_connections: l.basics.max_connections,
                 require_sni_match: l.require_sni_match,
                 routes: std::iter::once(&l.default_route)
                     .chain(&l.routes)
@@ -229,13 +229,13 @@ pub(crate) fn build(admin: &Admin) -> Status {
         .client_listeners
         .iter()
         .map(|l| ClientListenerStatus {
-            name: l.name.clone(),
-            protocol: l.protocol.as_str().to_owned(),
+            name: l.basics.name.clone(),
+            protocol: l.basics.protocol.as_str().to_owned(),
             listen: admin
                 .endpoints
                 .iter()
-                .find(|(name, _)| name == &l.name)
-                .map_or_else(|| l.listen.to_string(), |(_, e)| e.to_string()),
+                .find(|(name, _)| name == &l.basics.name)
+                .map_or_else(|| l.basics.listen.to_string(), |(_, e)| e.to_string()),
             upstream: l.upstream.to_string(),
             allow_remote_plaintext: l.allow_remote_plaintext,
             upstream_tls: upstream_tls_status(&l.upstream_tls, now),

@@ -137,13 +137,13 @@ fn run(command: Command) -> Result<ExitCode> {
             for l in proxy.listeners() {
                 out!(
                     "  listener {:?}: {} -> {} ({}, TLS >= {}, client certificates {}, {} allow pattern(s), db_users {})",
-                    l.name,
-                    l.listen,
+                    l.basics.name,
+                    l.basics.listen,
                     l.default_route.upstream,
-                    l.protocol,
-                    config_listener(&config, &l.name).map_or("?".into(), |c| c.tls.min_version.to_string()),
-                    config_listener(&config, &l.name).map_or("?".into(), |c| c.tls.client_auth.to_string()),
-                    config_listener(&config, &l.name).map_or(0, |c| c.tls.allow.patterns().len()),
+                    l.basics.protocol,
+                    config_listener(&config, &l.basics.name).map_or("?".into(), |c| c.tls.min_version.to_string()),
+                    config_listener(&config, &l.basics.name).map_or("?".into(), |c| c.tls.client_auth.to_string()),
+                    config_listener(&config, &l.basics.name).map_or(0, |c| c.tls.allow.patterns().len()),
                     if l.default_route.db_users.is_empty() { "not enforced" } else { "enforced" },
                 );
                 for r in &l.routes {
@@ -163,10 +163,10 @@ fn run(command: Command) -> Result<ExitCode> {
                 let tls = l.upstream_tls.settings();
                 out!(
                     "  listener {:?} (client mode): plaintext on {} -> {} ({}, upstream TLS {}, server name {}, {} pin(s), client certificate {})",
-                    l.name,
-                    l.listen,
+                    l.basics.name,
+                    l.basics.listen,
                     l.upstream,
-                    l.protocol,
+                    l.basics.protocol,
                     tls.mode,
                     tls.server_name,
                     tls.pins.len(),

@@ -134,8 +134,8 @@ impl Reloader {
                 if let Some(upstream) = &route.upstream_tls {
                     let result = upstream.reload(&upstream.settings());
                     note_upstream(
-                        &listener.metrics,
-                        &listener.name,
+                        &listener.basics.metrics,
+                        &listener.basics.name,
                         &route.label(),
                         result,
                         trigger,
@@ -148,8 +148,8 @@ impl Reloader {
             let tls = &listener.upstream_tls;
             let result = tls.reload(&tls.settings());
             note_upstream(
-                &listener.metrics,
-                &listener.name,
+                &listener.basics.metrics,
+                &listener.basics.name,
                 "default",
                 result,
                 trigger,
@@ -161,8 +161,12 @@ impl Reloader {
     fn reload_from_config(&self, config: &intransit_config::Config, round: &mut ReloadRound) {
         let trigger = Trigger::Signal;
         for listener in &self.listeners {
-            let Some(new) = config.listeners.iter().find(|l| l.name == listener.name) else {
-                warn!(listener = %listener.name, "listener is no longer in the configuration; it keeps running until restart");
+            let Some(new) = config
+                .listeners
+                .iter()
+                .find(|l| l.name == listener.basics.name)
+            else {
+                warn!(listener = %listener.basics.name, "listener is no longer in the configuration; it keeps running until restart");
                 continue;
             };
             let routes =
@@ -178,7 +182,7 @@ impl Reloader {
             for (route, matching) in routes {
                 let Some((tls, upstream_tls)) = matching else {
                     warn!(
-                        listener = %listener.name,
+                        listener = %listener.basics.name,
                         route = %route.label(),
                         "route is no longer in the configuration; it keeps running until restart"
                     );
@@ -190,8 +194,8 @@ impl Reloader {
                     (Some(running), Some(settings)) => {
                         let result = running.reload(settings);
                         note_upstream(
-                            &listener.metrics,
-                            &listener.name,
+                            &listener.basics.metrics,
+                            &listener.basics.name,
                             &route.label(),
                             result,
                             trigger,
@@ -202,7 +206,7 @@ impl Reloader {
                     // Turning the encrypted leg on or off changes how the
                     // protocol talks to the database, not just material.
                     _ => warn!(
-                        listener = %listener.name,
+                        listener = %listener.basics.name,
                         route = %route.label(),
                         "upstream_tls was added or removed in the configuration; that takes effect on restart"
                     ),
@@ -213,15 +217,15 @@ impl Reloader {
             let Some(new) = config
                 .client_listeners
                 .iter()
-                .find(|l| l.name == listener.name)
+                .find(|l| l.name == listener.basics.name)
             else {
-                warn!(listener = %listener.name, "listener is no longer in the configuration; it keeps running until restart");
+                warn!(listener = %listener.basics.name, "listener is no longer in the configuration; it keeps running until restart");
                 continue;
             };
             let result = listener.upstream_tls.reload(&new.upstream_tls);
             note_upstream(
-                &listener.metrics,
-                &listener.name,
+                &listener.basics.metrics,
+                &listener.basics.name,
                 "default",
                 result,
                 trigger,
@@ -229,8 +233,8 @@ impl Reloader {
             );
         }
         let running = |name: &str| {
-            self.listeners.iter().any(|l| l.name == name)
-                || self.client_listeners.iter().any(|l| l.name == name)
+            self.listeners.iter().any(|l| l.basics.name == name)
+                || self.client_listeners.iter().any(|l| l.basics.name == name)
         };
         let new_names = config
             .listeners
@@ -266,8 +270,8 @@ fn note_server(
         Reloaded::Swapped(m) => Some(m.server_cert.clone()),
     });
     note(
-        &listener.metrics,
-        &listener.name,
+        &listener.basics.metrics,
+        &listener.basics.name,
         &route_label,
         "server",
         result,

@@ -28,25 +28,65 @@ use crate::net::PeerAddr;
 use crate::refusal::RefusalReason;
 use crate::tls::TlsFacts;
 
+/// What every listener has, whichever its mode: its name, protocol and
+/// address, its limits, and where its connections are counted and
+/// recorded.
+#[derive(Debug)]
+pub struct ListenerBasics {
+    /// Name for logs and metric labels.
+    pub name: String,
+    /// The database protocol spoken.
+    pub protocol: Protocol,
+    /// Where to listen.
+    pub listen: Endpoint,
+    /// Bound on negotiation, from accept to the start of the copy phase.
+    pub handshake_timeout: Duration,
+    /// Bound on each step of opening the upstream leg.
+    pub upstream_connect_timeout: Duration,
+    /// Connection cap.
+    pub max_connections: usize,
+    /// Where the listener's connections are counted.
+    pub metrics: Arc<ProxyMetrics>,
+    /// Where each ended connection is recorded.
+    pub audit: Arc<AuditLog>,
+}
+
 /// What the accept loop, refusal logging, metrics and audit need from a
 /// listener, whichever its mode.
 pub(crate) trait Listener: fmt::Debug + Send + Sync + Sized + 'static {
-    /// Name for logs and metric labels.
-    fn name(&self) -> &str;
+    /// The listener's name, protocol, limits and sinks.
+    fn basics(&self) -> &ListenerBasics;
     /// `server` or `client`, for logs.
     fn mode(&self) -> &'static str;
+
+    /// Name for logs and metric labels.
+    fn name(&self) -> &str {
+        &self.basics().name
+    }
     /// The protocol spoken.
-    fn protocol(&self) -> Protocol;
+    fn protocol(&self) -> Protocol {
+        self.basics().protocol
+    }
     /// The connection cap.
-    fn max_connections(&self) -> usize;
+    fn max_connections(&self) -> usize {
+        self.basics().max_connections
+    }
     /// Bound on negotiation, from accept to the start of the copy phase.
-    fn handshake_timeout(&self) -> Duration;
+    fn handshake_timeout(&self) -> Duration {
+        self.basics().handshake_timeout
+    }
     /// Bound on each step of opening the upstream leg.
-    fn upstream_connect_timeout(&self) -> Duration;
+    fn upstream_connect_timeout(&self) -> Duration {
+        self.basics().upstream_connect_timeout
+    }
     /// Where the listener's connections are counted.
-    fn metrics(&self) -> &Arc<ProxyMetrics>;
+    fn metrics(&self) -> &Arc<ProxyMetrics> {
+        &self.basics().metrics
+    }
     /// Where each ended connection is recorded.
-    fn audit(&self) -> &AuditLog;
+    fn audit(&self) -> &AuditLog {
+        &self.basics().audit
+    }
 }
 
 /// What the encrypted leg of a connection negotiated: with the client in

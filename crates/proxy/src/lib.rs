@@ -36,6 +36,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use audit::AuditLog;
+pub use conn::ListenerBasics;
 pub use error::ProxyError;
 pub use listener::client_mode::PreparedClientListener;
 pub use listener::server_mode::{PreparedListener, PreparedRoute};
@@ -115,12 +116,12 @@ impl Proxy {
         };
         let mut bound = Vec::with_capacity(self.listeners.len());
         for listener in self.listeners {
-            let socket = bind(&listener.name, &listener.listen).await?;
+            let socket = bind(&listener.basics.name, &listener.basics.listen).await?;
             bound.push((listener, socket));
         }
         let mut clients = Vec::with_capacity(self.client_listeners.len());
         for listener in self.client_listeners {
-            let socket = bind(&listener.name, &listener.listen).await?;
+            let socket = bind(&listener.basics.name, &listener.basics.listen).await?;
             clients.push((listener, socket));
         }
         Ok(BoundProxy {
@@ -146,8 +147,11 @@ pub struct BoundProxy {
 impl BoundProxy {
     /// The addresses actually bound, by listener name (port 0 resolved).
     pub fn local_endpoints(&self) -> Vec<(String, Endpoint)> {
-        let server = self.listeners.iter().map(|(l, s)| (&l.name, s));
-        let client = self.client_listeners.iter().map(|(l, s)| (&l.name, s));
+        let server = self.listeners.iter().map(|(l, s)| (&l.basics.name, s));
+        let client = self
+            .client_listeners
+            .iter()
+            .map(|(l, s)| (&l.basics.name, s));
         server
             .chain(client)
             .filter_map(|(name, s)| s.local_endpoint().ok().map(|e| (name.clone(), e)))
@@ -189,7 +193,7 @@ impl BoundProxy {
         let mut loops = Vec::new();
         for (listener, socket) in self.listeners {
             info!(
-                listener = %listener.name,
+                listener = %listener.basics.name,
                 listen = %socket.local_endpoint().map(|e| e.to_string()).unwrap_or_default(),
                 upstream = %listener.default_route.upstream,
                 upstream_tls = %listener
@@ -210,9 +214,9 @@ impl BoundProxy {
         }
         for (listener, socket) in self.client_listeners {
             info!(
-                listener = %listener.name,
+                listener = %listener.basics.name,
                 mode = "client",
-                protocol = %listener.protocol,
+                protocol = %listener.basics.protocol,
                 listen = %socket.local_endpoint().map(|e| e.to_string()).unwrap_or_default(),
                 upstream = %listener.upstream,
                 upstream_tls = %listener.upstream_tls.settings().mode,
@@ -224,8 +228,8 @@ impl BoundProxy {
             );
             if listener.allow_remote_plaintext {
                 warn!(
-                    listener = %listener.name,
-                    listen = %listener.listen,
+                    listener = %listener.basics.name,
+                    listen = %listener.basics.listen,
                     "allow_remote_plaintext: this client-mode listener accepts plaintext from other hosts"
                 );
             }

@@ -12,12 +12,11 @@
 //! upstream connectors as server mode.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use intransit_config::{ClientListenerConfig, Endpoint, Protocol};
+use intransit_config::{ClientListenerConfig, Endpoint};
 
 use crate::audit::AuditLog;
-use crate::conn::{ConnectionContext, Established, Listener, Negotiated};
+use crate::conn::{ConnectionContext, Established, Listener, ListenerBasics, Negotiated};
 use crate::error::ProxyError;
 use crate::metrics::{ProxyMetrics, NO_IDENTITY};
 use crate::net::PeerAddr;
@@ -31,29 +30,14 @@ const ROUTE: &str = "default";
 /// binds.
 #[derive(Debug)]
 pub struct PreparedClientListener {
-    /// Name for logs.
-    pub name: String,
-    /// The database protocol spoken on both legs.
-    pub protocol: Protocol,
-    /// Where applications connect (loopback or a unix socket unless
-    /// `allow_remote_plaintext`).
-    pub listen: Endpoint,
+    /// Name, protocol, address, limits, metrics and audit.
+    pub basics: ListenerBasics,
     /// Whether peers other than this host are admitted.
     pub allow_remote_plaintext: bool,
     /// Where the database is.
     pub upstream: Endpoint,
     /// TLS towards the database, built once at load.
     pub upstream_tls: Arc<UpstreamTls>,
-    /// Bound on negotiation time.
-    pub handshake_timeout: Duration,
-    /// Bound on each step of opening the upstream leg.
-    pub upstream_connect_timeout: Duration,
-    /// Connection cap.
-    pub max_connections: usize,
-    /// Where the listener's connections are counted.
-    pub metrics: Arc<ProxyMetrics>,
-    /// Where each ended connection is recorded.
-    pub audit: Arc<AuditLog>,
 }
 
 impl PreparedClientListener {
@@ -67,17 +51,19 @@ impl PreparedClientListener {
         let upstream_tls =
             UpstreamTls::build(&config.upstream_tls).map_err(|e| e.in_listener(&config.name))?;
         Ok(PreparedClientListener {
-            name: config.name.clone(),
-            protocol: config.protocol,
-            listen: config.listen.clone(),
+            basics: ListenerBasics {
+                name: config.name.clone(),
+                protocol: config.protocol,
+                listen: config.listen.clone(),
+                handshake_timeout: config.handshake_timeout,
+                upstream_connect_timeout: config.upstream_connect_timeout,
+                max_connections: config.max_connections,
+                metrics,
+                audit,
+            },
             allow_remote_plaintext: config.allow_remote_plaintext,
             upstream: config.upstream.clone(),
             upstream_tls: Arc::new(upstream_tls),
-            handshake_timeout: config.handshake_timeout,
-            upstream_connect_timeout: config.upstream_connect_timeout,
-            max_connections: config.max_connections,
-            metrics,
-            audit,
         })
     }
 
@@ -95,36 +81,12 @@ impl PreparedClientListener {
 }
 
 impl Listener for PreparedClientListener {
-    fn name(&self) -> &str {
-        &self.name
+    fn basics(&self) -> &ListenerBasics {
+        &self.basics
     }
 
     fn mode(&self) -> &'static str {
         "client"
-    }
-
-    fn protocol(&self) -> Protocol {
-        self.protocol
-    }
-
-    fn max_connections(&self) -> usize {
-        self.max_connections
-    }
-
-    fn handshake_timeout(&self) -> Duration {
-        self.handshake_timeout
-    }
-
-    fn upstream_connect_timeout(&self) -> Duration {
-        self.upstream_connect_timeout
-    }
-
-    fn metrics(&self) -> &Arc<ProxyMetrics> {
-        &self.metrics
-    }
-
-    fn audit(&self) -> &AuditLog {
-        &self.audit
     }
 }
 

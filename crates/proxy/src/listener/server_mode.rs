@@ -6,13 +6,12 @@
 //! connections lives in `protocol`; the accept loop in `accept`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use intransit_config::{ClientAuth, Endpoint, ListenerConfig, Protocol, ServerNamePattern};
+use intransit_config::{ClientAuth, Endpoint, ListenerConfig, ServerNamePattern};
 use intransit_policy::DbUserRules;
 
 use crate::audit::AuditLog;
-use crate::conn::Listener;
+use crate::conn::{Listener, ListenerBasics};
 use crate::error::ProxyError;
 use crate::metrics::ProxyMetrics;
 use crate::tls::listener::ListenerTls;
@@ -46,12 +45,8 @@ impl PreparedRoute {
 /// What a listener needs at run time, prepared before anything binds.
 #[derive(Debug)]
 pub struct PreparedListener {
-    /// Name for logs.
-    pub name: String,
-    /// The database protocol spoken on the listener.
-    pub protocol: Protocol,
-    /// Where to listen.
-    pub listen: Endpoint,
+    /// Name, protocol, address, limits, metrics and audit.
+    pub basics: ListenerBasics,
     /// The listener's own certificate, upstream and rules: used when the
     /// client's server name matches no route (unless `require_sni_match`).
     pub default_route: Arc<PreparedRoute>,
@@ -59,19 +54,9 @@ pub struct PreparedListener {
     pub routes: Vec<Arc<PreparedRoute>>,
     /// Refuse unmatched server names instead of using the default route.
     pub require_sni_match: bool,
-    /// Bound on negotiation time.
-    pub handshake_timeout: Duration,
-    /// Bound on upstream connect time.
-    pub upstream_connect_timeout: Duration,
-    /// Connection cap.
-    pub max_connections: usize,
     /// Whether clients must present a certificate (of the default
     /// route), for what a plaintext client is told.
     pub client_auth: ClientAuth,
-    /// Where the listener's connections are counted.
-    pub metrics: Arc<ProxyMetrics>,
-    /// Where each ended connection is recorded.
-    pub audit: Arc<AuditLog>,
 }
 
 impl PreparedListener {
@@ -109,18 +94,20 @@ impl PreparedListener {
             }));
         }
         Ok(PreparedListener {
-            name: config.name.clone(),
-            protocol: config.protocol,
-            listen: config.listen.clone(),
+            basics: ListenerBasics {
+                name: config.name.clone(),
+                protocol: config.protocol,
+                listen: config.listen.clone(),
+                handshake_timeout: config.handshake_timeout,
+                upstream_connect_timeout: config.upstream_connect_timeout,
+                max_connections: config.max_connections,
+                metrics,
+                audit,
+            },
             default_route,
             routes,
             require_sni_match: config.require_sni_match,
-            handshake_timeout: config.handshake_timeout,
-            upstream_connect_timeout: config.upstream_connect_timeout,
-            max_connections: config.max_connections,
             client_auth: config.tls.client_auth,
-            metrics,
-            audit,
         })
     }
 
@@ -154,35 +141,11 @@ impl PreparedListener {
 }
 
 impl Listener for PreparedListener {
-    fn name(&self) -> &str {
-        &self.name
+    fn basics(&self) -> &ListenerBasics {
+        &self.basics
     }
 
     fn mode(&self) -> &'static str {
         "server"
-    }
-
-    fn protocol(&self) -> Protocol {
-        self.protocol
-    }
-
-    fn max_connections(&self) -> usize {
-        self.max_connections
-    }
-
-    fn handshake_timeout(&self) -> Duration {
-        self.handshake_timeout
-    }
-
-    fn upstream_connect_timeout(&self) -> Duration {
-        self.upstream_connect_timeout
-    }
-
-    fn metrics(&self) -> &Arc<ProxyMetrics> {
-        &self.metrics
-    }
-
-    fn audit(&self) -> &AuditLog {
-        &self.audit
     }
 }

@@ -34,7 +34,7 @@ pub(crate) async fn serve_server_mode(
     stream: BoxStream,
     admission: Admission,
 ) -> Result<(), Refused> {
-    match ctx.listener.protocol {
+    match ctx.listener.basics.protocol {
         Protocol::Tls => plain_tls::serve(ctx, stream, admission).await,
         Protocol::Postgres => postgres::server_mode::serve(ctx, stream, admission).await,
         Protocol::Mysql => mysql::server_mode::serve(ctx, stream, admission).await,
@@ -58,7 +58,7 @@ pub(crate) async fn serve_client_mode(
             ),
         ));
     }
-    match ctx.listener.protocol {
+    match ctx.listener.basics.protocol {
         Protocol::Postgres => postgres::client_mode::serve(ctx, stream, admission).await,
         Protocol::Mysql => mysql::client_mode::serve(ctx, stream, admission).await,
         Protocol::Tls => plain_tls::serve_client(ctx, stream, admission).await,

@@ -35,11 +35,7 @@ pub(crate) async fn serve(
     stream: BoxStream,
     admission: Admission,
 ) -> Result<(), Refused> {
-    let (client, upstream) = ctx
-        .within_handshake_timeout(negotiate(&ctx, stream, admission))
-        .await?;
-    copy::forward(&ctx, client, upstream).await;
-    Ok(())
+    copy::after_negotiation(&ctx, negotiate(&ctx, stream, admission)).await
 }
 
 async fn negotiate(
@@ -77,7 +73,7 @@ async fn negotiate(
     let opened = open_upstream(
         &route.upstream,
         route.upstream_tls.as_deref(),
-        ctx.listener.upstream_connect_timeout,
+        ctx.listener.basics.upstream_connect_timeout,
     );
     match opened.await {
         Ok((upstream, session)) => {
@@ -130,7 +126,7 @@ pub(crate) async fn serve_client(
         return Err(ctx.over_limit());
     }
     let listener = &ctx.listener;
-    let (target, timeout) = (&listener.upstream, listener.upstream_connect_timeout);
+    let (target, timeout) = (&listener.upstream, listener.basics.upstream_connect_timeout);
     let opened = ctx
         .within_handshake_timeout(async {
             let stream = upstream::connect(target, timeout).await?;

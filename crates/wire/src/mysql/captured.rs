@@ -73,13 +73,5 @@ pub const ALL: &[&str] = &[
     MARIADB_CLIENT_QUIT,
 ];
 
-/// The bytes of a capture above (they are hex so that they read as the
-/// wire shows them).
-pub fn bytes(capture: &str) -> Vec<u8> {
-    capture
-        .as_bytes()
-        .chunks(2)
-        .filter_map(|pair| std::str::from_utf8(pair).ok())
-        .filter_map(|pair| u8::from_str_radix(pair, 16).ok())
-        .collect()
-}
+/// The bytes of a capture above.
+pub use crate::pg::captured::bytes;

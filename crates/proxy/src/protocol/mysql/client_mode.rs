@@ -24,11 +24,7 @@ pub(crate) async fn serve(
     stream: BoxStream,
     admission: Admission,
 ) -> Result<(), Refused> {
-    let (app, upstream) = ctx
-        .within_handshake_timeout(negotiate(&ctx, stream, admission))
-        .await?;
-    copy::forward(&ctx, app, upstream).await;
-    Ok(())
+    copy::after_negotiation(&ctx, negotiate(&ctx, stream, admission)).await
 }
 
 async fn negotiate(
@@ -44,7 +40,7 @@ async fn negotiate(
         close_with(&mut app, &too_many_connections(0)).await;
         return Err(ctx.over_limit());
     }
-    let upstream = match open_upstream(target, listener.upstream_connect_timeout).await {
+    let upstream = match open_upstream(target, listener.basics.upstream_connect_timeout).await {
         Ok(opened) if opened.greeting.offers_tls() => opened,
         refused => {
             // Before the application answers anything: a server without
@@ -100,7 +96,7 @@ async fn negotiate(
         &login.response,
         seq,
         target,
-        listener.upstream_connect_timeout,
+        listener.basics.upstream_connect_timeout,
     );
     let (mut upstream, session) = match secured.await {
         Ok(secured) => secured,

@@ -27,11 +27,7 @@ pub(crate) async fn serve(
     stream: BoxStream,
     admission: Admission,
 ) -> Result<(), Refused> {
-    let (client, upstream) = ctx
-        .within_handshake_timeout(negotiate(&ctx, stream, admission))
-        .await?;
-    copy::forward(&ctx, client, upstream).await;
-    Ok(())
+    copy::after_negotiation(&ctx, negotiate(&ctx, stream, admission)).await
 }
 
 async fn negotiate(
@@ -43,7 +39,7 @@ async fn negotiate(
     let target = listener.default_route.upstream.clone();
     // The server speaks first: its greeting (and scramble) is what the
     // client will answer, so the upstream leg opens before anything else.
-    let upstream = match open_upstream(&target, listener.upstream_connect_timeout).await {
+    let upstream = match open_upstream(&target, listener.basics.upstream_connect_timeout).await {
         Ok(opened) => opened,
         Err(refused) => {
             close_with(&mut client, &unavailable_packet(0)).await;
@@ -163,7 +159,7 @@ async fn forward_login(
 ) -> Result<(BoxStream, BytesMut, Renumbering, Option<&'static str>), Refused> {
     let route = accepted.route.clone();
     let target = &route.upstream;
-    let timeout = ctx.listener.upstream_connect_timeout;
+    let timeout = ctx.listener.basics.upstream_connect_timeout;
     let unavailable_reply = unavailable_packet(login.seq.wrapping_add(1));
     let opened = match route.upstream_tls.as_deref() {
         Some(tls) => {

@@ -78,7 +78,7 @@ async fn negotiate(
         let (mut upstream, session) = open_tls_upstream(
             target,
             &listener.upstream_tls,
-            listener.upstream_connect_timeout,
+            listener.basics.upstream_connect_timeout,
         )
         .await?;
         ctx.note_upstream_session(&session);

@@ -244,7 +244,7 @@ impl Authorized {
             let (mut upstream, session) = open_upstream(
                 target,
                 route.upstream_tls.as_deref(),
-                ctx.listener.upstream_connect_timeout,
+                ctx.listener.basics.upstream_connect_timeout,
             )
             .await?;
             let tls_version = session.map(|s| s.tls.version);
