@@ -21,11 +21,11 @@ use crate::accept::Admission;
 use crate::conn::{ConnectionContext, Established, Refused};
 use crate::copy;
 use crate::listener::client_mode::PreparedClientListener;
+use crate::listener::handshake::{self, AcceptedTls};
 use crate::listener::server_mode::PreparedListener;
 use crate::net::{close_with, BoxStream, Rewind};
 use crate::protocol::upstream;
 use crate::refusal::RefusalReason;
-use crate::tls::handshake::{self, AcceptedTls};
 use crate::tls::upstream::{UpstreamSession, UpstreamTls};
 
 /// Runs one connection: handshake, then the upstream leg (both bounded by

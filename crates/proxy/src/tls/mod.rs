@@ -1,12 +1,11 @@
-//! TLS on both legs, kept apart from what any protocol says: the listener
-//! side that clients see (`listener`), the handshake with a client
-//! (`handshake`), the upstream side towards the database (`upstream`),
+//! TLS on both legs, kept apart from what any protocol says and from any
+//! one connection: the listener side that clients see (`listener`), the
+//! upstream side towards the database (`upstream`),
 //! material swapped while serving (`reloadable`), the checks all material
 //! passes before it is used (`material`), and what a handshake negotiated
 //! (`facts`).
 
 pub(crate) mod facts;
-pub(crate) mod handshake;
 pub(crate) mod listener;
 pub(crate) mod material;
 pub(crate) mod reloadable;

@@ -16,10 +16,10 @@ use super::upstream::{open_upstream, Upstream};
 use crate::accept::Admission;
 use crate::conn::{ConnectionContext, Established, Refusal, Refused};
 use crate::copy;
+use crate::listener::handshake::{self, Accepted, AcceptedTls};
 use crate::listener::server_mode::PreparedListener;
 use crate::net::{close_with, BoxStream, Rewind};
 use crate::refusal::RefusalReason;
-use crate::tls::handshake::{self, Accepted, AcceptedTls};
 
 /// Runs one client connection from accept to close.
 pub(crate) async fn serve(

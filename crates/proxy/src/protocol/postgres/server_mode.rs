@@ -20,10 +20,10 @@ use super::upstream::{
 };
 use crate::accept::Admission;
 use crate::conn::{ConnectionContext, Established, Refused};
+use crate::listener::handshake::{self, Accepted, AcceptedTls};
 use crate::listener::server_mode::{PreparedListener, PreparedRoute};
 use crate::net::{close_with, BoxStream, Rewind};
 use crate::refusal::RefusalReason;
-use crate::tls::handshake::{self, Accepted, AcceptedTls};
 
 type Ctx = ConnectionContext<PreparedListener>;
 
