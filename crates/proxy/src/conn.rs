@@ -20,6 +20,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use intransit_config::{Endpoint, Protocol};
 use intransit_policy::{ClientIdentity, DbUserRules};
+use tokio::time::error::Elapsed;
+use tokio::time::Timeout;
 use tracing::{info, warn};
 
 use crate::audit::{rfc3339, AuditEvent, AuditLog, ConnectionRecord};
@@ -179,18 +181,33 @@ impl<L: Listener> ConnectionContext<L> {
         }
     }
 
-    /// Runs negotiation within the listener's handshake timeout; the copy
-    /// phase that may follow is not bounded.
-    pub(crate) async fn within_handshake_timeout<T>(
+    /// Bounds negotiation by the listener's handshake timeout; the copy
+    /// phase that may follow is not bounded. [`Self::in_time`] reads the
+    /// outcome.
+    ///
+    /// Deliberately not an `async fn` that takes the negotiation and
+    /// awaits it: such a function keeps its argument and the future it
+    /// awaits side by side in its own state (rust-lang/rust#62958), so
+    /// every connection's task would hold the negotiation's state twice
+    /// for its whole life, idle sessions included.
+    pub(crate) fn handshake_deadline<F: Future>(&self, negotiation: F) -> Timeout<F> {
+        tokio::time::timeout(self.listener.handshake_timeout(), negotiation)
+    }
+
+    /// What a negotiation bounded by [`Self::handshake_deadline`] gave, or
+    /// a `timeout` refusal when the deadline came first.
+    pub(crate) fn in_time<T>(
         &self,
-        negotiation: impl Future<Output = Result<T, Refused>>,
+        outcome: Result<Result<T, Refused>, Elapsed>,
     ) -> Result<T, Refused> {
-        let timeout = self.listener.handshake_timeout();
-        match tokio::time::timeout(timeout, negotiation).await {
+        match outcome {
             Ok(negotiated) => negotiated,
             Err(_) => Err(Refused::new(
                 RefusalReason::Timeout,
-                format!("negotiation did not finish within the handshake timeout ({timeout:?})"),
+                format!(
+                    "negotiation did not finish within the handshake timeout ({:?})",
+                    self.listener.handshake_timeout()
+                ),
             )),
         }
     }

@@ -21,24 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
 use tracing::info;
 
-use crate::conn::{ConnectionContext, Listener, Refused};
-
-/// Runs `negotiation` within the listener's handshake timeout and then
-/// copies between the two legs it opened until both close. The copy
-/// phase is not bounded.
-pub(crate) async fn after_negotiation<L, A, B>(
-    ctx: &ConnectionContext<L>,
-    negotiation: impl Future<Output = Result<(A, B), Refused>>,
-) -> Result<(), Refused>
-where
-    L: Listener,
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    let (peer, upstream) = ctx.within_handshake_timeout(negotiation).await?;
-    forward(ctx, peer, upstream).await;
-    Ok(())
-}
+use crate::conn::{ConnectionContext, Listener};
 
 /// Copies until both sides close, then logs the session's totals.
 pub(crate) async fn forward<L, A, B>(ctx: &ConnectionContext<L>, mut client: A, mut upstream: B)

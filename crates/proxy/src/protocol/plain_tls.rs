@@ -35,7 +35,12 @@ pub(crate) async fn serve(
     stream: BoxStream,
     admission: Admission,
 ) -> Result<(), Refused> {
-    copy::after_negotiation(&ctx, negotiate(&ctx, stream, admission)).await
+    let negotiated = ctx
+        .handshake_deadline(negotiate(&ctx, stream, admission))
+        .await;
+    let (client, upstream) = ctx.in_time(negotiated)?;
+    copy::forward(&ctx, client, upstream).await;
+    Ok(())
 }
 
 async fn negotiate(
@@ -128,12 +133,12 @@ pub(crate) async fn serve_client(
     let listener = &ctx.listener;
     let (target, timeout) = (&listener.upstream, listener.basics.upstream_connect_timeout);
     let opened = ctx
-        .within_handshake_timeout(async {
+        .handshake_deadline(async {
             let stream = upstream::connect(target, timeout).await?;
             upstream::start_tls(&listener.upstream_tls, stream, target, timeout).await
         })
         .await;
-    match opened {
+    match ctx.in_time(opened) {
         Ok((upstream, session)) => {
             ctx.log_client_mode_established(&session, "", "");
             copy::forward(&ctx, app, upstream).await;

@@ -24,7 +24,12 @@ pub(crate) async fn serve(
     stream: BoxStream,
     admission: Admission,
 ) -> Result<(), Refused> {
-    copy::after_negotiation(&ctx, negotiate(&ctx, stream, admission)).await
+    let negotiated = ctx
+        .handshake_deadline(negotiate(&ctx, stream, admission))
+        .await;
+    let (app, upstream) = ctx.in_time(negotiated)?;
+    copy::forward(&ctx, app, upstream).await;
+    Ok(())
 }
 
 async fn negotiate(

@@ -30,8 +30,9 @@ pub(crate) async fn serve(
     admission: Admission,
 ) -> Result<(), Refused> {
     let negotiated = ctx
-        .within_handshake_timeout(negotiate(&ctx, stream, admission))
-        .await?;
+        .handshake_deadline(negotiate(&ctx, stream, admission))
+        .await;
+    let negotiated = ctx.in_time(negotiated)?;
     if let Some(session) = negotiated {
         session.run(&ctx).await;
     }

@@ -39,8 +39,9 @@ pub(crate) async fn serve(
     admission: Admission,
 ) -> Result<(), Refused> {
     let negotiated = ctx
-        .within_handshake_timeout(negotiate(&ctx, stream, admission))
-        .await?;
+        .handshake_deadline(negotiate(&ctx, stream, admission))
+        .await;
+    let negotiated = ctx.in_time(negotiated)?;
     if let Some(session) = negotiated {
         session.run(&ctx).await;
     }
@@ -131,8 +132,14 @@ impl AwaitingRequest {
                     .map_err(Refused::client_closed)?;
             }
             // With direct TLS the bytes read are the start of the
-            // ClientHello; after an SSLRequest there are none.
-            let prefix = self.buf.split().freeze();
+            // ClientHello; after an SSLRequest there are none, and an
+            // empty prefix must not keep the read buffer alive for the
+            // life of the connection.
+            let prefix = if direct {
+                self.buf.split().freeze()
+            } else {
+                Bytes::new()
+            };
             return Ok(Request::Tls(TlsRequested {
                 stream: Rewind::new(prefix, self.stream),
                 direct,
