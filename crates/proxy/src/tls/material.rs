@@ -5,9 +5,9 @@
 //! leaf to its last certificate.
 //!
 //! This module owns those checks and the [`SourceFingerprint`] that tells
-//! a reload whether anything changed. It never swaps material in: the
-//! callers in `tls` and `upstream_tls` do, and only after everything here
-//! passed.
+//! a reload whether anything changed. It never swaps material in:
+//! `reloadable` does, for `listener` and `upstream`, and only after
+//! everything here passed.
 
 use std::fmt;
 use std::path::Path;
