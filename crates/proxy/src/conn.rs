@@ -189,7 +189,9 @@ impl<L: Listener> ConnectionContext<L> {
     /// awaits it: such a function keeps its argument and the future it
     /// awaits side by side in its own state (rust-lang/rust#62958), so
     /// every connection's task would hold the negotiation's state twice
-    /// for its whole life, idle sessions included.
+    /// for its whole life, idle sessions included (30.4 against 17.3 KiB
+    /// per idle PostgreSQL session, measured). So each protocol's `serve`
+    /// writes its three lines (deadline, `in_time`, copy) itself.
     pub(crate) fn handshake_deadline<F: Future>(&self, negotiation: F) -> Timeout<F> {
         tokio::time::timeout(self.listener.handshake_timeout(), negotiation)
     }
