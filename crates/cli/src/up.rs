@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use intransit_config::{
     ClientAuth, Config, Endpoint, ListenerConfig, Mode, Protocol, ServerTls, TlsVersion,
-    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_GRACE,
-    DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MYSQL_SERVER_VERSION,
+    DEFAULT_SHUTDOWN_GRACE, DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
 };
 use intransit_pki::{QuickstartLifetimes, StateDir};
 use intransit_policy::{AllowList, DbUserRules};
@@ -95,6 +95,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         max_connections: DEFAULT_MAX_CONNECTIONS,
         routes: Vec::new(),
         require_sni_match: false,
+        mysql_server_version: DEFAULT_MYSQL_SERVER_VERSION.to_owned(),
     };
     let server_tls = listener.tls.clone();
     let config = Config {

@@ -26,6 +26,12 @@ pub use upstream_tls::{SpkiPin, UpstreamServerName, UpstreamTls, UpstreamTlsMode
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default cap on concurrent connections per listener.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// The server version a MySQL listener's own greeting announces unless
+/// `mysql_server_version` says otherwise. It names no real server: the
+/// proxy greets clients before it has verified them, and so before it
+/// connects to the database.
+pub const DEFAULT_MYSQL_SERVER_VERSION: &str = "8.0.0-intransit";
 /// Default time to wait for an upstream TCP connection.
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default time connections get to finish after SIGTERM before they are cut.
@@ -306,6 +312,9 @@ pub struct ListenerConfig {
     /// Refuse a handshake whose server name matches no route with the
     /// `unrecognized_name` alert, instead of using the default route.
     pub require_sni_match: bool,
+    /// The server version in a MySQL listener's own greeting (the
+    /// default for other protocols, which send none).
+    pub mysql_server_version: String,
 }
 
 /// One validated `mode = "client"` `[[listener]]`: local applications

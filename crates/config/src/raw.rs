@@ -14,7 +14,7 @@ use crate::{
     build_allow_list, build_db_user_rules, err, parse_duration, ClientAuth, ClientListenerConfig,
     Config, ConfigError, Endpoint, ListenerConfig, Mode, Protocol, RouteConfig, ServerNamePattern,
     ServerTls, TlsVersion, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_SHUTDOWN_GRACE, DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+    DEFAULT_MYSQL_SERVER_VERSION, DEFAULT_SHUTDOWN_GRACE, DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
 };
 
 #[derive(Debug, Deserialize)]
@@ -49,6 +49,7 @@ struct RawListener {
     upstream_connect_timeout: Option<String>,
     max_connections: Option<i64>,
     allow_remote_plaintext: Option<bool>,
+    mysql_server_version: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -260,6 +261,7 @@ impl RawListener {
                 "SNI routes are not available for mysql listeners: the server greets the client (with the scramble its password answer depends on) before the client sends a server name; use one listener per MySQL server",
             ));
         }
+        let mysql_server_version = mysql_server_version(&k, protocol, self.mysql_server_version)?;
         let require_sni_match = self.require_sni_match.unwrap_or(false);
         if require_sni_match && routes.is_empty() {
             return Err(err(
@@ -281,7 +283,33 @@ impl RawListener {
             handshake_timeout,
             upstream_connect_timeout,
             max_connections,
+            mysql_server_version,
         })
+    }
+}
+
+/// The version string a MySQL listener greets clients with: the key is
+/// for MySQL listeners only, and the string must be printable ASCII a
+/// client can show.
+fn mysql_server_version(
+    k: &str,
+    protocol: Protocol,
+    value: Option<String>,
+) -> Result<String, ConfigError> {
+    let key = format!("{k}.mysql_server_version");
+    match value {
+        None => Ok(DEFAULT_MYSQL_SERVER_VERSION.to_owned()),
+        Some(_) if protocol != Protocol::Mysql => Err(err(
+            key,
+            "only a protocol = \"mysql\" listener sends a greeting with a server version; remove this key",
+        )),
+        Some(v) if v.is_empty() || v.len() > 60 || !v.bytes().all(|b| b.is_ascii_graphic()) => {
+            Err(err(
+                key,
+                format!("{v:?} is not a usable version string: use 1 to 60 printable ASCII characters without spaces, such as \"8.0.36\" or \"5.5.5-10.11.6-MariaDB\""),
+            ))
+        }
+        Some(v) => Ok(v),
     }
 }
 
@@ -309,6 +337,12 @@ impl RawListener {
             return Err(err(
                 format!("{k}.route"),
                 "SNI routes choose by the server name a TLS client sends, and applications reach a client-mode listener in plaintext; use one client-mode listener per upstream",
+            ));
+        }
+        if self.mysql_server_version.is_some() {
+            return Err(err(
+                format!("{k}.mysql_server_version"),
+                "a client-mode listener passes the database's own greeting to local applications; remove this key",
             ));
         }
         if self.require_sni_match.is_some() {

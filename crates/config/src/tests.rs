@@ -613,3 +613,41 @@ fn direct_upstream_tls_is_postgres_only_in_server_mode_too() {
     let e = with_upstream_tls("mode = \"disable\"\ndirect = true").unwrap_err();
     assert_eq!(e.key, "listener[0].upstream_tls.direct");
 }
+
+#[test]
+fn mysql_listeners_greet_with_a_version_of_their_own() {
+    let mysql = MINIMAL.replace(
+        "name = \"orders\"",
+        "name = \"orders\"\nprotocol = \"mysql\"",
+    );
+    let c = Config::from_toml(&mysql).unwrap();
+    assert_eq!(
+        c.listeners[0].mysql_server_version,
+        DEFAULT_MYSQL_SERVER_VERSION
+    );
+    let set = mysql.replace(
+        "protocol = \"mysql\"",
+        "protocol = \"mysql\"\nmysql_server_version = \"5.5.5-10.11.6-MariaDB\"",
+    );
+    let c = Config::from_toml(&set).unwrap();
+    assert_eq!(c.listeners[0].mysql_server_version, "5.5.5-10.11.6-MariaDB");
+
+    for bad in ["", "8.0 with spaces", "8.0.0\\u0000"] {
+        let text = mysql.replace(
+            "protocol = \"mysql\"",
+            &format!("protocol = \"mysql\"\nmysql_server_version = \"{bad}\""),
+        );
+        let e = error_of(&text);
+        assert_eq!(e.key, "listener[0].mysql_server_version", "{bad:?}");
+    }
+    let e = error_of(&MINIMAL.replace(
+        "name = \"orders\"",
+        "name = \"orders\"\nmysql_server_version = \"8.0.36\"",
+    ));
+    assert_eq!(e.key, "listener[0].mysql_server_version");
+    assert!(
+        e.message.contains("only a protocol = \"mysql\" listener"),
+        "{}",
+        e.message
+    );
+}

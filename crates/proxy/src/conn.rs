@@ -243,6 +243,30 @@ impl<L: Listener> ConnectionContext<L> {
         });
     }
 
+    /// Records a change of database user inside a running session (MySQL's
+    /// COM_CHANGE_USER, let through after the same check as a login): a
+    /// log line and an audit event now, with outcome `user_changed`, and
+    /// the new user and database in the record the connection's final
+    /// event is made from.
+    pub(crate) fn user_changed(&self, from: &str, to: &str, database: &str) {
+        let database = Some(database).filter(|d| !d.is_empty());
+        self.note_login(Some(to), database);
+        info!(
+            conn = self.id,
+            listener = %self.listener.name(),
+            peer = %self.peer,
+            identity = self.peer_identity().map(|i| i.to_string()).unwrap_or_default(),
+            from_user = from,
+            user = to,
+            database = database.unwrap_or_default(),
+            "database user changed"
+        );
+        let mut event = self.audit_event(None);
+        event.outcome = "user_changed".to_owned();
+        event.detail = Some(format!("database user changed from {from:?}"));
+        self.listener.audit().record(event);
+    }
+
     /// Keeps what the encrypted leg negotiated. The first handshake of a
     /// connection is its only one, so a second call changes nothing.
     pub(crate) fn note_negotiated(&self, negotiated: Negotiated) {

@@ -16,45 +16,127 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use std::time::Instant;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use tokio_util::io::poll_read_buf;
 use tracing::info;
 
-use crate::conn::{ConnectionContext, Listener};
+use crate::conn::{ConnectionContext, Listener, Refusal, Refused};
+use crate::net::close_with;
 
-/// Copies until both sides close, then logs the session's totals.
-pub(crate) async fn forward<L, A, B>(ctx: &ConnectionContext<L>, mut client: A, mut upstream: B)
+/// Copies until both sides close, then logs the session's totals. With
+/// nothing to inspect, nothing refuses: the result is always `Ok`.
+///
+/// A plain function returning the future, not an `async fn` awaiting
+/// [`forward_inspected`]: that would keep both streams twice in every
+/// connection's task (see `ConnectionContext::handshake_deadline`).
+pub(crate) fn forward<'a, L, A, B>(
+    ctx: &'a ConnectionContext<L>,
+    client: A,
+    upstream: B,
+) -> impl Future<Output = Result<(), Refused>> + 'a
+where
+    L: Listener,
+    A: AsyncRead + AsyncWrite + Unpin + 'a,
+    B: AsyncRead + AsyncWrite + Unpin + 'a,
+{
+    forward_inspected(ctx, client, upstream, PassThrough)
+}
+
+/// Copies until both sides close, with each of the client's bytes let
+/// through to the database only once `inspector` approves it. When the
+/// inspector stops the session, the client gets the stop's reply, both
+/// legs close, and the refusal is returned for the connection's audit
+/// event. Logs the session's totals either way.
+pub(crate) async fn forward_inspected<L, A, B, I>(
+    ctx: &ConnectionContext<L>,
+    mut client: A,
+    mut upstream: B,
+    mut inspector: I,
+) -> Result<(), Refused>
 where
     L: Listener,
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
+    I: Inspector,
 {
     let started = Instant::now();
-    match copy_both_ways(&mut client, &mut upstream).await {
-        Ok((from_client, to_client)) => {
-            ctx.note(|r| r.bytes = Some((from_client, to_client)));
-            ctx.listener
-                .metrics()
-                .bytes(ctx.listener.name(), from_client, to_client);
+    let copied = CopyBothWays {
+        a: &mut client,
+        b: &mut upstream,
+        a_to_b: Direction::default(),
+        b_to_a: Direction::default(),
+        inspector: &mut inspector,
+    }
+    .await;
+    let (from_client, to_client) = (copied.a_to_b, copied.b_to_a);
+    ctx.note(|r| r.bytes = Some((from_client, to_client)));
+    ctx.listener
+        .metrics()
+        .bytes(ctx.listener.name(), from_client, to_client);
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let (conn, listener, peer) = (ctx.id, ctx.listener.name(), &ctx.peer);
+    match copied.outcome {
+        Ok(()) => {
             info!(
-            conn = ctx.id,
-            listener = %ctx.listener.name(),
-            peer = %ctx.peer,
-            bytes_from_client = from_client,
-            bytes_to_client = to_client,
-            duration_ms = started.elapsed().as_millis() as u64,
-            "connection closed"
-            )
+                conn,
+                listener = %listener,
+                peer = %peer,
+                bytes_from_client = from_client,
+                bytes_to_client = to_client,
+                duration_ms,
+                "connection closed"
+            );
+            Ok(())
         }
-        Err(e) => info!(
-            conn = ctx.id,
-            listener = %ctx.listener.name(),
-            peer = %ctx.peer,
-            error = %e,
-            duration_ms = started.elapsed().as_millis() as u64,
-            "connection closed with an error"
-        ),
+        Err(Stopped::Io(e)) => {
+            info!(
+                conn,
+                listener = %listener,
+                peer = %peer,
+                error = %e,
+                bytes_from_client = from_client,
+                bytes_to_client = to_client,
+                duration_ms,
+                "connection closed with an error"
+            );
+            Ok(())
+        }
+        Err(Stopped::Inspector(stop)) => {
+            close_with(&mut client, &stop.reply).await;
+            let _ = upstream.shutdown().await;
+            Err(stop.refused)
+        }
+    }
+}
+
+/// Decides which of the client's bytes may reach the database.
+pub(crate) trait Inspector {
+    /// How many leading bytes of `pending` (the client's bytes not yet
+    /// approved, oldest first) may go to the database now. Bytes not
+    /// approved stay pending and are offered again, with more behind
+    /// them, after the next read. A refusal stops the session.
+    fn approve(&mut self, pending: &[u8]) -> Result<usize, Refusal>;
+}
+
+/// Lets every byte through.
+pub(crate) struct PassThrough;
+
+impl Inspector for PassThrough {
+    fn approve(&mut self, pending: &[u8]) -> Result<usize, Refusal> {
+        Ok(pending.len())
+    }
+}
+
+/// Why the copy ended before both sides closed.
+enum Stopped {
+    Io(io::Error),
+    Inspector(Refusal),
+}
+
+impl From<io::Error> for Stopped {
+    fn from(e: io::Error) -> Self {
+        Stopped::Io(e)
     }
 }
 
@@ -66,6 +148,8 @@ const BUFFER_SIZE: usize = 8 * 1024;
 struct Direction {
     /// Bytes read and not yet written; `None` while idle.
     buf: Option<BytesMut>,
+    /// How many bytes at the front of `buf` the inspector approved.
+    approved: usize,
     /// Written bytes not yet flushed.
     needs_flush: bool,
     /// The reader reached end of stream.
@@ -77,23 +161,27 @@ struct Direction {
 }
 
 impl Direction {
-    fn poll_copy<R, W>(
+    fn poll_copy<R, W, I>(
         &mut self,
         cx: &mut Context<'_>,
         mut reader: Pin<&mut R>,
         mut writer: Pin<&mut W>,
-    ) -> Poll<io::Result<()>>
+        inspector: &mut I,
+    ) -> Poll<Result<(), Stopped>>
     where
         R: AsyncRead + ?Sized,
         W: AsyncWrite + ?Sized,
+        I: Inspector + ?Sized,
     {
         loop {
-            if let Some(buf) = self.buf.as_mut().filter(|b| !b.is_empty()) {
-                let n = ready!(writer.as_mut().poll_write(cx, buf))?;
+            if let Some(buf) = self.buf.as_mut().filter(|_| self.approved > 0) {
+                let approved = buf.get(..self.approved).unwrap_or_default();
+                let n = ready!(writer.as_mut().poll_write(cx, approved))?;
                 if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
                 }
                 buf.advance(n);
+                self.approved -= n;
                 self.copied += n as u64;
                 self.needs_flush = true;
                 continue;
@@ -103,6 +191,8 @@ impl Direction {
                 self.needs_flush = false;
             }
             if self.read_done {
+                // Bytes still held (the start of a packet the inspector
+                // never saw whole) are dropped with the connection.
                 ready!(writer.as_mut().poll_shutdown(cx))?;
                 self.done = true;
                 self.buf = None;
@@ -111,80 +201,88 @@ impl Direction {
             let buf = self
                 .buf
                 .get_or_insert_with(|| BytesMut::with_capacity(BUFFER_SIZE));
-            buf.clear();
-            if buf.capacity() < BUFFER_SIZE {
+            if buf.is_empty() {
+                buf.clear();
+            }
+            if buf.capacity() - buf.len() < BUFFER_SIZE {
                 buf.reserve(BUFFER_SIZE);
             }
             match poll_read_buf(reader.as_mut(), cx, buf) {
                 Poll::Pending => {
                     // Nothing to write and nothing to read: give the
-                    // buffer back while the connection waits.
-                    self.buf = None;
+                    // buffer back while the connection waits, unless it
+                    // holds bytes awaiting approval.
+                    if buf.is_empty() {
+                        self.buf = None;
+                    }
                     return Poll::Pending;
                 }
                 Poll::Ready(Ok(0)) => self.read_done = true,
-                Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(_)) => {
+                    self.approved = inspector.approve(buf).map_err(Stopped::Inspector)?;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
             }
         }
     }
 }
 
-/// Copies `a` to `b` and `b` to `a` until both directions reach end of
-/// stream, shutting down each writer after its reader ends. Returns the
-/// bytes copied from `a` to `b` and from `b` to `a`.
-pub async fn copy_both_ways<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
-where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
-{
-    CopyBothWays {
-        a,
-        b,
-        a_to_b: Direction::default(),
-        b_to_a: Direction::default(),
-    }
-    .await
+/// What a copy moved, however it ended.
+struct Copied {
+    a_to_b: u64,
+    b_to_a: u64,
+    outcome: Result<(), Stopped>,
 }
 
-struct CopyBothWays<'a, A: ?Sized, B: ?Sized> {
+struct CopyBothWays<'a, A: ?Sized, B: ?Sized, I: ?Sized> {
     a: &'a mut A,
     b: &'a mut B,
     a_to_b: Direction,
     b_to_a: Direction,
+    /// Approves what goes from `a` to `b`.
+    inspector: &'a mut I,
 }
 
-impl<A, B> Future for CopyBothWays<'_, A, B>
+impl<A, B, I> Future for CopyBothWays<'_, A, B, I>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    I: Inspector + ?Sized,
 {
-    type Output = io::Result<(u64, u64)>;
+    type Output = Copied;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let a_to_b = if this.a_to_b.done {
             Poll::Ready(Ok(()))
         } else {
-            this.a_to_b
-                .poll_copy(cx, Pin::new(&mut *this.a), Pin::new(&mut *this.b))
+            this.a_to_b.poll_copy(
+                cx,
+                Pin::new(&mut *this.a),
+                Pin::new(&mut *this.b),
+                this.inspector,
+            )
         };
         let b_to_a = if this.b_to_a.done {
             Poll::Ready(Ok(()))
         } else {
-            this.b_to_a
-                .poll_copy(cx, Pin::new(&mut *this.b), Pin::new(&mut *this.a))
+            this.b_to_a.poll_copy(
+                cx,
+                Pin::new(&mut *this.b),
+                Pin::new(&mut *this.a),
+                &mut PassThrough,
+            )
         };
-        if let Poll::Ready(Err(e)) = a_to_b {
-            return Poll::Ready(Err(e));
-        }
-        if let Poll::Ready(Err(e)) = b_to_a {
-            return Poll::Ready(Err(e));
-        }
-        if this.a_to_b.done && this.b_to_a.done {
-            return Poll::Ready(Ok((this.a_to_b.copied, this.b_to_a.copied)));
-        }
-        Poll::Pending
+        let outcome = match (a_to_b, b_to_a) {
+            (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => Err(e),
+            _ if this.a_to_b.done && this.b_to_a.done => Ok(()),
+            _ => return Poll::Pending,
+        };
+        Poll::Ready(Copied {
+            a_to_b: this.a_to_b.copied,
+            b_to_a: this.b_to_a.copied,
+            outcome,
+        })
     }
 }
 
@@ -193,6 +291,29 @@ where
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Copies `a` to `b` and `b` to `a` until both directions reach end of
+    /// stream, shutting down each writer after its reader ends. Returns the
+    /// bytes copied from `a` to `b` and from `b` to `a`.
+    async fn copy_both_ways<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+    where
+        A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    {
+        let copied = CopyBothWays {
+            a,
+            b,
+            a_to_b: Direction::default(),
+            b_to_a: Direction::default(),
+            inspector: &mut PassThrough,
+        }
+        .await;
+        match copied.outcome {
+            Ok(()) => Ok((copied.a_to_b, copied.b_to_a)),
+            Err(Stopped::Io(e)) => Err(e),
+            Err(Stopped::Inspector(stop)) => Err(io::Error::other(stop.refused.detail)),
+        }
+    }
 
     #[tokio::test]
     async fn copies_both_ways_until_both_ends_close() {
@@ -233,7 +354,12 @@ mod tests {
         let mut dir = Direction::default();
         let waker = futures_noop_waker();
         let mut cx = Context::from_waker(&waker);
-        let poll = dir.poll_copy(&mut cx, Pin::new(&mut a), Pin::new(&mut b));
+        let poll = dir.poll_copy(
+            &mut cx,
+            Pin::new(&mut a),
+            Pin::new(&mut b),
+            &mut PassThrough,
+        );
         assert!(poll.is_pending());
         assert!(dir.buf.is_none());
     }

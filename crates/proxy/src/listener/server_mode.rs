@@ -57,6 +57,8 @@ pub struct PreparedListener {
     /// Whether clients must present a certificate (of the default
     /// route), for what a plaintext client is told.
     pub client_auth: ClientAuth,
+    /// The server version a MySQL listener's own greeting announces.
+    pub mysql_server_version: String,
 }
 
 impl PreparedListener {
@@ -108,6 +110,7 @@ impl PreparedListener {
             routes,
             require_sni_match: config.require_sni_match,
             client_auth: config.tls.client_auth,
+            mysql_server_version: config.mysql_server_version.clone(),
         })
     }
 

@@ -39,8 +39,7 @@ pub(crate) async fn serve(
         .handshake_deadline(negotiate(&ctx, stream, admission))
         .await;
     let (client, upstream) = ctx.in_time(negotiated)?;
-    copy::forward(&ctx, client, upstream).await;
-    Ok(())
+    copy::forward(&ctx, client, upstream).await
 }
 
 async fn negotiate(
@@ -141,8 +140,7 @@ pub(crate) async fn serve_client(
     match ctx.in_time(opened) {
         Ok((upstream, session)) => {
             ctx.log_client_mode_established(&session, "", "");
-            copy::forward(&ctx, app, upstream).await;
-            Ok(())
+            copy::forward(&ctx, app, upstream).await
         }
         Err(refused) => {
             close_with(&mut app, &[]).await;

@@ -680,7 +680,7 @@ impl HandshakeResponse41 {
 }
 
 /// Splits the connection attributes into key/value pairs.
-fn parse_connect_attrs(body: &[u8]) -> Result<ConnectAttrs, WireError> {
+pub(super) fn parse_connect_attrs(body: &[u8]) -> Result<ConnectAttrs, WireError> {
     let mut r = Reader::new(body, "HandshakeResponse41 connection attributes");
     let mut attrs = Vec::new();
     while !r.is_empty() {

@@ -18,8 +18,14 @@
 //!   OK, ERR, AuthSwitchRequest, AuthMoreData; and the ERR packets the proxy
 //!   sends itself ([`ErrPacket`], [`ServerError`]).
 //!
+//! - after login, where each client command starts and the one command
+//!   that logs in again as another user ([`CommandScanner`],
+//!   [`ChangeUser`]), so the proxy's user rules hold for the whole
+//!   session.
+//!
 //! It must never touch a socket, decide policy (whether plaintext is refused,
-//! which identity may log in as which user) or interpret query traffic.
+//! which identity may log in as which user) or interpret query traffic
+//! beyond a command's first byte.
 //! Layouts follow the MySQL server (`sql/auth/sql_authentication.cc`,
 //! `include/mysql_com.h`) and MariaDB's `sql/sql_acl.cc`.
 //!
@@ -30,6 +36,7 @@
 //! a packet must not silently change what it forwards.
 
 mod codec;
+mod command;
 mod handshake;
 pub mod lenenc;
 mod packet;
@@ -38,6 +45,7 @@ mod reply;
 #[doc(hidden)]
 pub mod captured;
 
+pub use command::{ChangeUser, CommandScanner, Scanned, COM_CHANGE_USER};
 pub use handshake::{
     parse_client_handshake, parse_server_greeting, AuthResponseEncoding, ClientHandshake,
     ConnectAttrs, GreetingSummary, HandshakeResponse41, HandshakeV10, ServerGreeting, SslRequest,
@@ -71,6 +79,9 @@ pub const CLIENT_CONNECT_WITH_DB: u32 = 0x0000_0008;
 pub const CLIENT_COMPRESS: u32 = 0x0000_0020;
 /// Capability flag: LOAD DATA LOCAL.
 pub const CLIENT_LOCAL_FILES: u32 = 0x0000_0080;
+/// Capability flag: the parser ignores spaces before `(` (SQL mode
+/// IGNORE_SPACE).
+pub const CLIENT_IGNORE_SPACE: u32 = 0x0000_0100;
 /// Capability flag: the 4.1 protocol (SQL states in errors, 4-byte
 /// capability flags). MySQL 8 and MariaDB refuse clients without it.
 pub const CLIENT_PROTOCOL_41: u32 = 0x0000_0200;

@@ -5,7 +5,9 @@
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
-use super::negotiation::{application_login, greeting_for_peer, too_many_connections, Renumbering};
+use super::negotiation::{
+    application_login, greeting_for_application, too_many_connections, Renumbering,
+};
 use super::packets::{read_packet, unavailable_packet};
 use super::relay::relay_authentication;
 use super::upstream::{open_upstream, tls_refused};
@@ -28,8 +30,7 @@ pub(crate) async fn serve(
         .handshake_deadline(negotiate(&ctx, stream, admission))
         .await;
     let (app, upstream) = ctx.in_time(negotiated)?;
-    copy::forward(&ctx, app, upstream).await;
-    Ok(())
+    copy::forward(&ctx, app, upstream).await
 }
 
 async fn negotiate(
@@ -59,7 +60,7 @@ async fn negotiate(
     };
     // The application's leg is plaintext on loopback: it must not try TLS
     // with the proxy, whose certificate it could not verify anyway.
-    let greeting = greeting_for_peer(&upstream.greeting, false).map_err(|e| {
+    let greeting = greeting_for_application(&upstream.greeting).map_err(|e| {
         Refused::new(
             RefusalReason::UpstreamUnavailable,
             format!("re-encoding the greeting of {target}: {e}"),

@@ -6,12 +6,18 @@
 
 use intransit_policy::{ClientIdentity, DbUserRules};
 use intransit_wire::mysql::{
-    encode_packet, parse_client_handshake, parse_server_auth_reply, ClientHandshake,
-    HandshakeResponse41, HandshakeV10, ServerAuthReply, ServerError, CLIENT_SSL,
+    encode_packet, parse_client_handshake, parse_server_auth_reply, AuthSwitchRequest, ChangeUser,
+    ClientHandshake, HandshakeResponse41, HandshakeV10, ServerAuthReply, ServerError,
+    CLIENT_CAN_HANDLE_EXPIRED_PASSWORDS, CLIENT_CONNECT_ATTRS, CLIENT_CONNECT_WITH_DB,
+    CLIENT_DEPRECATE_EOF, CLIENT_FOUND_ROWS, CLIENT_IGNORE_SPACE, CLIENT_INTERACTIVE,
+    CLIENT_LOCAL_FILES, CLIENT_LONG_FLAG, CLIENT_LONG_PASSWORD, CLIENT_MULTI_RESULTS,
+    CLIENT_MULTI_STATEMENTS, CLIENT_PLUGIN_AUTH, CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA,
+    CLIENT_PROTOCOL_41, CLIENT_PS_MULTI_RESULTS, CLIENT_SECURE_CONNECTION, CLIENT_SESSION_TRACK,
+    CLIENT_SSL, CLIENT_TRANSACTIONS, MYSQL_NATIVE_PASSWORD, UTF8MB4_GENERAL_CI,
 };
 use intransit_wire::WireError;
 
-use super::packets::err_packet;
+use super::packets::{err_packet, unavailable_packet};
 use crate::conn::{check_db_user, Refusal, Refused};
 use crate::refusal::RefusalReason;
 
@@ -27,15 +33,244 @@ fn bad_handshake(seq: u8, detail: String) -> Refusal {
     }
 }
 
-/// The server's greeting as the peer gets it: with CLIENT_SSL set in
-/// server mode (the proxy takes TLS), cleared in client mode (the
-/// application's leg stays plaintext). Packet 0.
-pub(crate) fn greeting_for_peer(
-    greeting: &HandshakeV10,
-    offer_tls: bool,
+/// What the proxy's own greeting offers a server-mode client: what MySQL
+/// 5.7+ and MariaDB 10.2+ all support, and nothing that would hide a
+/// command from the proxy (no compression, no MariaDB extended
+/// capabilities such as COM_MULTI) or change the command format (no query
+/// attributes). A client's choices are checked against the real server's
+/// greeting before its login goes on ([`plan_server_login`]).
+pub(crate) const GREETING_CAPABILITIES: u32 = CLIENT_LONG_PASSWORD
+    | CLIENT_FOUND_ROWS
+    | CLIENT_LONG_FLAG
+    | CLIENT_CONNECT_WITH_DB
+    | CLIENT_LOCAL_FILES
+    | CLIENT_IGNORE_SPACE
+    | CLIENT_PROTOCOL_41
+    | CLIENT_INTERACTIVE
+    | CLIENT_SSL
+    | CLIENT_TRANSACTIONS
+    | CLIENT_SECURE_CONNECTION
+    | CLIENT_MULTI_STATEMENTS
+    | CLIENT_MULTI_RESULTS
+    | CLIENT_PS_MULTI_RESULTS
+    | CLIENT_PLUGIN_AUTH
+    | CLIENT_CONNECT_ATTRS
+    | CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA
+    | CLIENT_CAN_HANDLE_EXPIRED_PASSWORDS
+    | CLIENT_SESSION_TRACK
+    | CLIENT_DEPRECATE_EOF;
+
+/// Capabilities that shape every later packet: a client that chose one
+/// from the proxy's greeting cannot talk to a server without it.
+const SESSION_FORMAT: u32 = CLIENT_PROTOCOL_41
+    | CLIENT_SECURE_CONNECTION
+    | CLIENT_PLUGIN_AUTH
+    | CLIENT_MULTI_RESULTS
+    | CLIENT_PS_MULTI_RESULTS
+    | CLIENT_SESSION_TRACK
+    | CLIENT_DEPRECATE_EOF;
+
+/// `SERVER_STATUS_AUTOCOMMIT`, the status of a fresh session.
+const STATUS_AUTOCOMMIT: u16 = 0x0002;
+
+/// The length of a scramble (auth-plugin-data) in a greeting.
+pub(crate) const SCRAMBLE_LEN: usize = 20;
+
+/// The proxy's own greeting to a server-mode client, packet 0: the
+/// configured version, no connection id (0: no server thread is behind it
+/// yet), `scramble` for `mysql_native_password`, and
+/// [`GREETING_CAPABILITIES`]. Nothing in it comes from the database,
+/// which the proxy has not contacted: the client's answer to this
+/// scramble is never used; once the client is verified, it answers the
+/// real server's ([`plan_server_login`]).
+pub(crate) fn proxy_greeting(
+    server_version: &str,
+    scramble: &[u8; SCRAMBLE_LEN],
 ) -> Result<Vec<u8>, WireError> {
+    let (part1, part2) = scramble.split_at(8);
+    let mut auth_plugin_data_part2 = part2.to_vec();
+    auth_plugin_data_part2.push(0);
+    let greeting = HandshakeV10 {
+        server_version: server_version.as_bytes().to_vec(),
+        connection_id: 0,
+        auth_plugin_data_part1: part1.try_into().unwrap_or_default(),
+        capabilities: GREETING_CAPABILITIES,
+        collation: UTF8MB4_GENERAL_CI,
+        status_flags: STATUS_AUTOCOMMIT,
+        auth_plugin_data_len: SCRAMBLE_LEN as u8 + 1,
+        reserved: Default::default(),
+        extended_capabilities: 0,
+        auth_plugin_data_part2,
+        auth_plugin_name: Some(MYSQL_NATIVE_PASSWORD.as_bytes().to_vec()),
+    };
+    encode_packet(0, &greeting.encode()?)
+}
+
+/// A verified client's login as the real server will get it, once the
+/// client has answered the server's own challenge.
+#[derive(Debug)]
+pub(crate) struct ServerLogin {
+    /// The client's HandshakeResponse with the capabilities both sides
+    /// share, the server's auth plugin, and no auth response yet.
+    response: HandshakeResponse41,
+    /// The AuthSwitchRequest that asks the client to answer the server's
+    /// challenge, as the client numbers it.
+    pub(crate) switch_request: Vec<u8>,
+    /// The sequence id the client's answer must carry.
+    pub(crate) answer_seq: u8,
+}
+
+/// Plans a verified client's login at the server whose greeting is
+/// `server`: the client is asked, with an AuthSwitchRequest, to answer
+/// the server's plugin and scramble, and its HandshakeResponse goes on
+/// with that answer and the capabilities both sides support.
+///
+/// Refused when the server lacks what the client chose from the proxy's
+/// greeting and every later packet depends on (a server older than MySQL
+/// 5.7 or MariaDB 10.2), or when either side cannot switch auth plugins.
+pub(crate) fn plan_server_login(
+    login: &Login,
+    server: &HandshakeV10,
+) -> Result<ServerLogin, Refusal> {
+    let reply_seq = login.seq.wrapping_add(1);
+    let unusable_server = |detail: String| Refusal {
+        reply: unavailable_packet(reply_seq),
+        refused: Refused::new(RefusalReason::UpstreamUnavailable, detail),
+    };
+    let client_caps = login.response.capabilities;
+    if client_caps & CLIENT_PLUGIN_AUTH == 0 {
+        return Err(Refusal {
+            reply: err_packet(
+                reply_seq,
+                ServerError::BAD_HANDSHAKE,
+                "This client cannot switch authentication plugins (no CLIENT_PLUGIN_AUTH), which the proxy needs; use a MySQL 5.5+ or MariaDB client library",
+            ),
+            refused: Refused::new(
+                RefusalReason::Malformed,
+                "the client does not support CLIENT_PLUGIN_AUTH, so it cannot answer the server's challenge",
+            ),
+        });
+    }
+    let plugin = match (&server.auth_plugin_name, server.capabilities & CLIENT_SECURE_CONNECTION) {
+        (Some(plugin), secure) if secure != 0 => plugin.clone(),
+        _ => {
+            return Err(unusable_server(
+                "the server's greeting names no auth plugin or scramble (a server older than MySQL 5.5)".to_owned(),
+            ))
+        }
+    };
+    let missing = client_caps & SESSION_FORMAT & !server.capabilities;
+    if missing != 0 {
+        return Err(unusable_server(format!(
+            "the server lacks capabilities {missing:#010x} that the client chose from the proxy's greeting (a server older than MySQL 5.7 or MariaDB 10.2)"
+        )));
+    }
+    let mut response = login.response.clone();
+    response.capabilities = client_caps & GREETING_CAPABILITIES & server.capabilities & !CLIENT_SSL;
+    // MariaDB's extended capabilities were not offered.
+    response.extended_capabilities = 0;
+    if response.database.is_none() {
+        response.capabilities &= !CLIENT_CONNECT_WITH_DB;
+    }
+    if response.capabilities & CLIENT_CONNECT_ATTRS == 0 {
+        response.connect_attrs = None;
+    }
+    response.zstd_compression_level = None;
+    response.auth_plugin_name = Some(plugin.clone());
+    response.auth_response = Vec::new();
+    let mut plugin_data = server.auth_plugin_data_part1.to_vec();
+    plugin_data.extend_from_slice(&server.auth_plugin_data_part2);
+    let switch_request = AuthSwitchRequest {
+        plugin_name: plugin,
+        plugin_data,
+    }
+    .encode()
+    .and_then(|payload| encode_packet(reply_seq, &payload))
+    .map_err(|e| unusable_server(format!("the server's auth plugin: {e}")))?;
+    Ok(ServerLogin {
+        response,
+        switch_request,
+        answer_seq: reply_seq.wrapping_add(1),
+    })
+}
+
+impl ServerLogin {
+    /// The capabilities the server will see (without CLIENT_SSL).
+    pub(crate) fn capabilities(&self) -> u32 {
+        self.response.capabilities
+    }
+
+    /// The planned HandshakeResponse, auth response still empty: what the
+    /// proxy's SSLRequest to a TLS upstream takes its fields from.
+    pub(crate) fn planned(&self) -> &HandshakeResponse41 {
+        &self.response
+    }
+
+    /// The HandshakeResponse for the server: the client's `answer` to the
+    /// switch request as its auth response, CLIENT_SSL set exactly when
+    /// the upstream leg is TLS, numbered `seq` in the server's count.
+    pub(crate) fn response(
+        &self,
+        answer: &[u8],
+        upstream_tls: bool,
+        seq: u8,
+    ) -> Result<Vec<u8>, WireError> {
+        let mut response = self.response.clone();
+        response.auth_response = answer.to_vec();
+        if upstream_tls {
+            response.capabilities |= CLIENT_SSL;
+        }
+        encode_packet(seq, &response.encode()?)
+    }
+}
+
+/// Checks a COM_CHANGE_USER against `rules`: the user it names must be
+/// one `identity` may log in as, exactly as at login. Returns the new
+/// user's name; the refusal carries the ERR 1045 (packet 1, the answer to
+/// the command) the client sees before the connection closes.
+pub(crate) fn authorize_change_user(
+    rules: &DbUserRules,
+    identity: Option<&ClientIdentity>,
+    from: &str,
+    request: &ChangeUser,
+) -> Result<String, Refusal> {
+    let Ok(user) = request.user_utf8() else {
+        return Err(Refusal {
+            reply: err_packet(
+                1,
+                ServerError::ACCESS_DENIED,
+                "Access denied: the user name is not valid UTF-8",
+            ),
+            refused: Refused::new(
+                RefusalReason::UserDenied,
+                format!("COM_CHANGE_USER from {from:?} to a user name that is not UTF-8"),
+            ),
+        });
+    };
+    match check_db_user(rules, identity, user) {
+        Ok(()) => Ok(user.to_owned()),
+        Err((who, refused)) => Err(Refusal {
+            reply: err_packet(
+                1,
+                ServerError::ACCESS_DENIED,
+                &format!("Access denied: {who} may not log in as database user '{user}'"),
+            ),
+            refused: Refused::new(
+                refused.reason,
+                format!(
+                    "COM_CHANGE_USER from {from:?} to {user:?}: {}",
+                    refused.detail
+                ),
+            ),
+        }),
+    }
+}
+
+/// The server's greeting as a client-mode application gets it: with
+/// CLIENT_SSL cleared, as the application's leg stays plaintext. Packet 0.
+pub(crate) fn greeting_for_application(greeting: &HandshakeV10) -> Result<Vec<u8>, WireError> {
     let mut greeting = greeting.clone();
-    greeting.set_tls_offered(offer_tls);
+    greeting.set_tls_offered(false);
     encode_packet(0, &greeting.encode()?)
 }
 
@@ -166,15 +401,17 @@ pub(crate) struct Renumbering {
 }
 
 impl Renumbering {
-    /// Server mode, plaintext upstream: the server never sees the
-    /// client's SSLRequest, so it counts one packet fewer.
-    pub(crate) const PLAINTEXT_UPSTREAM: Renumbering = Renumbering { offset: 1 };
-    /// Server mode, TLS upstream: the proxy sends its own SSLRequest as
-    /// packet 1, so both legs count alike.
-    pub(crate) const TLS_UPSTREAM: Renumbering = Renumbering { offset: 0 };
     /// Client mode: the proxy's SSLRequest upstream takes the place of the
     /// application's response, so the application counts one fewer.
     pub(crate) const CLIENT_MODE: Renumbering = Renumbering { offset: u8::MAX };
+
+    /// The renumbering that makes the peer's packet `peer_seq` and the
+    /// server's packet `upstream_seq` the same packet.
+    pub(crate) fn aligning(peer_seq: u8, upstream_seq: u8) -> Renumbering {
+        Renumbering {
+            offset: peer_seq.wrapping_sub(upstream_seq),
+        }
+    }
 
     /// A server packet's sequence id as the peer numbers it.
     pub(crate) fn to_peer(self, upstream_seq: u8) -> u8 {
@@ -243,7 +480,7 @@ mod tests {
     use intransit_wire::mysql::{parse_packet, ErrPacket};
 
     /// The sequence id and payload of a captured packet.
-    fn packet(capture: &str) -> (u8, Vec<u8>) {
+    fn packet_of(capture: &str) -> (u8, Vec<u8>) {
         let data = bytes(capture);
         let (packet, used) = parse_packet(&data).unwrap().unwrap();
         assert_eq!(used, data.len());
@@ -263,30 +500,45 @@ mod tests {
     /// The captured native-password response as a TLS client sends it:
     /// CLIENT_SSL set, packet 2 (after its SSLRequest, packet 1).
     fn response_inside_tls() -> (u8, Vec<u8>) {
-        let (_, payload) = packet(captured::MARIADB_RESPONSE_NATIVE_DB);
+        let (_, payload) = packet_of(captured::MARIADB_RESPONSE_NATIVE_DB);
         let mut response = HandshakeResponse41::parse(&payload).unwrap();
         response.capabilities |= CLIENT_SSL;
         (2, response.encode().unwrap())
     }
 
     #[test]
-    fn the_greeting_offers_tls_in_server_mode_and_not_in_client_mode() {
-        let (seq, payload) = packet(captured::MARIADB_GREETING);
-        assert_eq!(seq, 0);
-        let greeting = HandshakeV10::parse(&payload).unwrap();
+    fn the_proxy_greets_with_nothing_of_the_server() {
+        let scramble = *b"abcdefghijklmnopqrst";
+        let packet = proxy_greeting("8.0.0-intransit", &scramble).unwrap();
+        let (p, used) = parse_packet(&packet).unwrap().unwrap();
+        assert_eq!((p.sequence_id, used), (0, packet.len()));
+        let greeting = HandshakeV10::parse(p.payload).unwrap();
         assert!(greeting.offers_tls());
-        // Server mode: the captured greeting already offers TLS and goes
-        // out byte for byte.
+        assert_eq!(greeting.server_version_lossy(), "8.0.0-intransit");
+        assert_eq!(greeting.connection_id, 0);
+        assert_eq!(greeting.scramble(), scramble);
+        assert_eq!(greeting.capabilities, GREETING_CAPABILITIES);
+        assert_eq!(greeting.mariadb_capabilities(), None);
         assert_eq!(
-            greeting_for_peer(&greeting, true).unwrap(),
-            bytes(captured::MARIADB_GREETING)
+            greeting.auth_plugin_name.as_deref(),
+            Some(MYSQL_NATIVE_PASSWORD.as_bytes())
         );
-        let plain = greeting_for_peer(&greeting, false).unwrap();
-        let (_, plain_payload) = {
-            let (p, _) = parse_packet(&plain).unwrap().unwrap();
-            (p.sequence_id, p.payload.to_vec())
-        };
-        let cleared = HandshakeV10::parse(&plain_payload).unwrap();
+        // The captured MariaDB greeting shares nothing with it but the
+        // protocol.
+        let (_, real) = packet_of(captured::MARIADB_GREETING);
+        let real = HandshakeV10::parse(&real).unwrap();
+        assert!(!packet
+            .windows(real.server_version.len())
+            .any(|w| w == real.server_version.as_slice()));
+    }
+
+    #[test]
+    fn client_mode_applications_get_the_servers_greeting_without_tls() {
+        let (_, payload) = packet_of(captured::MARIADB_GREETING);
+        let greeting = HandshakeV10::parse(&payload).unwrap();
+        let plain = greeting_for_application(&greeting).unwrap();
+        let (p, _) = parse_packet(&plain).unwrap().unwrap();
+        let cleared = HandshakeV10::parse(p.payload).unwrap();
         assert!(!cleared.offers_tls());
         assert_eq!(cleared.scramble(), greeting.scramble());
         assert_eq!(
@@ -297,10 +549,10 @@ mod tests {
 
     #[test]
     fn only_an_ssl_request_answers_the_greeting_in_server_mode() {
-        let (seq, payload) = packet(captured::MARIADB_SSL_REQUEST);
+        let (seq, payload) = packet_of(captured::MARIADB_SSL_REQUEST);
         assert!(first_packet(seq, &payload).is_ok());
 
-        let (seq, payload) = packet(captured::MARIADB_RESPONSE_NATIVE_DB);
+        let (seq, payload) = packet_of(captured::MARIADB_RESPONSE_NATIVE_DB);
         let refusal = first_packet(seq, &payload).unwrap_err();
         assert_eq!(refusal.refused.reason, RefusalReason::PlaintextRefused);
         assert!(refusal.refused.detail.contains("\"nat\""));
@@ -339,52 +591,140 @@ mod tests {
         assert_eq!(error.code, ServerError::ACCESS_DENIED.code);
         assert!(error.message_lossy().contains("'nat'"));
 
-        let (_, no_db) = packet(captured::MARIADB_RESPONSE_NATIVE_NO_DB);
+        let (_, no_db) = packet_of(captured::MARIADB_RESPONSE_NATIVE_NO_DB);
         assert_eq!(login_inside_tls(2, &no_db).unwrap().database(), None);
         let refusal = login_inside_tls(2, b"\x01").unwrap_err();
         assert_eq!(err(&refusal.reply).0, 3);
     }
 
     #[test]
-    fn a_plaintext_upstream_gets_the_response_as_a_plaintext_client_would_send_it() {
+    fn a_verified_client_answers_the_real_servers_challenge() {
         let (seq, payload) = response_inside_tls();
         let login = login_inside_tls(seq, &payload).unwrap();
-        // Cleared of CLIENT_SSL and renumbered 2 -> 1, the response is
-        // exactly what the mariadb client sent without TLS.
-        let forwarded = Renumbering::PLAINTEXT_UPSTREAM
-            .response_for_upstream(&login, false)
-            .unwrap();
-        assert_eq!(forwarded, bytes(captured::MARIADB_RESPONSE_NATIVE_DB));
-        // Over TLS it keeps CLIENT_SSL and its number.
-        let over_tls = Renumbering::TLS_UPSTREAM
-            .response_for_upstream(&login, true)
-            .unwrap();
+        let (_, greeting) = packet_of(captured::MARIADB_GREETING);
+        let server = HandshakeV10::parse(&greeting).unwrap();
+        let plan = plan_server_login(&login, &server).unwrap();
+
+        // The client is asked, as packet 3, to answer the server's own
+        // plugin and scramble; its answer is packet 4.
+        let (p, _) = parse_packet(&plan.switch_request).unwrap().unwrap();
+        assert_eq!(p.sequence_id, 3);
+        assert_eq!(plan.answer_seq, 4);
+        let switch = AuthSwitchRequest::parse(p.payload).unwrap();
+        assert_eq!(Some(&switch.plugin_name), server.auth_plugin_name.as_ref());
+        assert_eq!(
+            &switch.plugin_data[..SCRAMBLE_LEN],
+            server.scramble().as_slice()
+        );
+        assert_eq!(switch.plugin_data.last(), Some(&0));
+
+        // Over plaintext the server gets packet 1 with the answer, its own
+        // plugin, no CLIENT_SSL and no MariaDB extended capabilities.
+        let answer = [9u8; 20];
+        let forwarded = plan.response(&answer, false, 1).unwrap();
+        let (p, _) = parse_packet(&forwarded).unwrap().unwrap();
+        assert_eq!(p.sequence_id, 1);
+        let response = HandshakeResponse41::parse(p.payload).unwrap();
+        assert_eq!(response.auth_response, answer);
+        assert_eq!(response.auth_plugin_name, server.auth_plugin_name);
+        assert_eq!(response.user, b"nat");
+        assert_eq!(response.database.as_deref(), Some(&b"shop"[..]));
+        assert_eq!(response.capabilities & CLIENT_SSL, 0);
+        assert_eq!(
+            response.capabilities & !(GREETING_CAPABILITIES & server.capabilities),
+            0
+        );
+        assert_eq!(response.extended_capabilities, 0);
+        // Over TLS, packet 2 after the proxy's SSLRequest, CLIENT_SSL set.
+        let over_tls = plan.response(&answer, true, 2).unwrap();
         let (p, _) = parse_packet(&over_tls).unwrap().unwrap();
         assert_eq!(p.sequence_id, 2);
-        assert_eq!(p.payload, payload.as_slice());
+        let response = HandshakeResponse41::parse(p.payload).unwrap();
+        assert_ne!(response.capabilities & CLIENT_SSL, 0);
+    }
+
+    #[test]
+    fn servers_and_clients_that_cannot_switch_or_keep_the_format_are_refused() {
+        let (seq, payload) = response_inside_tls();
+        let (_, greeting) = packet_of(captured::MARIADB_GREETING);
+        let server = HandshakeV10::parse(&greeting).unwrap();
+
+        let mut old = server.clone();
+        old.capabilities &= !CLIENT_DEPRECATE_EOF;
+        let mut client = login_inside_tls(seq, &payload).unwrap();
+        client.response.capabilities |= CLIENT_DEPRECATE_EOF;
+        let refusal = plan_server_login(&client, &old).unwrap_err();
+        assert_eq!(refusal.refused.reason, RefusalReason::UpstreamUnavailable);
+        let (reply_seq, error) = err(&refusal.reply);
+        assert_eq!((reply_seq, error.code), (3, 1105));
+
+        let mut no_plugins = login_inside_tls(seq, &payload).unwrap();
+        no_plugins.response.capabilities &= !CLIENT_PLUGIN_AUTH;
+        let refusal = plan_server_login(&no_plugins, &server).unwrap_err();
+        assert_eq!(refusal.refused.reason, RefusalReason::Malformed);
+        assert_eq!(err(&refusal.reply).1.code, ServerError::BAD_HANDSHAKE.code);
+    }
+
+    #[test]
+    fn change_user_is_held_to_the_same_rules_as_the_login() {
+        let rules = DbUserRules::new(vec![DbUserRule::Listed {
+            identity: IdentityPattern::parse("cn:reporting").unwrap(),
+            users: vec!["alice".into()],
+        }]);
+        let reporting = ClientIdentity {
+            common_name: Some("reporting".into()),
+            dns_names: Vec::new(),
+            uris: Vec::new(),
+            spki_pin: String::new(),
+        };
+        let to = |user: &[u8]| ChangeUser {
+            user: user.to_vec(),
+            auth_response: Vec::new(),
+            database: Vec::new(),
+            collation: None,
+            auth_plugin_name: None,
+            connect_attrs: None,
+        };
+        let allowed = authorize_change_user(&rules, Some(&reporting), "alice", &to(b"alice"));
+        assert_eq!(allowed.unwrap(), "alice");
+        let refusal =
+            authorize_change_user(&rules, Some(&reporting), "alice", &to(b"admin")).unwrap_err();
+        assert_eq!(refusal.refused.reason, RefusalReason::UserDenied);
+        let detail = &refusal.refused.detail;
+        assert!(detail.contains("\"alice\" to \"admin\""), "{detail}");
+        let (reply_seq, error) = err(&refusal.reply);
+        assert_eq!(
+            (reply_seq, error.code),
+            (1, ServerError::ACCESS_DENIED.code)
+        );
+        assert!(error.message_lossy().contains("'admin'"));
+        let refusal = authorize_change_user(&rules, Some(&reporting), "alice", &to(b"\xffadmin"))
+            .unwrap_err();
+        assert_eq!(refusal.refused.reason, RefusalReason::UserDenied);
     }
 
     #[test]
     fn an_ed25519_exchange_is_renumbered_both_ways_until_the_ok() {
-        // Captured without TLS: switch 2, signature 3, OK 4. Through a TLS
-        // client and a plaintext upstream the client counts one more.
-        let r = Renumbering::PLAINTEXT_UPSTREAM;
-        let (switch_seq, switch) = packet(captured::MARIADB_AUTH_SWITCH_ED25519);
+        // Captured without TLS: response 1, switch 2, signature 3, OK 4.
+        // Through the proxy the client's answer to the proxy's switch
+        // request is its packet 4 and the server's response packet 1.
+        let r = Renumbering::aligning(4, 1);
+        let (switch_seq, switch) = packet_of(captured::MARIADB_AUTH_SWITCH_ED25519);
         let relayed = relay_from_server(r, switch_seq, &switch).unwrap();
-        assert_eq!((relayed.seq, relayed.done), (3, false));
+        assert_eq!((relayed.seq, relayed.done), (5, false));
         assert_eq!(&relayed.packet[4..], switch.as_slice());
-        let (signature_seq, _) = packet(captured::MARIADB_ED25519_SIGNATURE);
+        let (signature_seq, _) = packet_of(captured::MARIADB_ED25519_SIGNATURE);
         assert_eq!(r.to_upstream(relayed.seq + 1), signature_seq);
-        let (ok_seq, ok) = packet(captured::MARIADB_OK_ED25519);
+        let (ok_seq, ok) = packet_of(captured::MARIADB_OK_ED25519);
         let relayed = relay_from_server(r, ok_seq, &ok).unwrap();
-        assert_eq!((relayed.seq, relayed.done), (5, true));
-        let (err_seq, denied) = packet(captured::MARIADB_ERR_ACCESS_DENIED);
+        assert_eq!((relayed.seq, relayed.done), (7, true));
+        let (err_seq, denied) = packet_of(captured::MARIADB_ERR_ACCESS_DENIED);
         assert!(relay_from_server(r, err_seq, &denied).unwrap().done);
     }
 
     #[test]
     fn client_mode_forwards_a_plaintext_login_with_client_ssl_one_ahead() {
-        let (seq, payload) = packet(captured::MARIADB_RESPONSE_NATIVE_DB);
+        let (seq, payload) = packet_of(captured::MARIADB_RESPONSE_NATIVE_DB);
         let login = application_login(seq, &payload).unwrap();
         let r = Renumbering::CLIENT_MODE;
         let forwarded = r.response_for_upstream(&login, true).unwrap();
@@ -396,7 +736,7 @@ mod tests {
         assert_eq!(r.to_peer(4), 3);
         assert_eq!(r.to_peer(0), u8::MAX, "sequence ids wrap");
 
-        let (seq, ssl) = packet(captured::MARIADB_SSL_REQUEST);
+        let (seq, ssl) = packet_of(captured::MARIADB_SSL_REQUEST);
         let refusal = application_login(seq, &ssl).unwrap_err();
         assert_eq!(refusal.refused.reason, RefusalReason::Malformed);
         let (reply_seq, error) = err(&refusal.reply);

@@ -1,21 +1,25 @@
-//! Server mode: the proxy greets the client with the server's greeting
-//! (CLIENT_SSL set), takes TLS after the client's SSLRequest, checks the
-//! HandshakeResponse's user against `db_users`, and relays the login; see
-//! the diagram in the folder's module doc.
+//! Server mode: the proxy greets the client itself (its own version and
+//! scramble, CLIENT_SSL set), takes TLS after the client's SSLRequest,
+//! checks the certificate and the HandshakeResponse's user against
+//! `db_users`, and only then connects to the database, asks the client to
+//! answer the server's own challenge, and relays the login; after login it
+//! watches the client's commands for COM_CHANGE_USER. See the diagram in
+//! the folder's module doc.
 
 use bytes::BytesMut;
+use intransit_wire::mysql::{CommandScanner, Scanned};
 use tokio::io::AsyncWriteExt;
 
 use super::negotiation::{
-    authorize, first_packet, greeting_for_peer, login_inside_tls, too_many_connections, Login,
-    Renumbering,
+    authorize, authorize_change_user, first_packet, login_inside_tls, plan_server_login,
+    proxy_greeting, too_many_connections, Login, Renumbering, ServerLogin, SCRAMBLE_LEN,
 };
 use super::packets::{read_packet, unavailable_packet};
 use super::relay::relay_authentication;
-use super::upstream::{open_upstream, Upstream};
+use super::upstream::open_upstream;
 use crate::accept::Admission;
 use crate::conn::{ConnectionContext, Established, Refusal, Refused};
-use crate::copy;
+use crate::copy::{self, Inspector};
 use crate::listener::handshake::{self, Accepted, AcceptedTls};
 use crate::listener::server_mode::PreparedListener;
 use crate::net::{close_with, BoxStream, Rewind};
@@ -30,33 +34,24 @@ pub(crate) async fn serve(
     let negotiated = ctx
         .handshake_deadline(negotiate(&ctx, stream, admission))
         .await;
-    let (client, upstream) = ctx.in_time(negotiated)?;
-    copy::forward(&ctx, client, upstream).await;
-    Ok(())
+    let (client, upstream, guard) = ctx.in_time(negotiated)?;
+    copy::forward_inspected(&ctx, client, upstream, guard).await
 }
 
 async fn negotiate(
     ctx: &ConnectionContext<PreparedListener>,
     mut client: BoxStream,
     admission: Admission,
-) -> Result<(AcceptedTls, BoxStream), Refused> {
-    let listener = &ctx.listener;
-    let target = listener.default_route.upstream.clone();
-    // The server speaks first: its greeting (and scramble) is what the
-    // client will answer, so the upstream leg opens before anything else.
-    let upstream = match open_upstream(&target, listener.basics.upstream_connect_timeout).await {
-        Ok(opened) => opened,
-        Err(refused) => {
-            close_with(&mut client, &unavailable_packet(0)).await;
-            return Err(refused);
-        }
-    };
-    let greeting = greeting_for_peer(&upstream.greeting, true).map_err(|e| {
-        Refused::new(
-            RefusalReason::UpstreamUnavailable,
-            format!("re-encoding the greeting of {target}: {e}"),
-        )
-    })?;
+) -> Result<(AcceptedTls, BoxStream, UserSwitchGuard<'_>), Refused> {
+    // The server speaks first, but no server is asked until the client is
+    // verified: the proxy greets with a version and scramble of its own.
+    let greeting =
+        proxy_greeting(&ctx.listener.mysql_server_version, &scramble()).map_err(|e| {
+            Refused::new(
+                RefusalReason::Malformed,
+                format!("encoding the proxy's greeting: {e}"),
+            )
+        })?;
     client
         .write_all(&greeting)
         .await
@@ -64,15 +59,16 @@ async fn negotiate(
     let mut accepted = start_tls(ctx, client).await?;
     let mut tls_buf = BytesMut::with_capacity(512);
     let login = read_login(ctx, &mut accepted, &mut tls_buf, admission).await?;
-    let (mut upstream, mut upstream_buf, renumbering, upstream_tls) =
-        forward_login(ctx, &mut accepted, upstream, &login).await?;
+    let target = accepted.route.upstream.clone();
+    let (mut upstream, mut upstream_buf, renumbering, upstream_tls, capabilities) =
+        log_in_upstream(ctx, &mut accepted, &mut tls_buf, &login).await?;
     let relayed = relay_authentication(
         &mut accepted.stream,
         &mut tls_buf,
         &mut upstream,
         &mut upstream_buf,
         renumbering,
-        login.seq,
+        login.seq.wrapping_add(2),
     )
     .await;
     if let Err(failure) = relayed {
@@ -86,7 +82,24 @@ async fn negotiate(
         server_name: None,
         handshake_micros: accepted.handshake_micros,
     });
-    Ok((accepted.stream, upstream))
+    let guard = UserSwitchGuard {
+        ctx,
+        route: accepted.route.clone(),
+        scanner: CommandScanner::new(capabilities),
+        user: login.user,
+    };
+    Ok((accepted.stream, upstream, guard))
+}
+
+/// A fresh scramble for the proxy's greeting: random printable bytes, as
+/// servers send.
+fn scramble() -> [u8; SCRAMBLE_LEN] {
+    let mut bytes = [0u8; SCRAMBLE_LEN];
+    // The scramble authenticates nothing (the client's answer to it is
+    // dropped), so a failing system RNG leaves it fixed rather than
+    // refusing the connection.
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    bytes.map(|b| b'!' + b % 94)
 }
 
 /// Reads the client's answer to the greeting and, for an SSLRequest, runs
@@ -150,54 +163,145 @@ async fn read_login(
     Ok(login)
 }
 
-/// Sends the login upstream: over TLS after the proxy's own SSLRequest
-/// (packet 1, so both legs count the same and the response keeps its
-/// sequence id and CLIENT_SSL), or over plaintext, where the server never
-/// sees an SSLRequest, the response is its packet 1 and every later packet
-/// is one behind the client's. Returns the upstream leg, bytes it sent
-/// past its greeting, the renumbering and the upstream TLS version.
-async fn forward_login(
+/// Logs in at the database, now that the client is verified: connects,
+/// reads the real greeting, secures the leg when the route says so (the
+/// proxy's own SSLRequest, packet 1), asks the client to answer the
+/// server's plugin and scramble (an AuthSwitchRequest), and sends the
+/// HandshakeResponse with that answer (packet 1 over plaintext, 2 over
+/// TLS). Returns the upstream leg, bytes it sent past what was read, the
+/// renumbering for the rest of the exchange, the upstream TLS version and
+/// the capabilities the server saw.
+async fn log_in_upstream(
     ctx: &ConnectionContext<PreparedListener>,
     accepted: &mut Accepted,
-    upstream: Upstream,
+    tls_buf: &mut BytesMut,
     login: &Login,
-) -> Result<(BoxStream, BytesMut, Renumbering, Option<&'static str>), Refused> {
+) -> Result<(BoxStream, BytesMut, Renumbering, Option<&'static str>, u32), Refused> {
     let route = accepted.route.clone();
     let target = &route.upstream;
     let timeout = ctx.listener.basics.upstream_connect_timeout;
     let unavailable_reply = unavailable_packet(login.seq.wrapping_add(1));
-    let opened = match route.upstream_tls.as_deref() {
-        Some(tls) => {
-            let r = Renumbering::TLS_UPSTREAM;
-            let ssl_request_seq = r.to_upstream(login.seq).wrapping_sub(1);
-            upstream
-                .secure(tls, &login.response, ssl_request_seq, target, timeout)
-                .await
-                .map(|(stream, session)| (stream, BytesMut::new(), r, Some(session.tls.version)))
-        }
-        None => Ok((
-            upstream.stream,
-            upstream.buf,
-            Renumbering::PLAINTEXT_UPSTREAM,
-            None,
-        )),
-    };
-    let (mut stream, buf, renumbering, version) = match opened {
+    let upstream = match open_upstream(target, timeout).await {
         Ok(opened) => opened,
         Err(refused) => {
             close_with(&mut accepted.stream, &unavailable_reply).await;
             return Err(refused);
         }
     };
-    let forwarded = renumbering
-        .response_for_upstream(login, version.is_some())
+    let plan: ServerLogin = match plan_server_login(login, &upstream.greeting) {
+        Ok(plan) => plan,
+        Err(refusal) => {
+            close_with(&mut accepted.stream, &refusal.reply).await;
+            return Err(refusal.refused);
+        }
+    };
+    let opened = match route.upstream_tls.as_deref() {
+        Some(tls) => upstream
+            .secure(tls, plan.planned(), 1, target, timeout)
+            .await
+            .map(|(stream, session)| (stream, BytesMut::new(), 2, Some(session.tls.version))),
+        None => Ok((upstream.stream, upstream.buf, 1, None)),
+    };
+    let (mut stream, buf, response_seq, version) = match opened {
+        Ok(opened) => opened,
+        Err(refused) => {
+            close_with(&mut accepted.stream, &unavailable_reply).await;
+            return Err(refused);
+        }
+    };
+    if let Err(e) = accepted.stream.write_all(&plan.switch_request).await {
+        return Err(Refused::client_closed(e));
+    }
+    let (seq, answer) = read_packet(&mut accepted.stream, tls_buf)
+        .await
+        .map_err(|e| {
+            Refused::new(
+                RefusalReason::Malformed,
+                format!("answer to the AuthSwitchRequest: {e}"),
+            )
+        })?;
+    if seq != plan.answer_seq || !tls_buf.is_empty() {
+        return Err(Refused::new(
+            RefusalReason::Malformed,
+            format!(
+                "the answer to the AuthSwitchRequest came as packet {seq} (expected {}) or with bytes behind it",
+                plan.answer_seq
+            ),
+        ));
+    }
+    let forwarded = plan
+        .response(&answer, version.is_some(), response_seq)
         .map_err(|e| Refused::new(RefusalReason::Malformed, format!("HandshakeResponse: {e}")))?;
     if let Err(e) = stream.write_all(&forwarded).await {
-        close_with(&mut accepted.stream, &unavailable_reply).await;
+        close_with(
+            &mut accepted.stream,
+            &unavailable_packet(seq.wrapping_add(1)),
+        )
+        .await;
         return Err(Refused::new(
             RefusalReason::UpstreamUnavailable,
             format!("sending the HandshakeResponse to {target}: {e}"),
         ));
     }
-    Ok((stream, buf, renumbering, version))
+    let renumbering = Renumbering::aligning(seq, response_seq);
+    Ok((stream, buf, renumbering, version, plan.capabilities()))
+}
+
+/// Watches a logged-in client's commands: a COM_CHANGE_USER goes to the
+/// database only if the connection's identity may log in as the user it
+/// names, as at login. An allowed change is audited at once; a refused
+/// one ends the connection with ERR 1045 and is the connection's audited
+/// outcome.
+struct UserSwitchGuard<'a> {
+    ctx: &'a ConnectionContext<PreparedListener>,
+    route: std::sync::Arc<crate::listener::server_mode::PreparedRoute>,
+    scanner: CommandScanner,
+    /// The database user the session is logged in as.
+    user: String,
+}
+
+impl Inspector for UserSwitchGuard<'_> {
+    fn approve(&mut self, pending: &[u8]) -> Result<usize, Refusal> {
+        let mut approved = 0;
+        loop {
+            let rest = pending.get(approved..).unwrap_or_default();
+            let scanned = self.scanner.scan(rest).map_err(|e| Refusal {
+                reply: super::packets::err_packet(
+                    1,
+                    intransit_wire::mysql::ServerError::ACCESS_DENIED,
+                    "Access denied: unreadable COM_CHANGE_USER",
+                ),
+                refused: Refused::new(RefusalReason::Malformed, format!("after login: {e}")),
+            })?;
+            match scanned {
+                Scanned::Forward(0) => return Ok(approved),
+                Scanned::Forward(n) => approved += n,
+                Scanned::ChangeUser { len, request } => {
+                    let database = String::from_utf8_lossy(&request.database).into_owned();
+                    let checked = authorize_change_user(
+                        &self.route.db_users,
+                        self.ctx.peer_identity(),
+                        &self.user,
+                        &request,
+                    );
+                    let new_user = match checked {
+                        Ok(user) => user,
+                        Err(refusal) => {
+                            let attempted = String::from_utf8_lossy(&request.user).into_owned();
+                            self.ctx.note_login(
+                                Some(&attempted),
+                                Some(&database)
+                                    .filter(|d| !d.is_empty())
+                                    .map(String::as_str),
+                            );
+                            return Err(refusal);
+                        }
+                    };
+                    let from = std::mem::replace(&mut self.user, new_user);
+                    self.ctx.user_changed(&from, &self.user, &database);
+                    approved += len;
+                }
+            }
+        }
+    }
 }

@@ -42,10 +42,10 @@ pub(crate) async fn serve(
         .handshake_deadline(negotiate(&ctx, stream, admission))
         .await;
     let negotiated = ctx.in_time(negotiated)?;
-    if let Some(session) = negotiated {
-        session.run(&ctx).await;
+    match negotiated {
+        Some(session) => session.run(&ctx).await,
+        None => Ok(()),
     }
-    Ok(())
 }
 
 async fn negotiate(

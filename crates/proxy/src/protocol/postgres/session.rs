@@ -6,7 +6,7 @@
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::conn::{ConnectionContext, Listener};
+use crate::conn::{ConnectionContext, Listener, Refused};
 use crate::copy;
 use crate::net::BoxStream;
 
@@ -19,7 +19,7 @@ pub(crate) struct Session<P> {
 
 impl<P: AsyncRead + AsyncWrite + Unpin> Session<P> {
     /// Copies bytes both ways until both sides close.
-    pub(crate) async fn run<L: Listener>(self, ctx: &ConnectionContext<L>) {
-        copy::forward(ctx, self.peer, self.upstream).await;
+    pub(crate) async fn run<L: Listener>(self, ctx: &ConnectionContext<L>) -> Result<(), Refused> {
+        copy::forward(ctx, self.peer, self.upstream).await
     }
 }
