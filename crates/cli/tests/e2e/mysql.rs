@@ -4,6 +4,8 @@
 use std::ffi::OsString;
 
 use intransit_pki::CertificatePaths;
+use std::time::Duration;
+
 use intransit_testkit::{run_mariadb, MariaDbAuth, MariaDbServer};
 
 use crate::support::*;
@@ -254,15 +256,17 @@ fn up_with_protocol_mysql_prints_a_working_mariadb_command() {
     assert!(child.wait().expect("wait").success());
 }
 
-#[test]
-fn mysql_async_client_library_queries_through_the_proxy() {
-    use mysql_async::prelude::Queryable;
-    let (name, password) = user("rust", MariaDbAuth::NativePassword);
-    let proxy = ProxyProcess::start(&mysql_listener(""));
+/// A client certificate mysql_async can present (CN `rust-client`):
+/// its rustls backend reads client keys only as PKCS#1 RSA ("RSA PRIVATE
+/// KEY"), so the certificate is RSA and openssl converts its key.
+struct RsaClient {
+    _dir: tempfile::TempDir,
+    cert: std::path::PathBuf,
+    pkcs1_key: std::path::PathBuf,
+}
+
+fn rsa_client() -> RsaClient {
     let p = pki();
-    // mysql_async's rustls backend reads client keys only as PKCS#1 RSA
-    // ("RSA PRIVATE KEY"), so this client gets an RSA certificate and
-    // openssl converts its key.
     let dir = tempfile::tempdir().expect("temp dir");
     let issued = p
         .authority
@@ -277,42 +281,145 @@ fn mysql_async_client_library_queries_through_the_proxy() {
         })
         .expect("RSA client certificate");
     let paths = issued.write_to(&dir.path().join("rsa")).expect("write");
-    let pkcs1 = dir.path().join("key-pkcs1.pem");
+    let pkcs1_key = dir.path().join("key-pkcs1.pem");
     let openssl = intransit_testkit::require_tool("openssl", "openssl").expect("openssl");
     let status = std::process::Command::new(openssl)
         .args(["rsa", "-traditional", "-in"])
         .arg(&paths.key)
         .arg("-out")
-        .arg(&pkcs1)
+        .arg(&pkcs1_key)
         .status()
         .expect("openssl rsa");
     assert!(status.success());
+    RsaClient {
+        _dir: dir,
+        cert: paths.cert,
+        pkcs1_key,
+    }
+}
+
+fn mysql_async_opts(
+    port: u16,
+    client: &RsaClient,
+    user: &str,
+    password: &str,
+) -> mysql_async::Opts {
     let ssl = mysql_async::SslOpts::default()
-        .with_root_certs(vec![p.ca.clone().into()])
+        .with_root_certs(vec![pki().ca.clone().into()])
         .with_client_identity(Some(mysql_async::ClientIdentity::new(
-            paths.cert.clone().into(),
-            pkcs1.into(),
+            client.cert.clone().into(),
+            client.pkcs1_key.clone().into(),
         )));
-    let opts = mysql_async::OptsBuilder::default()
+    mysql_async::OptsBuilder::default()
         .ip_or_hostname("localhost")
-        .tcp_port(proxy.port())
-        .user(Some(name))
+        .tcp_port(port)
+        .user(Some(user))
         .pass(Some(password))
         .ssl_opts(Some(ssl))
-        .prefer_socket(false);
-    let rt = tokio::runtime::Builder::new_current_thread()
+        .prefer_socket(false)
+        .into()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("runtime");
-    let answer: Option<i64> = rt.block_on(async {
-        let mut conn = mysql_async::Conn::new(opts)
+        .expect("runtime")
+}
+
+#[test]
+fn mysql_async_client_library_queries_through_the_proxy_with_both_password_plugins() {
+    use mysql_async::prelude::Queryable;
+    let proxy = ProxyProcess::start(&mysql_listener(""));
+    let client = rsa_client();
+    for (prefix, auth) in [
+        ("rust", MariaDbAuth::NativePassword),
+        ("rust-ed", MariaDbAuth::Ed25519),
+    ] {
+        let (name, password) = user(prefix, auth);
+        let opts = mysql_async_opts(proxy.port(), &client, &name, &password);
+        let answer: Option<String> = runtime().block_on(async {
+            let mut conn = mysql_async::Conn::new(opts).await.unwrap_or_else(|e| {
+                panic!("{prefix}: mysql_async connects through the proxy: {e}")
+            });
+            let v = conn
+                .query_first("SELECT CURRENT_USER()")
+                .await
+                .expect("query");
+            conn.disconnect().await.expect("disconnect");
+            v
+        });
+        assert!(
+            answer
+                .as_deref()
+                .is_some_and(|a| a.starts_with(&format!("{name}@"))),
+            "{prefix}: {answer:?}"
+        );
+    }
+}
+
+#[test]
+fn change_user_is_held_to_db_users_and_audited() {
+    use mysql_async::prelude::Queryable;
+    let (alice, alice_pw) = user("alice", MariaDbAuth::NativePassword);
+    let (bob, bob_pw) = user("bob", MariaDbAuth::Ed25519);
+    let (admin, admin_pw) = user("admin", MariaDbAuth::NativePassword);
+    let rules = format!(
+        "[[listener.db_users]]\nidentity = \"cn:rust-client\"\nusers = [\"{alice}\", \"{bob}\"]\n"
+    );
+    let proxy = ProxyProcess::start(&mysql_listener(&rules));
+    let client = rsa_client();
+    let opts = mysql_async_opts(proxy.port(), &client, &alice, &alice_pw);
+    let (after_allowed, refused) = runtime().block_on(async {
+        let mut conn = mysql_async::Conn::new(opts).await.expect("alice logs in");
+        // A user the identity may use: let through, and the session is
+        // really bob's.
+        conn.change_user(
+            mysql_async::ChangeUserOpts::default()
+                .with_user(Some(bob.clone()))
+                .with_pass(Some(bob_pw.clone())),
+        )
+        .await
+        .expect("changing to an allowed user");
+        let now: Option<String> = conn
+            .query_first("SELECT CURRENT_USER()")
             .await
-            .expect("mysql_async connects through the proxy");
-        let v = conn.query_first("SELECT 6 * 7").await.expect("query");
-        conn.disconnect().await.expect("disconnect");
-        v
+            .expect("query");
+        // One it may not: refused although the password is right.
+        let refused = conn
+            .change_user(
+                mysql_async::ChangeUserOpts::default()
+                    .with_user(Some(admin.clone()))
+                    .with_pass(Some(admin_pw.clone())),
+            )
+            .await
+            .expect_err("changing to admin was let through");
+        (now, refused.to_string())
     });
-    assert_eq!(answer, Some(42));
+    assert!(
+        after_allowed
+            .as_deref()
+            .is_some_and(|u| u.starts_with(&format!("{bob}@"))),
+        "{after_allowed:?}"
+    );
+    assert!(refused.contains("1045"), "{refused}");
+    assert!(refused.contains(&admin), "{refused}");
+
+    let changed = proxy.wait_for_log(Duration::from_secs(10), |v| {
+        v["message"] == "connection audit" && v["outcome"] == "user_changed"
+    });
+    assert_eq!(changed["db_user"], bob.as_str());
+    let denied = proxy.wait_for_log(Duration::from_secs(10), |v| {
+        v["message"] == "connection audit" && v["outcome"] == "user_denied"
+    });
+    assert_eq!(denied["db_user"], admin.as_str());
+    let detail = denied["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(&format!("{bob:?} to {admin:?}")),
+        "{detail}"
+    );
+    let line = proxy.refusal("user_denied");
+    assert_eq!(line["identity"], "cn:rust-client");
 }
 
 #[test]

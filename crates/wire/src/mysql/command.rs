@@ -51,6 +51,10 @@ pub struct ChangeUser {
     pub auth_plugin_name: Option<Vec<u8>>,
     /// Connection attributes in the order sent ([`CLIENT_CONNECT_ATTRS`]).
     pub connect_attrs: Option<ConnectAttrs>,
+    /// Bytes after the fields the capabilities announce, kept as sent:
+    /// servers ignore them (mysql_async always sends empty connection
+    /// attributes, announced or not).
+    pub trailing: Vec<u8>,
 }
 
 impl ChangeUser {
@@ -100,7 +104,7 @@ impl ChangeUser {
         } else {
             None
         };
-        r.finish("trailing bytes after the last field")?;
+        let trailing = r.rest().to_vec();
         Ok(ChangeUser {
             user,
             auth_response,
@@ -108,6 +112,7 @@ impl ChangeUser {
             collation,
             auth_plugin_name,
             connect_attrs,
+            trailing,
         })
     }
 
@@ -157,6 +162,7 @@ impl ChangeUser {
             }
             lenenc::encode_bytes(&mut out, &body);
         }
+        out.extend_from_slice(&self.trailing);
         Ok(out)
     }
 
@@ -315,6 +321,7 @@ mod tests {
             collation: Some(45),
             auth_plugin_name: Some(b"mysql_native_password".to_vec()),
             connect_attrs: Some(vec![(b"_client_name".to_vec(), b"libmariadb".to_vec())]),
+            trailing: Vec::new(),
         }
     }
 
@@ -368,6 +375,20 @@ mod tests {
         };
         let bytes = pre41.encode(0).unwrap();
         assert_eq!(ChangeUser::parse(&bytes, 0).unwrap(), pre41);
+        // mysql_async sends empty connection attributes whatever the
+        // capabilities: kept as trailing bytes, which servers skip.
+        let caps = CAPS & !CLIENT_CONNECT_ATTRS;
+        let mut bytes = ChangeUser {
+            connect_attrs: None,
+            ..full.clone()
+        }
+        .encode(caps)
+        .unwrap();
+        bytes.push(0);
+        let parsed = ChangeUser::parse(&bytes, caps).unwrap();
+        assert_eq!(parsed.trailing, [0]);
+        assert_eq!(parsed.user, b"admin");
+        assert_eq!(parsed.encode(caps).unwrap(), bytes);
         assert!(ChangeUser::parse(b"\x11admin", CAPS).is_err());
         assert!(ChangeUser::parse(b"\x03admin\0\0shop\0", CAPS).is_err());
     }

@@ -6,8 +6,8 @@
 
 use intransit_policy::{ClientIdentity, DbUserRules};
 use intransit_wire::mysql::{
-    encode_packet, parse_client_handshake, parse_server_auth_reply, AuthSwitchRequest, ChangeUser,
-    ClientHandshake, HandshakeResponse41, HandshakeV10, ServerAuthReply, ServerError,
+    encode_packet, parse_client_handshake, parse_server_auth_reply, ChangeUser, ClientHandshake,
+    HandshakeResponse41, HandshakeV10, ServerAuthReply, ServerError,
     CLIENT_CAN_HANDLE_EXPIRED_PASSWORDS, CLIENT_CONNECT_ATTRS, CLIENT_CONNECT_WITH_DB,
     CLIENT_DEPRECATE_EOF, CLIENT_FOUND_ROWS, CLIENT_IGNORE_SPACE, CLIENT_INTERACTIVE,
     CLIENT_LOCAL_FILES, CLIENT_LONG_FLAG, CLIENT_LONG_PASSWORD, CLIENT_MULTI_RESULTS,
@@ -106,24 +106,26 @@ pub(crate) fn proxy_greeting(
     encode_packet(0, &greeting.encode()?)
 }
 
-/// A verified client's login as the real server will get it, once the
-/// client has answered the server's own challenge.
+/// The auth plugin the proxy names in the HandshakeResponse it sends the
+/// server. It is no plugin at all, so the server always answers with an
+/// AuthSwitchRequest for the account's own plugin and a fresh challenge,
+/// which the proxy relays: the client authenticates to the server
+/// directly, in one round trip, whatever plugin the account uses, and
+/// drivers that follow only one switch (mysql_async) work too.
+pub(crate) const PLACEHOLDER_PLUGIN: &str = "intransit_relay";
+
+/// A verified client's login as the real server will get it.
 #[derive(Debug)]
 pub(crate) struct ServerLogin {
     /// The client's HandshakeResponse with the capabilities both sides
-    /// share, the server's auth plugin, and no auth response yet.
+    /// share, [`PLACEHOLDER_PLUGIN`] and no auth response.
     response: HandshakeResponse41,
-    /// The AuthSwitchRequest that asks the client to answer the server's
-    /// challenge, as the client numbers it.
-    pub(crate) switch_request: Vec<u8>,
-    /// The sequence id the client's answer must carry.
-    pub(crate) answer_seq: u8,
 }
 
 /// Plans a verified client's login at the server whose greeting is
-/// `server`: the client is asked, with an AuthSwitchRequest, to answer
-/// the server's plugin and scramble, and its HandshakeResponse goes on
-/// with that answer and the capabilities both sides support.
+/// `server`. The client's own auth response answered the proxy's
+/// scramble and is dropped; the server's AuthSwitchRequest, relayed,
+/// asks the client for the real one.
 ///
 /// Refused when the server lacks what the client chose from the proxy's
 /// greeting and every later packet depends on (a server older than MySQL
@@ -151,14 +153,11 @@ pub(crate) fn plan_server_login(
             ),
         });
     }
-    let plugin = match (&server.auth_plugin_name, server.capabilities & CLIENT_SECURE_CONNECTION) {
-        (Some(plugin), secure) if secure != 0 => plugin.clone(),
-        _ => {
-            return Err(unusable_server(
-                "the server's greeting names no auth plugin or scramble (a server older than MySQL 5.5)".to_owned(),
-            ))
-        }
-    };
+    if server.capabilities & CLIENT_PLUGIN_AUTH == 0 {
+        return Err(unusable_server(
+            "the server cannot switch auth plugins (no CLIENT_PLUGIN_AUTH: a server older than MySQL 5.5)".to_owned(),
+        ));
+    }
     let missing = client_caps & SESSION_FORMAT & !server.capabilities;
     if missing != 0 {
         return Err(unusable_server(format!(
@@ -176,22 +175,9 @@ pub(crate) fn plan_server_login(
         response.connect_attrs = None;
     }
     response.zstd_compression_level = None;
-    response.auth_plugin_name = Some(plugin.clone());
+    response.auth_plugin_name = Some(PLACEHOLDER_PLUGIN.as_bytes().to_vec());
     response.auth_response = Vec::new();
-    let mut plugin_data = server.auth_plugin_data_part1.to_vec();
-    plugin_data.extend_from_slice(&server.auth_plugin_data_part2);
-    let switch_request = AuthSwitchRequest {
-        plugin_name: plugin,
-        plugin_data,
-    }
-    .encode()
-    .and_then(|payload| encode_packet(reply_seq, &payload))
-    .map_err(|e| unusable_server(format!("the server's auth plugin: {e}")))?;
-    Ok(ServerLogin {
-        response,
-        switch_request,
-        answer_seq: reply_seq.wrapping_add(1),
-    })
+    Ok(ServerLogin { response })
 }
 
 impl ServerLogin {
@@ -200,23 +186,16 @@ impl ServerLogin {
         self.response.capabilities
     }
 
-    /// The planned HandshakeResponse, auth response still empty: what the
-    /// proxy's SSLRequest to a TLS upstream takes its fields from.
+    /// The planned HandshakeResponse: what the proxy's SSLRequest to a TLS
+    /// upstream takes its fields from.
     pub(crate) fn planned(&self) -> &HandshakeResponse41 {
         &self.response
     }
 
-    /// The HandshakeResponse for the server: the client's `answer` to the
-    /// switch request as its auth response, CLIENT_SSL set exactly when
+    /// The HandshakeResponse for the server, CLIENT_SSL set exactly when
     /// the upstream leg is TLS, numbered `seq` in the server's count.
-    pub(crate) fn response(
-        &self,
-        answer: &[u8],
-        upstream_tls: bool,
-        seq: u8,
-    ) -> Result<Vec<u8>, WireError> {
+    pub(crate) fn response(&self, upstream_tls: bool, seq: u8) -> Result<Vec<u8>, WireError> {
         let mut response = self.response.clone();
-        response.auth_response = answer.to_vec();
         if upstream_tls {
             response.capabilities |= CLIENT_SSL;
         }
@@ -598,35 +577,25 @@ mod tests {
     }
 
     #[test]
-    fn a_verified_client_answers_the_real_servers_challenge() {
+    fn a_verified_clients_login_goes_on_without_an_answer_to_the_proxys_scramble() {
         let (seq, payload) = response_inside_tls();
         let login = login_inside_tls(seq, &payload).unwrap();
         let (_, greeting) = packet_of(captured::MARIADB_GREETING);
         let server = HandshakeV10::parse(&greeting).unwrap();
         let plan = plan_server_login(&login, &server).unwrap();
 
-        // The client is asked, as packet 3, to answer the server's own
-        // plugin and scramble; its answer is packet 4.
-        let (p, _) = parse_packet(&plan.switch_request).unwrap().unwrap();
-        assert_eq!(p.sequence_id, 3);
-        assert_eq!(plan.answer_seq, 4);
-        let switch = AuthSwitchRequest::parse(p.payload).unwrap();
-        assert_eq!(Some(&switch.plugin_name), server.auth_plugin_name.as_ref());
-        assert_eq!(
-            &switch.plugin_data[..SCRAMBLE_LEN],
-            server.scramble().as_slice()
-        );
-        assert_eq!(switch.plugin_data.last(), Some(&0));
-
-        // Over plaintext the server gets packet 1 with the answer, its own
-        // plugin, no CLIENT_SSL and no MariaDB extended capabilities.
-        let answer = [9u8; 20];
-        let forwarded = plan.response(&answer, false, 1).unwrap();
+        // Over plaintext the server gets packet 1 naming no real plugin
+        // and carrying no auth response, without CLIENT_SSL or MariaDB
+        // extended capabilities: it answers with its own challenge.
+        let forwarded = plan.response(false, 1).unwrap();
         let (p, _) = parse_packet(&forwarded).unwrap().unwrap();
         assert_eq!(p.sequence_id, 1);
         let response = HandshakeResponse41::parse(p.payload).unwrap();
-        assert_eq!(response.auth_response, answer);
-        assert_eq!(response.auth_plugin_name, server.auth_plugin_name);
+        assert!(response.auth_response.is_empty());
+        assert_eq!(
+            response.auth_plugin_name.as_deref(),
+            Some(PLACEHOLDER_PLUGIN.as_bytes())
+        );
         assert_eq!(response.user, b"nat");
         assert_eq!(response.database.as_deref(), Some(&b"shop"[..]));
         assert_eq!(response.capabilities & CLIENT_SSL, 0);
@@ -636,7 +605,7 @@ mod tests {
         );
         assert_eq!(response.extended_capabilities, 0);
         // Over TLS, packet 2 after the proxy's SSLRequest, CLIENT_SSL set.
-        let over_tls = plan.response(&answer, true, 2).unwrap();
+        let over_tls = plan.response(true, 2).unwrap();
         let (p, _) = parse_packet(&over_tls).unwrap().unwrap();
         assert_eq!(p.sequence_id, 2);
         let response = HandshakeResponse41::parse(p.payload).unwrap();
@@ -684,6 +653,7 @@ mod tests {
             collation: None,
             auth_plugin_name: None,
             connect_attrs: None,
+            trailing: Vec::new(),
         };
         let allowed = authorize_change_user(&rules, Some(&reporting), "alice", &to(b"alice"));
         assert_eq!(allowed.unwrap(), "alice");
@@ -706,18 +676,18 @@ mod tests {
     #[test]
     fn an_ed25519_exchange_is_renumbered_both_ways_until_the_ok() {
         // Captured without TLS: response 1, switch 2, signature 3, OK 4.
-        // Through the proxy the client's answer to the proxy's switch
-        // request is its packet 4 and the server's response packet 1.
-        let r = Renumbering::aligning(4, 1);
+        // A TLS client's response is its packet 2, and over a plaintext
+        // upstream the server's packet 1.
+        let r = Renumbering::aligning(2, 1);
         let (switch_seq, switch) = packet_of(captured::MARIADB_AUTH_SWITCH_ED25519);
         let relayed = relay_from_server(r, switch_seq, &switch).unwrap();
-        assert_eq!((relayed.seq, relayed.done), (5, false));
+        assert_eq!((relayed.seq, relayed.done), (3, false));
         assert_eq!(&relayed.packet[4..], switch.as_slice());
         let (signature_seq, _) = packet_of(captured::MARIADB_ED25519_SIGNATURE);
         assert_eq!(r.to_upstream(relayed.seq + 1), signature_seq);
         let (ok_seq, ok) = packet_of(captured::MARIADB_OK_ED25519);
         let relayed = relay_from_server(r, ok_seq, &ok).unwrap();
-        assert_eq!((relayed.seq, relayed.done), (7, true));
+        assert_eq!((relayed.seq, relayed.done), (5, true));
         let (err_seq, denied) = packet_of(captured::MARIADB_ERR_ACCESS_DENIED);
         assert!(relay_from_server(r, err_seq, &denied).unwrap().done);
     }

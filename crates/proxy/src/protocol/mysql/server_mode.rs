@@ -61,14 +61,14 @@ async fn negotiate(
     let login = read_login(ctx, &mut accepted, &mut tls_buf, admission).await?;
     let target = accepted.route.upstream.clone();
     let (mut upstream, mut upstream_buf, renumbering, upstream_tls, capabilities) =
-        log_in_upstream(ctx, &mut accepted, &mut tls_buf, &login).await?;
+        log_in_upstream(ctx, &mut accepted, &login).await?;
     let relayed = relay_authentication(
         &mut accepted.stream,
         &mut tls_buf,
         &mut upstream,
         &mut upstream_buf,
         renumbering,
-        login.seq.wrapping_add(2),
+        login.seq,
     )
     .await;
     if let Err(failure) = relayed {
@@ -163,18 +163,17 @@ async fn read_login(
     Ok(login)
 }
 
-/// Logs in at the database, now that the client is verified: connects,
-/// reads the real greeting, secures the leg when the route says so (the
-/// proxy's own SSLRequest, packet 1), asks the client to answer the
-/// server's plugin and scramble (an AuthSwitchRequest), and sends the
-/// HandshakeResponse with that answer (packet 1 over plaintext, 2 over
-/// TLS). Returns the upstream leg, bytes it sent past what was read, the
+/// Starts the login at the database, now that the client is verified:
+/// connects, reads the real greeting, secures the leg when the route says
+/// so (the proxy's own SSLRequest, packet 1), and sends the client's
+/// HandshakeResponse with the placeholder plugin and no auth response
+/// (packet 1 over plaintext, 2 over TLS), to which the server answers
+/// with its own challenge for the client. Returns the upstream leg, bytes it sent past what was read, the
 /// renumbering for the rest of the exchange, the upstream TLS version and
 /// the capabilities the server saw.
 async fn log_in_upstream(
     ctx: &ConnectionContext<PreparedListener>,
     accepted: &mut Accepted,
-    tls_buf: &mut BytesMut,
     login: &Login,
 ) -> Result<(BoxStream, BytesMut, Renumbering, Option<&'static str>, u32), Refused> {
     let route = accepted.route.clone();
@@ -209,41 +208,17 @@ async fn log_in_upstream(
             return Err(refused);
         }
     };
-    if let Err(e) = accepted.stream.write_all(&plan.switch_request).await {
-        return Err(Refused::client_closed(e));
-    }
-    let (seq, answer) = read_packet(&mut accepted.stream, tls_buf)
-        .await
-        .map_err(|e| {
-            Refused::new(
-                RefusalReason::Malformed,
-                format!("answer to the AuthSwitchRequest: {e}"),
-            )
-        })?;
-    if seq != plan.answer_seq || !tls_buf.is_empty() {
-        return Err(Refused::new(
-            RefusalReason::Malformed,
-            format!(
-                "the answer to the AuthSwitchRequest came as packet {seq} (expected {}) or with bytes behind it",
-                plan.answer_seq
-            ),
-        ));
-    }
     let forwarded = plan
-        .response(&answer, version.is_some(), response_seq)
+        .response(version.is_some(), response_seq)
         .map_err(|e| Refused::new(RefusalReason::Malformed, format!("HandshakeResponse: {e}")))?;
     if let Err(e) = stream.write_all(&forwarded).await {
-        close_with(
-            &mut accepted.stream,
-            &unavailable_packet(seq.wrapping_add(1)),
-        )
-        .await;
+        close_with(&mut accepted.stream, &unavailable_reply).await;
         return Err(Refused::new(
             RefusalReason::UpstreamUnavailable,
             format!("sending the HandshakeResponse to {target}: {e}"),
         ));
     }
-    let renumbering = Renumbering::aligning(seq, response_seq);
+    let renumbering = Renumbering::aligning(login.seq, response_seq);
     Ok((stream, buf, renumbering, version, plan.capabilities()))
 }
 
