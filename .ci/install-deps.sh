@@ -31,6 +31,9 @@ needs() {
     need chromium            have_commands chromium
     need chromium-driver     have_commands chromedriver
     need fonts-dejavu-core   have_files '/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf'
+    # PyMySQL comes from PyPI (below), through pip.
+    need python3             have_commands python3
+    need python3-pip         have_pip
 }
 
 missing=()
@@ -51,6 +54,11 @@ have_commands() {
     done
 }
 
+# Succeeds when the python3 on PATH has pip.
+have_pip() {
+    python3 -m pip --version >/dev/null 2>&1
+}
+
 # Succeeds when every glob pattern matches at least one file.
 have_files() {
     local pattern
@@ -59,8 +67,21 @@ have_files() {
     done
 }
 
+# Python client libraries the MySQL tests drive (PyMySQL, with PyNaCl for
+# MariaDB's ed25519), from PyPI into the python3 on PATH.
+install_python_clients() {
+    if python3 -c 'import pymysql, nacl' >/dev/null 2>&1; then
+        return
+    fi
+    echo "install-deps: installing PyMySQL[ed25519] for $(command -v python3)"
+    python3 -m pip install --quiet --disable-pip-version-check 'PyMySQL[ed25519]>=1.1' ||
+        python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'PyMySQL[ed25519]>=1.1'
+    python3 -c 'import pymysql, nacl'
+}
+
 needs
 if [[ ${#missing[@]} -eq 0 ]]; then
+    install_python_clients
     echo "install-deps: all test dependencies present"
     exit 0
 fi
@@ -104,4 +125,5 @@ if [[ ${#missing[@]} -ne 0 ]]; then
     echo "install-deps: still missing after installation: ${missing[*]}" >&2
     exit 1
 fi
+install_python_clients
 echo "install-deps: done"

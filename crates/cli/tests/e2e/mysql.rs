@@ -491,3 +491,147 @@ fn unreachable_database_and_full_listener_get_mysql_errors() {
     );
     proxy.refusal("too_many_connections");
 }
+
+/// Runs PyMySQL (with PyNaCl for ed25519) through the proxy with full
+/// verification and a client certificate, and returns what
+/// `SELECT CURRENT_USER()` answered.
+fn pymysql(port: u16, user: &str, password: &str, cert: &CertificatePaths) -> String {
+    const SCRIPT: &str = r#"
+import sys, pymysql
+port, user, password, ca, cert, key = sys.argv[1:]
+conn = pymysql.connect(host="localhost", port=int(port), user=user, password=password,
+                       ssl={"ca": ca, "cert": cert, "key": key, "check_hostname": True})
+with conn.cursor() as cur:
+    cur.execute("SELECT CURRENT_USER()")
+    print(cur.fetchone()[0])
+conn.close()
+"#;
+    let python = intransit_testkit::require_tool("python3", "python3").expect("python3");
+    let probe = std::process::Command::new(&python)
+        .args(["-c", "import pymysql, nacl"])
+        .output()
+        .expect("python3");
+    assert!(
+        probe.status.success(),
+        "PyMySQL with ed25519 support is missing: install it with `python3 -m pip install 'PyMySQL[ed25519]'` (or run ./scripts/test, which does)\n{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    let out = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(port.to_string())
+        .args([user, password])
+        .arg(&pki().ca)
+        .arg(&cert.cert)
+        .arg(&cert.key)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "PyMySQL through the proxy as {user}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn pymysql_logs_in_through_the_proxy_with_both_password_plugins() {
+    let proxy = ProxyProcess::start(&mysql_listener(""));
+    for (prefix, auth) in [
+        ("py", MariaDbAuth::NativePassword),
+        ("py-ed", MariaDbAuth::Ed25519),
+    ] {
+        let (name, password) = user(prefix, auth);
+        let current = pymysql(proxy.port(), &name, &password, &pki().trainer);
+        assert!(
+            current.starts_with(&format!("{name}@")),
+            "{prefix}: {current}"
+        );
+    }
+}
+
+/// The server's count of connection attempts since it started.
+fn connection_attempts(server: &MariaDbServer) -> u64 {
+    let out = server
+        .root_sql("SHOW GLOBAL STATUS LIKE 'Connections'")
+        .expect("status");
+    out.split_whitespace()
+        .last()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected status output: {out}"))
+}
+
+#[test]
+fn unverified_clients_never_reach_the_database_and_learn_nothing_of_it() {
+    use std::io::Read;
+    // A server of its own, so its connection counter counts this test only.
+    let server = MariaDbServer::start(Default::default()).expect("starting MariaDB");
+    let real_version = server.root_sql("SELECT VERSION()").expect("version");
+    let name = intransit_testkit::unique_name("verified");
+    let password = format!("pw-{name}");
+    server
+        .create_user(&name, &password, MariaDbAuth::NativePassword)
+        .expect("user");
+    let (other, other_pw) = (format!("{name}x"), "pw-other".to_owned());
+    server
+        .create_user(&other, &other_pw, MariaDbAuth::NativePassword)
+        .expect("user");
+    let rules = format!(
+        "[[listener.db_users]]\nidentity = \"uri:spiffe://prod/trainer\"\nusers = [\"{name}\"]\n"
+    );
+    let config = listener_toml(&server.addr(), "", "mysql_server_version = \"8.0.99-test\"")
+        .replace("name = \"pg\"", "name = \"maria\"\nprotocol = \"mysql\"")
+        + &rules;
+    let proxy = ProxyProcess::start(&config);
+    let before = connection_attempts(&server);
+
+    // Sockets that read the greeting and go quiet.
+    let mut held = Vec::new();
+    for _ in 0..30 {
+        let mut s = tcp(proxy.port());
+        let mut header = [0u8; 4];
+        s.read_exact(&mut header).expect("greeting header");
+        let len =
+            usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).expect("greeting");
+        let greeting = intransit_wire::mysql::HandshakeV10::parse(&payload).expect("a greeting");
+        assert_eq!(greeting.server_version_lossy(), "8.0.99-test");
+        assert_eq!(greeting.connection_id, 0);
+        assert!(
+            !String::from_utf8_lossy(&payload).contains(real_version.as_str()),
+            "the real version leaked"
+        );
+        held.push(s);
+    }
+    // Plaintext, no certificate, and a certificate whose identity may not
+    // log in as the user asked for.
+    let port = proxy.port();
+    run_mariadb(&args(port, &name, None, false), Some(&password), "SELECT 1")
+        .expect_err("plaintext login accepted");
+    run_mariadb(&args(port, &name, None, true), Some(&password), "SELECT 1")
+        .expect_err("login without a certificate accepted");
+    let text = format!(
+        "{:#}",
+        run_mariadb(
+            &args(port, &other, Some(&pki().trainer), true),
+            Some(&other_pw),
+            "SELECT 1"
+        )
+        .expect_err("a user outside db_users was accepted")
+    );
+    assert!(text.contains("1045"), "{text}");
+    // Only the status query itself reached the server.
+    assert_eq!(connection_attempts(&server), before + 1);
+
+    // A verified client is the first to connect upstream.
+    let out = run_mariadb(
+        &args(port, &name, Some(&pki().trainer), true),
+        Some(&password),
+        "SELECT CURRENT_USER()",
+    )
+    .expect("the verified client logs in");
+    assert!(out.starts_with(&format!("{name}@")), "{out}");
+    assert_eq!(connection_attempts(&server), before + 3);
+    drop(held);
+}
