@@ -271,6 +271,68 @@ pub fn mysql_handshake_response(data: &[u8]) {
 /// The fuzz entry points over captured messages, every prefix of them and
 /// deterministic mutations: a stable-Rust smoke run of what `cargo fuzz`
 /// explores at length.
+/// Drives [`mysql::CommandScanner`] the way the proxy does after login:
+/// the first 4 bytes are the client's capabilities, the next byte a read
+/// size, the rest the client's byte stream, fed in reads of that size.
+/// Every COM_CHANGE_USER reported is a whole packet with sequence id 0
+/// whose payload [`mysql::ChangeUser::encode`] gives back; bytes held back
+/// never exceed one login-sized packet; and reading the stream in one
+/// piece finds the same requests at the same offsets.
+pub fn mysql_commands(data: &[u8]) {
+    let Some((caps, rest)) = data.split_first_chunk::<4>() else {
+        return;
+    };
+    let Some((&step, stream)) = rest.split_first() else {
+        return;
+    };
+    let caps = u32::from_le_bytes(*caps);
+    let stepped = scan_commands(caps, stream, usize::from(step).max(1));
+    let whole = scan_commands(caps, stream, stream.len().max(1));
+    assert_eq!(stepped, whole);
+}
+
+/// The offset and user of each COM_CHANGE_USER found, and whether the
+/// scan ended in an error.
+fn scan_commands(caps: u32, stream: &[u8], step: usize) -> (Vec<(usize, Vec<u8>)>, bool) {
+    let mut scanner = mysql::CommandScanner::new(caps);
+    let mut pending: Vec<u8> = Vec::new();
+    let mut passed = 0;
+    let mut found = Vec::new();
+    for chunk in stream.chunks(step) {
+        pending.extend_from_slice(chunk);
+        loop {
+            match scanner.scan(&pending) {
+                Err(_) => return (found, true),
+                Ok(mysql::Scanned::Forward(0)) => break,
+                Ok(mysql::Scanned::Forward(n)) => {
+                    assert!(n <= pending.len());
+                    pending.drain(..n);
+                    passed += n;
+                }
+                Ok(mysql::Scanned::ChangeUser { len, request }) => {
+                    let Some(packet) = pending.get(..len) else {
+                        panic!(
+                            "a change-user packet of {len} bytes with {} pending",
+                            pending.len()
+                        );
+                    };
+                    assert_eq!(packet.get(3), Some(&0));
+                    assert_eq!(packet.get(4), Some(&mysql::COM_CHANGE_USER));
+                    assert_eq!(
+                        request.encode(caps).as_deref(),
+                        Ok(packet.get(mysql::HEADER_LEN..).unwrap_or_default())
+                    );
+                    found.push((passed, request.user));
+                    pending.drain(..len);
+                    passed += len;
+                }
+            }
+        }
+        assert!(pending.len() <= mysql::HEADER_LEN + mysql::MAX_HANDSHAKE_PAYLOAD_LEN);
+    }
+    (found, false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +348,7 @@ mod tests {
         pg_frontend_frame(data);
         tls_record_header(data);
         tls_server_flight(data);
+        mysql_commands(data);
     }
 
     /// xorshift64: a fixed, dependency-free source of varied bytes.
@@ -301,6 +364,35 @@ mod tests {
 
         fn below(&mut self, n: usize) -> usize {
             (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn command_streams_split_any_way_find_the_same_change_users() {
+        let caps = mysql::CLIENT_PROTOCOL_41
+            | mysql::CLIENT_SECURE_CONNECTION
+            | mysql::CLIENT_PLUGIN_AUTH
+            | mysql::CLIENT_CONNECT_ATTRS;
+        let change = mysql::ChangeUser {
+            user: b"admin".to_vec(),
+            auth_response: vec![1; 20],
+            database: b"shop".to_vec(),
+            collation: Some(45),
+            auth_plugin_name: Some(b"mysql_native_password".to_vec()),
+            connect_attrs: Some(Vec::new()),
+            trailing: Vec::new(),
+        };
+        let mut stream = mysql::encode_packet(0, b"\x03SELECT 1").unwrap();
+        stream.extend(mysql::encode_packet(0, &change.encode(caps).unwrap()).unwrap());
+        stream.extend(mysql::encode_packet(2, b"\x11\x00").unwrap());
+        for step in [1u8, 2, 3, 7, 255] {
+            let mut data = caps.to_le_bytes().to_vec();
+            data.push(step);
+            data.extend_from_slice(&stream);
+            mysql_commands(&data);
+            let (found, failed) = scan_commands(caps, &stream, usize::from(step));
+            assert!(!failed);
+            assert_eq!(found, [(13, b"admin".to_vec())]);
         }
     }
 
