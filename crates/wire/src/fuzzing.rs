@@ -368,6 +368,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::unwrap_used)]
     fn command_streams_split_any_way_find_the_same_change_users() {
         let caps = mysql::CLIENT_PROTOCOL_41
             | mysql::CLIENT_SECURE_CONNECTION

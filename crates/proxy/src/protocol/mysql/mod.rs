@@ -1,25 +1,27 @@
-//! MySQL and MariaDB negotiation: the server speaks first.
+//! MySQL and MariaDB negotiation: the server speaks first, so in server
+//! mode the proxy speaks for it until the client is verified.
 //!
 //! ```text
-//! connect upstream, read its greeting --> greeting with CLIENT_SSL set to the client
+//! proxy's own greeting (mysql_server_version, its scramble, CLIENT_SSL) --> client
 //! client SSLRequest (seq 1) --> TLS handshake (the ClientHello follows at once)
 //! client HandshakeResponse without TLS --> ERR 3159, closed, nothing sent upstream
-//! HandshakeResponse inside TLS (seq 2) --db_users-->
-//!   plaintext upstream: response with CLIENT_SSL cleared (seq 1)
-//!   upstream_tls: proxy's SSLRequest (seq 1), TLS, response as sent (seq 2)
-//! authentication exchange relayed, sequence ids renumbered
-//! (client = upstream + 1 over plaintext, + 0 over TLS),
-//! until the server's OK or ERR; then bytes are copied untouched
+//! HandshakeResponse inside TLS (seq 2) --certificate, allow, db_users-->
+//!   only now: connect upstream, read the real greeting
+//!   plaintext upstream: response (seq 1)
+//!   upstream_tls: proxy's SSLRequest (seq 1), TLS, response (seq 2)
+//!   the response names a placeholder auth plugin and carries no answer
+//! server's AuthSwitchRequest (its account's plugin, fresh challenge) --> client (seq 3)
+//! authentication exchange relayed, sequence ids renumbered,
+//! until the server's OK or ERR; then bytes are copied, the client's
+//! commands watched for COM_CHANGE_USER (db_users again, ERR 1045)
 //! ```
 //!
-//! With a plaintext upstream leg (loopback or unix socket) the server never
-//! sees an SSLRequest and counts one packet fewer than the client. With
-//! `upstream_tls` the proxy sends its own SSLRequest (seq 1, the client's
-//! capabilities), runs TLS, and forwards the response with CLIENT_SSL kept:
-//! both legs then count alike. The upstream TLS starts only after the
-//! client passed TLS and `db_users`.
+//! The client's first auth response answers the proxy's scramble and is
+//! dropped. The server sees the capabilities the proxy's greeting offered
+//! and the client chose, minus what the server lacks; none that hide
+//! commands (compression, MariaDB's extended capabilities).
 //!
-//! Client mode (`client_mode`) mirrors this for a local application in
+//! Client mode (`client_mode`) passes the real greeting to a local application in
 //! plaintext, through the same upstream connector (`upstream`):
 //!
 //! ```text
