@@ -221,6 +221,14 @@ impl Direction {
                 Poll::Ready(Ok(_)) => {
                     self.approved = inspector.approve(buf).map_err(Stopped::Inspector)?;
                 }
+                // A TLS peer that closes its TCP connection without
+                // close_notify, as most database clients do once their
+                // exchange is complete. The database protocols frame their
+                // own messages, so a cut inside one is seen there; here it
+                // ends the stream like a clean close.
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    self.read_done = true;
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
             }
         }

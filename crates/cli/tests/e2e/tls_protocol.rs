@@ -169,3 +169,66 @@ fn an_unreachable_upstream_closes_the_session_and_is_logged() {
         "{line}"
     );
 }
+
+#[test]
+fn sessions_that_end_without_close_notify_are_normal_closes_with_their_bytes_counted() {
+    // redis-cli, like most clients, closes its TCP connection after the
+    // reply without sending TLS close_notify.
+    let proxy = ProxyProcess::start(&format!("{ADMIN_ON}{}", tls_listener(&redis().addr())));
+    let key = intransit_testkit::unique_name("bytes");
+    let value = "v".repeat(3000);
+    let out = redis_cli(
+        proxy.port(),
+        Some(&pki().trainer),
+        true,
+        &["SET", &key, &value],
+    );
+    assert_eq!(stdout(&out), "OK", "{}", stderr(&out));
+    let out = redis_cli(proxy.port(), Some(&pki().trainer), true, &["GET", &key]);
+    assert_eq!(stdout(&out), value, "{}", stderr(&out));
+
+    let closed = |v: &serde_json::Value| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("connection closed"))
+    };
+    // Each connection's last lines (closed, then its audit event) come
+    // once both legs have ended.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let audited = |v: &serde_json::Value| v["message"] == "connection audit";
+    while proxy.logs().iter().filter(|v| audited(v)).count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "{:#?}", proxy.logs());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let lines: Vec<_> = proxy.logs().into_iter().filter(|v| closed(v)).collect();
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    for line in &lines {
+        assert_eq!(line["message"], "connection closed", "{line:#}");
+    }
+    let events: Vec<_> = proxy.logs().into_iter().filter(|v| audited(v)).collect();
+    assert_eq!(events.len(), 2, "{events:#?}");
+    // SET carries the value up, GET brings it back.
+    assert!(
+        events[0]["bytes_from_client"].as_u64().unwrap_or(0) > 3000,
+        "{:#}",
+        events[0]
+    );
+    assert!(
+        events[1]["bytes_to_client"].as_u64().unwrap_or(0) > 3000,
+        "{:#}",
+        events[1]
+    );
+    let metrics = proxy.metrics();
+    let up = metrics.sum(
+        "intransit_bytes_total",
+        &[("listener", "redis"), ("direction", "from_client")],
+    );
+    let down = metrics.sum(
+        "intransit_bytes_total",
+        &[("listener", "redis"), ("direction", "to_client")],
+    );
+    assert!(
+        up > 3000.0 && down > 3000.0,
+        "from_client {up}, to_client {down}"
+    );
+}
