@@ -25,11 +25,8 @@ use crate::refusal::RefusalReason;
 pub(crate) async fn serve(
     ctx: ConnectionContext<PreparedListener>,
     stream: BoxStream,
-    admission: Admission,
 ) -> Result<(), Refused> {
-    let negotiated = ctx
-        .handshake_deadline(negotiate(&ctx, stream, admission))
-        .await;
+    let negotiated = ctx.handshake_deadline(negotiate(&ctx, stream)).await;
     let (client, upstream) = ctx.in_time(negotiated)?;
     copy::forward(&ctx, client, upstream).await;
     Ok(())
@@ -38,7 +35,6 @@ pub(crate) async fn serve(
 async fn negotiate(
     ctx: &ConnectionContext<PreparedListener>,
     mut client: BoxStream,
-    admission: Admission,
 ) -> Result<(AcceptedTls, BoxStream), Refused> {
     let listener = &ctx.listener;
     let target = listener.default_route.upstream.clone();
@@ -63,7 +59,7 @@ async fn negotiate(
         .map_err(Refused::client_closed)?;
     let mut accepted = start_tls(ctx, client).await?;
     let mut tls_buf = BytesMut::with_capacity(512);
-    let login = read_login(ctx, &mut accepted, &mut tls_buf, admission).await?;
+    let login = read_login(ctx, &mut accepted, &mut tls_buf).await?;
     let (mut upstream, mut upstream_buf, renumbering, upstream_tls) =
         forward_login(ctx, &mut accepted, upstream, &login).await?;
     let relayed = relay_authentication(
@@ -118,14 +114,13 @@ async fn read_login(
     ctx: &ConnectionContext<PreparedListener>,
     accepted: &mut Accepted,
     buf: &mut BytesMut,
-    admission: Admission,
 ) -> Result<Login, Refused> {
     let (seq, payload) = read_packet(&mut accepted.stream, buf)
         .await
         .map_err(|e| Refused::new(RefusalReason::Malformed, format!("HandshakeResponse: {e}")))?;
     let checked = login_inside_tls(seq, &payload).and_then(|login| {
         ctx.note_login(Some(&login.user), login.database());
-        if admission == Admission::OverLimit {
+        if accepted.admission == Admission::OverLimit {
             return Err(Refusal {
                 reply: too_many_connections(seq.wrapping_add(1)),
                 refused: ctx.over_limit(),
