@@ -11,10 +11,11 @@
 //! The server only reads proxy state; it changes nothing. Without
 //! `[admin_tls]` it speaks plain HTTP and the configuration allows loopback
 //! addresses only; with it, every connection is TLS (mutual TLS by
-//! default) and any address is allowed.
+//! default) and any address is allowed. Either way a connection that
+//! takes too long to send its request, or sits idle, is closed, and the
+//! number of connections is capped (`connection.rs`).
 
 use std::fmt::Write as _;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -24,7 +25,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use intransit_config::Endpoint;
+use intransit_config::{AdminLimits, Endpoint};
 use intransit_proxy::{
     AuditLog, BoundProxy, ListenerTls, LoadedCertificate, PreparedClientListener, PreparedListener,
     ProxyMetrics, UpstreamTls,
@@ -35,8 +36,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing::warn;
 
+mod connection;
 mod page;
 mod status;
 
@@ -161,12 +164,20 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves HTTPS: each connection is a TLS handshake with the admin
-/// material's current configuration (client certificates checked as for a
-/// listener), then HTTP/1.1. Runs until the process exits.
-pub async fn serve_tls(socket: TcpListener, admin: Arc<Admin>, tls: Arc<ListenerTls>) {
-    use hyper_util::rt::TokioIo;
-    use hyper_util::service::TowerToHyperService;
+/// Serves the admin endpoints until the process exits: HTTP/1.1, over TLS
+/// when `tls` is given (each connection a handshake with the admin
+/// material's current configuration, client certificates checked as for
+/// a listener). Every connection is bounded by `limits` (see
+/// [`connection`]), the same with and without TLS; connections beyond
+/// the cap are closed at accept.
+pub async fn serve(
+    socket: TcpListener,
+    admin: Arc<Admin>,
+    tls: Option<Arc<ListenerTls>>,
+    limits: AdminLimits,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut refused = connection::RefusalLog::default();
     loop {
         let (tcp, peer) = match socket.accept().await {
             Ok(accepted) => accepted,
@@ -176,43 +187,25 @@ pub async fn serve_tls(socket: TcpListener, admin: Arc<Admin>, tls: Arc<Listener
                 continue;
             }
         };
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls.snapshot().config());
-        let service = TowerToHyperService::new(admin.router());
-        tokio::spawn(async move {
-            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-            let stream = match handshake {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    warn!(peer = %peer, error = %e, "admin server: TLS handshake refused");
-                    return;
-                }
-                Err(_) => {
-                    warn!(peer = %peer, "admin server: TLS handshake timed out");
-                    return;
-                }
-            };
-            let served = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(e) = served {
-                tracing::debug!(peer = %peer, error = %e, "admin server: connection ended with an error");
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            drop(tcp);
+            if let Some(left_out) = refused.sample() {
+                warn!(
+                    peer = %peer,
+                    max_connections = limits.max_connections,
+                    left_out,
+                    "admin server: connection closed at accept, admin_max_connections reached"
+                );
             }
+            continue;
+        };
+        let router = admin.router();
+        let tls = tls.as_ref().map(|t| t.snapshot().config());
+        tokio::spawn(async move {
+            let _permit = permit;
+            connection::serve(tcp, peer, router, tls, limits).await;
         });
     }
-}
-
-/// How long an admin client may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Serves until `shutdown` completes.
-pub async fn serve(
-    socket: TcpListener,
-    admin: Arc<Admin>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(socket, admin.router())
-        .with_graceful_shutdown(shutdown)
-        .await
 }
 
 fn unix_now() -> i64 {

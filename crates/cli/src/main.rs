@@ -16,6 +16,7 @@ mod admin;
 mod bench_cmd;
 mod cli;
 mod compliance_cmd;
+mod descriptors;
 mod inspect;
 mod pki_cmd;
 mod reload;
@@ -90,6 +91,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Up(args) => {
+            raise_descriptor_limit(None);
             runtime()?.block_on(up::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -98,6 +100,7 @@ fn run(command: Command) -> Result<ExitCode> {
             let proxy = Proxy::prepare(&config)
                 .with_context(|| format!("checking {}", args.config.display()))?;
             let admin_tls = admin::prepare_tls(config.admin_tls.as_ref())?;
+            raise_descriptor_limit(Some(&config));
             runtime()?.block_on(async move {
                 let signals = ShutdownSignals::install()?;
                 let hup = watch::install_sighup()?;
@@ -105,7 +108,7 @@ fn run(command: Command) -> Result<ExitCode> {
                 let pid_file = args.pid_file.as_ref().or(config.pid_file.as_ref());
                 let _pid_file = pid_file.map(|p| reload::PidFile::create(p)).transpose()?;
                 if let Some(addr) = config.admin {
-                    admin::start(addr, admin_tls, &bound).await?;
+                    admin::start(addr, admin_tls, config.admin_limits, &bound).await?;
                 }
                 watch::spawn(
                     reload::Reloader::new(Some(args.config.clone()), &bound),
@@ -134,6 +137,14 @@ fn run(command: Command) -> Result<ExitCode> {
             admin::prepare_tls(config.admin_tls.as_ref())
                 .with_context(|| format!("checking {}", args.file.display()))?;
             out!("{}: OK", args.file.display());
+            let needed = descriptors::needed(&config);
+            let hard = descriptors::hard_limit();
+            out!(
+                "  file descriptors: up to {needed} needed; the hard limit here is {hard} (the proxy raises its soft limit to it)"
+            );
+            if let Some(words) = descriptors::shortfall(needed, hard) {
+                out!("  warning: {words}");
+            }
             for l in proxy.listeners() {
                 out!(
                     "  listener {:?}: {} -> {} ({}, TLS >= {}, client certificates {}, {} allow pattern(s), db_users {})",
@@ -175,6 +186,31 @@ fn run(command: Command) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, before anything
+/// binds, and warns when the limits of `config` cannot fit in it.
+fn raise_descriptor_limit(config: Option<&Config>) {
+    let limit = match descriptors::raise_soft_limit() {
+        Ok(raised) => {
+            info!(
+                before = raised.before,
+                now = raised.now,
+                "soft limit on open files"
+            );
+            raised.now
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot raise the soft limit on open files");
+            return;
+        }
+    };
+    let Some(config) = config else {
+        return;
+    };
+    if let Some(words) = descriptors::shortfall(descriptors::needed(config), limit) {
+        warn!(limit, needed = descriptors::needed(config), "{words}");
     }
 }
 

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use intransit_config::{
-    ClientAuth, Config, Endpoint, ListenerConfig, Mode, Protocol, ServerTls, TlsVersion,
-    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MYSQL_SERVER_VERSION,
-    DEFAULT_SHUTDOWN_GRACE, DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+    AdminLimits, ClientAuth, Config, Endpoint, ListenerConfig, Mode, Protocol, ServerTls,
+    TlsVersion, UnauthenticatedLimits, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MYSQL_SERVER_VERSION, DEFAULT_SHUTDOWN_GRACE, DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
 };
 use intransit_pki::{QuickstartLifetimes, StateDir};
 use intransit_policy::{AllowList, DbUserRules};
@@ -93,6 +93,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         upstream_connect_timeout: DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
         max_connections: DEFAULT_MAX_CONNECTIONS,
+        unauthenticated: UnauthenticatedLimits::default(),
         routes: Vec::new(),
         require_sni_match: false,
         mysql_server_version: DEFAULT_MYSQL_SERVER_VERSION.to_owned(),
@@ -102,6 +103,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         state_dir: Some(state_root.clone()),
         admin: None,
         admin_tls: None,
+        admin_limits: AdminLimits::default(),
         audit_log: args.audit_log.clone(),
         pid_file: None,
         shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
@@ -252,7 +254,7 @@ async fn start_admin(flag: Option<&str>, bound: &intransit_proxy::BoundProxy) ->
     };
     let addr =
         intransit_config::parse_admin_addr(text).map_err(|m| anyhow::anyhow!("--admin: {m}"))?;
-    match crate::admin::start(addr, None, bound).await {
+    match crate::admin::start(addr, None, AdminLimits::default(), bound).await {
         Ok(local) => Ok(format!(
             "status page: http://{local}/ (Prometheus metrics at /metrics)\n"
         )),

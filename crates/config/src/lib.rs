@@ -32,6 +32,20 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// proxy greets clients before it has verified them, and so before it
 /// connects to the database.
 pub const DEFAULT_MYSQL_SERVER_VERSION: &str = "8.0.0-intransit";
+/// Default cap on a server-mode listener's connections that have not yet
+/// finished the TLS handshake with a verified client certificate.
+pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 512;
+/// Default cap on those connections from one source address (one IPv4
+/// address, one IPv6 /64).
+pub const DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS: usize = 64;
+/// Default time the admin server gives a request, from its first byte
+/// until the server answers.
+pub const DEFAULT_ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time an admin connection may stay without a byte moving
+/// either way (a kept-alive connection waiting for its next request).
+pub const DEFAULT_ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default cap on concurrent admin connections.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 128;
 /// Default time to wait for an upstream TCP connection.
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default time connections get to finish after SIGTERM before they are cut.
@@ -75,6 +89,8 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// TLS (and client certificates) for the admin server.
     pub admin_tls: Option<ServerTls>,
+    /// Timeouts and the connection cap of the admin server.
+    pub admin_limits: AdminLimits,
     /// Where audit events are appended as JSON lines (they always go to
     /// the log too).
     pub audit_log: Option<PathBuf>,
@@ -88,6 +104,52 @@ pub struct Config {
     /// The client-mode listeners (`mode = "client"`), in file order: plaintext
     /// from local applications in, TLS to the database out.
     pub client_listeners: Vec<ClientListenerConfig>,
+}
+
+/// How long admin connections may take and how many may be open, the
+/// same with and without `[admin_tls]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminLimits {
+    /// From the first byte of a request (or of the TLS handshake) until
+    /// the server answers: bounds a request sent in pieces.
+    pub header_read_timeout: Duration,
+    /// Without a byte moving either way: bounds an idle kept-alive
+    /// connection and a client that stops reading.
+    pub idle_timeout: Duration,
+    /// Concurrent connections; the excess is closed at accept.
+    pub max_connections: usize,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        AdminLimits {
+            header_read_timeout: DEFAULT_ADMIN_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_ADMIN_IDLE_TIMEOUT,
+            max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// The limits on a server-mode listener's connections before the TLS
+/// handshake has verified the client: they are counted apart from
+/// `max_connections`, so sockets that never authenticate cannot take the
+/// slots of clients that do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnauthenticatedLimits {
+    /// Concurrent unauthenticated connections on the listener.
+    pub max: usize,
+    /// Concurrent unauthenticated connections from one source address
+    /// (an IPv4 address, an IPv6 /64).
+    pub per_address: usize,
+}
+
+impl Default for UnauthenticatedLimits {
+    fn default() -> Self {
+        UnauthenticatedLimits {
+            max: DEFAULT_MAX_UNAUTHENTICATED,
+            per_address: DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS,
+        }
+    }
 }
 
 /// Which database protocol a listener speaks.
@@ -303,8 +365,11 @@ pub struct ListenerConfig {
     pub handshake_timeout: Duration,
     /// Time allowed to connect to the upstream.
     pub upstream_connect_timeout: Duration,
-    /// Concurrent connections beyond which new clients are refused.
+    /// Concurrent connections of verified clients beyond which new
+    /// clients are refused (inside TLS, in the protocol's words).
     pub max_connections: usize,
+    /// Caps on connections that have not yet passed the TLS handshake.
+    pub unauthenticated: UnauthenticatedLimits,
     /// SNI routes: each TLS server name its own certificate, upstream and
     /// policy. The listener's own `upstream`, `tls` and `db_users` are the
     /// default route.

@@ -11,10 +11,13 @@ use serde::Deserialize;
 
 use crate::upstream_tls::{RawUpstreamTls, UpstreamTls};
 use crate::{
-    build_allow_list, build_db_user_rules, err, parse_duration, ClientAuth, ClientListenerConfig,
-    Config, ConfigError, Endpoint, ListenerConfig, Mode, Protocol, RouteConfig, ServerNamePattern,
-    ServerTls, TlsVersion, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MYSQL_SERVER_VERSION, DEFAULT_SHUTDOWN_GRACE, DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+    build_allow_list, build_db_user_rules, err, parse_duration, AdminLimits, ClientAuth,
+    ClientListenerConfig, Config, ConfigError, Endpoint, ListenerConfig, Mode, Protocol,
+    RouteConfig, ServerNamePattern, ServerTls, TlsVersion, UnauthenticatedLimits,
+    DEFAULT_ADMIN_HEADER_READ_TIMEOUT, DEFAULT_ADMIN_IDLE_TIMEOUT, DEFAULT_ADMIN_MAX_CONNECTIONS,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_UNAUTHENTICATED,
+    DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS, DEFAULT_MYSQL_SERVER_VERSION, DEFAULT_SHUTDOWN_GRACE,
+    DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
 };
 
 #[derive(Debug, Deserialize)]
@@ -26,6 +29,9 @@ pub(crate) struct RawConfig {
     audit_log: Option<PathBuf>,
     pid_file: Option<PathBuf>,
     shutdown_grace: Option<String>,
+    admin_header_read_timeout: Option<String>,
+    admin_idle_timeout: Option<String>,
+    admin_max_connections: Option<i64>,
     #[serde(default)]
     listener: Vec<RawListener>,
 }
@@ -48,6 +54,8 @@ struct RawListener {
     handshake_timeout: Option<String>,
     upstream_connect_timeout: Option<String>,
     max_connections: Option<i64>,
+    max_unauthenticated: Option<i64>,
+    max_unauthenticated_per_address: Option<i64>,
     allow_remote_plaintext: Option<bool>,
     mysql_server_version: Option<String>,
 }
@@ -112,6 +120,24 @@ impl RawConfig {
             Some(s) => parse_duration(s).map_err(|m| err("shutdown_grace", m))?,
             None => DEFAULT_SHUTDOWN_GRACE,
         };
+        let admin_limits = AdminLimits {
+            header_read_timeout: positive_duration(
+                "admin_header_read_timeout",
+                self.admin_header_read_timeout.as_deref(),
+                DEFAULT_ADMIN_HEADER_READ_TIMEOUT,
+            )?,
+            idle_timeout: positive_duration(
+                "admin_idle_timeout",
+                self.admin_idle_timeout.as_deref(),
+                DEFAULT_ADMIN_IDLE_TIMEOUT,
+            )?,
+            max_connections: count(
+                "admin_max_connections",
+                self.admin_max_connections,
+                DEFAULT_ADMIN_MAX_CONNECTIONS,
+                100_000,
+            )?,
+        };
         if self.listener.is_empty() {
             return Err(err(
                 "listener",
@@ -157,6 +183,7 @@ impl RawConfig {
             state_dir: self.state_dir,
             admin,
             admin_tls,
+            admin_limits,
             audit_log: self.audit_log,
             pid_file: self.pid_file,
             shutdown_grace,
@@ -230,6 +257,20 @@ impl RawListener {
             self.upstream_connect_timeout.as_deref(),
             self.max_connections,
         )?;
+        let unauthenticated = UnauthenticatedLimits {
+            max: count(
+                &format!("{k}.max_unauthenticated"),
+                self.max_unauthenticated,
+                DEFAULT_MAX_UNAUTHENTICATED,
+                1_000_000,
+            )?,
+            per_address: count(
+                &format!("{k}.max_unauthenticated_per_address"),
+                self.max_unauthenticated_per_address,
+                DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS,
+                1_000_000,
+            )?,
+        };
         let mut routes = Vec::with_capacity(self.route.len());
         for (i, r) in self.route.into_iter().enumerate() {
             let rk = format!("{k}.route[{i}]");
@@ -284,6 +325,7 @@ impl RawListener {
             upstream_connect_timeout,
             max_connections,
             mysql_server_version,
+            unauthenticated,
         })
     }
 }
@@ -350,6 +392,20 @@ impl RawListener {
                 format!("{k}.require_sni_match"),
                 "a client-mode listener receives no TLS server name to match; remove this key",
             ));
+        }
+        for (key, set) in [
+            ("max_unauthenticated", self.max_unauthenticated.is_some()),
+            (
+                "max_unauthenticated_per_address",
+                self.max_unauthenticated_per_address.is_some(),
+            ),
+        ] {
+            if set {
+                return Err(err(
+                    format!("{k}.{key}"),
+                    "applications reach a client-mode listener in plaintext without a certificate, so no connection of it is ever authenticated by the proxy and max_connections is its only limit; remove this key",
+                ));
+            }
         }
         let listen = listen_endpoint(&k, self.listen)?;
         let allow_remote_plaintext = self.allow_remote_plaintext.unwrap_or(false);
@@ -531,6 +587,31 @@ impl Limits {
             upstream_connect_timeout,
             max_connections,
         })
+    }
+}
+
+/// A duration key that must be greater than zero.
+fn positive_duration(
+    key: &str,
+    text: Option<&str>,
+    default: std::time::Duration,
+) -> Result<std::time::Duration, ConfigError> {
+    let duration = match text {
+        Some(s) => parse_duration(s).map_err(|m| err(key, m))?,
+        None => default,
+    };
+    if duration.is_zero() {
+        return Err(err(key, "must be greater than zero"));
+    }
+    Ok(duration)
+}
+
+/// A count key between 1 and `max`.
+fn count(key: &str, value: Option<i64>, default: usize, max: i64) -> Result<usize, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n as usize),
+        Some(n) => Err(err(key, format!("{n} is out of range; use 1 to {max}"))),
     }
 }
 

@@ -26,7 +26,49 @@ fn minimal_listener_gets_secure_defaults() {
     assert_eq!(l.tls.client_auth, ClientAuth::Required);
     assert_eq!(l.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT);
     assert_eq!(l.max_connections, 10_000);
+    assert_eq!(l.unauthenticated.max, 512);
+    assert_eq!(l.unauthenticated.per_address, 64);
     assert_eq!(c.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
+    assert_eq!(c.admin_limits, AdminLimits::default());
+    assert_eq!(
+        c.admin_limits.header_read_timeout,
+        std::time::Duration::from_secs(10)
+    );
+    assert_eq!(
+        c.admin_limits.idle_timeout,
+        std::time::Duration::from_secs(30)
+    );
+    assert_eq!(c.admin_limits.max_connections, 128);
+}
+
+#[test]
+fn unauthenticated_and_admin_limits_parse() {
+    let text = MINIMAL
+        .replace(
+            "name = \"orders\"",
+            "name = \"orders\"\nmax_unauthenticated = 100\nmax_unauthenticated_per_address = 5",
+        )
+        .replace(
+            "[[listener]]",
+            "admin_header_read_timeout = \"2s\"\nadmin_idle_timeout = \"3s\"\nadmin_max_connections = 7\n[[listener]]",
+        );
+    let c = Config::from_toml(&text).unwrap();
+    let l = &c.listeners[0];
+    assert_eq!(
+        l.unauthenticated,
+        UnauthenticatedLimits {
+            max: 100,
+            per_address: 5
+        }
+    );
+    assert_eq!(
+        c.admin_limits,
+        AdminLimits {
+            header_read_timeout: std::time::Duration::from_secs(2),
+            idle_timeout: std::time::Duration::from_secs(3),
+            max_connections: 7,
+        }
+    );
 }
 
 #[test]
@@ -118,6 +160,29 @@ fn errors_name_the_key() {
         (
             &MINIMAL.replace("name = \"orders\"", "name = \"orders\"\nhandshake_timeout = \"10\""),
             "listener[0].handshake_timeout",
+        ),
+        (
+            &MINIMAL.replace("name = \"orders\"", "name = \"orders\"\nmax_unauthenticated = 0"),
+            "listener[0].max_unauthenticated",
+        ),
+        (
+            &MINIMAL.replace(
+                "name = \"orders\"",
+                "name = \"orders\"\nmax_unauthenticated_per_address = -1",
+            ),
+            "listener[0].max_unauthenticated_per_address",
+        ),
+        (
+            &format!("admin_idle_timeout = \"0s\"\n{MINIMAL}"),
+            "admin_idle_timeout",
+        ),
+        (
+            &format!("admin_header_read_timeout = \"soon\"\n{MINIMAL}"),
+            "admin_header_read_timeout",
+        ),
+        (
+            &format!("admin_max_connections = 0\n{MINIMAL}"),
+            "admin_max_connections",
         ),
         (&format!("{MINIMAL}{MINIMAL}"), "listener[1].name"),
         ("", "listener"),
@@ -540,6 +605,16 @@ fn client_mode_mistakes_name_the_key_and_the_fix() {
             CLIENT.replace("upstream = ", "require_sni_match = true\nupstream = "),
             "listener[0].require_sni_match",
             "server name",
+        ),
+        (
+            CLIENT.replace("upstream = ", "max_unauthenticated = 10\nupstream = "),
+            "listener[0].max_unauthenticated",
+            "max_connections is its only limit",
+        ),
+        (
+            CLIENT.replace("upstream = ", "max_unauthenticated_per_address = 10\nupstream = "),
+            "listener[0].max_unauthenticated_per_address",
+            "max_connections is its only limit",
         ),
         (
             CLIENT.split("[listener.upstream_tls]").next().unwrap().to_owned(),

@@ -1,43 +1,30 @@
 //! The accept loop every listener runs, whichever its mode: a task per
-//! connection, a semaphore capping concurrent connections, a bounded
-//! refusal path for connections beyond the cap, one refusal log line and
-//! one audit event per connection, and a stop on shutdown that leaves the
-//! open connections to drain.
+//! connection, admission into the listener's pools (see `admission`), one
+//! refusal log line and one audit event per connection (throttled for the
+//! refusals a flood causes), and a stop on shutdown that leaves the open
+//! connections to drain.
 //!
 //! What is said on a connection is not decided here: the caller passes the
 //! function that serves one (see `protocol::serve_server_mode` and
 //! `protocol::serve_client_mode`).
 
 use std::future::Future;
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::error;
+use tracing::{debug, error};
 
+pub(crate) use crate::admission::Admission;
+use crate::admission::{Entry, Gate, Source, Ticket};
 use crate::conn::{ConnectionContext, Listener, Refused};
 use crate::net::{BoundListener, BoxStream};
 use crate::refusal::RefusalReason;
 
-/// Over-limit connections are told why in their protocol's way (inside
-/// TLS in server mode), which costs a handshake; those refusals are
-/// themselves capped so a flood cannot turn the polite path into a
-/// resource leak.
-const MAX_CONCURRENT_REFUSALS: usize = 64;
-
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
-
-/// Whether a connection got one of the listener's slots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Admission {
-    /// Within `max_connections`: serve it.
-    Admitted,
-    /// Beyond it: negotiate only as far as needed to say so.
-    OverLimit,
-}
 
 /// Accepts connections until `shutdown` is cancelled, and runs `serve` on
 /// each in a task spawned on `tracker`, so the caller can wait for them to
@@ -50,11 +37,13 @@ pub(crate) async fn accept_loop<L, S, F>(
     tracker: TaskTracker,
 ) where
     L: Listener,
-    S: Fn(ConnectionContext<L>, BoxStream, Admission) -> F + Copy + Send + 'static,
+    S: Fn(ConnectionContext<L>, BoxStream) -> F + Copy + Send + 'static,
     F: Future<Output = Result<(), Refused>> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(listener.max_connections()));
-    let refusals = Arc::new(Semaphore::new(MAX_CONCURRENT_REFUSALS));
+    let gate = Arc::new(Gate::new(
+        listener.max_connections(),
+        listener.basics().unauthenticated,
+    ));
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -65,6 +54,12 @@ pub(crate) async fn accept_loop<L, S, F>(
             Ok(a) => {
                 backoff = Duration::from_millis(5);
                 a
+            }
+            Err(e) if is_per_connection(&e) => {
+                // One peer's failure (it reset before accept returned):
+                // nothing to wait for.
+                debug!(listener = %listener.name(), error = %e, "accept failed for one connection");
+                continue;
             }
             Err(e) => {
                 // Running out of file descriptors must not spin the loop:
@@ -79,36 +74,59 @@ pub(crate) async fn accept_loop<L, S, F>(
             }
         };
         let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
-        let ctx = ConnectionContext::new(id, peer, listener.clone());
-        let (permit, admission) = match slots.clone().try_acquire_owned() {
-            Ok(permit) => (permit, Admission::Admitted),
-            Err(_) => match refusals.clone().try_acquire_owned() {
-                Ok(permit) => (permit, Admission::OverLimit),
-                Err(_) => {
-                    // Even the polite refusals are saturated: drop the socket.
-                    let refused = Refused::new(
-                        RefusalReason::TooManyConnections,
-                        "listener and its refusal queue are full; connection dropped",
-                    );
-                    ctx.log_refusal(&refused);
-                    listener.audit().record(ctx.audit_event(Some(&refused)));
-                    continue;
-                }
-            },
+        let ticket = match gate.enter(id, Source::of(&peer)) {
+            Entry::Enter(ticket) => Arc::new(ticket),
+            Entry::Refuse(reason, detail) => {
+                // Closed before a byte is read: the cheapest refusal there
+                // is, and the one a flood meets.
+                drop(stream);
+                let ctx = ConnectionContext::new(id, peer, listener.clone(), Arc::default());
+                ctx.log_flood_refusal(&Refused::new(reason, detail), gate.flood_log.sample(reason));
+                continue;
+            }
         };
+        let ctx = ConnectionContext::new(id, peer, listener.clone(), ticket.clone());
         let active = listener
             .metrics()
             .connection_opened(listener.name(), listener.protocol().as_str());
+        let gate = gate.clone();
         tracker.spawn(async move {
-            let _permit = permit;
             let _active = active;
-            let served = serve(ctx.clone(), stream, admission).await;
-            if let Err(refused) = &served {
-                ctx.log_refusal(refused);
+            let served = tokio::select! {
+                biased;
+                () = ticket.evicted() => Err(evicted(&ticket)),
+                served = serve(ctx.clone(), stream) => served,
+            };
+            match &served {
+                Err(refused) if refused.reason == RefusalReason::TooManyUnauthenticated => {
+                    ctx.log_flood_refusal(refused, gate.flood_log.sample(refused.reason));
+                }
+                Err(refused) => {
+                    ctx.log_refusal(refused);
+                    ctx.listener.audit().record(ctx.audit_event(Some(refused)));
+                }
+                Ok(()) => ctx.listener.audit().record(ctx.audit_event(None)),
             }
-            ctx.listener
-                .audit()
-                .record(ctx.audit_event(served.as_ref().err()));
         });
     }
+}
+
+fn evicted(ticket: &Ticket) -> Refused {
+    Refused::new(
+        RefusalReason::TooManyUnauthenticated,
+        ticket.eviction_detail(),
+    )
+}
+
+/// Accept errors that concern one connection only, after which the next
+/// accept may succeed at once; any other (out of descriptors or memory)
+/// calls for a pause.
+fn is_per_connection(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::PermissionDenied
+            | io::ErrorKind::Interrupted
+    )
 }

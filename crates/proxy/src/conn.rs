@@ -18,12 +18,13 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use intransit_config::{Endpoint, Protocol};
+use intransit_config::{Endpoint, Protocol, UnauthenticatedLimits};
 use intransit_policy::{ClientIdentity, DbUserRules};
 use tokio::time::error::Elapsed;
 use tokio::time::Timeout;
 use tracing::{info, warn};
 
+use crate::admission::Ticket;
 use crate::audit::{rfc3339, AuditEvent, AuditLog, ConnectionRecord};
 use crate::metrics::{HandshakeFacts, ProxyMetrics};
 use crate::net::PeerAddr;
@@ -45,8 +46,13 @@ pub struct ListenerBasics {
     pub handshake_timeout: Duration,
     /// Bound on each step of opening the upstream leg.
     pub upstream_connect_timeout: Duration,
-    /// Connection cap.
+    /// Cap on connections of verified clients (in client mode, on all
+    /// connections).
     pub max_connections: usize,
+    /// Caps on connections before the TLS handshake has verified the
+    /// client, counted apart from `max_connections`; `None` in client
+    /// mode, where no connection is ever verified by the proxy.
+    pub unauthenticated: Option<UnauthenticatedLimits>,
     /// Where the listener's connections are counted.
     pub metrics: Arc<ProxyMetrics>,
     /// Where each ended connection is recorded.
@@ -133,6 +139,8 @@ pub(crate) struct ConnectionContext<L> {
     /// What the audit event will say, filled in as negotiation goes.
     pub(crate) record: Arc<Mutex<ConnectionRecord>>,
     pub(crate) accepted_at: Instant,
+    /// The connection's place in the listener's pools.
+    pub(crate) admission: Arc<Ticket>,
 }
 
 impl<L> Clone for ConnectionContext<L> {
@@ -144,6 +152,7 @@ impl<L> Clone for ConnectionContext<L> {
             negotiated: self.negotiated.clone(),
             record: self.record.clone(),
             accepted_at: self.accepted_at,
+            admission: self.admission.clone(),
         }
     }
 }
@@ -169,8 +178,8 @@ pub(crate) struct Established<'a> {
 }
 
 impl<L: Listener> ConnectionContext<L> {
-    /// A fresh connection, accepted now.
-    pub(crate) fn new(id: u64, peer: PeerAddr, listener: Arc<L>) -> Self {
+    /// A fresh connection, accepted now, holding `admission`.
+    pub(crate) fn new(id: u64, peer: PeerAddr, listener: Arc<L>, admission: Arc<Ticket>) -> Self {
         ConnectionContext {
             id,
             peer,
@@ -178,6 +187,7 @@ impl<L: Listener> ConnectionContext<L> {
             negotiated: Arc::default(),
             record: Arc::default(),
             accepted_at: Instant::now(),
+            admission,
         }
     }
 
@@ -353,6 +363,40 @@ impl<L: Listener> ConnectionContext<L> {
             detail = %refused.detail,
             "connection refused"
         );
+    }
+
+    /// The metric of a refusal that a flood causes (closed at accept,
+    /// evicted before the handshake), and its log line and audit event
+    /// only when `sampled` is `Some`: the number of like refusals whose
+    /// line and event were left out since the previous ones.
+    pub(crate) fn log_flood_refusal(&self, refused: &Refused, sampled: Option<u64>) {
+        let listener = &self.listener;
+        listener.metrics().handshake(
+            listener.name(),
+            listener.protocol().as_str(),
+            self.facts(),
+            Some(refused.reason),
+        );
+        let Some(left_out) = sampled else {
+            return;
+        };
+        warn!(
+            conn = self.id,
+            listener = %listener.name(),
+            peer = %self.peer,
+            reason = refused.reason.as_str(),
+            detail = %refused.detail,
+            left_out,
+            "connection refused"
+        );
+        let mut event = self.audit_event(Some(refused));
+        if left_out > 0 {
+            event.detail = Some(format!(
+                "{}; {left_out} more refused for this reason since the previous event, counted in the metrics only",
+                refused.detail
+            ));
+        }
+        listener.audit().record(event);
     }
 
     /// The audit event for this connection, ending now.

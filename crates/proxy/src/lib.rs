@@ -15,6 +15,7 @@
 //! and never decides access by itself (that is `intransit-policy`).
 
 mod accept;
+mod admission;
 pub mod audit;
 mod conn;
 mod copy;

@@ -45,6 +45,12 @@ pub enum RefusalReason {
     Timeout,
     /// The listener is at its connection limit.
     TooManyConnections,
+    /// The listener is at its limit of connections before the TLS
+    /// handshake (`max_unauthenticated`): closed at accept, or evicted.
+    TooManyUnauthenticated,
+    /// The source address is at its limit of connections before the TLS
+    /// handshake (`max_unauthenticated_per_address`): closed at accept.
+    TooManyUnauthenticatedFromAddress,
     /// The database could not be reached.
     UpstreamUnavailable,
     /// The database answered the proxy's TLS request with a refusal
@@ -88,6 +94,10 @@ impl RefusalReason {
             RefusalReason::Malformed => "malformed",
             RefusalReason::Timeout => "timeout",
             RefusalReason::TooManyConnections => "too_many_connections",
+            RefusalReason::TooManyUnauthenticated => "too_many_unauthenticated",
+            RefusalReason::TooManyUnauthenticatedFromAddress => {
+                "too_many_unauthenticated_from_address"
+            }
             RefusalReason::UpstreamUnavailable => "upstream_unavailable",
             RefusalReason::UpstreamTlsRefused => "upstream_tls_refused",
             RefusalReason::UpstreamUntrusted => "upstream_untrusted",
@@ -238,6 +248,8 @@ mod tests {
             RefusalReason::Malformed,
             RefusalReason::Timeout,
             RefusalReason::TooManyConnections,
+            RefusalReason::TooManyUnauthenticated,
+            RefusalReason::TooManyUnauthenticatedFromAddress,
             RefusalReason::UpstreamUnavailable,
             RefusalReason::UpstreamTlsRefused,
             RefusalReason::UpstreamUntrusted,

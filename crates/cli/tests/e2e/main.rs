@@ -8,7 +8,11 @@
 //! - `negotiation`: PostgreSQL negotiation paths byte by byte (SSLRequest,
 //!   GSSENCRequest, direct TLS, plaintext, cancel, pipelining).
 //! - `policy`: client certificate and identity refusals, db_users.
-//! - `robustness`: malformed input, stalls, limits, unreachable upstream.
+//! - `robustness`: malformed input, stalls, unreachable upstream.
+//! - `limits`: unauthenticated connections counted apart from
+//!   `max_connections` (per address, eviction, a 1,000-socket flood), the
+//!   over-limit refusal of verified clients, the soft limit on open files,
+//!   the admin server's timeouts and connection cap.
 //! - `lifecycle`: `intransit up`, `check-config`, drain on SIGTERM, SIGHUP reload.
 //! - `ca`: `intransit ca`/`cert` checked by openssl, PostgreSQL and the proxy.
 //! - `tls_protocol`: `protocol = "tls"` listeners in front of a real Redis.
@@ -43,6 +47,7 @@ mod client_mode;
 mod clients;
 mod hot_reload;
 mod lifecycle;
+mod limits;
 mod lint;
 mod metrics;
 mod mysql;

@@ -475,9 +475,19 @@ fn unreachable_database_and_full_listener_get_mysql_errors() {
     )
     .replace("name = \"pg\"", "name = \"maria\"\nprotocol = \"mysql\"");
     let proxy = ProxyProcess::start(&full);
-    // One connection holds the only slot by saying nothing after the greeting.
-    let _held = tcp(proxy.port());
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // A socket that says nothing takes no slot; a verified client in a
+    // long query holds the only one.
+    let _idle = tcp(proxy.port());
+    let held = {
+        let (args, password) = (
+            args(proxy.port(), &name, Some(&pki().trainer), true),
+            password.clone(),
+        );
+        std::thread::spawn(move || run_mariadb(&args, Some(&password), "SELECT SLEEP(60)"))
+    };
+    proxy.wait_for_log(std::time::Duration::from_secs(15), |v| {
+        v["message"] == "connection established"
+    });
     let err = run_mariadb(
         &args(proxy.port(), &name, Some(&pki().trainer), true),
         Some(&password),
@@ -490,6 +500,9 @@ fn unreachable_database_and_full_listener_get_mysql_errors() {
         "{text}"
     );
     proxy.refusal("too_many_connections");
+    // Stopping the proxy ends the held session.
+    drop(proxy);
+    let _ = held.join();
 }
 
 /// Runs PyMySQL (with PyNaCl for ed25519) through the proxy with full

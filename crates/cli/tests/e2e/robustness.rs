@@ -1,9 +1,9 @@
 //! Bad input and hard conditions: malformed and oversized packets, garbage,
-//! stalled clients, the connection limit, and an unreachable database. Each
-//! is refused cleanly and leaves other connections working.
+//! stalled clients and an unreachable database (the connection limits are
+//! in `limits`). Each is refused cleanly and leaves other connections
+//! working.
 
 use std::io::Read;
-use std::time::{Duration, Instant};
 
 use crate::negotiation::{backend_messages, startup, SSL_REQUEST};
 use crate::support::*;
@@ -97,54 +97,6 @@ fn truncated_packets_and_stalled_clients_time_out() {
         .read_to_end(&mut rest)
         .expect("the proxy closes a connection that never starts TLS");
     proxy.refusal("timeout");
-}
-
-#[test]
-fn over_the_connection_limit_clients_get_53300() {
-    let user = db_user("limit");
-    let proxy = ProxyProcess::start(&listener_toml(
-        &pg_upstream(),
-        "",
-        "max_connections = 2\nhandshake_timeout = \"30s\"",
-    ));
-    // Two connections that hold their slots by saying nothing.
-    let _a = tcp(proxy.port());
-    let _b = tcp(proxy.port());
-    std::thread::sleep(Duration::from_millis(300));
-    let out = psql(
-        &conninfo(proxy.port(), &user.name, &user.name, &pki().trainer, ""),
-        "SELECT 1",
-        Some(&user.password),
-    );
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(
-        err.contains("FATAL:  sorry, too many clients already"),
-        "{err}"
-    );
-
-    let line = proxy.refusal("too_many_connections");
-    assert_eq!(line["identity"], "uri:spiffe://prod/trainer");
-    drop(_a);
-    drop(_b);
-    // Once the slots are free, clients get in again.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = psql(
-            &conninfo(proxy.port(), &user.name, &user.name, &pki().trainer, ""),
-            "SELECT 1",
-            Some(&user.password),
-        );
-        if out.status.success() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "slots were not released: {}",
-            stderr(&out)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]

@@ -254,10 +254,24 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     /// Writes `config` to a file and starts the binary on it.
     pub fn start(config: &str) -> ProxyProcess {
+        ProxyProcess::start_under(&[], config)
+    }
+
+    /// Like [`ProxyProcess::start`], with the binary run by the command
+    /// `wrapper` (say `prlimit --nofile=256:4096`), which must exec it.
+    pub fn start_under(wrapper: &[&str], config: &str) -> ProxyProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("intransit.toml");
         std::fs::write(&path, config).expect("writing config");
-        let mut child = Command::new(BIN)
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = command
             .args([
                 "--log-format",
                 "json",

@@ -58,6 +58,7 @@ impl PreparedClientListener {
                 handshake_timeout: config.handshake_timeout,
                 upstream_connect_timeout: config.upstream_connect_timeout,
                 max_connections: config.max_connections,
+                unauthenticated: None,
                 metrics,
                 audit,
             },

@@ -6,7 +6,8 @@
 //! This module owns what happens between "the client wants TLS" and "TLS
 //! is established with an identity we accept". It sends nothing but TLS,
 //! and the bytes a protocol gives it to say that a resumed session is no
-//! longer accepted.
+//! longer accepted. Its success is where a connection stops counting as
+//! unauthenticated and asks for a `max_connections` slot.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,6 +18,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 
+use crate::admission::Admission;
 use crate::audit::ClientCertFacts;
 use crate::conn::{ConnectionContext, Negotiated, Refused};
 use crate::listener::server_mode::{PreparedListener, PreparedRoute};
@@ -39,6 +41,9 @@ pub(crate) struct Accepted {
     /// The route the server name chose.
     pub(crate) route: Arc<PreparedRoute>,
     pub(crate) handshake_micros: u128,
+    /// Whether the verified client got a `max_connections` slot; one over
+    /// the limit is told so inside TLS, in its protocol's words.
+    pub(crate) admission: Admission,
 }
 
 /// The identity label of a client certificate under `allow` (see
@@ -171,5 +176,6 @@ pub(crate) async fn accept(
         stream,
         route,
         handshake_micros: started.elapsed().as_micros(),
+        admission: ctx.admission.promote(),
     })
 }

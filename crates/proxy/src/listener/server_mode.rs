@@ -103,6 +103,7 @@ impl PreparedListener {
                 handshake_timeout: config.handshake_timeout,
                 upstream_connect_timeout: config.upstream_connect_timeout,
                 max_connections: config.max_connections,
+                unauthenticated: Some(config.unauthenticated),
                 metrics,
                 audit,
             },

@@ -8,7 +8,6 @@
 
 use intransit_config::Protocol;
 
-use crate::accept::Admission;
 use crate::conn::{ConnectionContext, Refused};
 use crate::listener::client_mode::PreparedClientListener;
 use crate::listener::server_mode::PreparedListener;
@@ -29,25 +28,27 @@ pub(crate) fn alpn(protocol: Protocol) -> Vec<Vec<u8>> {
 }
 
 /// Runs one connection of a server-mode listener from accept to close.
+/// Whether it has a `max_connections` slot is known once the TLS
+/// handshake has verified the client (`listener::handshake::accept`).
 pub(crate) async fn serve_server_mode(
     ctx: ConnectionContext<PreparedListener>,
     stream: BoxStream,
-    admission: Admission,
 ) -> Result<(), Refused> {
     match ctx.listener.basics.protocol {
-        Protocol::Tls => plain_tls::serve(ctx, stream, admission).await,
-        Protocol::Postgres => postgres::server_mode::serve(ctx, stream, admission).await,
-        Protocol::Mysql => mysql::server_mode::serve(ctx, stream, admission).await,
+        Protocol::Tls => plain_tls::serve(ctx, stream).await,
+        Protocol::Postgres => postgres::server_mode::serve(ctx, stream).await,
+        Protocol::Mysql => mysql::server_mode::serve(ctx, stream).await,
     }
 }
 
 /// Runs one connection of a client-mode listener from accept to close,
-/// after checking that the peer may speak plaintext here.
+/// after checking that the peer may speak plaintext here. Its
+/// `max_connections` slot was decided at accept.
 pub(crate) async fn serve_client_mode(
     ctx: ConnectionContext<PreparedClientListener>,
     stream: BoxStream,
-    admission: Admission,
 ) -> Result<(), Refused> {
+    let admission = ctx.admission.at_accept();
     if !ctx.listener.admits(&ctx.peer) {
         // Nothing is read: whatever the peer sent stays unprocessed.
         return Err(Refused::new(

@@ -33,11 +33,8 @@ use crate::tls::upstream::{UpstreamSession, UpstreamTls};
 pub(crate) async fn serve(
     ctx: ConnectionContext<PreparedListener>,
     stream: BoxStream,
-    admission: Admission,
 ) -> Result<(), Refused> {
-    let negotiated = ctx
-        .handshake_deadline(negotiate(&ctx, stream, admission))
-        .await;
+    let negotiated = ctx.handshake_deadline(negotiate(&ctx, stream)).await;
     let (client, upstream) = ctx.in_time(negotiated)?;
     copy::forward(&ctx, client, upstream).await
 }
@@ -45,7 +42,6 @@ pub(crate) async fn serve(
 async fn negotiate(
     ctx: &ConnectionContext<PreparedListener>,
     mut stream: BoxStream,
-    admission: Admission,
 ) -> Result<(AcceptedTls, BoxStream), Refused> {
     let mut first = [0u8; 1];
     let n = stream
@@ -69,7 +65,7 @@ async fn negotiate(
     }
     let stream = Rewind::new(Bytes::copy_from_slice(&first), stream);
     let mut accepted = handshake::accept(ctx, stream, None, &[]).await?;
-    if admission == Admission::OverLimit {
+    if accepted.admission == Admission::OverLimit {
         close_with(&mut accepted.stream, &[]).await;
         return Err(ctx.over_limit());
     }

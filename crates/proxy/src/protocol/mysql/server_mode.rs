@@ -29,11 +29,8 @@ use crate::refusal::RefusalReason;
 pub(crate) async fn serve(
     ctx: ConnectionContext<PreparedListener>,
     stream: BoxStream,
-    admission: Admission,
 ) -> Result<(), Refused> {
-    let negotiated = ctx
-        .handshake_deadline(negotiate(&ctx, stream, admission))
-        .await;
+    let negotiated = ctx.handshake_deadline(negotiate(&ctx, stream)).await;
     let (client, upstream, guard) = ctx.in_time(negotiated)?;
     copy::forward_inspected(&ctx, client, upstream, guard).await
 }
@@ -41,7 +38,6 @@ pub(crate) async fn serve(
 async fn negotiate(
     ctx: &ConnectionContext<PreparedListener>,
     mut client: BoxStream,
-    admission: Admission,
 ) -> Result<(AcceptedTls, BoxStream, UserSwitchGuard<'_>), Refused> {
     // The server speaks first, but no server is asked until the client is
     // verified: the proxy greets with a version and scramble of its own.
@@ -58,7 +54,7 @@ async fn negotiate(
         .map_err(Refused::client_closed)?;
     let mut accepted = start_tls(ctx, client).await?;
     let mut tls_buf = BytesMut::with_capacity(512);
-    let login = read_login(ctx, &mut accepted, &mut tls_buf, admission).await?;
+    let login = read_login(ctx, &mut accepted, &mut tls_buf).await?;
     let target = accepted.route.upstream.clone();
     let (mut upstream, mut upstream_buf, renumbering, upstream_tls, capabilities) =
         log_in_upstream(ctx, &mut accepted, &login).await?;
@@ -131,14 +127,13 @@ async fn read_login(
     ctx: &ConnectionContext<PreparedListener>,
     accepted: &mut Accepted,
     buf: &mut BytesMut,
-    admission: Admission,
 ) -> Result<Login, Refused> {
     let (seq, payload) = read_packet(&mut accepted.stream, buf)
         .await
         .map_err(|e| Refused::new(RefusalReason::Malformed, format!("HandshakeResponse: {e}")))?;
     let checked = login_inside_tls(seq, &payload).and_then(|login| {
         ctx.note_login(Some(&login.user), login.database());
-        if admission == Admission::OverLimit {
+        if accepted.admission == Admission::OverLimit {
             return Err(Refusal {
                 reply: too_many_connections(seq.wrapping_add(1)),
                 refused: ctx.over_limit(),

@@ -36,11 +36,8 @@ type Ctx = ConnectionContext<PreparedListener>;
 pub(crate) async fn serve(
     ctx: ConnectionContext<PreparedListener>,
     stream: BoxStream,
-    admission: Admission,
 ) -> Result<(), Refused> {
-    let negotiated = ctx
-        .handshake_deadline(negotiate(&ctx, stream, admission))
-        .await;
+    let negotiated = ctx.handshake_deadline(negotiate(&ctx, stream)).await;
     let negotiated = ctx.in_time(negotiated)?;
     match negotiated {
         Some(session) => session.run(&ctx).await,
@@ -48,11 +45,7 @@ pub(crate) async fn serve(
     }
 }
 
-async fn negotiate(
-    ctx: &Ctx,
-    stream: BoxStream,
-    admission: Admission,
-) -> Result<Option<Session<AcceptedTls>>, Refused> {
+async fn negotiate(ctx: &Ctx, stream: BoxStream) -> Result<Option<Session<AcceptedTls>>, Refused> {
     let state = AwaitingRequest {
         stream,
         buf: BytesMut::with_capacity(512),
@@ -78,7 +71,7 @@ async fn negotiate(
         }
     };
     ctx.note_login(received.startup.user(), received.startup.database());
-    if admission == Admission::OverLimit {
+    if received.tls.accepted.admission == Admission::OverLimit {
         return Err(received.refuse_over_limit(ctx).await);
     }
     let authorized = received.authorize(ctx).await?;
