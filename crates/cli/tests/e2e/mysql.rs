@@ -577,8 +577,13 @@ fn connection_attempts(server: &MariaDbServer) -> u64 {
 #[test]
 fn unverified_clients_never_reach_the_database_and_learn_nothing_of_it() {
     use std::io::Read;
-    // A server of its own, so its connection counter counts this test only.
-    let server = MariaDbServer::start(Default::default()).expect("starting MariaDB");
+    // A server of its own, so its connection counter counts this test
+    // only, with room for fewer connections than the sockets held below.
+    let server = MariaDbServer::start(intransit_testkit::MariaDbOptions {
+        extra_conf: vec!["max_connections = 20".into()],
+        ..Default::default()
+    })
+    .expect("starting MariaDB");
     let real_version = server.root_sql("SELECT VERSION()").expect("version");
     let name = intransit_testkit::unique_name("verified");
     let password = format!("pw-{name}");
@@ -598,9 +603,10 @@ fn unverified_clients_never_reach_the_database_and_learn_nothing_of_it() {
     let proxy = ProxyProcess::start(&config);
     let before = connection_attempts(&server);
 
-    // Sockets that read the greeting and go quiet.
+    // More sockets than the server has connections, each reading the
+    // greeting and going quiet.
     let mut held = Vec::new();
-    for _ in 0..30 {
+    for _ in 0..40 {
         let mut s = tcp(proxy.port());
         let mut header = [0u8; 4];
         s.read_exact(&mut header).expect("greeting header");
