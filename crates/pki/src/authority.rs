@@ -486,7 +486,10 @@ impl IssuedCertificate {
     }
 
     /// Writes `key.pem` (0600), `cert.pem`, `chain.pem` and `ca.pem` (0644)
-    /// into `dir`, creating it with mode 0700 if needed. All four files are
+    /// into `dir`, creating it with mode 0700 if needed. A file that
+    /// already exists keeps its owner, group and mode (a private key never
+    /// keeps permissions for others), so a database that reads these files
+    /// as its own user still can after a renewal run as root. All four files are
     /// written to temporary names first and then renamed into place, the key
     /// first; if anything fails, the previous files are restored and
     /// nothing new is left behind.

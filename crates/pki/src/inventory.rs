@@ -32,8 +32,8 @@ use crate::key::parse_private_key;
 use crate::renewal::{check_expiry, days_until, ExpiryFinding, RenewalPlan, RenewalPolicy};
 use crate::revocation::normalize_serial;
 use crate::storage::{
-    create_private_dir, path_exists, read_text, write_file_atomic, CertificatePaths, CA_FILE,
-    CERT_FILE, CHAIN_FILE, KEY_FILE, PUBLIC_FILE_MODE,
+    create_private_dir, path_exists, read_text, replace_file_atomic, write_file_atomic,
+    CertificatePaths, CA_FILE, CERT_FILE, CHAIN_FILE, KEY_FILE, PUBLIC_FILE_MODE,
 };
 use crate::{
     CertificateAuthority, CertificateKind, CertificateSummary, IssueRequest, IssuedCertificate,
@@ -615,7 +615,7 @@ impl StateDir {
         // failure in between can only skip a number, never reuse one.
         file.crl_number = number;
         self.save_inventory_file(&file)?;
-        write_file_atomic(&path, crl.as_bytes(), PUBLIC_FILE_MODE)?;
+        replace_file_atomic(&path, crl.as_bytes(), PUBLIC_FILE_MODE)?;
         Ok(path)
     }
 

@@ -7,7 +7,9 @@
 //! together and can undo the change. A reader never observes a half-written
 //! file, and a private key is never readable by anyone but its owner, not
 //! even briefly, because the temporary file is created with mode 0600 before
-//! anything is written to it.
+//! anything is written to it. Files others read in place (a certificate
+//! directory, a CRL) keep the owner, group and mode of the files they
+//! replace.
 
 use std::fs;
 use std::io::Write;
@@ -205,10 +207,96 @@ pub(crate) fn stage_files(dir: &Path, files: &[FileSpec<'_>]) -> Result<StagedFi
     };
     for (name, contents, mode) in files {
         let dest = dir.join(name);
-        let temp = write_temp(&dest, contents, *mode)?;
+        let temp = write_temp_replacing(&dest, contents, *mode)?;
         staged.staged.push((temp, dest));
     }
     Ok(staged)
+}
+
+/// [`write_file_atomic`] for a file that others may read in place (a
+/// server's certificate, key or CRL): a replacement keeps the owner,
+/// group and mode of the file it replaces, and only a new file gets
+/// `default_mode`. See [`write_temp_replacing`].
+pub(crate) fn replace_file_atomic(
+    path: &Path,
+    contents: &[u8],
+    default_mode: u32,
+) -> Result<(), PkiError> {
+    let temp = write_temp_replacing(path, contents, default_mode)?;
+    temp.persist(path)
+        .map_err(|e| PkiError::io("renaming a temporary file to", path, e.error))?;
+    sync_dir(parent_of(path))
+}
+
+/// [`write_temp`] for a replacement of `path`: when `path` exists, the
+/// temporary file takes its owner, group and mode before any reader can
+/// see it, so a renewal run as root leaves a key that PostgreSQL (which
+/// reads it as `postgres`) can still read. A private key (`default_mode`
+/// 0600) never keeps permissions for others. Keeping another user's
+/// ownership needs root; without it the replacement is refused rather
+/// than left unreadable to that user.
+fn write_temp_replacing(
+    path: &Path,
+    contents: &[u8],
+    default_mode: u32,
+) -> Result<NamedTempFile, PkiError> {
+    let existing = match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() => Some(meta),
+        Ok(_) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(PkiError::io("reading the metadata of", path, e)),
+    };
+    let Some(existing) = existing else {
+        return write_temp(path, contents, default_mode);
+    };
+    keep_ownership(path, contents, default_mode, &existing)
+}
+
+#[cfg(unix)]
+fn keep_ownership(
+    path: &Path,
+    contents: &[u8],
+    default_mode: u32,
+    existing: &fs::Metadata,
+) -> Result<NamedTempFile, PkiError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut mode = existing.permissions().mode() & 0o777;
+    if default_mode == PRIVATE_FILE_MODE {
+        mode &= !0o007;
+    }
+    // Written with the stricter of the two modes until the owner is right.
+    let temp = write_temp(path, contents, mode & default_mode)?;
+    let meta = temp
+        .as_file()
+        .metadata()
+        .map_err(|e| PkiError::io("reading the metadata of a temporary file for", path, e))?;
+    let uid = Some(existing.uid()).filter(|&u| u != meta.uid());
+    let gid = Some(existing.gid()).filter(|&g| g != meta.gid());
+    if uid.is_some() || gid.is_some() {
+        std::os::unix::fs::fchown(temp.as_file(), uid, gid).map_err(|e| {
+            PkiError::io(
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    "keeping the owner and group (run as root or as the file's owner) of"
+                } else {
+                    "keeping the owner and group of"
+                },
+                path,
+                e,
+            )
+        })?;
+    }
+    set_mode(temp.as_file(), mode).map_err(|e| PkiError::io("setting permissions on", path, e))?;
+    Ok(temp)
+}
+
+#[cfg(not(unix))]
+fn keep_ownership(
+    path: &Path,
+    contents: &[u8],
+    default_mode: u32,
+    _existing: &fs::Metadata,
+) -> Result<NamedTempFile, PkiError> {
+    write_temp(path, contents, default_mode)
 }
 
 impl StagedFiles {
@@ -424,6 +512,47 @@ mod tests {
     }
 
     #[test]
+    fn staged_replacements_keep_the_owner_group_and_mode_of_what_they_replace() -> TestResult {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir()?;
+        let files: [FileSpec<'_>; 2] = [
+            ("key.pem", b"key 1", PRIVATE_FILE_MODE),
+            ("cert.pem", b"cert 1", PUBLIC_FILE_MODE),
+        ];
+        stage_files(dir.path(), &files)?.swap_in()?.commit();
+        assert_eq!(mode_of(&dir.path().join("key.pem"))?, 0o600);
+        // An operator hands the files to the database's user: group-readable
+        // key, and (as root) another owner.
+        let key = dir.path().join("key.pem");
+        let cert = dir.path().join("cert.pem");
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o640))?;
+        fs::set_permissions(&cert, fs::Permissions::from_mode(0o604))?;
+        let root = fs::metadata(&key)?.uid() == 0;
+        if root {
+            std::os::unix::fs::chown(&key, Some(65534), Some(65534))?;
+            std::os::unix::fs::chown(&cert, Some(65534), Some(65534))?;
+        }
+        let files: [FileSpec<'_>; 2] = [
+            ("key.pem", b"key 2", PRIVATE_FILE_MODE),
+            ("cert.pem", b"cert 2", PUBLIC_FILE_MODE),
+        ];
+        stage_files(dir.path(), &files)?.swap_in()?.commit();
+        assert_eq!(fs::read(&key)?, b"key 2");
+        assert_eq!(mode_of(&key)?, 0o640);
+        assert_eq!(mode_of(&cert)?, 0o604);
+        if root {
+            let meta = fs::metadata(&key)?;
+            assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+        }
+        // A key never keeps permissions for others.
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644))?;
+        replace_file_atomic(&key, b"key 3", PRIVATE_FILE_MODE)?;
+        assert_eq!(mode_of(&key)?, 0o640);
+        assert_eq!(entries(dir.path())?, ["cert.pem", "key.pem"]);
+        Ok(())
+    }
+
+    #[test]
     fn writes_with_the_requested_mode_and_leaves_no_temporary_file() -> TestResult {
         let dir = tempfile::tempdir()?;
         let key = dir.path().join("key.pem");
@@ -517,7 +646,9 @@ mod tests {
             .commit();
         assert_eq!(entries(&target)?, ["cert.pem", "key.pem", "other"]);
         assert_eq!(fs::read(target.join("cert.pem"))?, b"new cert");
-        assert_eq!(mode_of(&target.join("key.pem"))?, 0o600);
+        // The key replaced one written 0644 by hand: it keeps that mode
+        // without the bits for others; the new certificate gets 0644.
+        assert_eq!(mode_of(&target.join("key.pem"))?, 0o640);
         assert_eq!(mode_of(&target.join("cert.pem"))?, 0o644);
         Ok(())
     }

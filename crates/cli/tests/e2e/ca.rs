@@ -634,3 +634,106 @@ fn pin_prints_the_pins_of_a_file_and_of_a_served_chain() {
         .expect("run");
     assert!(!out.status.success());
 }
+
+/// The SHA-256 fingerprint of the certificate a PostgreSQL server presents
+/// after an SSLRequest.
+fn served_fingerprint(port: u16) -> String {
+    let text = ok(Command::new(BIN)
+        .args(["cert", "inspect"])
+        .arg(format!("postgres://127.0.0.1:{port}"))
+        .output()
+        .expect("run"));
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("sha256:"))
+        .map(|f| f.trim().to_owned())
+        .unwrap_or_else(|| panic!("no fingerprint in: {text}"))
+}
+
+fn file_fingerprint(path: &Path) -> String {
+    let pem = std::fs::read_to_string(path).expect("cert");
+    let der = intransit_pki::pem_to_der_certs(&pem).expect("pem");
+    intransit_pki::sha256_fingerprint(&der[0])
+}
+
+#[test]
+fn renewal_as_root_keeps_the_key_postgresql_reads_and_postgresql_serves_the_new_certificate() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let state = dir.path().join("state");
+    ok(cli(&state, &["ca", "init"]));
+    let tls_dir = dir.path().join("pg-tls");
+    ok(cli(
+        &state,
+        &[
+            "cert",
+            "issue",
+            "server",
+            "--name",
+            "pgsrv",
+            "--dns",
+            "localhost",
+            "--ip",
+            "127.0.0.1",
+            "--out",
+            &tls_dir.display().to_string(),
+        ],
+    ));
+    let pg = PgServer::start(PgOptions {
+        ssl: Some(PgSsl {
+            cert_file: tls_dir.join("chain.pem"),
+            key_file: tls_dir.join("key.pem"),
+            ca_file: tls_dir.join("ca.pem"),
+        }),
+        ..PgOptions::default()
+    })
+    .expect("PostgreSQL");
+    // Hand the directory to the database's own user, as an operator does
+    // (`chown -R postgres DIR`), and point PostgreSQL at the files there.
+    let account = std::fs::metadata(pg.data_dir()).expect("data dir");
+    for entry in std::iter::once(tls_dir.clone()).chain(
+        std::fs::read_dir(&tls_dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").path()),
+    ) {
+        std::os::unix::fs::chown(&entry, Some(account.uid()), Some(account.gid())).expect("chown");
+    }
+    let set = format!(
+        "ALTER SYSTEM SET ssl_cert_file = '{}'; ALTER SYSTEM SET ssl_key_file = '{}'; SELECT pg_reload_conf();",
+        tls_dir.join("chain.pem").display(),
+        tls_dir.join("key.pem").display()
+    );
+    pg.psql("postgres", &set)
+        .expect("pointing PostgreSQL at the files");
+    let first = file_fingerprint(&tls_dir.join("cert.pem"));
+    assert_eq!(served_fingerprint(pg.port()), first);
+
+    // Renewal as root, as a systemd timer runs it.
+    let out = ok(cli(&state, &["cert", "renew", "--all", "--force"]));
+    assert!(out.contains("pgsrv: renewed"), "{out}");
+    let key = std::fs::metadata(tls_dir.join("key.pem")).expect("key");
+    assert_eq!(
+        (key.uid(), key.gid(), key.permissions().mode() & 0o777),
+        (account.uid(), account.gid(), 0o600),
+        "the renewed key changed hands"
+    );
+    let renewed = file_fingerprint(&tls_dir.join("cert.pem"));
+    assert_ne!(renewed, first);
+    pg.psql("postgres", "SELECT pg_reload_conf()")
+        .expect("reload");
+    // The reload is asynchronous: the postmaster rereads the files when
+    // it handles SIGHUP.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let served = served_fingerprint(pg.port());
+        if served == renewed {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "PostgreSQL still serves {served} after the reload; its log:\n{}",
+            std::fs::read_to_string(pg.log_path()).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
