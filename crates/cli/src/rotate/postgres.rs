@@ -248,9 +248,24 @@ fn locate_by_files(args: &RotatePostgresArgs) -> Result<Located<PgCtlReload>> {
     let ca = value("ssl_ca_file")
         .filter(|s| !s.is_empty())
         .map(|s| data_dir.join(s));
-    let verify = match &args.common.verify_addr {
-        Some(addr) => super::verify_target("postgres", addr)?,
-        None => {
+    // A running server says where it listens, wherever its port was set
+    // (the command line wins over postgresql.conf).
+    let running = match &args.common.verify_addr {
+        Some(_) => None,
+        None => RunningServer::read(&data_dir)?,
+    };
+    let verify = match (&args.common.verify_addr, running) {
+        (Some(addr), _) => super::verify_target("postgres", addr)?,
+        (None, Some(running)) => {
+            let host = running.listen_address.ok_or_else(|| {
+                anyhow!("the server listens on no TCP address (postmaster.pid in {} names none); give --verify-addr HOST:PORT", data_dir.display())
+            })?;
+            Target::Postgres {
+                host,
+                port: running.port,
+            }
+        }
+        (None, None) => {
             let port = match value("port") {
                 Some(p) => p
                     .parse()
@@ -280,6 +295,43 @@ fn locate_by_files(args: &RotatePostgresArgs) -> Result<Located<PgCtlReload>> {
             run_as,
         },
     })
+}
+
+/// Where a running server listens, from the `postmaster.pid` in its data
+/// directory: line 4 is the port and line 6 the first listen address
+/// (empty when it listens on no TCP address), as the server itself writes
+/// them, whether they came from postgresql.conf or the command line.
+#[derive(Debug, PartialEq, Eq)]
+struct RunningServer {
+    port: u16,
+    listen_address: Option<String>,
+}
+
+impl RunningServer {
+    /// `None` when no server runs on `data_dir` (no `postmaster.pid`).
+    fn read(data_dir: &Path) -> Result<Option<RunningServer>> {
+        let path = data_dir.join("postmaster.pid");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => RunningServer::parse(&text)
+                .map(Some)
+                .with_context(|| format!("reading {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow!("reading {}: {e}", path.display())),
+        }
+    }
+
+    fn parse(text: &str) -> Result<RunningServer> {
+        let lines: Vec<&str> = text.lines().collect();
+        let port = lines
+            .get(3)
+            .and_then(|l| l.trim().parse().ok())
+            .ok_or_else(|| anyhow!("line 4 is not a port number"))?;
+        let listen_address = lines.get(5).and_then(|l| first_listen_address(l.trim()));
+        Ok(RunningServer {
+            port,
+            listen_address,
+        })
+    }
 }
 
 /// The address to check the served certificate on: the first of
@@ -331,6 +383,33 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_running_servers_address_comes_from_postmaster_pid() {
+        let pid = "4242\n/var/lib/postgresql/15/main\n1765069200\n5433\n/var/run/postgresql\n*\n  5433001   1\nready   \n";
+        assert_eq!(
+            RunningServer::parse(pid).unwrap(),
+            RunningServer {
+                port: 5433,
+                listen_address: Some("127.0.0.1".into())
+            }
+        );
+        let unix_only = pid.replace("\n*\n", "\n\n");
+        assert_eq!(
+            RunningServer::parse(&unix_only).unwrap().listen_address,
+            None
+        );
+        let specific = pid.replace("\n*\n", "\n10.0.0.5\n");
+        assert_eq!(
+            RunningServer::parse(&specific)
+                .unwrap()
+                .listen_address
+                .as_deref(),
+            Some("10.0.0.5")
+        );
+        assert!(RunningServer::parse("4242\n/data\n").is_err());
+    }
+
     use super::*;
 
     #[test]

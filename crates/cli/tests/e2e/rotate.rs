@@ -717,3 +717,55 @@ fn mariadb_rotation_with_flush_ssl_under_a_client_loop() {
         *fingerprints.last().unwrap()
     );
 }
+
+#[test]
+fn rotation_by_data_dir_verifies_where_the_running_server_listens() {
+    let state = State::new();
+    let pg = pg_with_tls(&state);
+    let data = pg.data_dir().to_path_buf();
+    // The port given on the command line only, as a service manager may:
+    // postgresql.conf no longer names it, postmaster.pid still does.
+    let conf = data.join("intransit-testkit.conf");
+    let text = std::fs::read_to_string(&conf).expect("the test kit's configuration");
+    let without_port: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("port"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(without_port.len() < text.len(), "no port line to remove");
+    std::fs::write(&conf, without_port).expect("rewriting the configuration");
+
+    let out = ok(intransit(&[
+        "rotate",
+        "postgres",
+        "--data-dir",
+        s(&data),
+        "--state-dir",
+        state.dir(),
+    ]));
+    assert!(
+        out.contains(&format!("verify: postgres://127.0.0.1:{}", pg.port())),
+        "{out}"
+    );
+    assert_eq!(
+        served_fingerprint("postgres", pg.port()),
+        file_fingerprint(&data.join(PG_CERT))
+    );
+
+    // An address where nothing listens fails at once and says what to give.
+    let dead = intransit_testkit::free_port();
+    let out = intransit(&[
+        "rotate",
+        "postgres",
+        "--data-dir",
+        s(&data),
+        "--state-dir",
+        state.dir(),
+        "--verify-addr",
+        &format!("127.0.0.1:{dead}"),
+    ]);
+    assert!(!out.status.success());
+    let text = stderr(&out);
+    assert!(text.contains("connection refused"), "{text}");
+    assert!(text.contains("--verify-addr"), "{text}");
+}
