@@ -346,10 +346,9 @@ pub fn describe_certificate_error(error: &CertificateError) -> String {
             "the certificate does not chain to a trusted CA (unknown issuer)".to_owned()
         }
         C::BadSignature => "a signature in the certificate chain does not verify".to_owned(),
-        C::NotValidForName | C::NotValidForNameContext { .. } => {
-            // rustls names the expected and presented names in words.
-            format!("the certificate is not valid for the expected name: {error}")
-        }
+        C::NotValidForName => "the certificate is not valid for the expected name".to_owned(),
+        // rustls names the expected and presented names in words.
+        C::NotValidForNameContext { .. } => error.to_string(),
         C::InvalidPurpose => {
             "the certificate's extended key usage does not allow this use".to_owned()
         }
