@@ -4,7 +4,7 @@
 //! |------------|--------|
 //! | `/metrics` | OpenMetrics text: the proxy's counters, plus the expiry of every certificate in use, read from the live TLS material at scrape time |
 //! | `/healthz` | `200 ok` while the process serves HTTP |
-//! | `/readyz`  | `200` when every listener is bound and every certificate in use is valid now; `503` with the reasons otherwise |
+//! | `/readyz`  | `200` when every listener is bound, every certificate in use is valid now and no CRL that refuses when stale is past its nextUpdate; `503` with the reasons otherwise; warnings (a stale CRL under `stale_crl = "allow"`) follow `ready` |
 //! | `/status`  | JSON: listeners, routes, policies and certificates in force, outcome totals and timeline, recent refusals |
 //! | `/`        | the status page for people (`page.rs`), built from `/status` in the browser |
 //!
@@ -25,7 +25,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use intransit_config::{AdminLimits, Endpoint};
+use intransit_config::{AdminLimits, Endpoint, StaleCrl};
 use intransit_proxy::{
     AuditLog, BoundProxy, ListenerTls, LoadedCertificate, PreparedClientListener, PreparedListener,
     ProxyMetrics, UpstreamTls,
@@ -92,35 +92,58 @@ impl Admin {
 
     /// Why the proxy is not ready, or an empty list when it is.
     pub fn not_ready_reasons(&self) -> Vec<String> {
+        self.readiness().not_ready
+    }
+
+    /// Why the proxy is not ready, and what an operator should know while
+    /// it is: both computed now, so a CRL that went stale while the proxy
+    /// ran shows up without a reload.
+    pub fn readiness(&self) -> Readiness {
         let now = unix_now();
-        let mut reasons = Vec::new();
+        let mut readiness = Readiness::default();
         for listener in &self.listeners {
             for route in std::iter::once(&listener.default_route).chain(&listener.routes) {
                 let material = route.tls.snapshot();
+                let at = format!("listener {} route {}", listener.basics.name, route.label());
                 let cert = &material.server_cert;
                 if cert.not_after_unix <= now {
-                    reasons.push(format!(
-                        "listener {} route {}: server certificate {} (serial {}) has expired",
-                        listener.basics.name,
-                        route.label(),
-                        cert.subject,
-                        cert.serial
+                    readiness.not_ready.push(format!(
+                        "{at}: server certificate {} (serial {}) has expired",
+                        cert.subject, cert.serial
                     ));
                 }
                 for anchor in &material.trust_anchors {
                     if anchor.not_after_unix <= now {
-                        reasons.push(format!(
-                            "listener {} route {}: client CA {} (serial {}) has expired",
-                            listener.basics.name,
-                            route.label(),
-                            anchor.subject,
-                            anchor.serial
+                        readiness.not_ready.push(format!(
+                            "{at}: client CA {} (serial {}) has expired",
+                            anchor.subject, anchor.serial
                         ));
+                    }
+                }
+                for crl in material.crls.iter().filter(|c| c.is_stale(now)) {
+                    let since = crl
+                        .next_update_unix
+                        .map(status::rfc3339_unix)
+                        .unwrap_or_default();
+                    // A refusing listener turns away every client of that CA,
+                    // which a replica with a fresh CRL would admit: take this
+                    // one out of rotation. An allowing one still serves.
+                    match material.policy.stale_crl {
+                        StaleCrl::Refuse => readiness.not_ready.push(format!(
+                            "{at}: the CRL from {} in {} is stale since {since} (its nextUpdate); client certificates of that CA are refused (crl_expired) until a fresh CRL is installed",
+                            crl.issuer,
+                            crl.path.display()
+                        )),
+                        StaleCrl::Allow => readiness.warnings.push(format!(
+                            "{at}: the CRL from {} in {} is stale since {since} (its nextUpdate); stale_crl = \"allow\" admits client certificates of that CA that are not in it, including any revoked since",
+                            crl.issuer,
+                            crl.path.display()
+                        )),
                     }
                 }
             }
         }
-        reasons
+        readiness
     }
 
     /// The HTTP routes.
@@ -145,17 +168,37 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
     ([(header::CONTENT_TYPE, OPENMETRICS)], admin.metrics_text()).into_response()
 }
 
+/// Readiness now: what makes the proxy not ready, and warnings that do
+/// not.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    /// Reasons to take this instance out of rotation; empty when ready.
+    pub not_ready: Vec<String>,
+    /// What an operator should act on while the instance stays ready.
+    pub warnings: Vec<String>,
+}
+
 async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
-    let reasons = admin.not_ready_reasons();
-    if reasons.is_empty() {
-        (StatusCode::OK, "ready\n").into_response()
+    let Readiness {
+        not_ready,
+        warnings,
+    } = admin.readiness();
+    let (status, mut body) = if not_ready.is_empty() {
+        (StatusCode::OK, String::from("ready\n"))
     } else {
         let mut body = String::from("not ready:\n");
-        for r in reasons {
+        for r in not_ready {
             let _ = writeln!(body, "- {r}");
         }
-        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, body)
+    };
+    if !warnings.is_empty() {
+        body.push_str("warnings:\n");
+        for w in warnings {
+            let _ = writeln!(body, "- {w}");
+        }
     }
+    (status, body).into_response()
 }
 
 /// Binds the admin address. Separate from [`serve`] so that a bad address
@@ -229,6 +272,15 @@ struct CertificateLabels {
     serial: String,
 }
 
+/// Labels of one CRL in use.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CrlLabels {
+    listener: String,
+    route: String,
+    /// The client CA the CRL covers.
+    issuer: String,
+}
+
 /// Reads the expiry of every certificate in use at scrape time, so a reload
 /// shows up in the next scrape and replaced certificates disappear.
 #[derive(Debug)]
@@ -246,6 +298,7 @@ impl Collector for CertificateExpiry {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let not_after = Family::<CertificateLabels, Gauge>::default();
         let loaded_at = Family::<CertificateLabels, Gauge>::default();
+        let crl_next_update = Family::<CrlLabels, Gauge>::default();
         let record = |listener: &str, route: &str, role: &str, cert: &LoadedCertificate, at| {
             let labels = CertificateLabels {
                 listener: listener.to_owned(),
@@ -286,6 +339,17 @@ impl Collector for CertificateExpiry {
                         material.loaded_at,
                     );
                 }
+                for crl in &material.crls {
+                    if let Some(next) = crl.next_update_unix {
+                        crl_next_update
+                            .get_or_create(&CrlLabels {
+                                listener: listener.basics.name.clone(),
+                                route: label.clone(),
+                                issuer: crl.issuer.clone(),
+                            })
+                            .set(next);
+                    }
+                }
                 if let Some(tls) = &route.upstream_tls {
                     upstream(&listener.basics.name, &label, tls);
                 }
@@ -308,6 +372,13 @@ impl Collector for CertificateExpiry {
             loaded_at.metric_type(),
         )?;
         loaded_at.encode(m)?;
+        let m = encoder.encode_descriptor(
+            "crl_next_update_seconds",
+            "nextUpdate of each CRL client certificates are checked against, as Unix time; past it the CRL is stale",
+            None,
+            crl_next_update.metric_type(),
+        )?;
+        crl_next_update.encode(m)?;
         Ok(())
     }
 }

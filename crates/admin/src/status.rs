@@ -22,6 +22,13 @@ pub struct Status {
     pub started_at: String,
     /// Now, Unix seconds (the page computes ages from it).
     pub now: i64,
+    /// What `/readyz` answers now: `false` with the reasons in `not_ready`.
+    pub ready: bool,
+    /// Why the proxy is not ready (as `/readyz` lists them).
+    pub not_ready: Vec<String>,
+    /// What needs attention while the proxy stays ready (as `/readyz`
+    /// lists them), e.g. a stale CRL that `stale_crl = "allow"` tolerates.
+    pub warnings: Vec<String>,
     /// Every server-mode listener.
     pub listeners: Vec<ListenerStatus>,
     /// Every client-mode listener (plaintext in, TLS to the database).
@@ -66,6 +73,8 @@ pub struct RouteStatus {
     pub upstream_tls: Option<UpstreamTlsStatus>,
     /// The certificates in use: the served one first, then trust anchors.
     pub certificates: Vec<CertificateStatus>,
+    /// The CRLs client certificates are checked against.
+    pub crls: Vec<CrlStatus>,
     /// Why the latest reload of this route's files was refused, while
     /// they still hold what was refused; the certificates above stay in
     /// service.
@@ -174,8 +183,28 @@ pub struct PolicyStatus {
     pub client_auth: String,
     /// Whether a CRL is checked.
     pub crl: bool,
+    /// `refuse` or `allow`: client certificates once a CRL is past its
+    /// nextUpdate.
+    pub stale_crl: String,
     /// Identity allow-list; empty allows any trusted certificate.
     pub allow: Vec<String>,
+}
+
+/// One CRL in use.
+#[derive(Debug, Serialize)]
+pub struct CrlStatus {
+    /// The client CA it covers.
+    pub issuer: String,
+    /// The file it was loaded from.
+    pub file: String,
+    /// thisUpdate, RFC 3339.
+    pub this_update: String,
+    /// nextUpdate, RFC 3339; `null` when the CRL has none.
+    pub next_update: Option<String>,
+    /// nextUpdate, Unix seconds.
+    pub next_update_unix: Option<i64>,
+    /// Whether nextUpdate has passed.
+    pub stale: bool,
 }
 
 /// One certificate in use.
@@ -241,10 +270,14 @@ pub(crate) fn build(admin: &Admin) -> Status {
             upstream_tls: upstream_tls_status(&l.upstream_tls, now),
         })
         .collect();
+    let readiness = admin.readiness();
     Status {
         version: env!("CARGO_PKG_VERSION"),
         started_at: rfc3339_unix(unix_seconds(admin.started_at)),
         now,
+        ready: readiness.not_ready.is_empty(),
+        not_ready: readiness.not_ready,
+        warnings: readiness.warnings,
         listeners,
         client_listeners,
         handshakes: admin.metrics.summary(),
@@ -264,10 +297,23 @@ fn route_status(route: &PreparedRoute, now: i64) -> RouteStatus {
                 .map(|a| describe("client_ca", a, &loaded_at, now)),
         )
         .collect();
+    let crls = material
+        .crls
+        .iter()
+        .map(|c| CrlStatus {
+            issuer: c.issuer.clone(),
+            file: c.path.display().to_string(),
+            this_update: rfc3339_unix(c.this_update_unix),
+            next_update: c.next_update_unix.map(rfc3339_unix),
+            next_update_unix: c.next_update_unix,
+            stale: c.is_stale(now),
+        })
+        .collect();
     let PolicySummary {
         min_version,
         client_auth,
         crl,
+        stale_crl,
         allow,
     } = material.policy.clone();
     RouteStatus {
@@ -277,6 +323,7 @@ fn route_status(route: &PreparedRoute, now: i64) -> RouteStatus {
             min_version,
             client_auth,
             crl,
+            stale_crl: stale_crl.to_string(),
             allow,
         },
         db_users_enforced: !route.db_users.is_empty(),
@@ -285,6 +332,7 @@ fn route_status(route: &PreparedRoute, now: i64) -> RouteStatus {
             .as_deref()
             .map(|t| upstream_tls_status(t, now)),
         certificates,
+        crls,
         reload_error: reload_error(route.tls.last_failure()),
     }
 }
@@ -313,7 +361,7 @@ fn unix_seconds(at: SystemTime) -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-fn rfc3339_unix(seconds: i64) -> String {
+pub(crate) fn rfc3339_unix(seconds: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(seconds)
         .ok()
         .and_then(|t| {

@@ -225,7 +225,7 @@ impl Endpoint {
             let key = PrivateKeyDer::from_pem_file(key).map_err(|e| SetupError::File {
                 what: "client key",
                 path: key.clone(),
-                reason: e.to_string(),
+                reason: intransit_pki::describe_pem_error(&e),
             })?;
             builder
                 .with_client_auth_cert(chain, key)

@@ -123,7 +123,7 @@ pub fn client_config(files: &ClientTlsFiles, groups: &[&str]) -> Result<ClientCo
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| BenchError::File {
         what: "client key",
         path: files.key.clone(),
-        reason: e.to_string(),
+        reason: intransit_pki::describe_pem_error(&e),
     })?;
     let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -148,7 +148,7 @@ fn load_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'sta
 pub(crate) fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| intransit_pki::describe_pem_error(&e))?;
     if certs.is_empty() {
         return Err("no PEM CERTIFICATE block found".into());
     }

@@ -503,6 +503,7 @@ impl SelfServer {
             key: quick.server.key.clone(),
             client_ca: Some(quick.ca_cert.clone()),
             crl: None,
+            stale_crl: intransit_config::StaleCrl::Refuse,
             min_version: TlsVersion::V1_3,
             client_auth: ClientAuth::Optional,
             allow: AllowList::default(),

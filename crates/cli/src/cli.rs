@@ -286,11 +286,17 @@ pub enum CertCommand {
         #[command(flatten)]
         passphrase: PassphraseArgs,
     },
-    /// Exit non-zero if a certificate is expired or expires within --warn.
+    /// Exit non-zero if a certificate is expired or expires within --warn,
+    /// or a CRL is stale or goes stale within --crl-warn.
     Check {
         /// Warning window, e.g. 30d, 12h.
         #[arg(long, default_value = "30d")]
         warn: String,
+        /// Warning window for CRLs (the CA's crl.pem, and CRL files given),
+        /// e.g. 2d, 12h: a CRL past its nextUpdate is stale, and
+        /// listeners refuse the certificates it covers (crl_expired).
+        #[arg(long, default_value = "2d")]
+        crl_warn: String,
         /// Certificate files to check instead of the inventory.
         files: Vec<PathBuf>,
     },
@@ -404,6 +410,11 @@ pub struct ProxyArgs {
 pub struct CheckConfigArgs {
     /// The TOML configuration file.
     pub file: PathBuf,
+    /// Warn about a CRL that goes stale (passes its nextUpdate) within
+    /// this window, e.g. 2d, 12h. A CRL already stale under
+    /// stale_crl = "refuse" fails the check.
+    #[arg(long, default_value = "2d")]
+    pub crl_warn: String,
 }
 
 const PROXY_LONG_ABOUT: &str = "\

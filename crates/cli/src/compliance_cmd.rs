@@ -177,8 +177,13 @@ async fn run_scan(args: &ScanArgs) -> Result<Report> {
     let client_identity = match (&args.cert, &args.key) {
         (Some(cert), Some(key)) => Some(ClientIdentity {
             chain: read_certs(cert)?,
-            key: rustls_pki_types::PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| anyhow::anyhow!("reading the key {}: {e}", key.display()))?,
+            key: rustls_pki_types::PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                anyhow::anyhow!(
+                    "reading the key {}: {}",
+                    key.display(),
+                    intransit_pki::describe_pem_error(&e)
+                )
+            })?,
         }),
         _ => None,
     };

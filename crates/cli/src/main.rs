@@ -31,7 +31,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use intransit_config::Config;
+use intransit_config::{Config, StaleCrl};
 use intransit_proxy::Proxy;
 use tracing::{info, warn};
 
@@ -136,7 +136,17 @@ fn run(command: Command) -> Result<ExitCode> {
                 .with_context(|| format!("checking {}", args.file.display()))?;
             admin::prepare_tls(config.admin_tls.as_ref())
                 .with_context(|| format!("checking {}", args.file.display()))?;
-            out!("{}: OK", args.file.display());
+            let crl_within = pki_cmd::warning_window(&args.crl_warn, "--crl-warn")?;
+            let crl_notes = stale_crl_notes(&proxy, crl_within);
+            let refusing = crl_notes.iter().any(|n| n.refuses);
+            if refusing {
+                out!(
+                    "{}: loads, but a stale CRL refuses client certificates (below)",
+                    args.file.display()
+                );
+            } else {
+                out!("{}: OK", args.file.display());
+            }
             let needed = descriptors::needed(&config);
             let hard = descriptors::hard_limit();
             out!(
@@ -184,7 +194,18 @@ fn run(command: Command) -> Result<ExitCode> {
                     if tls.cert.is_some() { "presented" } else { "none" },
                 );
             }
-            Ok(ExitCode::SUCCESS)
+            for note in &crl_notes {
+                out!(
+                    "{}: {}",
+                    if note.refuses { "error" } else { "warning" },
+                    note.text
+                );
+            }
+            Ok(if refusing {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
     }
 }
@@ -212,6 +233,59 @@ fn raise_descriptor_limit(config: Option<&Config>) {
     if let Some(words) = descriptors::shortfall(descriptors::needed(config), limit) {
         warn!(limit, needed = descriptors::needed(config), "{words}");
     }
+}
+
+/// A CRL in a checked configuration that is stale or goes stale soon.
+struct CrlNote {
+    /// Stale, under `stale_crl = "refuse"`: clients of that CA are refused.
+    refuses: bool,
+    text: String,
+}
+
+/// The CRLs of every route that are stale now or go stale within
+/// `within`, and what the listener will do about them.
+fn stale_crl_notes(proxy: &Proxy, within: time::Duration) -> Vec<CrlNote> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut notes = Vec::new();
+    for l in proxy.listeners() {
+        for route in std::iter::once(&l.default_route).chain(&l.routes) {
+            let material = route.tls.snapshot();
+            for crl in &material.crls {
+                let Some(next) = crl.next_update_unix else {
+                    continue;
+                };
+                let at = format!(
+                    "listener {:?} route {}: the CRL from {} in {}",
+                    l.basics.name,
+                    route.label(),
+                    crl.issuer,
+                    crl.path.display()
+                );
+                let next_text = time::OffsetDateTime::from_unix_timestamp(next)
+                    .ok()
+                    .and_then(|t| {
+                        t.format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .unwrap_or_else(|| next.to_string());
+                if crl.is_stale(now) {
+                    let refuses = material.policy.stale_crl == StaleCrl::Refuse;
+                    let text = if refuses {
+                        format!("{at} is stale since {next_text} (its nextUpdate): client certificates of that CA will be refused (crl_expired) until a fresh CRL is installed; stale_crl = \"allow\" would admit them")
+                    } else {
+                        format!("{at} is stale since {next_text} (its nextUpdate): stale_crl = \"allow\" admits client certificates of that CA, including any revoked since it was issued")
+                    };
+                    notes.push(CrlNote { refuses, text });
+                } else if next - now <= within.whole_seconds() {
+                    notes.push(CrlNote {
+                        refuses: false,
+                        text: format!("{at} goes stale at {next_text} (its nextUpdate); install a fresh CRL before then"),
+                    });
+                }
+            }
+        }
+    }
+    notes
 }
 
 fn config_listener<'a>(

@@ -206,7 +206,11 @@ pub fn run_cert(state_dir: &Path, command: CertCommand) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        CertCommand::Check { warn, files } => check(&state, &warn, &files),
+        CertCommand::Check {
+            warn,
+            crl_warn,
+            files,
+        } => check(&state, &warn, &crl_warn, &files),
     }
 }
 
@@ -347,20 +351,30 @@ fn list(state: &StateDir, as_json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(state: &StateDir, warn: &str, files: &[PathBuf]) -> Result<ExitCode> {
-    let within =
-        intransit_config::parse_duration(warn).map_err(|m| anyhow::anyhow!("--warn: {m}"))?;
-    let within = time::Duration::try_from(within).context("--warn is too large")?;
+fn check(state: &StateDir, warn: &str, crl_warn: &str, files: &[PathBuf]) -> Result<ExitCode> {
+    let within = warning_window(warn, "--warn")?;
+    let crl_within = warning_window(crl_warn, "--crl-warn")?;
     let now = OffsetDateTime::now_utc();
-    let findings = if files.is_empty() {
-        state.check_expiry(now, within)?
+    let (findings, crl_findings) = if files.is_empty() {
+        (
+            state.check_expiry(now, within)?,
+            state.check_crl(now, crl_within)?,
+        )
     } else {
         let mut certs: Vec<(String, CertificateSummary)> = Vec::new();
+        let mut crls: Vec<(String, intransit_pki::CrlSummary)> = Vec::new();
         for file in files {
             let pem = std::fs::read_to_string(file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            let ders = intransit_pki::pem_to_der_certs(&pem)
-                .with_context(|| format!("reading certificates from {}", file.display()))?;
+            let crl_ders = intransit_pki::pem_to_der_crls(&pem)
+                .with_context(|| format!("reading CRLs from {}", file.display()))?;
+            // A CRL file holds no certificate, and needs none.
+            let ders = if crl_ders.is_empty() || pem.contains("-----BEGIN CERTIFICATE-----") {
+                intransit_pki::pem_to_der_certs(&pem)
+                    .with_context(|| format!("reading certificates from {}", file.display()))?
+            } else {
+                Vec::new()
+            };
             for (i, der) in ders.iter().enumerate() {
                 let what = if ders.len() == 1 {
                     file.display().to_string()
@@ -369,11 +383,23 @@ fn check(state: &StateDir, warn: &str, files: &[PathBuf]) -> Result<ExitCode> {
                 };
                 certs.push((what, intransit_pki::summarize(der)?));
             }
+            for der in &crl_ders {
+                let summary = intransit_pki::summarize_crl(der)
+                    .with_context(|| format!("reading a CRL in {}", file.display()))?;
+                crls.push((file.display().to_string(), summary));
+            }
         }
-        intransit_pki::check_expiry(certs.iter().map(|(w, c)| (w.as_str(), c)), now, within)
+        (
+            intransit_pki::check_expiry(certs.iter().map(|(w, c)| (w.as_str(), c)), now, within),
+            intransit_pki::check_crl_freshness(
+                crls.iter().map(|(w, c)| (w.as_str(), c)),
+                now,
+                crl_within,
+            ),
+        )
     };
-    if findings.is_empty() {
-        out!("ok: nothing expired or expiring within {warn}");
+    if findings.is_empty() && crl_findings.is_empty() {
+        out!("ok: nothing expired or expiring within {warn}, no CRL stale or going stale within {crl_warn}");
         return Ok(ExitCode::SUCCESS);
     }
     for f in &findings {
@@ -387,7 +413,33 @@ fn check(state: &StateDir, warn: &str, files: &[PathBuf]) -> Result<ExitCode> {
             f.days_left
         );
     }
+    for f in &crl_findings {
+        if f.stale {
+            out!(
+                "{}: CRL stale ({}), nextUpdate {} has passed: listeners with stale_crl = \"refuse\" (the default) refuse every certificate of that CA (crl_expired) until a fresh CRL is installed (intransit ca crl writes one)",
+                f.what,
+                f.issuer,
+                rfc3339(f.next_update)
+            );
+        } else {
+            out!(
+                "{}: CRL going stale ({}), nextUpdate {}, {} day(s) left: publish a fresh CRL before then (intransit ca crl writes one)",
+                f.what,
+                f.issuer,
+                rfc3339(f.next_update),
+                f.days_left
+            );
+        }
+    }
     Ok(ExitCode::FAILURE)
+}
+
+/// Parses a warning window such as `30d` or `12h`, naming the flag in
+/// errors.
+pub(crate) fn warning_window(text: &str, flag: &str) -> Result<time::Duration> {
+    let within =
+        intransit_config::parse_duration(text).map_err(|m| anyhow::anyhow!("{flag}: {m}"))?;
+    time::Duration::try_from(within).with_context(|| format!("{flag} is too large"))
 }
 
 /// Runs `--exec` after a renewal, with the certificate's name and directory

@@ -85,6 +85,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             key: material.server.key.clone(),
             client_ca: Some(material.ca_cert.clone()),
             crl: None,
+            stale_crl: intransit_config::StaleCrl::Refuse,
             min_version: TlsVersion::V1_3,
             client_auth: ClientAuth::Required,
             allow: AllowList::default(),

@@ -321,6 +321,27 @@ impl fmt::Display for ClientAuth {
     }
 }
 
+/// What a listener does with a client certificate whose CA's CRL is
+/// stale (its nextUpdate has passed), so its revocation status is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StaleCrl {
+    /// Refuse the certificate (`crl_expired`), as PostgreSQL and OpenSSL
+    /// do: a certificate revoked after the CRL was issued must not log in.
+    #[default]
+    Refuse,
+    /// Admit it if the stale CRL does not list it, and log a warning.
+    Allow,
+}
+
+impl fmt::Display for StaleCrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StaleCrl::Refuse => "refuse",
+            StaleCrl::Allow => "allow",
+        })
+    }
+}
+
 /// The TLS that clients see on a server-mode listener.
 #[derive(Debug, Clone)]
 pub struct ServerTls {
@@ -332,6 +353,9 @@ pub struct ServerTls {
     pub client_ca: Option<PathBuf>,
     /// Certificate revocation lists for client certificates (PEM or DER).
     pub crl: Option<PathBuf>,
+    /// What happens to client certificates once a CRL in `crl` is past
+    /// its nextUpdate.
+    pub stale_crl: StaleCrl,
     /// Lowest accepted TLS version.
     pub min_version: TlsVersion,
     /// Client certificate requirement.

@@ -13,7 +13,7 @@ use crate::upstream_tls::{RawUpstreamTls, UpstreamTls};
 use crate::{
     build_allow_list, build_db_user_rules, err, parse_duration, AdminLimits, ClientAuth,
     ClientListenerConfig, Config, ConfigError, Endpoint, ListenerConfig, Mode, Protocol,
-    RouteConfig, ServerNamePattern, ServerTls, TlsVersion, UnauthenticatedLimits,
+    RouteConfig, ServerNamePattern, ServerTls, StaleCrl, TlsVersion, UnauthenticatedLimits,
     DEFAULT_ADMIN_HEADER_READ_TIMEOUT, DEFAULT_ADMIN_IDLE_TIMEOUT, DEFAULT_ADMIN_MAX_CONNECTIONS,
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_UNAUTHENTICATED,
     DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS, DEFAULT_MYSQL_SERVER_VERSION, DEFAULT_SHUTDOWN_GRACE,
@@ -67,6 +67,7 @@ struct RawServerTls {
     key: Option<PathBuf>,
     client_ca: Option<PathBuf>,
     crl: Option<PathBuf>,
+    stale_crl: Option<String>,
     min_version: Option<String>,
     client_auth: Option<String>,
     #[serde(default)]
@@ -754,6 +755,23 @@ impl RawServerTls {
                 "a CRL revokes client certificates, but client_auth = \"none\" asks for none",
             ));
         }
+        let stale_crl = match self.stale_crl.as_deref() {
+            None => parent.map_or(StaleCrl::Refuse, |p| p.stale_crl),
+            Some("refuse") => StaleCrl::Refuse,
+            Some("allow") => StaleCrl::Allow,
+            Some(other) => {
+                return Err(err(
+                    format!("{k}.stale_crl"),
+                    format!("{other:?} is not valid; use \"refuse\" (default: a client certificate whose CA's CRL is past its nextUpdate is refused) or \"allow\" (admitted, with a warning)"),
+                ))
+            }
+        };
+        if self.stale_crl.is_some() && crl.is_none() {
+            return Err(err(
+                format!("{k}.stale_crl"),
+                "says what to do once the CRL in crl is past its nextUpdate, but there is no crl; set crl too, or remove stale_crl",
+            ));
+        }
         let allow = match parent {
             Some(p) if self.allow.is_empty() => p.allow.clone(),
             _ => build_allow_list(&format!("{k}.allow"), &self.allow)?,
@@ -769,6 +787,7 @@ impl RawServerTls {
             key,
             client_ca,
             crl,
+            stale_crl,
             min_version,
             client_auth,
             allow,

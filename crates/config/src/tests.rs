@@ -726,3 +726,31 @@ fn mysql_listeners_greet_with_a_version_of_their_own() {
         e.message
     );
 }
+
+#[test]
+fn stale_crl_defaults_to_refuse_and_is_inherited_by_routes() {
+    let with_crl = format!("{MINIMAL}crl = \"ca.crl\"\n");
+    let c = Config::from_toml(&with_crl).unwrap();
+    assert_eq!(c.listeners[0].tls.stale_crl, StaleCrl::Refuse);
+
+    let text = format!(
+        "{with_crl}stale_crl = \"allow\"\n[[listener.route]]\nserver_name = \"a.example\"\ntls = {{ cert = \"c\", key = \"k\" }}\n[[listener.route]]\nserver_name = \"b.example\"\ntls = {{ cert = \"c\", key = \"k\", stale_crl = \"refuse\" }}\n"
+    );
+    let c = Config::from_toml(&text).unwrap();
+    let l = &c.listeners[0];
+    assert_eq!(l.tls.stale_crl, StaleCrl::Allow);
+    assert_eq!(l.routes[0].tls.stale_crl, StaleCrl::Allow);
+    assert_eq!(l.routes[1].tls.stale_crl, StaleCrl::Refuse);
+}
+
+#[test]
+fn stale_crl_needs_a_crl_and_a_known_value() {
+    let e = error_of(&format!(
+        "{MINIMAL}crl = \"ca.crl\"\nstale_crl = \"ignore\"\n"
+    ));
+    assert_eq!(e.key, "listener[0].tls.stale_crl");
+    assert!(e.to_string().contains("\"refuse\""), "{e}");
+    let e = error_of(&format!("{MINIMAL}stale_crl = \"allow\"\n"));
+    assert_eq!(e.key, "listener[0].tls.stale_crl");
+    assert!(e.to_string().contains("there is no crl"), "{e}");
+}

@@ -71,7 +71,7 @@ pub(crate) fn decode_certs(pem: &str, what: &'static str) -> Result<Vec<Vec<u8>>
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| PkiError::Pem {
             what,
-            detail: e.to_string(),
+            detail: describe_pem_error(&e),
         })?;
     if certs.is_empty() {
         return Err(PkiError::MissingPem {
@@ -80,6 +80,74 @@ pub(crate) fn decode_certs(pem: &str, what: &'static str) -> Result<Vec<Vec<u8>>
         });
     }
     Ok(certs)
+}
+
+/// Says in words what is wrong with a PEM document, without quoting it.
+/// The PEM decoder's own message prints the marker it looked for as a list
+/// of byte values, and the line it rejected may belong to a private key,
+/// so neither is shown as such.
+pub fn describe_pem_error(error: &rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error as E;
+    match error {
+        // The decoder reports the label of the block left open.
+        E::MissingSectionEnd { end_marker } => {
+            let label = String::from_utf8_lossy(end_marker);
+            if end_marker.len() <= 40 && label.chars().all(|c| c.is_ascii_uppercase() || c == ' ') {
+                format!("a PEM block has no end line \"-----END {label}-----\" (is the file complete?)")
+            } else {
+                "a PEM block has no end line (is the file complete?)".to_owned()
+            }
+        }
+        E::IllegalSectionStart { .. } => {
+            "a line that starts with \"-----BEGIN\" is not a valid PEM header (is the file complete and unedited?)".to_owned()
+        }
+        E::Base64Decode(detail) => {
+            format!("the body of a PEM block is not valid base64: {detail} (is the file complete and unedited?)")
+        }
+        E::Io(e) => format!("cannot be read: {e}"),
+        E::NoItemsFound => "no PEM block of the expected kind was found".to_owned(),
+        E::SectionTooLarge => "a PEM block is larger than 256 MB".to_owned(),
+        _ => "is not a PEM document this program can read".to_owned(),
+    }
+}
+
+/// What a certificate revocation list says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlSummary {
+    /// Issuer distinguished name, as `openssl crl -issuer` prints it.
+    pub issuer: String,
+    /// When it was issued.
+    pub this_update: OffsetDateTime,
+    /// When the next one is due; past it the CRL is stale. `None` when the
+    /// CRL has no nextUpdate.
+    pub next_update: Option<OffsetDateTime>,
+    /// How many certificates it revokes.
+    pub revoked: usize,
+}
+
+/// Decodes every `X509 CRL` block of a PEM document; there may be none.
+pub fn pem_to_der_crls(pem: &str) -> Result<Vec<Vec<u8>>, PkiError> {
+    rustls_pki_types::CertificateRevocationListDer::pem_slice_iter(pem.as_bytes())
+        .map(|crl| crl.map(|c| c.as_ref().to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PkiError::Pem {
+            what: "CRL PEM",
+            detail: describe_pem_error(&e),
+        })
+}
+
+/// Parses a DER CRL into a [`CrlSummary`].
+pub fn summarize_crl(der: &[u8]) -> Result<CrlSummary, PkiError> {
+    let (_, crl) = x509_parser::parse_x509_crl(der).map_err(|e| PkiError::Certificate {
+        what: "CRL",
+        detail: e.to_string(),
+    })?;
+    Ok(CrlSummary {
+        issuer: crl.issuer().to_string(),
+        this_update: crl.last_update().to_datetime(),
+        next_update: crl.next_update().map(|t| t.to_datetime()),
+        revoked: crl.iter_revoked_certificates().count(),
+    })
 }
 
 /// Encodes DER as a PEM block with 64-character lines and a final newline.
@@ -295,6 +363,22 @@ mod tests {
         let fp = sha256_fingerprint(b"");
         assert!(fp.starts_with("E3:B0:C4:42:98:FC:1C:14"), "{fp}");
         assert_eq!(fp.len(), 32 * 3 - 1);
+    }
+
+    #[test]
+    fn pem_errors_are_words_not_bytes() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n";
+        let Err(err) = pem_to_der_certs(pem) else {
+            panic!("a truncated PEM decoded");
+        };
+        let err = err.to_string();
+        assert!(
+            err.contains("no end line \"-----END CERTIFICATE-----\"")
+                && err.contains("is the file complete?"),
+            "{err}"
+        );
+        // The decoder's own message lists the label's bytes in brackets.
+        assert!(!err.contains('['), "{err}");
     }
 
     #[test]

@@ -648,6 +648,35 @@ impl StateDir {
         ))
     }
 
+    /// The CA's CRL at [`Self::crl_path`], if it is stale at `now` or goes
+    /// stale within `warn_within`. No CRL file (nothing revoked yet) is no
+    /// finding.
+    pub fn check_crl(
+        &self,
+        now: OffsetDateTime,
+        warn_within: Duration,
+    ) -> Result<Vec<crate::CrlFinding>, PkiError> {
+        let path = self.crl_path();
+        if !path_exists(&path)? {
+            return Ok(Vec::new());
+        }
+        let pem = std::fs::read_to_string(&path).map_err(|source| PkiError::Io {
+            action: "reading the CRL",
+            path: path.clone(),
+            source,
+        })?;
+        let mut crls = Vec::new();
+        for der in crate::pem_to_der_crls(&pem)? {
+            crls.push(crate::summarize_crl(&der)?);
+        }
+        let what = path.display().to_string();
+        Ok(crate::check_crl_freshness(
+            crls.iter().map(|c| (what.as_str(), c)),
+            now,
+            warn_within,
+        ))
+    }
+
     /// Records certificates that [`StateDir::ensure_quickstart`] found or
     /// issued, writing the inventory only if something changed, so that a
     /// run that reuses everything leaves the state directory untouched.

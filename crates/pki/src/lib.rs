@@ -30,19 +30,20 @@
 //! - [`revocation`]: [`RevocationReason`] and [`RevokedCertificate`], the
 //!   entries of a CRL.
 //! - [`renewal`]: [`RenewalPolicy`], [`RenewalPlan`] (when a certificate is
-//!   due, with deterministic per-serial jitter) and [`check_expiry`]. Pure:
-//!   the clock is a parameter.
+//!   due, with deterministic per-serial jitter), [`check_expiry`] and
+//!   [`check_crl_freshness`]. Pure: the clock is a parameter.
 //! - [`storage`]: [`write_file_atomic`] (and [`write_file_atomic_owned`],
 //!   which also sets the owner) and [`CertificatePaths`], the on-disk
 //!   layout of one certificate, and the all-or-nothing replacement of a
 //!   certificate's files.
-//! - [`inspect`]: [`summarize`], fingerprints, SPKI pins and PEM decoding.
+//! - [`inspect`]: [`summarize`] (and [`summarize_crl`]), fingerprints, SPKI
+//!   pins and PEM decoding, with PEM errors in words ([`describe_pem_error`]).
 //! - [`state`]: [`StateDir`], the state directory, and the quickstart used
 //!   by `intransit up`.
 //! - [`inventory`]: `<state>/inventory.json` and the operations on named
 //!   certificates: [`StateDir::issue`], [`StateDir::inventory`],
 //!   [`StateDir::renew`], [`StateDir::revoke`], [`StateDir::write_crl`],
-//!   [`StateDir::check_expiry`].
+//!   [`StateDir::check_expiry`], [`StateDir::check_crl`].
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -61,14 +62,18 @@ pub mod storage;
 
 pub use authority::{CertificateAuthority, IssuedCertificate, CA_ORGANIZATION};
 pub use error::PkiError;
-pub use inspect::{pem_to_der_certs, sha256_fingerprint, spki_pin, summarize, CertificateSummary};
+pub use inspect::{
+    describe_pem_error, pem_to_der_certs, pem_to_der_crls, sha256_fingerprint, spki_pin, summarize,
+    summarize_crl, CertificateSummary, CrlSummary,
+};
 pub use inventory::{
     CertStatus, Inventory, IssuedEntry, PreviousSerial, RenewOptions, RenewOutcome,
 };
 pub use key::KeyAlgorithm;
 pub use key_encryption::PBKDF2_ITERATIONS;
 pub use renewal::{
-    check_expiry, days_until, ExpiryFinding, ExpiryState, RenewalPlan, RenewalPolicy,
+    check_crl_freshness, check_expiry, days_until, CrlFinding, ExpiryFinding, ExpiryState,
+    RenewalPlan, RenewalPolicy,
 };
 pub use request::{
     CertificateKind, IssueRequest, Validity, CA_VALIDITY_DAYS, CLIENT_VALIDITY_DAYS,

@@ -13,7 +13,7 @@ use std::fmt;
 use time::{Duration, OffsetDateTime};
 
 use crate::revocation::normalize_serial;
-use crate::CertificateSummary;
+use crate::{CertificateSummary, CrlSummary};
 
 /// When certificates are renewed.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -195,6 +195,56 @@ where
     findings
 }
 
+/// A CRL that is stale (past its nextUpdate) or goes stale within the
+/// warning window. A stale CRL no longer vouches for the certificates of
+/// its CA: the proxy refuses them by default (`crl_expired`), as
+/// PostgreSQL and OpenSSL do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlFinding {
+    /// What the CRL is, as the caller named it (a file path, `CA CRL`).
+    pub what: String,
+    /// Its issuer.
+    pub issuer: String,
+    /// Its nextUpdate.
+    pub next_update: OffsetDateTime,
+    /// Whole days left, see [`days_until`]; negative when stale.
+    pub days_left: i64,
+    /// Past nextUpdate already.
+    pub stale: bool,
+}
+
+/// The CRLs among `crls` (each named by the caller) that are stale at
+/// `now` or go stale within `warn_within`, soonest first. A CRL without
+/// nextUpdate never goes stale.
+pub fn check_crl_freshness<'a, I>(
+    crls: I,
+    now: OffsetDateTime,
+    warn_within: Duration,
+) -> Vec<CrlFinding>
+where
+    I: IntoIterator<Item = (&'a str, &'a CrlSummary)>,
+{
+    let mut findings: Vec<CrlFinding> = crls
+        .into_iter()
+        .filter_map(|(what, crl)| {
+            let next_update = crl.next_update?;
+            let stale = next_update <= now;
+            if !stale && next_update - now > warn_within {
+                return None;
+            }
+            Some(CrlFinding {
+                what: what.to_owned(),
+                issuer: crl.issuer.clone(),
+                next_update,
+                days_left: days_until(next_update, now),
+                stale,
+            })
+        })
+        .collect();
+    findings.sort_by(|a, b| a.next_update.cmp(&b.next_update).then(a.what.cmp(&b.what)));
+    findings
+}
+
 /// `duration * fraction` for a fraction in [0, 1], in whole nanoseconds.
 fn scale(duration: Duration, fraction: f64) -> Duration {
     let nanos = duration.whole_nanoseconds() as f64 * fraction.clamp(0.0, 1.0);
@@ -316,5 +366,40 @@ mod tests {
         assert_eq!(days_until(now - Duration::hours(12), now), -1);
         assert_eq!(days_until(now - Duration::hours(24), now), -1);
         assert_eq!(days_until(now - Duration::hours(25), now), -2);
+    }
+
+    #[test]
+    fn crls_are_found_stale_or_going_stale_soonest_first() {
+        let now = t0();
+        let crl = |next: Option<OffsetDateTime>| CrlSummary {
+            issuer: "CN=test CA".into(),
+            this_update: now - Duration::days(30),
+            next_update: next,
+            revoked: 0,
+        };
+        let stale = crl(Some(now - Duration::days(23)));
+        let soon = crl(Some(now + Duration::hours(30)));
+        let fresh = crl(Some(now + Duration::days(6)));
+        let endless = crl(None);
+        let at_the_second = crl(Some(now));
+        let findings = check_crl_freshness(
+            [
+                ("soon", &soon),
+                ("fresh", &fresh),
+                ("endless", &endless),
+                ("stale", &stale),
+                ("now", &at_the_second),
+            ],
+            now,
+            Duration::days(2),
+        );
+        let seen: Vec<_> = findings
+            .iter()
+            .map(|f| (f.what.as_str(), f.stale, f.days_left))
+            .collect();
+        assert_eq!(
+            seen,
+            [("stale", true, -23), ("now", true, 0), ("soon", false, 1)]
+        );
     }
 }

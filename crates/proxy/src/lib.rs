@@ -45,9 +45,32 @@ pub use metrics::ProxyMetrics;
 pub use net::connect as connect_upstream;
 pub use refusal::RefusalReason;
 pub use tls::{
-    ListenerTls, LoadedCertificate, PolicySummary, ReloadError, ReloadFailure, Reloaded,
+    ListenerTls, LoadedCertificate, LoadedCrl, PolicySummary, ReloadError, ReloadFailure, Reloaded,
     TlsMaterial, UpstreamMaterial, UpstreamSession, UpstreamTls, UpstreamTlsFailure,
 };
+
+/// Logs each CRL of a listener that is already stale when it starts
+/// serving: later ones are logged by the verifier the first time a
+/// client meets them.
+fn warn_stale_crls(listener: &PreparedListener) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    for route in std::iter::once(&listener.default_route).chain(&listener.routes) {
+        let material = route.tls.snapshot();
+        for crl in material.crls.iter().filter(|c| c.is_stale(now)) {
+            warn!(
+                listener = %listener.basics.name,
+                route = %route.label(),
+                crl = %crl.path.display(),
+                issuer = %crl.issuer,
+                next_update = %refusal::rfc3339(crl.next_update_unix.unwrap_or_default()),
+                stale_crl = %material.policy.stale_crl,
+                "CRL is past its nextUpdate: with stale_crl = \"refuse\" client certificates of this CA are refused (crl_expired), with \"allow\" they are admitted although one revoked since would not be in it"
+            );
+        }
+    }
+}
 
 /// A validated configuration with its TLS material loaded, not yet bound.
 #[derive(Debug)]
@@ -205,6 +228,7 @@ impl BoundProxy {
                 routes = listener.routes.len(),
                 "listening"
             );
+            warn_stale_crls(&listener);
             loops.push(tokio::spawn(accept::accept_loop(
                 listener,
                 socket,

@@ -2,11 +2,16 @@
 //!
 //! Every refusal is logged once with one of these reasons; the same names
 //! are the label values of refusal metrics, so the set is small and fixed.
+//! This module also says, in words, what a rustls or webpki verdict means
+//! ([`describe_tls_error`]), since their own `Display` shows Rust names, and
+//! holds the verifier errors rustls has no variant for ([`WeakKey`],
+//! [`StaleCrl`]).
 
 use std::fmt;
 use std::io;
+use std::path::PathBuf;
 
-use rustls::{AlertDescription, CertificateError};
+use rustls::{AlertDescription, CertificateError, OtherError};
 
 /// The reasons the proxy turns a client away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,10 +30,22 @@ pub enum RefusalReason {
     NoClientCert,
     /// The client certificate does not chain to the configured CA.
     Untrusted,
-    /// The client certificate is expired or not yet valid.
+    /// The client certificate is expired.
     Expired,
+    /// The client certificate's validity starts in the future (a clock
+    /// on one side is wrong, or the certificate was issued post-dated).
+    NotYetValid,
     /// The client certificate is revoked by the configured CRL.
     Revoked,
+    /// The CRL of the client certificate's CA is past its nextUpdate, so
+    /// whether the certificate was revoked since is unknown.
+    CrlExpired,
+    /// The client certificate's key is too small to verify with (RSA
+    /// below 2048 bits).
+    WeakKey,
+    /// A CA certificate (basicConstraints CA:TRUE) was presented as the
+    /// client's own certificate.
+    CaAsLeaf,
     /// The client certificate is not valid for client authentication.
     WrongPurpose,
     /// The certificate is valid but its identity is not in the allow-list.
@@ -58,8 +75,14 @@ pub enum RefusalReason {
     UpstreamTlsRefused,
     /// The database's certificate does not chain to the upstream `ca`.
     UpstreamUntrusted,
-    /// The database's certificate is expired or not yet valid.
+    /// The database's certificate is expired.
     UpstreamExpired,
+    /// The database's certificate is not valid yet.
+    UpstreamNotYetValid,
+    /// The database's certificate key is too small to verify with.
+    UpstreamWeakKey,
+    /// The database presented a CA certificate as its own.
+    UpstreamCaAsLeaf,
     /// The database's certificate is not valid for the expected server name.
     UpstreamNameMismatch,
     /// The database's public key matches none of the configured pins.
@@ -85,7 +108,11 @@ impl RefusalReason {
             RefusalReason::NoClientCert => "no_client_cert",
             RefusalReason::Untrusted => "untrusted",
             RefusalReason::Expired => "expired",
+            RefusalReason::NotYetValid => "not_yet_valid",
             RefusalReason::Revoked => "revoked",
+            RefusalReason::CrlExpired => "crl_expired",
+            RefusalReason::WeakKey => "weak_key",
+            RefusalReason::CaAsLeaf => "ca_as_leaf",
             RefusalReason::WrongPurpose => "wrong_purpose",
             RefusalReason::IdentityDenied => "identity_denied",
             RefusalReason::UserDenied => "user_denied",
@@ -102,6 +129,9 @@ impl RefusalReason {
             RefusalReason::UpstreamTlsRefused => "upstream_tls_refused",
             RefusalReason::UpstreamUntrusted => "upstream_untrusted",
             RefusalReason::UpstreamExpired => "upstream_expired",
+            RefusalReason::UpstreamNotYetValid => "upstream_not_yet_valid",
+            RefusalReason::UpstreamWeakKey => "upstream_weak_key",
+            RefusalReason::UpstreamCaAsLeaf => "upstream_ca_as_leaf",
             RefusalReason::UpstreamNameMismatch => "upstream_name_mismatch",
             RefusalReason::PinMismatch => "pin_mismatch",
             RefusalReason::UpstreamTlsFailed => "upstream_tls_failed",
@@ -130,20 +160,51 @@ impl RefusalReason {
         }
     }
 
-    fn from_certificate_error(error: &CertificateError) -> Self {
+    /// Classifies a certificate verdict, whoever's certificate it is; the
+    /// upstream leg turns the result into its own reasons with
+    /// [`RefusalReason::for_upstream`].
+    pub fn from_certificate_error(error: &CertificateError) -> Self {
         use CertificateError as C;
         match error {
             C::UnknownIssuer | C::BadSignature | C::UnknownRevocationStatus => {
                 RefusalReason::Untrusted
             }
-            C::Expired
-            | C::ExpiredContext { .. }
-            | C::NotValidYet
-            | C::NotValidYetContext { .. } => RefusalReason::Expired,
+            C::Expired | C::ExpiredContext { .. } => RefusalReason::Expired,
+            C::NotValidYet | C::NotValidYetContext { .. } => RefusalReason::NotYetValid,
             C::Revoked => RefusalReason::Revoked,
+            C::ExpiredRevocationList | C::ExpiredRevocationListContext { .. } => {
+                RefusalReason::CrlExpired
+            }
             C::InvalidPurpose | C::InvalidPurposeContext { .. } => RefusalReason::WrongPurpose,
             C::ApplicationVerificationFailure => RefusalReason::IdentityDenied,
+            C::Other(OtherError(other)) => {
+                if other.is::<WeakKey>() {
+                    RefusalReason::WeakKey
+                } else if other.is::<StaleCrl>() {
+                    RefusalReason::CrlExpired
+                } else if matches!(
+                    other.downcast_ref::<webpki::Error>(),
+                    Some(webpki::Error::CaUsedAsEndEntity)
+                ) {
+                    RefusalReason::CaAsLeaf
+                } else {
+                    RefusalReason::HandshakeFailed
+                }
+            }
             _ => RefusalReason::HandshakeFailed,
+        }
+    }
+
+    /// The upstream leg's reason for a verdict on the database's
+    /// certificate that [`RefusalReason::from_certificate_error`] gave.
+    pub fn for_upstream(self) -> Self {
+        match self {
+            RefusalReason::Untrusted => RefusalReason::UpstreamUntrusted,
+            RefusalReason::Expired => RefusalReason::UpstreamExpired,
+            RefusalReason::NotYetValid => RefusalReason::UpstreamNotYetValid,
+            RefusalReason::WeakKey => RefusalReason::UpstreamWeakKey,
+            RefusalReason::CaAsLeaf => RefusalReason::UpstreamCaAsLeaf,
+            _ => RefusalReason::UpstreamTlsFailed,
         }
     }
 
@@ -171,6 +232,197 @@ impl fmt::Display for RefusalReason {
     }
 }
 
+/// The smallest RSA modulus webpki verifies signatures with (aws-lc-rs:
+/// 2048 to 8192 bits).
+pub const MIN_RSA_BITS: usize = 2048;
+
+/// A certificate whose public key is too small for any signature
+/// algorithm the proxy verifies with. Without this check webpki reports
+/// the failed signature as `BadSignature`, as if the chain were forged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeakKey {
+    /// The key's size in bits.
+    pub rsa_bits: usize,
+}
+
+impl fmt::Display for WeakKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the certificate's RSA key has {} bits, too small to verify its signatures with; accepted keys are RSA of {MIN_RSA_BITS} to 8192 bits, ECDSA P-256, P-384 or P-521, and Ed25519",
+            self.rsa_bits
+        )
+    }
+}
+
+impl std::error::Error for WeakKey {}
+
+impl From<WeakKey> for rustls::Error {
+    fn from(weak: WeakKey) -> Self {
+        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(std::sync::Arc::new(
+            weak,
+        ))))
+    }
+}
+
+/// A CRL past its nextUpdate, named by file and issuer, where the
+/// listener refuses certificates it no longer vouches for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleCrl {
+    /// The CRL file.
+    pub path: PathBuf,
+    /// The CRL's issuer, the client CA whose certificates it covers.
+    pub issuer: String,
+    /// Its nextUpdate, Unix seconds.
+    pub next_update: i64,
+}
+
+impl fmt::Display for StaleCrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the CRL from {} in {} is stale: its nextUpdate {} has passed, so a certificate revoked since is not in it; certificates of that CA are refused until a fresh CRL is installed (or the listener sets stale_crl = \"allow\")",
+            self.issuer,
+            self.path.display(),
+            rfc3339(self.next_update)
+        )
+    }
+}
+
+impl std::error::Error for StaleCrl {}
+
+impl From<StaleCrl> for rustls::Error {
+    fn from(stale: StaleCrl) -> Self {
+        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(std::sync::Arc::new(
+            stale,
+        ))))
+    }
+}
+
+/// Says in words what failed in a TLS handshake. rustls's own `Display`
+/// shows Rust names (`BadSignature`, `CaUsedAsEndEntity`, alert
+/// `UnknownCA`) for many errors; logs and refusal details get this instead.
+pub fn describe_tls_error(error: &rustls::Error) -> String {
+    use rustls::Error as E;
+    match error {
+        E::NoCertificatesPresented => "no client certificate was presented".to_owned(),
+        E::InvalidCertificate(c) => describe_certificate_error(c),
+        E::AlertReceived(alert) => format!("the peer sent the TLS alert {}", alert_name(*alert)),
+        E::NoApplicationProtocol => "no application protocol (ALPN) in common".to_owned(),
+        E::PeerIncompatible(_) => {
+            "the peer supports no TLS version, cipher suite, key-exchange group or signature scheme this side accepts".to_owned()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Classifies and describes an I/O error from a TLS handshake: rustls
+/// errors travel inside `io::Error`.
+pub fn describe_handshake_io(error: &io::Error) -> String {
+    match error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(tls) => describe_tls_error(tls),
+        None => error.to_string(),
+    }
+}
+
+/// Says in words why a certificate was not accepted.
+pub fn describe_certificate_error(error: &CertificateError) -> String {
+    use CertificateError as C;
+    match error {
+        C::BadEncoding => "the certificate does not parse".to_owned(),
+        C::Expired => "the certificate is expired".to_owned(),
+        C::ExpiredContext { not_after, .. } => format!(
+            "the certificate expired at {}",
+            rfc3339(not_after.as_secs() as i64)
+        ),
+        C::NotValidYet => "the certificate is not valid yet (check the clocks of both hosts)".to_owned(),
+        C::NotValidYetContext { not_before, .. } => format!(
+            "the certificate is not valid before {} (its notBefore is in the future: check the clocks of both hosts, or how it was issued)",
+            rfc3339(not_before.as_secs() as i64)
+        ),
+        C::Revoked => "the certificate is revoked by the CRL".to_owned(),
+        C::UnknownRevocationStatus => {
+            "no CRL covers the certificate's issuer, so its revocation status is unknown".to_owned()
+        }
+        C::ExpiredRevocationList => "the CRL covering the certificate is past its nextUpdate".to_owned(),
+        C::ExpiredRevocationListContext { next_update, .. } => format!(
+            "the CRL covering the certificate is stale: its nextUpdate {} has passed",
+            rfc3339(next_update.as_secs() as i64)
+        ),
+        C::UnknownIssuer => {
+            "the certificate does not chain to a trusted CA (unknown issuer)".to_owned()
+        }
+        C::BadSignature => "a signature in the certificate chain does not verify".to_owned(),
+        C::NotValidForName => "the certificate is not valid for the expected name".to_owned(),
+        // rustls names the expected and presented names in words.
+        C::NotValidForNameContext { .. } => error.to_string(),
+        C::InvalidPurpose => {
+            "the certificate's extended key usage does not allow this use".to_owned()
+        }
+        C::InvalidPurposeContext { .. } => error.to_string(),
+        C::ApplicationVerificationFailure => {
+            "the certificate's identity is not in the allow-list".to_owned()
+        }
+        C::UnhandledCriticalExtension => {
+            "the certificate has a critical extension this verifier does not know".to_owned()
+        }
+        C::Other(OtherError(other)) => match other.downcast_ref::<webpki::Error>() {
+            Some(webpki::Error::CaUsedAsEndEntity) => {
+                "the certificate is a CA certificate (basicConstraints CA:TRUE) presented as an end-entity certificate; present a leaf certificate (CA:FALSE) issued by that CA".to_owned()
+            }
+            Some(_) => "the certificate failed verification".to_owned(),
+            None => other.to_string(),
+        },
+        _ => "the certificate is signed with an algorithm, or carries a key, this verifier does not accept".to_owned(),
+    }
+}
+
+/// The TLS name of an alert (`unknown_ca`), or its number.
+pub fn alert_name(alert: AlertDescription) -> String {
+    use AlertDescription as A;
+    let name = match alert {
+        A::CloseNotify => "close_notify",
+        A::UnexpectedMessage => "unexpected_message",
+        A::BadRecordMac => "bad_record_mac",
+        A::HandshakeFailure => "handshake_failure",
+        A::BadCertificate => "bad_certificate",
+        A::UnsupportedCertificate => "unsupported_certificate",
+        A::CertificateRevoked => "certificate_revoked",
+        A::CertificateExpired => "certificate_expired",
+        A::CertificateUnknown => "certificate_unknown",
+        A::IllegalParameter => "illegal_parameter",
+        A::UnknownCA => "unknown_ca",
+        A::AccessDenied => "access_denied",
+        A::DecodeError => "decode_error",
+        A::DecryptError => "decrypt_error",
+        A::ProtocolVersion => "protocol_version",
+        A::InsufficientSecurity => "insufficient_security",
+        A::InternalError => "internal_error",
+        A::UserCanceled => "user_canceled",
+        A::MissingExtension => "missing_extension",
+        A::UnsupportedExtension => "unsupported_extension",
+        A::UnrecognisedName => "unrecognized_name",
+        A::CertificateRequired => "certificate_required",
+        A::NoApplicationProtocol => "no_application_protocol",
+        other => return format!("number {}", u8::from(other)),
+    };
+    name.to_owned()
+}
+
+/// A Unix time as RFC 3339, or the number if it is out of range.
+pub(crate) fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,8 +445,32 @@ mod tests {
                 RefusalReason::Expired,
             ),
             (
+                E::InvalidCertificate(CertificateError::NotValidYet),
+                RefusalReason::NotYetValid,
+            ),
+            (
                 E::InvalidCertificate(CertificateError::Revoked),
                 RefusalReason::Revoked,
+            ),
+            (
+                E::InvalidCertificate(CertificateError::ExpiredRevocationList),
+                RefusalReason::CrlExpired,
+            ),
+            (
+                StaleCrl {
+                    path: "/etc/intransit/ca.crl".into(),
+                    issuer: "CN=test CA".into(),
+                    next_update: 0,
+                }
+                .into(),
+                RefusalReason::CrlExpired,
+            ),
+            (WeakKey { rsa_bits: 1024 }.into(), RefusalReason::WeakKey),
+            (
+                E::InvalidCertificate(CertificateError::Other(OtherError(std::sync::Arc::new(
+                    webpki::Error::CaUsedAsEndEntity,
+                )))),
+                RefusalReason::CaAsLeaf,
             ),
             (
                 E::InvalidCertificate(CertificateError::InvalidPurpose),
@@ -217,6 +493,11 @@ mod tests {
         ];
         for (error, reason) in cases {
             assert_eq!(RefusalReason::from_tls_error(&error), reason, "{error:?}");
+            // The words say what failed without Rust names.
+            let words = describe_tls_error(&error);
+            for debug_name in ["BadSignature", "CaUsedAsEndEntity", "UnknownCA", "Other("] {
+                assert!(!words.contains(debug_name), "{reason}: {words}");
+            }
             // The same error wrapped the way tokio-rustls reports it.
             let wrapped = io::Error::new(io::ErrorKind::InvalidData, error);
             assert_eq!(RefusalReason::from_handshake_io(&wrapped), reason);
@@ -239,7 +520,11 @@ mod tests {
             RefusalReason::NoClientCert,
             RefusalReason::Untrusted,
             RefusalReason::Expired,
+            RefusalReason::NotYetValid,
             RefusalReason::Revoked,
+            RefusalReason::CrlExpired,
+            RefusalReason::WeakKey,
+            RefusalReason::CaAsLeaf,
             RefusalReason::WrongPurpose,
             RefusalReason::IdentityDenied,
             RefusalReason::UserDenied,
@@ -254,6 +539,9 @@ mod tests {
             RefusalReason::UpstreamTlsRefused,
             RefusalReason::UpstreamUntrusted,
             RefusalReason::UpstreamExpired,
+            RefusalReason::UpstreamNotYetValid,
+            RefusalReason::UpstreamWeakKey,
+            RefusalReason::UpstreamCaAsLeaf,
             RefusalReason::UpstreamNameMismatch,
             RefusalReason::PinMismatch,
             RefusalReason::UpstreamTlsFailed,

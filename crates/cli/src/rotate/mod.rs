@@ -89,12 +89,21 @@ impl Material {
     fn check(chain_pem: Vec<u8>, key_pem: Vec<u8>, origin: &str) -> Result<Material> {
         let chain = CertificateDer::pem_slice_iter(&chain_pem)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| anyhow!("{origin}: the certificate file is not PEM: {e}"))?;
+            .map_err(|e| {
+                anyhow!(
+                    "{origin}: the certificate file is not PEM: {}",
+                    intransit_pki::describe_pem_error(&e)
+                )
+            })?;
         let Some(leaf_der) = chain.first().cloned() else {
             bail!("{origin}: the certificate file holds no certificate");
         };
-        let key = PrivateKeyDer::from_pem_slice(&key_pem)
-            .map_err(|e| anyhow!("{origin}: the key file holds no usable private key: {e}"))?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+            anyhow!(
+                "{origin}: the key file holds no usable private key: {}",
+                intransit_pki::describe_pem_error(&e)
+            )
+        })?;
         let provider = rustls::crypto::aws_lc_rs::default_provider();
         let signing_key = provider
             .key_provider

@@ -385,6 +385,7 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 mod tests {
 
     #[test]
+    #[allow(clippy::unwrap_used)]
     fn a_running_servers_address_comes_from_postmaster_pid() {
         let pid = "4242\n/var/lib/postgresql/15/main\n1765069200\n5433\n/var/run/postgresql\n*\n  5433001   1\nready   \n";
         assert_eq!(

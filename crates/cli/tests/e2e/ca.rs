@@ -436,6 +436,49 @@ fn cert_check_exits_non_zero_for_expiring_certificates() {
     assert!(stdout(&out).contains("expired"), "{}", stdout(&out));
 }
 
+/// `cert check` looks at the CA's CRL and at CRL files given: one going
+/// stale within --crl-warn, or already stale, fails the check.
+#[test]
+fn cert_check_warns_about_crls_going_stale_and_stale() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    ok(cli(&state, &["ca", "init"]));
+    ok(cli(&state, &["ca", "crl", "--days", "1"]));
+    let fine = cli(&state, &["cert", "check", "--crl-warn", "12h"]);
+    assert!(fine.status.success(), "{}", stdout(&fine));
+    let soon = cli(&state, &["cert", "check", "--crl-warn", "2d"]);
+    assert!(!soon.status.success());
+    assert!(
+        stdout(&soon).contains("crl.pem: CRL going stale")
+            && stdout(&soon).contains("intransit ca crl"),
+        "{}",
+        stdout(&soon)
+    );
+
+    let ca = RawCa::new("stale file CA");
+    let crl = ca.dir.path().join("ca.crl");
+    let now = time::OffsetDateTime::now_utc();
+    ca.write_crl(
+        &crl,
+        now - time::Duration::days(30),
+        now - time::Duration::days(23),
+        &[],
+        1,
+    );
+    let out = Command::new(BIN)
+        .args(["cert", "check"])
+        .arg(&crl)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        stdout(&out).contains("CRL stale (CN=stale file CA)")
+            && stdout(&out).contains("crl_expired"),
+        "{}",
+        stdout(&out)
+    );
+}
+
 #[test]
 fn renew_reissues_due_certificates_and_runs_the_hook() {
     let dir = tempfile::tempdir().expect("temp dir");

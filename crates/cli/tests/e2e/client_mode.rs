@@ -83,7 +83,7 @@ fn tunnel_tls_without_cert() -> String {
 fn assert_certificate_required(client: &ProxyProcess, server: &ProxyProcess) {
     let line = client.refusal("upstream_tls_failed");
     let detail = line["detail"].as_str().unwrap_or("");
-    assert!(detail.contains("CertificateRequired"), "{line}");
+    assert!(detail.contains("certificate_required"), "{line}");
     server.refusal("no_client_cert");
 }
 

@@ -34,6 +34,9 @@
 //! - `client_mode`: `mode = "client"` listeners: plaintext applications
 //!   through a client-mode proxy to a server-mode proxy (the mutual-TLS
 //!   tunnel) and to PostgreSQL, MariaDB and Redis with TLS of their own.
+//! - `stale_crl`: a CRL past its nextUpdate refuses (`crl_expired`) or,
+//!   with `stale_crl = "allow"`, admits with a warning; `/readyz`,
+//!   `/status` and `check-config` say so.
 //! - `bench`: `intransit bench` against `--self` and PostgreSQL, MariaDB and
 //!   Redis with native TLS and through the proxy (report structure and
 //!   refusals, never timings).
@@ -57,6 +60,7 @@ mod robustness;
 mod rotate;
 mod scan;
 mod sni;
+mod stale_crl;
 mod status_page;
 mod support;
 mod tls_protocol;

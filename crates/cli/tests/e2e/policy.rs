@@ -310,3 +310,120 @@ fn a_crl_file_that_leaves_a_client_ca_uncovered_is_refused_naming_the_ca() {
     assert!(err.contains("has no CRL from the client CA"), "{err}");
     assert!(err.contains("intransit test database CA"), "{err}");
 }
+
+/// openssl s_client presenting `cert` with an RSA-1024 key, which libpq
+/// refuses to load at its default security level; returns its output.
+fn weak_key_s_client(port: u16, cert: &CertificatePaths) -> String {
+    let openssl = intransit_testkit::require_tool("openssl", "openssl").expect("openssl");
+    let out = std::process::Command::new(openssl)
+        .args(["s_client", "-starttls", "postgres", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["-servername", "localhost", "-CAfile"])
+        .arg(&pki().ca)
+        .arg("-cert")
+        .arg(&cert.cert)
+        .arg("-key")
+        .arg(&cert.key)
+        // Security level 0 lets OpenSSL send a 1024-bit key at all; keep
+        // reading after stdin ends, until the proxy's alert arrives.
+        .args(["-cipher", "DEFAULT:@SECLEVEL=0", "-ign_eof"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running openssl s_client");
+    let text = format!("{}\n{}", stdout(&out), stderr(&out));
+    assert!(!out.status.success(), "s_client succeeded: {text}");
+    text
+}
+
+/// Certificates whose refusal used to be reported under another reason
+/// (`expired`, `handshake_failed`, `untrusted`) get their own, in the log
+/// line, the audit event and the metrics, and never reach PostgreSQL.
+#[test]
+fn misleading_certificates_are_refused_under_their_own_reasons() {
+    let sentinel = Sentinel::start();
+    let ca = RawCa::new("verdicts test CA");
+    let audit = ca.dir.path().join("audit.jsonl");
+    let tomorrow = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+    let (post_dated, _) = ca.client("post-dated", |p| p.not_before = tomorrow);
+    let (ca_leaf, _) = ca.client("ca-leaf", |p| {
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained)
+    });
+    let weak = ca.weak_rsa_client("weak-rsa");
+    let base = listener_toml(&sentinel.addr.to_string(), "", "");
+    let theirs = format!("client_ca = \"{}\"", pki().ca.display());
+    assert!(base.contains(&theirs));
+    let config = format!(
+        "{ADMIN_ON}audit_log = \"{}\"\n{}",
+        audit.display(),
+        base.replace(&theirs, &format!("client_ca = \"{}\"", ca.ca.display()))
+    );
+    let proxy = ProxyProcess::start(&config);
+    let cases = [
+        (
+            &post_dated,
+            "not_yet_valid",
+            "cn:post-dated",
+            "not valid before",
+            "certificate expired",
+        ),
+        (
+            &ca_leaf,
+            "ca_as_leaf",
+            "cn:ca-leaf",
+            "CA certificate (basicConstraints CA:TRUE)",
+            "certificate unknown",
+        ),
+        (
+            &weak,
+            "weak_key",
+            "cn:weak-rsa",
+            "RSA key has 1024 bits",
+            "certificate unknown",
+        ),
+    ];
+    for (cert, reason, identity, words, alert) in cases {
+        let err = if reason == "weak_key" {
+            weak_key_s_client(proxy.port(), cert)
+        } else {
+            refused_psql(proxy.port(), Some(cert))
+        };
+        assert!(err.contains(alert), "{reason}: {err}");
+        let line = proxy.refusal(reason);
+        assert_eq!(line["identity"], identity, "{line}");
+        assert!(
+            line["detail"].as_str().is_some_and(|d| d.contains(words)),
+            "{line}"
+        );
+        proxy.wait_for_log(std::time::Duration::from_secs(10), |v| {
+            v["message"] == "connection audit" && v["outcome"] == reason
+        });
+    }
+    let m = proxy.metrics();
+    for (_, reason, ..) in cases {
+        assert_eq!(
+            m.sum("intransit_handshakes_total", &[("outcome", reason)]),
+            1.0,
+            "{reason}:\n{}",
+            m.text
+        );
+    }
+    for reason in ["expired", "untrusted", "handshake_failed"] {
+        assert_eq!(
+            m.sum("intransit_handshakes_total", &[("outcome", reason)]),
+            0.0,
+            "{reason}:\n{}",
+            m.text
+        );
+    }
+    let text = std::fs::read_to_string(&audit).expect("audit log");
+    for (_, reason, identity, ..) in cases {
+        let cn = identity.trim_start_matches("cn:");
+        assert!(
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .any(|e| e["outcome"] == reason && e["client_cert"]["cn"] == cn),
+            "{reason}: {text}"
+        );
+    }
+    assert_eq!(sentinel.connections(), 0);
+}

@@ -755,3 +755,154 @@ pub fn cancel_a_running_query(
         v["message"] == "cancel request forwarded"
     })
 }
+
+/// A client CA made with rcgen directly, for what `intransit ca` never
+/// issues: CRLs dated in the past, post-dated certificates, CA:TRUE
+/// leaves and RSA-1024 keys.
+pub struct RawCa {
+    pub dir: TempDir,
+    /// The CA certificate, PEM: the listener's `client_ca`.
+    pub ca: PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl RawCa {
+    pub fn new(name: &str) -> RawCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, cert.pem()).expect("writing the CA");
+        RawCa {
+            dir,
+            ca,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// The parameters of a client certificate with CN `cn`, valid from
+    /// yesterday for 30 days; `edit` changes them.
+    fn client_params(cn: &str) -> rcgen::CertificateParams {
+        let now = time::OffsetDateTime::now_utc();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = now - time::Duration::days(1);
+        params.not_after = now + time::Duration::days(30);
+        params
+    }
+
+    /// Issues a client certificate with a fresh P-256 key, with `edit`
+    /// applied to its parameters. Returns its files and serial (hex).
+    pub fn client(
+        &self,
+        cn: &str,
+        edit: impl FnOnce(&mut rcgen::CertificateParams),
+    ) -> (CertificatePaths, rcgen::SerialNumber) {
+        let key = rcgen::KeyPair::generate().expect("client key");
+        let mut params = Self::client_params(cn);
+        let serial = rcgen::SerialNumber::from_slice(&rand_serial(cn));
+        params.serial_number = Some(serial.clone());
+        edit(&mut params);
+        let cert = params.signed_by(&key, &self.issuer).expect("signing");
+        (self.write(cn, &cert.pem(), &key.serialize_pem()), serial)
+    }
+
+    /// Issues a client certificate for an RSA-1024 key from `openssl
+    /// genrsa`, which aws-lc-rs does not generate.
+    pub fn weak_rsa_client(&self, cn: &str) -> CertificatePaths {
+        let openssl = intransit_testkit::require_tool("openssl", "openssl").expect("openssl");
+        let key_path = self.dir.path().join(format!("{cn}-rsa1024.key"));
+        let made = Command::new(&openssl)
+            .args(["genrsa", "-out"])
+            .arg(&key_path)
+            .arg("1024")
+            .output()
+            .expect("running openssl genrsa");
+        assert!(made.status.success(), "{}", stderr(&made));
+        let public = Command::new(&openssl)
+            .args(["rsa", "-pubout", "-in"])
+            .arg(&key_path)
+            .output()
+            .expect("running openssl rsa -pubout");
+        assert!(public.status.success(), "{}", stderr(&public));
+        let spki = rcgen::SubjectPublicKeyInfo::from_pem(&String::from_utf8_lossy(&public.stdout))
+            .expect("the RSA-1024 public key");
+        let cert = Self::client_params(cn)
+            .signed_by(&spki, &self.issuer)
+            .expect("signing");
+        let key = std::fs::read_to_string(&key_path).expect("reading the RSA key");
+        self.write(cn, &cert.pem(), &key)
+    }
+
+    fn write(&self, name: &str, cert: &str, key: &str) -> CertificatePaths {
+        let paths = CertificatePaths::in_dir(&self.dir.path().join(name));
+        std::fs::create_dir_all(&paths.dir).expect("certificate directory");
+        std::fs::write(&paths.cert, cert).expect("writing the certificate");
+        std::fs::write(&paths.key, key).expect("writing the key");
+        // libpq refuses a key file that others may read.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&paths.key, std::fs::Permissions::from_mode(0o600))
+            .expect("key mode");
+        paths
+    }
+
+    /// A CRL issued at `this_update`, due again at `next_update`,
+    /// revoking `revoked`, written to `path` by rename (as a CRL is
+    /// published), so a watcher sees one complete file.
+    pub fn write_crl(
+        &self,
+        path: &Path,
+        this_update: time::OffsetDateTime,
+        next_update: time::OffsetDateTime,
+        revoked: &[&rcgen::SerialNumber],
+        number: u64,
+    ) {
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update,
+            next_update,
+            crl_number: rcgen::SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|serial| rcgen::RevokedCertParams {
+                    serial_number: (*serial).clone(),
+                    revocation_time: this_update,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer)
+        .expect("signing the CRL");
+        let staged = path.with_extension("new");
+        std::fs::write(&staged, crl.pem().expect("CRL PEM")).expect("writing the CRL");
+        std::fs::rename(&staged, path).expect("publishing the CRL");
+    }
+}
+
+/// A serial number that differs per certificate name and run.
+fn rand_serial(name: &str) -> [u8; 16] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = [0u8; 16];
+    for (i, chunk) in out.chunks_mut(8).enumerate() {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write(name.as_bytes());
+        h.write_usize(i);
+        // A positive INTEGER: the top bit clear.
+        chunk.copy_from_slice(&(h.finish() & 0x7fff_ffff_ffff_ffff).to_be_bytes());
+    }
+    out
+}

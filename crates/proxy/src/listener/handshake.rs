@@ -24,7 +24,7 @@ use crate::conn::{ConnectionContext, Negotiated, Refused};
 use crate::listener::server_mode::{PreparedListener, PreparedRoute};
 use crate::metrics::NO_IDENTITY;
 use crate::net::{close_with, BoxStream, Rewind};
-use crate::refusal::RefusalReason;
+use crate::refusal::{describe_handshake_io, describe_tls_error, RefusalReason};
 use crate::tls::facts::TlsFacts;
 use crate::tls::listener::PresentedCertificate;
 
@@ -120,7 +120,7 @@ pub(crate) async fn accept(
     let stream = stream.map_err(|e| {
         Refused::new(
             RefusalReason::from_handshake_io(&e),
-            format!("TLS handshake: {e}"),
+            format!("TLS handshake: {}", describe_handshake_io(&e)),
         )
         .presented(presented.identity())
     })?;
@@ -168,7 +168,10 @@ pub(crate) async fn accept(
             close_with(&mut stream, on_rejected).await;
             return Err(Refused::new(
                 RefusalReason::from_tls_error(&e),
-                format!("resumed session re-verification: {e}"),
+                format!(
+                    "resumed session re-verification: {}",
+                    describe_tls_error(&e)
+                ),
             ));
         }
     }

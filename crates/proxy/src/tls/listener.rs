@@ -8,11 +8,12 @@
 //! writes to a socket.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use intransit_config::{ClientAuth, ServerTls, TlsVersion};
+use intransit_config::{ClientAuth, ServerTls, StaleCrl, TlsVersion};
 use intransit_policy::{AllowList, ClientIdentity};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
@@ -26,6 +27,7 @@ use rustls::{
 };
 
 use crate::error::ProxyError;
+use crate::refusal;
 use crate::tls::material::{self, SourceFingerprint};
 use crate::tls::reloadable::{Fingerprinted, ReloadError, ReloadFailure, Reloadable, Reloaded};
 
@@ -81,7 +83,7 @@ fn parse_crls(
     if bytes.starts_with(b"-----") {
         let crls = CertificateRevocationListDer::pem_slice_iter(bytes)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ProxyError::file("CRL", path, format!("{e} (is the file complete?)")))?;
+            .map_err(|e| ProxyError::file("CRL", path, intransit_pki::describe_pem_error(&e)))?;
         if crls.is_empty() {
             return Err(ProxyError::file("CRL", path, "no PEM X509 CRL block found"));
         }
@@ -145,6 +147,8 @@ pub struct TlsMaterial {
     pub server_cert: LoadedCertificate,
     /// The trust anchors client certificates must chain to.
     pub trust_anchors: Vec<LoadedCertificate>,
+    /// The CRLs client certificates are checked against.
+    pub crls: Vec<LoadedCrl>,
     /// The client policy this material enforces, for status pages.
     pub policy: PolicySummary,
     /// When this material was loaded.
@@ -170,8 +174,43 @@ pub struct PolicySummary {
     pub client_auth: String,
     /// Whether a CRL is checked.
     pub crl: bool,
+    /// What happens to client certificates once a CRL is past its
+    /// nextUpdate.
+    pub stale_crl: StaleCrl,
     /// Identity allow-list patterns; empty allows any trusted certificate.
     pub allow: Vec<String>,
+}
+
+/// What the proxy knows about a CRL it checks client certificates against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedCrl {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Issuer distinguished name: the client CA whose certificates it covers.
+    pub issuer: String,
+    /// thisUpdate, as seconds since the Unix epoch.
+    pub this_update_unix: i64,
+    /// nextUpdate, as seconds since the Unix epoch; `None` when the CRL
+    /// has none (it then never goes stale).
+    pub next_update_unix: Option<i64>,
+}
+
+impl LoadedCrl {
+    pub(crate) fn from_der(der: &[u8], path: &Path) -> Result<Self, ProxyError> {
+        let (_, parsed) = x509_parser::parse_x509_crl(der)
+            .map_err(|e| ProxyError::file("CRL", path, format!("does not parse: {e}")))?;
+        Ok(LoadedCrl {
+            path: path.to_owned(),
+            issuer: parsed.issuer().to_string(),
+            this_update_unix: parsed.last_update().timestamp(),
+            next_update_unix: parsed.next_update().map(|t| t.timestamp()),
+        })
+    }
+
+    /// Whether the CRL is past its nextUpdate at `now` (Unix seconds).
+    pub fn is_stale(&self, now: i64) -> bool {
+        self.next_update_unix.is_some_and(|next| next <= now)
+    }
 }
 
 /// What the proxy knows about a certificate it serves.
@@ -360,6 +399,7 @@ fn build_material(
         .with_protocol_versions(versions(tls.min_version))
         .map_err(|e| ProxyError::Tls(e.to_string()))?;
     let mut trust_anchors = Vec::new();
+    let mut loaded_crls = Vec::new();
     let (builder, verifier) = match tls.client_auth {
         ClientAuth::None => (builder.with_no_client_auth(), None),
         ClientAuth::Required | ClientAuth::Optional => {
@@ -382,9 +422,15 @@ fn build_material(
                 let crls = parse_crls(crl_bytes, crl)?;
                 for der in &crls {
                     material::check_crl_issuer(der, &anchors, crl, ca_path)?;
+                    loaded_crls.push(LoadedCrl::from_der(der, crl)?);
                 }
                 material::check_crls_cover_anchors(&crls, &anchors, crl, ca_path)?;
                 vb = vb.with_crls(crls);
+                // webpki ignores nextUpdate unless asked; a stale CRL then
+                // vouches for certificates revoked after it was issued.
+                if tls.stale_crl == StaleCrl::Refuse {
+                    vb = vb.enforce_revocation_expiration();
+                }
             }
             if tls.client_auth == ClientAuth::Optional {
                 vb = vb.allow_unauthenticated();
@@ -393,6 +439,9 @@ fn build_material(
             let verifier = Arc::new(PolicyVerifier {
                 inner,
                 allow: tls.allow.clone(),
+                crls: loaded_crls.clone(),
+                stale_crl: tls.stale_crl,
+                stale_logged: AtomicBool::new(false),
             });
             (
                 builder.with_client_cert_verifier(verifier.clone()),
@@ -416,10 +465,12 @@ fn build_material(
         source: files.fingerprint(tls),
         server_cert,
         trust_anchors,
+        crls: loaded_crls,
         policy: PolicySummary {
             min_version: tls.min_version.to_string(),
             client_auth: tls.client_auth.to_string(),
             crl: tls.crl.is_some(),
+            stale_crl: tls.stale_crl,
             allow: tls.allow.patterns().iter().map(|p| p.to_string()).collect(),
         },
         loaded_at: SystemTime::now(),
@@ -428,11 +479,83 @@ fn build_material(
 
 /// webpki's client verifier plus the listener's identity allow-list, so an
 /// identity that is not allowed fails the handshake with `access_denied`.
-/// It also records the presented certificate for the connection's log.
+/// It also records the presented certificate for the connection's log,
+/// names the CRL file and CA behind a stale-CRL refusal, and refuses an
+/// RSA key too small to verify with as such, before webpki would report
+/// its signature as bad.
 #[derive(Debug)]
 pub struct PolicyVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     allow: AllowList,
+    crls: Vec<LoadedCrl>,
+    stale_crl: StaleCrl,
+    /// Set once this material has logged that a CRL went stale, so a busy
+    /// listener says it once per load rather than once per connection.
+    stale_logged: AtomicBool,
+}
+
+impl PolicyVerifier {
+    /// Turns webpki's verdict into one that says what is wrong: a stale
+    /// CRL named by file and issuer, a weak key instead of a bad signature.
+    fn explain(
+        &self,
+        error: rustls::Error,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> rustls::Error {
+        match &error {
+            rustls::Error::InvalidCertificate(CertificateError::ExpiredRevocationListContext {
+                next_update,
+                ..
+            }) => {
+                let next_update = next_update.as_secs() as i64;
+                let Some(crl) = self
+                    .crls
+                    .iter()
+                    .find(|c| c.next_update_unix == Some(next_update))
+                else {
+                    return error;
+                };
+                self.log_stale_once(crl);
+                refusal::StaleCrl {
+                    path: crl.path.clone(),
+                    issuer: crl.issuer.clone(),
+                    next_update,
+                }
+                .into()
+            }
+            rustls::Error::InvalidCertificate(CertificateError::BadSignature) => {
+                std::iter::once(end_entity)
+                    .chain(intermediates)
+                    .find_map(material::weak_key)
+                    .map_or(error, rustls::Error::from)
+            }
+            _ => error,
+        }
+    }
+
+    /// Logs, once per loaded material, that a CRL is stale and what the
+    /// listener does about it.
+    fn log_stale_once(&self, crl: &LoadedCrl) {
+        if self.stale_logged.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let next_update = refusal::rfc3339(crl.next_update_unix.unwrap_or_default());
+        match self.stale_crl {
+            StaleCrl::Refuse => tracing::warn!(
+                crl = %crl.path.display(),
+                issuer = %crl.issuer,
+                next_update = %next_update,
+                "CRL is past its nextUpdate: client certificates of this CA are refused (crl_expired) until a fresh CRL is installed"
+            ),
+            StaleCrl::Allow => tracing::warn!(
+                crl = %crl.path.display(),
+                issuer = %crl.issuer,
+                next_update = %next_update,
+                "CRL is past its nextUpdate and stale_crl = \"allow\": client certificates of this CA are admitted although one revoked since the CRL was issued would not be in it"
+            ),
+        }
+    }
 }
 
 impl ClientCertVerifier for PolicyVerifier {
@@ -457,7 +580,19 @@ impl ClientCertVerifier for PolicyVerifier {
         PresentedCertificate::record(end_entity);
         let verified = self
             .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
+            .verify_client_cert(end_entity, intermediates, now)
+            .map_err(|e| self.explain(e, end_entity, intermediates))?;
+        // webpki accepts the chain (the CA's signature is fine) and only the
+        // client's own signature with that key would fail, as BadSignature.
+        if let Some(weak) = material::weak_key(end_entity) {
+            return Err(weak.into());
+        }
+        if self.stale_crl == StaleCrl::Allow {
+            let now = now.as_secs() as i64;
+            if let Some(stale) = self.crls.iter().find(|c| c.is_stale(now)) {
+                self.log_stale_once(stale);
+            }
+        }
         if self.allow.is_empty() {
             return Ok(verified);
         }
@@ -543,6 +678,7 @@ mod tests {
         CertificateAuthority, CertificateKind, IssueRequest, IssuedCertificate, KeyAlgorithm,
         Validity,
     };
+    use rustls::pki_types::CertificateDer;
 
     fn ca(name: &str) -> CertificateAuthority {
         CertificateAuthority::generate(name, KeyAlgorithm::EcdsaP256, Validity::days_from_now(10))
@@ -575,6 +711,7 @@ mod tests {
                 key: dir.path().join("key.pem"),
                 client_ca: Some(dir.path().join("ca.pem")),
                 crl: None,
+                stale_crl: intransit_config::StaleCrl::Refuse,
                 min_version: TlsVersion::V1_3,
                 client_auth: ClientAuth::Required,
                 allow: AllowList::default(),
@@ -710,6 +847,8 @@ mod tests {
             std::fs::write(&files.tls.key, &key).unwrap();
             let err = tls.reload(&files.tls).expect_err(case);
             assert!(err.to_string().contains(reason), "{case}: {err}");
+            // Words, never the bytes of a PEM label as a list of numbers.
+            assert!(!err.to_string().contains('['), "{case}: {err}");
             assert!(!err.repeated, "{case}");
             assert!(tls.reload(&files.tls).unwrap_err().repeated, "{case}");
             assert_eq!(served(&tls), fingerprint(&good), "{case}");
@@ -780,5 +919,169 @@ mod tests {
         std::fs::write(&crl_path, format!("{first_crl}{second_crl}")).unwrap();
         let tls = ListenerTls::build(&tls_config, Vec::new()).unwrap();
         assert!(tls.snapshot().policy.crl);
+    }
+
+    /// A CA made with rcgen directly, for leaves the CA crate refuses to
+    /// issue (CA:TRUE leaves, RSA-1024 keys) and CRLs dated in the past.
+    struct RawCa {
+        pem: String,
+        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    }
+
+    fn raw_ca() -> RawCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "raw test CA");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        RawCa {
+            pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    fn client_params(now: time::OffsetDateTime) -> rcgen::CertificateParams {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "trainer");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = now - time::Duration::days(1);
+        params.not_after = now + time::Duration::days(5);
+        params
+    }
+
+    fn crl_pem(
+        ca: &RawCa,
+        this_update: time::OffsetDateTime,
+        next_update: time::OffsetDateTime,
+    ) -> String {
+        rcgen::CertificateRevocationListParams {
+            this_update,
+            next_update,
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: vec![],
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&ca.issuer)
+        .unwrap()
+        .pem()
+        .unwrap()
+    }
+
+    /// The listener's own files, with `ca` as the client CA and `crl`.
+    fn listener_trusting(ca: &RawCa, crl: Option<&str>, stale_crl: StaleCrl) -> (Files, ServerTls) {
+        let server_ca = self::ca("server CA");
+        let files = Files::new(&server_ca, &server(&server_ca, Validity::days_from_now(5)));
+        std::fs::write(files.tls.client_ca.as_ref().unwrap(), &ca.pem).unwrap();
+        let mut tls = files.tls.clone();
+        if let Some(crl) = crl {
+            let path = files.dir.path().join("ca.crl");
+            std::fs::write(&path, crl).unwrap();
+            tls.crl = Some(path);
+        }
+        tls.stale_crl = stale_crl;
+        (files, tls)
+    }
+
+    fn verdict(tls: &ServerTls, leaf: &CertificateDer<'static>) -> Result<(), rustls::Error> {
+        ListenerTls::build(tls, Vec::new())
+            .unwrap()
+            .snapshot()
+            .reverify(std::slice::from_ref(leaf))
+    }
+
+    #[test]
+    fn a_stale_crl_refuses_by_default_and_names_its_file() {
+        let ca = raw_ca();
+        let now = time::OffsetDateTime::now_utc();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = client_params(now)
+            .signed_by(&key, &ca.issuer)
+            .unwrap()
+            .der()
+            .clone();
+        let stale = crl_pem(
+            &ca,
+            now - time::Duration::days(30),
+            now - time::Duration::days(23),
+        );
+
+        let (_files, refusing) = listener_trusting(&ca, Some(&stale), StaleCrl::Refuse);
+        let material = ListenerTls::build(&refusing, Vec::new())
+            .unwrap()
+            .snapshot();
+        assert!(material.crls[0].is_stale(now.unix_timestamp()));
+        let err = verdict(&refusing, &leaf).unwrap_err();
+        assert_eq!(
+            refusal::RefusalReason::from_tls_error(&err),
+            refusal::RefusalReason::CrlExpired
+        );
+        let detail = refusal::describe_tls_error(&err);
+        assert!(
+            detail.contains("ca.crl") && detail.contains("raw test CA") && detail.contains("stale"),
+            "{detail}"
+        );
+
+        let (_files, allowing) = listener_trusting(&ca, Some(&stale), StaleCrl::Allow);
+        verdict(&allowing, &leaf).unwrap();
+
+        // A fresh CRL admits the same certificate under the default.
+        let fresh = crl_pem(
+            &ca,
+            now - time::Duration::days(1),
+            now + time::Duration::days(6),
+        );
+        let (_files, fresh) = listener_trusting(&ca, Some(&fresh), StaleCrl::Refuse);
+        verdict(&fresh, &leaf).unwrap();
+    }
+
+    #[test]
+    fn misleading_verdicts_get_their_own_reasons() {
+        use refusal::RefusalReason as R;
+        let ca = raw_ca();
+        let now = time::OffsetDateTime::now_utc();
+        let (_files, tls) = listener_trusting(&ca, None, StaleCrl::Refuse);
+
+        let mut future = client_params(now);
+        future.not_before = now + time::Duration::days(1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let future = future.signed_by(&key, &ca.issuer).unwrap().der().clone();
+
+        let mut as_ca = client_params(now);
+        as_ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let as_ca = as_ca.signed_by(&key, &ca.issuer).unwrap().der().clone();
+
+        let weak =
+            rcgen::SubjectPublicKeyInfo::from_pem(include_str!("../../testdata/rsa-1024.pub.pem"))
+                .unwrap();
+        let weak = client_params(now)
+            .signed_by(&weak, &ca.issuer)
+            .unwrap()
+            .der()
+            .clone();
+
+        let cases = [
+            (future, R::NotYetValid, "not valid before"),
+            (
+                as_ca,
+                R::CaAsLeaf,
+                "CA certificate (basicConstraints CA:TRUE)",
+            ),
+            (weak, R::WeakKey, "RSA key has 1024 bits"),
+        ];
+        for (leaf, reason, words) in cases {
+            let err = verdict(&tls, &leaf).unwrap_err();
+            assert_eq!(R::from_tls_error(&err), reason, "{err:?}");
+            let detail = refusal::describe_tls_error(&err);
+            assert!(detail.contains(words), "{reason}: {detail}");
+        }
     }
 }

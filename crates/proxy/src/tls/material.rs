@@ -21,6 +21,7 @@ use rustls::InconsistentKeys;
 use sha2::{Digest, Sha256};
 
 use crate::error::ProxyError;
+use crate::refusal::{WeakKey, MIN_RSA_BITS};
 
 /// SHA-256 over a route's settings and the bytes of every file they name.
 /// Equal fingerprints mean a reload would build the same material, so it
@@ -73,7 +74,7 @@ pub(crate) fn parse_certs(
 ) -> Result<Vec<CertificateDer<'static>>, ProxyError> {
     let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ProxyError::file(what, path, format!("{e} (is the file complete?)")))?;
+        .map_err(|e| ProxyError::file(what, path, intransit_pki::describe_pem_error(&e)))?;
     if certs.is_empty() {
         return Err(ProxyError::file(
             what,
@@ -90,8 +91,15 @@ pub(crate) fn parse_key(
     path: &Path,
     what: &str,
 ) -> Result<PrivateKeyDer<'static>, ProxyError> {
-    PrivateKeyDer::from_pem_slice(bytes)
-        .map_err(|e| ProxyError::file(what, path, format!("{e} (is the file complete?)")))
+    PrivateKeyDer::from_pem_slice(bytes).map_err(|e| {
+        let reason = match e {
+            rustls::pki_types::pem::Error::NoItemsFound => {
+                "no unencrypted PEM private key (PKCS#8, SEC1 or PKCS#1) found (is the file complete?)".to_owned()
+            }
+            other => intransit_pki::describe_pem_error(&other),
+        };
+        ProxyError::file(what, path, reason)
+    })
 }
 
 /// The certificate's validity window, as Unix seconds.
@@ -280,6 +288,20 @@ pub(crate) fn check_crls_cover_anchors(
         }
     }
     Ok(())
+}
+
+/// The key of a certificate too small to verify signatures with (RSA
+/// below [`MIN_RSA_BITS`]), if it is one.
+pub(crate) fn weak_key(cert: &CertificateDer<'_>) -> Option<WeakKey> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    match parsed.public_key().parsed().ok()? {
+        x509_parser::public_key::PublicKey::RSA(rsa) if rsa.key_size() < MIN_RSA_BITS => {
+            Some(WeakKey {
+                rsa_bits: rsa.key_size(),
+            })
+        }
+        _ => None,
+    }
 }
 
 fn rfc3339(unix: i64) -> String {

@@ -13,8 +13,8 @@ pub(crate) mod upstream;
 
 pub use facts::TlsFacts;
 pub use listener::{
-    crypto_provider, load_certs, ListenerTls, LoadedCertificate, PolicySummary, PolicyVerifier,
-    PresentedCertificate, TlsMaterial,
+    crypto_provider, load_certs, ListenerTls, LoadedCertificate, LoadedCrl, PolicySummary,
+    PolicyVerifier, PresentedCertificate, TlsMaterial,
 };
 pub use material::SourceFingerprint;
 pub use reloadable::{ReloadError, ReloadFailure, Reloaded};

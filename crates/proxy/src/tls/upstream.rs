@@ -31,7 +31,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::error::ProxyError;
 use crate::net::BoxStream;
-use crate::refusal::RefusalReason;
+use crate::refusal::{alert_name, describe_tls_error, RefusalReason};
 use crate::tls::facts::TlsFacts;
 use crate::tls::listener::{crypto_provider, LoadedCertificate};
 use crate::tls::material::{self, SourceFingerprint};
@@ -451,29 +451,23 @@ impl UpstreamMaterial {
             };
         };
         let reason = match tls {
-            rustls::Error::InvalidCertificate(cert) => match cert {
-                CertificateError::Other(OtherError(other)) => {
+            rustls::Error::InvalidCertificate(cert) => {
+                if let CertificateError::Other(OtherError(other)) = cert {
                     if let Some(mismatch) = other.downcast_ref::<PinMismatch>() {
                         return UpstreamTlsFailure {
                             reason: RefusalReason::PinMismatch,
                             detail: format!("{context}: {mismatch}"),
                         };
                     }
-                    RefusalReason::UpstreamTlsFailed
                 }
-                CertificateError::NotValidForName
-                | CertificateError::NotValidForNameContext { .. } => {
-                    RefusalReason::UpstreamNameMismatch
+                match cert {
+                    CertificateError::NotValidForName
+                    | CertificateError::NotValidForNameContext { .. } => {
+                        RefusalReason::UpstreamNameMismatch
+                    }
+                    other => RefusalReason::from_certificate_error(other).for_upstream(),
                 }
-                CertificateError::UnknownIssuer | CertificateError::BadSignature => {
-                    RefusalReason::UpstreamUntrusted
-                }
-                CertificateError::Expired
-                | CertificateError::ExpiredContext { .. }
-                | CertificateError::NotValidYet
-                | CertificateError::NotValidYetContext { .. } => RefusalReason::UpstreamExpired,
-                _ => RefusalReason::UpstreamTlsFailed,
-            },
+            }
             _ => RefusalReason::UpstreamTlsFailed,
         };
         let what = match tls {
@@ -482,9 +476,9 @@ impl UpstreamMaterial {
                     .to_owned()
             }
             rustls::Error::AlertReceived(alert) => {
-                format!("the server sent the alert {alert:?} (did it want a client certificate, or one it trusts?)")
+                format!("the server sent the TLS alert {} (did it want a client certificate, or one it trusts?)", alert_name(*alert))
             }
-            other => other.to_string(),
+            other => describe_tls_error(other),
         };
         UpstreamTlsFailure {
             reason,
@@ -503,9 +497,10 @@ pub(crate) fn failure_after_handshake(error: &io::Error) -> Option<UpstreamTlsFa
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())?;
     let what = match tls {
         rustls::Error::AlertReceived(alert) => format!(
-            "the server sent the alert {alert:?} after the handshake (a TLS 1.3 server checks the client certificate then: did it want one, or one it trusts?)"
+            "the server sent the TLS alert {} after the handshake (a TLS 1.3 server checks the client certificate then: did it want one, or one it trusts?)",
+            alert_name(*alert)
         ),
-        other => format!("after the handshake: {other}"),
+        other => format!("after the handshake: {}", describe_tls_error(other)),
     };
     Some(UpstreamTlsFailure {
         reason: RefusalReason::UpstreamTlsFailed,
@@ -572,8 +567,24 @@ impl ServerCertVerifier for UpstreamVerifier {
                         | CertificateError::NotValidForNameContext { .. },
                     )),
                 ) => {}
+                // A key too small to verify with fails as BadSignature;
+                // say so instead.
+                (_, Err(rustls::Error::InvalidCertificate(CertificateError::BadSignature))) => {
+                    if let Some(weak) = std::iter::once(end_entity)
+                        .chain(intermediates)
+                        .find_map(material::weak_key)
+                    {
+                        return Err(weak.into());
+                    }
+                    return Err(CertificateError::BadSignature.into());
+                }
                 (_, Err(e)) => return Err(e),
             }
+        }
+        // The server's handshake signature with such a key would fail as
+        // BadSignature, in every mode.
+        if let Some(weak) = material::weak_key(end_entity) {
+            return Err(weak.into());
         }
         self.check_pins(end_entity)?;
         Ok(ServerCertVerified::assertion())
@@ -760,6 +771,80 @@ mod tests {
         assert_eq!(reason_of(expired).reason, RefusalReason::UpstreamExpired);
     }
 
+    /// A not-yet-valid certificate, a CA certificate and an RSA-1024 key
+    /// each get their own reason, not `upstream_expired`,
+    /// `upstream_tls_failed` and `upstream_untrusted`.
+    #[test]
+    fn misleading_verdicts_on_the_database_certificate_get_their_own_reasons() {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let mut roots = RootCertStore::empty();
+        roots.add(ca_cert.der().clone()).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let params = || {
+            let mut params = rcgen::CertificateParams::new(vec!["db.internal".to_owned()]).unwrap();
+            params.not_before = now - time::Duration::days(1);
+            params.not_after = now + time::Duration::days(5);
+            params
+        };
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut future = params();
+        future.not_before = now + time::Duration::days(1);
+        let future = future.signed_by(&key, &issuer).unwrap().der().clone();
+        let mut as_ca = params();
+        as_ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let as_ca = as_ca.signed_by(&key, &issuer).unwrap().der().clone();
+        let weak =
+            rcgen::SubjectPublicKeyInfo::from_pem(include_str!("../../testdata/rsa-1024.pub.pem"))
+                .unwrap();
+        let weak = params().signed_by(&weak, &issuer).unwrap().der().clone();
+        let f = Fixture {
+            roots: Arc::new(roots),
+            ..fixture()
+        };
+        let cases = [
+            (
+                UpstreamTlsMode::VerifyFull,
+                &future,
+                RefusalReason::UpstreamNotYetValid,
+                "not valid before",
+            ),
+            (
+                UpstreamTlsMode::VerifyFull,
+                &as_ca,
+                RefusalReason::UpstreamCaAsLeaf,
+                "CA certificate",
+            ),
+            (
+                UpstreamTlsMode::VerifyFull,
+                &weak,
+                RefusalReason::UpstreamWeakKey,
+                "1024 bits",
+            ),
+            // Without chain checks the key would still fail the handshake
+            // signature, so it is refused as such in every mode.
+            (
+                UpstreamTlsMode::Require,
+                &weak,
+                RefusalReason::UpstreamWeakKey,
+                "1024 bits",
+            ),
+        ];
+        for (mode, leaf, reason, words) in cases {
+            let v = verifier(&f, mode, &[]);
+            let failure = reason_of(check(&v, leaf, "db.internal").unwrap_err());
+            assert_eq!(failure.reason, reason, "{}", failure.detail);
+            assert!(
+                failure.detail.contains(words),
+                "{reason}: {}",
+                failure.detail
+            );
+        }
+    }
+
     #[test]
     fn verify_ca_forgives_only_the_name() {
         let f = fixture();
@@ -803,7 +888,9 @@ mod tests {
         ));
         assert_eq!(failure.reason, RefusalReason::UpstreamTlsFailed);
         assert!(
-            failure.detail.contains("CertificateRequired"),
+            failure
+                .detail
+                .contains("the TLS alert certificate_required"),
             "{}",
             failure.detail
         );
