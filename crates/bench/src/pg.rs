@@ -51,12 +51,12 @@ pub enum BenchError {
     #[error("invalid server name {0:?}")]
     ServerName(String),
     /// A socket or TLS operation failed.
-    #[error("{step}: {source}")]
+    #[error("{step}: {error}")]
     Io {
         /// What was being done.
         step: &'static str,
-        /// The error.
-        source: io::Error,
+        /// The error, part of the message (and so not a `source()`).
+        error: io::Error,
     },
     /// The server answered the SSLRequest with something other than `S`.
     #[error("the server refused TLS (answered {0:?} to the SSLRequest)")]
@@ -70,7 +70,7 @@ pub enum BenchError {
 }
 
 fn io_error(step: &'static str) -> impl FnOnce(io::Error) -> BenchError {
-    move |source| BenchError::Io { step, source }
+    move |error| BenchError::Io { step, error }
 }
 
 /// The files a client needs for `sslmode=verify-full` with a client

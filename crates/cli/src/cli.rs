@@ -1,6 +1,6 @@
 //! Command-line arguments, as clap types. No behaviour lives here.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -93,6 +93,20 @@ pub enum Command {
     /// configuration, query round trips, throughput, CPU and memory.
     #[command(subcommand, long_about = crate::bench_cmd::BENCH_LONG_ABOUT)]
     Bench(crate::bench_cmd::BenchCommand),
+    /// Print a shell completion script, e.g. for bash:
+    /// `source <(intransit completions bash)`, or save it as
+    /// /usr/share/bash-completion/completions/intransit.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `intransit man | man -l -`, or save it
+    /// as /usr/share/man/man1/intransit.1.
+    Man {
+        /// A command's own page instead, e.g. proxy (intransit-proxy(1)).
+        command: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -376,8 +390,9 @@ pub struct UpArgs {
     /// Lifetime of client certificates up issues (renewed at two thirds).
     #[arg(long, default_value = "30d")]
     pub client_cert_lifetime: String,
-    /// Admin server (metrics, health) on a loopback address, or `off`.
-    /// Default 127.0.0.1:9090; when that port is taken, up starts without it.
+    /// Admin server (status page, metrics, health) on a loopback address,
+    /// or `off`. Default 127.0.0.1:8432 (Prometheus and its exporters use
+    /// 9090-9999); when that port is taken, up starts without it.
     #[arg(long)]
     pub admin: Option<String>,
     /// Also append audit events (one JSON line per connection) to this file.
@@ -395,11 +410,37 @@ pub enum UpProtocol {
     Mysql,
 }
 
+/// The configuration file of `proxy` and `check-config`, given the same
+/// way to both: as the argument, or after `--config`.
+#[derive(Debug, Args)]
+pub struct ConfigFile {
+    /// The TOML configuration file (reference: docs/configuration.md).
+    /// Relative paths in it are resolved from its directory.
+    #[arg(
+        value_name = "CONFIG",
+        required_unless_present = "config",
+        conflicts_with = "config"
+    )]
+    file: Option<PathBuf>,
+    /// The configuration file, as an option (the same as CONFIG).
+    #[arg(long, short, value_name = "CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl ConfigFile {
+    /// The file, however it was given.
+    pub fn path(&self) -> anyhow::Result<&Path> {
+        match (&self.file, &self.config) {
+            (Some(p), _) | (None, Some(p)) => Ok(p),
+            (None, None) => anyhow::bail!("give the configuration file: intransit proxy CONFIG"),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
-    /// The TOML configuration file.
-    #[arg(long, short)]
-    pub config: PathBuf,
+    #[command(flatten)]
+    pub config: ConfigFile,
     /// Write the process id here (removed on exit), for `intransit reload`;
     /// overrides the `pid_file` key.
     #[arg(long)]
@@ -408,8 +449,8 @@ pub struct ProxyArgs {
 
 #[derive(Debug, Args)]
 pub struct CheckConfigArgs {
-    /// The TOML configuration file.
-    pub file: PathBuf,
+    #[command(flatten)]
+    pub config: ConfigFile,
     /// Warn about a CRL that goes stale (passes its nextUpdate) within
     /// this window, e.g. 2d, 12h. A CRL already stale under
     /// stale_crl = "refuse" fails the check.
@@ -420,10 +461,18 @@ pub struct CheckConfigArgs {
 const PROXY_LONG_ABOUT: &str = "\
 Run the listeners of a configuration file.
 
-The configuration is TOML. Every key (docs/configuration.md has the full reference):
+The configuration is TOML. Every key, with its default (docs/configuration.md
+has the full reference). Relative paths are resolved from the directory of
+the configuration file.
 
   state_dir = \"/var/lib/intransit\"   optional: where the CA and certificates live
   shutdown_grace = \"30s\"             time open connections get after SIGTERM
+  audit_log = \"audit.jsonl\"          also append one JSON line per connection here
+  pid_file = \"/run/intransit.pid\"    for `intransit reload` (--pid-file overrides it)
+  admin = \"127.0.0.1:8432\"           status page, /metrics, /healthz, /readyz (loopback only
+                                     unless [admin_tls] gives it a certificate)
+  admin_header_read_timeout = \"10s\"  admin_idle_timeout = \"30s\"  admin_max_connections = 128
+  [admin_tls]                        cert, key, client_ca, allow: as [listener.tls]
 
   [[listener]]
   name = \"orders\"                    used in logs; letters, digits, - _ .
@@ -433,23 +482,36 @@ The configuration is TOML. Every key (docs/configuration.md has the full referen
   upstream = \"127.0.0.1:5432\"        host:port or unix:/path/.s.PGSQL.5432
   handshake_timeout = \"10s\"          accept to StartupMessage forwarded
   upstream_connect_timeout = \"5s\"
-  max_connections = 10000            beyond this, clients get SQLSTATE 53300
+  max_connections = 10000            beyond this, verified clients are refused politely
+  max_unauthenticated = 512          connections still in the TLS handshake
+  max_unauthenticated_per_address = 64
+  mysql_server_version = \"8.0.0-intransit\"   the version a mysql listener's greeting announces
 
   [listener.tls]
   cert = \"chain.pem\"                 server certificate chain, leaf first
   key = \"key.pem\"                    its private key
   client_ca = \"ca.pem\"               CA for client certificates (unless client_auth = none)
   crl = \"ca.crl\"                     optional revocation list (PEM or DER)
+  stale_crl = \"refuse\"               refuse (default) or allow clients once the CRL is past nextUpdate
   min_version = \"1.3\"                1.3 (default) or 1.2
   client_auth = \"required\"           required (default), optional or none
   allow = [\"uri:spiffe://prod/*\", \"dns:*.ml.internal\", \"cn:reporting\", \"spki:sha256/...\"]
                                      empty = any certificate the CA signed;
                                      * stays within a DNS label or URI path segment, ** crosses
 
+  [listener.upstream_tls]            TLS to the database (default: plaintext)
+  mode = \"verify-full\"               disable, require, verify-ca, verify-full or pinned
+  ca = \"db-ca.pem\"                   the CA that signs the database's certificate
+  cert = \"client.pem\"  key = \"client-key.pem\"   the proxy's own client certificate
+  server_name = \"db.internal\"        default: the upstream's host
+  pins = [\"sha256/...\"]              SPKI pins (`intransit pin FILE` prints them)
+  min_version = \"1.3\"  direct = false   direct: PostgreSQL TLS without SSLRequest
+
   [[listener.route]]                 SNI routes (docs/configuration.md)
   server_name = \"orders.db.internal\" exact or *.suffix
   upstream = \"10.0.0.5:5432\"        default: the listener's
   tls = { cert = \"...\", key = \"...\" } policy keys not given come from [listener.tls]
+  upstream_tls = { ... }             default: the listener's
   require_sni_match = false          (listener key) refuse names that match no route
 
   [[listener.db_users]]              once any rule exists, logins must match one
@@ -481,9 +543,7 @@ pub struct LintArgs {
     /// from the name unless --kind is given).
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
-    /// A preset (mozilla-modern, mozilla-intermediate, nist-800-52r2,
-    /// pci-dss-4, hipaa) or a policy TOML file.
-    #[arg(long, default_value = "mozilla-intermediate")]
+    #[arg(long, default_value = "mozilla-intermediate", help = POLICY_HELP)]
     pub policy: String,
     /// Report format.
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
@@ -492,6 +552,12 @@ pub struct LintArgs {
     #[arg(long)]
     pub kind: Option<String>,
 }
+
+/// The help of every `--policy` that takes a preset or a file; a test
+/// checks that it names every preset.
+const POLICY_HELP: &str = "The policy: a preset (mozilla-modern, mozilla-intermediate, \
+nist-800-52r2, pci-dss-4 or hipaa; `intransit policy show NAME` prints one) \
+or a policy TOML file";
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ReportFormat {
@@ -521,7 +587,9 @@ pub enum ConfigCommand {
     Template {
         /// postgres, pg_hba or mariadb.
         kind: String,
-        /// The policy the template must satisfy.
+        /// The policy the template must satisfy: one of the presets
+        /// mozilla-modern, mozilla-intermediate, nist-800-52r2, pci-dss-4 or
+        /// hipaa.
         #[arg(long, default_value = "mozilla-intermediate")]
         policy: String,
         /// State directory with the CA.
@@ -539,8 +607,7 @@ pub struct ScanArgs {
     /// postgres://HOST:PORT, mysql://HOST:PORT or tls://HOST:PORT.
     #[arg(required = true)]
     pub targets: Vec<String>,
-    /// A preset or a policy TOML file.
-    #[arg(long, default_value = "mozilla-intermediate")]
+    #[arg(long, default_value = "mozilla-intermediate", help = POLICY_HELP)]
     pub policy: String,
     /// Report format.
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
@@ -566,4 +633,106 @@ pub struct ScanArgs {
     /// Time allowed per probe, e.g. 5s.
     #[arg(long, default_value = "5s")]
     pub timeout: String,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn long_help(path: &[&str]) -> String {
+        let mut command = Cli::command();
+        let mut at = &mut command;
+        for name in path {
+            at = at.find_subcommand_mut(name).unwrap();
+        }
+        at.render_long_help().to_string()
+    }
+
+    #[test]
+    fn every_policy_option_names_every_preset() {
+        for path in [&["lint"][..], &["scan"], &["config", "template"]] {
+            let help = long_help(path);
+            for (name, _) in intransit_compliance::PRESETS {
+                assert!(help.contains(name), "{path:?} --help lacks {name}:\n{help}");
+            }
+        }
+    }
+
+    /// The keys the configuration accepts in the table that `toml` opens,
+    /// as its "unknown field" error lists them.
+    fn keys_of_table(toml: &str) -> Vec<String> {
+        let error = intransit_config::Config::from_toml(&format!("{toml}\nno_such_key = 1\n"))
+            .unwrap_err()
+            .to_string();
+        let expected = error
+            .split("expected one of ")
+            .nth(1)
+            .or_else(|| error.split("expected ").nth(1))
+            .unwrap_or_else(|| panic!("no list of keys in {error:?}"));
+        let keys: Vec<String> = expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect();
+        assert!(!keys.is_empty(), "{error}");
+        keys
+    }
+
+    #[test]
+    fn proxy_help_names_every_configuration_key() {
+        let help = long_help(&["proxy"]);
+        assert!(help.contains("docs/configuration.md"), "{help}");
+        for table in [
+            "",
+            "[[listener]]",
+            "[[listener]]\n[listener.tls]",
+            "[[listener]]\n[listener.upstream_tls]",
+            "[[listener]]\n[[listener.route]]",
+            "[[listener]]\n[[listener.db_users]]",
+        ] {
+            for key in keys_of_table(table) {
+                assert!(
+                    [format!("{key} "), format!("[{key}]"), format!(".{key}]")]
+                        .iter()
+                        .any(|written| help.contains(written.as_str())),
+                    "proxy --help does not name {key:?} (of {table:?})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn proxy_and_check_config_take_the_file_as_an_argument_or_after_config() {
+        for command in ["proxy", "check-config"] {
+            for args in [
+                vec!["intransit", command, "a.toml"],
+                vec!["intransit", command, "--config", "a.toml"],
+                vec!["intransit", command, "-c", "a.toml"],
+            ] {
+                let cli = Cli::try_parse_from(&args).unwrap();
+                let path = match &cli.command {
+                    Command::Proxy(a) => a.config.path().unwrap().to_owned(),
+                    Command::CheckConfig(a) => a.config.path().unwrap().to_owned(),
+                    other => panic!("{other:?}"),
+                };
+                assert_eq!(path, Path::new("a.toml"), "{args:?}");
+            }
+            assert!(Cli::try_parse_from(["intransit", command]).is_err());
+            assert!(
+                Cli::try_parse_from(["intransit", command, "a.toml", "--config", "b.toml"])
+                    .is_err()
+            );
+        }
+    }
+
+    #[test]
+    fn the_up_admin_default_is_the_one_its_help_names() {
+        let help = long_help(&["up"]);
+        assert!(help.contains(crate::up::DEFAULT_ADMIN), "{help}");
+        assert!(!crate::up::DEFAULT_ADMIN.ends_with(":9090"));
+    }
 }

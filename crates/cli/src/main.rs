@@ -17,7 +17,9 @@ mod bench_cmd;
 mod cli;
 mod compliance_cmd;
 mod descriptors;
+mod errors;
 mod inspect;
+mod manual;
 mod pki_cmd;
 mod reload;
 mod reload_cmd;
@@ -43,7 +45,7 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", errors::chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -96,24 +98,41 @@ fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Proxy(args) => {
-            let config = load_config(&args.config)?;
+            let path = args.config.path()?.to_owned();
+            let config = load_config(&path)?;
+            let elsewhere = |listener: &str| {
+                format!(
+                    "give listener {listener:?} another listen address in {}",
+                    path.display()
+                )
+            };
             let proxy = Proxy::prepare(&config)
-                .with_context(|| format!("checking {}", args.config.display()))?;
+                .map_err(|e| errors::explain_listener(e, &elsewhere))
+                .with_context(|| format!("checking {}", path.display()))?;
             let admin_tls = admin::prepare_tls(config.admin_tls.as_ref())?;
             raise_descriptor_limit(Some(&config));
-            runtime()?.block_on(async move {
+            runtime()?.block_on(async {
                 let signals = ShutdownSignals::install()?;
                 let hup = watch::install_sighup()?;
-                let bound = proxy.bind().await?;
+                let bound = proxy
+                    .bind()
+                    .await
+                    .map_err(|e| errors::explain_listener(e, &elsewhere))?;
                 let pid_file = args.pid_file.as_ref().or(config.pid_file.as_ref());
                 let _pid_file = pid_file.map(|p| reload::PidFile::create(p)).transpose()?;
                 if let Some(addr) = config.admin {
-                    admin::start(addr, admin_tls, config.admin_limits, &bound).await?;
+                    let admin_elsewhere =
+                        format!("set another admin address in {}", path.display());
+                    admin::start(
+                        addr,
+                        admin_tls,
+                        config.admin_limits,
+                        &bound,
+                        &admin_elsewhere,
+                    )
+                    .await?;
                 }
-                watch::spawn(
-                    reload::Reloader::new(Some(args.config.clone()), &bound),
-                    hup,
-                );
+                watch::spawn(reload::Reloader::new(Some(path.clone()), &bound), hup);
                 serve(bound, signals).await;
                 Ok::<_, anyhow::Error>(())
             })?;
@@ -130,22 +149,32 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Rotate(RotateCommand::Mariadb(args)) => rotate::mariadb::run(args),
         Command::Bench(command) => bench_cmd::run(command),
         Command::Reload(args) => reload_cmd::run(&args),
+        Command::Completions { shell } => {
+            manual::completions(shell)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { command } => {
+            manual::man(command.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckConfig(args) => {
-            let config = load_config(&args.file)?;
+            let path = args.config.path()?;
+            let config = load_config(path)?;
             let proxy = Proxy::prepare(&config)
-                .with_context(|| format!("checking {}", args.file.display()))?;
+                .map_err(|e| errors::explain_listener(e, &|_| String::new()))
+                .with_context(|| format!("checking {}", path.display()))?;
             admin::prepare_tls(config.admin_tls.as_ref())
-                .with_context(|| format!("checking {}", args.file.display()))?;
+                .with_context(|| format!("checking {}", path.display()))?;
             let crl_within = pki_cmd::warning_window(&args.crl_warn, "--crl-warn")?;
             let crl_notes = stale_crl_notes(&proxy, crl_within);
             let refusing = crl_notes.iter().any(|n| n.refuses);
             if refusing {
                 out!(
                     "{}: loads, but a stale CRL refuses client certificates (below)",
-                    args.file.display()
+                    path.display()
                 );
             } else {
-                out!("{}: OK", args.file.display());
+                out!("{}: OK", path.display());
             }
             let needed = descriptors::needed(&config);
             let hard = descriptors::hard_limit();
@@ -295,10 +324,16 @@ fn config_listener<'a>(
     config.listeners.iter().find(|l| l.name == name)
 }
 
+/// Reads and validates a configuration file; relative paths in it are
+/// taken from the file's directory.
 pub(crate) fn load_config(path: &Path) -> Result<Config> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading configuration {}", path.display()))?;
-    Config::from_toml(&text).with_context(|| format!("invalid configuration {}", path.display()))
+    let absolute = std::path::absolute(path)
+        .with_context(|| format!("locating configuration {}", path.display()))?;
+    let dir = absolute.parent().unwrap_or(Path::new("/"));
+    Config::from_toml_in(&text, dir)
+        .with_context(|| format!("invalid configuration {}", path.display()))
 }
 
 /// SIGINT and SIGTERM handlers, installed before anything is printed or

@@ -5,26 +5,35 @@
 //! defaults (TLS 1.3, client certificate required), and prints the psql
 //! command that connects through it with `sslmode=verify-full`.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use intransit_config::{
-    AdminLimits, ClientAuth, Config, Endpoint, ListenerConfig, Mode, Protocol, ServerTls,
-    TlsVersion, UnauthenticatedLimits, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MYSQL_SERVER_VERSION, DEFAULT_SHUTDOWN_GRACE, DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+    AdminAddrError, AdminLimits, ClientAuth, Config, Endpoint, ListenerConfig, Mode, Protocol,
+    ServerTls, TlsVersion, UnauthenticatedLimits, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MYSQL_SERVER_VERSION, DEFAULT_SHUTDOWN_GRACE,
+    DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
 };
 use intransit_pki::{QuickstartLifetimes, StateDir};
 use intransit_policy::{AllowList, DbUserRules};
-use intransit_proxy::Proxy;
+use intransit_proxy::{Proxy, ProxyError};
 use tracing::{info, warn};
 
 use crate::cli::{UpArgs, UpProtocol};
 
+/// Where `up` starts the admin server unless `--admin` says otherwise: a
+/// loopback port outside 9090-9999, where Prometheus itself (9090) and its
+/// exporters listen.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:8432";
+
 pub async fn run(args: UpArgs) -> Result<()> {
     let signals = crate::ShutdownSignals::install()?;
     let hup = crate::watch::install_sighup()?;
+    // Every argument is checked and every port bound before anything is
+    // written to the state directory, so a failed start leaves no state
+    // behind.
     let listen = Endpoint::parse(&args.listen).map_err(|m| anyhow::anyhow!("--listen: {m}"))?;
     if listen.bind_addr().is_none() && !matches!(listen, Endpoint::Unix(_)) {
         bail!(
@@ -47,8 +56,41 @@ pub async fn run(args: UpArgs) -> Result<()> {
     };
     let upstream =
         Endpoint::parse(&upstream_text).map_err(|m| anyhow::anyhow!("--upstream: {m}"))?;
-
+    let lifetimes = QuickstartLifetimes {
+        server: lifetime("--server-cert-lifetime", &args.server_cert_lifetime)?,
+        client: lifetime("--client-cert-lifetime", &args.client_cert_lifetime)?,
+    };
+    let admin_addr = admin_address(args.admin.as_deref())?;
     let state_root = absolute(&args.state_dir)?;
+
+    let listener_name = protocol.to_string();
+    let elsewhere = |_: &str| "choose another address with --listen".to_owned();
+    let held_port = hold_port(&listener_name, &listen)
+        .map_err(|e| crate::errors::explain_listener(e, &elsewhere))?;
+    let admin_socket = match admin_addr {
+        None => None,
+        Some(addr) => {
+            match crate::admin::bind(
+                addr,
+                "choose another address with --admin ADDR, or --admin off",
+            )
+            .await
+            {
+                Ok(socket) => Some(socket),
+                // Only the default address may be skipped when it is
+                // taken; an address the user chose must work.
+                Err(e) if args.admin.is_none() => {
+                    warn!(
+                        error = crate::errors::chain(&e),
+                        "starting without the admin server"
+                    );
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+
     let state = StateDir::new(state_root.clone());
     let host = hostname::get()
         .ok()
@@ -60,10 +102,6 @@ pub async fn run(args: UpArgs) -> Result<()> {
         IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(Ipv6Addr::LOCALHOST),
     ];
-    let lifetimes = QuickstartLifetimes {
-        server: lifetime("--server-cert-lifetime", &args.server_cert_lifetime)?,
-        client: lifetime("--client-cert-lifetime", &args.client_cert_lifetime)?,
-    };
     let material = state
         .ensure_quickstart_with(&dns, &ips, &args.client_name, &lifetimes)
         .with_context(|| format!("preparing certificates in {}", state_root.display()))?;
@@ -74,7 +112,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     }
 
     let listener = ListenerConfig {
-        name: protocol.to_string(),
+        name: listener_name,
         mode: Mode::Server,
         protocol,
         listen: listen.clone(),
@@ -111,8 +149,21 @@ pub async fn run(args: UpArgs) -> Result<()> {
         listeners: vec![listener],
         client_listeners: Vec::new(),
     };
-    let bound = Proxy::prepare(&config)?.bind().await?;
-    let admin_line = start_admin(args.admin.as_deref(), &bound).await?;
+    let prepared =
+        Proxy::prepare(&config).map_err(|e| crate::errors::explain_listener(e, &elsewhere))?;
+    // The port was held until now; the proxy binds it again at once.
+    drop(held_port);
+    let bound = prepared
+        .bind()
+        .await
+        .map_err(|e| crate::errors::explain_listener(e, &elsewhere))?;
+    let admin_line = match admin_socket {
+        Some(socket) => {
+            let local = crate::admin::serve(socket, None, AdminLimits::default(), &bound);
+            format!("status page: http://{local}/ (Prometheus metrics at /metrics)\n")
+        }
+        None => String::new(),
+    };
     let audit_line = match &args.audit_log {
         Some(path) => format!(
             "audit events: one JSON line per connection in {}\n",
@@ -243,31 +294,45 @@ pub async fn run(args: UpArgs) -> Result<()> {
     Ok(())
 }
 
-/// Starts the admin server as `--admin` asks and returns the banner line
-/// that says where it is. Only the default address may be skipped when it is
-/// taken; an address the user chose must work.
-async fn start_admin(flag: Option<&str>, bound: &intransit_proxy::BoundProxy) -> Result<String> {
-    const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
+/// The admin server's address as `--admin` asks: `None` for `off`.
+fn admin_address(flag: Option<&str>) -> Result<Option<SocketAddr>> {
     let text = match flag {
-        Some("off") => return Ok(String::new()),
+        Some("off") => return Ok(None),
         Some(text) => text,
         None => DEFAULT_ADMIN,
     };
-    let addr =
-        intransit_config::parse_admin_addr(text).map_err(|m| anyhow::anyhow!("--admin: {m}"))?;
-    match crate::admin::start(addr, None, AdminLimits::default(), bound).await {
-        Ok(local) => Ok(format!(
-            "status page: http://{local}/ (Prometheus metrics at /metrics)\n"
-        )),
-        Err(e) if flag.is_none() => {
-            warn!(
-                error = format!("{e:#}"),
-                "starting without the admin server; choose another address with --admin"
-            );
-            Ok(String::new())
+    match intransit_config::parse_admin_addr(text) {
+        Ok(addr) => Ok(Some(addr)),
+        Err(AdminAddrError::Syntax(m)) => bail!("--admin: {m}"),
+        Err(AdminAddrError::NotLoopback(m)) => {
+            let port = text.rsplit(':').next().unwrap_or("8432");
+            bail!(
+                "--admin: {m}. `intransit up` serves it on loopback only: reach it from another \
+                 host through an SSH tunnel (ssh -L {port}:127.0.0.1:{port} THIS-HOST), or run \
+                 `intransit proxy` with a configuration file that sets admin and [admin_tls] \
+                 (docs/configuration.md, Admin server)"
+            )
         }
-        Err(e) => Err(e),
     }
+}
+
+/// Holds a listener's TCP port while the state directory is prepared, so
+/// that a port in use stops `up` before it writes anything. A unix socket
+/// is left to the proxy's own bind.
+fn hold_port(
+    listener: &str,
+    listen: &Endpoint,
+) -> Result<Option<std::net::TcpListener>, ProxyError> {
+    let Some(addr) = listen.bind_addr() else {
+        return Ok(None);
+    };
+    std::net::TcpListener::bind(addr)
+        .map(Some)
+        .map_err(|error| ProxyError::Bind {
+            listener: listener.to_owned(),
+            endpoint: listen.clone(),
+            error,
+        })
 }
 
 fn lifetime(flag: &str, text: &str) -> Result<time::Duration> {

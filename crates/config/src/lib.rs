@@ -13,13 +13,13 @@ mod upstream_tls;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use intransit_policy::{AllowList, DbUserRule, DbUserRules, IdentityPattern};
 
 pub use duration::parse_duration;
-pub use raw::parse_admin_addr;
+pub use raw::{parse_admin_addr, AdminAddrError};
 pub use upstream_tls::{SpkiPin, UpstreamServerName, UpstreamTls, UpstreamTlsMode};
 
 /// Default handshake timeout: from accept to the StartupMessage forwarded.
@@ -532,6 +532,66 @@ impl Config {
             err("", e.to_string().trim_end().to_owned())
         })?;
         raw.validate()
+    }
+
+    /// Parses and validates the TOML text of a file in `config_dir`. Every
+    /// relative path it names (certificates, keys, CAs, CRLs, `state_dir`,
+    /// `audit_log`, `pid_file`, `unix:` sockets) is taken as relative to
+    /// that directory, not to the current one, so a file means the same
+    /// wherever the proxy is started from.
+    pub fn from_toml_in(text: &str, config_dir: &Path) -> Result<Config, ConfigError> {
+        let mut config = Config::from_toml(text)?;
+        config.resolve_relative_paths(config_dir);
+        Ok(config)
+    }
+
+    fn resolve_relative_paths(&mut self, dir: &Path) {
+        let path = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        let endpoint = |e: &mut Endpoint| {
+            if let Endpoint::Unix(p) = e {
+                path(p);
+            }
+        };
+        let server_tls = |t: &mut ServerTls| {
+            path(&mut t.cert);
+            path(&mut t.key);
+            t.client_ca
+                .iter_mut()
+                .chain(t.crl.iter_mut())
+                .for_each(path);
+        };
+        let upstream_tls = |t: &mut UpstreamTls| {
+            t.ca.iter_mut()
+                .chain(t.cert.iter_mut())
+                .chain(t.key.iter_mut())
+                .for_each(path);
+        };
+        self.state_dir
+            .iter_mut()
+            .chain(self.audit_log.iter_mut())
+            .chain(self.pid_file.iter_mut())
+            .for_each(path);
+        self.admin_tls.iter_mut().for_each(server_tls);
+        for l in &mut self.listeners {
+            endpoint(&mut l.listen);
+            endpoint(&mut l.upstream);
+            server_tls(&mut l.tls);
+            l.upstream_tls.iter_mut().for_each(upstream_tls);
+            for r in &mut l.routes {
+                endpoint(&mut r.upstream);
+                server_tls(&mut r.tls);
+                r.upstream_tls.iter_mut().for_each(upstream_tls);
+            }
+        }
+        for l in &mut self.client_listeners {
+            endpoint(&mut l.listen);
+            endpoint(&mut l.upstream);
+            upstream_tls(&mut l.upstream_tls);
+        }
     }
 }
 

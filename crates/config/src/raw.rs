@@ -5,6 +5,7 @@
 //! this build does not have yet are accepted by the parser and then refused
 //! by validation with a message that says so, rather than ignored.
 
+use std::fmt;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -115,7 +116,16 @@ impl RawConfig {
                     format!("{text:?} is not an IP address and port, e.g. \"0.0.0.0:9443\""),
                 )
             })?),
-            (Some(text), None) => Some(parse_admin_addr(text).map_err(|m| err("admin", m))?),
+            (Some(text), None) => Some(parse_admin_addr(text).map_err(|e| match e {
+                AdminAddrError::Syntax(m) => err("admin", m),
+                AdminAddrError::NotLoopback(m) => err(
+                    "admin",
+                    format!(
+                        "{m} (add [admin_tls] with a certificate, and client_ca for mutual \
+                         TLS, to listen elsewhere)"
+                    ),
+                ),
+            })?),
         };
         let shutdown_grace = match &self.shutdown_grace {
             Some(s) => parse_duration(s).map_err(|m| err("shutdown_grace", m))?,
@@ -795,18 +805,37 @@ impl RawServerTls {
     }
 }
 
+/// Why an admin address without TLS was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAddrError {
+    /// Not an IP address and port; the text says so.
+    Syntax(String),
+    /// An address other hosts could reach; the text says why that is
+    /// refused but not how to fix it, which depends on the command.
+    NotLoopback(String),
+}
+
+impl fmt::Display for AdminAddrError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdminAddrError::Syntax(m) | AdminAddrError::NotLoopback(m) => f.write_str(m),
+        }
+    }
+}
+
 /// The admin server's address without `[admin_tls]`: an IP and port on
 /// loopback, since plain HTTP must not be reachable from elsewhere.
-pub fn parse_admin_addr(text: &str) -> Result<std::net::SocketAddr, String> {
-    let addr: std::net::SocketAddr = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not an IP address and port, e.g. \"127.0.0.1:9090\""))?;
+pub fn parse_admin_addr(text: &str) -> Result<std::net::SocketAddr, AdminAddrError> {
+    let addr: std::net::SocketAddr = text.parse().map_err(|_| {
+        AdminAddrError::Syntax(format!(
+            "{text:?} is not an IP address and port, e.g. \"127.0.0.1:8432\""
+        ))
+    })?;
     if !addr.ip().is_loopback() {
-        return Err(format!(
-            "{addr} is not a loopback address; without [admin_tls] the admin server speaks \
-             plain HTTP, so it listens on 127.0.0.1 or [::1] only (add [admin_tls] with a \
-             certificate, and client_ca for mutual TLS, to listen elsewhere)"
-        ));
+        return Err(AdminAddrError::NotLoopback(format!(
+            "{addr} is not a loopback address; without TLS the admin server speaks plain \
+             HTTP, so it listens on 127.0.0.1 or [::1] only"
+        )));
     }
     Ok(addr)
 }

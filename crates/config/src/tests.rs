@@ -754,3 +754,87 @@ fn stale_crl_needs_a_crl_and_a_known_value() {
     assert_eq!(e.key, "listener[0].tls.stale_crl");
     assert!(e.to_string().contains("there is no crl"), "{e}");
 }
+
+#[test]
+fn relative_paths_resolve_from_the_config_files_directory() {
+    let text = r#"
+state_dir = "state"
+audit_log = "/var/log/intransit/audit.jsonl"
+pid_file = "run/intransit.pid"
+admin = "127.0.0.1:8432"
+[admin_tls]
+cert = "admin/chain.pem"
+key = "admin/key.pem"
+client_ca = "ca.pem"
+[[listener]]
+name = "orders"
+listen = "unix:sockets/orders.sock"
+upstream = "db.internal:5432"
+[listener.tls]
+cert = "certs/chain.pem"
+key = "./certs/key.pem"
+client_ca = "../shared/ca.pem"
+crl = "ca.crl"
+[listener.upstream_tls]
+ca = "db-ca.pem"
+server_name = "db.internal"
+[[listener.route]]
+server_name = "b.example"
+upstream = "10.0.0.5:5432"
+tls = { cert = "b/chain.pem", key = "b/key.pem" }
+[[listener]]
+name = "local"
+listen = "127.0.0.1:6433"
+upstream = "unix:pg/.s.PGSQL.5432"
+[listener.tls]
+cert = "/etc/ssl/chain.pem"
+key = "key.pem"
+client_ca = "ca.pem"
+[[listener]]
+name = "app"
+mode = "client"
+listen = "127.0.0.1:15432"
+upstream = "db.internal:5432"
+[listener.upstream_tls]
+ca = "db-ca.pem"
+cert = "app/chain.pem"
+key = "app/key.pem"
+"#;
+    let dir = Path::new("/etc/intransit");
+    let c = Config::from_toml_in(text, dir).unwrap();
+    let at = |p: &str| dir.join(p);
+    assert_eq!(c.state_dir, Some(at("state")));
+    assert_eq!(
+        c.audit_log,
+        Some(PathBuf::from("/var/log/intransit/audit.jsonl"))
+    );
+    assert_eq!(c.pid_file, Some(at("run/intransit.pid")));
+    let admin = c.admin_tls.as_ref().unwrap();
+    assert_eq!(admin.cert, at("admin/chain.pem"));
+    assert_eq!(admin.client_ca, Some(at("ca.pem")));
+    let l = &c.listeners[0];
+    assert_eq!(l.listen, Endpoint::Unix(at("sockets/orders.sock")));
+    let local = &c.listeners[1];
+    assert_eq!(local.upstream, Endpoint::Unix(at("pg/.s.PGSQL.5432")));
+    assert_eq!(local.tls.cert, PathBuf::from("/etc/ssl/chain.pem"));
+    assert_eq!(local.tls.key, at("key.pem"));
+    assert_eq!(l.tls.cert, at("certs/chain.pem"));
+    assert_eq!(l.tls.key, at("./certs/key.pem"));
+    assert_eq!(l.tls.client_ca, Some(at("../shared/ca.pem")));
+    assert_eq!(l.tls.crl, Some(at("ca.crl")));
+    assert_eq!(l.upstream_tls.as_ref().unwrap().ca, Some(at("db-ca.pem")));
+    let route = &l.routes[0];
+    assert_eq!(route.tls.cert, at("b/chain.pem"));
+    assert_eq!(route.tls.client_ca, Some(at("../shared/ca.pem")));
+    assert_eq!(
+        route.upstream_tls.as_ref().unwrap().ca,
+        Some(at("db-ca.pem"))
+    );
+    let app = &c.client_listeners[0];
+    assert_eq!(app.upstream_tls.cert, Some(at("app/chain.pem")));
+    assert_eq!(app.upstream_tls.key, Some(at("app/key.pem")));
+
+    // Without a directory, paths stay as written.
+    let c = Config::from_toml(text).unwrap();
+    assert_eq!(c.listeners[0].tls.cert, PathBuf::from("certs/chain.pem"));
+}

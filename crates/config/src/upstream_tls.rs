@@ -51,7 +51,7 @@ impl SpkiPin {
     pub fn parse(text: &str) -> Result<Self, String> {
         let Some(encoded) = text.trim().strip_prefix("sha256/") else {
             return Err(format!(
-                "{text:?} is not a pin; write \"sha256/\" followed by the base64 SHA-256 of the SubjectPublicKeyInfo (intransit cert inspect prints it)"
+                "{text:?} is not a pin; write \"sha256/\" followed by the base64 SHA-256 of the SubjectPublicKeyInfo, as `intransit pin FILE` or `intransit pin postgres://HOST:PORT` prints it"
             ));
         };
         let engine = base64::engine::general_purpose::STANDARD;
@@ -252,7 +252,7 @@ impl RawUpstreamTls {
             UpstreamTlsMode::Pinned if pins.is_empty() => {
                 return Err(err(
                     format!("{k}.pins"),
-                    "missing; mode = \"pinned\" needs at least one pin, e.g. pins = [\"sha256/...\"] (intransit cert inspect prints a certificate's pin)",
+                    "missing; mode = \"pinned\" needs at least one pin, e.g. pins = [\"sha256/...\"]; `intransit pin FILE` prints a certificate file's pins, `intransit pin postgres://HOST:PORT` (or mysql://, tls://) those of the chain a server presents",
                 ));
             }
             UpstreamTlsMode::Pinned if self.ca.is_some() => {

@@ -131,10 +131,10 @@ impl Proxy {
             async move {
                 net::BoundListener::bind(&listen)
                     .await
-                    .map_err(|source| ProxyError::Bind {
+                    .map_err(|error| ProxyError::Bind {
                         listener: name,
                         endpoint: listen,
-                        source,
+                        error,
                     })
             }
         };

@@ -3,6 +3,10 @@
 //! This module owns [`ScanError`] and [`Stage`], which together say how far a
 //! probe got and why it stopped. It never decides what a caller does with an
 //! error (retry, exit code, report finding); that is the caller's job.
+//!
+//! A `ScanError`'s message is complete, the operating system's words
+//! included, and `source()` returns nothing: reports show it as text, and
+//! an error chain printed by a binary shows each cause once.
 
 use std::fmt;
 use std::io;
@@ -42,12 +46,12 @@ impl fmt::Display for Stage {
 pub enum ScanError {
     /// The TCP connection could not be opened (name resolution failed, or
     /// every address refused or was unreachable).
-    #[error("connecting to {address}: {source}")]
+    #[error("connecting to {address}: {error}")]
     Connect {
         /// The `host:port` that was dialled.
         address: String,
         /// What the operating system said.
-        source: io::Error,
+        error: io::Error,
     },
     /// The server did not answer within the configured timeout.
     #[error("no answer within {timeout:?} while {stage}")]
@@ -75,12 +79,12 @@ pub enum ScanError {
     Protocol(String),
     /// Reading or writing failed after the connection was open, including
     /// the server closing it early.
-    #[error("connection failed while {stage}: {source}")]
+    #[error("connection failed while {stage}: {error}")]
     Io {
         /// What the probe was doing.
         stage: Stage,
         /// What the operating system said.
-        source: io::Error,
+        error: io::Error,
     },
     /// The TLS handshake failed; the text is rustls's.
     #[error("TLS handshake failed: {0}")]
@@ -90,4 +94,30 @@ pub enum ScanError {
         "{0:?} cannot be sent as a TLS server name: it is neither a DNS name nor an IP address"
     )]
     InvalidServerName(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn messages_carry_their_cause_once() {
+        let errors = [
+            ScanError::Connect {
+                address: "127.0.0.1:5432".into(),
+                error: io::Error::from(io::ErrorKind::ConnectionRefused),
+            },
+            ScanError::Io {
+                stage: Stage::TlsHandshake,
+                error: io::Error::from(io::ErrorKind::ConnectionRefused),
+            },
+        ];
+        for e in errors {
+            let text = e.to_string();
+            assert_eq!(text.matches("connection refused").count(), 1, "{text}");
+            assert!(e.source().is_none(), "{text}");
+        }
+    }
 }

@@ -129,13 +129,13 @@ pub async fn fetch_chain(target: &Target, opts: &FetchOptions) -> Result<Fetched
             TcpStream::connect((target.host(), target.port())),
         )
         .await?
-        .map_err(|source| ScanError::Connect {
+        .map_err(|error| ScanError::Connect {
             address: address.clone(),
-            source,
+            error,
         })?;
-    let peer = stream.peer_addr().map_err(|source| ScanError::Connect {
+    let peer = stream.peer_addr().map_err(|error| ScanError::Connect {
         address: address.clone(),
-        source,
+        error,
     })?;
     // The handshake is a few small writes each waiting for an answer.
     let _ = stream.set_nodelay(true);
@@ -217,7 +217,7 @@ fn handshake_error(stage: Stage, err: std::io::Error) -> ScanError {
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
     {
         Some(tls) => ScanError::Tls(tls.to_string()),
-        None => ScanError::Io { stage, source: err },
+        None => ScanError::Io { stage, error: err },
     }
 }
 

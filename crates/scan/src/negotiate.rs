@@ -294,7 +294,7 @@ async fn write_all(
     deadline
         .run(stage, stream.write_all(bytes))
         .await?
-        .map_err(|source| ScanError::Io { stage, source })
+        .map_err(|error| ScanError::Io { stage, error })
 }
 
 /// Reads at least one byte into `buf` before the deadline; the server
@@ -308,12 +308,12 @@ async fn read_some(
     match deadline.run(stage, stream.read(buf)).await? {
         Ok(0) => Err(ScanError::Io {
             stage,
-            source: io::Error::new(
+            error: io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the server closed the connection",
             ),
         }),
         Ok(n) => Ok(n),
-        Err(source) => Err(ScanError::Io { stage, source }),
+        Err(error) => Err(ScanError::Io { stage, error }),
     }
 }

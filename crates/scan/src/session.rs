@@ -117,9 +117,9 @@ async fn session(
             TcpStream::connect((target.host(), target.port())),
         )
         .await?
-        .map_err(|source| ScanError::Connect {
+        .map_err(|error| ScanError::Connect {
             address: address.clone(),
-            source,
+            error,
         })?;
     let _ = stream.set_nodelay(true);
     let (how, version) = if direct {
@@ -133,7 +133,7 @@ async fn session(
             .map_err(|_| ScanError::InvalidServerName(n.to_owned()))?,
         None => match stream.peer_addr() {
             Ok(peer) => ServerName::IpAddress(peer.ip().into()),
-            Err(source) => return Err(ScanError::Connect { address, source }),
+            Err(error) => return Err(ScanError::Connect { address, error }),
         },
     };
     let tls = deadline

@@ -539,9 +539,9 @@ impl Prober {
         deadline
             .run(Stage::TlsHandshake, stream.write_all(&bytes))
             .await?
-            .map_err(|source| ScanError::Io {
+            .map_err(|error| ScanError::Io {
                 stage: Stage::TlsHandshake,
-                source,
+                error,
             })?;
         let mut buf = Vec::with_capacity(4096);
         let mut chunk = [0u8; 4096];
@@ -587,7 +587,7 @@ async fn connect(target: &Target, deadline: &Deadline) -> Result<TcpStream, Scan
             TcpStream::connect((target.host(), target.port())),
         )
         .await?
-        .map_err(|source| ScanError::Connect { address, source })?;
+        .map_err(|error| ScanError::Connect { address, error })?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }

@@ -534,8 +534,8 @@ async fn reload_and_verify<R: Reload>(
             },
             // Nothing listens there: waiting cannot help (a reload keeps
             // the listening socket), so the address must be wrong.
-            Err(intransit_scan::ScanError::Connect { source, .. })
-                if source.kind() == std::io::ErrorKind::ConnectionRefused =>
+            Err(intransit_scan::ScanError::Connect { error, .. })
+                if error.kind() == std::io::ErrorKind::ConnectionRefused =>
             {
                 bail!(
                     "verify: nothing listens on {} (connection refused), so the new certificate could not be checked; the files are in place and the server was reloaded. Give the address the server listens on with --verify-addr HOST:PORT",

@@ -14,6 +14,10 @@
 //!   over-limit refusal of verified clients, the soft limit on open files,
 //!   the admin server's timeouts and connection cap.
 //! - `lifecycle`: `intransit up`, `check-config`, drain on SIGTERM, SIGHUP reload.
+//! - `command_line`: errors said once with what to do (a port in use),
+//!   `up` leaving no state behind when it cannot start, relative paths in
+//!   a configuration file, the configuration given as an argument or after
+//!   `--config`, shell completions and manual pages.
 //! - `ca`: `intransit ca`/`cert` checked by openssl, PostgreSQL and the proxy.
 //! - `tls_protocol`: `protocol = "tls"` listeners in front of a real Redis.
 //! - `sni`: routes chosen by the TLS server name, across two PostgreSQL servers.
@@ -48,6 +52,7 @@ mod bench;
 mod ca;
 mod client_mode;
 mod clients;
+mod command_line;
 mod hot_reload;
 mod lifecycle;
 mod limits;

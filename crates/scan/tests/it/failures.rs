@@ -71,9 +71,9 @@ async fn refused_connection_names_the_address() {
         .await
         .unwrap_err();
     match &err {
-        ScanError::Connect { address, source } => {
+        ScanError::Connect { address, error } => {
             assert_eq!(address, &addr.to_string());
-            assert_eq!(source.kind(), std::io::ErrorKind::ConnectionRefused);
+            assert_eq!(error.kind(), std::io::ErrorKind::ConnectionRefused);
         }
         other => panic!("expected a connection error, got {other:?}"),
     }
