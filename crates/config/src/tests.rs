@@ -838,3 +838,18 @@ key = "app/key.pem"
     let c = Config::from_toml(text).unwrap();
     assert_eq!(c.listeners[0].tls.cert, PathBuf::from("certs/chain.pem"));
 }
+
+#[test]
+fn pin_mistakes_name_the_command_that_prints_pins() {
+    for (text, key) in [
+        ("mode = \"pinned\"", "listener[0].upstream_tls.pins"),
+        (
+            "mode = \"pinned\"\npins = [\"sha1/abc\"]",
+            "listener[0].upstream_tls.pins[0]",
+        ),
+    ] {
+        let e = with_upstream_tls(text).unwrap_err();
+        assert_eq!(e.key, key);
+        assert!(e.message.contains("`intransit pin FILE`"), "{e}");
+    }
+}
