@@ -91,6 +91,10 @@ pub enum RefusalReason {
     PinMismatch,
     /// Any other failure of the TLS handshake with the database.
     UpstreamTlsFailed,
+    /// The database, or a proxy in front of it, refused the login: a
+    /// PostgreSQL ErrorResponse or a MySQL ERR packet before the session
+    /// began (a wrong password, a user its rules deny).
+    UpstreamRefused,
     /// The client wanted SCRAM channel binding, which cannot span the
     /// proxy's two TLS sessions.
     ChannelBinding,
@@ -137,6 +141,7 @@ impl RefusalReason {
             RefusalReason::UpstreamNameMismatch => "upstream_name_mismatch",
             RefusalReason::PinMismatch => "pin_mismatch",
             RefusalReason::UpstreamTlsFailed => "upstream_tls_failed",
+            RefusalReason::UpstreamRefused => "upstream_refused",
             RefusalReason::ChannelBinding => "channel_binding",
             RefusalReason::ClientClosed => "client_closed",
         }
@@ -497,6 +502,7 @@ mod tests {
             RefusalReason::UpstreamNameMismatch,
             RefusalReason::PinMismatch,
             RefusalReason::UpstreamTlsFailed,
+            RefusalReason::UpstreamRefused,
             RefusalReason::ChannelBinding,
             RefusalReason::ClientClosed,
         ];
