@@ -120,9 +120,10 @@ pub struct TlsOptions {
     /// Skip verification of the server's certificate (the handshake
     /// signature is still checked).
     pub insecure: bool,
-    /// Client certificate chain and key (PEM), for
-    /// [`Configuration::Tls13ClientCert`] and, when given, for `query` and
-    /// `throughput`.
+    /// Client certificate chain and key (PEM): needed by
+    /// [`Configuration::Tls13ClientCert`], and presented in every
+    /// configuration (and by `query` and `throughput`) to a server that
+    /// asks for one.
     pub client_cert: Option<(PathBuf, PathBuf)>,
     /// The name to send as SNI and verify; `None` means the target's host.
     pub server_name: Option<String>,
@@ -212,11 +213,12 @@ impl Endpoint {
         } else {
             builder.with_root_certificates(roots(opts.ca.as_deref())?)
         };
-        let wants_cert = match configuration {
-            Some(Configuration::Tls13ClientCert) => true,
-            None => opts.client_cert.is_some(),
-            Some(_) => false,
-        };
+        // A client certificate, when given, is offered in every
+        // configuration: rustls sends it only to a server that asks, so a
+        // server without client authentication sees no difference, and a
+        // proxy that requires one can be measured in every configuration.
+        let wants_cert = opts.client_cert.is_some()
+            || matches!(configuration, Some(Configuration::Tls13ClientCert));
         let mut config = if wants_cert {
             let Some((cert, key)) = &opts.client_cert else {
                 return Ok(None);

@@ -105,7 +105,8 @@ pub struct CommonArgs {
     /// Do not verify the server's certificate (handshake signatures are still checked).
     #[arg(long)]
     pub insecure: bool,
-    /// Client certificate chain (PEM).
+    /// Client certificate chain (PEM), presented in every configuration to
+    /// a server that asks for one.
     #[arg(long, requires = "key")]
     pub cert: Option<PathBuf>,
     /// The key for --cert (PEM).

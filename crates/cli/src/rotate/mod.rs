@@ -538,7 +538,7 @@ async fn reload_and_verify<R: Reload>(
                 if source.kind() == std::io::ErrorKind::ConnectionRefused =>
             {
                 bail!(
-                    "verify: nothing listens on {} (connection refused), so the new certificate could not be checked; the files are in place and the server was reloaded. Give the address the server listens on with --verify-addr HOST:PORT",
+                    "verify: nothing listens on {} (connection refused), so the new certificate could not be checked; give the address the server listens on with --verify-addr HOST:PORT. {hint_on_mismatch}",
                     located.verify
                 );
             }

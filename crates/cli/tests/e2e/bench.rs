@@ -321,7 +321,7 @@ fn handshake_postgres_native_and_through_the_proxy() {
 }
 
 #[test]
-fn a_proxy_that_requires_client_certificates_refuses_handshakes_without_one() {
+fn a_proxy_that_requires_client_certificates_is_measured_in_every_configuration_with_one() {
     let proxy = ProxyProcess::start(&listener_toml(&pg_upstream(), "", ""));
     let target = format!("postgres://127.0.0.1:{}", proxy.port());
     let report = bench(
@@ -337,16 +337,42 @@ fn a_proxy_that_requires_client_certificates_refuses_handshakes_without_one() {
             "--key",
             pki().trainer.key.to_str().unwrap(),
             "--configurations",
-            "tls1.3,tls1.3-client-cert",
+            "tls1.3,tls1.3-resumed,tls1.3-client-cert,x25519,x25519mlkem768",
             "--count",
             "20",
         ],
         &[],
     );
+    // With --cert every configuration presents it when asked, so all of
+    // them are measured through a proxy that requires one.
+    for configuration in [
+        "tls1.3",
+        "tls1.3-resumed",
+        "tls1.3-client-cert",
+        "x25519",
+        "x25519mlkem768",
+    ] {
+        let measured = run(&report, configuration, &target);
+        assert_measured(measured);
+        assert_eq!(measured["operations"], 20, "{configuration}");
+    }
+    // Without it, the proxy's alert is a refusal.
+    let report = bench(
+        &[
+            "handshake",
+            &target,
+            "--ca",
+            pki().ca.to_str().unwrap(),
+            "--sni",
+            "localhost",
+            "--configurations",
+            "tls1.3",
+            "--count",
+            "5",
+        ],
+        &[],
+    );
     assert_refused(run(&report, "tls1.3", &target), "CertificateRequired");
-    let with_cert = run(&report, "tls1.3-client-cert", &target);
-    assert_measured(with_cert);
-    assert_eq!(with_cert["operations"], 20);
     // A query without a client certificate: the proxy's alert after the
     // handshake is a refusal too, not an error.
     let report = bench(

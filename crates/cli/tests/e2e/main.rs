@@ -40,6 +40,8 @@
 //! - `stale_crl`: a CRL past its nextUpdate refuses (`crl_expired`) or,
 //!   with `stale_crl = "allow"`, admits with a warning; `/readyz`,
 //!   `/status` and `check-config` say so.
+//! - `docs`: every ```toml example in README.md and docs/*.md passes
+//!   `check-config` (fragments inside a minimal listener).
 //! - `bench`: `intransit bench` against `--self` and PostgreSQL, MariaDB and
 //!   Redis with native TLS and through the proxy (report structure and
 //!   refusals, never timings).
@@ -51,6 +53,7 @@ mod bench;
 mod ca;
 mod client_mode;
 mod clients;
+mod docs;
 mod hot_reload;
 mod lifecycle;
 mod limits;
