@@ -356,6 +356,15 @@ function outcomes(status) {
   fill(document.querySelector("#negotiated tbody"), neg, 3, "no established sessions yet");
 }
 
+// The database user a refused login asked for. A refusal during the TLS
+// handshake comes before the client names one (it sends the name inside
+// TLS), and a `tls` listener does not read its protocol's login at all.
+function userCell(r) {
+  if (r.db_user) return el("td", { class: "user" }, r.db_user);
+  if (r.protocol === "tls") return el("td", { class: "user muted", title: "tls listeners do not read the login" }, "n/a");
+  return el("td", { class: "user muted", title: "refused before the client sent a database user" }, "not sent");
+}
+
 function refusals(status) {
   const rows = status.recent_refusals.slice().reverse().map((r) => {
     const cert = r.client_cert ? (r.client_cert.cn || r.client_cert.sans.join(", ") || r.client_cert.sha256) : "none";
@@ -364,11 +373,7 @@ function refusals(status) {
       el("td", {}, r.listener),
       el("td", {}, el("code", {}, r.peer)),
       el("td", {}, cert),
-      // A refusal during the TLS handshake comes before the client names a
-      // database user (it sends the name inside TLS), so there is none.
-      r.db_user
-        ? el("td", { class: "user" }, r.db_user)
-        : el("td", { class: "user muted", title: "refused before the client sent a database user" }, "not sent"),
+      userCell(r),
       el("td", {}, el("span", { class: "badge bad" }, r.outcome)),
       el("td", {}, r.detail || ""));
   });
