@@ -231,32 +231,33 @@ function listeners(status) {
 // certificate share one page, and on a linear axis the 90-day bar would be
 // a sliver. Equal widths are equal ratios of time (7 days to 30 is about
 // as far as 90 days to 1 year), the ticks name the scale, and every row
-// prints its days left, so no bar has to be read for a number.
-const AXIS_TICKS = [[1, "1 d"], [7, "7 d"], [30, "30 d"], [90, "90 d"], [365, "1 y"], [3650, "10 y"]];
+// prints its days left, so no bar has to be read for a number. The axis
+// ends at 10 years: a CA valid for centuries (rcgen's and many self-made
+// CAs' default) fills its bar instead of squeezing every other row.
+const AXIS_DAYS = 3650;
+const AXIS_TICKS = [[1, "1 d"], [7, "7 d"], [30, "30 d"], [90, "90 d"], [365, "1 y"], [AXIS_DAYS, "10 y+"]];
 
-function axisPosition(days, horizon) {
-  return (100 * Math.log1p(Math.max(days, 0))) / Math.log1p(horizon);
+function axisPosition(days) {
+  return (100 * Math.log1p(Math.min(Math.max(days, 0), AXIS_DAYS))) / Math.log1p(AXIS_DAYS);
 }
 
-function axisRow(horizon) {
+function axisRow() {
   const scale = el("div", { class: "scale", "aria-hidden": "true" });
   for (const [days, label] of AXIS_TICKS) {
-    if (days > horizon) continue;
     const tick = el("span", { class: "tick" }, label);
-    tick.style.left = axisPosition(days, horizon) + "%";
+    tick.style.left = axisPosition(days) + "%";
     scale.append(tick);
   }
   return el("div", { class: "row axis" }, el("div", { class: "name muted" }, "time left (log scale)"), scale, el("div", {}));
 }
 
-function expiryRow(kind, key, name, detail, days, cls, daysText, title, horizon) {
+function expiryRow(kind, key, name, detail, days, cls, daysText, title) {
   const bar = el("div", { class: "bar " + cls });
-  bar.style.width = Math.max(1, Math.min(100, axisPosition(days, horizon))) + "%";
+  bar.style.width = Math.max(1, Math.min(100, axisPosition(days))) + "%";
   const track = el("div", { class: "track", title }, bar);
   for (const [tickDays] of AXIS_TICKS) {
-    if (tickDays > horizon) continue;
     const line = el("span", { class: "gridline" });
-    line.style.left = axisPosition(tickDays, horizon) + "%";
+    line.style.left = axisPosition(tickDays) + "%";
     track.append(line);
   }
   return el("div", { class: "row", "data-kind": kind, "data-key": key, "data-level": cls },
@@ -275,14 +276,13 @@ function expiry(status) {
     days: c.next_update_unix === null || c.next_update_unix === undefined ? null : daysUntil(c.next_update_unix, status.now),
   }));
   crls.sort((a, b) => (a.days === null ? Infinity : a.days) - (b.days === null ? Infinity : b.days));
-  const horizon = Math.max(3650, ...certs.map((c) => c.days_left), ...crls.map((c) => c.days || 0));
-  if (certs.length || crls.length) box.append(axisRow(horizon));
+  if (certs.length || crls.length) box.append(axisRow());
   for (const c of certs) {
     const roles = c.roles.map((r) => ROLES[r] || r).join(", ");
     box.append(expiryRow("certificate", c.fingerprint_sha256, c.subject,
       `${roles} · ${c.wheres.join(", ")} · serial ${c.serial} · loaded ${c.loaded_at}`,
       c.days_left, level(c.days_left), c.days_left < 0 ? "expired" : `${c.days_left} days left`,
-      `expires ${c.not_after}`, horizon));
+      `expires ${c.not_after}`));
   }
   if (certs.length === 0) box.append(el("p", { class: "empty" }, "no certificates loaded"));
 
@@ -291,13 +291,13 @@ function expiry(status) {
   for (const c of crls) {
     const detail = `CRL ${c.file} · ${c.wheres.join(", ")} · issued ${c.this_update}`;
     if (c.days === null) {
-      crlBox.append(expiryRow("crl", c.file, c.issuer, detail, horizon, "", "no nextUpdate", "the CRL names no next update", horizon));
+      crlBox.append(expiryRow("crl", c.file, c.issuer, detail, AXIS_DAYS, "", "no nextUpdate", "the CRL names no next update"));
     } else if (c.stale) {
       crlBox.append(expiryRow("crl", c.file, c.issuer, detail, 0, "bad", "stale",
-        `stale since ${c.next_update} (its nextUpdate)`, horizon));
+        `stale since ${c.next_update} (its nextUpdate)`));
     } else {
       crlBox.append(expiryRow("crl", c.file, c.issuer, detail, c.days, level(c.days),
-        `next update in ${c.days} days`, `next update ${c.next_update}`, horizon));
+        `next update in ${c.days} days`, `next update ${c.next_update}`));
     }
   }
   document.getElementById("crl-section").hidden = crls.length === 0;

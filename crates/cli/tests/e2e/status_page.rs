@@ -244,7 +244,7 @@ impl Drop for Browser {
 }
 
 /// What the page drew, read from the DOM in one script.
-const READ_PAGE: &str = r#"
+const READ_PAGE: &str = r##"
 const text = (n) => (n ? n.innerText.trim() : null);
 const verdicts = [...document.querySelectorAll("#verdicts .verdict")].map((v) => ({
   class: v.className, text: v.innerText }));
@@ -266,7 +266,7 @@ return {
   attentionFirst: document.querySelector("main").firstElementChild.id,
   negotiated: text(document.getElementById("negotiated")),
 };
-"#;
+"##;
 
 #[test]
 fn the_status_page_shows_listeners_expiry_and_refusals_in_a_browser() {
