@@ -409,9 +409,7 @@ impl<L: Listener> ConnectionContext<L> {
         let facts = self.facts();
         let (from_client, to_client) = record.bytes.unwrap_or_default();
         let login = refused.and_then(|r| r.login.as_deref());
-        let db_user = record
-            .user
-            .or_else(|| login.and_then(|l| l.user.clone()));
+        let db_user = record.user.or_else(|| login.and_then(|l| l.user.clone()));
         let db_name = record
             .database
             .or_else(|| login.and_then(|l| l.database.clone()));

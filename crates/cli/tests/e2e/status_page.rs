@@ -301,7 +301,11 @@ fn the_status_page_shows_listeners_expiry_and_refusals_in_a_browser() {
     };
     let ok = psql(&tls_conninfo(&f.client), "SELECT 1", Some(&user.password));
     assert!(ok.status.success(), "{}", stderr(&ok));
-    let stranger = psql(&tls_conninfo(&pki().stranger), "SELECT 1", Some(&user.password));
+    let stranger = psql(
+        &tls_conninfo(&pki().stranger),
+        "SELECT 1",
+        Some(&user.password),
+    );
     assert!(!stranger.status.success());
     proxy.refusal("untrusted");
     let plaintext = psql(
@@ -415,15 +419,26 @@ fn the_status_page_shows_listeners_expiry_and_refusals_in_a_browser() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|v| v["text"].as_str().unwrap().contains("Post-quantum key exchange"))
+        .find(|v| {
+            v["text"]
+                .as_str()
+                .unwrap()
+                .contains("Post-quantum key exchange")
+        })
         .expect("post-quantum card");
     assert_eq!(pq["class"], "verdict info", "{pq:#}");
-    assert!(pq["text"].as_str().unwrap().contains("OpenSSL 3.5"), "{pq:#}");
+    assert!(
+        pq["text"].as_str().unwrap().contains("OpenSSL 3.5"),
+        "{pq:#}"
+    );
 
     // Each certificate once; the shared CA names both routes.
     let certs = page["certificates"].as_array().unwrap();
     assert_eq!(certs.len(), fingerprints.len(), "{page:#}");
-    let ca_rows: Vec<&Value> = certs.iter().filter(|c| c["key"] == ca_fingerprint).collect();
+    let ca_rows: Vec<&Value> = certs
+        .iter()
+        .filter(|c| c["key"] == ca_fingerprint)
+        .collect();
     assert_eq!(ca_rows.len(), 1, "{page:#}");
     let ca_text = ca_rows[0]["text"].as_str().unwrap();
     assert!(
@@ -447,10 +462,21 @@ fn the_status_page_shows_listeners_expiry_and_refusals_in_a_browser() {
     assert_eq!(crls.len(), 2, "{page:#}");
     let soon = crls
         .iter()
-        .find(|c| c["text"].as_str().unwrap().contains("intransit ten-year CA"))
+        .find(|c| {
+            c["text"]
+                .as_str()
+                .unwrap()
+                .contains("intransit ten-year CA")
+        })
         .expect("the five-day CRL");
     assert_eq!(soon["level"], "bad", "{soon:#}");
-    assert!(soon["text"].as_str().unwrap().contains("next update in 4 days"), "{soon:#}");
+    assert!(
+        soon["text"]
+            .as_str()
+            .unwrap()
+            .contains("next update in 4 days"),
+        "{soon:#}"
+    );
     let stale = crls
         .iter()
         .find(|c| c["text"].as_str().unwrap().contains("stale CRL CA"))
@@ -474,11 +500,10 @@ fn the_status_page_shows_listeners_expiry_and_refusals_in_a_browser() {
     assert_eq!(row_of("plaintext_refused")[4], user.name.as_str());
     assert_eq!(row_of("untrusted")[4], "not sent");
 
-    let screenshot = browser.driver.call(
-        "GET",
-        &format!("/session/{}/screenshot", browser.id),
-        None,
-    );
+    let screenshot =
+        browser
+            .driver
+            .call("GET", &format!("/session/{}/screenshot", browser.id), None);
     let png = base64::engine::general_purpose::STANDARD
         .decode(screenshot.as_str().expect("base64 screenshot"))
         .expect("decoding the screenshot");
