@@ -270,6 +270,10 @@ pub(crate) fn first_packet(seq: u8, payload: &[u8]) -> Result<(), Refusal> {
                     "HandshakeResponse without TLS (user {:?})",
                     response.user_utf8().unwrap_or("?")
                 ),
+            )
+            .for_login(
+                response.user_utf8().ok(),
+                response.database_utf8().ok().flatten(),
             ),
         }),
         Err(e) => Err(bad_handshake(seq, format!("client handshake: {e}"))),
@@ -542,6 +546,8 @@ mod tests {
         let refusal = first_packet(seq, &payload).unwrap_err();
         assert_eq!(refusal.refused.reason, RefusalReason::PlaintextRefused);
         assert!(refusal.refused.detail.contains("\"nat\""));
+        let login = refusal.refused.login.as_deref().expect("login names");
+        assert_eq!(login.user.as_deref(), Some("nat"));
         let (reply_seq, error) = err(&refusal.reply);
         assert_eq!(reply_seq, seq + 1);
         assert_eq!(error.code, ServerError::SECURE_TRANSPORT_REQUIRED.code);

@@ -77,7 +77,8 @@ pub(crate) fn before_tls(
                     startup.user().unwrap_or_default(),
                     startup.database().unwrap_or_default()
                 ),
-            ),
+            )
+            .for_login(startup.user(), startup.database()),
         }),
     }
 }
@@ -262,6 +263,7 @@ pub(crate) fn login_step(frame: &pg::BackendFrame<'_>) -> LoginStep {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use crate::conn::LoginNames;
     use intransit_policy::{DbUserRule, IdentityPattern};
     use intransit_wire::pg::captured::{self, bytes};
     use intransit_wire::pg::ErrorResponseFields;
@@ -342,6 +344,14 @@ mod tests {
             assert_eq!(refusal.refused.reason, RefusalReason::PlaintextRefused);
             assert!(refusal.refused.detail.contains("\"alice\""));
             assert!(refusal.refused.detail.contains("\"shop\""));
+            assert_eq!(
+                refusal.refused.login.as_deref(),
+                Some(&LoginNames {
+                    user: Some("alice".into()),
+                    database: Some("shop".into())
+                }),
+                "the audit event names the user a plaintext login asked for"
+            );
             let error = fatal(&refusal.reply);
             assert_eq!(
                 error.code().map(|c| c.as_str().to_owned()).as_deref(),
