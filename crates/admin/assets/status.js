@@ -40,6 +40,19 @@ function level(days) {
   return "ok";
 }
 
+// `TLSv1_3` (how rustls, the metrics and /status name a version) or `1.3`
+// (a policy's minimum) as people write it: `TLS 1.3`.
+function tlsName(version) {
+  const m = /^(?:TLSv)?(\d)[._](\d)$/.exec(String(version));
+  return m ? `TLS ${m[1]}.${m[2]}` : String(version);
+}
+
+// Whole days from now to `unix`, negative once past, as /status counts
+// a certificate's days_left.
+function daysUntil(unix, now) {
+  return Math.floor((unix - now) / 86400);
+}
+
 function sum(map) {
   return Object.values(map || {}).reduce((a, b) => a + b, 0);
 }
@@ -61,13 +74,17 @@ function verdicts(status) {
     box.append(card(all ? "ok" : "warn", "Is everything TLS 1.3?", all ? "yes" : "no",
       `${tls13} of ${established} sessions`));
   }
+  // Information, never a fault: every listener offers X25519MLKEM768 first,
+  // so the share only says which clients can offer it (libpq on OpenSSL
+  // older than 3.5 cannot), and no listener setting in /status requires it.
   const pq = Object.entries(h.groups).filter(([g]) => g.includes("MLKEM")).reduce((a, [, n]) => a + n, 0);
+  const pqClients = "information: clients on OpenSSL 3.5+, rustls or Go 1.24+ offer ML-KEM; libpq on older OpenSSL cannot";
   if (established > 0) {
     const share = Math.round((100 * pq) / established);
-    box.append(card(pq === established ? "ok" : pq > 0 ? "warn" : "bad", "Post-quantum key exchange",
-      `${share}%`, `${pq} of ${established} sessions used a hybrid ML-KEM group`));
+    box.append(card("info", "Post-quantum key exchange", `${share}%`,
+      `${pq} of ${established} sessions used hybrid ML-KEM; ${pqClients}`));
   } else {
-    box.append(card("", "Post-quantum key exchange", "–", "no sessions yet"));
+    box.append(card("info", "Post-quantum key exchange", "–", `no sessions yet; ${pqClients}`));
   }
   let soonest = null;
   for (const c of allCertificates(status)) {
@@ -75,7 +92,7 @@ function verdicts(status) {
   }
   if (soonest) {
     box.append(card(level(soonest.days_left), "Next certificate expiry", `${soonest.days_left} days`,
-      `${soonest.subject} (${soonest.role})`));
+      `${soonest.subject} (${soonest.roles.map((r) => ROLES[r] || r).join(", ")})`));
   }
   box.append(card(refused > 0 ? "warn" : "ok", "Refused connections", String(refused),
     `${established} established since start`));
@@ -86,6 +103,26 @@ function verdicts(status) {
     ? card("bad", "TLS material reloads", `${refusedReloads.length} refused`,
       `${refusedReloads[0]}; the previous material keeps serving`)
     : card("ok", "TLS material reloads", "in service", `${rounds} reload round${rounds === 1 ? "" : "s"} since start`));
+}
+
+// Why the proxy is not ready and what needs attention, above everything
+// else: these are what /readyz answers.
+function attention(status) {
+  const box = document.getElementById("attention");
+  box.replaceChildren();
+  const notReady = status.not_ready || [];
+  const warnings = status.warnings || [];
+  if (notReady.length) {
+    box.append(el("div", { class: "alert bad", id: "not-ready" },
+      el("strong", {}, "Not ready: /readyz answers 503"),
+      el("ul", {}, ...notReady.map((r) => el("li", {}, r)))));
+  }
+  if (warnings.length) {
+    box.append(el("div", { class: "alert warn", id: "warnings" },
+      el("strong", {}, `Warning${warnings.length === 1 ? "" : "s"}`),
+      el("ul", {}, ...warnings.map((w) => el("li", {}, w)))));
+  }
+  box.hidden = notReady.length + warnings.length === 0;
 }
 
 // Every refused reload still pending, as "where: why".
@@ -111,22 +148,48 @@ const ROLES = {
   upstream_peer: "database's certificate, seen",
 };
 
-// Every certificate in use, with where it is used.
+// Every certificate in use, once each (by fingerprint), with the roles it
+// has and the routes that use it: a CA shared by several routes is one row.
 function allCertificates(status) {
-  const certs = [];
+  const byFingerprint = new Map();
+  const add = (c, where) => {
+    let cert = byFingerprint.get(c.fingerprint_sha256);
+    if (!cert) {
+      cert = { ...c, roles: [], wheres: [] };
+      byFingerprint.set(c.fingerprint_sha256, cert);
+    }
+    if (!cert.roles.includes(c.role)) cert.roles.push(c.role);
+    if (!cert.wheres.includes(where)) cert.wheres.push(where);
+  };
   for (const l of status.listeners) for (const r of l.routes) {
-    for (const c of r.certificates) certs.push({ ...c, where: `${l.name} / ${r.route}` });
-    for (const c of (r.upstream_tls && r.upstream_tls.certificates) || []) certs.push({ ...c, where: `${l.name} / ${r.route}` });
+    for (const c of r.certificates) add(c, `${l.name} / ${r.route}`);
+    for (const c of (r.upstream_tls && r.upstream_tls.certificates) || []) add(c, `${l.name} / ${r.route}`);
   }
   for (const l of status.client_listeners || []) {
-    for (const c of l.upstream_tls.certificates || []) certs.push({ ...c, where: l.name });
+    for (const c of l.upstream_tls.certificates || []) add(c, l.name);
   }
-  return certs;
+  return [...byFingerprint.values()];
+}
+
+// Every CRL in use, once each (by file and issuer), with the routes that
+// check client certificates against it.
+function allCrls(status) {
+  const byFile = new Map();
+  for (const l of status.listeners) for (const r of l.routes) {
+    for (const c of r.crls || []) {
+      const key = `${c.file}\n${c.issuer}`;
+      if (!byFile.has(key)) byFile.set(key, { ...c, wheres: [] });
+      const crl = byFile.get(key);
+      const where = `${l.name} / ${r.route}`;
+      if (!crl.wheres.includes(where)) crl.wheres.push(where);
+    }
+  }
+  return [...byFile.values()];
 }
 
 function upstreamText(u) {
   if (!u) return "plaintext (loopback or unix socket)";
-  const parts = [`TLS ≥ ${u.min_version}, ${u.mode}`, `name ${u.server_name}`];
+  const parts = [`${tlsName(u.min_version)} or later, ${u.mode}`, `name ${u.server_name}`];
   if (u.pins) parts.push(`${u.pins} pin${u.pins === 1 ? "" : "s"}`);
   if (u.client_certificate) parts.push("client certificate");
   return parts.join(", ");
@@ -154,7 +217,7 @@ function listeners(status) {
         el("td", {}, i === 0 ? el("code", {}, l.listen) : ""),
         el("td", {}, r.route),
         el("td", {}, el("code", {}, r.upstream)),
-        el("td", {}, `TLS ≥ ${p.min_version}`),
+        el("td", {}, `${tlsName(p.min_version)} or later`),
         el("td", {}, p.client_auth + (p.crl ? ", CRL checked" : "")),
         el("td", {}, p.allow.length ? p.allow.join(", ") : "any trusted certificate"),
         el("td", {}, r.db_users_enforced ? "enforced" : "not enforced"),
@@ -164,22 +227,80 @@ function listeners(status) {
   fill(document.querySelector("#listeners tbody"), rows, 9, "no listeners");
 }
 
+// The expiry time axis is logarithmic: a 10-year CA and a 90-day
+// certificate share one page, and on a linear axis the 90-day bar would be
+// a sliver. Equal widths are equal ratios of time (7 days to 30 is about
+// as far as 90 days to 1 year), the ticks name the scale, and every row
+// prints its days left, so no bar has to be read for a number. The axis
+// ends at 10 years: a CA valid for centuries (rcgen's and many self-made
+// CAs' default) fills its bar instead of squeezing every other row.
+const AXIS_DAYS = 3650;
+const AXIS_TICKS = [[1, "1 d"], [7, "7 d"], [30, "30 d"], [90, "90 d"], [365, "1 y"], [AXIS_DAYS, "10 y+"]];
+
+function axisPosition(days) {
+  return (100 * Math.log1p(Math.min(Math.max(days, 0), AXIS_DAYS))) / Math.log1p(AXIS_DAYS);
+}
+
+function axisRow() {
+  const scale = el("div", { class: "scale", "aria-hidden": "true" });
+  for (const [days, label] of AXIS_TICKS) {
+    const tick = el("span", { class: "tick" }, label);
+    tick.style.left = axisPosition(days) + "%";
+    scale.append(tick);
+  }
+  return el("div", { class: "row axis" }, el("div", { class: "name muted" }, "time left (log scale)"), scale, el("div", {}));
+}
+
+function expiryRow(kind, key, name, detail, days, cls, daysText, title) {
+  const bar = el("div", { class: "bar " + cls });
+  bar.style.width = Math.max(1, Math.min(100, axisPosition(days))) + "%";
+  const track = el("div", { class: "track", title }, bar);
+  for (const [tickDays] of AXIS_TICKS) {
+    const line = el("span", { class: "gridline" });
+    line.style.left = axisPosition(tickDays) + "%";
+    track.append(line);
+  }
+  return el("div", { class: "row", "data-kind": kind, "data-key": key, "data-level": cls },
+    el("div", { class: "name" }, name, el("small", {}, detail)),
+    track,
+    el("div", { class: "days " + cls }, daysText));
+}
+
 function expiry(status) {
   const box = document.getElementById("expiry");
   box.replaceChildren();
   const certs = allCertificates(status);
   certs.sort((a, b) => a.days_left - b.days_left);
-  const horizon = Math.max(90, ...certs.map((c) => Math.min(c.days_left, 3650)));
+  const crls = allCrls(status).map((c) => ({
+    ...c,
+    days: c.next_update_unix === null || c.next_update_unix === undefined ? null : daysUntil(c.next_update_unix, status.now),
+  }));
+  crls.sort((a, b) => (a.days === null ? Infinity : a.days) - (b.days === null ? Infinity : b.days));
+  if (certs.length || crls.length) box.append(axisRow());
   for (const c of certs) {
-    const width = Math.max(1, Math.min(100, (100 * Math.max(c.days_left, 0)) / horizon));
-    const bar = el("div", { class: "bar " + level(c.days_left) });
-    bar.style.width = width + "%";
-    box.append(el("div", { class: "row", "data-serial": c.serial },
-      el("div", { class: "name" }, c.subject, el("small", {}, `${ROLES[c.role] || c.role} · ${c.where} · serial ${c.serial} · loaded ${c.loaded_at}`)),
-      el("div", { class: "track", title: `expires ${c.not_after}` }, bar),
-      el("div", { class: "days" }, c.days_left < 0 ? "expired" : `${c.days_left} days left`)));
+    const roles = c.roles.map((r) => ROLES[r] || r).join(", ");
+    box.append(expiryRow("certificate", c.fingerprint_sha256, c.subject,
+      `${roles} · ${c.wheres.join(", ")} · serial ${c.serial} · loaded ${c.loaded_at}`,
+      c.days_left, level(c.days_left), c.days_left < 0 ? "expired" : `${c.days_left} days left`,
+      `expires ${c.not_after}`));
   }
   if (certs.length === 0) box.append(el("p", { class: "empty" }, "no certificates loaded"));
+
+  const crlBox = document.getElementById("crls");
+  crlBox.replaceChildren();
+  for (const c of crls) {
+    const detail = `CRL ${c.file} · ${c.wheres.join(", ")} · issued ${c.this_update}`;
+    if (c.days === null) {
+      crlBox.append(expiryRow("crl", c.file, c.issuer, detail, AXIS_DAYS, "", "no nextUpdate", "the CRL names no next update"));
+    } else if (c.stale) {
+      crlBox.append(expiryRow("crl", c.file, c.issuer, detail, 0, "bad", "stale",
+        `stale since ${c.next_update} (its nextUpdate)`));
+    } else {
+      crlBox.append(expiryRow("crl", c.file, c.issuer, detail, c.days, level(c.days),
+        `next update in ${c.days} days`, `next update ${c.next_update}`));
+    }
+  }
+  document.getElementById("crl-section").hidden = crls.length === 0;
 }
 
 function timeline(status) {
@@ -229,10 +350,19 @@ function outcomes(status) {
     .map(([k, n]) => el("tr", {}, el("td", {}, el("span", { class: "badge " + (k === "ok" ? "ok" : "bad") }, k)), el("td", { class: "num" }, n)));
   fill(document.querySelector("#outcomes tbody"), rows, 2, "no connections yet");
   const neg = [
-    ...Object.entries(h.tls_versions).map(([k, n]) => ["TLS version", k, n]),
+    ...Object.entries(h.tls_versions).map(([k, n]) => ["TLS version", tlsName(k), n]),
     ...Object.entries(h.groups).map(([k, n]) => ["key exchange", k, n]),
   ].map(([kind, k, n]) => el("tr", {}, el("td", {}, kind), el("td", {}, el("code", {}, k)), el("td", { class: "num" }, n)));
   fill(document.querySelector("#negotiated tbody"), neg, 3, "no established sessions yet");
+}
+
+// The database user a refused login asked for. A refusal during the TLS
+// handshake comes before the client names one (it sends the name inside
+// TLS), and a `tls` listener does not read its protocol's login at all.
+function userCell(r) {
+  if (r.db_user) return el("td", { class: "user" }, r.db_user);
+  if (r.protocol === "tls") return el("td", { class: "user muted", title: "tls listeners do not read the login" }, "n/a");
+  return el("td", { class: "user muted", title: "refused before the client sent a database user" }, "not sent");
 }
 
 function refusals(status) {
@@ -243,7 +373,7 @@ function refusals(status) {
       el("td", {}, r.listener),
       el("td", {}, el("code", {}, r.peer)),
       el("td", {}, cert),
-      el("td", {}, r.db_user || ""),
+      userCell(r),
       el("td", {}, el("span", { class: "badge bad" }, r.outcome)),
       el("td", {}, r.detail || ""));
   });
@@ -257,6 +387,7 @@ async function refresh() {
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     const status = await response.json();
     document.getElementById("version").textContent = `v${status.version} · started ${status.started_at}`;
+    attention(status);
     verdicts(status);
     listeners(status);
     clientListeners(status);

@@ -40,6 +40,10 @@
 //!   pins and PEM decoding, with PEM errors in words ([`describe_pem_error`]).
 //! - [`state`]: [`StateDir`], the state directory, and the quickstart used
 //!   by `intransit up`.
+//! - [`trust`]: [`ServerTrust`], whether a server's certificate is trusted
+//!   (webpki, plus libpq's acceptance of a certificate that is itself a
+//!   trust anchor), shared by the proxy's upstream leg and `scan`; and
+//!   [`describe_certificate_error`], certificate verdicts in words.
 //! - [`inventory`]: `<state>/inventory.json` and the operations on named
 //!   certificates: [`StateDir::issue`], [`StateDir::inventory`],
 //!   [`StateDir::renew`], [`StateDir::revoke`], [`StateDir::write_crl`],
@@ -59,6 +63,7 @@ pub mod request;
 pub mod revocation;
 pub mod state;
 pub mod storage;
+pub mod trust;
 
 pub use authority::{CertificateAuthority, IssuedCertificate, CA_ORGANIZATION};
 pub use error::PkiError;
@@ -84,3 +89,4 @@ pub use state::{Quickstart, QuickstartLifetimes, StateDir, QUICKSTART_CA_NAME};
 #[cfg(unix)]
 pub use storage::write_file_atomic_owned;
 pub use storage::{write_file_atomic, CertificatePaths, FileOwnership};
+pub use trust::{describe_certificate_error, CaNotAnAnchor, ServerTrust, ServerTrustError};

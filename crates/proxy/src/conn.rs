@@ -408,6 +408,11 @@ impl<L: Listener> ConnectionContext<L> {
             .unwrap_or_else(|poisoned| poisoned.into_inner().clone());
         let facts = self.facts();
         let (from_client, to_client) = record.bytes.unwrap_or_default();
+        let login = refused.and_then(|r| r.login.as_deref());
+        let db_user = record.user.or_else(|| login.and_then(|l| l.user.clone()));
+        let db_name = record
+            .database
+            .or_else(|| login.and_then(|l| l.database.clone()));
         AuditEvent {
             time: rfc3339(SystemTime::now()),
             conn: self.id,
@@ -416,8 +421,8 @@ impl<L: Listener> ConnectionContext<L> {
             protocol: self.listener.protocol().as_str().to_owned(),
             peer: self.peer.to_string(),
             client_cert: record.client_cert,
-            db_user: record.user,
-            db_name: record.database,
+            db_user,
+            db_name,
             tls_version: facts.tls_version.to_owned(),
             cipher: facts.cipher.to_owned(),
             group: facts.group.to_owned(),
@@ -442,6 +447,18 @@ pub(crate) struct Refused {
     /// certificate is accepted the context knows its identity
     /// ([`ConnectionContext::peer_identity`]).
     pub(crate) presented_identity: Option<Box<ClientIdentity>>,
+    /// The database user and name of a login the refusal itself read (a
+    /// StartupMessage or HandshakeResponse sent without TLS), which never
+    /// reached [`ConnectionContext::note_login`]: the audit event still
+    /// says who was turned away.
+    pub(crate) login: Option<Box<LoginNames>>,
+}
+
+/// The names a login asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct LoginNames {
+    pub(crate) user: Option<String>,
+    pub(crate) database: Option<String>,
 }
 
 impl Refused {
@@ -450,7 +467,18 @@ impl Refused {
             reason,
             detail: detail.into(),
             presented_identity: None,
+            login: None,
         }
+    }
+
+    /// Names the database user and name of the login being refused.
+    pub(crate) fn for_login(mut self, user: Option<&str>, database: Option<&str>) -> Self {
+        let names = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_owned);
+        self.login = Some(Box::new(LoginNames {
+            user: names(user),
+            database: names(database),
+        }));
+        self
     }
 
     /// The peer went away (or its stream failed) while the proxy read or

@@ -11,6 +11,8 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
+pub use intransit_pki::describe_certificate_error;
+use intransit_pki::CaNotAnAnchor;
 use rustls::{AlertDescription, CertificateError, OtherError};
 
 /// The reasons the proxy turns a client away.
@@ -89,6 +91,10 @@ pub enum RefusalReason {
     PinMismatch,
     /// Any other failure of the TLS handshake with the database.
     UpstreamTlsFailed,
+    /// The database, or a proxy in front of it, refused the login: a
+    /// PostgreSQL ErrorResponse or a MySQL ERR packet before the session
+    /// began (a wrong password, a user its rules deny).
+    UpstreamRefused,
     /// The client wanted SCRAM channel binding, which cannot span the
     /// proxy's two TLS sessions.
     ChannelBinding,
@@ -135,6 +141,7 @@ impl RefusalReason {
             RefusalReason::UpstreamNameMismatch => "upstream_name_mismatch",
             RefusalReason::PinMismatch => "pin_mismatch",
             RefusalReason::UpstreamTlsFailed => "upstream_tls_failed",
+            RefusalReason::UpstreamRefused => "upstream_refused",
             RefusalReason::ChannelBinding => "channel_binding",
             RefusalReason::ClientClosed => "client_closed",
         }
@@ -182,10 +189,12 @@ impl RefusalReason {
                     RefusalReason::WeakKey
                 } else if other.is::<StaleCrl>() {
                     RefusalReason::CrlExpired
-                } else if matches!(
-                    other.downcast_ref::<webpki::Error>(),
-                    Some(webpki::Error::CaUsedAsEndEntity)
-                ) {
+                } else if other.is::<CaNotAnAnchor>()
+                    || matches!(
+                        other.downcast_ref::<webpki::Error>(),
+                        Some(webpki::Error::CaUsedAsEndEntity)
+                    )
+                {
                     RefusalReason::CaAsLeaf
                 } else {
                     RefusalReason::HandshakeFailed
@@ -325,58 +334,6 @@ pub fn describe_handshake_io(error: &io::Error) -> String {
     {
         Some(tls) => describe_tls_error(tls),
         None => error.to_string(),
-    }
-}
-
-/// Says in words why a certificate was not accepted.
-pub fn describe_certificate_error(error: &CertificateError) -> String {
-    use CertificateError as C;
-    match error {
-        C::BadEncoding => "the certificate does not parse".to_owned(),
-        C::Expired => "the certificate is expired".to_owned(),
-        C::ExpiredContext { not_after, .. } => format!(
-            "the certificate expired at {}",
-            rfc3339(not_after.as_secs() as i64)
-        ),
-        C::NotValidYet => "the certificate is not valid yet (check the clocks of both hosts)".to_owned(),
-        C::NotValidYetContext { not_before, .. } => format!(
-            "the certificate is not valid before {} (its notBefore is in the future: check the clocks of both hosts, or how it was issued)",
-            rfc3339(not_before.as_secs() as i64)
-        ),
-        C::Revoked => "the certificate is revoked by the CRL".to_owned(),
-        C::UnknownRevocationStatus => {
-            "no CRL covers the certificate's issuer, so its revocation status is unknown".to_owned()
-        }
-        C::ExpiredRevocationList => "the CRL covering the certificate is past its nextUpdate".to_owned(),
-        C::ExpiredRevocationListContext { next_update, .. } => format!(
-            "the CRL covering the certificate is stale: its nextUpdate {} has passed",
-            rfc3339(next_update.as_secs() as i64)
-        ),
-        C::UnknownIssuer => {
-            "the certificate does not chain to a trusted CA (unknown issuer)".to_owned()
-        }
-        C::BadSignature => "a signature in the certificate chain does not verify".to_owned(),
-        C::NotValidForName => "the certificate is not valid for the expected name".to_owned(),
-        // rustls names the expected and presented names in words.
-        C::NotValidForNameContext { .. } => error.to_string(),
-        C::InvalidPurpose => {
-            "the certificate's extended key usage does not allow this use".to_owned()
-        }
-        C::InvalidPurposeContext { .. } => error.to_string(),
-        C::ApplicationVerificationFailure => {
-            "the certificate's identity is not in the allow-list".to_owned()
-        }
-        C::UnhandledCriticalExtension => {
-            "the certificate has a critical extension this verifier does not know".to_owned()
-        }
-        C::Other(OtherError(other)) => match other.downcast_ref::<webpki::Error>() {
-            Some(webpki::Error::CaUsedAsEndEntity) => {
-                "the certificate is a CA certificate (basicConstraints CA:TRUE) presented as an end-entity certificate; present a leaf certificate (CA:FALSE) issued by that CA".to_owned()
-            }
-            Some(_) => "the certificate failed verification".to_owned(),
-            None => other.to_string(),
-        },
-        _ => "the certificate is signed with an algorithm, or carries a key, this verifier does not accept".to_owned(),
     }
 }
 
@@ -545,6 +502,7 @@ mod tests {
             RefusalReason::UpstreamNameMismatch,
             RefusalReason::PinMismatch,
             RefusalReason::UpstreamTlsFailed,
+            RefusalReason::UpstreamRefused,
             RefusalReason::ChannelBinding,
             RefusalReason::ClientClosed,
         ];

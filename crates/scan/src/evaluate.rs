@@ -2,15 +2,14 @@
 //! the policy's requirements (and through them to compliance controls).
 //!
 //! Certificate trust is the one decision made here: the chain is verified
-//! with webpki against the given anchors (or the system's CA bundle), for
-//! the report only. Nothing here ever trusts a server for a connection.
+//! with the proxy's own [`ServerTrust`] (webpki, and a certificate that is
+//! itself one of the anchors, as libpq accepts it) against the given
+//! anchors (or the system's CA bundle), for the report only. Nothing here ever trusts a server for a connection.
 
 use std::sync::Arc;
 
 use intransit_compliance::{Finding, Policy, Requirement, Status, Version};
-use rustls::client::danger::ServerCertVerifier;
-use rustls::client::WebPkiServerVerifier;
-use rustls::RootCertStore;
+use intransit_pki::{describe_certificate_error, ServerTrust};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::survey::{Plaintext, Survey};
@@ -361,27 +360,26 @@ fn certificate_findings(
         );
     }
 
-    // Trust and name, with webpki.
-    let mut roots = RootCertStore::empty();
-    let anchors = if trust.anchors.is_empty() {
-        std::fs::read_to_string(SYSTEM_BUNDLE)
-            .ok()
-            .and_then(|pem| intransit_pki::pem_to_der_certs(&pem).ok())
-            .unwrap_or_default()
-            .into_iter()
-            .map(CertificateDer::from)
-            .collect()
-    } else {
-        trust.anchors.clone()
-    };
+    // Trust and name: webpki, and a certificate that is itself one of the
+    // given anchors accepted as libpq accepts it.
     let source = if trust.anchors.is_empty() {
         "the system CA bundle"
     } else {
         "the given CA"
     };
-    for a in anchors {
-        let _ = roots.add(a);
-    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let built = if trust.anchors.is_empty() {
+        let bundle = std::fs::read_to_string(SYSTEM_BUNDLE)
+            .ok()
+            .and_then(|pem| intransit_pki::pem_to_der_certs(&pem).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect();
+        ServerTrust::from_bundle(bundle, provider)
+    } else {
+        ServerTrust::new(trust.anchors.clone(), provider)
+    };
     let name_text = trust.server_name.clone().unwrap_or_else(|| host.to_owned());
     let Ok(name) = ServerName::try_from(name_text.clone()) else {
         add(
@@ -391,20 +389,18 @@ fn certificate_findings(
         );
         return;
     };
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier =
-        match WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider).build() {
-            Ok(v) => v,
-            Err(e) => {
-                add(
-                    Requirement::CertTrusted,
-                    Status::Fail,
-                    format!("no trust anchors from {source}: {e}"),
-                );
-                return;
-            }
-        };
-    let result = verifier.verify_server_cert(leaf, &survey.chain[1..], &name, &[], UnixTime::now());
+    let verifier = match built {
+        Ok(v) => v,
+        Err(e) => {
+            add(
+                Requirement::CertTrusted,
+                Status::Fail,
+                format!("no trust anchors from {source}: {e}"),
+            );
+            return;
+        }
+    };
+    let result = verifier.verify(leaf, &survey.chain[1..], &name, UnixTime::now());
     use rustls::CertificateError as C;
     match result {
         Ok(_) => {
@@ -420,7 +416,7 @@ fn certificate_findings(
             );
         }
         Err(rustls::Error::InvalidCertificate(
-            C::NotValidForName | C::NotValidForNameContext { .. },
+            e @ (C::NotValidForName | C::NotValidForNameContext { .. }),
         )) => {
             add(
                 Requirement::CertTrusted,
@@ -430,7 +426,7 @@ fn certificate_findings(
             add(
                 Requirement::CertHostname,
                 Status::Fail,
-                format!("not valid for {name_text}"),
+                describe_certificate_error(&e),
             );
         }
         Err(rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. })) => {
@@ -440,10 +436,18 @@ fn certificate_findings(
                 "the certificate has expired".into(),
             );
         }
+        Err(rustls::Error::InvalidCertificate(e)) => add(
+            Requirement::CertTrusted,
+            Status::Fail,
+            format!(
+                "not trusted by {source}: {}",
+                describe_certificate_error(&e)
+            ),
+        ),
         Err(e) => add(
             Requirement::CertTrusted,
             Status::Fail,
-            format!("does not chain to {source}: {e}"),
+            format!("not trusted by {source}: {e}"),
         ),
     }
 }

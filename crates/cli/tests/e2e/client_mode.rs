@@ -873,3 +873,213 @@ fn redis_cli_without_tls_reaches_redis_on_its_tls_port() {
     assert_ne!(stdout(&out), "PONG");
     mismatch.refusal("pin_mismatch");
 }
+
+/// The count of `intransit_handshakes_total` for listener "app" and
+/// `outcome`.
+fn handshakes(proxy: &ProxyProcess, outcome: &str) -> f64 {
+    proxy.metrics().sum(
+        "intransit_handshakes_total",
+        &[("listener", "app"), ("outcome", outcome)],
+    )
+}
+
+/// The audit event of the connection refused for `reason`.
+fn audited(proxy: &ProxyProcess, reason: &str) -> serde_json::Value {
+    proxy.wait_for_log(Duration::from_secs(10), |v| {
+        v["message"] == "connection audit" && v["outcome"] == reason
+    })
+}
+
+#[test]
+fn a_postgres_login_refused_upstream_is_the_client_mode_connections_refusal() {
+    let user = db_user("refused");
+    let denied = db_user("refused-other");
+    // The server-mode proxy lets the tunnel's identity log in as `user`
+    // only.
+    let server = ProxyProcess::start(&listener_toml(
+        &pg_upstream(),
+        "",
+        &format!(
+            "[[listener.db_users]]\nidentity = \"uri:spiffe://prod/trainer\"\nusers = [\"{}\"]\n",
+            user.name
+        ),
+    ));
+    let client = ProxyProcess::start(&format!(
+        "{ADMIN_ON}{}",
+        client_toml(
+            "postgres",
+            &format!("127.0.0.1:{}", server.port()),
+            &tunnel_tls(&pki().trainer),
+            "",
+        )
+    ));
+
+    let out = psql_plain(client.port(), &denied, "SELECT 1");
+    assert!(!out.status.success(), "a denied user logged in");
+    // The application reads the server-mode proxy's own ErrorResponse.
+    assert!(
+        stderr(&out).contains("may not log in as database user"),
+        "{}",
+        stderr(&out)
+    );
+    server.refusal("user_denied");
+    let line = client.refusal("upstream_refused");
+    let detail = line["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("28000"), "{detail}");
+    assert!(detail.contains("may not log in"), "{detail}");
+    let audit = audited(&client, "upstream_refused");
+    assert_eq!(audit["db_user"], denied.name.as_str());
+    assert!(
+        audit["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("28000"),
+        "{audit}"
+    );
+    assert_eq!(handshakes(&client, "upstream_refused"), 1.0);
+    assert_eq!(handshakes(&client, "ok"), 0.0);
+
+    // A wrong password, refused by the database behind both proxies.
+    let out = psql(
+        &plain_conninfo(client.port(), &user.name, &user.name, ""),
+        "SELECT 1",
+        Some("wrong password"),
+    );
+    assert!(!out.status.success(), "a wrong password logged in");
+    assert!(
+        stderr(&out).contains("password authentication failed"),
+        "{}",
+        stderr(&out)
+    );
+    client.wait_for_log(Duration::from_secs(10), |v| {
+        v["message"] == "connection refused"
+            && v["reason"] == "upstream_refused"
+            && v["detail"].as_str().unwrap_or_default().contains("28P01")
+    });
+    assert_eq!(handshakes(&client, "upstream_refused"), 2.0);
+
+    // The login that works is counted once, as ok, and the session works.
+    let out = psql_plain(client.port(), &user, "SELECT current_user");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), user.name);
+    audited(&client, "ok");
+    assert_eq!(handshakes(&client, "ok"), 1.0);
+    assert_eq!(handshakes(&client, "upstream_refused"), 2.0);
+}
+
+#[test]
+fn a_wrong_password_to_a_tls_postgres_is_refused_in_client_mode() {
+    let user = tls_pg_user("cwrongpw");
+    let client = ProxyProcess::start(&format!(
+        "{ADMIN_ON}{}",
+        client_toml("postgres", &tls_pg_upstream(), &db_ca(), "")
+    ));
+    let out = psql(
+        &plain_conninfo(client.port(), &user.name, &user.name, ""),
+        "SELECT 1",
+        Some("wrong password"),
+    );
+    assert!(!out.status.success(), "a wrong password logged in");
+    assert!(
+        stderr(&out).contains("password authentication failed"),
+        "{}",
+        stderr(&out)
+    );
+    let line = client.refusal("upstream_refused");
+    let detail = line["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("FATAL 28P01"), "{detail}");
+    assert!(detail.contains(&user.name), "{detail}");
+    assert!(!detail.contains("wrong password"), "{detail}");
+    audited(&client, "upstream_refused");
+    assert_eq!(handshakes(&client, "upstream_refused"), 1.0);
+    assert_eq!(handshakes(&client, "ok"), 0.0);
+}
+
+#[test]
+fn a_mysql_login_refused_upstream_is_the_client_mode_connections_refusal() {
+    let maria = MariaDbServer::shared().expect("the shared MariaDB");
+    let name = intransit_testkit::unique_name("crefused");
+    let other = intransit_testkit::unique_name("crefused-other");
+    for user in [&name, &other] {
+        maria
+            .create_user(user, &format!("pw-{user}"), MariaDbAuth::NativePassword)
+            .expect("user");
+    }
+    let server = ProxyProcess::start(
+        &listener_toml(
+            &maria.addr(),
+            "",
+            &format!(
+                "[[listener.db_users]]\nidentity = \"uri:spiffe://prod/trainer\"\nusers = [\"{name}\"]\n"
+            ),
+        )
+        .replace("name = \"pg\"", "name = \"maria\"\nprotocol = \"mysql\""),
+    );
+    let client = ProxyProcess::start(&format!(
+        "{ADMIN_ON}{}",
+        client_toml(
+            "mysql",
+            &format!("127.0.0.1:{}", server.port()),
+            &tunnel_tls(&pki().trainer),
+            "",
+        )
+    ));
+
+    let err = run_mariadb(
+        &mariadb_plain(client.port(), &other),
+        Some(&format!("pw-{other}")),
+        "SELECT 1",
+    )
+    .expect_err("a denied user logged in");
+    assert!(format!("{err:#}").contains("1045"), "{err:#}");
+    server.refusal("user_denied");
+    let line = client.refusal("upstream_refused");
+    let detail = line["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("1045"), "{detail}");
+    assert!(detail.contains(&other), "{detail}");
+    assert_eq!(
+        audited(&client, "upstream_refused")["db_user"],
+        other.as_str()
+    );
+    assert_eq!(handshakes(&client, "upstream_refused"), 1.0);
+    assert_eq!(handshakes(&client, "ok"), 0.0);
+
+    // The login that works is ok, once.
+    let out = run_mariadb(
+        &mariadb_plain(client.port(), &name),
+        Some(&format!("pw-{name}")),
+        "SELECT CURRENT_USER()",
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(out.starts_with(&format!("{name}@")), "{out}");
+    audited(&client, "ok");
+    assert_eq!(handshakes(&client, "ok"), 1.0);
+    assert_eq!(handshakes(&client, "upstream_refused"), 1.0);
+}
+
+#[test]
+fn a_wrong_password_to_a_tls_mariadb_is_refused_in_client_mode() {
+    let server = secure_mariadb();
+    let name = intransit_testkit::unique_name("cmariapw");
+    server
+        .create_user(&name, &format!("pw-{name}"), MariaDbAuth::NativePassword)
+        .expect("user");
+    let client = ProxyProcess::start(&format!(
+        "{ADMIN_ON}{}",
+        client_toml("mysql", &server.addr(), &db_ca(), "")
+    ));
+    let err = run_mariadb(
+        &mariadb_plain(client.port(), &name),
+        Some("wrong"),
+        "SELECT 1",
+    )
+    .expect_err("a wrong password logged in");
+    assert!(format!("{err:#}").contains("1045"), "{err:#}");
+    let line = client.refusal("upstream_refused");
+    let detail = line["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("ERROR 1045 (28000)"), "{detail}");
+    assert!(detail.contains(&name), "{detail}");
+    audited(&client, "upstream_refused");
+    assert_eq!(handshakes(&client, "upstream_refused"), 1.0);
+    assert_eq!(handshakes(&client, "ok"), 0.0);
+}

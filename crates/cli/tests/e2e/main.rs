@@ -38,6 +38,9 @@
 //! - `client_mode`: `mode = "client"` listeners: plaintext applications
 //!   through a client-mode proxy to a server-mode proxy (the mutual-TLS
 //!   tunnel) and to PostgreSQL, MariaDB and Redis with TLS of their own.
+//! - `self_signed`: a PostgreSQL with an `openssl req -x509` certificate
+//!   trusted as its own CA by scan, client mode and server mode, each
+//!   verdict compared with libpq's.
 //! - `stale_crl`: a CRL past its nextUpdate refuses (`crl_expired`) or,
 //!   with `stale_crl = "allow"`, admits with a warning; `/readyz`,
 //!   `/status` and `check-config` say so.
@@ -67,6 +70,7 @@ mod policy;
 mod robustness;
 mod rotate;
 mod scan;
+mod self_signed;
 mod sni;
 mod stale_crl;
 mod status_page;

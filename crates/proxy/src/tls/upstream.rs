@@ -19,14 +19,11 @@ use std::time::{Duration, Instant, SystemTime};
 use intransit_config::{
     SpkiPin, TlsVersion, UpstreamServerName, UpstreamTls as UpstreamTlsConfig, UpstreamTlsMode,
 };
+use intransit_pki::ServerTrust;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore,
-    SignatureScheme,
-};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, OtherError, SignatureScheme};
 use tokio_rustls::TlsConnector;
 
 use crate::error::ProxyError;
@@ -280,18 +277,14 @@ impl UpstreamMaterial {
         let mut trust_anchors = Vec::new();
         let inner = match (&settings.mode, &settings.ca, &files.ca) {
             (UpstreamTlsMode::VerifyCa | UpstreamTlsMode::VerifyFull, Some(ca), Some(bytes)) => {
-                let mut roots = RootCertStore::empty();
-                for cert in material::parse_certs(bytes, ca, "upstream CA")? {
-                    trust_anchors.push(LoadedCertificate::from_der(&cert, ca, "upstream CA")?);
-                    roots
-                        .add(cert)
-                        .map_err(|e| ProxyError::file("upstream CA", ca, e.to_string()))?;
+                let certs = material::parse_certs(bytes, ca, "upstream CA")?;
+                for cert in &certs {
+                    trust_anchors.push(LoadedCertificate::from_der(cert, ca, "upstream CA")?);
                 }
-                Some(
-                    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                        .build()
-                        .map_err(|e| ProxyError::Tls(format!("upstream verifier: {e}")))?,
-                )
+                Some(Arc::new(
+                    ServerTrust::new(certs, provider.clone())
+                        .map_err(|e| ProxyError::file("upstream CA", ca, e.to_string()))?,
+                ))
             }
             (UpstreamTlsMode::VerifyCa | UpstreamTlsMode::VerifyFull, _, _) => {
                 return Err(ProxyError::Tls(
@@ -508,16 +501,18 @@ pub(crate) fn failure_after_handshake(error: &io::Error) -> Option<UpstreamTlsFa
     })
 }
 
-/// webpki's server verifier, used as far as the mode asks, plus the SPKI
-/// pins. In `verify-ca` a name mismatch is forgiven (webpki checks the name
-/// last, after the chain, so any other error is still reported); in
-/// `pinned` and `require` webpki is not consulted at all. Handshake
+/// The upstream CA's [`ServerTrust`] (webpki, and a certificate that is
+/// itself one of the anchors accepted as libpq accepts it), used as far as
+/// the mode asks, plus the SPKI pins. In `verify-ca` a name mismatch is
+/// forgiven (the name is checked last, after the chain, so any other error
+/// is still reported); in `pinned` and `require` the CA is not consulted
+/// at all. Handshake
 /// signatures are always checked, so the server must hold the key of the
 /// certificate it presents.
 #[derive(Debug)]
 struct UpstreamVerifier {
     mode: UpstreamTlsMode,
-    inner: Option<Arc<WebPkiServerVerifier>>,
+    inner: Option<Arc<ServerTrust>>,
     pins: Vec<SpkiPin>,
     algorithms: WebPkiSupportedAlgorithms,
 }
@@ -547,17 +542,11 @@ impl ServerCertVerifier for UpstreamVerifier {
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
+        _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         if let Some(inner) = &self.inner {
-            let verified = inner.verify_server_cert(
-                end_entity,
-                intermediates,
-                server_name,
-                ocsp_response,
-                now,
-            );
+            let verified = inner.verify(end_entity, intermediates, server_name, now);
             match (self.mode, verified) {
                 (_, Ok(_)) => {}
                 (
@@ -620,9 +609,10 @@ mod tests {
     use intransit_pki::{
         CertificateAuthority, CertificateKind, IssueRequest, KeyAlgorithm, Validity,
     };
+    use rustls::RootCertStore;
 
     struct Fixture {
-        roots: Arc<RootCertStore>,
+        anchors: Vec<CertificateDer<'static>>,
         leaf: CertificateDer<'static>,
         leaf_pin: String,
         foreign_leaf: CertificateDer<'static>,
@@ -658,10 +648,6 @@ mod tests {
             Validity::days_from_now(10),
         )
         .unwrap();
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(CertificateDer::from(ca.cert_der().to_vec()))
-            .unwrap();
         let leaf = leaf_of(&ca, Validity::days_from_now(5));
         let now = time::OffsetDateTime::now_utc();
         let expired = Validity {
@@ -669,7 +655,7 @@ mod tests {
             not_after: now - time::Duration::days(1),
         };
         Fixture {
-            roots: Arc::new(roots),
+            anchors: vec![CertificateDer::from(ca.cert_der().to_vec())],
             leaf_pin: intransit_pki::spki_pin(leaf.as_ref()).unwrap(),
             leaf,
             foreign_leaf: leaf_of(&other, Validity::days_from_now(5)),
@@ -683,11 +669,7 @@ mod tests {
             mode,
             UpstreamTlsMode::VerifyCa | UpstreamTlsMode::VerifyFull
         )
-        .then(|| {
-            WebPkiServerVerifier::builder_with_provider(f.roots.clone(), provider.clone())
-                .build()
-                .unwrap()
-        });
+        .then(|| Arc::new(ServerTrust::new(f.anchors.clone(), provider.clone()).unwrap()));
         UpstreamVerifier {
             mode,
             inner,
@@ -781,8 +763,6 @@ mod tests {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let mut roots = RootCertStore::empty();
-        roots.add(ca_cert.der().clone()).unwrap();
         let now = time::OffsetDateTime::now_utc();
         let params = || {
             let mut params = rcgen::CertificateParams::new(vec!["db.internal".to_owned()]).unwrap();
@@ -802,7 +782,7 @@ mod tests {
                 .unwrap();
         let weak = params().signed_by(&weak, &issuer).unwrap().der().clone();
         let f = Fixture {
-            roots: Arc::new(roots),
+            anchors: vec![ca_cert.der().clone()],
             ..fixture()
         };
         let cases = [

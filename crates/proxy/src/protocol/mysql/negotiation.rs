@@ -270,6 +270,10 @@ pub(crate) fn first_packet(seq: u8, payload: &[u8]) -> Result<(), Refusal> {
                     "HandshakeResponse without TLS (user {:?})",
                     response.user_utf8().unwrap_or("?")
                 ),
+            )
+            .for_login(
+                response.user_utf8().ok(),
+                response.database_utf8().ok().flatten(),
             ),
         }),
         Err(e) => Err(bad_handshake(seq, format!("client handshake: {e}"))),
@@ -429,24 +433,31 @@ pub(crate) struct Relayed {
     /// The server ended the exchange with OK or ERR: from now on bytes
     /// are copied untouched.
     pub(crate) done: bool,
+    /// The server ended it with ERR: the login was refused, for this
+    /// reason. The peer gets the ERR as the server sent it.
+    pub(crate) refused: Option<String>,
 }
 
 /// Renumbers one packet the server sent during the authentication
-/// exchange and says whether it ends it.
+/// exchange and says whether it ends it, and how.
 pub(crate) fn relay_from_server(
     renumbering: Renumbering,
     upstream_seq: u8,
     payload: &[u8],
 ) -> Result<Relayed, WireError> {
-    let done = matches!(
-        parse_server_auth_reply(payload),
-        Ok(ServerAuthReply::Ok(_) | ServerAuthReply::Err(_))
-    );
+    let (done, refused) = match parse_server_auth_reply(payload) {
+        Ok(ServerAuthReply::Ok(_)) => (true, None),
+        Ok(ServerAuthReply::Err(err)) => {
+            (true, Some(format!("the server refused the login: {err}")))
+        }
+        _ => (false, None),
+    };
     let seq = renumbering.to_peer(upstream_seq);
     Ok(Relayed {
         packet: encode_packet(seq, payload)?,
         seq,
         done,
+        refused,
     })
 }
 
@@ -535,6 +546,8 @@ mod tests {
         let refusal = first_packet(seq, &payload).unwrap_err();
         assert_eq!(refusal.refused.reason, RefusalReason::PlaintextRefused);
         assert!(refusal.refused.detail.contains("\"nat\""));
+        let login = refusal.refused.login.as_deref().expect("login names");
+        assert_eq!(login.user.as_deref(), Some("nat"));
         let (reply_seq, error) = err(&refusal.reply);
         assert_eq!(reply_seq, seq + 1);
         assert_eq!(error.code, ServerError::SECURE_TRANSPORT_REQUIRED.code);
@@ -688,8 +701,16 @@ mod tests {
         let (ok_seq, ok) = packet_of(captured::MARIADB_OK_ED25519);
         let relayed = relay_from_server(r, ok_seq, &ok).unwrap();
         assert_eq!((relayed.seq, relayed.done), (5, true));
+        assert_eq!(relayed.refused, None);
         let (err_seq, denied) = packet_of(captured::MARIADB_ERR_ACCESS_DENIED);
-        assert!(relay_from_server(r, err_seq, &denied).unwrap().done);
+        let relayed = relay_from_server(r, err_seq, &denied).unwrap();
+        assert!(relayed.done);
+        assert_eq!(&relayed.packet[4..], denied.as_slice());
+        let refused = relayed.refused.expect("an ERR refuses the login");
+        assert!(
+            refused.starts_with("the server refused the login: ERROR 1045 (28000): Access denied"),
+            "{refused}"
+        );
     }
 
     #[test]

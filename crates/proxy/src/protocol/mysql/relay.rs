@@ -1,7 +1,9 @@
 //! The authentication exchange after the HandshakeResponse (auth switch,
 //! more data, the client's answers), relayed both ways with sequence ids
-//! renumbered, until the server ends it with OK or ERR. After that the
-//! proxy copies bytes untouched.
+//! renumbered, until the server ends it with OK or ERR. After an OK the
+//! proxy copies bytes untouched; an ERR reaches the client as the server
+//! sent it and ends the connection as a refusal (`upstream_refused`), so
+//! the audit event and metrics say the login failed.
 
 use std::io;
 
@@ -75,7 +77,9 @@ impl RelayFailure {
 /// Relays the authentication exchange (auth switch, more data, the
 /// client's answers) in both directions with sequence ids renumbered as
 /// `renumbering` says, until the server ends it with OK or ERR. Bytes
-/// already read past that point are passed on as they are. `response_seq` is the sequence id of the
+/// already read past an OK are passed on as they are; after an ERR, relayed
+/// to the client, the client's connection is closed and the refusal
+/// returned. `response_seq` is the sequence id of the
 /// client's HandshakeResponse, as the client numbered it.
 pub(crate) async fn relay_authentication<C: AsyncRead + AsyncWrite + Unpin>(
     client: &mut C,
@@ -96,6 +100,13 @@ pub(crate) async fn relay_authentication<C: AsyncRead + AsyncWrite + Unpin>(
                 let relayed = relay_from_server(renumbering, seq, &payload)
                     .map_err(|e| RelayFailure::client(e.to_string()))?;
                 next_to_client = relayed.seq.wrapping_add(1);
+                if let Some(detail) = relayed.refused {
+                    close_with(client, &relayed.packet).await;
+                    return Err(RelayFailure {
+                        refused: Refused::new(RefusalReason::UpstreamRefused, detail),
+                        answer_seq: None,
+                    });
+                }
                 client.write_all(&relayed.packet).await.map_err(to_client)?;
                 if relayed.done {
                     if !upstream_buf.is_empty() {

@@ -7,6 +7,7 @@
 use intransit_config::ClientAuth;
 use intransit_policy::{ClientIdentity, DbUserRules};
 use intransit_wire::pg::{self, CancelRequest, InitialMessage, SqlState, StartupMessage};
+use intransit_wire::printable;
 
 use super::messages::{error_response, initial_name};
 use crate::conn::{check_db_user, Refusal, Refused};
@@ -76,7 +77,8 @@ pub(crate) fn before_tls(
                     startup.user().unwrap_or_default(),
                     startup.database().unwrap_or_default()
                 ),
-            ),
+            )
+            .for_login(startup.user(), startup.database()),
         }),
     }
 }
@@ -214,10 +216,54 @@ pub(crate) fn from_application(
     }
 }
 
+/// Where a client-mode login stands after one message from the server.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum LoginStep {
+    /// An authentication request, a parameter, a notice: the login goes on.
+    Continues,
+    /// ReadyForQuery: authentication and startup are done.
+    Ready,
+    /// An ErrorResponse before ReadyForQuery: the server (or a proxy in
+    /// front of it) refused the login, for this reason, in words.
+    Refused(String),
+}
+
+/// Judges one message the server sent during a login. The login ends at
+/// ReadyForQuery, not at AuthenticationOk: a server still refuses after
+/// it (a database that does not exist, a role's connection limit).
+pub(crate) fn login_step(frame: &pg::BackendFrame<'_>) -> LoginStep {
+    match frame.tag {
+        pg::BackendFrame::READY_FOR_QUERY => LoginStep::Ready,
+        pg::BackendFrame::ERROR_RESPONSE => {
+            let refusal = match pg::parse_error_response(frame.body) {
+                Ok(fields) => {
+                    let part = |text: Option<&str>| {
+                        text.map(|t| printable(t.as_bytes())).unwrap_or_default()
+                    };
+                    let code = fields.code().map(|c| c.to_string()).unwrap_or_default();
+                    let mut words = format!(
+                        "{} {code}: {}",
+                        part(fields.severity()),
+                        part(fields.message())
+                    );
+                    if let Some(detail) = fields.detail() {
+                        words.push_str(&format!(" ({})", printable(detail.as_bytes())));
+                    }
+                    words
+                }
+                Err(e) => format!("an ErrorResponse that does not parse ({e})"),
+            };
+            LoginStep::Refused(format!("the server refused the login: {refusal}"))
+        }
+        _ => LoginStep::Continues,
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use crate::conn::LoginNames;
     use intransit_policy::{DbUserRule, IdentityPattern};
     use intransit_wire::pg::captured::{self, bytes};
     use intransit_wire::pg::ErrorResponseFields;
@@ -298,6 +344,14 @@ mod tests {
             assert_eq!(refusal.refused.reason, RefusalReason::PlaintextRefused);
             assert!(refusal.refused.detail.contains("\"alice\""));
             assert!(refusal.refused.detail.contains("\"shop\""));
+            assert_eq!(
+                refusal.refused.login.as_deref(),
+                Some(&LoginNames {
+                    user: Some("alice".into()),
+                    database: Some("shop".into())
+                }),
+                "the audit event names the user a plaintext login asked for"
+            );
             let error = fatal(&refusal.reply);
             assert_eq!(
                 error.code().map(|c| c.as_str().to_owned()).as_deref(),
@@ -414,5 +468,43 @@ mod tests {
             panic!("the StartupMessage goes on");
         };
         assert_eq!(startup.database(), Some("postgres"));
+    }
+
+    /// The steps of captured PostgreSQL 15 logins, message by message.
+    fn steps(capture: &str) -> Vec<LoginStep> {
+        let data = bytes(capture);
+        let mut rest = data.as_slice();
+        let mut out = Vec::new();
+        while let Some((frame, used)) = pg::parse_backend_frame(rest).unwrap() {
+            out.push(login_step(&frame));
+            rest = &rest[used..];
+        }
+        assert!(rest.is_empty());
+        out
+    }
+
+    #[test]
+    fn a_login_ends_at_ready_for_query_or_an_error_response() {
+        for request in [
+            captured::PG15_AUTH_SASL_PLAINTEXT,
+            captured::PG15_AUTH_SASL_CONTINUE,
+            captured::PG15_AUTH_MD5,
+            captured::PG15_AUTH_CLEARTEXT,
+        ] {
+            assert_eq!(steps(request), [LoginStep::Continues]);
+        }
+        // SASLFinal, AuthenticationOk, 13 ParameterStatus, BackendKeyData:
+        // still going; ReadyForQuery: done.
+        let mut done = steps(captured::PG15_SASL_FINAL_TO_READY);
+        assert_eq!(done.pop(), Some(LoginStep::Ready));
+        assert!(done.iter().all(|s| *s == LoginStep::Continues), "{done:?}");
+        assert_eq!(done.len(), 16);
+
+        assert_eq!(
+            steps(captured::PG15_ERROR_28P01),
+            [LoginStep::Refused(
+                "the server refused the login: FATAL 28P01: password authentication failed for user \"alice\"".into()
+            )]
+        );
     }
 }
