@@ -9,7 +9,8 @@
 #      waits for the StartupMessage and holds no database connection. The
 #      proxy's RSS and open descriptors before, with them open and after;
 #      memory per session of each kind; the time psql takes to run
-#      `SELECT 1` through the proxy while they are all open; what the
+#      `SELECT 1` through the proxy while they are all open, held for HOLD
+#      seconds, with the proxy sampled every 5 s meanwhile; what the
 #      PostgreSQL backends cost, and what 10,000 logged-in sessions would
 #      need on this machine.
 #   2. MINUTES of mixed load on a fresh proxy, in SEGMENT-second segments:
@@ -33,7 +34,8 @@
 # suite.
 #
 # Knobs (environment): SESSIONS (10000), LOGGED_IN (2000, at most
-# SESSIONS), MINUTES (10), SEGMENT seconds (30), SCALE pgbench scale (10),
+# SESSIONS), HOLD seconds all sessions stay open (60), MINUTES (10),
+# SEGMENT seconds (30), SCALE pgbench scale (10),
 # PERSISTENT_CLIENTS (4), RECONNECT_CLIENTS (2), NEW_CLIENT_PROBES (5),
 # SKIP_BUILD=1 uses the binaries already built, KEEP, PGBIN,
 # CARGO_TARGET_DIR.
@@ -51,6 +53,8 @@ SCALE=${SCALE:-10}
 PERSISTENT_CLIENTS=${PERSISTENT_CLIENTS:-4}
 RECONNECT_CLIENTS=${RECONNECT_CLIENTS:-2}
 NEW_CLIENT_PROBES=${NEW_CLIENT_PROBES:-5}
+HOLD=${HOLD:-60}
+(( HOLD <= 1200 )) || die "HOLD is at most 1200 seconds"
 (( LOGGED_IN > SESSIONS )) && LOGGED_IN=$SESSIONS
 at_startup=$((SESSIONS - LOGGED_IN))
 segments=$((MINUTES * 60 / SEGMENT))
@@ -183,10 +187,10 @@ if (( LOGGED_IN > 0 )); then
     log "opening $LOGGED_IN logged-in sessions"
     hold ready "$LOGGED_IN" ready
 fi
+opened_at=$SECONDS
 sleep 1
 p1_open_rss=$(proc_rss_kib "$proxy_pid")
 p1_open_fds=$(proc_fds "$proxy_pid")
-p1_open_hwm=$(awk '/^VmHWM:/{print $2}' "/proc/$proxy_pid/status")
 p1_active=$(metric_sum intransit_connections_active 'listener="bench"')
 mem_after_kib=$(awk '/^MemAvailable:/{print $2}' /proc/meminfo)
 
@@ -210,6 +214,22 @@ mem_total_kib=$(awk '/^MemTotal:/{print $2}' /proc/meminfo)
 
 log "new clients while the sessions are open"
 p1_new_held=$(new_client_probes) || fail "phase 1: psql through the proxy was not served while $SESSIONS sessions were open"
+
+# Hold them all HOLD seconds after the last one opened, sampling the proxy.
+log "holding the sessions for ${HOLD}s"
+hold_rss=()
+hold_fds=()
+while (( SECONDS < opened_at + HOLD )); do
+    hold_rss+=("$(proc_rss_kib "$proxy_pid")")
+    hold_fds+=("$(proc_fds "$proxy_pid")")
+    sleep 5
+done
+hold_rss+=("$(proc_rss_kib "$proxy_pid")")
+hold_fds+=("$(proc_fds "$proxy_pid")")
+min_max() { printf '%s\n' "$@" | sort -n | sed -n '1p;$p' | paste -sd' '; }
+read -r hold_rss_min hold_rss_max <<<"$(min_max "${hold_rss[@]}")"
+read -r hold_fds_min hold_fds_max <<<"$(min_max "${hold_fds[@]}")"
+p1_open_hwm=$(awk '/^VmHWM:/{print $2}' "/proc/$proxy_pid/status")
 
 log "releasing the sessions"
 touch "$release"
@@ -377,9 +397,10 @@ certificate the proxy verified:
 | after $NEW_CLIENT_PROBES psql probes, before the sessions | $(kib_mib "$p1_base_rss") | $p1_base_fds |
 | $at_startup sessions at the StartupMessage | $(kib_mib "$p1_tls_rss") | $p1_tls_fds |
 | + $LOGGED_IN logged in ($SESSIONS in all) | $(kib_mib "$p1_open_rss") | $p1_open_fds |
+| while all were held, ${#hold_rss[@]} samples over ${HOLD} s (min–max) | $(kib_mib "$hold_rss_min")–$(kib_mib "$hold_rss_max") | $hold_fds_min–$hold_fds_max |
 | after closing them all | $(kib_mib "$p1_after_rss") | $p1_after_fds |
 
-Peak RSS (VmHWM) with the sessions open: $(kib_mib "$p1_open_hwm") MiB.
+Peak RSS (VmHWM) at the end of the hold: $(kib_mib "$p1_open_hwm") MiB.
 \`intransit_connections_active\` with them open: $p1_active.
 Memory per session (VmRSS growth divided by sessions): at the StartupMessage
 $per_startup_kib KiB; logged in $per_ready_kib KiB; all $SESSIONS: $per_all_kib KiB.
