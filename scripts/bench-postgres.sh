@@ -24,6 +24,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
+# shellcheck source=scripts/lib/postgres.sh
+source "$repo/scripts/lib/postgres.sh"
 
 REPS=${REPS:-5}
 DURATION=${DURATION:-10}
@@ -34,159 +36,22 @@ IDLE=${IDLE:-1000}
 CONTROL_REPS=${CONTROL_REPS:-3}
 INFO_RUN=${INFO_RUN:-1}
 REFERENCE=${REFERENCE:-1}
-KEEP=${KEEP:-0}
-PGBIN=${PGBIN:-$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
 
-log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-[[ $(id -u) == 0 ]] || die "run as root: PostgreSQL is started as the postgres user"
-[[ -x $PGBIN/postgres && -x $PGBIN/initdb ]] || die "no PostgreSQL server binaries in '$PGBIN' (set PGBIN, or: bash .ci/install-deps.sh)"
-for tool in psql pgbench openssl ss runuser; do
-    command -v "$tool" >/dev/null || die "$tool not found (bash .ci/install-deps.sh)"
-done
-id postgres >/dev/null 2>&1 || die "no postgres user (apt-get install postgresql)"
-
-if [[ ${SKIP_BUILD:-0} != 1 ]]; then
-    log "building (release)"
-    cargo build --release --locked -p intransit -p intransit-bench >&2
-fi
-intransit=$CARGO_TARGET_DIR/release/intransit
-bench=$CARGO_TARGET_DIR/release/intransit-bench-pg
+pg_require
+pg_build
 
 # 1,000 client sockets here plus 2,000 in the proxy.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-work=$(mktemp -d /tmp/intransit-bench.XXXXXX)
-chmod 755 "$work"
-proxy_pid=""
-pg_started=0
-cleanup() {
-    set +e
-    if [[ -n $proxy_pid ]]; then kill "$proxy_pid" 2>/dev/null; wait "$proxy_pid" 2>/dev/null; fi
-    if [[ $pg_started == 1 ]]; then
-        runuser -u postgres -- "$PGBIN/pg_ctl" -D "$work/pg/data" -m immediate stop >/dev/null 2>&1
-    fi
-    if [[ $KEEP == 1 ]]; then log "kept $work"; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+pg_workdir intransit-bench
+pg_certificates
+# One server for both paths: native clients use TLS 1.3 on TCP, the proxy
+# its unix socket.
+pg_start 1100
+pg_pgbench_init "$SCALE"
+pg_proxy_config 60s 10000 -
+pg_start_proxy warn
 
-free_port() {
-    local port
-    for _ in $(seq 100); do
-        port=$((20000 + RANDOM % 30000))
-        if [[ -z $(ss -Htan "sport = :$port") ]]; then echo "$port"; return; fi
-    done
-    die "no free port found"
-}
-
-wait_for_port() { # port what
-    for _ in $(seq 100); do
-        [[ -n $(ss -Htln "sport = :$1") ]] && return 0
-        sleep 0.1
-    done
-    die "$2 is not listening on $1"
-}
-
-# --- certificates: intransit up makes a CA, a server and a client certificate
-state=$work/state
-log "creating certificates with intransit up"
-"$intransit" up --state-dir "$state" --listen 127.0.0.1:0 \
-    --upstream "unix:$work/nowhere/.s.PGSQL.1" >"$work/up.log" 2>&1 &
-up_pid=$!
-for _ in $(seq 100); do
-    [[ -s $state/certs/client/key.pem && -s $state/certs/server/chain.pem ]] && break
-    sleep 0.1
-done
-kill "$up_pid" 2>/dev/null || true
-wait "$up_pid" 2>/dev/null || true
-ca=$state/ca/ca.pem
-server_chain=$state/certs/server/chain.pem
-server_key=$state/certs/server/key.pem
-client_cert=$state/certs/client/cert.pem
-client_key=$state/certs/client/key.pem
-for f in "$ca" "$server_chain" "$server_key" "$client_cert" "$client_key"; do
-    [[ -s $f ]] || die "intransit up did not create $f (see $work/up.log)"
-done
-
-# --- PostgreSQL: one server for both paths. Native clients use TLS 1.3 on
-# TCP; the proxy reaches the same server over its unix socket, as a sidecar
-# does. trust for the bench user on both, so authentication costs the same.
-pg_port=$(free_port)
-pg=$work/pg
-mkdir -p "$pg/sock"
-chown -R postgres:postgres "$pg"
-log "initdb and starting PostgreSQL on 127.0.0.1:$pg_port"
-runuser -u postgres -- "$PGBIN/initdb" -D "$pg/data" -U bench --auth=trust -E UTF8 --no-sync >"$work/initdb.log" 2>&1 \
-    || die "initdb failed (see $work/initdb.log)"
-install -o postgres -g postgres -m 0644 "$server_chain" "$pg/data/server.crt"
-install -o postgres -g postgres -m 0600 "$server_key" "$pg/data/server.key"
-install -o postgres -g postgres -m 0644 "$ca" "$pg/data/root.crt"
-cat >>"$pg/data/postgresql.conf" <<EOF
-# intransit benchmark
-listen_addresses = '127.0.0.1'
-port = $pg_port
-unix_socket_directories = '$pg/sock'
-max_connections = 1100
-ssl = on
-ssl_cert_file = 'server.crt'
-ssl_key_file = 'server.key'
-ssl_ca_file = 'root.crt'
-ssl_min_protocol_version = 'TLSv1.3'
-EOF
-cat >"$pg/data/pg_hba.conf" <<EOF
-# TYPE   DATABASE USER  ADDRESS       METHOD
-local    all      bench               trust
-hostssl  all      bench 127.0.0.1/32  trust  clientcert=verify-ca
-EOF
-chown postgres:postgres "$pg/data/pg_hba.conf"
-runuser -u postgres -- "$PGBIN/pg_ctl" -D "$pg/data" -l "$pg/server.log" -w start >/dev/null \
-    || die "PostgreSQL did not start (see $pg/server.log)"
-pg_started=1
-psql -h "$pg/sock" -p "$pg_port" -U bench -d postgres -qAtc "CREATE DATABASE bench" >/dev/null
-log "pgbench -i -s $SCALE"
-pgbench -i -q -s "$SCALE" -h "$pg/sock" -p "$pg_port" -U bench bench >"$work/pgbench-init.log" 2>&1 \
-    || die "pgbench -i failed (see $work/pgbench-init.log)"
-
-# --- the proxy
-proxy_port=$(free_port)
-cat >"$work/proxy.toml" <<EOF
-[[listener]]
-name = "bench"
-protocol = "postgres"
-listen = "127.0.0.1:$proxy_port"
-upstream = "unix:$pg/sock/.s.PGSQL.$pg_port"
-handshake_timeout = "60s"
-
-[listener.tls]
-cert = "$server_chain"
-key = "$server_key"
-client_ca = "$ca"
-EOF
-start_proxy() { # log level
-    stop_proxy
-    "$intransit" --log-level "$1" proxy --config "$work/proxy.toml" 2>>"$work/proxy-$1.log" &
-    proxy_pid=$!
-    wait_for_port "$proxy_port" "intransit"
-}
-stop_proxy() {
-    if [[ -n $proxy_pid ]]; then
-        kill "$proxy_pid" 2>/dev/null || true
-        wait "$proxy_pid" 2>/dev/null || true
-        proxy_pid=""
-    fi
-}
-start_proxy warn
-
-conninfo() { # port
-    if [[ $1 == plain ]]; then
-        echo "host=$pg/sock port=$pg_port user=bench dbname=bench"
-        return
-    fi
-    echo "host=127.0.0.1 port=$1 user=bench dbname=bench sslmode=verify-full sslrootcert=$ca sslcert=$client_cert sslkey=$client_key ssl_min_protocol_version=TLSv1.3 gssencmode=disable"
-}
 declare -A port=([native]=$pg_port [proxy]=$proxy_port [plain]=plain)
 
 # What libpq negotiates on each path (openssl s_client uses the same
@@ -202,7 +67,6 @@ done
 tls_native=$(negotiated native)
 tls_proxy=$(negotiated proxy)
 
-field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p"; }
 # CPU clock ticks: of the proxy itself, and of every PostgreSQL backend that
 # has exited (the postmaster's waited-for children).
 proxy_ticks() { "$bench" proc "$proxy_pid" | field cpu_ticks; }
@@ -233,7 +97,6 @@ per10k() { # ms transactions
     awk -v c="$1" -v n="$2" 'BEGIN{ if (c == "-") print "-"; else printf "%.1f", c * 10000 / n }'
 }
 
-load_now() { awk '{print $1", "$2", "$3}' /proc/loadavg; }
 load_start=$(load_now)
 top -bn1 | head -n 15 >"$work/top-start.txt"
 
@@ -285,14 +148,14 @@ fi
 info_line=""
 if [[ $INFO_RUN == 1 ]]; then
     log "pgbench -C with the proxy at the default info log level"
-    start_proxy info
+    pg_start_proxy info
     result=$(pgbench_run native reconnect native-reconnect-info)
     read -r n_tps _ <<<"$result"
     result=$(pgbench_run proxy reconnect proxy-reconnect-info)
     read -r p_tps p_n p_c _ _ <<<"$result"
     info_cpu=$(per10k "$p_c" "$p_n")
     info_line="| -C, proxy at --log-level info (one run) | $n_tps | $p_tps | $(awk -v a="$p_tps" -v b="$n_tps" 'BEGIN{printf "%.2f", a / b}') | $info_cpu |"
-    start_proxy warn
+    pg_start_proxy warn
 fi
 
 # --- control: both paths on P-256 (no HelloRetryRequest on the native side)
@@ -338,10 +201,10 @@ hs_session=$("$bench" latency "${tls_args[@]}" "${targets[@]}" --count "$SESSION
 
 # --- 4: memory with IDLE idle sessions, on a fresh proxy process
 log "memory: $IDLE idle sessions through a fresh proxy"
-start_proxy warn
+pg_start_proxy warn
 sleep 1
 idle=$("$bench" idle "${tls_args[@]}" --target "127.0.0.1:$proxy_port" --watch-pid "$proxy_pid" --count "$IDLE")
-stop_proxy
+pg_stop_proxy
 load_end=$(load_now)
 
 # --- report

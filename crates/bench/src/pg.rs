@@ -241,6 +241,12 @@ pub struct PgSession {
 }
 
 impl PgSession {
+    /// Whether the server has neither closed the session nor sent anything
+    /// since ReadyForQuery (see [`still_idle`]).
+    pub async fn still_idle(&mut self) -> bool {
+        still_idle(&mut self.stream).await
+    }
+
     /// Sends Terminate and closes TLS, as libpq's `PQfinish` does.
     pub async fn terminate(mut self) -> Result<(), BenchError> {
         self.stream
@@ -252,6 +258,19 @@ impl PgSession {
             .await
             .map_err(io_error("closing the session"))
     }
+}
+
+/// Whether the peer has neither closed `stream` nor sent it anything
+/// since it was last read: one read attempt that does not wait. TLS
+/// records without application data (a session ticket) are consumed and
+/// do not count; an alert, an end of stream or any application byte does.
+pub async fn still_idle(stream: &mut PgTlsStream) -> bool {
+    let mut byte = [0u8; 1];
+    // A timeout of zero polls the read once: `Timeout` polls the inner
+    // future before it looks at the clock.
+    tokio::time::timeout(std::time::Duration::ZERO, stream.read(&mut byte))
+        .await
+        .is_err()
 }
 
 /// Terminate ('X') with its length word and no body.

@@ -12,10 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use intransit_bench::pg::{client_config, ClientTlsFiles, PgTlsConnector, LIBPQ_GROUPS};
 use intransit_bench::process::{read_cpu_ticks, read_memory};
-use intransit_bench::runner::{close_sessions, interleaved, open_sessions, Probe, Target};
+use intransit_bench::runner::{
+    close_sessions, count_still_idle, hold_until_file, interleaved, open_sessions, HoldEnd,
+    HoldStage, Probe, Target,
+};
 use intransit_bench::stats::{LatencySummary, Spread};
 
 #[derive(Debug, Parser)]
@@ -34,7 +37,8 @@ enum Command {
     /// interleaved across targets; prints percentiles per target.
     Latency(LatencyArgs),
     /// Open many idle sessions through one endpoint and report the resident
-    /// memory of a process (the proxy) before, while they are open, and after.
+    /// memory of a process (the proxy) before, while they are open, and after;
+    /// optionally hold them until a file appears.
     Idle(IdleArgs),
     /// Median, minimum and maximum of numbers (for example tps of repeated runs).
     Spread {
@@ -121,6 +125,19 @@ struct IdleArgs {
     /// Sessions to open and hold.
     #[arg(long, default_value_t = 1000)]
     count: usize,
+    /// How far each session goes: `ready` logs in (StartupMessage up to
+    /// ReadyForQuery), `tls` stops after the TLS handshake with the client
+    /// certificate and sends nothing inside TLS.
+    #[arg(long, value_enum, default_value_t = Stage::Ready)]
+    stage: Stage,
+    /// Once the sessions are open and measured, print that line and hold
+    /// them until this file exists (or --hold-max-secs passes), then check
+    /// that each is still open and idle, and close them.
+    #[arg(long)]
+    hold_until_file: Option<PathBuf>,
+    /// The longest a hold lasts, in seconds.
+    #[arg(long, default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    hold_max_secs: u64,
     /// Sessions being set up at the same time.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
@@ -134,6 +151,14 @@ struct IdleArgs {
     /// Database.
     #[arg(long, default_value = "bench")]
     database: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Stage {
+    /// Logged in, ReadyForQuery read.
+    Ready,
+    /// TLS established, nothing sent inside it.
+    Tls,
 }
 
 fn main() -> ExitCode {
@@ -236,6 +261,13 @@ async fn latency(args: LatencyArgs) -> Result<()> {
 
 async fn idle(args: IdleArgs) -> Result<()> {
     let connector = args.tls.connector(&args.target)?;
+    let stage = match args.stage {
+        Stage::Ready => HoldStage::Ready {
+            user: args.user.clone(),
+            database: args.database.clone(),
+        },
+        Stage::Tls => HoldStage::Tls,
+    };
     let settle = Duration::from_millis(args.settle_ms);
     let memory = |when: &str| {
         read_memory(args.watch_pid)
@@ -243,31 +275,68 @@ async fn idle(args: IdleArgs) -> Result<()> {
     };
     let before = memory("before opening sessions")?;
     let started = Instant::now();
-    let sessions = open_sessions(
-        &connector,
-        &args.user,
-        &args.database,
-        args.count,
-        args.concurrency,
-    )
-    .await
-    .with_context(|| format!("opening {} sessions through {}", args.count, args.target))?;
+    let mut sessions = open_sessions(&connector, &stage, args.count, args.concurrency)
+        .await
+        .with_context(|| format!("opening {} sessions through {}", args.count, args.target))?;
     let open_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(settle).await;
     let open = memory("with the sessions open")?;
     let opened = sessions.len();
+    let per_connection_kib =
+        open.rss_kib.saturating_sub(before.rss_kib) as f64 / opened.max(1) as f64;
+    let opened_line = format!(
+        "sessions={opened} stage={} open_secs={open_secs:.2} \
+         baseline_rss_kib={} baseline_hwm_kib={} open_rss_kib={} open_hwm_kib={} \
+         per_connection_kib={per_connection_kib:.1}",
+        args.stage.name(),
+        before.rss_kib,
+        before.hwm_kib,
+        open.rss_kib,
+        open.hwm_kib,
+    );
+    let mut hold = String::new();
+    if let Some(release) = &args.hold_until_file {
+        // The caller reads this line while the sessions are held.
+        println!("{opened_line}");
+        let held = Instant::now();
+        let end = hold_until_file(
+            release,
+            Duration::from_millis(100),
+            Duration::from_secs(args.hold_max_secs),
+        )
+        .await;
+        let still_idle = count_still_idle(&mut sessions).await;
+        hold = format!(
+            "held_secs={:.1} hold_end={} still_idle={still_idle} ",
+            held.elapsed().as_secs_f64(),
+            match end {
+                HoldEnd::Released => "released",
+                HoldEnd::TimedOut => "timed_out",
+            },
+        );
+    }
     let closed_cleanly = close_sessions(sessions).await;
     tokio::time::sleep(settle).await;
     let after = memory("after closing the sessions")?;
-    let per_connection_kib =
-        open.rss_kib.saturating_sub(before.rss_kib) as f64 / opened.max(1) as f64;
-    println!(
-        "sessions={opened} open_secs={open_secs:.2} closed_cleanly={closed_cleanly} \
-         baseline_rss_kib={} baseline_hwm_kib={} open_rss_kib={} open_hwm_kib={} \
-         closed_rss_kib={} closed_hwm_kib={} per_connection_kib={per_connection_kib:.1}",
-        before.rss_kib, before.hwm_kib, open.rss_kib, open.hwm_kib, after.rss_kib, after.hwm_kib,
+    let closed_line = format!(
+        "{hold}closed_cleanly={closed_cleanly} closed_rss_kib={} closed_hwm_kib={}",
+        after.rss_kib, after.hwm_kib,
     );
+    if args.hold_until_file.is_some() {
+        println!("{closed_line}");
+    } else {
+        println!("{opened_line} {closed_line}");
+    }
     Ok(())
+}
+
+impl Stage {
+    fn name(self) -> &'static str {
+        match self {
+            Stage::Ready => "ready",
+            Stage::Tls => "tls",
+        }
+    }
 }
 
 fn micros(d: Duration) -> u128 {
