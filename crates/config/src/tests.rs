@@ -304,6 +304,27 @@ upstream_tls = {{ mode = "disable" }}
     assert!(l.routes[1].upstream_tls.is_none());
 }
 
+/// A route on a unix socket that inherits its listener's upstream TLS is
+/// refused like a listener on one, also when the listener names its
+/// server explicitly (nothing is derived from the route's upstream then).
+#[test]
+fn a_unix_socket_route_inheriting_upstream_tls_is_refused() {
+    for server_name in ["", "server_name = \"db.internal\"\n"] {
+        let text = format!(
+            r#"{MINIMAL}[listener.upstream_tls]
+ca = "ca.pem"
+{server_name}[[listener.route]]
+server_name = "a.db.internal"
+upstream = "unix:/run/postgresql/.s.PGSQL.5432"
+tls = {{ cert = "a.pem", key = "a.key" }}
+"#
+        );
+        let e = error_of(&text);
+        assert_eq!(e.key, "listener[0].route[0].upstream_tls", "{e}");
+        assert!(e.message.contains("unix"), "{e}");
+    }
+}
+
 #[test]
 fn identities_need_certificates() {
     let e = error_of(&format!(
