@@ -8,6 +8,8 @@
 //! it names (the proxy loads and checks those when it builds its TLS state).
 
 mod duration;
+#[doc(hidden)]
+pub mod fuzzing;
 mod raw;
 mod upstream_tls;
 

@@ -49,6 +49,8 @@
 
 pub mod authority;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inspect;
 pub mod inventory;
 pub mod key;
