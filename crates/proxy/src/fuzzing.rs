@@ -462,6 +462,7 @@ pub fn pki_trust_material(data: &[u8]) {
 /// prefixes and single-byte mutations: a stable-Rust smoke run of what
 /// `cargo fuzz` explores at length.
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
