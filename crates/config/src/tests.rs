@@ -359,6 +359,37 @@ fn endpoints() {
     assert!(Endpoint::parse("db:99999").is_err());
 }
 
+/// An endpoint prints as text that parses back to it, so two spellings of
+/// one address compare equal (the duplicate-listen check relies on it),
+/// and IPv6 addresses need their brackets. "::0]:3" used to parse as host
+/// "::0", which printed as "[::0]:3" and read back as "::".
+#[test]
+fn endpoints_have_one_spelling_and_ipv6_needs_brackets() {
+    for text in ["::0]:3", "[::0:3", "::1:5432", "a:b:5432", "[db]x]:1"] {
+        assert!(Endpoint::parse(text).is_err(), "{text}");
+    }
+    assert_eq!(Endpoint::parse("[::0]:3"), Endpoint::parse("[::]:3"));
+    assert_eq!(
+        Endpoint::parse("[127.0.0.1]:5432"),
+        Endpoint::parse("127.0.0.1:5432")
+    );
+    for text in [
+        "[::0]:3",
+        "[fe80::1%eth0]:5432",
+        "[db.internal]:5432",
+        "[::ffff:127.0.0.1]:6432",
+        "localhost:0",
+        "unix:/run/postgresql/.s.PGSQL.5432",
+    ] {
+        let endpoint = Endpoint::parse(text).unwrap();
+        assert_eq!(
+            Endpoint::parse(&endpoint.to_string()),
+            Ok(endpoint),
+            "{text}"
+        );
+    }
+}
+
 #[test]
 fn tls_protocol_listeners() {
     let text = MINIMAL.replace("name = \"orders\"", "name = \"orders\"\nprotocol = \"tls\"");
