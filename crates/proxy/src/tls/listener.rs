@@ -337,8 +337,9 @@ impl ListenerTls {
 
 /// The client-certificate verifier of a route requiring or accepting
 /// client certificates, and the anchors it trusts, from the contents of
-/// its `client_ca` and `crl` files: every anchor parses and is summarised,
-/// every CRL parses, was issued by an anchor, and every anchor has one.
+/// its `client_ca` and `crl` files: every anchor parses and is summarised;
+/// with a CRL file, every CRL parses and was issued by an anchor, and
+/// every anchor has one.
 pub(crate) fn client_verifier(
     tls: &ServerTls,
     client_ca: Option<&[u8]>,
