@@ -8,6 +8,8 @@
 //! it names (the proxy loads and checks those when it builds its TLS state).
 
 mod duration;
+#[doc(hidden)]
+pub mod fuzzing;
 mod raw;
 mod upstream_tls;
 
@@ -245,14 +247,28 @@ impl Endpoint {
         let port: u16 = port
             .parse()
             .map_err(|_| format!("{port:?} in {text:?} is not a port number"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
+        // An IPv6 address goes in brackets: without them "::1:5432" is an
+        // address of its own, and a half-bracketed host is a typo.
+        let host = match host.strip_prefix('[').map(|h| h.strip_suffix(']')) {
+            Some(Some(inner)) => inner,
+            None if !host.contains([':', '[', ']']) => host,
+            _ => {
+                return Err(format!(
+                    "{text:?} is not a valid host:port; write an IPv6 address in brackets, e.g. [::1]:5432"
+                ))
+            }
+        };
+        if host.is_empty()
+            || host.contains(|c: char| c.is_whitespace() || matches!(c, '/' | '[' | ']'))
+        {
             return Err(format!("{text:?} is not a valid host:port"));
         }
-        Ok(Endpoint::Tcp {
-            host: host.to_owned(),
-            port,
-        })
+        // One spelling per address ("::0" is "::"), so that endpoints
+        // compare equal when they are, and print and parse back the same.
+        let host = host
+            .parse::<IpAddr>()
+            .map_or_else(|_| host.to_owned(), |ip| ip.to_string());
+        Ok(Endpoint::Tcp { host, port })
     }
 
     /// The socket address to bind, for listeners: `localhost` means

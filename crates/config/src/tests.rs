@@ -369,6 +369,27 @@ upstream_tls = {{ mode = "disable" }}
     assert!(l.routes[1].upstream_tls.is_none());
 }
 
+/// A route on a unix socket that inherits its listener's upstream TLS is
+/// refused like a listener on one, also when the listener names its
+/// server explicitly (nothing is derived from the route's upstream then).
+#[test]
+fn a_unix_socket_route_inheriting_upstream_tls_is_refused() {
+    for server_name in ["", "server_name = \"db.internal\"\n"] {
+        let text = format!(
+            r#"{MINIMAL}[listener.upstream_tls]
+ca = "ca.pem"
+{server_name}[[listener.route]]
+server_name = "a.db.internal"
+upstream = "unix:/run/postgresql/.s.PGSQL.5432"
+tls = {{ cert = "a.pem", key = "a.key" }}
+"#
+        );
+        let e = error_of(&text);
+        assert_eq!(e.key, "listener[0].route[0].upstream_tls", "{e}");
+        assert!(e.message.contains("unix"), "{e}");
+    }
+}
+
 #[test]
 fn identities_need_certificates() {
     let e = error_of(&format!(
@@ -401,6 +422,37 @@ fn endpoints() {
     assert!(Endpoint::parse("unix:").is_err());
     assert!(Endpoint::parse("db.internal").is_err());
     assert!(Endpoint::parse("db:99999").is_err());
+}
+
+/// An endpoint prints as text that parses back to it, so two spellings of
+/// one address compare equal (the duplicate-listen check relies on it),
+/// and IPv6 addresses need their brackets. "::0]:3" used to parse as host
+/// "::0", which printed as "[::0]:3" and read back as "::".
+#[test]
+fn endpoints_have_one_spelling_and_ipv6_needs_brackets() {
+    for text in ["::0]:3", "[::0:3", "::1:5432", "a:b:5432", "[db]x]:1"] {
+        assert!(Endpoint::parse(text).is_err(), "{text}");
+    }
+    assert_eq!(Endpoint::parse("[::0]:3"), Endpoint::parse("[::]:3"));
+    assert_eq!(
+        Endpoint::parse("[127.0.0.1]:5432"),
+        Endpoint::parse("127.0.0.1:5432")
+    );
+    for text in [
+        "[::0]:3",
+        "[fe80::1%eth0]:5432",
+        "[db.internal]:5432",
+        "[::ffff:127.0.0.1]:6432",
+        "localhost:0",
+        "unix:/run/postgresql/.s.PGSQL.5432",
+    ] {
+        let endpoint = Endpoint::parse(text).unwrap();
+        assert_eq!(
+            Endpoint::parse(&endpoint.to_string()),
+            Ok(endpoint),
+            "{text}"
+        );
+    }
 }
 
 #[test]

@@ -150,8 +150,12 @@ pub struct UpstreamTls {
 
 impl UpstreamTls {
     /// The same settings for another upstream: a derived server name is
-    /// recomputed from that upstream's host.
+    /// recomputed from that upstream's host. A unix-socket upstream is
+    /// refused whether or not the name is derived.
     pub(crate) fn for_upstream(&self, k: &str, upstream: &Endpoint) -> Result<Self, ConfigError> {
+        if let Endpoint::Unix(_) = upstream {
+            return Err(unix_refused(k));
+        }
         if self.server_name_explicit {
             return Ok(self.clone());
         }

@@ -54,6 +54,8 @@
 
 pub mod authority;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inspect;
 pub mod inventory;
 pub mod key;

@@ -502,6 +502,14 @@ pub(crate) struct Refusal {
     pub(crate) refused: Refused,
 }
 
+/// Who a `db_users` refusal is about, in the words the peer is told.
+pub(crate) fn refused_party(identity: Option<&ClientIdentity>) -> String {
+    identity.map_or_else(
+        || "a client without a certificate".to_owned(),
+        |i| format!("certificate identity \"{i}\""),
+    )
+}
+
 /// Checks that `identity` may log in as `user` under `rules`. A refusal
 /// comes with who was refused, in the words the peer is told.
 pub(crate) fn check_db_user(
@@ -512,12 +520,8 @@ pub(crate) fn check_db_user(
     if rules.permits(identity, user) {
         return Ok(());
     }
-    let who = identity.map_or_else(
-        || "a client without a certificate".to_owned(),
-        |i| format!("certificate identity \"{i}\""),
-    );
     Err((
-        who,
+        refused_party(identity),
         Refused::new(
             RefusalReason::UserDenied,
             format!("database user {user:?} not permitted by db_users"),

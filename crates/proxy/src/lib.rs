@@ -20,6 +20,8 @@ pub mod audit;
 mod conn;
 mod copy;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod listener;
 pub mod metrics;
 mod net;

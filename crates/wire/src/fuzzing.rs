@@ -155,7 +155,8 @@ pub fn tls_record_header(data: &[u8]) {
 
 /// Drives [`hello::parse_server_flight`]: any bytes give a result or an
 /// error, never a panic; a complete flight stays complete with more bytes
-/// after it; certificates are taken only from whole messages.
+/// after it, with the same ServerHello, certificates and alert (a probe
+/// stops reading there); certificates are taken only from whole messages.
 pub fn tls_server_flight(data: &[u8]) {
     let Ok(flight) = crate::hello::parse_server_flight(data) else {
         return;
@@ -167,6 +168,15 @@ pub fn tls_server_flight(data: &[u8]) {
         longer.extend_from_slice(&[0x17, 0x03, 0x03, 0x00, 0x01, 0x00]);
         if let Ok(again) = crate::hello::parse_server_flight(&longer) {
             assert!(again.is_complete());
+            assert_eq!(again.hello, flight.hello);
+            assert_eq!(again.certificates, flight.certificates);
+            assert_eq!(again.ocsp_stapled, flight.ocsp_stapled);
+            assert_eq!(again.done, flight.done);
+            // An alert record cut short may complete with the bytes after
+            // it; one already read stays.
+            if flight.alert.is_some() {
+                assert_eq!(again.alert, flight.alert);
+            }
         }
     }
 }

@@ -289,8 +289,13 @@ impl ServerFlight {
     /// flight, or a ServerHello/HelloRetryRequest of TLS 1.3 (the rest is
     /// encrypted).
     pub fn is_complete(&self) -> bool {
-        self.alert.is_some()
-            || self.done
+        self.alert.is_some() || self.plaintext_flight_over()
+    }
+
+    /// ServerHelloDone arrived, or a TLS 1.3 ServerHello or
+    /// HelloRetryRequest: the server's plaintext messages are over.
+    fn plaintext_flight_over(&self) -> bool {
+        self.done
             || self
                 .hello
                 .as_ref()
@@ -332,8 +337,9 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Parses as much of the server's first flight as `buf` holds. Records
-/// after the ServerHello of TLS 1.3 are encrypted and ignored.
+/// Parses as much of the server's first flight as `buf` holds. Handshake
+/// messages after ServerHelloDone, or after the ServerHello of TLS 1.3
+/// (encrypted there), are ignored.
 pub fn parse_server_flight(buf: &[u8]) -> Result<ServerFlight, FlightError> {
     let mut flight = ServerFlight::default();
     let mut handshake = Vec::new();
@@ -362,7 +368,15 @@ pub fn parse_server_flight(buf: &[u8]) -> Result<ServerFlight, FlightError> {
         }
     }
     let mut r = Reader { buf: &handshake };
-    while let (Some(kind), Some(len)) = (r.u8(), r.u24()) {
+    // The plaintext flight ends with ServerHelloDone, or with a TLS 1.3
+    // ServerHello or HelloRetryRequest. Whatever follows belongs to a later
+    // flight, so it is not read: otherwise more bytes could replace an
+    // answer the caller already stopped at, and what a probe reports would
+    // depend on how the server's bytes were split.
+    while !flight.plaintext_flight_over() {
+        let (Some(kind), Some(len)) = (r.u8(), r.u24()) else {
+            break;
+        };
         let Some(body) = r.take(len) else { break };
         match kind {
             2 => flight.hello = Some(parse_server_hello(body)?),
@@ -542,6 +556,54 @@ mod tests {
             let partial = parse_server_flight(&rec[..cut]).unwrap();
             assert!(!partial.is_complete(), "complete at {cut}");
         }
+    }
+
+    /// A ServerHello message choosing `suite`: TLS 1.2 without extensions,
+    /// or TLS 1.3 through `supported_versions`.
+    fn server_hello_message(suite: u16, tls13: bool) -> Vec<u8> {
+        let mut sh = vec![0x03, 0x03];
+        sh.extend_from_slice(&[1; 32]);
+        sh.push(0);
+        sh.extend_from_slice(&suite.to_be_bytes());
+        sh.push(0);
+        if tls13 {
+            sh.extend_from_slice(&[0x00, 0x06, 0x00, 0x2b, 0x00, 0x02, 0x03, 0x04]);
+        }
+        let mut message = vec![2, 0, 0, sh.len() as u8];
+        message.extend_from_slice(&sh);
+        message
+    }
+
+    /// What follows the end of the plaintext flight (a TLS 1.3 ServerHello
+    /// here) is not read, so the answer a probe stops at does not depend
+    /// on how much arrived: a later ServerHello does not replace the first.
+    #[test]
+    fn messages_after_the_end_of_the_flight_change_nothing() {
+        let first = server_hello_message(0x1301, true);
+        let mut bytes = vec![0x16, 0x03, 0x03, 0x00, first.len() as u8];
+        bytes.extend_from_slice(&first);
+        let first_record = bytes.len();
+        let mut later = server_hello_message(0xc02f, false);
+        later.extend_from_slice(&[0x17, 0x03, 0x03, 0x00, 0x01, 0x00]);
+        bytes.extend_from_slice(&[0x16, 0x03, 0x03, 0x00, later.len() as u8]);
+        bytes.extend_from_slice(&later);
+        for cut in first_record..=bytes.len() {
+            let flight = parse_server_flight(&bytes[..cut]).unwrap();
+            assert!(flight.is_complete(), "incomplete at {cut}");
+            let hello = flight.hello.unwrap();
+            assert_eq!((hello.version, hello.cipher_suite), (TLS13, 0x1301));
+        }
+
+        // And after ServerHelloDone, a Certificate and ServerHello of a
+        // later flight are not read either.
+        let mut flight = tls12_flight();
+        let mut more = server_hello_message(0x009c, false);
+        more.extend_from_slice(&[11, 0, 0, 3, 0, 0, 0]);
+        flight.extend_from_slice(&[0x16, 0x03, 0x03, 0x00, more.len() as u8]);
+        flight.extend_from_slice(&more);
+        let f = parse_server_flight(&flight).unwrap();
+        assert_eq!(f.hello.unwrap().cipher_suite, 0xc02f);
+        assert_eq!(f.certificates, vec![vec![0x30, 0x03, 0x02, 0x01, 0x05]]);
     }
 
     #[test]

@@ -374,6 +374,61 @@ impl ListenerTls {
     }
 }
 
+/// The client-certificate verifier of a route requiring or accepting
+/// client certificates, and the anchors it trusts, from the contents of
+/// its `client_ca` and `crl` files: every anchor parses and is summarised;
+/// with a CRL file, every CRL parses and was issued by an anchor, and
+/// every anchor has one.
+pub(crate) fn client_verifier(
+    tls: &ServerTls,
+    client_ca: Option<&[u8]>,
+    crl: Option<&[u8]>,
+    provider: Arc<CryptoProvider>,
+) -> Result<(Arc<PolicyVerifier>, Vec<LoadedCertificate>, Vec<LoadedCrl>), ProxyError> {
+    let (Some(ca_path), Some(ca_bytes)) = (&tls.client_ca, client_ca) else {
+        return Err(ProxyError::Tls(
+            "client_auth needs client_ca (the configuration check should have caught this)".into(),
+        ));
+    };
+    let mut roots = RootCertStore::empty();
+    let mut trust_anchors = Vec::new();
+    let mut loaded_crls = Vec::new();
+    let anchors = material::parse_certs(ca_bytes, ca_path, "client CA")?;
+    for cert in &anchors {
+        trust_anchors.push(LoadedCertificate::from_der(cert, ca_path, "client CA")?);
+        roots
+            .add(cert.clone())
+            .map_err(|e| ProxyError::file("client CA", ca_path, e.to_string()))?;
+    }
+    let mut vb = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    if let (Some(crl_path), Some(crl_bytes)) = (&tls.crl, crl) {
+        let crls = parse_crls(crl_bytes, crl_path)?;
+        for der in &crls {
+            material::check_crl_issuer(der, &anchors, crl_path, ca_path)?;
+            loaded_crls.push(LoadedCrl::from_der(der, crl_path)?);
+        }
+        material::check_crls_cover_anchors(&crls, &anchors, crl_path, ca_path)?;
+        vb = vb.with_crls(crls);
+        // webpki ignores nextUpdate unless asked; a stale CRL then
+        // vouches for certificates revoked after it was issued.
+        if tls.stale_crl == StaleCrl::Refuse {
+            vb = vb.enforce_revocation_expiration();
+        }
+    }
+    if tls.client_auth == ClientAuth::Optional {
+        vb = vb.allow_unauthenticated();
+    }
+    let inner = vb.build().map_err(|e| ProxyError::Tls(e.to_string()))?;
+    let verifier = Arc::new(PolicyVerifier {
+        inner,
+        allow: tls.allow.clone(),
+        crls: loaded_crls.clone(),
+        stale_crl: tls.stale_crl,
+        stale_logged: AtomicBool::new(false),
+    });
+    Ok((verifier, trust_anchors, loaded_crls))
+}
+
 fn build_material(
     tls: &ServerTls,
     files: &ServerTlsFiles,
@@ -398,54 +453,20 @@ fn build_material(
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions(tls.min_version))
         .map_err(|e| ProxyError::Tls(e.to_string()))?;
-    let mut trust_anchors = Vec::new();
-    let mut loaded_crls = Vec::new();
-    let (builder, verifier) = match tls.client_auth {
-        ClientAuth::None => (builder.with_no_client_auth(), None),
+    let (builder, verifier, trust_anchors, loaded_crls) = match tls.client_auth {
+        ClientAuth::None => (builder.with_no_client_auth(), None, Vec::new(), Vec::new()),
         ClientAuth::Required | ClientAuth::Optional => {
-            let (Some(ca_path), Some(ca_bytes)) = (&tls.client_ca, &files.client_ca) else {
-                return Err(ProxyError::Tls(
-                    "client_auth needs client_ca (the configuration check should have caught this)"
-                        .into(),
-                ));
-            };
-            let mut roots = RootCertStore::empty();
-            let anchors = material::parse_certs(ca_bytes, ca_path, "client CA")?;
-            for cert in &anchors {
-                trust_anchors.push(LoadedCertificate::from_der(cert, ca_path, "client CA")?);
-                roots
-                    .add(cert.clone())
-                    .map_err(|e| ProxyError::file("client CA", ca_path, e.to_string()))?;
-            }
-            let mut vb = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-            if let (Some(crl), Some(crl_bytes)) = (&tls.crl, &files.crl) {
-                let crls = parse_crls(crl_bytes, crl)?;
-                for der in &crls {
-                    material::check_crl_issuer(der, &anchors, crl, ca_path)?;
-                    loaded_crls.push(LoadedCrl::from_der(der, crl)?);
-                }
-                material::check_crls_cover_anchors(&crls, &anchors, crl, ca_path)?;
-                vb = vb.with_crls(crls);
-                // webpki ignores nextUpdate unless asked; a stale CRL then
-                // vouches for certificates revoked after it was issued.
-                if tls.stale_crl == StaleCrl::Refuse {
-                    vb = vb.enforce_revocation_expiration();
-                }
-            }
-            if tls.client_auth == ClientAuth::Optional {
-                vb = vb.allow_unauthenticated();
-            }
-            let inner = vb.build().map_err(|e| ProxyError::Tls(e.to_string()))?;
-            let verifier = Arc::new(PolicyVerifier {
-                inner,
-                allow: tls.allow.clone(),
-                crls: loaded_crls.clone(),
-                stale_crl: tls.stale_crl,
-                stale_logged: AtomicBool::new(false),
-            });
+            let (verifier, anchors, crls) = client_verifier(
+                tls,
+                files.client_ca.as_deref(),
+                files.crl.as_deref(),
+                provider,
+            )?;
             (
                 builder.with_client_cert_verifier(verifier.clone()),
                 Some(verifier),
+                anchors,
+                crls,
             )
         }
     };

@@ -18,7 +18,7 @@ use intransit_wire::mysql::{
 use intransit_wire::WireError;
 
 use super::packets::{err_packet, unavailable_packet};
-use crate::conn::{check_db_user, Refusal, Refused};
+use crate::conn::{check_db_user, refused_party, Refusal, Refused};
 use crate::refusal::RefusalReason;
 
 /// The ERR a client gets for a packet that is not a handshake packet.
@@ -286,6 +286,8 @@ pub(crate) struct Login {
     pub(crate) response: HandshakeResponse41,
     /// Its sequence id, as the peer numbered it.
     pub(crate) seq: u8,
+    /// The user name as logs and the audit record show it: invalid UTF-8
+    /// replaced (`authorize` judges the bytes themselves).
     pub(crate) user: String,
     /// `""` when the response names no database.
     pub(crate) database: String,
@@ -293,13 +295,12 @@ pub(crate) struct Login {
 
 impl Login {
     fn of(response: HandshakeResponse41, seq: u8) -> Self {
-        let user = response.user_utf8().unwrap_or("").to_owned();
+        let user = String::from_utf8_lossy(&response.user).into_owned();
         let database = response
-            .database_utf8()
-            .ok()
-            .flatten()
-            .unwrap_or("")
-            .to_owned();
+            .database
+            .as_deref()
+            .map(|d| String::from_utf8_lossy(d).into_owned())
+            .unwrap_or_default();
         Login {
             response,
             seq,
@@ -331,7 +332,23 @@ pub(crate) fn authorize(
     login: &Login,
 ) -> Result<(), Refusal> {
     let user = &login.user;
-    let (who, refused) = match check_db_user(rules, identity, user) {
+    let checked = match login.response.user_utf8() {
+        Ok(name) => check_db_user(rules, identity, name),
+        // db_users rules are text and cannot name a user that is not
+        // UTF-8. Judged by a stand-in (the empty name, or the name with
+        // invalid bytes replaced), a rule for the stand-in would admit
+        // every name the server tells apart from it, so with rules in
+        // force such a name is refused.
+        Err(_) if rules.is_empty() => Ok(()),
+        Err(_) => Err((
+            refused_party(identity),
+            Refused::new(
+                RefusalReason::UserDenied,
+                format!("database user {user:?} is not UTF-8, so db_users cannot permit it"),
+            ),
+        )),
+    };
+    let (who, refused) = match checked {
         Ok(()) => return Ok(()),
         Err(refusal) => refusal,
     };
@@ -494,6 +511,38 @@ mod tests {
         let mut response = HandshakeResponse41::parse(&payload).unwrap();
         response.capabilities |= CLIENT_SSL;
         (2, response.encode().unwrap())
+    }
+
+    /// db_users judges the name the server receives. A user name that is
+    /// not UTF-8 used to be judged as the empty name, so a rule naming the
+    /// empty (anonymous) user admitted every such name.
+    #[test]
+    fn a_user_name_that_is_not_utf8_is_refused_when_db_users_has_rules() {
+        let (seq, payload) = response_inside_tls();
+        let mut response = HandshakeResponse41::parse(&payload).unwrap();
+        response.user = b"adm\xffin".to_vec();
+        let login = login_inside_tls(seq, &response.encode().unwrap()).unwrap();
+        assert_eq!(login.user, "adm\u{fffd}in");
+        let reporting = ClientIdentity {
+            common_name: Some("reporting".into()),
+            dns_names: Vec::new(),
+            uris: Vec::new(),
+            spki_pin: String::new(),
+        };
+        for users in [vec![String::new()], vec!["*".to_owned()]] {
+            let rules = DbUserRules::new(vec![DbUserRule::Listed {
+                identity: IdentityPattern::parse("cn:reporting").unwrap(),
+                users,
+            }]);
+            let refusal = authorize(&rules, Some(&reporting), &login).unwrap_err();
+            assert_eq!(refusal.refused.reason, RefusalReason::UserDenied);
+            assert!(refusal.refused.detail.contains("not UTF-8"));
+            let (reply_seq, error) = err(&refusal.reply);
+            assert_eq!(reply_seq, seq + 1);
+            assert_eq!(error.code, ServerError::ACCESS_DENIED.code);
+        }
+        // Without rules db_users is not enforced, and the database decides.
+        assert!(authorize(&DbUserRules::default(), Some(&reporting), &login).is_ok());
     }
 
     #[test]
