@@ -158,7 +158,7 @@ impl HeldSession {
                 .await
                 .map_err(|e| BenchError::Io {
                     step: "closing the session",
-                    source: e,
+                    error: e,
                 }),
             HeldSession::Ready(session) => session.terminate().await,
         }

@@ -30,7 +30,7 @@ use crate::error::ProxyError;
 use crate::protocol::mysql::negotiation as my;
 use crate::protocol::postgres::negotiation as pgn;
 use crate::refusal::RefusalReason;
-use crate::tls::listener::{client_verifier, crypto_provider};
+use crate::tls::listener::{client_verifier, crypto_provider, ClientTrust};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::server::danger::ClientCertVerifier;
@@ -489,7 +489,9 @@ pub fn pki_trust_material(data: &[u8]) {
             stale_crl: StaleCrl::Refuse,
         };
         match client_verifier(&tls, Some(client_ca), crl, Arc::new(crypto_provider())) {
-            Ok((verifier, anchors, _crls)) => {
+            Ok(ClientTrust {
+                verifier, anchors, ..
+            }) => {
                 assert_eq!(
                     verifier.client_auth_mandatory(),
                     client_auth == ClientAuth::Required

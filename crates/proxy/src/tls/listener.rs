@@ -384,7 +384,7 @@ pub(crate) fn client_verifier(
     client_ca: Option<&[u8]>,
     crl: Option<&[u8]>,
     provider: Arc<CryptoProvider>,
-) -> Result<(Arc<PolicyVerifier>, Vec<LoadedCertificate>, Vec<LoadedCrl>), ProxyError> {
+) -> Result<ClientTrust, ProxyError> {
     let (Some(ca_path), Some(ca_bytes)) = (&tls.client_ca, client_ca) else {
         return Err(ProxyError::Tls(
             "client_auth needs client_ca (the configuration check should have caught this)".into(),
@@ -426,7 +426,20 @@ pub(crate) fn client_verifier(
         stale_crl: tls.stale_crl,
         stale_logged: AtomicBool::new(false),
     });
-    Ok((verifier, trust_anchors, loaded_crls))
+    Ok(ClientTrust {
+        verifier,
+        anchors: trust_anchors,
+        crls: loaded_crls,
+    })
+}
+
+/// A route's client verifier and what it was built from.
+pub(crate) struct ClientTrust {
+    pub(crate) verifier: Arc<PolicyVerifier>,
+    /// The client CA's certificates, for `/status`.
+    pub(crate) anchors: Vec<LoadedCertificate>,
+    /// The CRLs with their issuers and nextUpdate.
+    pub(crate) crls: Vec<LoadedCrl>,
 }
 
 fn build_material(
@@ -456,7 +469,11 @@ fn build_material(
     let (builder, verifier, trust_anchors, loaded_crls) = match tls.client_auth {
         ClientAuth::None => (builder.with_no_client_auth(), None, Vec::new(), Vec::new()),
         ClientAuth::Required | ClientAuth::Optional => {
-            let (verifier, anchors, crls) = client_verifier(
+            let ClientTrust {
+                verifier,
+                anchors,
+                crls,
+            } = client_verifier(
                 tls,
                 files.client_ca.as_deref(),
                 files.crl.as_deref(),
