@@ -65,6 +65,7 @@ targets! {
     tls_record_header => intransit_wire::fuzzing::tls_record_header,
     tls_server_flight => intransit_wire::fuzzing::tls_server_flight,
     mysql_packet => intransit_wire::fuzzing::mysql_packet,
+    mysql_commands => intransit_wire::fuzzing::mysql_commands,
     mysql_greeting => intransit_wire::fuzzing::mysql_greeting,
     mysql_handshake_response => intransit_wire::fuzzing::mysql_handshake_response,
     pg_negotiation => intransit_proxy::fuzzing::pg_negotiation,
