@@ -402,8 +402,9 @@ fn a_thousand_unauthenticated_sockets_never_lock_out_a_certificate_holder() {
             "{lines} lines for {counted} refusals"
         );
     }
-    assert!(total > 0.0, "the flood met no limit");
-    assert!(closed > 0);
+    // The refusals are the proxy's own count: how many closes the flood
+    // saw before it stopped depends on scheduling on a loaded machine.
+    assert!(total > 0.0, "the flood met no limit ({closed} closes seen)");
 }
 
 #[test]
