@@ -4,6 +4,11 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// Where `up` starts the admin server unless `--admin` says otherwise: a
+/// loopback port outside 9090-9999, where Prometheus itself (9090) and its
+/// exporters listen.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:8432";
+
 /// TLS 1.3 and mutual TLS for every database connection.
 #[derive(Debug, Parser)]
 #[command(name = "intransit", version, propagate_version = true)]
@@ -732,7 +737,7 @@ mod tests {
     #[test]
     fn the_up_admin_default_is_the_one_its_help_names() {
         let help = long_help(&["up"]);
-        assert!(help.contains(crate::up::DEFAULT_ADMIN), "{help}");
-        assert!(!crate::up::DEFAULT_ADMIN.ends_with(":9090"));
+        assert!(help.contains(DEFAULT_ADMIN), "{help}");
+        assert!(!DEFAULT_ADMIN.ends_with(":9090"));
     }
 }

@@ -21,12 +21,7 @@ use intransit_policy::{AllowList, DbUserRules};
 use intransit_proxy::{Proxy, ProxyError};
 use tracing::{info, warn};
 
-use crate::cli::{UpArgs, UpProtocol};
-
-/// Where `up` starts the admin server unless `--admin` says otherwise: a
-/// loopback port outside 9090-9999, where Prometheus itself (9090) and its
-/// exporters listen.
-pub const DEFAULT_ADMIN: &str = "127.0.0.1:8432";
+use crate::cli::{UpArgs, UpProtocol, DEFAULT_ADMIN};
 
 pub async fn run(args: UpArgs) -> Result<()> {
     let signals = crate::ShutdownSignals::install()?;
