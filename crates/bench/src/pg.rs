@@ -1,6 +1,6 @@
 //! A minimal PostgreSQL client for measurements: TCP connect, SSLRequest,
 //! TLS 1.3 with a client certificate, and (optionally) the StartupMessage
-//! up to the first ReadyForQuery.
+//! up to the first ReadyForQuery and simple queries after it.
 //!
 //! It behaves like libpq with `sslmode=verify-full` and a client
 //! certificate, so that the same connector measures intransit and
@@ -247,6 +247,21 @@ impl PgSession {
         still_idle(&mut self.stream).await
     }
 
+    /// Sends `sql` as a simple query and reads its answer up to
+    /// ReadyForQuery; an ErrorResponse is an error. A pooling proxy lends
+    /// a server connection only for a query, so a probe that stops at the
+    /// login's ReadyForQuery would not measure that.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<(), BenchError> {
+        let mut bytes = Vec::with_capacity(sql.len() + 6);
+        pg::session::encode_query(sql, &mut bytes)
+            .map_err(|e| BenchError::Protocol(e.to_string()))?;
+        self.stream
+            .write_all(&bytes)
+            .await
+            .map_err(io_error("sending the query"))?;
+        read_until_ready(&mut self.stream, "reading the query's answer").await
+    }
+
     /// Sends Terminate and closes TLS, as libpq's `PQfinish` does.
     pub async fn terminate(mut self) -> Result<(), BenchError> {
         self.stream
@@ -297,6 +312,11 @@ async fn start_session(
         .write_all(&bytes)
         .await
         .map_err(io_error("sending StartupMessage"))?;
+    read_until_ready(stream, "reading the session start").await
+}
+
+/// Reads server messages up to the next ReadyForQuery.
+async fn read_until_ready(stream: &mut PgTlsStream, step: &'static str) -> Result<(), BenchError> {
     let mut buf = BytesMut::with_capacity(1024);
     loop {
         while let Some((tag, consumed)) = next_frame(&buf)? {
@@ -305,10 +325,7 @@ async fn start_session(
                 return Ok(());
             }
         }
-        let n = stream
-            .read_buf(&mut buf)
-            .await
-            .map_err(io_error("reading the session start"))?;
+        let n = stream.read_buf(&mut buf).await.map_err(io_error(step))?;
         if n == 0 {
             return Err(BenchError::Protocol(
                 "the server closed the connection before ReadyForQuery".into(),

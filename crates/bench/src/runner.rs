@@ -18,12 +18,16 @@ use crate::pg::{still_idle, BenchError, PgSession, PgTlsConnector, PgTlsStream};
 pub enum Probe {
     /// TCP connect, SSLRequest and the TLS handshake, then close.
     Handshake,
-    /// A handshake, then StartupMessage up to ReadyForQuery, then Terminate.
+    /// A handshake, then StartupMessage up to ReadyForQuery, then the
+    /// query if there is one, then Terminate.
     Session {
         /// Database user in the StartupMessage.
         user: String,
         /// Database in the StartupMessage.
         database: String,
+        /// A simple query sent after the login and answered within the
+        /// timed part (`SELECT 1`).
+        query: Option<String>,
     },
 }
 
@@ -40,8 +44,15 @@ impl Probe {
                 let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
                 Ok(elapsed)
             }
-            Probe::Session { user, database } => {
-                let session = connector.session(user, database).await?;
+            Probe::Session {
+                user,
+                database,
+                query,
+            } => {
+                let mut session = connector.session(user, database).await?;
+                if let Some(sql) = query {
+                    session.simple_query(sql).await?;
+                }
                 let elapsed = started.elapsed();
                 session.terminate().await?;
                 Ok(elapsed)

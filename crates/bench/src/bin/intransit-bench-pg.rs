@@ -110,6 +110,10 @@ struct LatencyArgs {
     /// Database for --session.
     #[arg(long, default_value = "bench")]
     database: String,
+    /// With --session, also send this simple query after the login and
+    /// time up to its ReadyForQuery (`SELECT 1`).
+    #[arg(long, requires = "session")]
+    query: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -230,8 +234,16 @@ async fn latency(args: LatencyArgs) -> Result<()> {
         let probe = Probe::Session {
             user: args.user.clone(),
             database: args.database.clone(),
+            query: args.query.clone(),
         };
-        (probe, "session")
+        (
+            probe,
+            if args.query.is_some() {
+                "query"
+            } else {
+                "session"
+            },
+        )
     } else {
         (Probe::Handshake, "handshake")
     };
