@@ -1,0 +1,420 @@
+#!/usr/bin/env bash
+# Measures PostgreSQL connection pooling on one PostgreSQL server, four
+# targets side by side, as ratios to PostgreSQL's own TLS 1.3, and prints
+# a markdown summary (method and figures in docs/benchmarks.md, "Pooling"):
+#
+#   native       PostgreSQL's own TLS 1.3 (client certificate verified,
+#                trust), a backend forked per connection;
+#   passthrough  intransit without a pool: one backend per client session,
+#                over PostgreSQL's unix socket;
+#   pooled       intransit with [listener.pool] mode = "transaction",
+#                size = POOL_SIZE, server_auth = "trust" over the unix
+#                socket: the proxy completes the client's login itself;
+#   pgbouncer    PgBouncer, pool_mode = transaction, default_pool_size =
+#                POOL_SIZE, TLS 1.3 to clients with a verified client
+#                certificate from the same CA, auth_type = trust, the unix
+#                socket behind it.
+#
+#   1. pgbench -S -c 2 -j 2 with -C (a new connection per transaction)
+#      and on persistent connections, the four targets interleaved, REPS
+#      times;
+#   2. connect + SELECT 1 latency, a fresh TLS connection each time,
+#      sequential, interleaved;
+#   3. the proxy's CPU (user and system) per 10,000 transactions, and the
+#      CPU of pgbench and PostgreSQL's backends;
+#   4. the resident memory of a fresh pooled proxy and a fresh PgBouncer
+#      with IDLE pooled TLS clients logged in;
+#   5. pgbench -M prepared -S through each target, with 2 clients and with
+#      more clients than the pool size, reported as it ends.
+#
+# Everything runs on loopback, in a temporary directory that is removed on
+# exit (KEEP=1 keeps it, with every log). Needs root (PostgreSQL and
+# PgBouncer run as the `postgres` user), PostgreSQL server binaries, psql,
+# pgbench and openssl (`.ci/install-deps.sh`), and pgbouncer (`apt-get
+# install pgbouncer`). Not part of the test suite.
+#
+# Knobs (environment): REPS (5), DURATION seconds per pgbench run (10),
+# SCALE pgbench scale (10), POOL_SIZE server connections per pool (5),
+# SESSION_PROBES per target (500), IDLE clients (1000), PREPARED=0 skips
+# the -M prepared runs, PREPARED_CLIENTS the pgbench client counts they
+# use ("2 2*POOL_SIZE"), PERF=1 records `perf record -g` of the pooled
+# proxy during one more -C run (use INTRANSIT=target/profiling/intransit
+# for symbols), SKIP_BUILD=1 uses the binaries already built, PGBIN,
+# CARGO_TARGET_DIR, INTRANSIT.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+# shellcheck source=scripts/lib/postgres.sh
+source "$repo/scripts/lib/postgres.sh"
+
+REPS=${REPS:-5}
+DURATION=${DURATION:-10}
+SCALE=${SCALE:-10}
+POOL_SIZE=${POOL_SIZE:-5}
+SESSION_PROBES=${SESSION_PROBES:-500}
+IDLE=${IDLE:-1000}
+PREPARED=${PREPARED:-1}
+PREPARED_CLIENTS=${PREPARED_CLIENTS:-"2 $((POOL_SIZE * 2))"}
+PERF=${PERF:-0}
+
+pg_require
+pg_pgbouncer_require
+if [[ $PERF == 1 ]]; then command -v perf >/dev/null || die "perf not found (apt-get install linux-perf)"; fi
+pg_build
+
+# IDLE client sockets here, as many in the proxy or PgBouncer, and their
+# upstream side.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+pg_workdir intransit-bench-pool
+pg_certificates
+pg_start $((IDLE + 100))
+pg_pgbench_init "$SCALE"
+pg_proxy_config 60s $((IDLE + 1000)) -
+pg_pool_config transaction "$POOL_SIZE" 60s $((IDLE + 1000))
+pg_pgbouncer_config transaction "$POOL_SIZE" $((IDLE + 100))
+pg_start_proxy warn
+pg_start_pool_proxy warn
+pg_start_pgbouncer
+
+sides=(native passthrough pooled pgbouncer)
+declare -A port=([native]=$pg_port [passthrough]=$proxy_port [pooled]=$pool_port [pgbouncer]=$pgbouncer_port)
+declare -A title=([native]="native TLS" [passthrough]="intransit pass-through"
+    [pooled]="intransit pooled" [pgbouncer]="PgBouncer")
+# The process between the client and PostgreSQL, or - for none.
+watched_pid() { # side
+    case $1 in
+        passthrough) echo "$proxy_pid" ;;
+        pooled) echo "$pool_pid" ;;
+        pgbouncer) echo "$pgbouncer_pid" ;;
+        *) echo - ;;
+    esac
+}
+
+# What libpq negotiates with each target (openssl s_client uses the same
+# OpenSSL defaults as libpq).
+negotiated() { # side
+    openssl s_client -starttls postgres -connect "127.0.0.1:${port[$1]}" -tls1_3 \
+        -CAfile "$ca" -cert "$client_cert" -key "$client_key" -verify_return_error -brief </dev/null 2>&1 \
+        | awk -F': ' '/^(Protocol version|Ciphersuite|Server Temp Key|Negotiated TLS1.3 group)/{printf "%s%s", sep, $2; sep=", "} END{print ""}'
+}
+declare -A tls
+for side in "${sides[@]}"; do
+    psql "$(conninfo "${port[$side]}")" -qAtc "SELECT 1" >/dev/null || die "psql through $side failed"
+    tls[$side]=$(negotiated "$side")
+done
+
+clk_tck=$(getconf CLK_TCK)
+# "user system" clock ticks of a process.
+proc_ticks() { # pid
+    local out
+    out=$("$bench" proc "$1")
+    echo "$(field user_ticks <<<"$out") $(field system_ticks <<<"$out")"
+}
+ms() { echo $(( $1 * 1000 / clk_tck )); }
+
+# One pgbench run; prints "tps transactions proxy_user_ms proxy_system_ms
+# postgres_cpu_ms pgbench_cpu_ms" (the proxy's are - for native).
+pgbench_run() { # side mode(persistent|reconnect) label
+    local side=$1 out="$work/pgbench-$3.log" flags=(-S) pid u0=0 s0=0 u1 s1 user_ms=- system_ms=- pg_before pg_ms client_ms
+    if [[ $2 == reconnect ]]; then flags+=(-C); fi
+    pid=$(watched_pid "$side")
+    if [[ $pid != - ]]; then read -r u0 s0 <<<"$(proc_ticks "$pid")"; fi
+    pg_before=$(pg_server_ticks)
+    local TIMEFORMAT='%3U %3S'
+    { time pgbench -n "${flags[@]}" -c 2 -j 2 -T "$DURATION" "$(conninfo "${port[$side]}")" >"$out" 2>&1; } 2>"$out.cpu" \
+        || die "pgbench through $side failed (see $out)"
+    if [[ $pid != - ]]; then
+        read -r u1 s1 <<<"$(proc_ticks "$pid")"
+        user_ms=$(ms $((u1 - u0)))
+        system_ms=$(ms $((s1 - s0)))
+    fi
+    # The postmaster reaps the backends right after pgbench disconnects.
+    sleep 0.5
+    pg_ms=$(ms $(($(pg_server_ticks) - pg_before)))
+    client_ms=$(awk '{printf "%d", ($1 + $2) * 1000}' "$out.cpu")
+    local tps txns
+    tps=$(awk '/^tps = /{print $3; exit}' "$out")
+    txns=$(awk -F': ' '/number of transactions actually processed/{split($2, a, "/"); print a[1]; exit}' "$out")
+    echo "$tps $txns $user_ms $system_ms $pg_ms $client_ms"
+}
+per10k() { # ms transactions
+    awk -v c="$1" -v n="$2" 'BEGIN{ if (c == "-") print "-"; else printf "%.1f", c * 10000 / n }'
+}
+sum_ms() { # a b
+    awk -v a="$1" -v b="$2" 'BEGIN{ if (a == "-") print "-"; else print a + b }'
+}
+
+load_start=$(load_now)
+
+# --- 1, 3 and 5: pgbench, the four targets interleaved
+declare -A tps proxy10k user10k sys10k pg10k client10k
+log "pgbench -S: $REPS repetitions x 2 modes x ${#sides[@]} targets x ${DURATION}s"
+for rep in $(seq "$REPS"); do
+    for mode in reconnect persistent; do
+        for side in "${sides[@]}"; do
+            result=$(pgbench_run "$side" "$mode" "$side-$mode-$rep")
+            read -r t n pu ps p b <<<"$result"
+            key=$side-$mode
+            tps[$key]+="$t "
+            if [[ $pu != - ]]; then
+                proxy10k[$key]+="$(per10k "$(sum_ms "$pu" "$ps")" "$n") "
+                user10k[$key]+="$(per10k "$pu" "$n") "
+                sys10k[$key]+="$(per10k "$ps" "$n") "
+            fi
+            pg10k[$key]+="$(per10k "$p" "$n") "
+            client10k[$key]+="$(per10k "$b" "$n") "
+            log "rep $rep $side $mode: $t tps, $n transactions, CPU ms: proxy user $pu system $ps, postgres $p, pgbench $b"
+        done
+    done
+done
+
+# $1 is a space-separated list of numbers: word splitting is intended.
+# shellcheck disable=SC2086
+spread() { "$bench" spread $1; }
+median_of() { if [[ -z $1 ]]; then echo -; else spread "$1" | field median; fi; }
+# "median [min–max]" of a list.
+spread_text() {
+    local s
+    [[ -n $1 ]] || { echo -; return; }
+    s=$(spread "$1")
+    echo "$(field median <<<"$s") [$(field min <<<"$s")–$(field max <<<"$s")]"
+}
+ratio() { # a b: a / b with two decimals
+    awk -v a="$1" -v b="$2" 'BEGIN{ if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2f", a / b }'
+}
+
+# --- optional: a profile of the pooled proxy during one more -C run
+perf_text=""
+if [[ $PERF == 1 ]]; then
+    log "perf record -g of the pooled proxy during one pgbench -C run"
+    perf record -e cpu-clock -g -p "$pool_pid" -o "$work/perf-pooled.data" -- sleep "$DURATION" \
+        >"$work/perf-record.log" 2>&1 &
+    perf_pid=$!
+    pgbench_run pooled reconnect pooled-reconnect-perf >/dev/null
+    wait "$perf_pid" || true
+    # By binary first (a stripped release build shows its own code as one
+    # block), then by symbol.
+    {
+        perf report -i "$work/perf-pooled.data" --no-children --sort dso --stdio 2>/dev/null \
+            | grep -E '^ +[0-9]' | head -n 8
+        echo
+        perf report -i "$work/perf-pooled.data" --no-children --sort dso,sym --stdio --percent-limit 0.7 \
+            2>/dev/null | grep -E '^ +[0-9]' | head -n 40
+    } >"$work/perf-pooled.txt" || true
+    perf_text=$(cat "$work/perf-pooled.txt")
+fi
+
+# --- 2: connect + SELECT 1, a fresh TLS connection each, interleaved
+log "connect + SELECT 1 latency: $SESSION_PROBES per target"
+tls_args=(--ca "$ca" --cert "$client_cert" --key "$client_key" --server-name 127.0.0.1)
+targets=()
+for side in "${sides[@]}"; do targets+=(--target "$side=127.0.0.1:${port[$side]}"); done
+latency=$("$bench" latency "${tls_args[@]}" "${targets[@]}" --count "$SESSION_PROBES" --warmup 20 \
+    --session --query "SELECT 1")
+
+# --- 5: prepared statements in transaction mode: with 2 clients, as the
+# other runs, and with more clients than the pool has server connections.
+prepared_rows=""
+if [[ $PREPARED == 1 ]]; then
+    for clients in $PREPARED_CLIENTS; do
+        for side in "${sides[@]}"; do
+            log "pgbench -M prepared -S -c $clients through $side"
+            out=$work/pgbench-prepared-$side-$clients.log
+            rc=0
+            pgbench -n -M prepared -S -c "$clients" -j 2 -T "$DURATION" "$(conninfo "${port[$side]}")" >"$out" 2>&1 || rc=$?
+            t=$(awk '/^tps = /{printf "%.1f", $3; exit}' "$out")
+            n=$(awk -F': ' '/number of transactions actually processed/{print $2; exit}' "$out")
+            f=$(awk -F': ' '/number of failed transactions/{print $2; exit}' "$out")
+            prepared_rows+="| ${title[$side]} | $clients | $rc | ${t:--} | ${n:--} | ${f:--} |"$'\n'
+            # Each distinct error once, without the client number.
+            grep -E 'error|ERROR|FATAL' "$out" | sed -E 's/client [0-9]+/client N/' | sort -u | head -n 4 \
+                >"$out.errors" || true
+        done
+    done
+fi
+
+# --- 4: memory with IDLE pooled clients logged in, each on a fresh process
+bench_backends() {
+    psql "$(conninfo plain)" -qAtc "SELECT count(*) FROM pg_stat_activity
+        WHERE usename = 'bench' AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+}
+declare -A idle_out idle_backends
+idle_run() { # side pid
+    local out=$work/idle-$1.out release=$work/release-$1 holder
+    "$bench" idle "${tls_args[@]}" --target "127.0.0.1:${port[$1]}" --watch-pid "$2" --count "$IDLE" \
+        --hold-until-file "$release" --hold-max-secs 600 >"$out" 2>"$work/idle-$1.err" &
+    holder=$!
+    for _ in $(seq 6000); do
+        [[ -s $out ]] && break
+        kill -0 "$holder" 2>/dev/null || die "holding $IDLE clients through $1 failed: $(cat "$work/idle-$1.err")"
+        sleep 0.1
+    done
+    idle_backends[$1]=$(bench_backends)
+    touch "$release"
+    wait "$holder" || die "the idle clients through $1 ended badly: $(cat "$work/idle-$1.err")"
+    idle_out[$1]=$(tr '\n' ' ' <"$out")
+}
+# One pooler at a time, so the backends counted are its own.
+log "memory: $IDLE idle clients through a fresh pooled proxy"
+pg_stop_proxy
+pg_stop_pgbouncer
+pg_start_pool_proxy warn
+sleep 1
+idle_run pooled "$pool_pid"
+log "memory: $IDLE idle clients through a fresh PgBouncer"
+pg_stop_pool_proxy
+pg_start_pgbouncer
+sleep 1
+idle_run pgbouncer "$pgbouncer_pid"
+load_end=$(load_now)
+
+# --- report
+cpu_model=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)
+commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n $(git -C "$repo" status --porcelain --untracked-files=no 2>/dev/null) ]]; then commit+=" (with uncommitted changes)"; fi
+tps_row() { # label mode
+    local cells="" side m n
+    n=$(median_of "${tps[native-$2]}")
+    for side in "${sides[@]}"; do
+        m=$(median_of "${tps[$side-$2]}")
+        cells+=" $(spread_text "${tps[$side-$2]}") (**$(ratio "$m" "$n")x**) |"
+    done
+    echo "| $1 |$cells"
+}
+cpu_row() { # label mode side
+    local p=- u=- s=- b c total
+    b=$(median_of "${client10k[$3-$2]}")
+    c=$(median_of "${pg10k[$3-$2]}")
+    if [[ -n ${proxy10k[$3-$2]:-} ]]; then
+        p=$(median_of "${proxy10k[$3-$2]}")
+        u=$(median_of "${user10k[$3-$2]}")
+        s=$(median_of "${sys10k[$3-$2]}")
+    fi
+    total=$(awk -v a="$b" -v b="$c" -v c="$p" 'BEGIN{printf "%.1f", a + b + (c == "-" ? 0 : c)}')
+    echo "| $1 | ${title[$3]} | $b | $c | $p | $u | $s | $total |"
+}
+lat() { # side field
+    grep "^target=$1 " <<<"$latency" | field "$2"
+}
+lat_row() { # side
+    local n50 n99
+    n50=$(lat native p50_us); n99=$(lat native p99_us)
+    echo "| ${title[$1]} | $(lat "$1" p50_us) | $(lat "$1" p90_us) | $(lat "$1" p99_us) | $(lat "$1" min_us) | $(lat "$1" max_us) | $(ratio "$(lat "$1" p50_us)" "$n50")x | $(ratio "$(lat "$1" p99_us)" "$n99")x |"
+}
+kib_mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k / 1024}'; }
+idle_field() { field "$2" <<<"${idle_out[$1]}"; }
+mem_row() { # label field
+    echo "| $1 | $(kib_mb "$(idle_field pooled "$2")") | $(kib_mb "$(idle_field pgbouncer "$2")") |"
+}
+verdict() { # measured op limit: "met" or "missed"
+    awk -v m="$1" -v op="$2" -v l="$3" 'BEGIN{
+        ok = (op == ">=") ? (m >= l) : (m <= l)
+        print (m == "-" ? "not measured" : (ok ? "met" : "**missed**")) }'
+}
+
+m_native_c=$(median_of "${tps[native-reconnect]}")
+m_pooled_c=$(median_of "${tps[pooled-reconnect]}")
+m_pass_p=$(median_of "${tps[passthrough-persistent]}")
+m_pooled_p=$(median_of "${tps[pooled-persistent]}")
+r_c=$(ratio "$m_pooled_c" "$m_native_c")
+r_p50=$(ratio "$(lat pooled p50_us)" "$(lat native p50_us)")
+r_p99=$(ratio "$(lat pooled p99_us)" "$(lat native p99_us)")
+r_pp=$(ratio "$m_pooled_p" "$m_pass_p")
+
+cat <<EOF
+## Pooling: intransit pooled vs pass-through vs PgBouncer vs PostgreSQL TLS 1.3: $(date -u +%Y-%m-%dT%H:%MZ)
+
+Machine: $cpu_model, $(nproc) cores, Linux $(uname -r); $("$PGBIN/postgres" --version);
+$(pgbench --version); $(pgbouncer --version | head -n 1) ($(pgbouncer --version | awk '/^tls:/{sub(/^tls: /, ""); print}'));
+$(openssl version); $(rustc --version 2>/dev/null || echo "rustc unknown"); intransit $commit.
+Load average (1, 5, 15 min) at start: $load_start; at end: $load_end.
+Pool size $POOL_SIZE server connections for (bench, bench) in both poolers, transaction mode.
+
+TLS negotiated by libpq's OpenSSL: native: ${tls[native]}; pass-through: ${tls[passthrough]}; pooled: ${tls[pooled]}; PgBouncer: ${tls[pgbouncer]}.
+
+### pgbench -S -c 2 -j 2 -T $DURATION, $REPS repetitions interleaved (tps, median [min–max], ratio of medians to native)
+
+| run | ${title[native]} | ${title[passthrough]} | ${title[pooled]} | ${title[pgbouncer]} |
+|---|---|---|---|---|
+$(tps_row "-C (new connection per transaction)" reconnect)
+$(tps_row "persistent" persistent)
+
+### Connect + SELECT 1, a fresh TLS 1.3 connection each, sequential, interleaved ($SESSION_PROBES per target, µs)
+
+| target | p50 | p90 | p99 | min | max | p50 / native | p99 / native |
+|---|---|---|---|---|---|---|---|
+$(for side in "${sides[@]}"; do lat_row "$side"; done)
+
+### CPU per 10,000 transactions by process (median of $REPS runs, ms)
+
+"proxy" is the process between client and PostgreSQL (intransit or PgBouncer), split into user and system time.
+
+| run | target | pgbench (client) | PostgreSQL backends | proxy | proxy user | proxy system | total |
+|---|---|---|---|---|---|---|---|
+$(for side in "${sides[@]}"; do cpu_row "-C" reconnect "$side"; done)
+$(for side in "${sides[@]}"; do cpu_row persistent persistent "$side"; done)
+
+### Memory with $IDLE idle pooled TLS clients logged in (fresh process each)
+
+| | ${title[pooled]} | ${title[pgbouncer]} |
+|---|---|---|
+$(mem_row "VmRSS MiB, no client" baseline_rss_kib)
+$(mem_row "VmRSS MiB, clients open" open_rss_kib)
+$(mem_row "VmHWM MiB (peak RSS), clients open" open_hwm_kib)
+$(mem_row "VmHWM MiB (peak RSS), after closing" closed_hwm_kib)
+| per client KiB (VmRSS open minus no client, divided by clients) | $(idle_field pooled per_connection_kib) | $(idle_field pgbouncer per_connection_kib) |
+| clients open (opened in s) | $(idle_field pooled sessions) ($(idle_field pooled open_secs)) | $(idle_field pgbouncer sessions) ($(idle_field pgbouncer open_secs)) |
+| still idle at release | $(idle_field pooled still_idle) | $(idle_field pgbouncer still_idle) |
+| PostgreSQL backends of the user while they were open | ${idle_backends[pooled]} | ${idle_backends[pgbouncer]} |
+EOF
+
+if [[ $PREPARED == 1 ]]; then
+    cat <<EOF
+
+### pgbench -M prepared -S -j 2 -T $DURATION (pools in transaction mode, $POOL_SIZE server connections)
+
+| target | clients | pgbench exit status | tps | transactions processed | failed transactions |
+|---|---|---|---|---|---|
+$prepared_rows
+EOF
+    for clients in $PREPARED_CLIENTS; do
+        for side in "${sides[@]}"; do
+            if [[ -s $work/pgbench-prepared-$side-$clients.log.errors ]]; then
+                echo "${title[$side]}, $clients clients, pgbench's errors:"
+                echo
+                echo '```'
+                cat "$work/pgbench-prepared-$side-$clients.log.errors"
+                echo '```'
+                echo
+            fi
+        done
+    done
+fi
+
+cat <<EOF
+
+### Targets
+
+| target | measured | |
+|---|---|---|
+| pooled \`-C\` tps ≥ 3.5x native | ${r_c}x | $(verdict "$r_c" ">=" 3.5) |
+| pooled connect + SELECT 1 p50 ≤ 0.3x native | ${r_p50}x | $(verdict "$r_p50" "<=" 0.3) |
+| pooled connect + SELECT 1 p99 ≤ 0.3x native | ${r_p99}x | $(verdict "$r_p99" "<=" 0.3) |
+| pooled persistent tps ≥ pass-through | ${r_pp}x of pass-through | $(verdict "$r_pp" ">=" 1) |
+EOF
+
+if [[ -n $perf_text ]]; then
+    cat <<EOF
+
+### perf record -e cpu-clock -g -p POOLED_PID during one more pgbench -S -C run (self time: by binary, then symbols ≥ 0.7%)
+
+\`\`\`
+$perf_text
+\`\`\`
+EOF
+fi
+if [[ $KEEP == 1 ]]; then
+    echo
+    echo "Raw output: $work"
+fi
