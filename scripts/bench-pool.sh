@@ -23,7 +23,8 @@
 #   3. the proxy's CPU (user and system) per 10,000 transactions, and the
 #      CPU of pgbench and PostgreSQL's backends;
 #   4. the resident memory of a fresh pooled proxy and a fresh PgBouncer
-#      with IDLE pooled TLS clients logged in;
+#      (and, for scale, a fresh pass-through proxy) with IDLE TLS clients
+#      logged in;
 #   5. pgbench -M prepared -S through each target, with 2 clients and with
 #      more clients than the pool size, reported as it ends.
 #
@@ -98,9 +99,15 @@ negotiated() { # side
         -CAfile "$ca" -cert "$client_cert" -key "$client_key" -verify_return_error -brief </dev/null 2>&1 \
         | awk -F': ' '/^(Protocol version|Ciphersuite|Server Temp Key|Negotiated TLS1.3 group)/{printf "%s%s", sep, $2; sep=", "} END{print ""}'
 }
+# Every target requires and verifies the client certificate: psql
+# without one must be turned away.
 declare -A tls
 for side in "${sides[@]}"; do
     psql "$(conninfo "${port[$side]}")" -qAtc "SELECT 1" >/dev/null || die "psql through $side failed"
+    if psql "host=127.0.0.1 port=${port[$side]} user=bench dbname=bench sslmode=verify-full sslrootcert=$ca sslcert=$work/none.crt sslkey=$work/none.key gssencmode=disable" \
+        -qAtc "SELECT 1" >/dev/null 2>&1; then
+        die "$side let a client without a certificate in"
+    fi
     tls[$side]=$(negotiated "$side")
 done
 
@@ -255,10 +262,16 @@ idle_run() { # side pid
     wait "$holder" || die "the idle clients through $1 ended badly: $(cat "$work/idle-$1.err")"
     idle_out[$1]=$(tr '\n' ' ' <"$out")
 }
-# One pooler at a time, so the backends counted are its own.
+# One proxy at a time, so the backends counted are its own; pass-through
+# first, for scale (one backend per client).
+pg_stop_pool_proxy
+pg_stop_pgbouncer
+log "memory: $IDLE idle clients through a fresh pass-through proxy"
+pg_start_proxy warn
+sleep 1
+idle_run passthrough "$proxy_pid"
 log "memory: $IDLE idle clients through a fresh pooled proxy"
 pg_stop_proxy
-pg_stop_pgbouncer
 pg_start_pool_proxy warn
 sleep 1
 idle_run pooled "$pool_pid"
@@ -305,7 +318,10 @@ lat_row() { # side
 kib_mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k / 1024}'; }
 idle_field() { field "$2" <<<"${idle_out[$1]}"; }
 mem_row() { # label field
-    echo "| $1 | $(kib_mb "$(idle_field pooled "$2")") | $(kib_mb "$(idle_field pgbouncer "$2")") |"
+    echo "| $1 | $(kib_mb "$(idle_field pooled "$2")") | $(kib_mb "$(idle_field pgbouncer "$2")") | $(kib_mb "$(idle_field passthrough "$2")") |"
+}
+mem_text_row() { # label field
+    echo "| $1 | $(idle_field pooled "$2") | $(idle_field pgbouncer "$2") | $(idle_field passthrough "$2") |"
 }
 verdict() { # measured op limit: "met" or "missed"
     awk -v m="$1" -v op="$2" -v l="$3" 'BEGIN{
@@ -355,18 +371,19 @@ $(for side in "${sides[@]}"; do lat_row "$side"; done)
 $(for side in "${sides[@]}"; do cpu_row "-C" reconnect "$side"; done)
 $(for side in "${sides[@]}"; do cpu_row persistent persistent "$side"; done)
 
-### Memory with $IDLE idle pooled TLS clients logged in (fresh process each)
+### Memory with $IDLE idle TLS clients logged in (fresh process each, one at a time)
 
-| | ${title[pooled]} | ${title[pgbouncer]} |
-|---|---|---|
+| | ${title[pooled]} | ${title[pgbouncer]} | ${title[passthrough]} (for scale) |
+|---|---|---|---|
 $(mem_row "VmRSS MiB, no client" baseline_rss_kib)
 $(mem_row "VmRSS MiB, clients open" open_rss_kib)
 $(mem_row "VmHWM MiB (peak RSS), clients open" open_hwm_kib)
 $(mem_row "VmHWM MiB (peak RSS), after closing" closed_hwm_kib)
-| per client KiB (VmRSS open minus no client, divided by clients) | $(idle_field pooled per_connection_kib) | $(idle_field pgbouncer per_connection_kib) |
-| clients open (opened in s) | $(idle_field pooled sessions) ($(idle_field pooled open_secs)) | $(idle_field pgbouncer sessions) ($(idle_field pgbouncer open_secs)) |
-| still idle at release | $(idle_field pooled still_idle) | $(idle_field pgbouncer still_idle) |
-| PostgreSQL backends of the user while they were open | ${idle_backends[pooled]} | ${idle_backends[pgbouncer]} |
+$(mem_text_row "per client KiB (VmRSS open minus no client, divided by clients)" per_connection_kib)
+$(mem_text_row "clients open" sessions)
+$(mem_text_row "seconds to open them, 4 at a time" open_secs)
+$(mem_text_row "still idle at release" still_idle)
+| PostgreSQL backends of the user while they were open | ${idle_backends[pooled]} | ${idle_backends[pgbouncer]} | ${idle_backends[passthrough]} |
 EOF
 
 if [[ $PREPARED == 1 ]]; then
