@@ -39,9 +39,11 @@
 # SESSION_PROBES per target (500), IDLE clients (1000), PREPARED=0 skips
 # the -M prepared runs, PREPARED_CLIENTS the pgbench client counts they
 # use ("2 2*POOL_SIZE"), PERF=1 records `perf record -g` of the pooled
-# proxy during one more -C run (use INTRANSIT=target/profiling/intransit
-# for symbols), SKIP_BUILD=1 uses the binaries already built, PGBIN,
-# CARGO_TARGET_DIR, INTRANSIT.
+# proxy during one more -C run, on the binary PERF_INTRANSIT if set (the
+# release build is stripped: `cargo build --profile profiling -p
+# intransit` and PERF_INTRANSIT=target/profiling/intransit give symbols),
+# SKIP_BUILD=1 uses the binaries already built, PGBIN, CARGO_TARGET_DIR,
+# INTRANSIT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -57,6 +59,7 @@ IDLE=${IDLE:-1000}
 PREPARED=${PREPARED:-1}
 PREPARED_CLIENTS=${PREPARED_CLIENTS:-"2 $((POOL_SIZE * 2))"}
 PERF=${PERF:-0}
+PERF_INTRANSIT=${PERF_INTRANSIT:-}
 
 pg_require
 pg_pgbouncer_require
@@ -195,6 +198,7 @@ ratio() { # a b: a / b with two decimals
 perf_text=""
 if [[ $PERF == 1 ]]; then
     log "perf record -g of the pooled proxy during one pgbench -C run"
+    if [[ -n $PERF_INTRANSIT ]]; then intransit=$PERF_INTRANSIT pg_start_pool_proxy warn; fi
     perf record -e cpu-clock -g -p "$pool_pid" -o "$work/perf-pooled.data" -- sleep "$DURATION" \
         >"$work/perf-record.log" 2>&1 &
     perf_pid=$!
@@ -210,6 +214,7 @@ if [[ $PERF == 1 ]]; then
             2>/dev/null | grep -E '^ +[0-9]' | head -n 40
     } >"$work/perf-pooled.txt" || true
     perf_text=$(cat "$work/perf-pooled.txt")
+    if [[ -n $PERF_INTRANSIT ]]; then pg_start_pool_proxy warn; fi
 fi
 
 # --- 2: connect + SELECT 1, a fresh TLS connection each, interleaved
