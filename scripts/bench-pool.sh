@@ -208,10 +208,10 @@ if [[ $PERF == 1 ]]; then
     # block), then by symbol.
     {
         perf report -i "$work/perf-pooled.data" --no-children --sort dso --stdio 2>/dev/null \
-            | grep -E '^ +[0-9]' | head -n 8
+            | grep -E '^ +[0-9.]+%' | head -n 8
         echo
         perf report -i "$work/perf-pooled.data" --no-children --sort dso,sym --stdio --percent-limit 0.7 \
-            2>/dev/null | grep -E '^ +[0-9]' | head -n 40
+            2>/dev/null | grep -E '^ +[0-9.]+%' | head -n 40
     } >"$work/perf-pooled.txt" || true
     perf_text=$(cat "$work/perf-pooled.txt")
     if [[ -n $PERF_INTRANSIT ]]; then pg_start_pool_proxy warn; fi
