@@ -177,6 +177,8 @@ impl AuditLog {
             bytes_from_client = event.bytes_from_client,
             bytes_to_client = event.bytes_to_client,
             duration_ms = event.duration_ms,
+            pool_mode = event.pool_mode.as_deref(),
+            server_connections = event.server_connections,
             "connection audit"
         );
         if event.outcome != "ok" {

@@ -242,3 +242,103 @@ fn options_in_the_startup_message_are_refused_with_what_is_restored() {
     let detail = refusal["detail"].as_str().unwrap_or_default();
     assert!(detail.contains("\"options\""), "{detail}");
 }
+
+#[test]
+fn status_and_metrics_count_clients_and_server_connections_per_pool() {
+    let user = db_user("pool_status");
+    let upstream = format!("unix:{}", pg().socket_path().display());
+    let config = format!(
+        "admin = \"127.0.0.1:0\"\n{}",
+        listener_toml(
+            &upstream,
+            "",
+            "[listener.pool]\nserver_auth = \"trust\"\nmode = \"transaction\"\nsize = 3",
+        )
+    );
+    let proxy = ProxyProcess::start(&config);
+    let ci = conninfo(proxy.port(), &user.name, &user.name, &pki().trainer, "");
+    let out = psql(&ci, "SELECT 1", None);
+    assert!(out.status.success(), "psql: {}", stderr(&out));
+    let (code, body) = http_get(proxy.admin_addr(), "/status");
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let listener = &status["pools"][0];
+    assert_eq!(listener["listener"], "pg");
+    assert_eq!(listener["mode"], "transaction");
+    assert_eq!(listener["server_auth"], "trust");
+    assert_eq!(listener["server_logins_ok"], 1);
+    let pool = &listener["pools"][0];
+    assert_eq!(pool["database"], user.name.as_str());
+    assert_eq!(pool["user"], user.name.as_str());
+    assert_eq!(pool["size"], 3);
+    assert_eq!(pool["idle"], 1, "{pool}");
+    assert_eq!(pool["active"], 0, "{pool}");
+    let metrics = proxy.metrics();
+    let idle = metrics.sum(
+        "intransit_pool_server_connections",
+        &[("listener", "pg"), ("state", "idle")],
+    );
+    assert_eq!(idle, 1.0);
+    assert_eq!(
+        metrics.sum(
+            "intransit_pool_server_logins_total",
+            &[("listener", "pg"), ("outcome", "ok")]
+        ),
+        1.0
+    );
+    assert!(metrics.sum("intransit_pool_wait_seconds_count", &[("listener", "pg")]) >= 1.0);
+    // The pooled session's audit event says how it was served.
+    let audit = proxy.wait_for_log(Duration::from_secs(5), |v| {
+        v["message"] == "connection audit" && v["pool_mode"] == "transaction"
+    });
+    assert_eq!(audit["server_connections"], 1, "{audit}");
+}
+
+#[test]
+fn two_hundred_clients_on_an_exhausted_pool_each_get_a_result_or_the_clear_error() {
+    let user = db_user("pool_exhaust");
+    let proxy = pooled("mode = \"transaction\"\nsize = 2\nwait_timeout = \"2s\"");
+    let ci = conninfo(proxy.port(), &user.name, &user.name, &pki().trainer, "");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("sleep.sql");
+    std::fs::write(&script, "SELECT pg_sleep(0.1);\n").expect("script");
+    let started = Instant::now();
+    let run = pgbench(
+        &[
+            "-n",
+            "-c",
+            "200",
+            "-j",
+            "2",
+            "-t",
+            "1",
+            "-f",
+            script.to_str().expect("utf-8 path"),
+        ],
+        &ci,
+    );
+    // Liveness, not speed: nothing waits past wait_timeout for a server
+    // connection, so the run ends well within this bound.
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "a client hung"
+    );
+    let out = stdout(&run);
+    let err = stderr(&run);
+    let processed: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("pgbench output: {out}\n{err}"));
+    let aborted = err.matches("aborted in command").count();
+    assert!(processed >= 2, "{out}");
+    assert_eq!(processed + aborted, 200, "{out}\n{err}");
+    assert!(
+        aborted > 0,
+        "200 × 0.1 s on 2 connections cannot all finish within 2 s of waiting"
+    );
+    assert!(err.contains("the pool is exhausted"), "{err}");
+    assert!(err.contains("Raise [listener.pool] size"), "{err}");
+    assert!(backends(&user.name) <= 2);
+}

@@ -57,6 +57,7 @@ use self::credentials::Credentials;
 use self::login::{log_in, BackendKey, LoginFailure};
 use self::tracking::Parameters;
 use crate::error::ProxyError;
+use crate::metrics::ProxyMetrics;
 use crate::net::BoxStream;
 use crate::tls::upstream::UpstreamTls;
 
@@ -76,7 +77,7 @@ pub struct Pools {
     next_server: AtomicU64,
     logins_ok: AtomicU64,
     logins_failed: AtomicU64,
-    wait: WaitHistogram,
+    metrics: Arc<ProxyMetrics>,
 }
 
 impl std::fmt::Debug for Pools {
@@ -183,46 +184,15 @@ pub struct PoolsStatus {
     pub listener: String,
     /// `transaction` or `session`.
     pub mode: &'static str,
-    /// Server logins that succeeded and failed since start.
+    /// `cert`, `password` or `trust`: how the proxy logs in, unless a
+    /// user says otherwise.
+    pub server_auth: &'static str,
+    /// Server logins that succeeded since start.
     pub server_logins_ok: u64,
     /// Server logins that failed since start.
     pub server_logins_failed: u64,
-    /// How long clients waited for a server connection: count of waits
-    /// at or under each bound in seconds, cumulative, and the total.
-    pub wait_seconds: Vec<(f64, u64)>,
     /// Every (database, user) pool.
     pub pools: Vec<PoolStatus>,
-}
-
-/// Upper bounds (seconds) of the wait-time histogram.
-const WAIT_BUCKETS: [f64; 10] = [
-    0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 10.0,
-];
-
-#[derive(Debug, Default)]
-struct WaitHistogram {
-    counts: [AtomicU64; WAIT_BUCKETS.len() + 1],
-}
-
-impl WaitHistogram {
-    fn observe(&self, waited: Duration) {
-        let s = waited.as_secs_f64();
-        let bucket = WAIT_BUCKETS
-            .iter()
-            .position(|&b| s <= b)
-            .unwrap_or(WAIT_BUCKETS.len());
-        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn cumulative(&self) -> Vec<(f64, u64)> {
-        let mut total = 0;
-        let mut out = Vec::with_capacity(WAIT_BUCKETS.len() + 1);
-        for (i, count) in self.counts.iter().enumerate() {
-            total += count.load(Ordering::Relaxed);
-            out.push((WAIT_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), total));
-        }
-        out
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -239,6 +209,7 @@ impl Pools {
         target: &Endpoint,
         upstream_tls: Option<Arc<UpstreamTls>>,
         connect_timeout: Duration,
+        metrics: Arc<ProxyMetrics>,
     ) -> Result<Self, ProxyError> {
         let credentials =
             Credentials::load(config, upstream_tls.clone()).map_err(|e| e.in_listener(listener))?;
@@ -255,7 +226,7 @@ impl Pools {
             next_server: AtomicU64::new(1),
             logins_ok: AtomicU64::new(0),
             logins_failed: AtomicU64::new(0),
-            wait: WaitHistogram::default(),
+            metrics,
         })
     }
 
@@ -320,7 +291,8 @@ impl Pools {
                 }
             }
         };
-        self.wait.observe(started.elapsed());
+        self.metrics
+            .pool_wait(&self.listener, started.elapsed().as_secs_f64());
         let generation = self.generation.load(Ordering::Relaxed);
         loop {
             let candidate = lock(&pool.idle).pop();
@@ -382,6 +354,8 @@ impl Pools {
             Ok(l) => l,
             Err(failure) => {
                 self.logins_failed.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .pool_server_login(&self.listener, Some(failure.refused.reason));
                 warn!(
                     listener = %self.listener,
                     database = %key.database,
@@ -394,6 +368,7 @@ impl Pools {
             }
         };
         self.logins_ok.fetch_add(1, Ordering::Relaxed);
+        self.metrics.pool_server_login(&self.listener, None);
         let id = self.next_server.fetch_add(1, Ordering::Relaxed);
         let mut params = Parameters::default();
         for (name, value) in &logged_in.parameters {
@@ -524,9 +499,9 @@ impl Pools {
         PoolsStatus {
             listener: self.listener.clone(),
             mode: self.config.mode.as_str(),
+            server_auth: self.config.server_auth.as_str(),
             server_logins_ok: self.logins_ok.load(Ordering::Relaxed),
             server_logins_failed: self.logins_failed.load(Ordering::Relaxed),
-            wait_seconds: self.wait.cumulative(),
             pools,
         }
     }
