@@ -342,3 +342,272 @@ fn two_hundred_clients_on_an_exhausted_pool_each_get_a_result_or_the_clear_error
     assert!(err.contains("Raise [listener.pool] size"), "{err}");
     assert!(backends(&user.name) <= 2);
 }
+
+/// A pooled client logged in over TLS, driven byte by byte.
+fn raw_pooled_client(
+    port: u16,
+    user: &str,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    use crate::negotiation::{backend_messages, startup, SSL_REQUEST};
+    use std::io::Read;
+    let mut tcp = tcp(port);
+    write(&mut tcp, &SSL_REQUEST);
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).expect("answer to SSLRequest");
+    assert_eq!(&answer, b"S");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let conn =
+        rustls::ClientConnection::new(rustls_client(Some(&pki().trainer), &[]), name).expect("tls");
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(&startup(&[("user", user), ("database", user)]))
+        .expect("startup");
+    tls.flush().expect("flush");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !backend_messages(&got).iter().any(|m| m.0 == b'Z') {
+        let n = tls.read(&mut buf).expect("login answer");
+        assert!(n > 0, "closed during login");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let tags: Vec<u8> = backend_messages(&got).iter().map(|m| m.0).collect();
+    assert_eq!(tags.first(), Some(&b'R'), "{tags:?}");
+    assert!(tags.contains(&b'K'), "{tags:?}");
+    tls
+}
+
+/// Reads until the proxy closes, returning what it sent.
+fn read_to_end_tls(
+    tls: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tls.read(&mut buf) {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+#[test]
+fn bad_input_after_login_closes_the_client_and_never_reuses_a_dirty_server_connection() {
+    use crate::negotiation::{backend_messages, error_fields, field};
+    let user = db_user("pool_bad");
+    let proxy = pooled("mode = \"transaction\"\nsize = 1");
+    let logins = |proxy: &ProxyProcess| {
+        proxy
+            .logs()
+            .iter()
+            .filter(|v| v["message"] == "server connection logged in")
+            .count()
+    };
+    // An unknown message type, a length word past 1 GB, and a Terminate
+    // in the middle of an extended-protocol sequence.
+    let parse = message(b'P', b"\0SELECT 1\0\0\0");
+    let bind = message(b'B', b"\0\0\0\0\0\0\0\0");
+    let cases: [(&str, Vec<u8>, bool); 3] = [
+        ("unknown type", message(b'!', b"garbage"), true),
+        (
+            "oversized",
+            {
+                let mut m = vec![b'Q'];
+                m.extend_from_slice(&0x7fff_fff0u32.to_be_bytes());
+                m
+            },
+            true,
+        ),
+        (
+            "terminate mid-sequence",
+            [parse, bind, message(b'X', b"")].concat(),
+            false,
+        ),
+    ];
+    for (what, bytes, fatal) in cases {
+        let mut tls = raw_pooled_client(proxy.port(), &user.name);
+        tls.write_all(&bytes).expect("write");
+        tls.flush().expect("flush");
+        let reply = read_to_end_tls(&mut tls);
+        let messages = backend_messages(&reply);
+        if fatal {
+            let error = messages
+                .iter()
+                .find(|m| m.0 == b'E')
+                .unwrap_or_else(|| panic!("{what}: no ErrorResponse in {messages:?}"));
+            let fields = error_fields(&error.1);
+            assert_eq!(field(&fields, 'C'), "08P01", "{what}: {fields:?}");
+            assert_eq!(field(&fields, 'V'), "FATAL", "{what}: {fields:?}");
+        }
+        // The next client is served, on a clean connection.
+        let ci = conninfo(proxy.port(), &user.name, &user.name, &pki().trainer, "");
+        let out = psql(&ci, "SELECT count(*) FROM pg_prepared_statements", None);
+        assert!(out.status.success(), "{what}: psql: {}", stderr(&out));
+        assert_eq!(stdout(&out), "0", "{what}");
+    }
+    // The half-sent sequence closed its server connection: two logins in
+    // all (the first, and the one after the Terminate); the refused
+    // frames never reached the server, whose connection stayed in use.
+    assert_eq!(logins(&proxy), 2);
+    assert!(proxy
+        .logs()
+        .iter()
+        .any(|v| v["message"] == "connection refused" && v["reason"] == "malformed"));
+}
+
+/// A private PostgreSQL, for tests that restart or stop it, with a
+/// pooled listener over its unix socket.
+fn private_pooled(pool_lines: &str) -> (intransit_testkit::PgServer, ProxyProcess) {
+    let server = intransit_testkit::PgServer::start(intransit_testkit::PgOptions::default())
+        .expect("starting a private PostgreSQL");
+    let upstream = format!("unix:{}", server.socket_path().display());
+    let proxy = ProxyProcess::start(&listener_toml(
+        &upstream,
+        "",
+        &format!("[listener.pool]\nserver_auth = \"trust\"\n{pool_lines}"),
+    ));
+    (server, proxy)
+}
+
+/// An interactive psql whose statements are sent one at a time.
+struct Interactive {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Interactive {
+    fn start(ci: &str) -> Interactive {
+        let psql_bin = intransit_testkit::require_tool("psql", "postgresql-client").expect("psql");
+        let mut child = Command::new(psql_bin)
+            .arg(ci)
+            .args(["-X", "-A", "-t", "-q"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("psql");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Interactive { child, lines }
+    }
+
+    /// Sends one statement and waits for its one-line answer.
+    fn query(&mut self, sql: &str) -> String {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{sql};").expect("writing to psql");
+        stdin.flush().expect("flush");
+        self.lines
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no answer to {sql}"))
+    }
+
+    fn finish(mut self) -> std::process::Output {
+        drop(self.child.stdin.take());
+        self.child.wait_with_output().expect("psql exit")
+    }
+}
+
+#[test]
+fn a_database_restart_costs_only_what_ran_while_it_was_down() {
+    let (mut server, proxy) = private_pooled("mode = \"transaction\"\nsize = 2");
+    let user = server.superuser().to_owned();
+    let ci = conninfo(proxy.port(), &user, "postgres", &pki().trainer, "");
+    // A client that stays connected across the restart, idle between its
+    // transactions.
+    let mut idle = Interactive::start(&ci);
+    assert_eq!(idle.query("SELECT 1"), "1");
+    // New clients all through the restart, one at a time.
+    let restarted = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let (ci, restarted, stop) = (ci.clone(), restarted.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut after = (0, 0);
+            let mut attempts = 0;
+            while !stop.load(Ordering::Relaxed) && attempts < 400 {
+                attempts += 1;
+                let began_after_restart = restarted.load(Ordering::Relaxed);
+                let ok = psql(&ci, "SELECT 1", None).status.success();
+                if began_after_restart {
+                    after.0 += usize::from(ok);
+                    after.1 += usize::from(!ok);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            after
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    server
+        .restart(Duration::from_secs(2))
+        .expect("restarting PostgreSQL");
+    restarted.store(true, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let (ok_after, failed_after) = prober.join().expect("prober");
+    assert!(ok_after > 0, "no client got through after the restart");
+    assert_eq!(failed_after, 0, "clients failed after PostgreSQL was back");
+    // The idle client's next transaction gets a fresh server connection:
+    // the dead ones in the pool were discarded, not lent.
+    assert_eq!(idle.query("SELECT 2"), "2");
+    let out = idle.finish();
+    assert!(out.status.success(), "psql: {}", stderr(&out));
+    assert_eq!(stderr(&out), "", "the idle client saw an error");
+}
+
+#[test]
+fn a_stopped_backend_holds_only_its_own_client() {
+    let (server, proxy) = private_pooled("mode = \"transaction\"\nsize = 2");
+    let user = server.superuser().to_owned();
+    let ci = conninfo(proxy.port(), &user, "postgres", &pki().trainer, "");
+    let psql_bin = intransit_testkit::require_tool("psql", "postgresql-client").expect("psql");
+    let slow = Command::new(psql_bin)
+        .arg(&ci)
+        .args(["-X", "-A", "-t", "-c", "SELECT 'slow' FROM pg_sleep(1)"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pid = loop {
+        let pid = server
+            .psql(
+                "postgres",
+                "SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT ''slow''%' AND state = 'active'",
+            )
+            .expect("pg_stat_activity");
+        if !pid.is_empty() {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the slow query never started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    signal(pid.parse().expect("pid"), "STOP");
+    // The other server connection serves everyone else meanwhile.
+    for i in 0..5 {
+        let out = psql(&ci, &format!("SELECT {i}"), None);
+        assert!(out.status.success(), "psql: {}", stderr(&out));
+        assert_eq!(stdout(&out), i.to_string());
+    }
+    std::thread::sleep(Duration::from_secs(10));
+    signal(pid.parse().expect("pid"), "CONT");
+    let out = slow.wait_with_output().expect("slow psql");
+    assert!(out.status.success(), "psql: {}", stderr(&out));
+    assert_eq!(stdout(&out), "slow");
+}
