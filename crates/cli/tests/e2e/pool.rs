@@ -611,3 +611,118 @@ fn a_stopped_backend_holds_only_its_own_client() {
     assert!(out.status.success(), "psql: {}", stderr(&out));
     assert_eq!(stdout(&out), "slow");
 }
+
+/// Runs `script` with python3 and psycopg 3, the connection string in
+/// argv[1]; returns stdout.
+fn psycopg(script: &str, ci: &str) -> String {
+    let python = intransit_testkit::require_tool("python3", "python3").expect("python3");
+    let have = Command::new(&python)
+        .args(["-c", "import psycopg"])
+        .output()
+        .expect("python3");
+    assert!(
+        have.status.success(),
+        "psycopg 3 is missing: run .ci/install-deps.sh (pip install 'psycopg[binary]')"
+    );
+    let out = Command::new(python)
+        .args(["-c", script, ci])
+        .env_remove("PGPASSWORD")
+        .stdin(Stdio::null())
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "psycopg: {}\n{}",
+        stderr(&out),
+        stdout(&out)
+    );
+    stdout(&out)
+}
+
+const PSYCOPG_SCRIPT: &str = r#"
+import sys, psycopg
+ci = sys.argv[1]
+# Named server-side statements cannot cross transactions in transaction
+# mode; psycopg's default would prepare after five executions.
+with psycopg.connect(ci, prepare_threshold=None) as conn:
+    conn.execute("CREATE TABLE IF NOT EXISTS items (n int, label text)")
+    conn.commit()
+    for i in range(20):
+        with conn.transaction():
+            conn.execute("INSERT INTO items VALUES (%s, %s)", (i, f"item {i}"))
+    with conn.cursor() as cur:
+        with cur.copy("COPY items (n, label) FROM STDIN") as copy:
+            for i in range(100, 110):
+                copy.write_row((i, f"copied {i}"))
+    conn.commit()
+    total = conn.execute("SELECT count(*), sum(n) FROM items").fetchone()
+    rows = []
+    with conn.cursor() as cur:
+        with cur.copy("COPY (SELECT n FROM items WHERE n >= 100 ORDER BY n) TO STDOUT") as copy:
+            for row in copy.rows():
+                rows.append(row[0])
+    conn.commit()
+    print(total[0], total[1], len(rows))
+"#;
+
+#[test]
+fn psycopg_runs_transactions_and_copy_both_ways_through_both_modes() {
+    for mode in ["transaction", "session"] {
+        let user = db_user("pool_psycopg");
+        let proxy = pooled(&format!("mode = \"{mode}\"\nsize = 2"));
+        let ci = conninfo(proxy.port(), &user.name, &user.name, &pki().trainer, "");
+        let out = psycopg(PSYCOPG_SCRIPT, &ci);
+        // 20 inserted (0..19, sum 190) and 10 copied (100..109, sum 1045).
+        assert_eq!(out, "30 1235 10", "{mode}");
+    }
+}
+
+#[test]
+fn tokio_postgres_queries_through_both_modes() {
+    for mode in ["transaction", "session"] {
+        let user = db_user("pool_tokio");
+        let proxy = pooled(&format!("mode = \"{mode}\"\nsize = 2"));
+        let tls_config = rustls_client(Some(&pki().trainer), &[]);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let sum: i64 = rt.block_on(async {
+            let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*tls_config).clone());
+            // No password: the certificate is the login.
+            let (mut client, connection) = tokio_postgres::connect(
+                &format!(
+                    "host=localhost port={} user={} dbname={} sslmode=require",
+                    proxy.port(),
+                    user.name,
+                    user.name
+                ),
+                connector,
+            )
+            .await
+            .expect("tokio-postgres connect through the pool");
+            tokio::spawn(connection);
+            client
+                .batch_execute("CREATE TABLE t (n bigint)")
+                .await
+                .expect("create");
+            // Statements prepared and run inside one transaction stay on
+            // one server connection in either mode.
+            for i in 0..10i64 {
+                let tx = client.transaction().await.expect("begin");
+                tx.execute("INSERT INTO t VALUES ($1)", &[&i])
+                    .await
+                    .expect("insert");
+                tx.commit().await.expect("commit");
+            }
+            let tx = client.transaction().await.expect("begin");
+            let row = tx
+                .query_one("SELECT sum(n)::bigint FROM t", &[])
+                .await
+                .expect("sum");
+            tx.commit().await.expect("commit");
+            row.get(0)
+        });
+        assert_eq!(sum, 45, "{mode}");
+    }
+}
