@@ -131,6 +131,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         routes: Vec::new(),
         require_sni_match: false,
         mysql_server_version: DEFAULT_MYSQL_SERVER_VERSION.to_owned(),
+        pool: None,
     };
     let server_tls = listener.tls.clone();
     let config = Config {

@@ -10,6 +10,7 @@
 mod duration;
 #[doc(hidden)]
 pub mod fuzzing;
+mod pool;
 mod raw;
 mod upstream_tls;
 
@@ -21,6 +22,11 @@ use std::time::Duration;
 use intransit_policy::{AllowList, DbUserRule, DbUserRules, IdentityPattern};
 
 pub use duration::parse_duration;
+pub use pool::{
+    PoolConfig, PoolMode, PoolUser, ServerAuth, DEFAULT_MINTED_CERT_LIFETIME, DEFAULT_POOL_SIZE,
+    DEFAULT_POOL_WAIT_TIMEOUT, DEFAULT_RESET_QUERY, DEFAULT_SERVER_IDLE_TIMEOUT,
+    DEFAULT_SERVER_LIFETIME, DEFAULT_SERVER_LOGIN_TIMEOUT,
+};
 pub use raw::{parse_admin_addr, AdminAddrError};
 pub use upstream_tls::{SpkiPin, UpstreamServerName, UpstreamTls, UpstreamTlsMode};
 
@@ -420,6 +426,9 @@ pub struct ListenerConfig {
     /// The server version in a MySQL listener's own greeting (the
     /// default for other protocols, which send none).
     pub mysql_server_version: String,
+    /// Connection pooling (PostgreSQL only): `None` passes each client's
+    /// session through to a server connection of its own.
+    pub pool: Option<PoolConfig>,
 }
 
 /// One validated `mode = "client"` `[[listener]]`: local applications
@@ -597,6 +606,18 @@ impl Config {
             endpoint(&mut l.upstream);
             server_tls(&mut l.tls);
             l.upstream_tls.iter_mut().for_each(upstream_tls);
+            if let Some(pool) = &mut l.pool {
+                pool.auth_file
+                    .iter_mut()
+                    .chain(pool.cert_authority.iter_mut())
+                    .for_each(path);
+                for user in pool.users.values_mut() {
+                    user.cert
+                        .iter_mut()
+                        .chain(user.key.iter_mut())
+                        .for_each(path);
+                }
+            }
             for r in &mut l.routes {
                 endpoint(&mut r.upstream);
                 server_tls(&mut r.tls);

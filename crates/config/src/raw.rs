@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::pool::{resolve_cert_authority, RawPool};
 use crate::upstream_tls::{RawUpstreamTls, UpstreamTls};
 use crate::{
     build_allow_list, build_db_user_rules, err, parse_duration, AdminLimits, ClientAuth,
@@ -59,6 +60,7 @@ struct RawListener {
     max_unauthenticated_per_address: Option<i64>,
     allow_remote_plaintext: Option<bool>,
     mysql_server_version: Option<String>,
+    pool: Option<RawPool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,7 +168,14 @@ impl RawConfig {
                 client_listeners.push(c);
                 named
             } else {
-                let s = l.validate(i)?;
+                let mut s = l.validate(i)?;
+                if let Some(pool) = &mut s.pool {
+                    resolve_cert_authority(
+                        &format!("listener[{i}].pool"),
+                        pool,
+                        self.state_dir.as_ref(),
+                    )?;
+                }
                 let named = (s.name.clone(), s.listen.clone());
                 listeners.push(s);
                 named
@@ -314,6 +323,15 @@ impl RawListener {
             ));
         }
         let mysql_server_version = mysql_server_version(&k, protocol, self.mysql_server_version)?;
+        let pool = match self.pool {
+            Some(p) => Some(p.validate(
+                &format!("{k}.pool"),
+                protocol,
+                upstream_tls.as_ref(),
+                !routes.is_empty(),
+            )?),
+            None => None,
+        };
         let require_sni_match = self.require_sni_match.unwrap_or(false);
         if require_sni_match && routes.is_empty() {
             return Err(err(
@@ -337,6 +355,7 @@ impl RawListener {
             max_connections,
             mysql_server_version,
             unauthenticated,
+            pool,
         })
     }
 }
@@ -390,6 +409,12 @@ impl RawListener {
             return Err(err(
                 format!("{k}.route"),
                 "SNI routes choose by the server name a TLS client sends, and applications reach a client-mode listener in plaintext; use one client-mode listener per upstream",
+            ));
+        }
+        if self.pool.is_some() {
+            return Err(err(
+                format!("{k}.pool"),
+                "a pool shares server connections among verified clients of a server-mode listener; a client-mode listener carries each application's own session, so remove [listener.pool]",
             ));
         }
         if self.mysql_server_version.is_some() {

@@ -70,6 +70,7 @@ mod metrics;
 mod mysql;
 mod negotiation;
 mod policy;
+mod pool;
 mod readme;
 mod robustness;
 mod rotate;

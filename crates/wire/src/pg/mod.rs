@@ -25,6 +25,7 @@
 mod auth;
 mod error_response;
 mod frame;
+pub mod session;
 mod startup;
 
 #[doc(hidden)]

@@ -57,6 +57,7 @@ pub(crate) mod client_mode;
 pub(crate) mod login;
 pub(crate) mod messages;
 pub(crate) mod negotiation;
+pub(crate) mod pool;
 pub(crate) mod server_mode;
 pub(crate) mod session;
 pub(crate) mod upstream;
