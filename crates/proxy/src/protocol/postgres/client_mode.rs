@@ -10,7 +10,7 @@
 //!
 //! The login (the server's authentication requests, the application's
 //! answers, the server's parameters) is relayed until ReadyForQuery
-//! (`login::relay_login`, as in server mode), so a login the server
+//! (`relay::relay_login`, as in server mode), so a login the server
 //! refuses (an ErrorResponse: a wrong password, a proxy in server mode
 //! whose `db_users` denies the user) ends the connection as a refusal,
 //! `upstream_refused`, in the log, the audit event and the metrics, while
@@ -19,9 +19,9 @@
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
-use super::login::relay_login;
 use super::messages::{read_initial, too_many_clients_response, unavailable_response};
 use super::negotiation::{from_application, Answered, FromApplication};
+use super::relay::relay_login;
 use super::session::Session;
 use super::upstream::{first_authentication_request, forward_cancel, open_tls_upstream};
 use crate::accept::Admission;

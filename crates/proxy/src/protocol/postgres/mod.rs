@@ -45,7 +45,7 @@
 //!   proxy sends.
 //! - `server_mode`: the state machine above, for TLS clients.
 //! - `client_mode`: plaintext applications, TLS to the database.
-//! - `login`: the login relayed until ReadyForQuery, in either mode, so
+//! - `relay`: the login relayed until ReadyForQuery, in either mode, so
 //!   a login the database refuses is the connection's refusal.
 //! - `upstream`: the one PostgreSQL upstream connector (SSLRequest or
 //!   direct TLS), the first authentication request with `-PLUS`
@@ -54,10 +54,10 @@
 //!   will track messages.
 
 pub(crate) mod client_mode;
-pub(crate) mod login;
 pub(crate) mod messages;
 pub(crate) mod negotiation;
 pub(crate) mod pool;
+pub(crate) mod relay;
 pub(crate) mod server_mode;
 pub(crate) mod session;
 pub(crate) mod upstream;

@@ -2,7 +2,7 @@
 //! is, and names the database user it wants; see the diagram in the
 //! folder's module doc. Each state is its own type and each step consumes
 //! it. The login is relayed until the database's ReadyForQuery
-//! (`login::relay_login`), so a login it refuses (a wrong password, a
+//! (`relay::relay_login`), so a login it refuses (a wrong password, a
 //! database that does not exist, a server shutting down) is counted and
 //! audited as `upstream_refused`, and only a session that got in is
 //! `ok`; from then on bytes are copied untouched.
@@ -13,12 +13,12 @@ use bytes::{Bytes, BytesMut};
 use intransit_wire::pg::{self, CancelRequest, SqlState, StartupMessage};
 use tokio::io::AsyncWriteExt;
 
-use super::login::relay_login;
 use super::messages::{
     error_response, read_initial, too_many_clients_response, unavailable_response,
 };
 use super::negotiation::{authorize, before_tls, inside_tls, BeforeTls, InsideTls};
 use super::pool::{self, Pools};
+use super::relay::relay_login;
 use super::session::Session;
 use super::upstream::{
     first_authentication_request, forward_cancel, open_upstream, sasl_initial_response,

@@ -7,7 +7,9 @@
 //! does not exist, a server shutting down, a proxy whose `db_users` denies
 //! the user) ends the connection as `upstream_refused`, while the peer
 //! gets the server's ErrorResponse as sent. After ReadyForQuery nothing is
-//! judged any more: the session is a plain copy.
+//! judged any more: the session is a plain copy. A pooled listener does
+//! not relay a login: it answers the client itself (`pool::session`) and
+//! logs in to the database on its own (`pool::login`).
 
 use bytes::BytesMut;
 use intransit_config::Endpoint;
