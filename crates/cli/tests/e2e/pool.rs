@@ -15,10 +15,13 @@ use crate::support::*;
 /// where `local all all trust` lets the proxy log in as any user.
 fn pooled(pool_lines: &str) -> ProxyProcess {
     let upstream = format!("unix:{}", pg().socket_path().display());
-    ProxyProcess::start(&listener_toml(
-        &upstream,
-        "",
-        &format!("[listener.pool]\nserver_auth = \"trust\"\n{pool_lines}"),
+    ProxyProcess::start(&format!(
+        "{ADMIN_ON}{}",
+        listener_toml(
+            &upstream,
+            "",
+            &format!("[listener.pool]\nserver_auth = \"trust\"\n{pool_lines}"),
+        )
     ))
 }
 
@@ -341,6 +344,24 @@ fn two_hundred_clients_on_an_exhausted_pool_each_get_a_result_or_the_clear_error
     assert!(err.contains("the pool is exhausted"), "{err}");
     assert!(err.contains("Raise [listener.pool] size"), "{err}");
     assert!(backends(&user.name) <= 2);
+    // Every client logged in: one handshake outcome each, `ok`; running
+    // out of server connections later ends a session, it is not a
+    // second outcome.
+    let metrics = proxy.metrics();
+    // (pgbench opens one connection of its own before its clients.)
+    let ok = metrics.sum("intransit_handshakes_total", &[("outcome", "ok")]);
+    assert!((200.0..=201.0).contains(&ok), "{ok}");
+    assert_eq!(
+        metrics.sum(
+            "intransit_handshakes_total",
+            &[("outcome", "pool_exhausted")]
+        ),
+        0.0
+    );
+    let audit = proxy.wait_for_log(Duration::from_secs(5), |v| {
+        v["message"] == "connection audit" && v["outcome"] == "pool_exhausted"
+    });
+    assert_eq!(audit["pool_mode"], "transaction");
 }
 
 /// A pooled client logged in over TLS, driven byte by byte.
