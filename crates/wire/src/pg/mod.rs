@@ -12,6 +12,11 @@
 //! - Authentication requests ([`parse_authentication`],
 //!   [`encode_authentication_sasl`], [`without_channel_binding`]) and the
 //!   client's answer ([`parse_sasl_initial_response`]);
+//! - the client's answers to them ([`encode_password_message`],
+//!   [`encode_sasl_initial_response`], [`encode_sasl_response`]), for the
+//!   proxy's own logins;
+//! - the messages that open a session ([`parse_parameter_status`],
+//!   [`parse_backend_key_data`], [`encode_query`]);
 //! - ErrorResponse building and parsing ([`ErrorResponse`],
 //!   [`parse_error_response`]).
 //!
@@ -25,13 +30,15 @@
 mod auth;
 mod error_response;
 mod frame;
+mod session_start;
 mod startup;
 
 #[doc(hidden)]
 pub mod captured;
 
 pub use auth::{
-    encode_authentication_sasl, parse_authentication, parse_sasl_initial_response,
+    encode_authentication_sasl, encode_password_message, encode_sasl_initial_response,
+    encode_sasl_response, parse_authentication, parse_sasl_initial_response,
     without_channel_binding, AuthenticationRequest, SaslInitialResponse, AUTH_CLEARTEXT_PASSWORD,
     AUTH_GSS, AUTH_GSS_CONTINUE, AUTH_MD5_PASSWORD, AUTH_OK, AUTH_SASL, AUTH_SASL_CONTINUE,
     AUTH_SASL_FINAL, AUTH_SSPI, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
@@ -43,6 +50,9 @@ pub use error_response::{
 pub use frame::{
     parse_backend_frame, parse_backend_frame_with_max, parse_frontend_frame,
     parse_frontend_frame_with_max, BackendFrame, FrontendFrame, MAX_FRAME_LEN,
+};
+pub use session_start::{
+    encode_query, parse_backend_key_data, parse_parameter_status, BackendKeyData, ParameterStatus,
 };
 pub use startup::{
     encode_gssenc_request, encode_ssl_request, parse_initial_message, CancelRequest,
