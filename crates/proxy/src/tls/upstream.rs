@@ -1014,6 +1014,54 @@ mod tests {
         assert!(check(&require, &f.foreign_leaf, "anything.internal").is_ok());
     }
 
+    /// A per-user certificate's configuration is the material's own with
+    /// that certificate: built once per material, again after a reload.
+    #[test]
+    fn a_presented_certificate_follows_the_material_in_service() {
+        let ca = CertificateAuthority::generate(
+            "client CA",
+            KeyAlgorithm::EcdsaP256,
+            Validity::days_from_now(10),
+        )
+        .unwrap();
+        let issued = ca
+            .issue(&IssueRequest::new(CertificateKind::Client, "app_user"))
+            .unwrap();
+        let client = UpstreamClientCert::issued(
+            issued.cert_pem.as_bytes(),
+            issued.key_pem.as_bytes(),
+            "test client certificate",
+        )
+        .unwrap();
+        assert!(!format!("{client:?}").contains("PRIVATE"), "{client:?}");
+        let mut settings = UpstreamTlsConfig {
+            mode: UpstreamTlsMode::Require,
+            ca: None,
+            cert: None,
+            key: None,
+            server_name: UpstreamServerName::Dns("db.internal".into()),
+            server_name_explicit: true,
+            pins: Vec::new(),
+            min_version: TlsVersion::V1_3,
+            direct: false,
+        };
+        let tls = UpstreamTls::build(&settings).unwrap();
+        let first = client.config_for(&tls.snapshot());
+        assert!(Arc::ptr_eq(&first, &client.config_for(&tls.snapshot())));
+        assert!(first.client_auth_cert_resolver.has_certs());
+        assert!(first.alpn_protocols.is_empty());
+        // The material's own configuration still presents nothing.
+        assert!(!tls.snapshot().config.client_auth_cert_resolver.has_certs());
+
+        settings.direct = true;
+        assert!(matches!(tls.reload(&settings), Ok(Reloaded::Swapped(_))));
+        let second = client.config_for(&tls.snapshot());
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert_eq!(second.alpn_protocols, [intransit_wire::pg::ALPN.to_vec()]);
+        assert!(second.client_auth_cert_resolver.has_certs());
+        assert!(Arc::ptr_eq(&second, &client.config_for(&tls.snapshot())));
+    }
+
     #[test]
     fn alerts_and_other_errors_are_upstream_tls_failed() {
         let failure = reason_of(rustls::Error::AlertReceived(

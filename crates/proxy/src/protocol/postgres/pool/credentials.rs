@@ -766,6 +766,25 @@ mod tests {
         assert_eq!(secret_of("bob"), plain("third"));
     }
 
+    /// An upstream leg that encrypts without checking the server, enough
+    /// for credentials that present certificates.
+    fn require_tls() -> Arc<UpstreamTls> {
+        Arc::new(
+            UpstreamTls::build(&intransit_config::UpstreamTls {
+                mode: intransit_config::UpstreamTlsMode::Require,
+                ca: None,
+                cert: None,
+                key: None,
+                server_name: intransit_config::UpstreamServerName::Dns("db.internal".into()),
+                server_name_explicit: false,
+                pins: Vec::new(),
+                min_version: intransit_config::TlsVersion::V1_3,
+                direct: false,
+            })
+            .unwrap(),
+        )
+    }
+
     fn minting_pool(dir: &Path) -> PoolConfig {
         let ca = CertificateAuthority::generate(
             "pool test CA",
@@ -797,20 +816,7 @@ mod tests {
     fn minted_certificates_name_the_user_and_are_renewed_after_two_thirds() {
         let dir = tempfile::tempdir().unwrap();
         let config = minting_pool(dir.path());
-        let tls = Arc::new(
-            UpstreamTls::build(&intransit_config::UpstreamTls {
-                mode: intransit_config::UpstreamTlsMode::Require,
-                ca: None,
-                cert: None,
-                key: None,
-                server_name: intransit_config::UpstreamServerName::Dns("db.internal".into()),
-                server_name_explicit: false,
-                pins: Vec::new(),
-                min_version: intransit_config::TlsVersion::V1_3,
-                direct: false,
-            })
-            .unwrap(),
-        );
+        let tls = require_tls();
         let error = Credentials::load(&config, None).unwrap_err().to_string();
         assert!(error.contains("upstream_tls"), "{error}");
         let credentials = Credentials::load(&config, Some(tls)).unwrap();
@@ -855,23 +861,76 @@ mod tests {
     }
 
     #[test]
+    fn configured_certificates_are_checked_like_the_upstream_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::generate(
+            "configured CA",
+            KeyAlgorithm::EcdsaP256,
+            Validity::days_from_now(30),
+        )
+        .unwrap();
+        let issue = |name: &str, validity: Validity| {
+            let mut request = IssueRequest::new(CertificateKind::Client, name);
+            request.validity = validity;
+            ca.issue(&request)
+                .unwrap()
+                .write_to(&dir.path().join(name))
+                .unwrap()
+        };
+        let good = issue("app_user", Validity::days_from_now(5));
+        let other = issue("other", Validity::days_from_now(5));
+        let now = OffsetDateTime::now_utc();
+        let expired = issue(
+            "expired",
+            Validity {
+                not_before: now - time::Duration::days(3),
+                not_after: now - time::Duration::days(1),
+            },
+        );
+        let tls = require_tls();
+        let with_user = |cert: &Path, key: &Path| {
+            let mut config = pool(ServerAuth::Trust);
+            config.users.insert(
+                "app_user".into(),
+                PoolUser {
+                    server_auth: Some(ServerAuth::Cert),
+                    cert: Some(cert.to_owned()),
+                    key: Some(key.to_owned()),
+                    size: None,
+                },
+            );
+            Credentials::load(&config, Some(tls.clone()))
+        };
+
+        let credentials = with_user(&good.cert, &good.key).unwrap();
+        let WayIn::Cert(cert) = credentials.for_user("app_user").unwrap().way else {
+            panic!("not a certificate login");
+        };
+        assert!(
+            cert.leaf.subject.contains("app_user"),
+            "{}",
+            cert.leaf.subject
+        );
+        assert!(matches!(
+            credentials.for_user("someone_else").unwrap().way,
+            WayIn::Trust
+        ));
+
+        let mismatch = with_user(&good.cert, &other.key).unwrap_err().to_string();
+        assert!(mismatch.contains("does not belong"), "{mismatch}");
+        assert!(mismatch.contains("\"app_user\""), "{mismatch}");
+        let stale = with_user(&expired.cert, &expired.key)
+            .unwrap_err()
+            .to_string();
+        assert!(stale.contains("expired"), "{stale}");
+        assert!(!stale.contains("PRIVATE KEY"), "{stale}");
+    }
+
+    #[test]
     fn a_new_ca_mints_afresh_and_a_missing_one_is_explained() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = minting_pool(dir.path());
-        let tls = Arc::new(
-            UpstreamTls::build(&intransit_config::UpstreamTls {
-                mode: intransit_config::UpstreamTlsMode::Require,
-                ca: None,
-                cert: None,
-                key: None,
-                server_name: intransit_config::UpstreamServerName::Dns("db.internal".into()),
-                server_name_explicit: false,
-                pins: Vec::new(),
-                min_version: intransit_config::TlsVersion::V1_3,
-                direct: false,
-            })
-            .unwrap(),
-        );
+        let tls = require_tls();
         let credentials = Credentials::load(&config, Some(tls.clone())).unwrap();
         let now = SystemTime::now();
         let (before, _) = minted_at(&credentials, "app_user", now);
