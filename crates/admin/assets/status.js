@@ -96,6 +96,16 @@ function verdicts(status) {
   }
   box.append(card(refused > 0 ? "warn" : "ok", "Refused connections", String(refused),
     `${established} established since start`));
+  const pooled = (status.pools || []).flatMap((l) => l.pools);
+  if ((status.pools || []).length) {
+    const waiting = pooled.reduce((a, p) => a + p.waiting, 0);
+    const active = pooled.reduce((a, p) => a + p.active, 0);
+    const size = pooled.reduce((a, p) => a + p.size, 0);
+    const failed = status.pools.reduce((a, l) => a + l.server_logins_failed, 0);
+    box.append(card(waiting > 0 || failed > 0 ? "warn" : "ok", "Pools",
+      waiting > 0 ? `${waiting} waiting` : `${active} of ${size} in use`,
+      `${pooled.length} pool${pooled.length === 1 ? "" : "s"}; ${failed} failed server login${failed === 1 ? "" : "s"} since start`));
+  }
   const refusedReloads = reloadErrors(status);
   const reloads = status.reloads || {};
   const rounds = (reloads.sighup || 0) + (reloads.file_change || 0);
@@ -205,6 +215,29 @@ function clientListeners(status) {
     el("td", {}, l.allow_remote_plaintext ? "allowed" : "loopback only")));
   section.hidden = rows.length === 0;
   fill(document.querySelector("#client-listeners tbody"), rows, 5, "no client-mode listeners");
+}
+
+function pools(status) {
+  const section = document.getElementById("pool-section");
+  const rows = [];
+  for (const l of status.pools || []) {
+    if (l.pools.length === 0) {
+      rows.push(el("tr", {}, el("td", {}, el("strong", {}, l.listener), el("div", { class: "muted" }, `${l.mode} mode, ${l.server_auth}`)),
+        el("td", { colspan: "8", class: "muted" }, "no client yet")));
+    }
+    l.pools.forEach((p, i) => rows.push(el("tr", { class: p.waiting > 0 ? "warn" : "" },
+      el("td", {}, i === 0 ? el("strong", {}, l.listener) : "", i === 0 ? el("div", { class: "muted" }, `${l.mode} mode, ${l.server_auth}`) : null),
+      el("td", {}, p.database),
+      el("td", {}, p.user),
+      el("td", { class: "num" }, String(p.clients)),
+      el("td", { class: "num" }, String(p.waiting)),
+      el("td", { class: "num" }, String(p.active)),
+      el("td", { class: "num" }, String(p.idle)),
+      el("td", { class: "num" }, String(p.opening)),
+      el("td", { class: "num" }, String(p.size)))));
+  }
+  section.hidden = (status.pools || []).length === 0;
+  fill(document.querySelector("#pools tbody"), rows, 9, "no pooled listeners");
 }
 
 function listeners(status) {
@@ -391,6 +424,7 @@ async function refresh() {
     verdicts(status);
     listeners(status);
     clientListeners(status);
+    pools(status);
     expiry(status);
     timeline(status);
     outcomes(status);

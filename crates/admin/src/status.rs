@@ -8,7 +8,9 @@ use std::time::SystemTime;
 
 use intransit_proxy::audit::AuditEvent;
 use intransit_proxy::metrics::{ReloadRounds, Summary};
-use intransit_proxy::{LoadedCertificate, PolicySummary, PreparedRoute, ReloadFailure};
+use intransit_proxy::{
+    LoadedCertificate, PolicySummary, PoolsStatus, PreparedRoute, ReloadFailure,
+};
 use serde::Serialize;
 
 use crate::{unix_now, Admin};
@@ -39,6 +41,8 @@ pub struct Status {
     pub recent_refusals: Vec<AuditEvent>,
     /// Reload rounds so far (SIGHUP and file changes) and the latest one.
     pub reloads: ReloadRounds,
+    /// Every pooled listener's pools.
+    pub pools: Vec<PoolsStatus>,
 }
 
 /// One listener.
@@ -283,6 +287,7 @@ pub(crate) fn build(admin: &Admin) -> Status {
         handshakes: admin.metrics.summary(),
         recent_refusals: admin.audit.recent_refusals(),
         reloads: admin.metrics.reload_rounds(),
+        pools: admin.pools.iter().map(|p| p.status()).collect(),
     }
 }
 

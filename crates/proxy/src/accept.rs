@@ -37,7 +37,7 @@ pub(crate) async fn accept_loop<L, S, F>(
     tracker: TaskTracker,
 ) where
     L: Listener,
-    S: Fn(ConnectionContext<L>, BoxStream) -> F + Copy + Send + 'static,
+    S: Fn(ConnectionContext<L>, BoxStream) -> F + Clone + Send + 'static,
     F: Future<Output = Result<(), Refused>> + Send + 'static,
 {
     let gate = Arc::new(Gate::new(
@@ -90,6 +90,7 @@ pub(crate) async fn accept_loop<L, S, F>(
             .metrics()
             .connection_opened(listener.name(), listener.protocol().as_str());
         let gate = gate.clone();
+        let serve = serve.clone();
         tracker.spawn(async move {
             let _active = active;
             let served = tokio::select! {

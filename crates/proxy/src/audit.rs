@@ -64,6 +64,9 @@ pub(crate) struct ConnectionRecord {
     pub(crate) user: Option<String>,
     pub(crate) database: Option<String>,
     pub(crate) bytes: Option<(u64, u64)>,
+    /// A pooled session's pool mode and how many server connections
+    /// served it.
+    pub(crate) pool: Option<(&'static str, u64)>,
 }
 
 /// One connection, as the audit log records it.
@@ -109,6 +112,12 @@ pub struct AuditEvent {
     pub bytes_to_client: u64,
     /// Connection lifetime in milliseconds.
     pub duration_ms: u64,
+    /// A pooled session's pool mode (`transaction` or `session`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_mode: Option<String>,
+    /// How many server connections served a pooled session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_connections: Option<u64>,
 }
 
 /// Where audit events go, and the recent refusals.
@@ -168,6 +177,8 @@ impl AuditLog {
             bytes_from_client = event.bytes_from_client,
             bytes_to_client = event.bytes_to_client,
             duration_ms = event.duration_ms,
+            pool_mode = event.pool_mode.as_deref(),
+            server_connections = event.server_connections,
             "connection audit"
         );
         if event.outcome != "ok" {
@@ -243,6 +254,8 @@ mod tests {
             bytes_from_client: 0,
             bytes_to_client: 0,
             duration_ms: 1,
+            pool_mode: None,
+            server_connections: None,
         }
     }
 

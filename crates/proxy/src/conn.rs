@@ -434,6 +434,8 @@ impl<L: Listener> ConnectionContext<L> {
             bytes_from_client: from_client,
             bytes_to_client: to_client,
             duration_ms: self.accepted_at.elapsed().as_millis() as u64,
+            pool_mode: record.pool.map(|(mode, _)| mode.to_owned()),
+            server_connections: record.pool.map(|(_, n)| n),
         }
     }
 }

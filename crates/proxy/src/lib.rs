@@ -45,6 +45,7 @@ pub use listener::client_mode::PreparedClientListener;
 pub use listener::server_mode::{PreparedListener, PreparedRoute};
 pub use metrics::ProxyMetrics;
 pub use net::connect as connect_upstream;
+pub use protocol::postgres::pool::{PoolStatus, Pools, PoolsStatus};
 pub use refusal::RefusalReason;
 pub use tls::{
     ListenerTls, LoadedCertificate, LoadedCrl, PolicySummary, ReloadError, ReloadFailure, Reloaded,
@@ -78,6 +79,9 @@ fn warn_stale_crls(listener: &PreparedListener) {
 #[derive(Debug)]
 pub struct Proxy {
     listeners: Vec<Arc<PreparedListener>>,
+    /// Each server-mode listener's pools (`None` without `[listener.pool]`),
+    /// in the order of `listeners`.
+    pools: Vec<Option<Arc<Pools>>>,
     client_listeners: Vec<Arc<PreparedClientListener>>,
     shutdown_grace: Duration,
     metrics: Arc<ProxyMetrics>,
@@ -100,6 +104,26 @@ impl Proxy {
                 PreparedListener::prepare(l, alpn, metrics.clone(), audit.clone()).map(Arc::new)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let pools = config
+            .listeners
+            .iter()
+            .zip(&listeners)
+            .map(|(l, prepared)| {
+                let Some(pool) = &l.pool else {
+                    return Ok(None);
+                };
+                let route = &prepared.default_route;
+                Pools::prepare(
+                    &l.name,
+                    pool,
+                    &route.upstream,
+                    route.upstream_tls.clone(),
+                    l.upstream_connect_timeout,
+                    metrics.clone(),
+                )
+                .map(|p| Some(Arc::new(p)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let client_listeners = config
             .client_listeners
             .iter()
@@ -109,6 +133,7 @@ impl Proxy {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Proxy {
             listeners,
+            pools,
             client_listeners,
             shutdown_grace: config.shutdown_grace,
             metrics,
@@ -141,9 +166,9 @@ impl Proxy {
             }
         };
         let mut bound = Vec::with_capacity(self.listeners.len());
-        for listener in self.listeners {
+        for (listener, pools) in self.listeners.into_iter().zip(self.pools) {
             let socket = bind(&listener.basics.name, &listener.basics.listen).await?;
-            bound.push((listener, socket));
+            bound.push((listener, socket, pools));
         }
         let mut clients = Vec::with_capacity(self.client_listeners.len());
         for listener in self.client_listeners {
@@ -163,7 +188,11 @@ impl Proxy {
 /// Listeners bound and ready to accept.
 #[derive(Debug)]
 pub struct BoundProxy {
-    listeners: Vec<(Arc<PreparedListener>, net::BoundListener)>,
+    listeners: Vec<(
+        Arc<PreparedListener>,
+        net::BoundListener,
+        Option<Arc<Pools>>,
+    )>,
     client_listeners: Vec<(Arc<PreparedClientListener>, net::BoundListener)>,
     shutdown_grace: Duration,
     metrics: Arc<ProxyMetrics>,
@@ -173,7 +202,7 @@ pub struct BoundProxy {
 impl BoundProxy {
     /// The addresses actually bound, by listener name (port 0 resolved).
     pub fn local_endpoints(&self) -> Vec<(String, Endpoint)> {
-        let server = self.listeners.iter().map(|(l, s)| (&l.basics.name, s));
+        let server = self.listeners.iter().map(|(l, s, _)| (&l.basics.name, s));
         let client = self
             .client_listeners
             .iter()
@@ -197,7 +226,15 @@ impl BoundProxy {
     /// The running server-mode listeners, for reloading their TLS material
     /// while the proxy serves (each route's `tls` and `upstream_tls`).
     pub fn listeners(&self) -> Vec<Arc<PreparedListener>> {
-        self.listeners.iter().map(|(l, _)| l.clone()).collect()
+        self.listeners.iter().map(|(l, _, _)| l.clone()).collect()
+    }
+
+    /// The pools of every pooled listener, for status and reload.
+    pub fn pools(&self) -> Vec<Arc<Pools>> {
+        self.listeners
+            .iter()
+            .filter_map(|(_, _, p)| p.clone())
+            .collect()
     }
 
     /// The running client-mode listeners, for reloading their upstream TLS
@@ -217,7 +254,7 @@ impl BoundProxy {
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
         let mut loops = Vec::new();
-        for (listener, socket) in self.listeners {
+        for (listener, socket, pools) in self.listeners {
             info!(
                 listener = %listener.basics.name,
                 listen = %socket.local_endpoint().map(|e| e.to_string()).unwrap_or_default(),
@@ -231,10 +268,21 @@ impl BoundProxy {
                 "listening"
             );
             warn_stale_crls(&listener);
+            if let Some(pools) = &pools {
+                info!(
+                    listener = %listener.basics.name,
+                    pool_mode = pools.config.mode.as_str(),
+                    pool_size = pools.config.size,
+                    server_auth = pools.config.server_auth.as_str(),
+                    "pooling server connections"
+                );
+                tokio::spawn(pools.clone().maintain(token.clone()));
+            }
+            let serve = move |ctx, stream| protocol::serve_server_mode(ctx, stream, pools.clone());
             loops.push(tokio::spawn(accept::accept_loop(
                 listener,
                 socket,
-                protocol::serve_server_mode,
+                serve,
                 token.clone(),
                 tracker.clone(),
             )));

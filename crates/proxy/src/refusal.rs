@@ -106,6 +106,15 @@ pub enum RefusalReason {
     ChannelBinding,
     /// The client went away during negotiation.
     ClientClosed,
+    /// A pooled client waited `wait_timeout` for a server connection.
+    PoolExhausted,
+    /// A pooled client asked for what its pool cannot give (a startup
+    /// parameter such as `options`, `replication`, LISTEN in transaction
+    /// mode).
+    NotPoolable,
+    /// The database closed a pooled server connection while a client was
+    /// using it.
+    UpstreamLost,
 }
 
 impl RefusalReason {
@@ -151,6 +160,9 @@ impl RefusalReason {
             RefusalReason::ServerLoginFailed => "server_login_failed",
             RefusalReason::ChannelBinding => "channel_binding",
             RefusalReason::ClientClosed => "client_closed",
+            RefusalReason::PoolExhausted => "pool_exhausted",
+            RefusalReason::NotPoolable => "not_poolable",
+            RefusalReason::UpstreamLost => "upstream_lost",
         }
     }
 
@@ -513,6 +525,9 @@ mod tests {
             RefusalReason::ServerLoginFailed,
             RefusalReason::ChannelBinding,
             RefusalReason::ClientClosed,
+            RefusalReason::PoolExhausted,
+            RefusalReason::NotPoolable,
+            RefusalReason::UpstreamLost,
         ];
         let names: std::collections::HashSet<_> = all.iter().map(|r| r.as_str()).collect();
         assert_eq!(names.len(), all.len());

@@ -67,6 +67,7 @@ mod metrics;
 mod mysql;
 mod negotiation;
 mod policy;
+mod pool;
 mod robustness;
 mod rotate;
 mod scan;

@@ -6,6 +6,8 @@
 //! This module only dispatches a connection to its protocol; the
 //! protocols import nothing from it.
 
+use std::sync::Arc;
+
 use intransit_config::Protocol;
 
 use crate::conn::{ConnectionContext, Refused};
@@ -13,6 +15,8 @@ use crate::listener::client_mode::PreparedClientListener;
 use crate::listener::server_mode::PreparedListener;
 use crate::net::BoxStream;
 use crate::refusal::RefusalReason;
+
+pub(crate) use postgres::pool::Pools;
 
 pub(crate) mod mysql;
 pub(crate) mod plain_tls;
@@ -30,13 +34,16 @@ pub(crate) fn alpn(protocol: Protocol) -> Vec<Vec<u8>> {
 /// Runs one connection of a server-mode listener from accept to close.
 /// Whether it has a `max_connections` slot is known once the TLS
 /// handshake has verified the client (`listener::handshake::accept`).
+///
+/// `pools` are the listener's PostgreSQL pools, if it has `[listener.pool]`.
 pub(crate) async fn serve_server_mode(
     ctx: ConnectionContext<PreparedListener>,
     stream: BoxStream,
+    pools: Option<Arc<Pools>>,
 ) -> Result<(), Refused> {
     match ctx.listener.basics.protocol {
         Protocol::Tls => plain_tls::serve(ctx, stream).await,
-        Protocol::Postgres => postgres::server_mode::serve(ctx, stream).await,
+        Protocol::Postgres => postgres::server_mode::serve(ctx, stream, pools).await,
         Protocol::Mysql => mysql::server_mode::serve(ctx, stream).await,
     }
 }

@@ -15,8 +15,8 @@
 //! - the client's answers to them ([`encode_password_message`],
 //!   [`encode_sasl_initial_response`], [`encode_sasl_response`]), for the
 //!   proxy's own logins;
-//! - the messages that open a session ([`parse_parameter_status`],
-//!   [`parse_backend_key_data`], [`encode_query`]);
+//! - the session phase of a pooled connection ([`session`]): message
+//!   boundaries, and the messages a pool reads and writes itself;
 //! - ErrorResponse building and parsing ([`ErrorResponse`],
 //!   [`parse_error_response`]).
 //!
@@ -30,7 +30,7 @@
 mod auth;
 mod error_response;
 mod frame;
-mod session_start;
+pub mod session;
 mod startup;
 
 #[doc(hidden)]
@@ -50,9 +50,6 @@ pub use error_response::{
 pub use frame::{
     parse_backend_frame, parse_backend_frame_with_max, parse_frontend_frame,
     parse_frontend_frame_with_max, BackendFrame, FrontendFrame, MAX_FRAME_LEN,
-};
-pub use session_start::{
-    encode_query, parse_backend_key_data, parse_parameter_status, BackendKeyData, ParameterStatus,
 };
 pub use startup::{
     encode_gssenc_request, encode_ssl_request, parse_initial_message, CancelRequest,

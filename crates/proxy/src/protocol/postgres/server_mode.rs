@@ -13,6 +13,7 @@ use super::messages::{
     error_response, read_initial, too_many_clients_response, unavailable_response,
 };
 use super::negotiation::{authorize, before_tls, inside_tls, BeforeTls, InsideTls};
+use super::pool::{self, Pools};
 use super::session::Session;
 use super::upstream::{
     first_authentication_request, forward_cancel, open_upstream, sasl_initial_response,
@@ -33,19 +34,46 @@ type Ctx = ConnectionContext<PreparedListener>;
 /// Over-limit connections are negotiated only as far as needed to tell
 /// the client, inside TLS, that the proxy is full: a plaintext error before
 /// the handshake would be unauthenticated, and libpq rightly ignores it.
+///
+/// With `pools`, a verified client's login is completed by the proxy and
+/// its transactions go to pooled server connections (`pool::session`);
+/// the wait for a server connection is bounded by the pool's
+/// `wait_timeout`, not the handshake timeout.
 pub(crate) async fn serve(
     ctx: ConnectionContext<PreparedListener>,
     stream: BoxStream,
+    pools: Option<Arc<Pools>>,
 ) -> Result<(), Refused> {
-    let negotiated = ctx.handshake_deadline(negotiate(&ctx, stream)).await;
+    let negotiated = ctx
+        .handshake_deadline(negotiate(&ctx, stream, pools.as_ref()))
+        .await;
     let negotiated = ctx.in_time(negotiated)?;
     match negotiated {
-        Some(session) => session.run(&ctx).await,
+        Some(Next::Session(session)) => session.run(&ctx).await,
+        Some(Next::Pooled(authorized)) => match &pools {
+            Some(pools) => authorized.pooled(&ctx, pools).await,
+            None => Ok(()),
+        },
         None => Ok(()),
     }
 }
 
-async fn negotiate(ctx: &Ctx, stream: BoxStream) -> Result<Option<Session<AcceptedTls>>, Refused> {
+/// Where a negotiated connection goes. Returned once per connection, so
+/// the size of the pass-through variant (its TLS state) costs nothing a
+/// box would save.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    /// Its own server connection, bytes copied both ways.
+    Session(Session<AcceptedTls>),
+    /// A pool.
+    Pooled(Box<Authorized>),
+}
+
+async fn negotiate(
+    ctx: &Ctx,
+    stream: BoxStream,
+    pools: Option<&Arc<Pools>>,
+) -> Result<Option<Next>, Refused> {
     let state = AwaitingRequest {
         stream,
         buf: BytesMut::with_capacity(512),
@@ -54,6 +82,10 @@ async fn negotiate(ctx: &Ctx, stream: BoxStream) -> Result<Option<Session<Accept
     let tls_requested = match state.next(ctx).await? {
         Request::Tls(t) => t,
         Request::Cancel(cancel) => {
+            if let Some(pools) = pools {
+                cancel_pooled(ctx, pools, &cancel).await;
+                return Ok(None);
+            }
             // A plaintext cancel carries no server name, so with SNI routes
             // the backend may be behind any upstream: each checks the secret
             // key and ignores a request that is not its own.
@@ -66,7 +98,10 @@ async fn negotiate(ctx: &Ctx, stream: BoxStream) -> Result<Option<Session<Accept
     let received = match established.read_startup().await? {
         Startup::Message(m) => m,
         Startup::Cancel(cancel, route) => {
-            forward_cancel(ctx, &cancel, &upstreams_of(&[route])).await;
+            match pools {
+                Some(pools) => cancel_pooled(ctx, pools, &cancel).await,
+                None => forward_cancel(ctx, &cancel, &upstreams_of(&[route])).await,
+            }
             return Ok(None);
         }
     };
@@ -75,7 +110,40 @@ async fn negotiate(ctx: &Ctx, stream: BoxStream) -> Result<Option<Session<Accept
         return Err(received.refuse_over_limit(ctx).await);
     }
     let authorized = received.authorize(ctx).await?;
-    authorized.connect_upstream(ctx).await.map(Some)
+    if pools.is_some() {
+        return Ok(Some(Next::Pooled(Box::new(authorized))));
+    }
+    authorized
+        .connect_upstream(ctx)
+        .await
+        .map(|s| Some(Next::Session(s)))
+}
+
+/// A cancel request on a pooled listener carries the proxy's own key of
+/// a client: it goes, with the server's key, to the server connection
+/// that client is using, or nowhere when it is using none.
+async fn cancel_pooled(ctx: &Ctx, pools: &Pools, cancel: &CancelRequest) {
+    match pools.cancels.target(cancel.process_id, &cancel.secret_key) {
+        Some(Some(server)) => {
+            let to_server = CancelRequest {
+                process_id: server.pid,
+                secret_key: server.secret.to_be_bytes().to_vec(),
+            };
+            forward_cancel(ctx, &to_server, &[(pools.target(), pools.upstream_tls())]).await;
+        }
+        Some(None) => {
+            tracing::debug!(
+                conn = ctx.id,
+                "cancel request for a pooled client with no query running"
+            );
+        }
+        None => {
+            tracing::debug!(
+                conn = ctx.id,
+                "cancel request with a key of no pooled client"
+            );
+        }
+    }
 }
 
 /// The first state: plaintext, before any request is answered.
@@ -234,6 +302,23 @@ struct Authorized {
 }
 
 impl Authorized {
+    /// Hands the verified client to its pool.
+    async fn pooled(self: Box<Self>, ctx: &Ctx, pools: &Arc<Pools>) -> Result<(), Refused> {
+        let Authorized { tls, startup, .. } = *self;
+        let TlsEstablished { accepted, buf } = tls;
+        pool::session::serve(
+            ctx,
+            pools,
+            pool::session::Verified {
+                client: accepted.stream,
+                startup: &startup,
+                pending: buf,
+                handshake_micros: accepted.handshake_micros,
+            },
+        )
+        .await
+    }
+
     async fn connect_upstream(mut self, ctx: &Ctx) -> Result<Session<AcceptedTls>, Refused> {
         let route = self.tls.accepted.route.clone();
         let target = &route.upstream;

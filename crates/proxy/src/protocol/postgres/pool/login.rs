@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::{Buf as _, BytesMut};
 use intransit_config::{Endpoint, ServerAuth};
 use intransit_wire::pg::{
-    self, AuthenticationRequest, BackendFrame, CancelRequest, ErrorResponseFields, ProtocolVersion,
+    self, session, AuthenticationRequest, BackendFrame, ErrorResponseFields, ProtocolVersion,
     StartupMessage,
 };
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
@@ -49,16 +49,6 @@ impl fmt::Debug for BackendKey {
             .field("pid", &self.pid)
             .field("secret", &"[redacted]")
             .finish()
-    }
-}
-
-impl BackendKey {
-    /// The CancelRequest that cancels this server connection's query.
-    pub(crate) fn cancel_request(&self) -> CancelRequest {
-        CancelRequest {
-            process_id: self.pid,
-            secret_key: self.secret.to_be_bytes().to_vec(),
-        }
     }
 }
 
@@ -529,22 +519,22 @@ impl State {
     ) -> Result<Next, Failed> {
         match tag {
             BackendFrame::PARAMETER_STATUS => {
-                let status = pg::parse_parameter_status(body)
+                let (name, value) = session::parse_parameter_status(body)
                     .map_err(|e| Failed::unavailable(format!("invalid ParameterStatus: {e}")))?;
-                parameters.push((status.name, status.value));
+                parameters.push((name.to_owned(), value.to_owned()));
             }
             BackendFrame::BACKEND_KEY_DATA => {
-                let data = pg::parse_backend_key_data(body)
+                let (pid, secret) = session::parse_backend_key_data(body)
                     .map_err(|e| Failed::unavailable(format!("invalid BackendKeyData: {e}")))?;
-                let secret = data.secret_key_v3_0().ok_or_else(|| {
+                let secret = <[u8; 4]>::try_from(secret).map_err(|_| {
                     Failed::unavailable(format!(
                         "BackendKeyData with a {}-byte key in protocol 3.0, which has 4",
-                        data.secret_key.len()
+                        secret.len()
                     ))
                 })?;
                 key = Some(BackendKey {
-                    pid: data.process_id,
-                    secret,
+                    pid,
+                    secret: u32::from_be_bytes(secret),
                 });
             }
             BackendFrame::READY_FOR_QUERY => {
@@ -885,13 +875,6 @@ mod tests {
             }
         );
         assert!(!format!("{key:?}").contains(&0xa12a_17f8u32.to_string()));
-        assert_eq!(key.cancel_request().encode(), {
-            let mut cancel = 16u32.to_be_bytes().to_vec();
-            cancel.extend_from_slice(&pg::CANCEL_REQUEST_CODE.to_be_bytes());
-            cancel.extend_from_slice(&0x297fu32.to_be_bytes());
-            cancel.extend_from_slice(&0xa12a_17f8u32.to_be_bytes());
-            cancel
-        });
 
         // The same stream without its BackendKeyData is refused.
         let mut rest = &stream[used..];
@@ -1062,10 +1045,9 @@ mod against_postgres {
 
     /// Runs `sql` on a logged-in connection; the first column of each row.
     async fn query(stream: &mut BoxStream, sql: &str) -> Vec<String> {
-        stream
-            .write_all(&pg::encode_query(sql).unwrap())
-            .await
-            .unwrap();
+        let mut message = Vec::new();
+        session::encode_query(sql, &mut message).unwrap();
+        stream.write_all(&message).await.unwrap();
         stream.flush().await.unwrap();
         let mut buf = BytesMut::new();
         let mut rows = Vec::new();

@@ -1,13 +1,616 @@
-//! Connection pooling for server-mode PostgreSQL listeners
-//! (`[listener.pool]`): the proxy logs in to the database itself and shares
-//! its server connections between clients.
+//! PostgreSQL connection pooling with login by client certificate.
 //!
-//! - `credentials`: what the proxy holds to log in as each database user
-//!   (`auth_file` passwords, configured certificates, the minting CA).
-//! - `login`: one login to PostgreSQL with them, up to ReadyForQuery.
+//! A pooled listener completes each verified client's login itself
+//! (AuthenticationOk, the server's parameters, a BackendKeyData of its
+//! own) and serves the client's transactions (or its whole session) on
+//! server connections it logs in to with credentials of its own
+//! (`credentials`, `login`): a client certificate per database user
+//! minted by the proxy's CA or configured, a password file, or trust.
+//!
+//! ```text
+//! Pools (one per listener)
+//!   └─ Pool per (database, user): a semaphore of `size` permits, idle ServerConns (newest first)
+//!        acquire: permit (waiting at most wait_timeout) → an idle connection that is still alive,
+//!                 of the current generation and not too old, or a new login
+//!        Lease: a ServerConn with its permit; release() returns it idle, drop closes it
+//! ```
+//!
+//! - `tracking`: when a server connection may change hands (`Exchange`)
+//!   and the session parameters kept per client (`Parameters`), pure.
+//! - `session`: one pooled client from its login to its close.
+//! - `cancel`: the proxy's own BackendKeyData for each client, and which
+//!   server connection a cancel request reaches.
+//! - `credentials`, `login`: how the proxy logs in as a database user.
+//!
+//! **Invariant:** a server connection goes back to its pool only at a
+//! transaction boundary (everything the client sent answered, no
+//! extended-protocol sequence open, ReadyForQuery idle) with no partial
+//! message written to it; anything else (a client gone mid-transaction
+//! that a ROLLBACK cannot settle, a protocol error, a dead server) drops
+//! the `Lease`, which closes the connection.
 
-// Nothing acquires server connections through these yet.
-#[allow(dead_code)]
+pub(crate) mod cancel;
 pub(crate) mod credentials;
-#[allow(dead_code)]
 pub(crate) mod login;
+pub(crate) mod session;
+pub(crate) mod tracking;
+
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use intransit_config::{Endpoint, PoolConfig, PoolMode};
+use intransit_wire::pg::session::{backend, parse_parameter_status, MessageScanner, Scanned};
+use serde::Serialize;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use self::cancel::CancelKeys;
+use self::credentials::Credentials;
+use self::login::{log_in, BackendKey, LoginFailure};
+use self::tracking::Parameters;
+use crate::error::ProxyError;
+use crate::metrics::ProxyMetrics;
+use crate::net::BoxStream;
+use crate::tls::upstream::UpstreamTls;
+
+/// The pools of one listener, keyed by (database, user).
+pub struct Pools {
+    listener: String,
+    pub(crate) config: PoolConfig,
+    target: Endpoint,
+    upstream_tls: Option<Arc<UpstreamTls>>,
+    credentials: Credentials,
+    connect_timeout: Duration,
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    pub(crate) cancels: CancelKeys,
+    /// Bumped when the credentials or the upstream TLS material change:
+    /// a server connection of an older generation is not reused.
+    generation: AtomicU64,
+    next_server: AtomicU64,
+    logins_ok: AtomicU64,
+    logins_failed: AtomicU64,
+    metrics: Arc<ProxyMetrics>,
+}
+
+impl std::fmt::Debug for Pools {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pools")
+            .field("listener", &self.listener)
+            .field("mode", &self.config.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which pool: a database and the user the proxy logs in as.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct PoolKey {
+    pub(crate) database: String,
+    pub(crate) user: String,
+}
+
+/// The server connections of one (database, user).
+pub(crate) struct Pool {
+    pub(crate) key: PoolKey,
+    size: usize,
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<ServerConn>>,
+    /// The parameters the first server login reported: what a client's
+    /// login reports without waiting for a server connection.
+    startup: Mutex<Option<StartupParameters>>,
+    clients: AtomicUsize,
+    waiting: AtomicUsize,
+    active: AtomicUsize,
+    opening: AtomicUsize,
+}
+
+/// The ParameterStatus values of a server login, in order.
+pub(crate) type StartupParameters = Arc<Vec<(String, String)>>;
+
+/// One logged-in server connection.
+pub(crate) struct ServerConn {
+    pub(crate) stream: BoxStream,
+    /// Bytes read from the server that no client has been given yet.
+    pub(crate) buf: BytesMut,
+    pub(crate) scanner: MessageScanner,
+    /// What the server's session holds of the restored parameters.
+    pub(crate) params: Parameters,
+    pub(crate) key: BackendKey,
+    pub(crate) id: u64,
+    created: Instant,
+    last_used: Instant,
+    generation: u64,
+}
+
+/// A server connection lent to one client, with the permit that counts
+/// it against the pool's size. `release` gives it back; dropping the
+/// lease closes it.
+pub(crate) struct Lease {
+    conn: ServerConn,
+    pools: Arc<Pools>,
+    active: Active,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Counts a lent connection as active until it drops.
+struct Active(Arc<Pool>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why no server connection was lent.
+pub(crate) enum AcquireError {
+    /// `wait_timeout` passed with every server connection in use.
+    Exhausted { waited: Duration },
+    /// A new server connection could not log in.
+    Login(LoginFailure),
+}
+
+/// A snapshot of one pool, for `/status` and the status page.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolStatus {
+    /// The database.
+    pub database: String,
+    /// The user the proxy logs in as.
+    pub user: String,
+    /// Server connections allowed.
+    pub size: usize,
+    /// Clients logged in.
+    pub clients: usize,
+    /// Clients waiting for a server connection.
+    pub waiting: usize,
+    /// Server connections serving a client.
+    pub active: usize,
+    /// Server connections open and unused.
+    pub idle: usize,
+    /// Server connections being opened.
+    pub opening: usize,
+}
+
+/// The pools of one listener, for `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolsStatus {
+    /// The listener.
+    pub listener: String,
+    /// `transaction` or `session`.
+    pub mode: &'static str,
+    /// `cert`, `password` or `trust`: how the proxy logs in, unless a
+    /// user says otherwise.
+    pub server_auth: &'static str,
+    /// Server logins that succeeded since start.
+    pub server_logins_ok: u64,
+    /// Server logins that failed since start.
+    pub server_logins_failed: u64,
+    /// Every (database, user) pool.
+    pub pools: Vec<PoolStatus>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Pools {
+    /// Builds a listener's pools from its configuration: loads the
+    /// credentials (password file, certificates, minting CA), opens no
+    /// connection.
+    pub fn prepare(
+        listener: &str,
+        config: &PoolConfig,
+        target: &Endpoint,
+        upstream_tls: Option<Arc<UpstreamTls>>,
+        connect_timeout: Duration,
+        metrics: Arc<ProxyMetrics>,
+    ) -> Result<Self, ProxyError> {
+        let credentials =
+            Credentials::load(config, upstream_tls.clone()).map_err(|e| e.in_listener(listener))?;
+        Ok(Pools {
+            listener: listener.to_owned(),
+            config: config.clone(),
+            target: target.clone(),
+            upstream_tls,
+            credentials,
+            connect_timeout,
+            pools: Mutex::new(HashMap::new()),
+            cancels: CancelKeys::default(),
+            generation: AtomicU64::new(0),
+            next_server: AtomicU64::new(1),
+            logins_ok: AtomicU64::new(0),
+            logins_failed: AtomicU64::new(0),
+            metrics,
+        })
+    }
+
+    /// The listener's name.
+    pub fn listener(&self) -> &str {
+        &self.listener
+    }
+
+    /// Session or transaction pooling.
+    pub(crate) fn mode(&self) -> PoolMode {
+        self.config.mode
+    }
+
+    /// The pool of (database, user), made on first use.
+    pub(crate) fn pool(&self, database: &str, user: &str) -> Arc<Pool> {
+        let key = PoolKey {
+            database: database.to_owned(),
+            user: user.to_owned(),
+        };
+        let mut pools = lock(&self.pools);
+        pools
+            .entry(key.clone())
+            .or_insert_with(|| {
+                let size = self.config.size_for(user);
+                Arc::new(Pool {
+                    key,
+                    size,
+                    permits: Arc::new(Semaphore::new(size)),
+                    idle: Mutex::new(Vec::new()),
+                    startup: Mutex::new(None),
+                    clients: AtomicUsize::new(0),
+                    waiting: AtomicUsize::new(0),
+                    active: AtomicUsize::new(0),
+                    opening: AtomicUsize::new(0),
+                })
+            })
+            .clone()
+    }
+
+    /// Lends a server connection of `pool`, waiting at most
+    /// `wait_timeout` for one to be free.
+    pub(crate) async fn acquire(self: &Arc<Self>, pool: &Arc<Pool>) -> Result<Lease, AcquireError> {
+        let started = Instant::now();
+        let permit = match pool.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                pool.waiting.fetch_add(1, Ordering::Relaxed);
+                let waited = tokio::time::timeout(
+                    self.config.wait_timeout,
+                    pool.permits.clone().acquire_owned(),
+                )
+                .await;
+                pool.waiting.fetch_sub(1, Ordering::Relaxed);
+                match waited {
+                    Ok(Ok(permit)) => permit,
+                    // The semaphore is never closed.
+                    Ok(Err(_)) | Err(_) => {
+                        return Err(AcquireError::Exhausted {
+                            waited: started.elapsed(),
+                        })
+                    }
+                }
+            }
+        };
+        self.metrics
+            .pool_wait(&self.listener, started.elapsed().as_secs_f64());
+        let generation = self.generation.load(Ordering::Relaxed);
+        loop {
+            let candidate = lock(&pool.idle).pop();
+            let Some(mut conn) = candidate else { break };
+            if conn.generation != generation || conn.created.elapsed() > self.config.server_lifetime
+            {
+                debug!(listener = %self.listener, server = conn.id, "closing a server connection of older material or past its lifetime");
+                continue;
+            }
+            if !probe(&mut conn).await {
+                debug!(listener = %self.listener, server = conn.id, "an idle server connection was closed by the database");
+                continue;
+            }
+            return Ok(self.lend(pool, conn, permit));
+        }
+        pool.opening.fetch_add(1, Ordering::Relaxed);
+        let opened = self.open(pool, generation).await;
+        pool.opening.fetch_sub(1, Ordering::Relaxed);
+        let conn = opened.map_err(AcquireError::Login)?;
+        Ok(self.lend(pool, conn, permit))
+    }
+
+    fn lend(
+        self: &Arc<Self>,
+        pool: &Arc<Pool>,
+        conn: ServerConn,
+        permit: OwnedSemaphorePermit,
+    ) -> Lease {
+        pool.active.fetch_add(1, Ordering::Relaxed);
+        Lease {
+            conn,
+            pools: self.clone(),
+            active: Active(pool.clone()),
+            _permit: permit,
+        }
+    }
+
+    /// Logs in a new server connection for `pool`.
+    async fn open(&self, pool: &Pool, generation: u64) -> Result<ServerConn, LoginFailure> {
+        let key = &pool.key;
+        let login = self
+            .credentials
+            .for_user(&key.user)
+            .map_err(|refused| LoginFailure {
+                refused,
+                server_error: None,
+            })?;
+        let logged_in = log_in(
+            &self.target,
+            &login,
+            &key.database,
+            &key.user,
+            &[],
+            self.connect_timeout,
+            self.config.server_login_timeout,
+        )
+        .await;
+        let logged_in = match logged_in {
+            Ok(l) => l,
+            Err(failure) => {
+                self.logins_failed.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .pool_server_login(&self.listener, Some(failure.refused.reason));
+                warn!(
+                    listener = %self.listener,
+                    database = %key.database,
+                    user = %key.user,
+                    reason = failure.refused.reason.as_str(),
+                    error = %failure.refused.detail,
+                    "server login failed"
+                );
+                return Err(failure);
+            }
+        };
+        self.logins_ok.fetch_add(1, Ordering::Relaxed);
+        self.metrics.pool_server_login(&self.listener, None);
+        let id = self.next_server.fetch_add(1, Ordering::Relaxed);
+        let mut params = Parameters::default();
+        for (name, value) in &logged_in.parameters {
+            params.record(name, value);
+        }
+        {
+            let mut startup = lock(&pool.startup);
+            if startup.is_none() {
+                *startup = Some(Arc::new(logged_in.parameters.clone()));
+            }
+        }
+        info!(
+            listener = %self.listener,
+            server = id,
+            database = %key.database,
+            user = %key.user,
+            server_auth = self.config.server_auth_for(&key.user).as_str(),
+            upstream = %self.target,
+            upstream_tls = logged_in.tls.as_ref().map_or("off", |s| s.tls.version),
+            "server connection logged in"
+        );
+        let now = Instant::now();
+        Ok(ServerConn {
+            stream: logged_in.stream,
+            buf: BytesMut::new(),
+            scanner: MessageScanner::new(),
+            params,
+            key: logged_in.key,
+            id,
+            created: now,
+            last_used: now,
+            generation,
+        })
+    }
+
+    /// Re-reads the credentials and notes whether the upstream TLS
+    /// material changed: server connections made with older material are
+    /// closed when idle and replaced when next needed, so no client sees
+    /// an error.
+    pub fn reload(&self, upstream_changed: bool) -> Result<bool, ProxyError> {
+        let changed = self.credentials.reload()? || upstream_changed;
+        if changed {
+            self.generation.fetch_add(1, Ordering::Relaxed);
+            info!(listener = %self.listener, "pool credentials or upstream TLS changed: server connections will be replaced as they go idle");
+        }
+        Ok(changed)
+    }
+
+    /// Closes idle server connections past their idle timeout (down to
+    /// `min_idle`), past their lifetime, of an older generation or closed
+    /// by the database, every second until `shutdown`.
+    pub async fn maintain(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let pools: Vec<Arc<Pool>> = lock(&self.pools).values().cloned().collect();
+            for pool in pools {
+                self.maintain_pool(&pool).await;
+            }
+        }
+    }
+
+    async fn maintain_pool(self: &Arc<Self>, pool: &Arc<Pool>) {
+        let generation = self.generation.load(Ordering::Relaxed);
+        let taken: Vec<ServerConn> = std::mem::take(&mut *lock(&pool.idle));
+        let mut kept = Vec::with_capacity(taken.len());
+        // Newest first (the vector is oldest first): the oldest idle ones
+        // beyond min_idle go.
+        for mut conn in taken.into_iter().rev() {
+            let idle_for = conn.last_used.elapsed();
+            let expendable = kept.len() >= self.config.min_idle;
+            let close = conn.generation != generation
+                || conn.created.elapsed() > self.config.server_lifetime
+                || (expendable && idle_for > self.config.server_idle_timeout)
+                || !probe(&mut conn).await;
+            if close {
+                debug!(listener = %self.listener, server = conn.id, "closing an idle server connection");
+            } else {
+                kept.push(conn);
+            }
+        }
+        kept.reverse();
+        let (open, missing) = {
+            let mut idle = lock(&pool.idle);
+            // Connections released meanwhile are newer: they go after.
+            kept.append(&mut idle);
+            *idle = kept;
+            (
+                idle.len() + pool.active.load(Ordering::Relaxed),
+                self.config.min_idle.saturating_sub(idle.len()),
+            )
+        };
+        let used = pool.clients.load(Ordering::Relaxed) > 0 || open > 0;
+        if used && missing > 0 && open < pool.size {
+            // Top up one at a time, through the permits so the size holds.
+            if let Ok(permit) = pool.permits.clone().try_acquire_owned() {
+                pool.opening.fetch_add(1, Ordering::Relaxed);
+                let opened = self.open(pool, generation).await;
+                pool.opening.fetch_sub(1, Ordering::Relaxed);
+                if let Ok(conn) = opened {
+                    lock(&pool.idle).push(conn);
+                }
+                drop(permit);
+            }
+        }
+    }
+
+    /// Every pool's counts.
+    pub fn status(&self) -> PoolsStatus {
+        let mut pools: Vec<PoolStatus> = lock(&self.pools)
+            .values()
+            .map(|p| PoolStatus {
+                database: p.key.database.clone(),
+                user: p.key.user.clone(),
+                size: p.size,
+                clients: p.clients.load(Ordering::Relaxed),
+                waiting: p.waiting.load(Ordering::Relaxed),
+                active: p.active.load(Ordering::Relaxed),
+                idle: lock(&p.idle).len(),
+                opening: p.opening.load(Ordering::Relaxed),
+            })
+            .collect();
+        pools.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
+        PoolsStatus {
+            listener: self.listener.clone(),
+            mode: self.config.mode.as_str(),
+            server_auth: self.config.server_auth.as_str(),
+            server_logins_ok: self.logins_ok.load(Ordering::Relaxed),
+            server_logins_failed: self.logins_failed.load(Ordering::Relaxed),
+            pools,
+        }
+    }
+
+    /// The upstream, for logs and cancels.
+    pub(crate) fn target(&self) -> &Endpoint {
+        &self.target
+    }
+
+    /// The upstream leg's TLS (without a user's certificate), for cancels.
+    pub(crate) fn upstream_tls(&self) -> Option<&UpstreamTls> {
+        self.upstream_tls.as_deref()
+    }
+}
+
+impl Pool {
+    /// The parameters of the pool's first server login, if there was one.
+    pub(crate) fn startup_parameters(&self) -> Option<StartupParameters> {
+        lock(&self.startup).clone()
+    }
+
+    /// Counts a logged-in client until the guard drops.
+    pub(crate) fn client(self: &Arc<Self>) -> ClientGuard {
+        self.clients.fetch_add(1, Ordering::Relaxed);
+        ClientGuard(self.clone())
+    }
+}
+
+/// Counts one logged-in client of a pool.
+pub(crate) struct ClientGuard(Arc<Pool>);
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Lease {
+    /// The lent connection.
+    pub(crate) fn conn(&mut self) -> &mut ServerConn {
+        &mut self.conn
+    }
+
+    /// Gives the connection back to its pool, idle. The caller has made
+    /// sure it is at a transaction boundary with nothing unread. One of
+    /// older material or past its lifetime is closed instead.
+    pub(crate) fn release(self) {
+        let Lease {
+            mut conn,
+            pools,
+            active,
+            _permit,
+        } = self;
+        conn.last_used = Instant::now();
+        let generation = pools.generation.load(Ordering::Relaxed);
+        if conn.generation == generation && conn.created.elapsed() <= pools.config.server_lifetime {
+            lock(&active.0.idle).push(conn);
+        } else {
+            debug!(listener = %pools.listener, server = conn.id, "closing a server connection of older material or past its lifetime");
+        }
+    }
+
+    /// Closes the connection: it cannot be reused.
+    pub(crate) fn close(self, why: &str) {
+        debug!(listener = %self.pools.listener, server = self.conn.id, why, "closing a server connection");
+    }
+}
+
+/// Whether an idle server connection is still usable, without waiting:
+/// no bytes and no end of stream is alive; a ParameterStatus or a notice
+/// the server sent while it was idle is taken in; anything else (the
+/// FATAL of a shutdown, end of stream, an error) means it is not.
+async fn probe(conn: &mut ServerConn) -> bool {
+    let mut chunk = [0u8; 512];
+    loop {
+        let read = poll_fn(|cx| {
+            let mut buf = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut conn.stream).poll_read(cx, &mut buf) {
+                Poll::Pending => Poll::Ready(None),
+                Poll::Ready(Ok(())) => Poll::Ready(Some(Ok(buf.filled().len()))),
+                Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+            }
+        })
+        .await;
+        match read {
+            None => return true,
+            Some(Ok(0) | Err(_)) => return false,
+            Some(Ok(n)) => conn.buf.extend_from_slice(&chunk[..n]),
+        }
+        loop {
+            let scanned = conn.scanner.scan(&conn.buf, 1 << 16, |_| usize::MAX);
+            match scanned {
+                Ok(Scanned::NeedMore) => break,
+                Ok(Scanned::Message {
+                    tag, prefix, len, ..
+                }) => {
+                    match tag {
+                        backend::PARAMETER_STATUS => {
+                            if let Ok((name, value)) = parse_parameter_status(prefix) {
+                                conn.params.record(name, value);
+                            }
+                        }
+                        backend::NOTICE_RESPONSE => {}
+                        _ => return false,
+                    }
+                    let _ = conn.buf.split_to(len);
+                }
+                Ok(Scanned::Continues { .. }) | Err(_) => return false,
+            }
+        }
+    }
+}

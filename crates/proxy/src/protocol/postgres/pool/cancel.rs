@@ -1,0 +1,88 @@
+//! Cancel requests for pooled clients. Each client gets a BackendKeyData
+//! of the proxy's own (a random process id and secret); a CancelRequest
+//! carrying it reaches the server connection the client is using at that
+//! moment, with that connection's own key, and does nothing when the
+//! client has no server connection (no query is running).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::login::BackendKey;
+
+/// The server connection a client is using, if any.
+type Serving = Arc<Mutex<Option<BackendKey>>>;
+
+/// Each client's secret and what it is using, by the proxy's process id.
+type Clients = HashMap<u32, (u32, Serving)>;
+
+/// The keys of a listener's pooled clients.
+#[derive(Debug, Default)]
+pub(crate) struct CancelKeys {
+    clients: Mutex<Clients>,
+}
+
+/// One client's entry: its key, and the server connection it is using.
+/// Dropping it forgets the key.
+pub(crate) struct CancelSlot {
+    keys: Arc<super::Pools>,
+    pub(crate) key: BackendKey,
+    serving: Serving,
+}
+
+impl CancelKeys {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Clients> {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new key, unique among the listener's clients.
+    pub(crate) fn register(pools: &Arc<super::Pools>) -> CancelSlot {
+        let serving = Arc::new(Mutex::new(None));
+        let mut clients = pools.cancels.lock();
+        let key = loop {
+            let mut bytes = [0u8; 8];
+            if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+                // Without the system's random source a key could be
+                // guessed; try again rather than make a weak one.
+                continue;
+            }
+            let pid = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) & 0x7fff_ffff;
+            let secret = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+            if pid != 0 && !clients.contains_key(&pid) {
+                break BackendKey { pid, secret };
+            }
+        };
+        clients.insert(key.pid, (key.secret, serving.clone()));
+        CancelSlot {
+            keys: pools.clone(),
+            key,
+            serving,
+        }
+    }
+
+    /// The server key a cancel with this proxy key should reach: `None`
+    /// when the key is not a client's of this listener (it may be a pass-
+    /// through backend's), `Some(None)` when that client holds no server
+    /// connection now.
+    pub(crate) fn target(&self, pid: u32, secret: &[u8]) -> Option<Option<BackendKey>> {
+        let clients = self.lock();
+        let (expected, serving) = clients.get(&pid)?;
+        if secret != expected.to_be_bytes() {
+            return None;
+        }
+        let serving = *serving.lock().unwrap_or_else(|p| p.into_inner());
+        Some(serving)
+    }
+}
+
+impl CancelSlot {
+    /// The client is now using the server connection with `key`, or none.
+    pub(crate) fn serving(&self, key: Option<BackendKey>) {
+        *self.serving.lock().unwrap_or_else(|p| p.into_inner()) = key;
+    }
+}
+
+impl Drop for CancelSlot {
+    fn drop(&mut self) {
+        self.keys.cancels.lock().remove(&self.key.pid);
+    }
+}

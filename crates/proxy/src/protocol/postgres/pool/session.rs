@@ -1,0 +1,761 @@
+//! One pooled client, from the end of its login to its close.
+//!
+//! The proxy answers the client's StartupMessage itself, then serves
+//! each of its transactions (transaction mode) or its whole session
+//! (session mode) on a server connection lent by the pool. While a
+//! server connection is attached, two directions run side by side in the
+//! connection's task: the client's messages to the server, and the
+//! server's to the client. Both follow message boundaries with a
+//! `MessageScanner` and record into one `Exchange`; the server's
+//! direction sees the ReadyForQuery that ends a transaction and lets the
+//! connection go, unless the client's direction is in the middle of
+//! writing to it, in which case that direction lets it go once its write
+//! is complete. Either way no message is split between two clients.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use intransit_config::PoolMode;
+use intransit_wire::pg::session::{
+    backend, encode_authentication_ok, encode_backend_key_data, encode_parameter_status,
+    encode_query, encode_ready_for_query, frontend, parse_parameter_status, MessageScanner,
+    Scanned, TransactionStatus, MAX_MESSAGE_LEN,
+};
+use intransit_wire::pg::{ErrorResponse, SqlState, StartupMessage};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tracing::info;
+
+use super::cancel::{CancelKeys, CancelSlot};
+use super::tracking::{is_listen, ClientMessage, Exchange, Parameters, LISTEN_PREFIX, RESTORED};
+use super::{AcquireError, Lease, Pool, Pools, ServerConn};
+use crate::conn::{ConnectionContext, Established, Listener, Refused};
+use crate::net::close_with;
+use crate::refusal::RefusalReason;
+
+/// A client whose certificate and database user passed every check.
+pub(crate) struct Verified<'a, S> {
+    pub(crate) client: S,
+    pub(crate) startup: &'a StartupMessage,
+    /// Bytes the client sent after its StartupMessage.
+    pub(crate) pending: BytesMut,
+    pub(crate) handshake_micros: u128,
+}
+
+/// What the client is told instead of a query's results when a
+/// transaction-mode pool cannot honour LISTEN: the server raises it, so
+/// it arrives in order with the rest of the client's results.
+const LISTEN_REFUSAL: &str = "DO $intransit$ BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', MESSAGE = 'LISTEN is not available through a transaction-mode pool: notifications would arrive on a server connection this session no longer holds', HINT = 'Connect through a listener whose [listener.pool] has mode = \"session\".'; END $intransit$";
+
+/// Runs one pooled client to its end.
+pub(crate) async fn serve<L, S>(
+    ctx: &ConnectionContext<L>,
+    pools: &Arc<Pools>,
+    verified: Verified<'_, S>,
+) -> Result<(), Refused>
+where
+    L: Listener,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Verified {
+        mut client,
+        startup,
+        pending,
+        handshake_micros,
+    } = verified;
+    let user = startup.user().unwrap_or_default();
+    let database = startup.database().unwrap_or_default();
+    let wanted = match Parameters::from_startup(
+        startup.params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    ) {
+        Ok(p) => p,
+        Err(not) => {
+            let reply = ErrorResponse::fatal(
+                SqlState::PROTOCOL_VIOLATION,
+                format!("unsupported startup parameter in a pooled connection: {}", not.name),
+            )
+            .with_hint(format!(
+                "A pool restores only {} on each server connection; set other parameters with ALTER ROLE ... SET or ALTER DATABASE ... SET.",
+                RESTORED.join(", ")
+            ))
+            .encode();
+            close_with(&mut client, &reply).await;
+            return Err(Refused::new(
+                RefusalReason::NotPoolable,
+                format!("startup parameter {:?} cannot be pooled", not.name),
+            ));
+        }
+    };
+    let pool = pools.pool(database, user);
+    let _counted = pool.client();
+    let slot = CancelKeys::register(pools);
+    let mut lease = None;
+    if pools.mode() == PoolMode::Session || pool.startup_parameters().is_none() {
+        match pools.acquire(&pool).await {
+            Ok(l) => lease = Some(l),
+            Err(e) => return Err(refuse_acquire(&mut client, pools, &pool, e).await),
+        }
+    }
+    let reported = pool.startup_parameters().unwrap_or_default();
+    let mut defaults = Parameters::default();
+    for (name, value) in reported.iter() {
+        defaults.record(name, value);
+    }
+    let mut params = wanted.or_defaults(&defaults);
+    let mut hello = Vec::with_capacity(512);
+    encode_authentication_ok(&mut hello);
+    for (name, value) in reported.iter() {
+        let value = params.get(&name.to_ascii_lowercase()).unwrap_or(value);
+        // Values came from the server or the client's own startup, where
+        // a NUL cannot be.
+        let _ = encode_parameter_status(name, value, &mut hello);
+    }
+    encode_backend_key_data(slot.key.pid, slot.key.secret, &mut hello);
+    encode_ready_for_query(TransactionStatus::Idle, &mut hello);
+    client
+        .write_all(&hello)
+        .await
+        .map_err(Refused::client_closed)?;
+    client.flush().await.map_err(Refused::client_closed)?;
+    if pools.mode() == PoolMode::Transaction {
+        if let Some(l) = lease.take() {
+            l.release();
+        }
+    }
+    ctx.log_established(Established {
+        user,
+        database,
+        upstream: pools.target(),
+        upstream_tls: None,
+        server_name: None,
+        handshake_micros,
+    });
+    let started = Instant::now();
+    let mut run = Run {
+        pools,
+        pool: &pool,
+        slot: &slot,
+        client_buf: pending,
+        client_scanner: MessageScanner::new(),
+        from_client: 0,
+        to_client: 0,
+        servers: BTreeSet::new(),
+    };
+    let (mut reader, mut writer) = tokio::io::split(&mut client);
+    let ended = run
+        .serve(&mut reader, &mut writer, lease, &mut params)
+        .await;
+    let (from_client, to_client, servers) = (run.from_client, run.to_client, run.servers.len());
+    let mode = pools.mode().as_str();
+    ctx.note(|r| {
+        r.bytes = Some((from_client, to_client));
+        r.pool = Some((mode, servers as u64));
+    });
+    ctx.listener
+        .metrics()
+        .bytes(ctx.listener.name(), from_client, to_client);
+    let ended = match ended {
+        Ok(()) => Ok(()),
+        Err(Ending { reply, refused }) => {
+            let mut client = reader.unsplit(writer);
+            close_with(&mut client, &reply).await;
+            Err(refused)
+        }
+    };
+    info!(
+        conn = ctx.id,
+        listener = %ctx.listener.name(),
+        peer = %ctx.peer,
+        pool_mode = mode,
+        server_connections = servers,
+        bytes_from_client = from_client,
+        bytes_to_client = to_client,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "pooled session closed"
+    );
+    ended
+}
+
+/// Tells a client why it got no server connection.
+async fn refuse_acquire<S: AsyncWrite + Unpin>(
+    client: &mut S,
+    pools: &Pools,
+    pool: &Pool,
+    error: AcquireError,
+) -> Refused {
+    let ending = acquire_ending(pools, pool, error);
+    close_with(client, &ending.reply).await;
+    ending.refused
+}
+
+fn acquire_ending(pools: &Pools, pool: &Pool, error: AcquireError) -> Ending {
+    match error {
+        AcquireError::Exhausted { waited } => Ending {
+            reply: ErrorResponse::fatal(
+                SqlState::TOO_MANY_CONNECTIONS,
+                format!(
+                    "no server connection for database {:?} and user {:?} became free within {:?}: the pool is exhausted",
+                    pool.key.database, pool.key.user, pools.config.wait_timeout
+                ),
+            )
+            .with_hint(format!(
+                "All {} server connections are busy. Raise [listener.pool] size (or the user's size), or wait_timeout to wait longer; shorter transactions free them sooner.",
+                pool.size
+            ))
+            .encode(),
+            refused: Refused::new(
+                RefusalReason::PoolExhausted,
+                format!(
+                    "waited {waited:?} for one of {} server connections of {:?}/{:?}",
+                    pool.size, pool.key.database, pool.key.user
+                ),
+            ),
+        },
+        AcquireError::Login(failure) => {
+            // The server's own refusal reaches the client as sent.
+            let reply = failure.server_error.map(|e| e.frame).unwrap_or_else(|| {
+                ErrorResponse::fatal(
+                    SqlState::CONNECTION_FAILURE,
+                    "the database is unavailable right now",
+                )
+                .with_hint("Try again later. The proxy's log has the details.")
+                .encode()
+            });
+            Ending {
+                reply,
+                refused: failure.refused,
+            }
+        }
+    }
+}
+
+/// How a session ends other than by the client leaving: what the client
+/// is told, and the refusal for the audit event.
+struct Ending {
+    reply: Vec<u8>,
+    refused: Refused,
+}
+
+impl Ending {
+    fn server_lost(pools: &Pools, what: String) -> Self {
+        Ending {
+            reply: ErrorResponse::fatal(
+                SqlState::CONNECTION_FAILURE,
+                "the server connection was lost",
+            )
+            .with_hint("The database closed the connection or failed; connect again.")
+            .encode(),
+            refused: Refused::new(
+                RefusalReason::UpstreamLost,
+                format!("{}: {what}", pools.target()),
+            ),
+        }
+    }
+
+    fn malformed(detail: String) -> Self {
+        Ending {
+            reply: ErrorResponse::fatal(SqlState::PROTOCOL_VIOLATION, detail.clone()).encode(),
+            refused: Refused::new(RefusalReason::Malformed, detail),
+        }
+    }
+}
+
+/// How an attachment to a server connection ended.
+enum Detached {
+    /// At a transaction boundary: the connection goes back to its pool.
+    Released,
+    /// The client sent Terminate or closed its connection.
+    ClientGone,
+    /// The session ends with this.
+    Ended(Ending),
+}
+
+/// One pooled client's running state.
+struct Run<'a> {
+    pools: &'a Arc<Pools>,
+    pool: &'a Arc<Pool>,
+    slot: &'a CancelSlot,
+    client_buf: BytesMut,
+    client_scanner: MessageScanner,
+    from_client: u64,
+    to_client: u64,
+    servers: BTreeSet<u64>,
+}
+
+type Reader<'c, S> = ReadHalf<&'c mut S>;
+type Writer<'c, S> = WriteHalf<&'c mut S>;
+
+impl Run<'_> {
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        reader: &mut Reader<'_, S>,
+        writer: &mut Writer<'_, S>,
+        mut lease: Option<Lease>,
+        params: &mut Parameters,
+    ) -> Result<(), Ending> {
+        loop {
+            let mut l = match lease.take() {
+                Some(l) => l,
+                None => {
+                    // Idle between transactions: wait for the client.
+                    if self.client_buf.is_empty() {
+                        self.client_buf = BytesMut::with_capacity(2048);
+                        match reader.read_buf(&mut self.client_buf).await {
+                            Ok(0) | Err(_) => return Ok(()),
+                            Ok(_) => {}
+                        }
+                    }
+                    if self.client_buf.first() == Some(&frontend::TERMINATE) {
+                        return Ok(());
+                    }
+                    match self.pools.acquire(self.pool).await {
+                        Ok(l) => l,
+                        Err(e) => return Err(acquire_ending(self.pools, self.pool, e)),
+                    }
+                }
+            };
+            self.servers.insert(l.conn().id);
+            if let Some(sql) = params.difference_from(&l.conn().params) {
+                match run_internal(l.conn(), &sql, self.pools).await {
+                    Ok(TransactionStatus::Idle) => {}
+                    Ok(_) => {
+                        return Err(Ending::server_lost(
+                            self.pools,
+                            "restoring the session parameters left a transaction open".into(),
+                        ))
+                    }
+                    Err(Internal::Error(reply)) => {
+                        l.release();
+                        return Err(Ending {
+                            reply,
+                            refused: Refused::new(
+                                RefusalReason::NotPoolable,
+                                "the server refused the client's session parameters",
+                            ),
+                        });
+                    }
+                    Err(Internal::Lost(what)) => return Err(Ending::server_lost(self.pools, what)),
+                }
+            }
+            self.slot.serving(Some(l.conn().key));
+            let mut exchange = Exchange::default();
+            let detached = self
+                .attached(reader, writer, l.conn(), params, &mut exchange)
+                .await;
+            self.slot.serving(None);
+            match detached {
+                Detached::Released => l.release(),
+                Detached::ClientGone => {
+                    self.settle(l, exchange).await;
+                    return Ok(());
+                }
+                Detached::Ended(ending) => {
+                    if ending.refused.reason != RefusalReason::UpstreamLost {
+                        self.settle(l, exchange).await;
+                    }
+                    return Err(ending);
+                }
+            }
+        }
+    }
+
+    /// Gives back a server connection whose client has gone: rolled back
+    /// if a transaction is open and reset in session mode, or closed when
+    /// it is in the middle of something.
+    async fn settle(&self, mut lease: Lease, exchange: Exchange) {
+        if !exchange.answered() || self.client_scanner.inside_message() {
+            return lease.close("its client left in the middle of an exchange");
+        }
+        if exchange.status() != TransactionStatus::Idle {
+            match run_internal(lease.conn(), "ROLLBACK", self.pools).await {
+                Ok(TransactionStatus::Idle) => {}
+                _ => return lease.close("ROLLBACK of its client's transaction failed"),
+            }
+        }
+        if self.pools.mode() == PoolMode::Session {
+            let reset = self.pools.config.reset_query.clone();
+            if !reset.is_empty() {
+                match run_internal(lease.conn(), &reset, self.pools).await {
+                    Ok(TransactionStatus::Idle) => {}
+                    _ => return lease.close("the reset query failed"),
+                }
+            }
+        }
+        lease.release();
+    }
+
+    /// Serves the client on `server` until a transaction boundary
+    /// (transaction mode), the client's end, or an error.
+    async fn attached<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        reader: &mut Reader<'_, S>,
+        writer: &mut Writer<'_, S>,
+        server: &mut ServerConn,
+        params: &mut Parameters,
+        exchange: &mut Exchange,
+    ) -> Detached {
+        let transaction_mode = self.pools.mode() == PoolMode::Transaction;
+        let shared = Shared {
+            exchange: Mutex::new(*exchange),
+            client_inside_message: AtomicBool::new(self.client_scanner.inside_message()),
+            client_writing: AtomicBool::new(false),
+            release_wanted: AtomicBool::new(false),
+        };
+        let ServerConn {
+            stream,
+            buf: server_buf,
+            scanner: server_scanner,
+            params: server_params,
+            ..
+        } = server;
+        let (mut server_reader, mut server_writer) = tokio::io::split(stream);
+        let client_buf = &mut self.client_buf;
+        let client_scanner = &mut self.client_scanner;
+        let from_client = AtomicU64::new(0);
+        let to_client = AtomicU64::new(0);
+        let client_to_server = async {
+            loop {
+                let mut pos = 0;
+                let mut stop = None;
+                let mut listen_at = None;
+                loop {
+                    let scanned = client_scanner.scan(&client_buf[pos..], MAX_MESSAGE_LEN, |tag| {
+                        if transaction_mode && tag == frontend::QUERY {
+                            LISTEN_PREFIX
+                        } else {
+                            0
+                        }
+                    });
+                    match scanned {
+                        Err(e) => {
+                            stop = Some(Detached::Ended(Ending::malformed(format!(
+                                "invalid message from the client: {e}"
+                            ))));
+                            break;
+                        }
+                        Ok(Scanned::NeedMore) => break,
+                        Ok(Scanned::Continues { len }) => pos += len,
+                        Ok(Scanned::Message {
+                            tag,
+                            prefix,
+                            len,
+                            body_len,
+                        }) => {
+                            let mut e = shared.exchange();
+                            match e.client_message(tag) {
+                                ClientMessage::Forward => {
+                                    if transaction_mode
+                                        && tag == frontend::QUERY
+                                        && is_listen(prefix)
+                                    {
+                                        // Replaced whole: the query must have arrived.
+                                        if len < body_len + 5 {
+                                            *client_scanner = MessageScanner::new();
+                                            stop = Some(Detached::Ended(Ending::malformed(
+                                                "a LISTEN query longer than what arrived with it"
+                                                    .into(),
+                                            )));
+                                            break;
+                                        }
+                                        listen_at = Some((pos, len));
+                                        shared.set_exchange(e);
+                                        break;
+                                    }
+                                    shared.set_exchange(e);
+                                    pos += len;
+                                }
+                                ClientMessage::Terminate => {
+                                    stop = Some(Detached::ClientGone);
+                                    break;
+                                }
+                                ClientMessage::Invalid => {
+                                    stop = Some(Detached::Ended(Ending::malformed(format!(
+                                        "message type 0x{tag:02x} is not one a client sends after startup"
+                                    ))));
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+                shared
+                    .client_inside_message
+                    .store(client_scanner.inside_message(), Ordering::Relaxed);
+                if pos > 0 {
+                    shared.client_writing.store(true, Ordering::Relaxed);
+                    let written = server_writer.write_all(&client_buf[..pos]).await;
+                    shared.client_writing.store(false, Ordering::Relaxed);
+                    if let Err(e) = written {
+                        return Detached::Ended(Ending::server_lost(
+                            self.pools,
+                            format!("writing to the server: {e}"),
+                        ));
+                    }
+                    client_buf.advance(pos);
+                    from_client.fetch_add(pos as u64, Ordering::Relaxed);
+                }
+                if let Some((_, len)) = listen_at {
+                    let mut replacement = Vec::new();
+                    let _ = encode_query(LISTEN_REFUSAL, &mut replacement);
+                    if let Err(e) = server_writer.write_all(&replacement).await {
+                        return Detached::Ended(Ending::server_lost(
+                            self.pools,
+                            format!("writing to the server: {e}"),
+                        ));
+                    }
+                    client_buf.advance(len);
+                    continue;
+                }
+                if let Some(stop) = stop {
+                    return stop;
+                }
+                if shared.release_wanted.load(Ordering::Relaxed)
+                    && shared.exchange().at_transaction_boundary()
+                    && !client_scanner.inside_message()
+                {
+                    return Detached::Released;
+                }
+                if client_buf.capacity() - client_buf.len() < 1024 {
+                    client_buf.reserve(8192);
+                }
+                match reader.read_buf(client_buf).await {
+                    Ok(0) | Err(_) => return Detached::ClientGone,
+                    Ok(_) => {}
+                }
+            }
+        };
+        let server_to_client = async {
+            loop {
+                let mut pos = 0;
+                let mut release = false;
+                loop {
+                    let scanned =
+                        server_scanner.scan(&server_buf[pos..], MAX_MESSAGE_LEN, |tag| match tag {
+                            backend::READY_FOR_QUERY => 1,
+                            backend::PARAMETER_STATUS => usize::MAX,
+                            _ => 0,
+                        });
+                    match scanned {
+                        Err(e) => {
+                            return Detached::Ended(Ending::server_lost(
+                                self.pools,
+                                format!("invalid message from the server: {e}"),
+                            ))
+                        }
+                        Ok(Scanned::NeedMore) => break,
+                        Ok(Scanned::Continues { len }) => pos += len,
+                        Ok(Scanned::Message {
+                            tag, prefix, len, ..
+                        }) => {
+                            pos += len;
+                            match tag {
+                                backend::PARAMETER_STATUS => {
+                                    if let Ok((name, value)) = parse_parameter_status(prefix) {
+                                        params.record(name, value);
+                                        server_params.record(name, value);
+                                    }
+                                }
+                                backend::READY_FOR_QUERY => {
+                                    let Ok(status) = TransactionStatus::parse(prefix) else {
+                                        return Detached::Ended(Ending::server_lost(
+                                            self.pools,
+                                            "invalid ReadyForQuery from the server".into(),
+                                        ));
+                                    };
+                                    let mut e = shared.exchange();
+                                    e.ready(status);
+                                    shared.set_exchange(e);
+                                    if transaction_mode
+                                        && e.at_transaction_boundary()
+                                        && !shared.client_inside_message.load(Ordering::Relaxed)
+                                    {
+                                        release = true;
+                                        break;
+                                    }
+                                }
+                                backend::COPY_BOTH_RESPONSE => {
+                                    return Detached::Ended(Ending::server_lost(
+                                        self.pools,
+                                        "the server started a COPY BOTH (replication), which a pool cannot carry".into(),
+                                    ))
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+                if pos > 0 {
+                    let written = async {
+                        writer.write_all(&server_buf[..pos]).await?;
+                        writer.flush().await
+                    }
+                    .await;
+                    if written.is_err() {
+                        return Detached::ClientGone;
+                    }
+                    server_buf.advance(pos);
+                    to_client.fetch_add(pos as u64, Ordering::Relaxed);
+                }
+                if release {
+                    if !shared.client_writing.load(Ordering::Relaxed) {
+                        return Detached::Released;
+                    }
+                    shared.release_wanted.store(true, Ordering::Relaxed);
+                    std::future::pending::<()>().await;
+                }
+                if pos == 0 {
+                    if server_buf.capacity() - server_buf.len() < 1024 {
+                        server_buf.reserve(16384);
+                    }
+                    match server_reader.read_buf(server_buf).await {
+                        Ok(0) => {
+                            return Detached::Ended(Ending::server_lost(
+                                self.pools,
+                                "the server closed the connection".into(),
+                            ))
+                        }
+                        Err(e) => {
+                            return Detached::Ended(Ending::server_lost(
+                                self.pools,
+                                format!("reading from the server: {e}"),
+                            ))
+                        }
+                        Ok(_) => {}
+                    }
+                }
+            }
+        };
+        let detached = tokio::select! {
+            d = client_to_server => d,
+            d = server_to_client => d,
+        };
+        *exchange = shared.exchange();
+        self.from_client += from_client.into_inner();
+        self.to_client += to_client.into_inner();
+        if server_buf.is_empty() {
+            *server_buf = BytesMut::new();
+        }
+        if self.client_buf.is_empty() {
+            self.client_buf = BytesMut::new();
+        }
+        detached
+    }
+}
+
+/// What the two directions of an attachment share. They run in one
+/// task, so nothing here is ever contended; the types are those a `Send`
+/// future may share.
+struct Shared {
+    exchange: Mutex<Exchange>,
+    client_inside_message: AtomicBool,
+    client_writing: AtomicBool,
+    release_wanted: AtomicBool,
+}
+
+impl Shared {
+    fn exchange(&self) -> Exchange {
+        *self.exchange.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_exchange(&self, e: Exchange) {
+        *self.exchange.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    }
+}
+
+/// Why a query of the pool's own did not run.
+enum Internal {
+    /// The server answered with this ErrorResponse (encoded, FATAL).
+    Error(Vec<u8>),
+    /// The connection failed.
+    Lost(String),
+}
+
+/// Runs `sql` (the parameters a client needs, ROLLBACK, the reset
+/// query) on a server connection no client is using, and reads its
+/// results up to ReadyForQuery; returns the transaction status.
+async fn run_internal(
+    conn: &mut ServerConn,
+    sql: &str,
+    pools: &Pools,
+) -> Result<TransactionStatus, Internal> {
+    let mut query = Vec::with_capacity(sql.len() + 6);
+    encode_query(sql, &mut query).map_err(|e| Internal::Lost(e.to_string()))?;
+    let work = async {
+        conn.stream
+            .write_all(&query)
+            .await
+            .map_err(|e| Internal::Lost(format!("writing to the server: {e}")))?;
+        let mut error = None;
+        loop {
+            loop {
+                let scanned = conn.scanner.scan(&conn.buf, 1 << 20, |tag| match tag {
+                    backend::READY_FOR_QUERY
+                    | backend::PARAMETER_STATUS
+                    | backend::ERROR_RESPONSE => usize::MAX,
+                    _ => 0,
+                });
+                match scanned {
+                    Err(e) => {
+                        return Err(Internal::Lost(format!(
+                            "invalid message from the server: {e}"
+                        )))
+                    }
+                    Ok(Scanned::NeedMore) => break,
+                    Ok(Scanned::Continues { len }) => conn.buf.advance(len),
+                    Ok(Scanned::Message {
+                        tag, prefix, len, ..
+                    }) => {
+                        match tag {
+                            backend::PARAMETER_STATUS => {
+                                if let Ok((name, value)) = parse_parameter_status(prefix) {
+                                    conn.params.record(name, value);
+                                }
+                            }
+                            backend::ERROR_RESPONSE => {
+                                let fields = intransit_wire::pg::parse_error_response(prefix).ok();
+                                let message = fields
+                                    .as_ref()
+                                    .and_then(|f| f.message())
+                                    .unwrap_or("error")
+                                    .to_owned();
+                                let code = fields
+                                    .as_ref()
+                                    .and_then(|f| f.code())
+                                    .unwrap_or(SqlState::PROTOCOL_VIOLATION);
+                                error = Some(ErrorResponse::fatal(code, message).encode());
+                            }
+                            backend::READY_FOR_QUERY => {
+                                let status = TransactionStatus::parse(prefix).map_err(|e| {
+                                    Internal::Lost(format!("invalid ReadyForQuery: {e}"))
+                                })?;
+                                conn.buf.advance(len);
+                                return match error {
+                                    Some(reply) => Err(Internal::Error(reply)),
+                                    None => Ok(status),
+                                };
+                            }
+                            _ => {}
+                        }
+                        conn.buf.advance(len);
+                    }
+                }
+            }
+            conn.buf.reserve(4096);
+            match conn.stream.read_buf(&mut conn.buf).await {
+                Ok(0) => return Err(Internal::Lost("the server closed the connection".into())),
+                Err(e) => return Err(Internal::Lost(format!("reading from the server: {e}"))),
+                Ok(_) => {}
+            }
+        }
+    };
+    let limit = pools.config.server_login_timeout;
+    match tokio::time::timeout(limit, work).await {
+        Ok(result) => result,
+        Err(_) => Err(Internal::Lost(format!(
+            "the server did not answer the pool's own query within {limit:?}"
+        ))),
+    }
+}

@@ -1,0 +1,373 @@
+//! What a pool must know of a conversation to hand a server connection
+//! to someone else safely, decided without I/O: when the server has
+//! answered everything the client sent (`Exchange`), and which session
+//! parameters each side holds (`Parameters`).
+
+use std::collections::BTreeMap;
+
+use intransit_wire::pg::session::{frontend, TransactionStatus};
+
+/// One client message, as the pool sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientMessage {
+    /// Goes to the server.
+    Forward,
+    /// Terminate: the client is leaving; it does not go to the server.
+    Terminate,
+    /// Not a message a client sends after startup.
+    Invalid,
+}
+
+/// The state of the conversation between one client and the server
+/// connection serving it: how many ReadyForQuery messages are still due
+/// (one for each Query, Sync and FunctionCall sent), whether
+/// extended-protocol messages were sent since the last Sync, and the
+/// transaction status of the latest ReadyForQuery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Exchange {
+    awaiting: u32,
+    unsynced: bool,
+    status: TransactionStatus,
+}
+
+impl Default for Exchange {
+    fn default() -> Self {
+        Exchange {
+            awaiting: 0,
+            unsynced: false,
+            status: TransactionStatus::Idle,
+        }
+    }
+}
+
+impl Exchange {
+    /// Records a message the client sends.
+    pub(crate) fn client_message(&mut self, tag: u8) -> ClientMessage {
+        match tag {
+            frontend::QUERY | frontend::FUNCTION_CALL => {
+                self.awaiting = self.awaiting.saturating_add(1);
+            }
+            frontend::SYNC => {
+                self.awaiting = self.awaiting.saturating_add(1);
+                self.unsynced = false;
+            }
+            frontend::PARSE
+            | frontend::BIND
+            | frontend::DESCRIBE
+            | frontend::EXECUTE
+            | frontend::CLOSE
+            | frontend::FLUSH => self.unsynced = true,
+            // Only meaningful inside COPY FROM STDIN, which a Query or a
+            // Sync already keeps open; outside it the server ignores them.
+            frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL => {}
+            frontend::TERMINATE => return ClientMessage::Terminate,
+            _ => return ClientMessage::Invalid,
+        }
+        ClientMessage::Forward
+    }
+
+    /// Records a ReadyForQuery from the server.
+    pub(crate) fn ready(&mut self, status: TransactionStatus) {
+        self.awaiting = self.awaiting.saturating_sub(1);
+        self.status = status;
+    }
+
+    /// The server has answered everything it was sent, and no
+    /// extended-protocol sequence is waiting for its Sync.
+    pub(crate) fn answered(&self) -> bool {
+        self.awaiting == 0 && !self.unsynced
+    }
+
+    /// The transaction status of the latest ReadyForQuery.
+    pub(crate) fn status(&self) -> TransactionStatus {
+        self.status
+    }
+
+    /// The server connection may serve another client's transaction.
+    pub(crate) fn at_transaction_boundary(&self) -> bool {
+        self.answered() && self.status == TransactionStatus::Idle
+    }
+}
+
+/// The session parameters a pool keeps the same for a client whichever
+/// server connection serves it: those the server reports with
+/// ParameterStatus and a client may change, plus two a driver sets at
+/// startup that the server does not report. Lower-case names.
+pub(crate) const RESTORED: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "datestyle",
+    "intervalstyle",
+    "timezone",
+    "standard_conforming_strings",
+    "search_path",
+    "extra_float_digits",
+];
+
+/// Startup parameters a pooled client may send besides those in
+/// [`RESTORED`].
+const ACCEPTED: &[&str] = &["user", "database"];
+
+/// A pooled client's startup parameter that cannot be honoured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NotPoolable {
+    /// The parameter's name.
+    pub(crate) name: String,
+}
+
+/// Values of [`RESTORED`] parameters, by lower-case name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Parameters(BTreeMap<String, String>);
+
+impl Parameters {
+    /// The restored parameters among a client's startup parameters; an
+    /// error names the first one a pool cannot honour (`options`,
+    /// `replication`, anything unknown). `_pq_.` protocol options are
+    /// left to the caller.
+    pub(crate) fn from_startup<'a>(
+        params: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, NotPoolable> {
+        let mut out = Parameters::default();
+        for (name, value) in params {
+            let lower = name.to_ascii_lowercase();
+            if ACCEPTED.contains(&lower.as_str()) || lower.starts_with("_pq_.") {
+                continue;
+            }
+            if !RESTORED.contains(&lower.as_str()) {
+                return Err(NotPoolable {
+                    name: name.to_owned(),
+                });
+            }
+            out.0.insert(lower, value.to_owned());
+        }
+        Ok(out)
+    }
+
+    /// Records a value the server reported or was set to; parameters the
+    /// pool does not restore are ignored.
+    pub(crate) fn record(&mut self, name: &str, value: &str) {
+        let lower = name.to_ascii_lowercase();
+        if RESTORED.contains(&lower.as_str()) {
+            self.0.insert(lower, value.to_owned());
+        }
+    }
+
+    /// The value of `name` (lower case), if known.
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// Fills in what `self` does not set from `defaults` (a client
+    /// that set nothing has the values its login reported).
+    pub(crate) fn or_defaults(mut self, defaults: &Parameters) -> Self {
+        for (name, value) in &defaults.0 {
+            self.0.entry(name.clone()).or_insert_with(|| value.clone());
+        }
+        self
+    }
+
+    /// The statement that makes a server connection holding `server`
+    /// hold `self`, or `None` when nothing differs. Values go through
+    /// `set_config` as string literals (`E''`, so neither a quote nor a
+    /// backslash can end them), which also parses list values such as
+    /// `search_path` as `SET` would.
+    pub(crate) fn difference_from(&self, server: &Parameters) -> Option<String> {
+        let calls: Vec<String> = self
+            .0
+            .iter()
+            .filter(|(name, value)| server.get(name) != Some(value.as_str()))
+            .map(|(name, value)| {
+                format!(
+                    "pg_catalog.set_config('{name}', {}, false)",
+                    string_literal(value)
+                )
+            })
+            .collect();
+        (!calls.is_empty()).then(|| format!("SELECT {}", calls.join(", ")))
+    }
+}
+
+/// `value` as an escape string literal.
+fn string_literal(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 3);
+    out.push_str("E'");
+    for c in value.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// Whether a simple Query starts with LISTEN (after blanks and
+/// comments), which transaction pooling cannot honour: notifications
+/// arrive on a server connection the client no longer holds.
+pub(crate) fn is_listen(query_prefix: &[u8]) -> bool {
+    let mut rest = query_prefix;
+    loop {
+        match rest {
+            [b' ' | b'\t' | b'\n' | b'\r' | b'(', tail @ ..] => rest = tail,
+            [b'-', b'-', tail @ ..] => match tail.iter().position(|&b| b == b'\n') {
+                Some(end) => rest = &tail[end + 1..],
+                None => return false,
+            },
+            [b'/', b'*', tail @ ..] => match tail.windows(2).position(|w| w == b"*/") {
+                Some(end) => rest = &tail[end + 2..],
+                None => return false,
+            },
+            _ => break,
+        }
+    }
+    rest.len() >= 6
+        && rest[..6].eq_ignore_ascii_case(b"listen")
+        && rest
+            .get(6)
+            .is_none_or(|b| b.is_ascii_whitespace() || *b == b'"')
+}
+
+/// How much of a Query's text [`is_listen`] needs to see.
+pub(crate) const LISTEN_PREFIX: usize = 256;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn feed(exchange: &mut Exchange, tags: &[u8]) {
+        for &t in tags {
+            assert_eq!(exchange.client_message(t), ClientMessage::Forward);
+        }
+    }
+
+    #[test]
+    fn a_simple_query_is_answered_by_its_ready_for_query() {
+        let mut e = Exchange::default();
+        feed(&mut e, b"Q");
+        assert!(!e.at_transaction_boundary());
+        e.ready(TransactionStatus::Idle);
+        assert!(e.at_transaction_boundary());
+    }
+
+    #[test]
+    fn an_open_transaction_holds_the_server() {
+        let mut e = Exchange::default();
+        feed(&mut e, b"Q");
+        e.ready(TransactionStatus::InTransaction);
+        assert!(e.answered());
+        assert!(!e.at_transaction_boundary());
+        feed(&mut e, b"Q");
+        e.ready(TransactionStatus::Failed);
+        assert!(!e.at_transaction_boundary());
+        feed(&mut e, b"Q");
+        e.ready(TransactionStatus::Idle);
+        assert!(e.at_transaction_boundary());
+    }
+
+    #[test]
+    fn the_extended_protocol_is_released_only_at_sync() {
+        let mut e = Exchange::default();
+        feed(&mut e, b"PBDE");
+        assert!(!e.answered());
+        feed(&mut e, b"H");
+        assert!(!e.answered());
+        feed(&mut e, b"S");
+        assert!(!e.answered());
+        e.ready(TransactionStatus::Idle);
+        assert!(e.at_transaction_boundary());
+    }
+
+    #[test]
+    fn a_pipeline_waits_for_every_sync() {
+        let mut e = Exchange::default();
+        feed(&mut e, b"PBES");
+        feed(&mut e, b"BES");
+        feed(&mut e, b"BES");
+        e.ready(TransactionStatus::Idle);
+        e.ready(TransactionStatus::Idle);
+        assert!(!e.at_transaction_boundary());
+        e.ready(TransactionStatus::Idle);
+        assert!(e.at_transaction_boundary());
+    }
+
+    #[test]
+    fn copy_in_is_inside_its_query() {
+        let mut e = Exchange::default();
+        feed(&mut e, b"Qdddc");
+        assert!(!e.answered());
+        e.ready(TransactionStatus::Idle);
+        assert!(e.at_transaction_boundary());
+    }
+
+    #[test]
+    fn terminate_and_strangers_are_not_forwarded() {
+        let mut e = Exchange::default();
+        assert_eq!(e.client_message(b'X'), ClientMessage::Terminate);
+        for t in [b'p', 0, b'Z', 0xff] {
+            assert_eq!(e.client_message(t), ClientMessage::Invalid);
+        }
+    }
+
+    #[test]
+    fn startup_parameters_a_pool_cannot_honour_are_named() {
+        let ok = Parameters::from_startup([
+            ("user", "alice"),
+            ("database", "shop"),
+            ("application_name", "psql"),
+            ("client_encoding", "UTF8"),
+            ("DateStyle", "ISO"),
+            ("_pq_.foo", "1"),
+        ])
+        .unwrap();
+        assert_eq!(ok.get("datestyle"), Some("ISO"));
+        for name in ["options", "replication", "work_mem"] {
+            assert_eq!(
+                Parameters::from_startup([("user", "a"), (name, "x")]),
+                Err(NotPoolable {
+                    name: name.to_owned()
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn only_differences_are_set_and_values_cannot_escape() {
+        let mut server = Parameters::default();
+        server.record("TimeZone", "UTC");
+        server.record("client_encoding", "UTF8");
+        server.record("server_version", "15");
+        let mut client = Parameters::default();
+        client.record("client_encoding", "UTF8");
+        assert_eq!(client.difference_from(&server), None);
+        client.record("TimeZone", "Europe/Paris");
+        client.record("application_name", "it's \\ here");
+        assert_eq!(
+            client.difference_from(&server).unwrap(),
+            "SELECT pg_catalog.set_config('application_name', E'it''s \\\\ here', false), pg_catalog.set_config('timezone', E'Europe/Paris', false)"
+        );
+    }
+
+    #[test]
+    fn listen_is_found_behind_blanks_and_comments() {
+        for q in [
+            "LISTEN chan",
+            "  listen chan",
+            "/* hi */ Listen \"Chan\"",
+            "-- c\nLISTEN x",
+            "listen",
+        ] {
+            assert!(is_listen(q.as_bytes()), "{q}");
+        }
+        for q in [
+            "SELECT 1",
+            "listener",
+            "UNLISTEN x",
+            "/* LISTEN",
+            "NOTIFY x",
+        ] {
+            assert!(!is_listen(q.as_bytes()), "{q}");
+        }
+    }
+}
