@@ -59,7 +59,7 @@ use self::tracking::Parameters;
 use crate::error::ProxyError;
 use crate::metrics::ProxyMetrics;
 use crate::net::BoxStream;
-use crate::tls::upstream::UpstreamTls;
+use crate::tls::upstream::{UpstreamMaterial, UpstreamTls};
 
 /// The pools of one listener, keyed by (database, user).
 pub struct Pools {
@@ -78,6 +78,8 @@ pub struct Pools {
     logins_ok: AtomicU64,
     logins_failed: AtomicU64,
     metrics: Arc<ProxyMetrics>,
+    /// The upstream TLS material the server connections were made with.
+    upstream_seen: Mutex<Option<Arc<UpstreamMaterial>>>,
 }
 
 impl std::fmt::Debug for Pools {
@@ -211,6 +213,7 @@ impl Pools {
         connect_timeout: Duration,
         metrics: Arc<ProxyMetrics>,
     ) -> Result<Self, ProxyError> {
+        let seen = upstream_tls.as_ref().map(|t| t.snapshot());
         let credentials =
             Credentials::load(config, upstream_tls.clone()).map_err(|e| e.in_listener(listener))?;
         Ok(Pools {
@@ -227,6 +230,7 @@ impl Pools {
             logins_ok: AtomicU64::new(0),
             logins_failed: AtomicU64::new(0),
             metrics,
+            upstream_seen: Mutex::new(seen),
         })
     }
 
@@ -404,11 +408,24 @@ impl Pools {
         })
     }
 
-    /// Re-reads the credentials and notes whether the upstream TLS
-    /// material changed: server connections made with older material are
-    /// closed when idle and replaced when next needed, so no client sees
-    /// an error.
-    pub fn reload(&self, upstream_changed: bool) -> Result<bool, ProxyError> {
+    /// Re-reads the credentials (password file, configured certificates,
+    /// the minting CA) and notes whether the upstream TLS material in
+    /// service changed since the last look: server connections made with
+    /// older material or credentials are closed when idle and replaced
+    /// when next needed, so no client sees an error. Returns whether
+    /// anything changed; on error the credentials in service stay.
+    pub fn reload(&self) -> Result<bool, ProxyError> {
+        let upstream_changed = {
+            let now = self.upstream_tls.as_ref().map(|t| t.snapshot());
+            let mut seen = lock(&self.upstream_seen);
+            let changed = match (&*seen, &now) {
+                (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+                (None, None) => false,
+                _ => true,
+            };
+            *seen = now;
+            changed
+        };
         let changed = self.credentials.reload()? || upstream_changed;
         if changed {
             self.generation.fetch_add(1, Ordering::Relaxed);
@@ -504,6 +521,19 @@ impl Pools {
             server_logins_failed: self.logins_failed.load(Ordering::Relaxed),
             pools,
         }
+    }
+
+    /// The files the pool's credentials come from, for the file watcher.
+    pub fn watched_files(&self) -> Vec<std::path::PathBuf> {
+        let mut files: Vec<std::path::PathBuf> = self.config.auth_file.iter().cloned().collect();
+        for user in self.config.users.values() {
+            files.extend(user.cert.iter().chain(&user.key).cloned());
+        }
+        if let Some(dir) = &self.config.cert_authority {
+            files.push(dir.join("ca").join("ca.pem"));
+            files.push(dir.join("ca").join("key.pem"));
+        }
+        files
     }
 
     /// The upstream, for logs and cancels.
