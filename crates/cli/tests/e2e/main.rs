@@ -46,6 +46,9 @@
 //!   `/status` and `check-config` say so.
 //! - `docs`: every ```toml example in README.md and docs/*.md passes
 //!   `check-config` (fragments inside a minimal listener).
+//! - `readme`: README.md's first section run as written (`up` in a fresh
+//!   directory, then the psql command it prints), with its substitutions
+//!   listed in the module.
 //! - `bench`: `intransit bench` against `--self` and PostgreSQL, MariaDB and
 //!   Redis with native TLS and through the proxy (report structure and
 //!   refusals, never timings).
@@ -73,6 +76,7 @@ mod negotiation;
 mod policy;
 mod pool;
 mod pool_login;
+mod readme;
 mod robustness;
 mod rotate;
 mod scan;
