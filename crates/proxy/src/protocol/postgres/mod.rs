@@ -52,6 +52,8 @@
 //!   mechanisms removed, and cancel forwarding.
 //! - `session`: both legs open, after negotiation; where a pooled session
 //!   will track messages.
+//! - `pool`: connection pooling; the proxy's own logins to the database
+//!   (`pool::credentials`, `pool::login`).
 
 pub(crate) mod client_mode;
 pub(crate) mod messages;

@@ -215,7 +215,8 @@ fn acquire_ending(pools: &Pools, pool: &Pool, error: AcquireError) -> Ending {
             ),
         },
         AcquireError::Login(failure) => {
-            let reply = failure.server_error.unwrap_or_else(|| {
+            // The server's own refusal reaches the client as sent.
+            let reply = failure.server_error.map(|e| e.frame).unwrap_or_else(|| {
                 ErrorResponse::fatal(
                     SqlState::CONNECTION_FAILURE,
                     "the database is unavailable right now",

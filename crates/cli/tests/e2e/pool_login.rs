@@ -1,0 +1,123 @@
+//! The pool's own logins to PostgreSQL, through the binary: a password
+//! from `auth_file` (SCRAM over TCP, and a wrong one whose 28P01 reaches
+//! the client as the server sent it), and a client certificate the proxy
+//! mints for each database user, which a PostgreSQL with TLS and
+//! `hostssl ... cert` checks itself.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::OnceLock;
+
+use intransit_testkit::{PgOptions, PgServer, PgSsl};
+
+use crate::support::*;
+
+#[test]
+fn password_from_auth_file_and_a_wrong_one_relayed_as_the_server_said_it() {
+    let user = db_user("pool_pw");
+    let wrong = db_user("pool_pw_wrong");
+    let dir = tempfile::tempdir().unwrap();
+    let auth_file = dir.path().join("userlist.txt");
+    std::fs::write(
+        &auth_file,
+        format!(
+            "; the pool's passwords\n\"{}\" \"{}\"\n\"{}\" \"not-{}\"\n",
+            user.name, user.password, wrong.name, wrong.password
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&auth_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let proxy = ProxyProcess::start(&listener_toml(
+        &pg_upstream(),
+        "",
+        &format!(
+            "[listener.pool]\nserver_auth = \"password\"\nauth_file = \"{}\"",
+            auth_file.display()
+        ),
+    ));
+
+    let ci = conninfo(proxy.port(), &user.name, &user.name, &pki().trainer, "");
+    let out = psql(&ci, "SELECT current_user", None);
+    assert!(out.status.success(), "psql: {}", stderr(&out));
+    assert_eq!(stdout(&out), user.name);
+
+    let ci = conninfo(proxy.port(), &wrong.name, &wrong.name, &pki().trainer, "");
+    let out = psql(&ci, "SELECT 1", None);
+    assert!(!out.status.success(), "logged in with a wrong password");
+    let said = stderr(&out);
+    assert!(
+        said.contains(&format!(
+            "password authentication failed for user \"{}\"",
+            wrong.name
+        )),
+        "{said}"
+    );
+    let line = proxy.refusal("upstream_refused");
+    let detail = line["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("28P01"), "{line}");
+    assert!(!detail.contains(&wrong.password), "{line}");
+}
+
+/// A PostgreSQL with TLS that logs everyone in by client certificate,
+/// trusting the test CA, which also mints the pool's certificates.
+fn cert_pg() -> &'static PgServer {
+    static PG: OnceLock<PgServer> = OnceLock::new();
+    PG.get_or_init(|| {
+        let p = pki();
+        PgServer::start(PgOptions {
+            ssl: Some(PgSsl {
+                cert_file: p.server.chain.clone(),
+                key_file: p.server.key.clone(),
+                ca_file: p.ca.clone(),
+            }),
+            hba_first: vec![
+                "hostssl all all 127.0.0.1/32 cert".into(),
+                "hostnossl all all 127.0.0.1/32 reject".into(),
+            ],
+            ..PgOptions::default()
+        })
+        .expect("PostgreSQL with TLS")
+    })
+}
+
+#[test]
+fn cert_logins_present_a_certificate_minted_for_each_database_user() {
+    let pg = cert_pg();
+    let users: Vec<String> = ["pool_cert_a", "pool_cert_b"]
+        .iter()
+        .map(|prefix| {
+            let name = intransit_testkit::unique_name(prefix);
+            pg.psql("postgres", &format!("CREATE ROLE \"{name}\" LOGIN"))
+                .expect("role");
+            name
+        })
+        .collect();
+    let proxy = ProxyProcess::start(&listener_toml(
+        &format!("127.0.0.1:{}", pg.port()),
+        "",
+        &format!(
+            "[listener.pool]\nserver_auth = \"cert\"\ncert_authority = \"{}\"\n[listener.upstream_tls]\nmode = \"verify-full\"\nca = \"{}\"",
+            pki().dir.display(),
+            pki().ca.display()
+        ),
+    ));
+    for user in &users {
+        let ci = conninfo(proxy.port(), user, "postgres", &pki().trainer, "");
+        let out = psql(
+            &ci,
+            "SELECT current_user, client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            None,
+        );
+        assert!(out.status.success(), "psql: {}", stderr(&out));
+        assert_eq!(stdout(&out), format!("{user}|/CN={user}"));
+    }
+    let logins: Vec<_> = proxy
+        .logs()
+        .into_iter()
+        .filter(|v| v["message"] == "server connection logged in")
+        .collect();
+    assert_eq!(logins.len(), 2, "{logins:?}");
+    for login in &logins {
+        assert_eq!(login["server_auth"], "cert", "{login}");
+        assert_eq!(login["upstream_tls"], "TLSv1_3", "{login}");
+    }
+}
