@@ -497,13 +497,13 @@ fn private_pooled(pool_lines: &str) -> (intransit_testkit::PgServer, ProxyProces
 }
 
 /// An interactive psql whose statements are sent one at a time.
-struct Interactive {
+pub struct Interactive {
     child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl Interactive {
-    fn start(ci: &str) -> Interactive {
+    pub fn start(ci: &str) -> Interactive {
         let psql_bin = intransit_testkit::require_tool("psql", "postgresql-client").expect("psql");
         let mut child = Command::new(psql_bin)
             .arg(ci)
@@ -528,7 +528,7 @@ impl Interactive {
     }
 
     /// Sends one statement and waits for its one-line answer.
-    fn query(&mut self, sql: &str) -> String {
+    pub fn query(&mut self, sql: &str) -> String {
         let stdin = self.child.stdin.as_mut().expect("stdin");
         writeln!(stdin, "{sql};").expect("writing to psql");
         stdin.flush().expect("flush");
@@ -537,7 +537,7 @@ impl Interactive {
             .unwrap_or_else(|_| panic!("no answer to {sql}"))
     }
 
-    fn finish(mut self) -> std::process::Output {
+    pub fn finish(mut self) -> std::process::Output {
         drop(self.child.stdin.take());
         self.child.wait_with_output().expect("psql exit")
     }
