@@ -747,3 +747,257 @@ fn tokio_postgres_queries_through_both_modes() {
         assert_eq!(sum, 45, "{mode}");
     }
 }
+
+#[test]
+fn pgbench_prepared_and_extended_run_in_transaction_mode_with_fewer_server_connections() {
+    let user = db_user("pool_prepared");
+    let proxy = pooled("mode = \"transaction\"\nsize = 2");
+    let ci = conninfo(proxy.port(), &user.name, &user.name, &pki().trainer, "");
+    let init = pgbench(&["-i", "-s", "1", "-q"], &ci);
+    assert!(init.status.success(), "pgbench -i: {}", stderr(&init));
+    // pgbench prepares a statement synchronously the first time it runs
+    // it, holding up every client of its thread, so with more clients
+    // than server connections a multi-statement transaction (TPC-B's
+    // BEGIN ... END) would wait on its own thread; -M prepared runs the
+    // single-statement -S script, -M extended the default one.
+    for (protocol, script) in [("prepared", "-S"), ("extended", "-N")] {
+        // Eight clients on two server connections: every client's
+        // statements land on connections that another client used.
+        let run = pgbench(
+            &[
+                "-M", protocol, script, "-c", "8", "-j", "2", "-t", "50", "-n",
+            ],
+            &ci,
+        );
+        assert!(
+            run.status.success(),
+            "pgbench -M {protocol}: {}",
+            stderr(&run)
+        );
+        let out = stdout(&run);
+        assert!(
+            out.contains("number of transactions actually processed: 400/400"),
+            "-M {protocol}: {out}"
+        );
+        assert!(
+            out.contains("number of failed transactions: 0"),
+            "-M {protocol}: {out}"
+        );
+    }
+    assert!(backends(&user.name) <= 2);
+}
+
+/// Runs `script` with python3, the connection string in argv[1] and the
+/// test CA, client certificate and key in argv[2..5]; returns stdout.
+fn python_client(module: &str, script: &str, ci: &str) -> String {
+    let python = intransit_testkit::require_tool("python3", "python3").expect("python3");
+    let have = Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .expect("python3");
+    assert!(
+        have.status.success(),
+        "{module} is missing: run .ci/install-deps.sh"
+    );
+    let p = pki();
+    let out = Command::new(python)
+        .args(["-c", script, ci])
+        .arg(&p.ca)
+        .arg(&p.trainer.cert)
+        .arg(&p.trainer.key)
+        .env_remove("PGPASSWORD")
+        .stdin(Stdio::null())
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{module}: {}\n{}",
+        stderr(&out),
+        stdout(&out)
+    );
+    stdout(&out)
+}
+
+/// Two psycopg connections preparing every statement (prepare_threshold
+/// 0, so both name theirs `_pg3_0`, `_pg3_1`, ... with different SQL),
+/// interleaved on one server connection, plus a pipeline.
+const PSYCOPG_PREPARED: &str = r#"
+import sys, psycopg
+ci = sys.argv[1]
+a = psycopg.connect(ci, prepare_threshold=0, autocommit=True)
+b = psycopg.connect(ci, prepare_threshold=0, autocommit=True)
+out = []
+for i in range(10):
+    out.append(a.execute("SELECT %s::int + 1", (i,)).fetchone()[0])
+    out.append(b.execute("SELECT %s::text || 'b'", (str(i),)).fetchone()[0])
+    out.append(a.execute("SELECT %s::int * 10", (i,)).fetchone()[0])
+with b.pipeline():
+    curs = [b.execute("SELECT %s::int - 1", (i,)) for i in range(5)]
+    b.execute("SELECT 1 / 0") if False else None
+piped = [c.fetchone()[0] for c in curs]
+# An error inside a pipeline behaves as it does against PostgreSQL.
+try:
+    with b.pipeline():
+        b.execute("SELECT %s::int", (1,))
+        b.execute("SELECT 1 / %s::int", (0,))
+        b.execute("SELECT %s::int", (3,))
+except psycopg.errors.DivisionByZero:
+    out.append("division_by_zero")
+out.append(b.execute("SELECT %s::int + 100", (1,)).fetchone()[0])
+print(out, piped)
+"#;
+
+#[test]
+fn psycopg_prepared_statements_of_one_name_and_different_sql_on_one_server_connection() {
+    let user = db_user("pool_psy_prep");
+    let proxy = pooled("mode = \"transaction\"\nsize = 1");
+    let ci = conninfo(proxy.port(), &user.name, &user.name, &pki().trainer, "");
+    let through_pool = python_client("psycopg", PSYCOPG_PREPARED, &ci);
+    let direct = python_client(
+        "psycopg",
+        PSYCOPG_PREPARED,
+        &pg().tcp_conninfo(&user.name, &user.password, &user.name),
+    );
+    assert_eq!(through_pool, direct);
+    assert!(through_pool.contains("division_by_zero"), "{through_pool}");
+    assert_eq!(backends(&user.name), 1);
+}
+
+/// asyncpg prepares every statement by name (and its type introspection
+/// queries), from three concurrent connections.
+const ASYNCPG_SCRIPT: &str = r#"
+import sys, ssl, asyncio, asyncpg
+dsn, ca, cert, key = sys.argv[1:5]
+def context():
+    if not cert or cert == "-":
+        return None
+    c = ssl.create_default_context(cafile=ca)
+    c.load_cert_chain(cert, key)
+    return c
+async def worker(n, results):
+    conn = await asyncpg.connect(dsn, ssl=context())
+    for i in range(10):
+        async with conn.transaction():
+            await conn.execute("INSERT INTO seen (worker, i) VALUES ($1, $2)", n, i)
+        results.append(await conn.fetchval("SELECT $1::int * $2::int", n, i))
+        results.append(await conn.fetchval("SELECT $1::text || $2::text", str(n), str(i)))
+    stmt = await conn.prepare("SELECT count(*) FROM seen WHERE worker = $1")
+    results.append(await stmt.fetchval(n))
+    await conn.close()
+async def main():
+    conn = await asyncpg.connect(dsn, ssl=context())
+    await conn.execute("DROP TABLE IF EXISTS seen; CREATE TABLE seen (worker int, i int)")
+    await conn.close()
+    results = [[], [], []]
+    await asyncio.gather(*(worker(n, results[n]) for n in range(3)))
+    print(results)
+asyncio.run(main())
+"#;
+
+#[test]
+fn asyncpg_with_its_statement_cache_runs_concurrently_on_fewer_server_connections() {
+    let user = db_user("pool_asyncpg");
+    // Two server connections for three concurrent clients: statements
+    // prepared on one are used on the other.
+    let proxy = pooled("mode = \"transaction\"\nsize = 2");
+    let dsn = format!(
+        "postgresql://{u}@localhost:{port}/{u}",
+        u = user.name,
+        port = proxy.port()
+    );
+    let through_pool = python_client("asyncpg", ASYNCPG_SCRIPT, &dsn);
+    let direct_dsn = format!(
+        "postgresql://{u}:{pw}@127.0.0.1:{port}/{u}?sslmode=disable",
+        u = user.name,
+        pw = user.password,
+        port = pg().port()
+    );
+    let python = intransit_testkit::require_tool("python3", "python3").expect("python3");
+    let direct = Command::new(python)
+        .args(["-c", ASYNCPG_SCRIPT, &direct_dsn, "-", "-", "-"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("python3");
+    assert!(direct.status.success(), "direct: {}", stderr(&direct));
+    assert_eq!(through_pool, stdout(&direct));
+    assert!(backends(&user.name) <= 2);
+}
+
+#[test]
+fn tokio_postgres_statements_prepared_once_run_on_any_server_connection() {
+    let user = db_user("pool_tokio_prep");
+    let proxy = pooled("mode = \"transaction\"\nsize = 2");
+    let tls_config = rustls_client(Some(&pki().trainer), &[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let sums: Vec<i64> = rt.block_on(async {
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*tls_config).clone());
+            let (client, connection) = tokio_postgres::connect(
+                &format!(
+                    "host=localhost port={} user={} dbname={} sslmode=require",
+                    proxy.port(),
+                    user.name,
+                    user.name
+                ),
+                connector,
+            )
+            .await
+            .expect("connect through the pool");
+            tokio::spawn(connection);
+            clients.push(client);
+        }
+        // Each client prepares its own statement once, then runs it in
+        // many transactions, interleaved with the others on two server
+        // connections.
+        let mut statements = Vec::new();
+        for (n, client) in clients.iter().enumerate() {
+            let sql = format!("SELECT $1::bigint * {}", n + 1);
+            statements.push(client.prepare(&sql).await.expect("prepare"));
+        }
+        let mut sums = vec![0i64; clients.len()];
+        for i in 0..20i64 {
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&i];
+            let runs = clients
+                .iter()
+                .zip(&statements)
+                .map(|(client, statement)| client.query_one(statement, &params));
+            for (n, row) in futures_join(runs).await.into_iter().enumerate() {
+                let value: i64 = row.expect("run prepared statement").get(0);
+                sums[n] += value;
+            }
+        }
+        sums
+    });
+    // sum(0..20) = 190, times 1, 2 and 3.
+    assert_eq!(sums, vec![190, 380, 570]);
+    assert!(backends(&user.name) <= 2);
+}
+
+/// Awaits every future together (they share one task, like a driver's
+/// pipelined requests).
+async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut handles: Vec<std::pin::Pin<Box<F>>> = futures.map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = handles.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (slot, fut) in out.iter_mut().zip(handles.iter_mut()) {
+            if slot.is_none() {
+                match fut.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}

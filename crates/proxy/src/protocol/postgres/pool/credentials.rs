@@ -694,6 +694,7 @@ mod tests {
             server_idle_timeout: Duration::from_secs(60),
             server_lifetime: Duration::from_secs(600),
             server_login_timeout: Duration::from_secs(5),
+            max_prepared_statements: 200,
         }
     }
 

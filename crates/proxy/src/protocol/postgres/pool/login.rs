@@ -960,6 +960,7 @@ mod against_postgres {
             server_idle_timeout: Duration::from_secs(60),
             server_lifetime: Duration::from_secs(600),
             server_login_timeout: LOGIN,
+            max_prepared_statements: 200,
         }
     }
 
