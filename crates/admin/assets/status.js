@@ -40,6 +40,15 @@ function level(days) {
   return "ok";
 }
 
+// A CRL is judged against its own validity period, not the certificate
+// thresholds above: /status gives the verdict (`freshness`), so a fresh
+// 7-day CRL is green.
+const CRL_LEVELS = { fresh: "ok", ageing: "warn", going_stale: "bad", stale: "bad" };
+const CRL_NOTES = {
+  ageing: ", less than half of its validity period left",
+  going_stale: ", less than a seventh of its validity period left",
+};
+
 // `TLSv1_3` (how rustls, the metrics and /status name a version) or `1.3`
 // (a policy's minimum) as people write it: `TLS 1.3`.
 function tlsName(version) {
@@ -96,6 +105,16 @@ function verdicts(status) {
   }
   box.append(card(refused > 0 ? "warn" : "ok", "Refused connections", String(refused),
     `${established} established since start`));
+  const pooled = (status.pools || []).flatMap((l) => l.pools);
+  if ((status.pools || []).length) {
+    const waiting = pooled.reduce((a, p) => a + p.waiting, 0);
+    const active = pooled.reduce((a, p) => a + p.active, 0);
+    const size = pooled.reduce((a, p) => a + p.size, 0);
+    const failed = status.pools.reduce((a, l) => a + l.server_logins_failed, 0);
+    box.append(card(waiting > 0 || failed > 0 ? "warn" : "ok", "Pools",
+      waiting > 0 ? `${waiting} waiting` : `${active} of ${size} in use`,
+      `${pooled.length} pool${pooled.length === 1 ? "" : "s"}; ${failed} failed server login${failed === 1 ? "" : "s"} since start`));
+  }
   const refusedReloads = reloadErrors(status);
   const reloads = status.reloads || {};
   const rounds = (reloads.sighup || 0) + (reloads.file_change || 0);
@@ -207,6 +226,29 @@ function clientListeners(status) {
   fill(document.querySelector("#client-listeners tbody"), rows, 5, "no client-mode listeners");
 }
 
+function pools(status) {
+  const section = document.getElementById("pool-section");
+  const rows = [];
+  for (const l of status.pools || []) {
+    if (l.pools.length === 0) {
+      rows.push(el("tr", {}, el("td", {}, el("strong", {}, l.listener), el("div", { class: "muted" }, `${l.mode} mode, ${l.server_auth}`)),
+        el("td", { colspan: "8", class: "muted" }, "no client yet")));
+    }
+    l.pools.forEach((p, i) => rows.push(el("tr", { class: p.waiting > 0 ? "warn" : "" },
+      el("td", {}, i === 0 ? el("strong", {}, l.listener) : "", i === 0 ? el("div", { class: "muted" }, `${l.mode} mode, ${l.server_auth}`) : null),
+      el("td", {}, p.database),
+      el("td", {}, p.user),
+      el("td", { class: "num" }, String(p.clients)),
+      el("td", { class: "num" }, String(p.waiting)),
+      el("td", { class: "num" }, String(p.active)),
+      el("td", { class: "num" }, String(p.idle)),
+      el("td", { class: "num" }, String(p.opening)),
+      el("td", { class: "num" }, String(p.size)))));
+  }
+  section.hidden = (status.pools || []).length === 0;
+  fill(document.querySelector("#pools tbody"), rows, 9, "no pooled listeners");
+}
+
 function listeners(status) {
   const rows = [];
   for (const l of status.listeners) {
@@ -296,8 +338,8 @@ function expiry(status) {
       crlBox.append(expiryRow("crl", c.file, c.issuer, detail, 0, "bad", "stale",
         `stale since ${c.next_update} (its nextUpdate)`));
     } else {
-      crlBox.append(expiryRow("crl", c.file, c.issuer, detail, c.days, level(c.days),
-        `next update in ${c.days} days`, `next update ${c.next_update}`));
+      crlBox.append(expiryRow("crl", c.file, c.issuer, detail, c.days, CRL_LEVELS[c.freshness] || "bad",
+        `next update in ${c.days} days`, `next update ${c.next_update}${CRL_NOTES[c.freshness] || ""}`));
     }
   }
   document.getElementById("crl-section").hidden = crls.length === 0;
@@ -391,6 +433,7 @@ async function refresh() {
     verdicts(status);
     listeners(status);
     clientListeners(status);
+    pools(status);
     expiry(status);
     timeline(status);
     outcomes(status);

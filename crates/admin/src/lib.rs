@@ -27,8 +27,8 @@ use axum::routing::get;
 use axum::Router;
 use intransit_config::{AdminLimits, Endpoint, StaleCrl};
 use intransit_proxy::{
-    AuditLog, BoundProxy, ListenerTls, LoadedCertificate, PreparedClientListener, PreparedListener,
-    ProxyMetrics, UpstreamTls,
+    AuditLog, BoundProxy, ListenerTls, LoadedCertificate, Pools, PreparedClientListener,
+    PreparedListener, ProxyMetrics, UpstreamTls,
 };
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -54,6 +54,8 @@ pub struct Admin {
     audit: Arc<AuditLog>,
     listeners: Vec<Arc<PreparedListener>>,
     client_listeners: Vec<Arc<PreparedClientListener>>,
+    /// The pools of pooled listeners.
+    pools: Vec<Arc<Pools>>,
     /// The addresses bound, by listener name (port 0 resolved).
     endpoints: Vec<(String, Endpoint)>,
     started_at: SystemTime,
@@ -70,12 +72,16 @@ impl Admin {
             listeners: listeners.clone(),
             client_listeners: bound.client_listeners(),
         }));
+        registry.register_collector(Box::new(PoolGauges {
+            pools: bound.pools(),
+        }));
         Arc::new(Admin {
             registry,
             metrics,
             audit: bound.audit(),
             listeners,
             client_listeners: bound.client_listeners(),
+            pools: bound.pools(),
             endpoints: bound.local_endpoints(),
             started_at: SystemTime::now(),
         })
@@ -270,6 +276,67 @@ struct CertificateLabels {
     role: String,
     subject: String,
     serial: String,
+}
+
+/// Labels of a pool gauge: the listener and what is counted. Pools are
+/// summed per listener: database and user names never become labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolStateLabels {
+    listener: String,
+    state: String,
+}
+
+/// Reads every pool's counts at scrape time.
+#[derive(Debug)]
+struct PoolGauges {
+    pools: Vec<Arc<Pools>>,
+}
+
+impl Collector for PoolGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let clients = Family::<PoolStateLabels, Gauge>::default();
+        let servers = Family::<PoolStateLabels, Gauge>::default();
+        for pools in &self.pools {
+            let status = pools.status();
+            let set = |family: &Family<PoolStateLabels, Gauge>, state: &str, n: usize| {
+                family
+                    .get_or_create(&PoolStateLabels {
+                        listener: status.listener.clone(),
+                        state: state.to_owned(),
+                    })
+                    .set(n as i64);
+            };
+            let total = |f: fn(&intransit_proxy::PoolStatus) -> usize| -> usize {
+                status.pools.iter().map(f).sum()
+            };
+            let (logged_in, waiting, active) = (
+                total(|p| p.clients),
+                total(|p| p.waiting),
+                total(|p| p.active),
+            );
+            set(&clients, "active", active);
+            set(&clients, "waiting", waiting);
+            set(&clients, "idle", logged_in.saturating_sub(active + waiting));
+            set(&servers, "active", active);
+            set(&servers, "idle", total(|p| p.idle));
+            set(&servers, "opening", total(|p| p.opening));
+        }
+        let m = encoder.encode_descriptor(
+            "pool_clients",
+            "Pooled clients logged in: active (holding a server connection), waiting for one, or idle between transactions",
+            None,
+            clients.metric_type(),
+        )?;
+        clients.encode(m)?;
+        let m = encoder.encode_descriptor(
+            "pool_server_connections",
+            "Pooled server connections: active (lent to a client), idle, or opening (logging in)",
+            None,
+            servers.metric_type(),
+        )?;
+        servers.encode(m)?;
+        Ok(())
+    }
 }
 
 /// Labels of one CRL in use.

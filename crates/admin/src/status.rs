@@ -8,7 +8,9 @@ use std::time::SystemTime;
 
 use intransit_proxy::audit::AuditEvent;
 use intransit_proxy::metrics::{ReloadRounds, Summary};
-use intransit_proxy::{LoadedCertificate, PolicySummary, PreparedRoute, ReloadFailure};
+use intransit_proxy::{
+    LoadedCertificate, PolicySummary, PoolsStatus, PreparedRoute, ReloadFailure,
+};
 use serde::Serialize;
 
 use crate::{unix_now, Admin};
@@ -39,6 +41,8 @@ pub struct Status {
     pub recent_refusals: Vec<AuditEvent>,
     /// Reload rounds so far (SIGHUP and file changes) and the latest one.
     pub reloads: ReloadRounds,
+    /// Every pooled listener's pools.
+    pub pools: Vec<PoolsStatus>,
 }
 
 /// One listener.
@@ -205,6 +209,12 @@ pub struct CrlStatus {
     pub next_update_unix: Option<i64>,
     /// Whether nextUpdate has passed.
     pub stale: bool,
+    /// Judged against its own validity period (thisUpdate to nextUpdate):
+    /// `fresh` (half of it left or more, or no nextUpdate), `ageing` (less
+    /// than half), `going_stale` (less than a seventh: a day of a 7-day
+    /// CRL) or `stale` (past nextUpdate). The status page colours them
+    /// green, amber, red and red.
+    pub freshness: &'static str,
 }
 
 /// One certificate in use.
@@ -283,6 +293,7 @@ pub(crate) fn build(admin: &Admin) -> Status {
         handshakes: admin.metrics.summary(),
         recent_refusals: admin.audit.recent_refusals(),
         reloads: admin.metrics.reload_rounds(),
+        pools: admin.pools.iter().map(|p| p.status()).collect(),
     }
 }
 
@@ -307,6 +318,7 @@ fn route_status(route: &PreparedRoute, now: i64) -> RouteStatus {
             next_update: c.next_update_unix.map(rfc3339_unix),
             next_update_unix: c.next_update_unix,
             stale: c.is_stale(now),
+            freshness: c.freshness(now).as_str(),
         })
         .collect();
     let PolicySummary {

@@ -49,6 +49,7 @@ pub struct Reloader {
     config_path: Option<PathBuf>,
     listeners: Vec<Arc<PreparedListener>>,
     client_listeners: Vec<Arc<PreparedClientListener>>,
+    pools: Vec<Arc<intransit_proxy::Pools>>,
     metrics: Arc<ProxyMetrics>,
 }
 
@@ -58,6 +59,7 @@ impl Reloader {
             config_path,
             listeners: bound.listeners(),
             client_listeners: bound.client_listeners(),
+            pools: bound.pools(),
             metrics: bound.metrics(),
         }
     }
@@ -78,6 +80,9 @@ impl Reloader {
         }
         for listener in &self.client_listeners {
             files.extend(upstream_files(&listener.upstream_tls.settings()));
+        }
+        for pools in &self.pools {
+            files.extend(pools.watched_files());
         }
         files.sort();
         files.dedup();
@@ -114,6 +119,7 @@ impl Reloader {
                 self.reload_in_place(trigger, &mut round)
             }
         }
+        self.reload_pools(&mut round);
         self.metrics.reload_round(&round);
         if round.swapped + round.failed > 0 || trigger == Trigger::Signal {
             info!(
@@ -122,6 +128,26 @@ impl Reloader {
                 failed = round.failed,
                 "reload round finished"
             );
+        }
+    }
+
+    /// After the TLS material: pools re-read their credentials and retire
+    /// server connections made with material or credentials replaced in
+    /// this round.
+    fn reload_pools(&self, round: &mut ReloadRound) {
+        for pools in &self.pools {
+            match pools.reload() {
+                Ok(true) => round.swapped += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    round.failed += 1;
+                    error!(
+                        listener = %pools.listener(),
+                        error = %e,
+                        "pool credentials reload failed; server logins keep using the previous credentials"
+                    );
+                }
+            }
         }
     }
 

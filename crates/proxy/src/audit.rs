@@ -67,6 +67,9 @@ pub(crate) struct ConnectionRecord {
     /// A pooled session's pool mode and how many server connections
     /// served it.
     pub(crate) pool: Option<(&'static str, u64)>,
+    /// The connection was counted as established: a later refusal ends
+    /// its session and is not a second handshake outcome.
+    pub(crate) established: bool,
 }
 
 /// One connection, as the audit log records it.
@@ -177,6 +180,8 @@ impl AuditLog {
             bytes_from_client = event.bytes_from_client,
             bytes_to_client = event.bytes_to_client,
             duration_ms = event.duration_ms,
+            pool_mode = event.pool_mode.as_deref(),
+            server_connections = event.server_connections,
             "connection audit"
         );
         if event.outcome != "ok" {

@@ -119,6 +119,7 @@ impl Proxy {
                     &route.upstream,
                     route.upstream_tls.clone(),
                     l.upstream_connect_timeout,
+                    metrics.clone(),
                 )
                 .map(|p| Some(Arc::new(p)))
             })

@@ -86,6 +86,22 @@ pub struct ReloadRound {
     pub error: Option<String>,
 }
 
+/// Labels of a pooled listener's server logins.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLoginLabels {
+    /// Configured listener name.
+    pub listener: String,
+    /// `ok` or the refusal reason of the failed login.
+    pub outcome: String,
+}
+
+/// Labels that name a listener alone.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    /// Configured listener name.
+    pub listener: String,
+}
+
 /// Labels of the reload counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
@@ -140,6 +156,8 @@ pub struct ProxyMetrics {
     connections: Family<ListenerLabels, Counter>,
     bytes: Family<BytesLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
+    pool_wait_seconds: Family<PoolLabels, Histogram>,
+    pool_server_logins: Family<PoolLoginLabels, Counter>,
     reload_rounds: Mutex<ReloadRounds>,
     summary: Mutex<Summary>,
 }
@@ -208,6 +226,12 @@ impl Summary {
     }
 }
 
+fn pool_wait_histogram() -> Histogram {
+    // 10 µs (a free idle connection) to about 80 s (a pool exhausted up
+    // to the default two-minute wait_timeout).
+    Histogram::new(exponential_buckets(0.000_01, 4.0, 13))
+}
+
 fn handshake_histogram() -> Histogram {
     // 100 µs to about 1.6 s: a loopback TLS 1.3 handshake takes a few hundred
     // microseconds, one over a slow network tens of milliseconds.
@@ -223,6 +247,8 @@ impl Default for ProxyMetrics {
             connections: Family::default(),
             bytes: Family::default(),
             reloads: Family::default(),
+            pool_wait_seconds: Family::new_with_constructor(pool_wait_histogram),
+            pool_server_logins: Family::default(),
             reload_rounds: Mutex::default(),
             summary: Mutex::default(),
         }
@@ -300,6 +326,35 @@ impl ProxyMetrics {
             "Reloads of a route's TLS material, by outcome",
             self.reloads.clone(),
         );
+        registry.register(
+            "pool_wait_seconds",
+            "How long pooled clients waited for a server connection",
+            self.pool_wait_seconds.clone(),
+        );
+        registry.register(
+            "pool_server_logins",
+            "Logins of pooled server connections to the database, by outcome",
+            self.pool_server_logins.clone(),
+        );
+    }
+
+    /// Records how long a pooled client waited for a server connection.
+    pub fn pool_wait(&self, listener: &str, seconds: f64) {
+        self.pool_wait_seconds
+            .get_or_create(&PoolLabels {
+                listener: listener.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// Counts a server login of a pool: `None` when it succeeded.
+    pub fn pool_server_login(&self, listener: &str, failure: Option<RefusalReason>) {
+        self.pool_server_logins
+            .get_or_create(&PoolLoginLabels {
+                listener: listener.to_owned(),
+                outcome: failure.map_or("ok", RefusalReason::as_str).to_owned(),
+            })
+            .inc();
     }
 
     /// Counts one negotiation outcome: `None` for an established session,

@@ -31,8 +31,10 @@
 
 pub(crate) mod cancel;
 pub(crate) mod credentials;
+mod directions;
 pub(crate) mod login;
 pub(crate) mod session;
+pub(crate) mod statements;
 pub(crate) mod tracking;
 
 use std::collections::HashMap;
@@ -55,10 +57,12 @@ use tracing::{debug, info, warn};
 use self::cancel::CancelKeys;
 use self::credentials::Credentials;
 use self::login::{log_in, BackendKey, LoginFailure};
+use self::statements::ServerStatements;
 use self::tracking::Parameters;
 use crate::error::ProxyError;
+use crate::metrics::ProxyMetrics;
 use crate::net::BoxStream;
-use crate::tls::upstream::UpstreamTls;
+use crate::tls::upstream::{UpstreamMaterial, UpstreamTls};
 
 /// The pools of one listener, keyed by (database, user).
 pub struct Pools {
@@ -76,7 +80,9 @@ pub struct Pools {
     next_server: AtomicU64,
     logins_ok: AtomicU64,
     logins_failed: AtomicU64,
-    wait: WaitHistogram,
+    metrics: Arc<ProxyMetrics>,
+    /// The upstream TLS material the server connections were made with.
+    upstream_seen: Mutex<Option<Arc<UpstreamMaterial>>>,
 }
 
 impl std::fmt::Debug for Pools {
@@ -121,6 +127,8 @@ pub(crate) struct ServerConn {
     pub(crate) scanner: MessageScanner,
     /// What the server's session holds of the restored parameters.
     pub(crate) params: Parameters,
+    /// The client statements prepared on it, by server-side name.
+    pub(crate) statements: ServerStatements,
     pub(crate) key: BackendKey,
     pub(crate) id: u64,
     created: Instant,
@@ -183,46 +191,15 @@ pub struct PoolsStatus {
     pub listener: String,
     /// `transaction` or `session`.
     pub mode: &'static str,
-    /// Server logins that succeeded and failed since start.
+    /// `cert`, `password` or `trust`: how the proxy logs in, unless a
+    /// user says otherwise.
+    pub server_auth: &'static str,
+    /// Server logins that succeeded since start.
     pub server_logins_ok: u64,
     /// Server logins that failed since start.
     pub server_logins_failed: u64,
-    /// How long clients waited for a server connection: count of waits
-    /// at or under each bound in seconds, cumulative, and the total.
-    pub wait_seconds: Vec<(f64, u64)>,
     /// Every (database, user) pool.
     pub pools: Vec<PoolStatus>,
-}
-
-/// Upper bounds (seconds) of the wait-time histogram.
-const WAIT_BUCKETS: [f64; 10] = [
-    0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 10.0,
-];
-
-#[derive(Debug, Default)]
-struct WaitHistogram {
-    counts: [AtomicU64; WAIT_BUCKETS.len() + 1],
-}
-
-impl WaitHistogram {
-    fn observe(&self, waited: Duration) {
-        let s = waited.as_secs_f64();
-        let bucket = WAIT_BUCKETS
-            .iter()
-            .position(|&b| s <= b)
-            .unwrap_or(WAIT_BUCKETS.len());
-        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn cumulative(&self) -> Vec<(f64, u64)> {
-        let mut total = 0;
-        let mut out = Vec::with_capacity(WAIT_BUCKETS.len() + 1);
-        for (i, count) in self.counts.iter().enumerate() {
-            total += count.load(Ordering::Relaxed);
-            out.push((WAIT_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), total));
-        }
-        out
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -239,7 +216,9 @@ impl Pools {
         target: &Endpoint,
         upstream_tls: Option<Arc<UpstreamTls>>,
         connect_timeout: Duration,
+        metrics: Arc<ProxyMetrics>,
     ) -> Result<Self, ProxyError> {
+        let seen = upstream_tls.as_ref().map(|t| t.snapshot());
         let credentials =
             Credentials::load(config, upstream_tls.clone()).map_err(|e| e.in_listener(listener))?;
         Ok(Pools {
@@ -255,7 +234,8 @@ impl Pools {
             next_server: AtomicU64::new(1),
             logins_ok: AtomicU64::new(0),
             logins_failed: AtomicU64::new(0),
-            wait: WaitHistogram::default(),
+            metrics,
+            upstream_seen: Mutex::new(seen),
         })
     }
 
@@ -320,7 +300,8 @@ impl Pools {
                 }
             }
         };
-        self.wait.observe(started.elapsed());
+        self.metrics
+            .pool_wait(&self.listener, started.elapsed().as_secs_f64());
         let generation = self.generation.load(Ordering::Relaxed);
         loop {
             let candidate = lock(&pool.idle).pop();
@@ -382,6 +363,8 @@ impl Pools {
             Ok(l) => l,
             Err(failure) => {
                 self.logins_failed.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .pool_server_login(&self.listener, Some(failure.refused.reason));
                 warn!(
                     listener = %self.listener,
                     database = %key.database,
@@ -394,6 +377,7 @@ impl Pools {
             }
         };
         self.logins_ok.fetch_add(1, Ordering::Relaxed);
+        self.metrics.pool_server_login(&self.listener, None);
         let id = self.next_server.fetch_add(1, Ordering::Relaxed);
         let mut params = Parameters::default();
         for (name, value) in &logged_in.parameters {
@@ -421,6 +405,7 @@ impl Pools {
             buf: BytesMut::new(),
             scanner: MessageScanner::new(),
             params,
+            statements: ServerStatements::default(),
             key: logged_in.key,
             id,
             created: now,
@@ -429,11 +414,24 @@ impl Pools {
         })
     }
 
-    /// Re-reads the credentials and notes whether the upstream TLS
-    /// material changed: server connections made with older material are
-    /// closed when idle and replaced when next needed, so no client sees
-    /// an error.
-    pub fn reload(&self, upstream_changed: bool) -> Result<bool, ProxyError> {
+    /// Re-reads the credentials (password file, configured certificates,
+    /// the minting CA) and notes whether the upstream TLS material in
+    /// service changed since the last look: server connections made with
+    /// older material or credentials are closed when idle and replaced
+    /// when next needed, so no client sees an error. Returns whether
+    /// anything changed; on error the credentials in service stay.
+    pub fn reload(&self) -> Result<bool, ProxyError> {
+        let upstream_changed = {
+            let now = self.upstream_tls.as_ref().map(|t| t.snapshot());
+            let mut seen = lock(&self.upstream_seen);
+            let changed = match (&*seen, &now) {
+                (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+                (None, None) => false,
+                _ => true,
+            };
+            *seen = now;
+            changed
+        };
         let changed = self.credentials.reload()? || upstream_changed;
         if changed {
             self.generation.fetch_add(1, Ordering::Relaxed);
@@ -524,11 +522,24 @@ impl Pools {
         PoolsStatus {
             listener: self.listener.clone(),
             mode: self.config.mode.as_str(),
+            server_auth: self.config.server_auth.as_str(),
             server_logins_ok: self.logins_ok.load(Ordering::Relaxed),
             server_logins_failed: self.logins_failed.load(Ordering::Relaxed),
-            wait_seconds: self.wait.cumulative(),
             pools,
         }
+    }
+
+    /// The files the pool's credentials come from, for the file watcher.
+    pub fn watched_files(&self) -> Vec<std::path::PathBuf> {
+        let mut files: Vec<std::path::PathBuf> = self.config.auth_file.iter().cloned().collect();
+        for user in self.config.users.values() {
+            files.extend(user.cert.iter().chain(&user.key).cloned());
+        }
+        if let Some(dir) = &self.config.cert_authority {
+            files.push(dir.join("ca").join("ca.pem"));
+            files.push(dir.join("ca").join("key.pem"));
+        }
+        files
     }
 
     /// The upstream, for logs and cancels.
