@@ -19,7 +19,7 @@
 #      and on persistent connections, the four targets interleaved, REPS
 #      times;
 #   2. connect + SELECT 1 latency, a fresh TLS connection each time,
-#      sequential, interleaved;
+#      sequential, interleaved, then each target alone;
 #   3. the proxy's CPU (user and system) per 10,000 transactions, and the
 #      CPU of pgbench and PostgreSQL's backends;
 #   4. the resident memory of a fresh pooled proxy and a fresh PgBouncer
@@ -39,7 +39,9 @@
 # SESSION_PROBES per target (500), IDLE clients (1000), PREPARED=0 skips
 # the -M prepared runs, PREPARED_CLIENTS the pgbench client counts they
 # use ("2 2*POOL_SIZE"), PERF=1 records `perf record -g` of the pooled
-# proxy during one more -C run, on the binary PERF_INTRANSIT if set (the
+# proxy during one more -C and one more persistent run and of the
+# pass-through proxy during one more persistent run, on the binary
+# PERF_INTRANSIT if set (the
 # release build is stripped: `cargo build --profile profiling -p
 # intransit` and PERF_INTRANSIT=target/profiling/intransit give symbols),
 # SKIP_BUILD=1 uses the binaries already built, PGBIN, CARGO_TARGET_DIR,
@@ -194,27 +196,45 @@ ratio() { # a b: a / b with two decimals
     awk -v a="$1" -v b="$2" 'BEGIN{ if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2f", a / b }'
 }
 
-# --- optional: a profile of the pooled proxy during one more -C run
-perf_text=""
-if [[ $PERF == 1 ]]; then
-    log "perf record -g of the pooled proxy during one pgbench -C run"
-    if [[ -n $PERF_INTRANSIT ]]; then intransit=$PERF_INTRANSIT pg_start_pool_proxy warn; fi
-    perf record -e cpu-clock -g -p "$pool_pid" -o "$work/perf-pooled.data" -- sleep "$DURATION" \
-        >"$work/perf-record.log" 2>&1 &
+# --- optional: profiles of the proxies, each during one more run
+# Records the process of a side during one pgbench run and writes its
+# self time by binary (a stripped release build shows its own code as one
+# block), then by symbol, to $work/perf-LABEL.txt.
+perf_profile() { # side mode label
+    local pid perf_pid data=$work/perf-$3.data
+    pid=$(watched_pid "$1")
+    perf record -e cpu-clock -g -p "$pid" -o "$data" -- sleep "$DURATION" >"$work/perf-$3.log" 2>&1 &
     perf_pid=$!
-    pgbench_run pooled reconnect pooled-reconnect-perf >/dev/null
+    pgbench_run "$1" "$2" "$3-perf" >/dev/null
     wait "$perf_pid" || true
-    # By binary first (a stripped release build shows its own code as one
-    # block), then by symbol.
     {
-        perf report -i "$work/perf-pooled.data" --no-children --sort dso --stdio 2>/dev/null \
+        perf report -i "$data" --no-children --sort dso --stdio 2>/dev/null \
             | grep -E '^ +[0-9.]+%' | head -n 8
         echo
-        perf report -i "$work/perf-pooled.data" --no-children --sort dso,sym --stdio --percent-limit 0.7 \
+        perf report -i "$data" --no-children --sort dso,sym --stdio --percent-limit 0.5 \
             2>/dev/null | grep -E '^ +[0-9.]+%' | head -n 40
-    } >"$work/perf-pooled.txt" || true
-    perf_text=$(cat "$work/perf-pooled.txt")
-    if [[ -n $PERF_INTRANSIT ]]; then pg_start_pool_proxy warn; fi
+    } >"$work/perf-$3.txt" || true
+}
+perf_runs=(
+    "pooled reconnect pooled-C"
+    "pooled persistent pooled-persistent"
+    "passthrough persistent passthrough-persistent"
+)
+if [[ $PERF == 1 ]]; then
+    log "perf record -g of the proxies during ${#perf_runs[@]} more pgbench runs"
+    if [[ -n $PERF_INTRANSIT ]]; then
+        intransit=$PERF_INTRANSIT pg_start_proxy warn
+        intransit=$PERF_INTRANSIT pg_start_pool_proxy warn
+    fi
+    for run in "${perf_runs[@]}"; do
+        # "side mode label": word splitting is intended.
+        # shellcheck disable=SC2086
+        perf_profile $run
+    done
+    if [[ -n $PERF_INTRANSIT ]]; then
+        pg_start_proxy warn
+        pg_start_pool_proxy warn
+    fi
 fi
 
 # --- 2: connect + SELECT 1, a fresh TLS connection each, interleaved
@@ -224,6 +244,15 @@ targets=()
 for side in "${sides[@]}"; do targets+=(--target "$side=127.0.0.1:${port[$side]}"); done
 latency=$("$bench" latency "${tls_args[@]}" "${targets[@]}" --count "$SESSION_PROBES" --warmup 20 \
     --session --query "SELECT 1")
+# The same probe one target after the other: what each target's tail is
+# without the others' work (a backend exiting after a native or
+# pass-through probe) landing on it.
+log "connect + SELECT 1 latency, each target alone: $SESSION_PROBES per target"
+latency_alone=""
+for side in "${sides[@]}"; do
+    latency_alone+=$("$bench" latency "${tls_args[@]}" --target "$side=127.0.0.1:${port[$side]}" \
+        --count "$SESSION_PROBES" --warmup 20 --session --query "SELECT 1")$'\n'
+done
 
 # --- 5: prepared statements in transaction mode: with 2 clients, as the
 # other runs, and with more clients than the pool has server connections.
@@ -312,13 +341,13 @@ cpu_row() { # label mode side
     total=$(awk -v a="$b" -v b="$c" -v c="$p" 'BEGIN{printf "%.1f", a + b + (c == "-" ? 0 : c)}')
     echo "| $1 | ${title[$3]} | $b | $c | $p | $u | $s | $total |"
 }
-lat() { # side field
-    grep "^target=$1 " <<<"$latency" | field "$2"
+lat() { # side field [output]: of the interleaved pass unless given another
+    grep "^target=$1 " <<<"${3:-$latency}" | field "$2"
 }
-lat_row() { # side
-    local n50 n99
-    n50=$(lat native p50_us); n99=$(lat native p99_us)
-    echo "| ${title[$1]} | $(lat "$1" p50_us) | $(lat "$1" p90_us) | $(lat "$1" p99_us) | $(lat "$1" min_us) | $(lat "$1" max_us) | $(ratio "$(lat "$1" p50_us)" "$n50")x | $(ratio "$(lat "$1" p99_us)" "$n99")x |"
+lat_row() { # side [output]
+    local out=${2:-$latency} n50 n99
+    n50=$(lat native p50_us "$out"); n99=$(lat native p99_us "$out")
+    echo "| ${title[$1]} | $(lat "$1" p50_us "$out") | $(lat "$1" p90_us "$out") | $(lat "$1" p99_us "$out") | $(lat "$1" min_us "$out") | $(lat "$1" max_us "$out") | $(ratio "$(lat "$1" p50_us "$out")" "$n50")x | $(ratio "$(lat "$1" p99_us "$out")" "$n99")x |"
 }
 kib_mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k / 1024}'; }
 idle_field() { field "$2" <<<"${idle_out[$1]}"; }
@@ -366,6 +395,12 @@ $(tps_row "persistent" persistent)
 | target | p50 | p90 | p99 | min | max | p50 / native | p99 / native |
 |---|---|---|---|---|---|---|---|
 $(for side in "${sides[@]}"; do lat_row "$side"; done)
+
+The same probe, each target alone (one target after the other, $SESSION_PROBES each):
+
+| target | p50 | p90 | p99 | min | max | p50 / native | p99 / native |
+|---|---|---|---|---|---|---|---|
+$(for side in "${sides[@]}"; do lat_row "$side" "$latency_alone"; done)
 
 ### CPU per 10,000 transactions by process (median of $REPS runs, ms)
 
@@ -426,15 +461,19 @@ cat <<EOF
 | pooled persistent tps ≥ pass-through | ${r_pp}x of pass-through | $(verdict "$r_pp" ">=" 1) |
 EOF
 
-if [[ -n $perf_text ]]; then
-    cat <<EOF
+if [[ $PERF == 1 ]]; then
+    for run in "${perf_runs[@]}"; do
+        read -r side mode label <<<"$run"
+        if [[ $mode == reconnect ]]; then mode="-S -C"; else mode="-S, persistent"; fi
+        cat <<EOF
 
-### perf record -e cpu-clock -g -p POOLED_PID during one more pgbench -S -C run (self time: by binary, then symbols ≥ 0.7%)
+### perf record -e cpu-clock -g -p PID of ${title[$side]} during one more pgbench $mode run (self time: by binary, then symbols ≥ 0.5%)
 
 \`\`\`
-$perf_text
+$(cat "$work/perf-$label.txt")
 \`\`\`
 EOF
+    done
 fi
 if [[ $KEEP == 1 ]]; then
     echo
