@@ -41,11 +41,10 @@
 # use ("2 2*POOL_SIZE"), PERF=1 records `perf record -g` of the pooled
 # proxy during one more -C and one more persistent run and of the
 # pass-through proxy during one more persistent run, on the binary
-# PERF_INTRANSIT if set (the
-# release build is stripped: `cargo build --profile profiling -p
-# intransit` and PERF_INTRANSIT=target/profiling/intransit give symbols),
-# SKIP_BUILD=1 uses the binaries already built, PGBIN, CARGO_TARGET_DIR,
-# INTRANSIT.
+# PERF_INTRANSIT if set (the release build is stripped: `cargo build
+# --profile profiling -p intransit` and
+# PERF_INTRANSIT=target/profiling/intransit give symbols), SKIP_BUILD=1
+# uses the binaries already built, PGBIN, CARGO_TARGET_DIR, INTRANSIT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -159,7 +158,7 @@ sum_ms() { # a b
 
 load_start=$(load_now)
 
-# --- 1, 3 and 5: pgbench, the four targets interleaved
+# --- 1 and 3: pgbench, the four targets interleaved
 declare -A tps proxy10k user10k sys10k pg10k client10k
 log "pgbench -S: $REPS repetitions x 2 modes x ${#sides[@]} targets x ${DURATION}s"
 for rep in $(seq "$REPS"); do
