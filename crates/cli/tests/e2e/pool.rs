@@ -187,15 +187,50 @@ fn transaction_mode_keeps_each_client_s_time_zone_its_own() {
 }
 
 #[test]
+fn a_client_s_parameters_are_restored_alike_whatever_encoding_the_last_client_left() {
+    let user = db_user("pool_encoding");
+    let proxy = pooled("mode = \"transaction\"\nsize = 1");
+    let cert = &pki().trainer;
+    let ci = conninfo(
+        proxy.port(),
+        &user.name,
+        &user.name,
+        cert,
+        "client_encoding=UTF8 application_name=caf\u{e9}",
+    );
+    let latin1 = conninfo(
+        proxy.port(),
+        &user.name,
+        &user.name,
+        cert,
+        "client_encoding=LATIN1",
+    );
+    // What PostgreSQL makes of the name (it keeps application_name in
+    // printable ASCII) on a server connection in UTF8.
+    let out = psql(&ci, "SHOW application_name", None);
+    assert!(out.status.success(), "psql: {}", stderr(&out));
+    let expected = stdout(&out);
+    // The one server connection is left in LATIN1, where the UTF-8 bytes
+    // of the name would read as other characters.
+    let out = psql(&latin1, "SHOW client_encoding", None);
+    assert_eq!(stdout(&out), "LATIN1", "psql: {}", stderr(&out));
+    let out = psql(&ci, "SHOW application_name", None);
+    assert!(out.status.success(), "psql: {}", stderr(&out));
+    assert_eq!(stdout(&out), expected);
+}
+
+#[test]
 fn listen_is_refused_in_transaction_mode_with_a_pointer_to_session_mode() {
     let user = db_user("pool_listen");
     let proxy = pooled("mode = \"transaction\"");
     let ci = conninfo(proxy.port(), &user.name, &user.name, &pki().trainer, "");
-    let out = psql(&ci, "LISTEN jobs", None);
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(err.contains("LISTEN is not available"), "{err}");
-    assert!(err.contains("mode = \"session\""), "{err}");
+    for listen in ["LISTEN jobs", "/* a /* nested */ comment */ LISTEN jobs"] {
+        let out = psql(&ci, listen, None);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(err.contains("LISTEN is not available"), "{err}");
+        assert!(err.contains("mode = \"session\""), "{err}");
+    }
     // The session goes on after the refusal.
     let out = psql(&ci, "SELECT 41 + 1", None);
     assert_eq!(stdout(&out), "42");

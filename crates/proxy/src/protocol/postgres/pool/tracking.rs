@@ -4,6 +4,7 @@
 //! parameters each side holds (`Parameters`).
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use intransit_wire::pg::session::{frontend, TransactionStatus};
 
@@ -187,7 +188,14 @@ impl Parameters {
     }
 }
 
-/// `value` as an escape string literal.
+/// `value` as an escape string literal written in ASCII: a quote and a
+/// backslash doubled, every other character outside printable ASCII as a
+/// `\u` or `\U` escape. The statement is read in whatever
+/// `client_encoding` the server connection was left with by the client
+/// it served before; ASCII reads the same in every encoding PostgreSQL
+/// accepts from a client, whereas UTF-8 bytes would be read as other
+/// characters in LATIN1, and in SJIS one of them could take the
+/// backslash after it as the second byte of a character.
 fn string_literal(value: &str) -> String {
     let mut out = String::with_capacity(value.len() + 3);
     out.push_str("E'");
@@ -195,27 +203,39 @@ fn string_literal(value: &str) -> String {
         match c {
             '\'' => out.push_str("''"),
             '\\' => out.push_str("\\\\"),
-            c => out.push(c),
+            ' '..='~' => out.push(c),
+            c if u32::from(c) <= 0xffff => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => {
+                let _ = write!(out, "\\U{:08x}", u32::from(c));
+            }
         }
     }
     out.push('\'');
     out
 }
 
-/// Whether a simple Query starts with LISTEN (after blanks and
-/// comments), which transaction pooling cannot honour: notifications
-/// arrive on a server connection the client no longer holds.
+/// Whether a simple Query starts with LISTEN, which transaction pooling
+/// cannot honour: notifications arrive on a server connection the client
+/// no longer holds. What comes before the keyword is skipped the way
+/// PostgreSQL's lexer skips it (blanks, `--` comments to the end of the
+/// line, nested `/* */` comments), and so are empty statements; the
+/// keyword ends where an identifier could not go on. A LISTEN after
+/// another statement of the same Query is not seen.
 pub(crate) fn is_listen(query_prefix: &[u8]) -> bool {
     let mut rest = query_prefix;
     loop {
         match rest {
-            [b' ' | b'\t' | b'\n' | b'\r' | b'(', tail @ ..] => rest = tail,
-            [b'-', b'-', tail @ ..] => match tail.iter().position(|&b| b == b'\n') {
-                Some(end) => rest = &tail[end + 1..],
+            [b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c' | b'(' | b';', tail @ ..] => {
+                rest = tail
+            }
+            [b'-', b'-', tail @ ..] => match tail.iter().position(|&b| b == b'\n' || b == b'\r') {
+                Some(end) => rest = &tail[end..],
                 None => return false,
             },
-            [b'/', b'*', tail @ ..] => match tail.windows(2).position(|w| w == b"*/") {
-                Some(end) => rest = &tail[end + 2..],
+            [b'/', b'*', tail @ ..] => match block_comment_end(tail) {
+                Some(after) => rest = after,
                 None => return false,
             },
             _ => break,
@@ -223,9 +243,37 @@ pub(crate) fn is_listen(query_prefix: &[u8]) -> bool {
     }
     rest.len() >= 6
         && rest[..6].eq_ignore_ascii_case(b"listen")
-        && rest
-            .get(6)
-            .is_none_or(|b| b.is_ascii_whitespace() || *b == b'"')
+        && rest.get(6).is_none_or(|&b| !continues_identifier(b))
+}
+
+/// What follows the end of a block comment whose `/*` was just read, or
+/// `None` if it does not end. Comments nest, as in PostgreSQL.
+fn block_comment_end(mut rest: &[u8]) -> Option<&[u8]> {
+    let mut depth = 0usize;
+    loop {
+        match rest {
+            [b'/', b'*', tail @ ..] => {
+                depth += 1;
+                rest = tail;
+            }
+            [b'*', b'/', tail @ ..] => {
+                if depth == 0 {
+                    return Some(tail);
+                }
+                depth -= 1;
+                rest = tail;
+            }
+            [_, tail @ ..] => rest = tail,
+            [] => return None,
+        }
+    }
+}
+
+/// Whether `b` may continue an identifier or keyword in PostgreSQL's
+/// lexer (`ident_cont`: letters, digits, `_`, `$` and any byte of a
+/// multibyte character).
+fn continues_identifier(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
 }
 
 /// How much of a Query's text [`is_listen`] needs to see.
@@ -350,12 +398,28 @@ mod tests {
     }
 
     #[test]
+    fn values_are_written_in_ascii() {
+        let mut client = Parameters::default();
+        client.record("application_name", "caf\u{e9} \u{101}\n\u{1f600}");
+        assert_eq!(
+            client.difference_from(&Parameters::default()).unwrap(),
+            "SELECT pg_catalog.set_config('application_name', E'caf\\u00e9 \\u0101\\u000a\\U0001f600', false)"
+        );
+    }
+
+    #[test]
     fn listen_is_found_behind_blanks_and_comments() {
         for q in [
             "LISTEN chan",
             "  listen chan",
             "/* hi */ Listen \"Chan\"",
             "-- c\nLISTEN x",
+            "-- c\rLISTEN x",
+            "/* a /* nested */ comment */ LISTEN x",
+            "\x0c\x0bLISTEN x",
+            "; ;LISTEN x",
+            "LISTEN/* c */x",
+            "LISTEN-- c\nx",
             "listen",
         ] {
             assert!(is_listen(q.as_bytes()), "{q}");
@@ -365,6 +429,11 @@ mod tests {
             "listener",
             "UNLISTEN x",
             "/* LISTEN",
+            "/* /* */ LISTEN x",
+            "-- LISTEN x",
+            "listen_x",
+            "LISTEN$1",
+            "LISTEN\u{e9}",
             "NOTIFY x",
         ] {
             assert!(!is_listen(q.as_bytes()), "{q}");
