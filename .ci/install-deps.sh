@@ -67,16 +67,18 @@ have_files() {
     done
 }
 
-# Python client libraries the MySQL tests drive (PyMySQL, with PyNaCl for
-# MariaDB's ed25519), from PyPI into the python3 on PATH.
+# Python client libraries the tests drive, from PyPI into the python3 on
+# PATH: PyMySQL (with PyNaCl for MariaDB's ed25519) for the MySQL tests,
+# psycopg 3 (with its own libpq) and asyncpg for the pooling tests.
 install_python_clients() {
-    if python3 -c 'import pymysql, nacl' >/dev/null 2>&1; then
+    if python3 -c 'import pymysql, nacl, psycopg, asyncpg' >/dev/null 2>&1; then
         return
     fi
-    echo "install-deps: installing PyMySQL[ed25519] for $(command -v python3)"
-    python3 -m pip install --quiet --disable-pip-version-check 'PyMySQL[ed25519]>=1.1' ||
-        python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'PyMySQL[ed25519]>=1.1'
-    python3 -c 'import pymysql, nacl'
+    local packages=('PyMySQL[ed25519]>=1.1' 'psycopg[binary]>=3.1' 'asyncpg>=0.29')
+    echo "install-deps: installing ${packages[*]} for $(command -v python3)"
+    python3 -m pip install --quiet --disable-pip-version-check "${packages[@]}" ||
+        python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${packages[@]}"
+    python3 -c 'import pymysql, nacl, psycopg, asyncpg'
 }
 
 needs

@@ -40,6 +40,15 @@ function level(days) {
   return "ok";
 }
 
+// A CRL is judged against its own validity period, not the certificate
+// thresholds above: /status gives the verdict (`freshness`), so a fresh
+// 7-day CRL is green.
+const CRL_LEVELS = { fresh: "ok", ageing: "warn", going_stale: "bad", stale: "bad" };
+const CRL_NOTES = {
+  ageing: ", less than half of its validity period left",
+  going_stale: ", less than a seventh of its validity period left",
+};
+
 // `TLSv1_3` (how rustls, the metrics and /status name a version) or `1.3`
 // (a policy's minimum) as people write it: `TLS 1.3`.
 function tlsName(version) {
@@ -329,8 +338,8 @@ function expiry(status) {
       crlBox.append(expiryRow("crl", c.file, c.issuer, detail, 0, "bad", "stale",
         `stale since ${c.next_update} (its nextUpdate)`));
     } else {
-      crlBox.append(expiryRow("crl", c.file, c.issuer, detail, c.days, level(c.days),
-        `next update in ${c.days} days`, `next update ${c.next_update}`));
+      crlBox.append(expiryRow("crl", c.file, c.issuer, detail, c.days, CRL_LEVELS[c.freshness] || "bad",
+        `next update in ${c.days} days`, `next update ${c.next_update}${CRL_NOTES[c.freshness] || ""}`));
     }
   }
   document.getElementById("crl-section").hidden = crls.length === 0;

@@ -209,6 +209,12 @@ pub struct CrlStatus {
     pub next_update_unix: Option<i64>,
     /// Whether nextUpdate has passed.
     pub stale: bool,
+    /// Judged against its own validity period (thisUpdate to nextUpdate):
+    /// `fresh` (half of it left or more, or no nextUpdate), `ageing` (less
+    /// than half), `going_stale` (less than a seventh: a day of a 7-day
+    /// CRL) or `stale` (past nextUpdate). The status page colours them
+    /// green, amber, red and red.
+    pub freshness: &'static str,
 }
 
 /// One certificate in use.
@@ -312,6 +318,7 @@ fn route_status(route: &PreparedRoute, now: i64) -> RouteStatus {
             next_update: c.next_update_unix.map(rfc3339_unix),
             next_update_unix: c.next_update_unix,
             stale: c.is_stale(now),
+            freshness: c.freshness(now).as_str(),
         })
         .collect();
     let PolicySummary {

@@ -306,16 +306,20 @@ pub enum CertCommand {
         passphrase: PassphraseArgs,
     },
     /// Exit non-zero if a certificate is expired or expires within --warn,
-    /// or a CRL is stale or goes stale within --crl-warn.
+    /// or a CRL has less than half of its validity period left (or, with
+    /// --crl-warn, goes stale within that window) or is stale.
     Check {
         /// Warning window, e.g. 30d, 12h.
         #[arg(long, default_value = "30d")]
         warn: String,
-        /// Warning window for CRLs (the CA's crl.pem, and CRL files given),
-        /// e.g. 2d, 12h: a CRL past its nextUpdate is stale, and
-        /// listeners refuse the certificates it covers (crl_expired).
-        #[arg(long, default_value = "2d")]
-        crl_warn: String,
+        /// A fixed warning window for CRLs (the CA's crl.pem, and CRL
+        /// files given), e.g. 2d, 12h, instead of the default rule: a CRL
+        /// is reported once less than half of its validity period
+        /// (thisUpdate to nextUpdate) is left. Past its nextUpdate a CRL
+        /// is stale, and listeners refuse the certificates it covers
+        /// (crl_expired).
+        #[arg(long)]
+        crl_warn: Option<String>,
         /// Certificate files to check instead of the inventory.
         files: Vec<PathBuf>,
     },
@@ -457,10 +461,12 @@ pub struct CheckConfigArgs {
     #[command(flatten)]
     pub config: ConfigFile,
     /// Warn about a CRL that goes stale (passes its nextUpdate) within
-    /// this window, e.g. 2d, 12h. A CRL already stale under
-    /// stale_crl = "refuse" fails the check.
-    #[arg(long, default_value = "2d")]
-    pub crl_warn: String,
+    /// this window, e.g. 2d, 12h, instead of the default rule: a warning
+    /// once less than half of a CRL's validity period (thisUpdate to
+    /// nextUpdate) is left. A CRL already stale under stale_crl =
+    /// "refuse" fails the check.
+    #[arg(long)]
+    pub crl_warn: Option<String>,
 }
 
 const PROXY_LONG_ABOUT: &str = "\

@@ -34,6 +34,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use intransit_config::{Config, StaleCrl};
+use intransit_pki::{CrlFreshness, CrlWarning};
 use intransit_proxy::Proxy;
 use tracing::{info, warn};
 
@@ -165,8 +166,8 @@ fn run(command: Command) -> Result<ExitCode> {
                 .with_context(|| format!("checking {}", path.display()))?;
             admin::prepare_tls(config.admin_tls.as_ref())
                 .with_context(|| format!("checking {}", path.display()))?;
-            let crl_within = pki_cmd::warning_window(&args.crl_warn, "--crl-warn")?;
-            let crl_notes = stale_crl_notes(&proxy, crl_within);
+            let crl_warning = pki_cmd::crl_warning(args.crl_warn.as_deref())?;
+            let crl_notes = crl_notes(&proxy, crl_warning);
             let refusing = crl_notes.iter().any(|n| n.refuses);
             if refusing {
                 out!(
@@ -264,16 +265,17 @@ fn raise_descriptor_limit(config: Option<&Config>) {
     }
 }
 
-/// A CRL in a checked configuration that is stale or goes stale soon.
+/// A CRL in a checked configuration that is stale or needs replacing soon.
 struct CrlNote {
     /// Stale, under `stale_crl = "refuse"`: clients of that CA are refused.
     refuses: bool,
     text: String,
 }
 
-/// The CRLs of every route that are stale now or go stale within
-/// `within`, and what the listener will do about them.
-fn stale_crl_notes(proxy: &Proxy, within: time::Duration) -> Vec<CrlNote> {
+/// The CRLs of every route that are stale now or need attention by
+/// `warning` (less than half of their validity period left, or a fixed
+/// `--crl-warn` window), and what the listener will do about them.
+fn crl_notes(proxy: &Proxy, warning: CrlWarning) -> Vec<CrlNote> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let mut notes = Vec::new();
     for l in proxy.listeners() {
@@ -297,7 +299,8 @@ fn stale_crl_notes(proxy: &Proxy, within: time::Duration) -> Vec<CrlNote> {
                             .ok()
                     })
                     .unwrap_or_else(|| next.to_string());
-                if crl.is_stale(now) {
+                let freshness = crl.freshness(now);
+                if freshness == CrlFreshness::Stale {
                     let refuses = material.policy.stale_crl == StaleCrl::Refuse;
                     let text = if refuses {
                         format!("{at} is stale since {next_text} (its nextUpdate): client certificates of that CA will be refused (crl_expired) until a fresh CRL is installed; stale_crl = \"allow\" would admit them")
@@ -305,10 +308,23 @@ fn stale_crl_notes(proxy: &Proxy, within: time::Duration) -> Vec<CrlNote> {
                         format!("{at} is stale since {next_text} (its nextUpdate): stale_crl = \"allow\" admits client certificates of that CA, including any revoked since it was issued")
                     };
                     notes.push(CrlNote { refuses, text });
-                } else if next - now <= within.whole_seconds() {
+                    continue;
+                }
+                let warn = match warning {
+                    CrlWarning::ByPeriod => freshness.needs_attention(),
+                    CrlWarning::Within(window) => next - now <= window.whole_seconds(),
+                };
+                if warn {
+                    let share = match freshness {
+                        CrlFreshness::GoingStale => {
+                            ", with less than a seventh of its validity period left"
+                        }
+                        CrlFreshness::Ageing => ", with less than half of its validity period left",
+                        CrlFreshness::Fresh | CrlFreshness::Stale => "",
+                    };
                     notes.push(CrlNote {
                         refuses: false,
-                        text: format!("{at} goes stale at {next_text} (its nextUpdate); install a fresh CRL before then"),
+                        text: format!("{at} goes stale at {next_text} (its nextUpdate){share}; install a fresh CRL before then"),
                     });
                 }
             }

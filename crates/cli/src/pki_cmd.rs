@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use intransit_pki::{
-    CertificateKind, CertificateSummary, IssueRequest, KeyAlgorithm, PkiError, RenewOptions,
-    RenewOutcome, RenewalPolicy, RevocationReason, StateDir, Validity,
+    CertificateKind, CertificateSummary, CrlFreshness, CrlWarning, IssueRequest, KeyAlgorithm,
+    PkiError, RenewOptions, RenewOutcome, RenewalPolicy, RevocationReason, StateDir, Validity,
 };
 use serde_json::json;
 use time::OffsetDateTime;
@@ -210,7 +210,7 @@ pub fn run_cert(state_dir: &Path, command: CertCommand) -> Result<ExitCode> {
             warn,
             crl_warn,
             files,
-        } => check(&state, &warn, &crl_warn, &files),
+        } => check(&state, &warn, crl_warn.as_deref(), &files),
     }
 }
 
@@ -351,14 +351,19 @@ fn list(state: &StateDir, as_json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(state: &StateDir, warn: &str, crl_warn: &str, files: &[PathBuf]) -> Result<ExitCode> {
+fn check(
+    state: &StateDir,
+    warn: &str,
+    crl_warn: Option<&str>,
+    files: &[PathBuf],
+) -> Result<ExitCode> {
     let within = warning_window(warn, "--warn")?;
-    let crl_within = warning_window(crl_warn, "--crl-warn")?;
+    let crl_warning = crl_warning(crl_warn)?;
     let now = OffsetDateTime::now_utc();
     let (findings, crl_findings) = if files.is_empty() {
         (
             state.check_expiry(now, within)?,
-            state.check_crl(now, crl_within)?,
+            state.check_crl(now, crl_warning)?,
         )
     } else {
         let mut certs: Vec<(String, CertificateSummary)> = Vec::new();
@@ -394,12 +399,16 @@ fn check(state: &StateDir, warn: &str, crl_warn: &str, files: &[PathBuf]) -> Res
             intransit_pki::check_crl_freshness(
                 crls.iter().map(|(w, c)| (w.as_str(), c)),
                 now,
-                crl_within,
+                crl_warning,
             ),
         )
     };
     if findings.is_empty() && crl_findings.is_empty() {
-        out!("ok: nothing expired or expiring within {warn}, no CRL stale or going stale within {crl_warn}");
+        let crls = match crl_warn {
+            Some(window) => format!("no CRL stale or going stale within {window}"),
+            None => "every CRL has half of its validity period left or more".to_owned(),
+        };
+        out!("ok: nothing expired or expiring within {warn}, {crls}");
         return Ok(ExitCode::SUCCESS);
     }
     for f in &findings {
@@ -414,24 +423,38 @@ fn check(state: &StateDir, warn: &str, crl_warn: &str, files: &[PathBuf]) -> Res
         );
     }
     for f in &crl_findings {
-        if f.stale {
-            out!(
-                "{}: CRL stale ({}), nextUpdate {} has passed: listeners with stale_crl = \"refuse\" (the default) refuse every certificate of that CA (crl_expired) until a fresh CRL is installed (intransit ca crl writes one)",
-                f.what,
-                f.issuer,
-                rfc3339(f.next_update)
-            );
-        } else {
-            out!(
-                "{}: CRL going stale ({}), nextUpdate {}, {} day(s) left: publish a fresh CRL before then (intransit ca crl writes one)",
-                f.what,
-                f.issuer,
-                rfc3339(f.next_update),
-                f.days_left
-            );
-        }
+        let share = match f.freshness {
+            CrlFreshness::Stale => {
+                out!(
+                    "{}: CRL stale ({}), nextUpdate {} has passed: listeners with stale_crl = \"refuse\" (the default) refuse every certificate of that CA (crl_expired) until a fresh CRL is installed (intransit ca crl writes one)",
+                    f.what,
+                    f.issuer,
+                    rfc3339(f.next_update)
+                );
+                continue;
+            }
+            CrlFreshness::GoingStale => ", less than a seventh of its validity period",
+            CrlFreshness::Ageing => ", less than half of its validity period",
+            CrlFreshness::Fresh => "",
+        };
+        out!(
+            "{}: CRL going stale ({}), nextUpdate {}, {} day(s) left{share}: publish a fresh CRL before then (intransit ca crl writes one)",
+            f.what,
+            f.issuer,
+            rfc3339(f.next_update),
+            f.days_left
+        );
     }
     Ok(ExitCode::FAILURE)
+}
+
+/// When a CRL is worth a warning: by the share of its validity period left,
+/// or, with `--crl-warn`, within that fixed window.
+pub(crate) fn crl_warning(crl_warn: Option<&str>) -> Result<CrlWarning> {
+    Ok(match crl_warn {
+        Some(window) => CrlWarning::Within(warning_window(window, "--crl-warn")?),
+        None => CrlWarning::ByPeriod,
+    })
 }
 
 /// Parses a warning window such as `30d` or `12h`, naming the flag in

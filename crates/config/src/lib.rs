@@ -23,9 +23,10 @@ use intransit_policy::{AllowList, DbUserRule, DbUserRules, IdentityPattern};
 
 pub use duration::parse_duration;
 pub use pool::{
-    PoolConfig, PoolMode, PoolUser, ServerAuth, DEFAULT_MINTED_CERT_LIFETIME, DEFAULT_POOL_SIZE,
-    DEFAULT_POOL_WAIT_TIMEOUT, DEFAULT_RESET_QUERY, DEFAULT_SERVER_IDLE_TIMEOUT,
-    DEFAULT_SERVER_LIFETIME, DEFAULT_SERVER_LOGIN_TIMEOUT,
+    PoolConfig, PoolMode, PoolUser, ServerAuth, DEFAULT_MAX_PREPARED_STATEMENTS,
+    DEFAULT_MINTED_CERT_LIFETIME, DEFAULT_POOL_SIZE, DEFAULT_POOL_WAIT_TIMEOUT,
+    DEFAULT_RESET_QUERY, DEFAULT_SERVER_IDLE_TIMEOUT, DEFAULT_SERVER_LIFETIME,
+    DEFAULT_SERVER_LOGIN_TIMEOUT,
 };
 pub use raw::{parse_admin_addr, AdminAddrError};
 pub use upstream_tls::{SpkiPin, UpstreamServerName, UpstreamTls, UpstreamTlsMode};

@@ -26,6 +26,9 @@ pub const DEFAULT_SERVER_LIFETIME: Duration = Duration::from_secs(3600);
 pub const DEFAULT_SERVER_LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Default lifetime of a client certificate minted for a database user.
 pub const DEFAULT_MINTED_CERT_LIFETIME: Duration = Duration::from_secs(3600);
+/// Default cap on the prepared statements a transaction-mode server
+/// connection keeps (PgBouncer's `max_prepared_statements` default).
+pub const DEFAULT_MAX_PREPARED_STATEMENTS: usize = 200;
 /// The query that cleans a session-mode server connection before reuse.
 pub const DEFAULT_RESET_QUERY: &str = "DISCARD ALL";
 
@@ -111,6 +114,10 @@ pub struct PoolConfig {
     pub server_lifetime: Duration,
     /// Time the server login may take once connected.
     pub server_login_timeout: Duration,
+    /// Transaction mode: the named prepared statements each server
+    /// connection keeps for clients (least recently used closed beyond
+    /// it); 0 passes statement names through untracked.
+    pub max_prepared_statements: usize,
 }
 
 /// What one database user overrides in a pool.
@@ -192,6 +199,7 @@ pub(crate) struct RawPool {
     server_idle_timeout: Option<String>,
     server_lifetime: Option<String>,
     server_login_timeout: Option<String>,
+    max_prepared_statements: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -341,7 +349,20 @@ impl RawPool {
             }
             Some(q) => q,
         };
+        let max_prepared_statements = match self.max_prepared_statements {
+            None => DEFAULT_MAX_PREPARED_STATEMENTS,
+            Some(n) if (0..=100_000).contains(&n) => usize::try_from(n).unwrap_or(0),
+            Some(n) => {
+                return Err(err(
+                    format!("{k}.max_prepared_statements"),
+                    format!(
+                    "{n} is not a statement count; use 0 (names pass through untracked) to 100000"
+                ),
+                ))
+            }
+        };
         let pool = PoolConfig {
+            max_prepared_statements,
             mode,
             size,
             min_idle,

@@ -648,13 +648,13 @@ impl StateDir {
         ))
     }
 
-    /// The CA's CRL at [`Self::crl_path`], if it is stale at `now` or goes
-    /// stale within `warn_within`. No CRL file (nothing revoked yet) is no
-    /// finding.
+    /// The CA's CRL at [`Self::crl_path`], if it needs attention at `now`
+    /// by `warn` (see [`crate::check_crl_freshness`]). No CRL file (nothing
+    /// revoked yet) is no finding.
     pub fn check_crl(
         &self,
         now: OffsetDateTime,
-        warn_within: Duration,
+        warn: crate::CrlWarning,
     ) -> Result<Vec<crate::CrlFinding>, PkiError> {
         let path = self.crl_path();
         if !path_exists(&path)? {
@@ -673,7 +673,7 @@ impl StateDir {
         Ok(crate::check_crl_freshness(
             crls.iter().map(|c| (what.as_str(), c)),
             now,
-            warn_within,
+            warn,
         ))
     }
 

@@ -30,7 +30,8 @@
 //! - [`revocation`]: [`RevocationReason`] and [`RevokedCertificate`], the
 //!   entries of a CRL.
 //! - [`renewal`]: [`RenewalPolicy`], [`RenewalPlan`] (when a certificate is
-//!   due, with deterministic per-serial jitter), [`check_expiry`] and
+//!   due, with deterministic per-serial jitter), [`check_expiry`],
+//!   [`crl_freshness`] (a CRL judged against its own validity period) and
 //!   [`check_crl_freshness`]. Pure: the clock is a parameter.
 //! - [`storage`]: [`write_file_atomic`] (and [`write_file_atomic_owned`],
 //!   which also sets the owner) and [`CertificatePaths`], the on-disk
@@ -79,8 +80,8 @@ pub use inventory::{
 pub use key::KeyAlgorithm;
 pub use key_encryption::PBKDF2_ITERATIONS;
 pub use renewal::{
-    check_crl_freshness, check_expiry, days_until, CrlFinding, ExpiryFinding, ExpiryState,
-    RenewalPlan, RenewalPolicy,
+    check_crl_freshness, check_expiry, crl_freshness, days_until, CrlFinding, CrlFreshness,
+    CrlWarning, ExpiryFinding, ExpiryState, RenewalPlan, RenewalPolicy,
 };
 pub use request::{
     CertificateKind, IssueRequest, Validity, CA_VALIDITY_DAYS, CLIENT_VALIDITY_DAYS,

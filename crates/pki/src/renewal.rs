@@ -1,5 +1,5 @@
 //! When certificates are due: the renewal policy, per-certificate renewal
-//! plans and expiry checks.
+//! plans and expiry checks; and how fresh a CRL is.
 //!
 //! This module owns the arithmetic of "when should this certificate be
 //! replaced" and nothing else: it reads no files and takes the current time
@@ -195,10 +195,82 @@ where
     findings
 }
 
-/// A CRL that is stale (past its nextUpdate) or goes stale within the
-/// warning window. A stale CRL no longer vouches for the certificates of
-/// its CA: the proxy refuses them by default (`crl_expired`), as
-/// PostgreSQL and OpenSSL do.
+/// How fresh a CRL is, judged against its own validity period (thisUpdate
+/// to nextUpdate) rather than a fixed number of days: a 7-day CRL and a
+/// 90-day CRL age at their own pace. The status page, `/status`,
+/// `check-config` and `cert check` all use [`crl_freshness`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CrlFreshness {
+    /// Half of its period or more left, or no nextUpdate at all (green).
+    Fresh,
+    /// Less than half of its period left: publish the next CRL (amber).
+    Ageing,
+    /// Less than a seventh of its period left, one day of a 7-day CRL:
+    /// publish the next CRL now (red).
+    GoingStale,
+    /// Past its nextUpdate: listeners refuse the certificates of its CA
+    /// (`crl_expired`) unless `stale_crl = "allow"` (red).
+    Stale,
+}
+
+impl CrlFreshness {
+    /// The stable snake_case name used in `/status` and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CrlFreshness::Fresh => "fresh",
+            CrlFreshness::Ageing => "ageing",
+            CrlFreshness::GoingStale => "going_stale",
+            CrlFreshness::Stale => "stale",
+        }
+    }
+
+    /// Whether a person should act: amber or red.
+    pub fn needs_attention(self) -> bool {
+        self != CrlFreshness::Fresh
+    }
+}
+
+impl fmt::Display for CrlFreshness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The freshness at `now` of a CRL issued at `this_update` and due to be
+/// replaced at `next_update`: [`CrlFreshness::Stale`] from nextUpdate on,
+/// [`CrlFreshness::GoingStale`] with less than a seventh of the period
+/// left, [`CrlFreshness::Ageing`] with less than half left, otherwise
+/// [`CrlFreshness::Fresh`]. A CRL without nextUpdate never goes stale; one
+/// whose nextUpdate is not after its thisUpdate has no period to spend and
+/// is going stale until it is stale.
+pub fn crl_freshness(
+    this_update: OffsetDateTime,
+    next_update: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> CrlFreshness {
+    let Some(next_update) = next_update else {
+        return CrlFreshness::Fresh;
+    };
+    if next_update <= now {
+        return CrlFreshness::Stale;
+    }
+    let period = (next_update - this_update).whole_nanoseconds();
+    let left = (next_update - now).whole_nanoseconds();
+    // Whole nanoseconds fit in an i128 many times over, so the products
+    // cannot overflow.
+    if period <= 0 || left * 7 < period {
+        CrlFreshness::GoingStale
+    } else if left * 2 < period {
+        CrlFreshness::Ageing
+    } else {
+        CrlFreshness::Fresh
+    }
+}
+
+/// A CRL that needs attention: stale (past its nextUpdate), or going
+/// stale by [`crl_freshness`] or within a warning window the caller gave.
+/// A stale CRL no longer vouches for the certificates of its CA: the proxy
+/// refuses them by default (`crl_expired`), as PostgreSQL and OpenSSL do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CrlFinding {
     /// What the CRL is, as the caller named it (a file path, `CA CRL`).
@@ -209,18 +281,33 @@ pub struct CrlFinding {
     pub next_update: OffsetDateTime,
     /// Whole days left, see [`days_until`]; negative when stale.
     pub days_left: i64,
-    /// Past nextUpdate already.
-    pub stale: bool,
+    /// Its freshness by [`crl_freshness`]; [`CrlFreshness::Fresh`] only
+    /// when a warning window the caller gave found it.
+    pub freshness: CrlFreshness,
 }
 
-/// The CRLs among `crls` (each named by the caller) that are stale at
-/// `now` or go stale within `warn_within`, soonest first. A CRL without
-/// nextUpdate never goes stale.
-pub fn check_crl_freshness<'a, I>(
-    crls: I,
-    now: OffsetDateTime,
-    warn_within: Duration,
-) -> Vec<CrlFinding>
+impl CrlFinding {
+    /// Past nextUpdate already.
+    pub fn is_stale(&self) -> bool {
+        self.freshness == CrlFreshness::Stale
+    }
+}
+
+/// When [`check_crl_freshness`] reports a CRL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrlWarning {
+    /// When [`crl_freshness`] says it needs attention (amber or red): less
+    /// than half of its validity period left, or stale.
+    ByPeriod,
+    /// When it is stale or goes stale within this window, whatever its
+    /// period (`--crl-warn`).
+    Within(Duration),
+}
+
+/// The CRLs among `crls` (each named by the caller) that need attention
+/// at `now` by `warn`, soonest first. A CRL without nextUpdate never goes
+/// stale.
+pub fn check_crl_freshness<'a, I>(crls: I, now: OffsetDateTime, warn: CrlWarning) -> Vec<CrlFinding>
 where
     I: IntoIterator<Item = (&'a str, &'a CrlSummary)>,
 {
@@ -228,8 +315,14 @@ where
         .into_iter()
         .filter_map(|(what, crl)| {
             let next_update = crl.next_update?;
-            let stale = next_update <= now;
-            if !stale && next_update - now > warn_within {
+            let freshness = crl_freshness(crl.this_update, Some(next_update), now);
+            let found = match warn {
+                CrlWarning::ByPeriod => freshness.needs_attention(),
+                CrlWarning::Within(window) => {
+                    freshness == CrlFreshness::Stale || next_update - now <= window
+                }
+            };
+            if !found {
                 return None;
             }
             Some(CrlFinding {
@@ -237,7 +330,7 @@ where
                 issuer: crl.issuer.clone(),
                 next_update,
                 days_left: days_until(next_update, now),
-                stale,
+                freshness,
             })
         })
         .collect();
@@ -369,37 +462,104 @@ mod tests {
     }
 
     #[test]
+    fn a_crl_is_judged_against_its_own_period() {
+        let issued = t0();
+        let week = Some(issued + Duration::days(7));
+        let at = |d: Duration| crl_freshness(issued, week, issued + d);
+        // A fresh default 7-day CRL is green, whatever the certificate
+        // thresholds (30 and 7 days) would say.
+        assert_eq!(at(Duration::ZERO), CrlFreshness::Fresh);
+        assert_eq!(at(Duration::hours(84)), CrlFreshness::Fresh);
+        // Less than half of the week left: amber.
+        assert_eq!(
+            at(Duration::hours(84) + Duration::seconds(1)),
+            CrlFreshness::Ageing
+        );
+        assert_eq!(at(Duration::days(6)), CrlFreshness::Ageing);
+        // Less than a day (a seventh) left: red, not yet stale.
+        assert_eq!(
+            at(Duration::days(6) + Duration::seconds(1)),
+            CrlFreshness::GoingStale
+        );
+        // From nextUpdate on: stale.
+        assert_eq!(at(Duration::days(7)), CrlFreshness::Stale);
+        assert_eq!(at(Duration::days(30)), CrlFreshness::Stale);
+        // A 90-day CRL with 20 days left is amber; one with 12 days left red.
+        let quarter = Some(issued + Duration::days(90));
+        assert_eq!(
+            crl_freshness(issued, quarter, issued + Duration::days(70)),
+            CrlFreshness::Ageing
+        );
+        assert_eq!(
+            crl_freshness(issued, quarter, issued + Duration::days(78)),
+            CrlFreshness::GoingStale
+        );
+        // No nextUpdate: never stale. No period: going stale until stale.
+        assert_eq!(
+            crl_freshness(issued, None, issued + Duration::days(9_999)),
+            CrlFreshness::Fresh
+        );
+        assert_eq!(
+            crl_freshness(issued, Some(issued), issued - Duration::days(1)),
+            CrlFreshness::GoingStale
+        );
+        // A CRL dated in the future (a clock ahead) has its whole period.
+        assert_eq!(
+            crl_freshness(issued, week, issued - Duration::days(1)),
+            CrlFreshness::Fresh
+        );
+    }
+
+    #[test]
     fn crls_are_found_stale_or_going_stale_soonest_first() {
         let now = t0();
-        let crl = |next: Option<OffsetDateTime>| CrlSummary {
+        let crl = |this: OffsetDateTime, next: Option<OffsetDateTime>| CrlSummary {
             issuer: "CN=test CA".into(),
-            this_update: now - Duration::days(30),
+            this_update: this,
             next_update: next,
             revoked: 0,
         };
-        let stale = crl(Some(now - Duration::days(23)));
-        let soon = crl(Some(now + Duration::hours(30)));
-        let fresh = crl(Some(now + Duration::days(6)));
-        let endless = crl(None);
-        let at_the_second = crl(Some(now));
-        let findings = check_crl_freshness(
-            [
-                ("soon", &soon),
-                ("fresh", &fresh),
-                ("endless", &endless),
-                ("stale", &stale),
-                ("now", &at_the_second),
-            ],
-            now,
-            Duration::days(2),
-        );
-        let seen: Vec<_> = findings
-            .iter()
-            .map(|f| (f.what.as_str(), f.stale, f.days_left))
-            .collect();
+        let month_ago = now - Duration::days(30);
+        let stale = crl(month_ago, Some(now - Duration::days(23)));
+        let soon = crl(now - Duration::days(6), Some(now + Duration::hours(30)));
+        let fresh = crl(now - Duration::days(1), Some(now + Duration::days(6)));
+        let endless = crl(month_ago, None);
+        let at_the_second = crl(month_ago, Some(now));
+        let ageing = crl(now - Duration::days(5), Some(now + Duration::days(4)));
+        let crls = [
+            ("soon", &soon),
+            ("fresh", &fresh),
+            ("endless", &endless),
+            ("stale", &stale),
+            ("now", &at_the_second),
+            ("ageing", &ageing),
+        ];
+        let seen = |findings: Vec<CrlFinding>| -> Vec<_> {
+            findings
+                .into_iter()
+                .map(|f| (f.what, f.freshness, f.days_left))
+                .collect()
+        };
+        let by_window = check_crl_freshness(crls, now, CrlWarning::Within(Duration::days(2)));
         assert_eq!(
-            seen,
-            [("stale", true, -23), ("now", true, 0), ("soon", false, 1)]
+            seen(by_window),
+            [
+                ("stale".to_owned(), CrlFreshness::Stale, -23),
+                ("now".to_owned(), CrlFreshness::Stale, 0),
+                ("soon".to_owned(), CrlFreshness::Ageing, 1),
+            ]
+        );
+        // By their periods: the ageing 9-day CRL too, with four days left,
+        // and not the fresh one, whose six days are most of its seven.
+        let by_period = check_crl_freshness(crls, now, CrlWarning::ByPeriod);
+        assert_eq!(
+            seen(by_period),
+            [
+                ("stale".to_owned(), CrlFreshness::Stale, -23),
+                ("now".to_owned(), CrlFreshness::Stale, 0),
+                ("soon".to_owned(), CrlFreshness::Ageing, 1),
+                ("ageing".to_owned(), CrlFreshness::Ageing, 4),
+            ]
         );
     }
 }

@@ -67,6 +67,9 @@ pub(crate) struct ConnectionRecord {
     /// A pooled session's pool mode and how many server connections
     /// served it.
     pub(crate) pool: Option<(&'static str, u64)>,
+    /// The connection was counted as established: a later refusal ends
+    /// its session and is not a second handshake outcome.
+    pub(crate) established: bool,
 }
 
 /// One connection, as the audit log records it.

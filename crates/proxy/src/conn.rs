@@ -301,6 +301,7 @@ impl<L: Listener> ConnectionContext<L> {
         let (name, protocol) = (listener.name(), listener.protocol().as_str());
         let metrics = listener.metrics();
         metrics.handshake(name, protocol, self.facts(), None);
+        self.note(|r| r.established = true);
         metrics.handshake_duration(name, protocol, established.handshake_micros as f64 / 1e6);
         let negotiated = self.negotiated.get();
         let tls = negotiated.map(|n| n.tls);
@@ -327,14 +328,26 @@ impl<L: Listener> ConnectionContext<L> {
     }
 
     /// The one log line and metric every refusal gets.
+    ///
+    /// A session that was already established and then ended with a
+    /// refusal (a pooled client's exhausted pool, a database gone
+    /// mid-session, a COM_CHANGE_USER refused) was counted once as `ok`:
+    /// its end is logged and audited, not counted as a second handshake.
     pub(crate) fn log_refusal(&self, refused: &Refused) {
         let listener = &self.listener;
-        listener.metrics().handshake(
-            listener.name(),
-            listener.protocol().as_str(),
-            self.facts(),
-            Some(refused.reason),
-        );
+        let established = self
+            .record
+            .lock()
+            .map(|r| r.established)
+            .unwrap_or_else(|p| p.into_inner().established);
+        if !established {
+            listener.metrics().handshake(
+                listener.name(),
+                listener.protocol().as_str(),
+                self.facts(),
+                Some(refused.reason),
+            );
+        }
         let identity = refused
             .presented_identity
             .as_deref()

@@ -15,6 +15,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BytesMut};
+use intransit_config::Endpoint;
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -23,12 +24,13 @@ use tracing::info;
 
 use crate::conn::{ConnectionContext, Listener, Refusal, Refused};
 use crate::net::close_with;
+use crate::tls::upstream::failure_after_handshake;
 
 /// Copies until both sides close, then logs the session's totals. With
 /// nothing to inspect, nothing refuses: the result is always `Ok`.
 ///
 /// A plain function returning the future, not an `async fn` awaiting
-/// [`forward_inspected`]: that would keep both streams twice in every
+/// [`copy_session`]: that would keep both streams twice in every
 /// connection's task (see `ConnectionContext::handshake_deadline`).
 pub(crate) fn forward<'a, L, A, B>(
     ctx: &'a ConnectionContext<L>,
@@ -40,7 +42,13 @@ where
     A: AsyncRead + AsyncWrite + Unpin + 'a,
     B: AsyncRead + AsyncWrite + Unpin + 'a,
 {
-    forward_inspected(ctx, client, upstream, PassThrough)
+    copy_session(
+        ctx,
+        client,
+        upstream,
+        PassThrough,
+        None::<FreshUpstream<'a, fn()>>,
+    )
 }
 
 /// Copies until both sides close, with each of the client's bytes let
@@ -48,25 +56,87 @@ where
 /// inspector stops the session, the client gets the stop's reply, both
 /// legs close, and the refusal is returned for the connection's audit
 /// event. Logs the session's totals either way.
-pub(crate) async fn forward_inspected<L, A, B, I>(
+pub(crate) fn forward_inspected<'a, L, A, B, I>(
+    ctx: &'a ConnectionContext<L>,
+    client: A,
+    upstream: B,
+    inspector: I,
+) -> impl Future<Output = Result<(), Refused>> + 'a
+where
+    L: Listener,
+    A: AsyncRead + AsyncWrite + Unpin + 'a,
+    B: AsyncRead + AsyncWrite + Unpin + 'a,
+    I: Inspector + 'a,
+{
+    copy_session(
+        ctx,
+        client,
+        upstream,
+        inspector,
+        None::<FreshUpstream<'a, fn()>>,
+    )
+}
+
+/// Copies until both sides close over an upstream TLS leg whose handshake
+/// has just completed, before its server has said anything. A TLS 1.3
+/// server judges the proxy's client certificate after the handshake, so
+/// its verdict arrives with the first read: a TLS failure there, before
+/// the server's first byte, is the connection's refusal (the server's
+/// alert, as `tls::upstream::failure_after_handshake` describes it), and
+/// the connection counts as established only once the server's first
+/// bytes arrive, or when the copy ends without such a failure.
+pub(crate) fn forward_over_fresh_tls<'a, L, A, B, F>(
+    ctx: &'a ConnectionContext<L>,
+    client: A,
+    upstream: B,
+    fresh: FreshUpstream<'a, F>,
+) -> impl Future<Output = Result<(), Refused>> + 'a
+where
+    L: Listener,
+    A: AsyncRead + AsyncWrite + Unpin + 'a,
+    B: AsyncRead + AsyncWrite + Unpin + 'a,
+    F: FnOnce() + 'a,
+{
+    copy_session(ctx, client, upstream, PassThrough, Some(fresh))
+}
+
+/// An upstream TLS leg whose server has not spoken yet, for
+/// [`forward_over_fresh_tls`].
+pub(crate) struct FreshUpstream<'a, F> {
+    /// The database, named in a refusal's detail (for the log only).
+    pub(crate) target: &'a Endpoint,
+    /// Records the connection as established (its log line and metric):
+    /// called once, when the server's first bytes arrive or when the copy
+    /// ends without the server having refused.
+    pub(crate) established: F,
+}
+
+async fn copy_session<L, A, B, I, F>(
     ctx: &ConnectionContext<L>,
     mut client: A,
     mut upstream: B,
     mut inspector: I,
+    fresh: Option<FreshUpstream<'_, F>>,
 ) -> Result<(), Refused>
 where
     L: Listener,
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
     I: Inspector,
+    F: FnOnce(),
 {
     let started = Instant::now();
+    let (target, mut established) = match fresh {
+        Some(f) => (Some(f.target), Some(f.established)),
+        None => (None, None),
+    };
     let copied = CopyBothWays {
         a: &mut client,
         b: &mut upstream,
         a_to_b: Direction::default(),
         b_to_a: Direction::default(),
         inspector: &mut inspector,
+        b_spoke: &mut established,
     }
     .await;
     let (from_client, to_client) = (copied.a_to_b, copied.b_to_a);
@@ -74,6 +144,23 @@ where
     ctx.listener
         .metrics()
         .bytes(ctx.listener.name(), from_client, to_client);
+    // The server refused the proxy before saying anything.
+    let refusal = match (&copied.outcome, target, &established) {
+        (Err((Way::FromUpstream, Stopped::Read(e))), Some(target), Some(_)) => {
+            failure_after_handshake(e)
+                .map(|f| Refused::new(f.reason, format!("{target}: {}", f.detail)))
+        }
+        _ => None,
+    };
+    if let Some(refused) = refusal {
+        close_with(&mut client, &[]).await;
+        return Err(refused);
+    }
+    // A server that never spoke and never refused: the session was
+    // established all the same.
+    if let Some(established) = established.take() {
+        established();
+    }
     let duration_ms = started.elapsed().as_millis() as u64;
     let (conn, listener, peer) = (ctx.id, ctx.listener.name(), &ctx.peer);
     match copied.outcome {
@@ -89,7 +176,7 @@ where
             );
             Ok(())
         }
-        Err(Stopped::Io(e)) => {
+        Err((_, Stopped::Read(e) | Stopped::Write(e))) => {
             info!(
                 conn,
                 listener = %listener,
@@ -102,7 +189,7 @@ where
             );
             Ok(())
         }
-        Err(Stopped::Inspector(stop)) => {
+        Err((_, Stopped::Inspector(stop))) => {
             close_with(&mut client, &stop.reply).await;
             let _ = upstream.shutdown().await;
             Err(stop.refused)
@@ -130,14 +217,19 @@ impl Inspector for PassThrough {
 
 /// Why the copy ended before both sides closed.
 enum Stopped {
-    Io(io::Error),
+    /// A read failed.
+    Read(io::Error),
+    /// A write (or flush, or shutdown) failed.
+    Write(io::Error),
+    /// The inspector refused the client's bytes.
     Inspector(Refusal),
 }
 
-impl From<io::Error> for Stopped {
-    fn from(e: io::Error) -> Self {
-        Stopped::Io(e)
-    }
+/// Which way the bytes went in the direction that stopped the copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    FromClient,
+    FromUpstream,
 }
 
 /// Size of the buffer a direction takes while data flows.
@@ -152,6 +244,8 @@ struct Direction {
     approved: usize,
     /// Written bytes not yet flushed.
     needs_flush: bool,
+    /// The reader gave at least one byte.
+    heard: bool,
     /// The reader reached end of stream.
     read_done: bool,
     /// The writer has been shut down: this direction is finished.
@@ -176,9 +270,9 @@ impl Direction {
         loop {
             if let Some(buf) = self.buf.as_mut().filter(|_| self.approved > 0) {
                 let approved = buf.get(..self.approved).unwrap_or_default();
-                let n = ready!(writer.as_mut().poll_write(cx, approved))?;
+                let n = ready!(writer.as_mut().poll_write(cx, approved)).map_err(Stopped::Write)?;
                 if n == 0 {
-                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+                    return Poll::Ready(Err(Stopped::Write(io::ErrorKind::WriteZero.into())));
                 }
                 buf.advance(n);
                 self.approved -= n;
@@ -187,13 +281,13 @@ impl Direction {
                 continue;
             }
             if self.needs_flush {
-                ready!(writer.as_mut().poll_flush(cx))?;
+                ready!(writer.as_mut().poll_flush(cx)).map_err(Stopped::Write)?;
                 self.needs_flush = false;
             }
             if self.read_done {
                 // Bytes still held (the start of a packet the inspector
                 // never saw whole) are dropped with the connection.
-                ready!(writer.as_mut().poll_shutdown(cx))?;
+                ready!(writer.as_mut().poll_shutdown(cx)).map_err(Stopped::Write)?;
                 self.done = true;
                 self.buf = None;
                 return Poll::Ready(Ok(()));
@@ -219,6 +313,7 @@ impl Direction {
                 }
                 Poll::Ready(Ok(0)) => self.read_done = true,
                 Poll::Ready(Ok(_)) => {
+                    self.heard = true;
                     self.approved = inspector.approve(buf).map_err(Stopped::Inspector)?;
                 }
                 // A TLS peer that closes its TCP connection without
@@ -229,7 +324,7 @@ impl Direction {
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
                     self.read_done = true;
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Stopped::Read(e))),
             }
         }
     }
@@ -239,23 +334,26 @@ impl Direction {
 struct Copied {
     a_to_b: u64,
     b_to_a: u64,
-    outcome: Result<(), Stopped>,
+    outcome: Result<(), (Way, Stopped)>,
 }
 
-struct CopyBothWays<'a, A: ?Sized, B: ?Sized, I: ?Sized> {
+struct CopyBothWays<'a, A: ?Sized, B: ?Sized, I: ?Sized, F> {
     a: &'a mut A,
     b: &'a mut B,
     a_to_b: Direction,
     b_to_a: Direction,
     /// Approves what goes from `a` to `b`.
     inspector: &'a mut I,
+    /// Taken and called once `b` has sent its first bytes.
+    b_spoke: &'a mut Option<F>,
 }
 
-impl<A, B, I> Future for CopyBothWays<'_, A, B, I>
+impl<A, B, I, F> Future for CopyBothWays<'_, A, B, I, F>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
     I: Inspector + ?Sized,
+    F: FnOnce(),
 {
     type Output = Copied;
 
@@ -281,8 +379,19 @@ where
                 &mut PassThrough,
             )
         };
+        if this.b_to_a.heard {
+            if let Some(spoke) = this.b_spoke.take() {
+                spoke();
+            }
+        }
         let outcome = match (a_to_b, b_to_a) {
-            (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => Err(e),
+            (Poll::Ready(Err(e @ Stopped::Inspector(_))), _) => Err((Way::FromClient, e)),
+            // A failed read from `b` says why it went away (a TLS alert,
+            // say); a write to it failing at the same moment only says
+            // that it did.
+            (_, Poll::Ready(Err(e @ Stopped::Read(_)))) => Err((Way::FromUpstream, e)),
+            (Poll::Ready(Err(e)), _) => Err((Way::FromClient, e)),
+            (_, Poll::Ready(Err(e))) => Err((Way::FromUpstream, e)),
             _ if this.a_to_b.done && this.b_to_a.done => Ok(()),
             _ => return Poll::Pending,
         };
@@ -314,12 +423,13 @@ mod tests {
             a_to_b: Direction::default(),
             b_to_a: Direction::default(),
             inspector: &mut PassThrough,
+            b_spoke: &mut None::<fn()>,
         }
         .await;
         match copied.outcome {
             Ok(()) => Ok((copied.a_to_b, copied.b_to_a)),
-            Err(Stopped::Io(e)) => Err(e),
-            Err(Stopped::Inspector(stop)) => Err(io::Error::other(stop.refused.detail)),
+            Err((_, Stopped::Read(e) | Stopped::Write(e))) => Err(e),
+            Err((_, Stopped::Inspector(stop))) => Err(io::Error::other(stop.refused.detail)),
         }
     }
 

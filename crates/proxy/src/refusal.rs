@@ -95,6 +95,12 @@ pub enum RefusalReason {
     /// PostgreSQL ErrorResponse or a MySQL ERR packet before the session
     /// began (a wrong password, a user its rules deny).
     UpstreamRefused,
+    /// The proxy could not log in to the database itself, for a pooled
+    /// server connection, with what the pool holds for the user: no
+    /// password in `auth_file`, an authentication method its
+    /// `server_auth` cannot answer, a certificate it could not mint, or a
+    /// server that could not prove it knows the password.
+    ServerLoginFailed,
     /// The client wanted SCRAM channel binding, which cannot span the
     /// proxy's two TLS sessions.
     ChannelBinding,
@@ -151,6 +157,7 @@ impl RefusalReason {
             RefusalReason::PinMismatch => "pin_mismatch",
             RefusalReason::UpstreamTlsFailed => "upstream_tls_failed",
             RefusalReason::UpstreamRefused => "upstream_refused",
+            RefusalReason::ServerLoginFailed => "server_login_failed",
             RefusalReason::ChannelBinding => "channel_binding",
             RefusalReason::ClientClosed => "client_closed",
             RefusalReason::PoolExhausted => "pool_exhausted",
@@ -515,6 +522,7 @@ mod tests {
             RefusalReason::PinMismatch,
             RefusalReason::UpstreamTlsFailed,
             RefusalReason::UpstreamRefused,
+            RefusalReason::ServerLoginFailed,
             RefusalReason::ChannelBinding,
             RefusalReason::ClientClosed,
             RefusalReason::PoolExhausted,

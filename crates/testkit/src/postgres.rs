@@ -132,6 +132,11 @@ pub struct PgServer {
     port: u16,
     postmaster: Child,
     supervisor: Supervisor,
+    /// What [`PgServer::restart`] needs to start the postmaster again.
+    postgres: PathBuf,
+    isready: PathBuf,
+    account: ServerAccount,
+    opts: PgOptions,
 }
 
 impl PgServer {
@@ -193,12 +198,49 @@ impl PgServer {
             opts: &opts,
         };
         let (port, postmaster) = launcher.launch(&mut supervisor, next_port)?;
+        let postgres = launcher.postgres.clone();
+        let isready = launcher.isready.clone();
         Ok(PgServer {
             layout,
             port,
             postmaster,
             supervisor,
+            postgres,
+            isready,
+            account,
+            opts,
         })
+    }
+
+    /// Stops the server the way an operator's restart does (a fast
+    /// shutdown: SIGINT to the postmaster, which ends every session),
+    /// leaves it down for `down_for`, then starts it again on the same
+    /// port and waits until it accepts connections.
+    pub fn restart(&mut self, down_for: std::time::Duration) -> Result<()> {
+        let status = Command::new("kill")
+            .args(["-INT", &self.postmaster.id().to_string()])
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill -INT of the postmaster failed: {status}");
+        }
+        self.postmaster
+            .wait()
+            .context("waiting for the postmaster to stop")?;
+        std::thread::sleep(down_for);
+        let launcher = Launcher {
+            postgres: self.postgres.clone(),
+            isready: self.isready.clone(),
+            account: &self.account,
+            layout: &self.layout,
+            opts: &self.opts,
+        };
+        let port = self.port;
+        let mut ports = std::iter::repeat(port);
+        let (_, postmaster) =
+            launcher.launch(&mut self.supervisor, &mut || ports.next().unwrap_or(port))?;
+        self.postmaster = postmaster;
+        Ok(())
     }
 
     /// The TCP port on [`PgServer::host`].

@@ -436,14 +436,25 @@ fn cert_check_exits_non_zero_for_expiring_certificates() {
     assert!(stdout(&out).contains("expired"), "{}", stdout(&out));
 }
 
-/// `cert check` looks at the CA's CRL and at CRL files given: one going
-/// stale within --crl-warn, or already stale, fails the check.
+/// `cert check` looks at the CA's CRL and at CRL files given. By default a
+/// CRL is judged against its own validity period: one with less than half
+/// of it left (amber) or a seventh (red), or already stale, fails the
+/// check, and a fresh one passes however short its period. `--crl-warn`
+/// replaces that rule with a fixed window.
 #[test]
 fn cert_check_warns_about_crls_going_stale_and_stale() {
     let dir = tempfile::tempdir().expect("temp dir");
     let state = dir.path().join("state");
     ok(cli(&state, &["ca", "init"]));
     ok(cli(&state, &["ca", "crl", "--days", "1"]));
+    // A CRL just issued has all of its one day left.
+    let fresh = cli(&state, &["cert", "check"]);
+    assert!(fresh.status.success(), "{}", stdout(&fresh));
+    assert!(
+        stdout(&fresh).contains("every CRL has half of its validity period left or more"),
+        "{}",
+        stdout(&fresh)
+    );
     let fine = cli(&state, &["cert", "check", "--crl-warn", "12h"]);
     assert!(fine.status.success(), "{}", stdout(&fine));
     let soon = cli(&state, &["cert", "check", "--crl-warn", "2d"]);
@@ -465,15 +476,55 @@ fn cert_check_warns_about_crls_going_stale_and_stale() {
         &[],
         1,
     );
-    let out = Command::new(BIN)
-        .args(["cert", "check"])
-        .arg(&crl)
-        .output()
-        .expect("run");
+    let check = |args: &[&str], crl: &Path| {
+        Command::new(BIN)
+            .args(["cert", "check"])
+            .args(args)
+            .arg(crl)
+            .output()
+            .expect("run")
+    };
+    let out = check(&[], &crl);
     assert!(!out.status.success());
     assert!(
         stdout(&out).contains("CRL stale (CN=stale file CA)")
             && stdout(&out).contains("crl_expired"),
+        "{}",
+        stdout(&out)
+    );
+
+    // A week's CRL with three days left: amber by its period, though
+    // further off than a fixed window of a day.
+    ca.write_crl(
+        &crl,
+        now - time::Duration::days(4),
+        now + time::Duration::days(3),
+        &[],
+        2,
+    );
+    let out = check(&[], &crl);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("CRL going stale (CN=stale file CA)")
+            && stdout(&out).contains("less than half of its validity period"),
+        "{}",
+        stdout(&out)
+    );
+    let out = check(&["--crl-warn", "1d"], &crl);
+    assert!(out.status.success(), "{}", stdout(&out));
+
+    // Twelve hours left of a week: red.
+    ca.write_crl(
+        &crl,
+        now - time::Duration::days(6) - time::Duration::hours(12),
+        now + time::Duration::hours(12),
+        &[],
+        3,
+    );
+    let out = check(&[], &crl);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("less than a seventh of its validity period"),
         "{}",
         stdout(&out)
     );

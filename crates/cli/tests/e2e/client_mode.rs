@@ -1083,3 +1083,90 @@ fn a_wrong_password_to_a_tls_mariadb_is_refused_in_client_mode() {
     assert_eq!(handshakes(&client, "upstream_refused"), 1.0);
     assert_eq!(handshakes(&client, "ok"), 0.0);
 }
+
+/// A TLS 1.3 server judges the proxy's client certificate after the
+/// handshake and refuses with an alert, which reaches the proxy with its
+/// first read. A `tls` listener has no login to watch, so that read is in
+/// the copy: the alert must still be the connection's refusal (log, audit
+/// event, metric), never `ok`. Against a server-mode intransit that
+/// requires a certificate (none presented), and against Redis's own TLS
+/// port (a certificate from a CA it does not trust); then the certificate
+/// Redis trusts, counted `ok` once.
+#[test]
+fn a_tls_server_refusing_the_proxys_certificate_after_the_handshake_is_the_refusal() {
+    let redis = RedisServer::shared().expect("the shared Redis");
+    let server = ProxyProcess::start(
+        &listener_toml(&redis.addr(), "", "")
+            .replace("name = \"pg\"", "name = \"redis\"\nprotocol = \"tls\""),
+    );
+    let client = ProxyProcess::start(&format!(
+        "{ADMIN_ON}{}",
+        client_toml(
+            "tls",
+            &format!("127.0.0.1:{}", server.port()),
+            &tunnel_tls_without_cert(),
+            "",
+        )
+    ));
+    let out = redis_cli_plain(client.port(), &["PING"]);
+    assert_ne!(stdout(&out), "PONG");
+    assert_certificate_required(&client, &server);
+    let audit = audited(&client, "upstream_tls_failed");
+    assert!(
+        audit["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("after the handshake"),
+        "{audit}"
+    );
+    assert_eq!(audit["tls_version"], "TLSv1_3", "{audit}");
+    assert_eq!(handshakes(&client, "upstream_tls_failed"), 1.0);
+    assert_eq!(handshakes(&client, "ok"), 0.0);
+
+    let p = db_pki();
+    let tls_redis = RedisServer::start_with_tls(RedisTls {
+        cert_file: p.server.chain.clone(),
+        key_file: p.server.key.clone(),
+        ca_file: p.ca.clone(),
+    })
+    .expect("Redis with TLS");
+    let upstream = format!("127.0.0.1:{}", tls_redis.tls_port().expect("TLS port"));
+    let foreign = ProxyProcess::start(&format!(
+        "{ADMIN_ON}{}",
+        client_toml(
+            "tls",
+            &upstream,
+            &format!(
+                "{}\nserver_name = \"localhost\"\ncert = \"{}\"\nkey = \"{}\"",
+                db_ca(),
+                pki().trainer.chain.display(),
+                pki().trainer.key.display()
+            ),
+            "",
+        )
+    ));
+    let out = redis_cli_plain(foreign.port(), &["PING"]);
+    assert_ne!(stdout(&out), "PONG");
+    let line = foreign.refusal("upstream_tls_failed");
+    let detail = line["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("after the handshake"), "{line}");
+    assert!(detail.contains(&upstream), "{line}");
+    audited(&foreign, "upstream_tls_failed");
+    assert_eq!(handshakes(&foreign, "upstream_tls_failed"), 1.0);
+    assert_eq!(handshakes(&foreign, "ok"), 0.0);
+
+    let trusted = ProxyProcess::start(&format!(
+        "{ADMIN_ON}{}",
+        client_toml(
+            "tls",
+            &upstream,
+            &format!("{}\nserver_name = \"localhost\"", db_ca_with_proxy_cert()),
+            "",
+        )
+    ));
+    let out = redis_cli_plain(trusted.port(), &["PING"]);
+    assert_eq!(stdout(&out), "PONG", "{}", stderr(&out));
+    audited(&trusted, "ok");
+    assert_eq!(handshakes(&trusted, "ok"), 1.0);
+    assert_eq!(handshakes(&trusted, "upstream_tls_failed"), 0.0);
+}

@@ -46,9 +46,16 @@
 //!   `/status` and `check-config` say so.
 //! - `docs`: every ```toml example in README.md and docs/*.md passes
 //!   `check-config` (fragments inside a minimal listener).
+//! - `readme`: README.md's first section run as written (`up` in a fresh
+//!   directory, then the psql command it prints), with its substitutions
+//!   listed in the module.
 //! - `bench`: `intransit bench` against `--self` and PostgreSQL, MariaDB and
 //!   Redis with native TLS and through the proxy (report structure and
 //!   refusals, never timings).
+//! - `pool`: `[listener.pool]`: clients served on shared server connections
+//!   (psql, pgbench, cancels, session and transaction mode, exhaustion).
+//! - `pool_login`: the pool's own logins: a password from `auth_file`, and
+//!   a certificate minted per database user for `hostssl ... cert`.
 
 // Tests may panic on anything unexpected: that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -68,6 +75,8 @@ mod mysql;
 mod negotiation;
 mod policy;
 mod pool;
+mod pool_login;
+mod readme;
 mod robustness;
 mod rotate;
 mod scan;

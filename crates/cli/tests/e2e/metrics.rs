@@ -414,3 +414,84 @@ fn status_lists_client_mode_listeners_and_the_upstream_leg() {
     assert_eq!(client["allow_remote_plaintext"], false);
     assert!(client["listen"].as_str().unwrap().starts_with("127.0.0.1:"));
 }
+
+/// A login PostgreSQL itself refuses (a wrong password, a database that
+/// does not exist) is the connection's refusal, `upstream_refused`, in the
+/// log line (with the server's SQLSTATE and message), the audit event and
+/// the metrics; only the login that gets in is `ok`. psql reads the
+/// server's own error either way.
+#[test]
+fn logins_postgresql_refuses_are_counted_as_upstream_refused() {
+    let user = db_user("pgrefused");
+    let proxy = ProxyProcess::start(&format!(
+        "{ADMIN_ON}{}",
+        listener_toml(&pg_upstream(), "", "")
+    ));
+    let login = |database: &str, password: &str| {
+        psql(
+            &conninfo(proxy.port(), &user.name, database, &pki().trainer, ""),
+            "SELECT 1",
+            Some(password),
+        )
+    };
+    let refusal = |code: &str| {
+        proxy.wait_for_log(Duration::from_secs(10), |v| {
+            v["message"] == "connection refused"
+                && v["reason"] == "upstream_refused"
+                && v["detail"].as_str().unwrap_or_default().contains(code)
+        })
+    };
+    let handshakes = |outcome: &str| {
+        proxy.metrics().sum(
+            "intransit_handshakes_total",
+            &[("listener", "pg"), ("outcome", outcome)],
+        )
+    };
+
+    let out = login(&user.name, "wrong password");
+    assert!(!out.status.success(), "a wrong password logged in");
+    assert!(
+        stderr(&out).contains("password authentication failed"),
+        "{}",
+        stderr(&out)
+    );
+    let line = refusal("28P01");
+    let detail = line["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("FATAL 28P01: password authentication failed")
+            && detail.contains(&user.name),
+        "{line}"
+    );
+    assert!(!detail.contains("wrong password"), "{line}");
+    assert_eq!(line["identity"], "uri:spiffe://prod/trainer", "{line}");
+    let audit = proxy.wait_for_log(Duration::from_secs(10), |v| {
+        v["message"] == "connection audit" && v["outcome"] == "upstream_refused"
+    });
+    assert_eq!(audit["db_user"], user.name.as_str(), "{audit}");
+    assert!(
+        audit["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("28P01"),
+        "{audit}"
+    );
+    assert_eq!(handshakes("upstream_refused"), 1.0);
+    assert_eq!(handshakes("ok"), 0.0);
+
+    let missing = intransit_testkit::unique_name("nodb");
+    let out = login(&missing, &user.password);
+    assert!(!out.status.success(), "connected to a missing database");
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    refusal("3D000");
+    assert_eq!(handshakes("upstream_refused"), 2.0);
+    assert_eq!(handshakes("ok"), 0.0);
+
+    let out = login(&user.name, &user.password);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "1");
+    proxy.wait_for_log(Duration::from_secs(10), |v| {
+        v["message"] == "connection audit" && v["outcome"] == "ok"
+    });
+    assert_eq!(handshakes("ok"), 1.0);
+    assert_eq!(handshakes("upstream_refused"), 2.0);
+}

@@ -29,11 +29,11 @@ fn config(ca: &RawCa, crl: &Path, tls_extra: &str, audit: &Path) -> String {
     )
 }
 
-fn check_config(path: &Path) -> Output {
+fn check_config(path: &Path, args: &[&str]) -> Output {
     Command::new(BIN)
         .arg("check-config")
         .arg(path)
-        .args(["--crl-warn", "1d"])
+        .args(args)
         .output()
         .expect("running check-config")
 }
@@ -80,16 +80,28 @@ fn a_crl_that_goes_stale_while_serving_refuses_until_a_fresh_one_arrives() {
     };
 
     // Fresh: the certificate logs in; check-config warns that the CRL
-    // goes stale within --crl-warn, and passes.
+    // goes stale, with 20 seconds of its week left (less than a seventh),
+    // and passes; so it does within an explicit --crl-warn window.
     let out = login(&late);
     assert!(out.status.success(), "{}", stderr(&out));
-    let checked = check_config(&proxy.config_path);
+    let checked = check_config(&proxy.config_path, &[]);
+    assert!(checked.status.success(), "{}", stderr(&checked));
+    assert!(
+        stdout(&checked).contains("warning:")
+            && stdout(&checked).contains("goes stale at")
+            && stdout(&checked).contains("less than a seventh of its validity period left"),
+        "{}",
+        stdout(&checked)
+    );
+    let checked = check_config(&proxy.config_path, &["--crl-warn", "1d"]);
     assert!(checked.status.success(), "{}", stderr(&checked));
     assert!(
         stdout(&checked).contains("warning:") && stdout(&checked).contains("goes stale at"),
         "{}",
         stdout(&checked)
     );
+    let route = &status(&proxy)["listeners"][0]["routes"][0];
+    assert_eq!(route["crls"][0]["freshness"], "going_stale", "{route}");
     let (code, body) = http_get(proxy.admin_addr(), "/readyz");
     assert_eq!((code, body.as_str()), (200, "ready\n"));
 
@@ -129,8 +141,9 @@ fn a_crl_that_goes_stale_while_serving_refuses_until_a_fresh_one_arrives() {
     let route = &s["listeners"][0]["routes"][0];
     assert_eq!(route["policy"]["stale_crl"], "refuse");
     assert_eq!(route["crls"][0]["stale"], true, "{route}");
+    assert_eq!(route["crls"][0]["freshness"], "stale", "{route}");
     assert_eq!(route["crls"][0]["issuer"], "CN=stale CRL test CA");
-    let checked = check_config(&proxy.config_path);
+    let checked = check_config(&proxy.config_path, &[]);
     assert!(!checked.status.success(), "{}", stdout(&checked));
     assert!(
         stdout(&checked).contains("error:") && stdout(&checked).contains("crl_expired"),
@@ -157,6 +170,16 @@ fn a_crl_that_goes_stale_while_serving_refuses_until_a_fresh_one_arrives() {
     assert!(out.status.success(), "{}", stderr(&out));
     let (code, body) = http_get(proxy.admin_addr(), "/readyz");
     assert_eq!((code, body.as_str()), (200, "ready\n"));
+    // A new week's CRL is fresh: green, and nothing to warn about.
+    let route = &status(&proxy)["listeners"][0]["routes"][0];
+    assert_eq!(route["crls"][0]["freshness"], "fresh", "{route}");
+    let checked = check_config(&proxy.config_path, &[]);
+    assert!(checked.status.success(), "{}", stdout(&checked));
+    assert!(
+        !stdout(&checked).contains("the CRL from"),
+        "{}",
+        stdout(&checked)
+    );
 
     // Counted and audited under their own names.
     let m = proxy.metrics();
@@ -227,7 +250,7 @@ fn stale_crl_allow_admits_with_a_warning() {
     assert_eq!(s["ready"], true, "{s}");
     assert_eq!(s["warnings"].as_array().map(Vec::len), Some(1), "{s}");
 
-    let checked = check_config(&proxy.config_path);
+    let checked = check_config(&proxy.config_path, &[]);
     assert!(checked.status.success(), "{}", stdout(&checked));
     assert!(
         stdout(&checked).contains("warning:") && stdout(&checked).contains("is stale since"),

@@ -2,7 +2,8 @@
 //! driven through chromedriver's WebDriver API): it loads with no console
 //! errors and shows the listeners, readiness reasons and warnings first,
 //! each certificate once with its days left on a scale where a 90-day
-//! certificate stands next to a 10-year CA, CRLs with their next update,
+//! certificate stands next to a 10-year CA, CRLs with their next update
+//! coloured by the share of their own validity period left,
 //! TLS versions in words, post-quantum key exchange as information, and
 //! refusals with the database user when the client sent one. A screenshot
 //! is left in the test output directory.
@@ -73,12 +74,15 @@ impl Drop for Driver {
 }
 
 /// What the test serves, so the page has something of each kind to show:
-/// a 10-year CA shared by two routes, a 90-day server certificate, a CRL
-/// due in five days, and one stale CRL shared by a refusing listener (not
-/// ready) and an allowing one (a warning).
+/// a 10-year CA shared by two routes, a 90-day server certificate, a
+/// five-day CRL just issued (fresh by its own period, though due sooner
+/// than the certificate thresholds), a week's CRL with three days left
+/// (less than half of its period), and one stale CRL shared by a refusing
+/// listener (not ready) and an allowing one (a warning).
 struct Fixture {
     _dir: tempfile::TempDir,
     _stale: RawCa,
+    _ageing: RawCa,
     ca: std::path::PathBuf,
     client: intransit_pki::CertificatePaths,
     config: String,
@@ -132,8 +136,17 @@ fn fixture() -> Fixture {
         &[],
         1,
     );
+    let ageing = RawCa::new("ageing CRL CA");
+    let ageing_crl = ageing.dir.path().join("ageing.crl");
+    ageing.write_crl(
+        &ageing_crl,
+        now - time::Duration::days(4),
+        now + time::Duration::days(3),
+        &[],
+        1,
+    );
     let p = pki();
-    let stale_listener = |name: &str, policy: &str| {
+    let crl_listener = |name: &str, ca: &RawCa, crl: &std::path::Path, policy: &str| {
         format!(
             r#"
 [[listener]]
@@ -149,8 +162,8 @@ stale_crl = "{policy}"
 "#,
             cert = p.server.chain.display(),
             key = p.server.key.display(),
-            ca = stale.ca.display(),
-            crl = stale_crl.display(),
+            ca = ca.ca.display(),
+            crl = crl.display(),
         )
     };
     let config = format!(
@@ -168,18 +181,20 @@ crl = "{crl}"
 server_name = "b.localhost"
 upstream = "{upstream}"
 tls = {{ cert = "{cert}", key = "{key}" }}
-{refusing}{allowing}"#,
+{refusing}{allowing}{ageing}"#,
         upstream = pg_upstream(),
         cert = server.chain.display(),
         key = server.key.display(),
         ca = ca.display(),
         crl = crl.display(),
-        refusing = stale_listener("stale", "refuse"),
-        allowing = stale_listener("tolerant", "allow"),
+        refusing = crl_listener("stale", &stale, &stale_crl, "refuse"),
+        allowing = crl_listener("tolerant", &stale, &stale_crl, "allow"),
+        ageing = crl_listener("ageing", &ageing, &ageing_crl, "refuse"),
     );
     Fixture {
         _dir: dir,
         _stale: stale,
+        _ageing: ageing,
         ca,
         client,
         config,
@@ -456,10 +471,13 @@ fn the_status_page_shows_listeners_expiry_and_refusals_in_a_browser() {
     assert!(server_share > 0.4, "90-day bar at {server_share}");
     assert!(ca_share > server_share, "{ca_share} vs {server_share}");
 
-    // CRLs with their next update, coloured like certificates; the stale
-    // one, shared by two listeners, once, red and saying so.
+    // CRLs with their next update, each coloured by the share of its own
+    // validity period left, not by the certificates' 30 and 7 days: the
+    // five-day CRL just issued is green, the week's CRL with three days
+    // left amber, and the stale one, shared by two listeners, once, red
+    // and saying so.
     let crls = page["crls"].as_array().unwrap();
-    assert_eq!(crls.len(), 2, "{page:#}");
+    assert_eq!(crls.len(), 3, "{page:#}");
     let soon = crls
         .iter()
         .find(|c| {
@@ -469,7 +487,7 @@ fn the_status_page_shows_listeners_expiry_and_refusals_in_a_browser() {
                 .contains("intransit ten-year CA")
         })
         .expect("the five-day CRL");
-    assert_eq!(soon["level"], "bad", "{soon:#}");
+    assert_eq!(soon["level"], "ok", "{soon:#}");
     // Five days from the CRL's signing, in whole seconds, seen a moment
     // later: 4 days and some hours, or 5 when the second it was signed in
     // has not ended for the page's clock.
@@ -477,6 +495,18 @@ fn the_status_page_shows_listeners_expiry_and_refusals_in_a_browser() {
     assert!(
         text.contains("next update in 4 days") || text.contains("next update in 5 days"),
         "{soon:#}"
+    );
+    let ageing = crls
+        .iter()
+        .find(|c| c["text"].as_str().unwrap().contains("ageing CRL CA"))
+        .expect("the ageing CRL");
+    assert_eq!(ageing["level"], "warn", "{ageing:#}");
+    assert!(
+        ageing["text"]
+            .as_str()
+            .unwrap()
+            .contains("next update in 2 days"),
+        "{ageing:#}"
     );
     let stale = crls
         .iter()

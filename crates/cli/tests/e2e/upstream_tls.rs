@@ -692,6 +692,64 @@ fn redis_cli_reaches_redis_on_its_tls_port() {
     mismatch.refusal("pin_mismatch");
 }
 
+/// The proxy presents a client certificate Redis does not trust (from
+/// the clients' CA, not the database's): a TLS 1.3 server refuses it with
+/// an alert after the handshake, which a `tls` listener reads in the copy.
+/// That alert is the connection's refusal in the log, the audit event and
+/// the metrics, never `ok`.
+#[test]
+fn a_tls_upstream_refusing_the_proxys_certificate_after_the_handshake_is_the_refusal() {
+    let p = db_pki();
+    let redis = RedisServer::start_with_tls(RedisTls {
+        cert_file: p.server.chain.clone(),
+        key_file: p.server.key.clone(),
+        ca_file: p.ca.clone(),
+    })
+    .expect("Redis with TLS");
+    let upstream = format!("127.0.0.1:{}", redis.tls_port().expect("TLS port"));
+    let table = format!(
+        "{}\nserver_name = \"localhost\"\ncert = \"{}\"\nkey = \"{}\"",
+        db_ca_line(),
+        pki().trainer.chain.display(),
+        pki().trainer.key.display()
+    );
+    let proxy = ProxyProcess::start(&format!(
+        "{ADMIN_ON}{}",
+        pg_listener(&upstream, &table)
+            .replace("name = \"pg\"", "name = \"redis\"\nprotocol = \"tls\"")
+    ));
+    let cli = intransit_testkit::require_tool("redis-cli", "redis-tools").expect("redis-cli");
+    let out = Command::new(&cli)
+        .args(["-h", "127.0.0.1", "-p", &proxy.port().to_string()])
+        .args(["--tls", "--sni", "localhost", "--cacert"])
+        .arg(&pki().ca)
+        .arg("--cert")
+        .arg(&pki().trainer.cert)
+        .arg("--key")
+        .arg(&pki().trainer.key)
+        .arg("PING")
+        .stdin(Stdio::null())
+        .output()
+        .expect("redis-cli");
+    assert_ne!(stdout(&out), "PONG");
+    let line = proxy.refusal("upstream_tls_failed");
+    let detail = line["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("after the handshake"), "{line}");
+    assert_eq!(line["identity"], "uri:spiffe://prod/trainer", "{line}");
+    proxy.wait_for_log(Duration::from_secs(10), |v| {
+        v["message"] == "connection audit" && v["outcome"] == "upstream_tls_failed"
+    });
+    let m = proxy.metrics();
+    let count = |outcome| {
+        m.sum(
+            "intransit_handshakes_total",
+            &[("listener", "redis"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(count("upstream_tls_failed"), 1.0, "{}", m.text);
+    assert_eq!(count("ok"), 0.0, "{}", m.text);
+}
+
 #[test]
 fn each_route_encrypts_its_own_upstream_leg() {
     // One port: the route "secure.db.internal" leads to the TLS PostgreSQL

@@ -9,7 +9,16 @@
 //! There is no in-band error message to send in a protocol we do not
 //! speak, so refusals close the connection (with a TLS alert where the
 //! handshake got that far) and are logged.
+//!
+//! Nor is there a login to watch, so over a TLS upstream leg the copy
+//! starts at once and judges the server's first read: a TLS 1.3 server
+//! refuses the proxy's client certificate with an alert after the
+//! handshake, and that refusal (`upstream_tls_failed`) is the
+//! connection's outcome, in the log, the audit event and the metrics; the
+//! connection counts as established once the server has spoken (or the
+//! session ended without it refusing).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,10 +28,10 @@ use tokio::io::AsyncReadExt;
 
 use crate::accept::Admission;
 use crate::conn::{ConnectionContext, Established, Refused};
-use crate::copy;
+use crate::copy::{self, FreshUpstream};
 use crate::listener::client_mode::PreparedClientListener;
 use crate::listener::handshake::{self, AcceptedTls};
-use crate::listener::server_mode::PreparedListener;
+use crate::listener::server_mode::{PreparedListener, PreparedRoute};
 use crate::net::{close_with, BoxStream, Rewind};
 use crate::protocol::upstream;
 use crate::refusal::RefusalReason;
@@ -35,14 +44,43 @@ pub(crate) async fn serve(
     stream: BoxStream,
 ) -> Result<(), Refused> {
     let negotiated = ctx.handshake_deadline(negotiate(&ctx, stream)).await;
-    let (client, upstream) = ctx.in_time(negotiated)?;
-    copy::forward(&ctx, client, upstream).await
+    let opened = ctx.in_time(negotiated)?;
+    let route = &opened.route;
+    let established = || {
+        ctx.log_established(Established {
+            user: "",
+            database: "",
+            upstream: &route.upstream,
+            upstream_tls: opened.upstream_tls,
+            server_name: None,
+            handshake_micros: opened.handshake_micros,
+        })
+    };
+    if opened.upstream_tls.is_none() {
+        established();
+        return copy::forward(&ctx, opened.client, opened.upstream).await;
+    }
+    let fresh = FreshUpstream {
+        target: &route.upstream,
+        established,
+    };
+    copy::forward_over_fresh_tls(&ctx, opened.client, opened.upstream, fresh).await
+}
+
+/// Both legs of a server-mode connection, before the copy.
+struct Opened {
+    client: AcceptedTls,
+    upstream: BoxStream,
+    route: Arc<PreparedRoute>,
+    /// The upstream leg's TLS version; `None` for plaintext.
+    upstream_tls: Option<&'static str>,
+    handshake_micros: u128,
 }
 
 async fn negotiate(
     ctx: &ConnectionContext<PreparedListener>,
     mut stream: BoxStream,
-) -> Result<(AcceptedTls, BoxStream), Refused> {
+) -> Result<Opened, Refused> {
     let mut first = [0u8; 1];
     let n = stream
         .read(&mut first)
@@ -76,17 +114,13 @@ async fn negotiate(
         ctx.listener.basics.upstream_connect_timeout,
     );
     match opened.await {
-        Ok((upstream, session)) => {
-            ctx.log_established(Established {
-                user: "",
-                database: "",
-                upstream: &route.upstream,
-                upstream_tls: session.map(|s| s.tls.version),
-                server_name: None,
-                handshake_micros: accepted.handshake_micros,
-            });
-            Ok((accepted.stream, upstream))
-        }
+        Ok((upstream, session)) => Ok(Opened {
+            client: accepted.stream,
+            upstream,
+            route,
+            upstream_tls: session.map(|s| s.tls.version),
+            handshake_micros: accepted.handshake_micros,
+        }),
         Err(refused) => {
             // No in-band error exists in a protocol we do not speak: the
             // client sees the connection close.
@@ -115,7 +149,8 @@ async fn open_upstream(
 /// TLS to the upstream from its first byte. The upstream leg opens at once
 /// (the application may wait for the server to speak first); a failure
 /// closes the application's connection, as there is no in-band error in a
-/// protocol the proxy does not speak.
+/// protocol the proxy does not speak. The server's verdict on the proxy's
+/// client certificate comes with its first read, in the copy.
 pub(crate) async fn serve_client(
     ctx: ConnectionContext<PreparedClientListener>,
     mut app: BoxStream,
@@ -135,8 +170,14 @@ pub(crate) async fn serve_client(
         .await;
     match ctx.in_time(opened) {
         Ok((upstream, session)) => {
-            ctx.log_client_mode_established(&session, "", "");
-            copy::forward(&ctx, app, upstream).await
+            // Known now, so that a refusal in the copy is counted with
+            // the upstream leg's TLS facts.
+            ctx.note_upstream_session(&session);
+            let fresh = FreshUpstream {
+                target,
+                established: || ctx.log_client_mode_established(&session, "", ""),
+            };
+            copy::forward_over_fresh_tls(&ctx, app, upstream, fresh).await
         }
         Err(refused) => {
             close_with(&mut app, &[]).await;

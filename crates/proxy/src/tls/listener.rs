@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use intransit_config::{ClientAuth, ServerTls, StaleCrl, TlsVersion};
+use intransit_pki::{crl_freshness, CrlFreshness};
 use intransit_policy::{AllowList, ClientIdentity};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
@@ -210,6 +211,21 @@ impl LoadedCrl {
     /// Whether the CRL is past its nextUpdate at `now` (Unix seconds).
     pub fn is_stale(&self, now: i64) -> bool {
         self.next_update_unix.is_some_and(|next| next <= now)
+    }
+
+    /// How fresh the CRL is at `now` (Unix seconds), judged against its own
+    /// validity period by [`intransit_pki::crl_freshness`].
+    pub fn freshness(&self, now: i64) -> CrlFreshness {
+        // Times from an X.509 CRL are within what `OffsetDateTime` holds.
+        let at = |unix: i64| {
+            time::OffsetDateTime::from_unix_timestamp(unix)
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        };
+        crl_freshness(
+            at(self.this_update_unix),
+            self.next_update_unix.map(at),
+            at(now),
+        )
     }
 }
 

@@ -10,10 +10,15 @@
 //! server for TLS (`SSLRequest`, `CLIENT_SSL`): the protocol modules do
 //! that and then hand the stream here. Server mode and client mode use
 //! the same type, through the same per-protocol connectors.
+//!
+//! A pooled PostgreSQL login presents a certificate of its database user
+//! instead of the configured one ([`UpstreamClientCert`]): the same
+//! verifier, versions, ALPN and server name, from the material in service
+//! at each handshake.
 
 use std::fmt;
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use intransit_config::{
@@ -21,8 +26,11 @@ use intransit_config::{
 };
 use intransit_pki::ServerTrust;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::Resumption;
+use rustls::crypto::CryptoProvider;
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, OtherError, SignatureScheme};
 use tokio_rustls::TlsConnector;
 
@@ -259,8 +267,25 @@ impl UpstreamTls {
         stream: BoxStream,
         timeout: Duration,
     ) -> Result<(BoxStream, UpstreamSession), UpstreamTlsFailure> {
-        self.snapshot()
-            .connect(stream, timeout, Some(&self.peer))
+        let material = self.snapshot();
+        material
+            .connect(material.config.clone(), stream, timeout, Some(&self.peer))
+            .await
+    }
+
+    /// Runs the TLS handshake as [`UpstreamTls::connect`] does, with the
+    /// material in service when it starts, but presents `client` instead of
+    /// the configured client certificate (or none).
+    pub(crate) async fn connect_presenting(
+        &self,
+        stream: BoxStream,
+        timeout: Duration,
+        client: &UpstreamClientCert,
+    ) -> Result<(BoxStream, UpstreamSession), UpstreamTlsFailure> {
+        let material = self.snapshot();
+        let config = client.config_for(&material);
+        material
+            .connect(config, stream, timeout, Some(&self.peer))
             .await
     }
 }
@@ -312,25 +337,16 @@ impl UpstreamMaterial {
         let mut client_cert = None;
         let mut config = match (&settings.cert, &settings.key, &files.cert, &files.key) {
             (Some(cert), Some(key_path), Some(cert_bytes), Some(key_bytes)) => {
-                const WHAT: &str = "upstream client certificate";
-                let chain = material::parse_certs(cert_bytes, cert, WHAT)?;
-                let loaded = LoadedCertificate::from_der(&chain[0], cert, WHAT)?;
-                material::check_valid_now(loaded.validity(), &loaded.serial, cert, WHAT)?;
-                material::check_chain_links(
-                    &chain,
+                let (chain, key, loaded) = load_client_chain(
+                    &ClientChainFiles {
+                        cert_bytes,
+                        key_bytes,
+                        cert_path: cert,
+                        key_path,
+                        cert_what: "upstream client certificate",
+                        key_what: "upstream client key",
+                    },
                     &provider,
-                    webpki::KeyUsage::client_auth(),
-                    cert,
-                    WHAT,
-                )?;
-                let key = material::parse_key(key_bytes, key_path, "upstream client key")?;
-                material::check_key_matches(
-                    &chain,
-                    &key,
-                    &provider,
-                    cert,
-                    key_path,
-                    "upstream client key",
                 )?;
                 client_cert = Some(loaded);
                 builder.with_client_auth_cert(chain, key).map_err(|e| {
@@ -372,16 +388,19 @@ impl UpstreamMaterial {
     }
 
     /// Runs the TLS handshake over `stream` (already connected, and already
-    /// past the protocol's TLS request, if it has one), within `timeout`,
-    /// and returns the encrypted stream with what was negotiated.
+    /// past the protocol's TLS request, if it has one) with `config` (this
+    /// material's own, or one built from it for another client
+    /// certificate), within `timeout`, and returns the encrypted stream
+    /// with what was negotiated.
     async fn connect(
         &self,
+        config: Arc<ClientConfig>,
         stream: BoxStream,
         timeout: Duration,
         peer: Option<&PeerSeen>,
     ) -> Result<(BoxStream, UpstreamSession), UpstreamTlsFailure> {
         let started = Instant::now();
-        let connector = TlsConnector::from(self.config.clone());
+        let connector = TlsConnector::from(config);
         let handshake = connector.connect(self.server_name.clone(), stream);
         let Ok(finished) = tokio::time::timeout(timeout, handshake).await else {
             return Err(UpstreamTlsFailure {
@@ -477,6 +496,140 @@ impl UpstreamMaterial {
             reason,
             detail: format!("{context}: {what}"),
         }
+    }
+}
+
+/// The files of a client certificate chain and its key, with what each is
+/// called in error messages.
+pub(crate) struct ClientChainFiles<'a> {
+    pub(crate) cert_bytes: &'a [u8],
+    pub(crate) key_bytes: &'a [u8],
+    pub(crate) cert_path: &'a std::path::Path,
+    pub(crate) key_path: &'a std::path::Path,
+    pub(crate) cert_what: &'a str,
+    pub(crate) key_what: &'a str,
+}
+
+/// Parses and checks a client certificate chain and its key: the leaf
+/// valid now, the chain linked for client authentication, the key the
+/// leaf's own.
+fn load_client_chain(
+    files: &ClientChainFiles<'_>,
+    provider: &CryptoProvider,
+) -> Result<
+    (
+        Vec<CertificateDer<'static>>,
+        PrivateKeyDer<'static>,
+        LoadedCertificate,
+    ),
+    ProxyError,
+> {
+    let (cert, what) = (files.cert_path, files.cert_what);
+    let chain = material::parse_certs(files.cert_bytes, cert, what)?;
+    let loaded = LoadedCertificate::from_der(&chain[0], cert, what)?;
+    material::check_valid_now(loaded.validity(), &loaded.serial, cert, what)?;
+    material::check_chain_links(
+        &chain,
+        provider,
+        webpki::KeyUsage::client_auth(),
+        cert,
+        what,
+    )?;
+    let key = material::parse_key(files.key_bytes, files.key_path, files.key_what)?;
+    material::check_key_matches(&chain, &key, provider, cert, files.key_path, files.key_what)?;
+    Ok((chain, key, loaded))
+}
+
+/// A client certificate that upstream handshakes present instead of the
+/// one `upstream_tls` configures: a pooled login's certificate for its
+/// database user. It keeps the rustls configuration built for it from
+/// the upstream material last used, so a handshake builds one only when
+/// that material has been reloaded since.
+pub(crate) struct UpstreamClientCert {
+    certified: Arc<CertifiedKey>,
+    /// The leaf certificate, for logs and expiry.
+    pub(crate) leaf: LoadedCertificate,
+    /// The material the configuration was built from (held weakly, so
+    /// material swapped out by a reload is freed; while the pointer is
+    /// held, its address cannot be reused by newer material) and the
+    /// configuration.
+    config: Mutex<Option<(Weak<UpstreamMaterial>, Arc<ClientConfig>)>>,
+}
+
+impl fmt::Debug for UpstreamClientCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamClientCert")
+            .field("leaf", &self.leaf)
+            .field("key", &"[redacted]")
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamClientCert {
+    /// Loads a chain and key from PEM with the checks every client
+    /// certificate passes (see `load_client_chain`).
+    pub(crate) fn from_pem(files: &ClientChainFiles<'_>) -> Result<Self, ProxyError> {
+        let provider = crypto_provider();
+        let (chain, key, leaf) = load_client_chain(files, &provider)?;
+        Self::assemble(chain, key, leaf, &provider, files.key_path, files.key_what)
+    }
+
+    /// A certificate and key this process has just issued (PEM): parsed,
+    /// without the checks of files someone configured, since the CA made
+    /// them together and dated them itself.
+    pub(crate) fn issued(cert_pem: &[u8], key_pem: &[u8], what: &str) -> Result<Self, ProxyError> {
+        let provider = crypto_provider();
+        let here = std::path::Path::new("(in memory)");
+        let chain = material::parse_certs(cert_pem, here, what)?;
+        let leaf = LoadedCertificate::from_der(&chain[0], here, what)?;
+        let key = material::parse_key(key_pem, here, what)?;
+        Self::assemble(chain, key, leaf, &provider, here, what)
+    }
+
+    fn assemble(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        leaf: LoadedCertificate,
+        provider: &CryptoProvider,
+        key_path: &std::path::Path,
+        key_what: &str,
+    ) -> Result<Self, ProxyError> {
+        let signing = provider.key_provider.load_private_key(key).map_err(|e| {
+            ProxyError::file(key_what, key_path, format!("unusable private key: {e}"))
+        })?;
+        Ok(UpstreamClientCert {
+            certified: Arc::new(CertifiedKey::new(chain, signing)),
+            leaf,
+            config: Mutex::new(None),
+        })
+    }
+
+    /// The chain presented, leaf first.
+    #[cfg(test)]
+    pub(crate) fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.certified.cert
+    }
+
+    /// The rustls configuration of `material` with this certificate as the
+    /// client's: built on first use and again after each reload of the
+    /// material.
+    fn config_for(&self, material: &Arc<UpstreamMaterial>) -> Arc<ClientConfig> {
+        let mut cached = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((built_from, config)) = cached.as_ref() {
+            if std::ptr::eq(built_from.as_ptr(), Arc::as_ptr(material)) {
+                return config.clone();
+            }
+        }
+        let mut config = (*material.config).clone();
+        config.client_auth_cert_resolver = Arc::new(SingleCertAndKey::from(self.certified.clone()));
+        // A resumed TLS 1.3 session keeps the client identity of the
+        // handshake that made it, so sessions are not shared with the
+        // material's own configuration (PostgreSQL issues no tickets
+        // anyway).
+        config.resumption = Resumption::disabled();
+        let config = Arc::new(config);
+        *cached = Some((Arc::downgrade(material), config.clone()));
+        config
     }
 }
 
@@ -859,6 +1012,54 @@ mod tests {
 
         let require = verifier(&f, UpstreamTlsMode::Require, &[]);
         assert!(check(&require, &f.foreign_leaf, "anything.internal").is_ok());
+    }
+
+    /// A per-user certificate's configuration is the material's own with
+    /// that certificate: built once per material, again after a reload.
+    #[test]
+    fn a_presented_certificate_follows_the_material_in_service() {
+        let ca = CertificateAuthority::generate(
+            "client CA",
+            KeyAlgorithm::EcdsaP256,
+            Validity::days_from_now(10),
+        )
+        .unwrap();
+        let issued = ca
+            .issue(&IssueRequest::new(CertificateKind::Client, "app_user"))
+            .unwrap();
+        let client = UpstreamClientCert::issued(
+            issued.cert_pem.as_bytes(),
+            issued.key_pem.as_bytes(),
+            "test client certificate",
+        )
+        .unwrap();
+        assert!(!format!("{client:?}").contains("PRIVATE"), "{client:?}");
+        let mut settings = UpstreamTlsConfig {
+            mode: UpstreamTlsMode::Require,
+            ca: None,
+            cert: None,
+            key: None,
+            server_name: UpstreamServerName::Dns("db.internal".into()),
+            server_name_explicit: true,
+            pins: Vec::new(),
+            min_version: TlsVersion::V1_3,
+            direct: false,
+        };
+        let tls = UpstreamTls::build(&settings).unwrap();
+        let first = client.config_for(&tls.snapshot());
+        assert!(Arc::ptr_eq(&first, &client.config_for(&tls.snapshot())));
+        assert!(first.client_auth_cert_resolver.has_certs());
+        assert!(first.alpn_protocols.is_empty());
+        // The material's own configuration still presents nothing.
+        assert!(!tls.snapshot().config.client_auth_cert_resolver.has_certs());
+
+        settings.direct = true;
+        assert!(matches!(tls.reload(&settings), Ok(Reloaded::Swapped(_))));
+        let second = client.config_for(&tls.snapshot());
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert_eq!(second.alpn_protocols, [intransit_wire::pg::ALPN.to_vec()]);
+        assert!(second.client_auth_cert_resolver.has_certs());
+        assert!(Arc::ptr_eq(&second, &client.config_for(&tls.snapshot())));
     }
 
     #[test]

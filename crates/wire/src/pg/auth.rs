@@ -3,10 +3,13 @@
 //! The proxy reads these to follow the authentication exchange and rewrites
 //! one of them: when the upstream leg is TLS, the SASL mechanism list must
 //! not offer `SCRAM-SHA-256-PLUS` to the client, because the channel binding
-//! would be to the proxy's certificate instead of the server's. This module
-//! parses and builds the messages; it never computes SCRAM proofs.
+//! would be to the proxy's certificate instead of the server's. The proxy
+//! also logs in to PostgreSQL itself for pooled connections, so the client's
+//! answers (PasswordMessage, SASLInitialResponse, SASLResponse) are built
+//! here too. This module parses and builds the messages; it never computes
+//! SCRAM proofs or password hashes.
 
-use super::{encode_frame, read_u32, split_cstr, BackendFrame};
+use super::{encode_frame, read_u32, split_cstr, BackendFrame, FrontendFrame};
 use crate::WireError;
 
 /// AuthenticationOk: the client is in.
@@ -205,6 +208,54 @@ pub fn parse_sasl_initial_response(body: &[u8]) -> Result<SaslInitialResponse<'_
         }),
         _ => Err(malformed("data length does not match the message")),
     }
+}
+
+/// Builds a PasswordMessage ('p') carrying `password`: the clear-text
+/// password or an md5 answer (`md5` and 32 hex digits).
+///
+/// Fails when `password` contains NUL: the message carries a C string, and
+/// a NUL would end the password early.
+pub fn encode_password_message(password: &[u8]) -> Result<Vec<u8>, WireError> {
+    if password.contains(&0) {
+        return Err(WireError::NulInString { what: "password" });
+    }
+    let mut body = Vec::with_capacity(password.len() + 1);
+    body.extend_from_slice(password);
+    body.push(0);
+    Ok(encode_frame(FrontendFrame::PASSWORD, &body))
+}
+
+/// Builds a SASLInitialResponse ('p'): the chosen mechanism and its first
+/// message (for SCRAM, the client-first-message).
+///
+/// Fails when the mechanism name is empty or contains NUL.
+pub fn encode_sasl_initial_response(mechanism: &str, data: &[u8]) -> Result<Vec<u8>, WireError> {
+    const WHAT: &str = "SASL mechanism name";
+    if mechanism.is_empty() {
+        return Err(WireError::Malformed {
+            message: "SASLInitialResponse",
+            reason: "empty SASL mechanism name",
+        });
+    }
+    if mechanism.contains('\0') {
+        return Err(WireError::NulInString { what: WHAT });
+    }
+    let length = u32::try_from(data.len()).map_err(|_| WireError::Malformed {
+        message: "SASLInitialResponse",
+        reason: "data longer than 4 GiB",
+    })?;
+    let mut body = Vec::with_capacity(mechanism.len() + 5 + data.len());
+    body.extend_from_slice(mechanism.as_bytes());
+    body.push(0);
+    body.extend_from_slice(&length.to_be_bytes());
+    body.extend_from_slice(data);
+    Ok(encode_frame(FrontendFrame::PASSWORD, &body))
+}
+
+/// Builds a SASLResponse ('p'): the next message of the mechanism (for
+/// SCRAM, the client-final-message).
+pub fn encode_sasl_response(data: &[u8]) -> Vec<u8> {
+    encode_frame(FrontendFrame::PASSWORD, data)
 }
 
 /// Rewrites an AuthenticationSASL body without the channel-binding
@@ -409,6 +460,43 @@ mod tests {
         );
         assert!(without_channel_binding(&body(AUTH_SASL, b"SCRAM-SHA-256-PLUS")).is_err());
         assert!(without_channel_binding(&[0, 0]).is_err());
+    }
+
+    #[test]
+    fn client_answers_encode_as_psql_sent_them() {
+        let md5 = hex(PSQL15_MD5_PASSWORD);
+        assert_eq!(
+            encode_password_message(b"md5c2f529c161dc41e99fc644073c1e68a7").unwrap(),
+            md5
+        );
+        let sasl = hex(PSQL15_SASL_INITIAL_RESPONSE);
+        let (frame, _) = crate::pg::parse_frontend_frame(&sasl).unwrap().unwrap();
+        let parsed = parse_sasl_initial_response(frame.body).unwrap();
+        assert_eq!(
+            encode_sasl_initial_response(parsed.mechanism, parsed.data.unwrap()).unwrap(),
+            sasl
+        );
+        let response = encode_sasl_response(b"c=biws,r=abc,p=xyz");
+        let (frame, used) = crate::pg::parse_frontend_frame(&response).unwrap().unwrap();
+        assert_eq!(used, response.len());
+        assert_eq!(frame.tag, FrontendFrame::PASSWORD);
+        assert_eq!(frame.body, b"c=biws,r=abc,p=xyz");
+    }
+
+    #[test]
+    fn client_answers_refuse_what_would_end_a_string_early() {
+        assert_eq!(
+            encode_password_message(b"pass\0word"),
+            Err(WireError::NulInString { what: "password" })
+        );
+        assert!(matches!(
+            encode_sasl_initial_response("SCRAM\0EVIL", b"n,,"),
+            Err(WireError::NulInString { .. })
+        ));
+        assert!(matches!(
+            encode_sasl_initial_response("", b"n,,"),
+            Err(WireError::Malformed { .. })
+        ));
     }
 
     #[test]

@@ -12,6 +12,11 @@
 //! - Authentication requests ([`parse_authentication`],
 //!   [`encode_authentication_sasl`], [`without_channel_binding`]) and the
 //!   client's answer ([`parse_sasl_initial_response`]);
+//! - the client's answers to them ([`encode_password_message`],
+//!   [`encode_sasl_initial_response`], [`encode_sasl_response`]), for the
+//!   proxy's own logins;
+//! - the session phase of a pooled connection ([`session`]): message
+//!   boundaries, and the messages a pool reads and writes itself;
 //! - ErrorResponse building and parsing ([`ErrorResponse`],
 //!   [`parse_error_response`]).
 //!
@@ -32,7 +37,8 @@ mod startup;
 pub mod captured;
 
 pub use auth::{
-    encode_authentication_sasl, parse_authentication, parse_sasl_initial_response,
+    encode_authentication_sasl, encode_password_message, encode_sasl_initial_response,
+    encode_sasl_response, parse_authentication, parse_sasl_initial_response,
     without_channel_binding, AuthenticationRequest, SaslInitialResponse, AUTH_CLEARTEXT_PASSWORD,
     AUTH_GSS, AUTH_GSS_CONTINUE, AUTH_MD5_PASSWORD, AUTH_OK, AUTH_SASL, AUTH_SASL_CONTINUE,
     AUTH_SASL_FINAL, AUTH_SSPI, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,

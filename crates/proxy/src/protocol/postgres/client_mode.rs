@@ -9,26 +9,25 @@
 //! ```
 //!
 //! The login (the server's authentication requests, the application's
-//! answers, the server's parameters) is relayed until ReadyForQuery, so a
-//! login the server refuses (an ErrorResponse: a wrong password, a proxy in
-//! server mode whose `db_users` denies the user) ends the connection as a
-//! refusal, `upstream_refused`, in the log, the audit event and the
-//! metrics, while the application gets the server's ErrorResponse as sent.
+//! answers, the server's parameters) is relayed until ReadyForQuery
+//! (`relay::relay_login`, as in server mode), so a login the server
+//! refuses (an ErrorResponse: a wrong password, a proxy in server mode
+//! whose `db_users` denies the user) ends the connection as a refusal,
+//! `upstream_refused`, in the log, the audit event and the metrics, while
+//! the application gets the server's ErrorResponse as sent.
 
 use bytes::BytesMut;
-use intransit_config::Endpoint;
-use intransit_wire::pg;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::messages::{read_initial, too_many_clients_response, unavailable_response};
-use super::negotiation::{from_application, login_step, Answered, FromApplication, LoginStep};
+use super::negotiation::{from_application, Answered, FromApplication};
+use super::relay::relay_login;
 use super::session::Session;
 use super::upstream::{first_authentication_request, forward_cancel, open_tls_upstream};
 use crate::accept::Admission;
 use crate::conn::{ConnectionContext, Refused};
 use crate::listener::client_mode::PreparedClientListener;
 use crate::net::{close_with, BoxStream};
-use crate::protocol::upstream::read_failed;
 use crate::refusal::RefusalReason;
 
 /// Runs one client-mode connection: a local application speaking
@@ -120,96 +119,6 @@ async fn negotiate(
         Err(refused) => {
             close_with(&mut app, &unavailable_response()).await;
             Err(refused)
-        }
-    }
-}
-
-/// Relays the login both ways, starting with `from_server` (what the
-/// server sent so far), until the server is ready for queries. Whole
-/// messages from the server pass on as they arrive, judged by
-/// [`login_step`]; the application's bytes pass on untouched. An
-/// ErrorResponse reaches the application, which is then closed, and
-/// becomes the refusal; a server that fails otherwise leaves the
-/// application with "database unavailable".
-async fn relay_login(
-    app: &mut BoxStream,
-    upstream: &mut BoxStream,
-    mut from_server: BytesMut,
-    target: &Endpoint,
-) -> Result<(), Refused> {
-    let mut from_app = BytesMut::with_capacity(512);
-    loop {
-        let mut whole = 0;
-        let mut step = LoginStep::Continues;
-        while step == LoginStep::Continues {
-            match pg::parse_backend_frame(from_server.get(whole..).unwrap_or_default()) {
-                Ok(Some((frame, used))) => {
-                    step = login_step(&frame);
-                    whole += used;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    close_with(app, &unavailable_response()).await;
-                    return Err(Refused::new(
-                        RefusalReason::UpstreamUnavailable,
-                        format!("{target}: invalid message during the login: {e}"),
-                    ));
-                }
-            }
-        }
-        match step {
-            LoginStep::Refused(detail) => {
-                close_with(app, &from_server.split_to(whole)).await;
-                return Err(Refused::new(
-                    RefusalReason::UpstreamRefused,
-                    format!("{target}: {detail}"),
-                ));
-            }
-            // Whatever followed ReadyForQuery is the session's.
-            LoginStep::Ready => {
-                return app
-                    .write_all(&from_server)
-                    .await
-                    .map_err(Refused::client_closed)
-            }
-            LoginStep::Continues if whole > 0 => app
-                .write_all(&from_server.split_to(whole))
-                .await
-                .map_err(Refused::client_closed)?,
-            LoginStep::Continues => {}
-        }
-        tokio::select! {
-            read = upstream.read_buf(&mut from_server) => match read {
-                Ok(0) => {
-                    close_with(app, &unavailable_response()).await;
-                    return Err(Refused::new(
-                        RefusalReason::UpstreamUnavailable,
-                        format!("{target}: the server closed the connection during the login"),
-                    ));
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    close_with(app, &unavailable_response()).await;
-                    return Err(read_failed(&e, target, "reading the login"));
-                }
-            },
-            read = app.read_buf(&mut from_app) => match read {
-                Ok(0) => {
-                    return Err(Refused::new(
-                        RefusalReason::ClientClosed,
-                        "the application closed the connection during the login",
-                    ))
-                }
-                Ok(_) => {
-                    let sent = upstream.write_all(&from_app).await;
-                    from_app.clear();
-                    if let Err(e) = sent {
-                        close_with(app, &unavailable_response()).await;
-                        return Err(read_failed(&e, target, "sending the application's login"));
-                    }
-                }
-                Err(e) => return Err(Refused::client_closed(e)),
-            },
         }
     }
 }

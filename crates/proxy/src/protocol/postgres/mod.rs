@@ -8,7 +8,9 @@
 //!        '--StartupMessage--> ErrorResponse 28000 (TLS required), closed
 //! TlsRequested --handshake + policy--> TlsEstablished
 //! TlsEstablished --StartupMessage--> StartupReceived --db_users--> Authorized
-//! Authorized --connect upstream [SSLRequest, TLS], send StartupMessage--> bytes copied both ways
+//! Authorized --connect upstream [SSLRequest, TLS], send StartupMessage--> login relayed
+//! login relayed --ReadyForQuery--> bytes copied both ways
+//!               '--ErrorResponse--> relayed to the client, closed (upstream_refused)
 //! ```
 //!
 //! With `upstream_tls`, the proxy sends its own SSLRequest upstream (or
@@ -24,7 +26,7 @@
 //! plaintext from a local application:
 //!   SSLRequest --> 'N' (once)      GSSENCRequest --> 'N' (once)
 //!   CancelRequest --> forwarded upstream over TLS, closed
-//!   StartupMessage --> connect, SSLRequest (or direct TLS), TLS, StartupMessage --> bytes copied
+//!   StartupMessage --> connect, SSLRequest (or direct TLS), TLS, StartupMessage --> login relayed --> bytes copied
 //!   first byte 0x16 (the application starts TLS) --> closed
 //! ```
 //!
@@ -43,16 +45,21 @@
 //!   proxy sends.
 //! - `server_mode`: the state machine above, for TLS clients.
 //! - `client_mode`: plaintext applications, TLS to the database.
+//! - `relay`: the login relayed until ReadyForQuery, in either mode, so
+//!   a login the database refuses is the connection's refusal.
 //! - `upstream`: the one PostgreSQL upstream connector (SSLRequest or
 //!   direct TLS), the first authentication request with `-PLUS`
 //!   mechanisms removed, and cancel forwarding.
 //! - `session`: both legs open, after negotiation; where a pooled session
 //!   will track messages.
+//! - `pool`: connection pooling; the proxy's own logins to the database
+//!   (`pool::credentials`, `pool::login`).
 
 pub(crate) mod client_mode;
 pub(crate) mod messages;
 pub(crate) mod negotiation;
 pub(crate) mod pool;
+pub(crate) mod relay;
 pub(crate) mod server_mode;
 pub(crate) mod session;
 pub(crate) mod upstream;

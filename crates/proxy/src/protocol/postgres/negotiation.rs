@@ -216,7 +216,7 @@ pub(crate) fn from_application(
     }
 }
 
-/// Where a client-mode login stands after one message from the server.
+/// Where a login stands after one message from the server, in either mode.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum LoginStep {
     /// An authentication request, a parameter, a notice: the login goes on.

@@ -1,7 +1,11 @@
 //! Server mode: a client asks for TLS the PostgreSQL way, proves who it
 //! is, and names the database user it wants; see the diagram in the
 //! folder's module doc. Each state is its own type and each step consumes
-//! it.
+//! it. The login is relayed until the database's ReadyForQuery
+//! (`relay::relay_login`), so a login it refuses (a wrong password, a
+//! database that does not exist, a server shutting down) is counted and
+//! audited as `upstream_refused`, and only a session that got in is
+//! `ok`; from then on bytes are copied untouched.
 
 use std::sync::Arc;
 
@@ -14,6 +18,7 @@ use super::messages::{
 };
 use super::negotiation::{authorize, before_tls, inside_tls, BeforeTls, InsideTls};
 use super::pool::{self, Pools};
+use super::relay::relay_login;
 use super::session::Session;
 use super::upstream::{
     first_authentication_request, forward_cancel, open_upstream, sasl_initial_response,
@@ -357,12 +362,15 @@ impl Authorized {
             }
         };
         let client = &mut self.tls.accepted.stream;
-        client
-            .write_all(&to_client)
-            .await
-            .map_err(Refused::client_closed)?;
         let mut upstream = upstream;
+        let mut from_server = BytesMut::from(&to_client[..]);
         if offer_rewritten {
+            // The client's answer to the rewritten offer is judged before
+            // it goes on; the server says nothing until it has it.
+            client
+                .write_all(&from_server.split())
+                .await
+                .map_err(Refused::client_closed)?;
             let answer = match sasl_initial_response(client).await {
                 Ok(answer) => answer,
                 Err(refused) => {
@@ -384,6 +392,9 @@ impl Authorized {
                 )
             })?;
         }
+        // Until ReadyForQuery, so that a login the database refuses is
+        // this connection's refusal, not an established session.
+        relay_login(client, &mut upstream, from_server, target).await?;
         Ok(self.established(ctx, upstream, tls_version))
     }
 

@@ -22,7 +22,7 @@ use crate::listener::server_mode::PreparedRoute;
 use crate::net::BoxStream;
 use crate::protocol::upstream;
 use crate::refusal::RefusalReason;
-use crate::tls::upstream::{UpstreamSession, UpstreamTls};
+use crate::tls::upstream::{UpstreamClientCert, UpstreamSession, UpstreamTls};
 
 /// The PostgreSQL upstream connector, shared by server mode, client mode
 /// and cancel requests: the connection, then, when `tls` is set, the TLS
@@ -49,11 +49,29 @@ pub(crate) async fn open_tls_upstream(
     tls: &UpstreamTls,
     timeout: Duration,
 ) -> Result<(BoxStream, UpstreamSession), Refused> {
+    open_tls_upstream_presenting(target, tls, None, timeout).await
+}
+
+/// [`open_tls_upstream`], presenting `client` instead of the configured
+/// client certificate when it is given: a pooled login's certificate for
+/// its database user.
+pub(crate) async fn open_tls_upstream_presenting(
+    target: &Endpoint,
+    tls: &UpstreamTls,
+    client: Option<&UpstreamClientCert>,
+    timeout: Duration,
+) -> Result<(BoxStream, UpstreamSession), Refused> {
     let mut stream = upstream::connect(target, timeout).await?;
     if !tls.direct() {
         request_tls(&mut stream, target, timeout).await?;
     }
-    upstream::start_tls(tls, stream, target, timeout).await
+    match client {
+        None => upstream::start_tls(tls, stream, target, timeout).await,
+        Some(client) => tls
+            .connect_presenting(stream, timeout, client)
+            .await
+            .map_err(|f| upstream::tls_refused(&f, target)),
+    }
 }
 
 /// Sends an SSLRequest and reads the one-byte answer: `S` goes on to TLS.

@@ -31,8 +31,10 @@
 
 pub(crate) mod cancel;
 pub(crate) mod credentials;
+mod directions;
 pub(crate) mod login;
 pub(crate) mod session;
+pub(crate) mod statements;
 pub(crate) mod tracking;
 
 use std::collections::HashMap;
@@ -55,6 +57,7 @@ use tracing::{debug, info, warn};
 use self::cancel::CancelKeys;
 use self::credentials::Credentials;
 use self::login::{log_in, BackendKey, LoginFailure};
+use self::statements::ServerStatements;
 use self::tracking::Parameters;
 use crate::error::ProxyError;
 use crate::metrics::ProxyMetrics;
@@ -124,6 +127,8 @@ pub(crate) struct ServerConn {
     pub(crate) scanner: MessageScanner,
     /// What the server's session holds of the restored parameters.
     pub(crate) params: Parameters,
+    /// The client statements prepared on it, by server-side name.
+    pub(crate) statements: ServerStatements,
     pub(crate) key: BackendKey,
     pub(crate) id: u64,
     created: Instant,
@@ -400,6 +405,7 @@ impl Pools {
             buf: BytesMut::new(),
             scanner: MessageScanner::new(),
             params,
+            statements: ServerStatements::default(),
             key: logged_in.key,
             id,
             created: now,

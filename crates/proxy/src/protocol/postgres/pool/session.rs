@@ -13,9 +13,8 @@
 //! is complete. Either way no message is split between two clients.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
@@ -23,14 +22,18 @@ use intransit_config::PoolMode;
 use intransit_wire::pg::session::{
     backend, encode_authentication_ok, encode_backend_key_data, encode_parameter_status,
     encode_query, encode_ready_for_query, frontend, parse_parameter_status, MessageScanner,
-    Scanned, TransactionStatus, MAX_MESSAGE_LEN,
+    Scanned, TransactionStatus,
 };
 use intransit_wire::pg::{ErrorResponse, SqlState, StartupMessage};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tracing::info;
 
 use super::cancel::{CancelKeys, CancelSlot};
-use super::tracking::{is_listen, ClientMessage, Exchange, Parameters, LISTEN_PREFIX, RESTORED};
+use super::directions::{
+    self, client_to_server, server_to_client, ClientSide, ServerSide, Shared, Stop, Tracking,
+};
+use super::statements::ClientStatements;
+use super::tracking::{Exchange, Parameters, RESTORED};
 use super::{AcquireError, Lease, Pool, Pools, ServerConn};
 use crate::conn::{ConnectionContext, Established, Listener, Refused};
 use crate::net::close_with;
@@ -44,11 +47,6 @@ pub(crate) struct Verified<'a, S> {
     pub(crate) pending: BytesMut,
     pub(crate) handshake_micros: u128,
 }
-
-/// What the client is told instead of a query's results when a
-/// transaction-mode pool cannot honour LISTEN: the server raises it, so
-/// it arrives in order with the rest of the client's results.
-const LISTEN_REFUSAL: &str = "DO $intransit$ BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', MESSAGE = 'LISTEN is not available through a transaction-mode pool: notifications would arrive on a server connection this session no longer holds', HINT = 'Connect through a listener whose [listener.pool] has mode = \"session\".'; END $intransit$";
 
 /// Runs one pooled client to its end.
 pub(crate) async fn serve<L, S>(
@@ -143,6 +141,7 @@ where
         from_client: 0,
         to_client: 0,
         servers: BTreeSet::new(),
+        statements: ClientStatements::default(),
     };
     let (mut reader, mut writer) = tokio::io::split(&mut client);
     let ended = run
@@ -215,7 +214,8 @@ fn acquire_ending(pools: &Pools, pool: &Pool, error: AcquireError) -> Ending {
             ),
         },
         AcquireError::Login(failure) => {
-            let reply = failure.server_error.unwrap_or_else(|| {
+            // The server's own refusal reaches the client as sent.
+            let reply = failure.server_error.map(|e| e.frame).unwrap_or_else(|| {
                 ErrorResponse::fatal(
                     SqlState::CONNECTION_FAILURE,
                     "the database is unavailable right now",
@@ -282,6 +282,8 @@ struct Run<'a> {
     from_client: u64,
     to_client: u64,
     servers: BTreeSet<u64>,
+    /// The client's named prepared statements (transaction mode).
+    statements: ClientStatements,
 }
 
 type Reader<'c, S> = ReadHalf<&'c mut S>;
@@ -397,12 +399,13 @@ impl Run<'_> {
         exchange: &mut Exchange,
     ) -> Detached {
         let transaction_mode = self.pools.mode() == PoolMode::Transaction;
-        let shared = Shared {
-            exchange: Mutex::new(*exchange),
-            client_inside_message: AtomicBool::new(self.client_scanner.inside_message()),
-            client_writing: AtomicBool::new(false),
-            release_wanted: AtomicBool::new(false),
-        };
+        let cap = self.pools.config.max_prepared_statements;
+        let tracking = directions::tracks(transaction_mode, cap);
+        let shared = Shared::new(
+            *exchange,
+            self.client_scanner.inside_message(),
+            std::mem::take(&mut server.statements),
+        );
         let ServerConn {
             stream,
             buf: server_buf,
@@ -411,256 +414,45 @@ impl Run<'_> {
             ..
         } = server;
         let (mut server_reader, mut server_writer) = tokio::io::split(stream);
-        let client_buf = &mut self.client_buf;
-        let client_scanner = &mut self.client_scanner;
-        let from_client = AtomicU64::new(0);
-        let to_client = AtomicU64::new(0);
-        let client_to_server = async {
-            loop {
-                let mut pos = 0;
-                let mut stop = None;
-                let mut listen_at = None;
-                loop {
-                    let scanned = client_scanner.scan(&client_buf[pos..], MAX_MESSAGE_LEN, |tag| {
-                        if transaction_mode && tag == frontend::QUERY {
-                            LISTEN_PREFIX
-                        } else {
-                            0
-                        }
-                    });
-                    match scanned {
-                        Err(e) => {
-                            stop = Some(Detached::Ended(Ending::malformed(format!(
-                                "invalid message from the client: {e}"
-                            ))));
-                            break;
-                        }
-                        Ok(Scanned::NeedMore) => break,
-                        Ok(Scanned::Continues { len }) => pos += len,
-                        Ok(Scanned::Message {
-                            tag,
-                            prefix,
-                            len,
-                            body_len,
-                        }) => {
-                            let mut e = shared.exchange();
-                            match e.client_message(tag) {
-                                ClientMessage::Forward => {
-                                    if transaction_mode
-                                        && tag == frontend::QUERY
-                                        && is_listen(prefix)
-                                    {
-                                        // Replaced whole: the query must have arrived.
-                                        if len < body_len + 5 {
-                                            *client_scanner = MessageScanner::new();
-                                            stop = Some(Detached::Ended(Ending::malformed(
-                                                "a LISTEN query longer than what arrived with it"
-                                                    .into(),
-                                            )));
-                                            break;
-                                        }
-                                        listen_at = Some((pos, len));
-                                        shared.set_exchange(e);
-                                        break;
-                                    }
-                                    shared.set_exchange(e);
-                                    pos += len;
-                                }
-                                ClientMessage::Terminate => {
-                                    stop = Some(Detached::ClientGone);
-                                    break;
-                                }
-                                ClientMessage::Invalid => {
-                                    stop = Some(Detached::Ended(Ending::malformed(format!(
-                                        "message type 0x{tag:02x} is not one a client sends after startup"
-                                    ))));
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                }
-                shared
-                    .client_inside_message
-                    .store(client_scanner.inside_message(), Ordering::Relaxed);
-                if pos > 0 {
-                    shared.client_writing.store(true, Ordering::Relaxed);
-                    let written = server_writer.write_all(&client_buf[..pos]).await;
-                    shared.client_writing.store(false, Ordering::Relaxed);
-                    if let Err(e) = written {
-                        return Detached::Ended(Ending::server_lost(
-                            self.pools,
-                            format!("writing to the server: {e}"),
-                        ));
-                    }
-                    client_buf.advance(pos);
-                    from_client.fetch_add(pos as u64, Ordering::Relaxed);
-                }
-                if let Some((_, len)) = listen_at {
-                    let mut replacement = Vec::new();
-                    let _ = encode_query(LISTEN_REFUSAL, &mut replacement);
-                    if let Err(e) = server_writer.write_all(&replacement).await {
-                        return Detached::Ended(Ending::server_lost(
-                            self.pools,
-                            format!("writing to the server: {e}"),
-                        ));
-                    }
-                    client_buf.advance(len);
-                    continue;
-                }
-                if let Some(stop) = stop {
-                    return stop;
-                }
-                if shared.release_wanted.load(Ordering::Relaxed)
-                    && shared.exchange().at_transaction_boundary()
-                    && !client_scanner.inside_message()
-                {
-                    return Detached::Released;
-                }
-                if client_buf.capacity() - client_buf.len() < 1024 {
-                    client_buf.reserve(8192);
-                }
-                match reader.read_buf(client_buf).await {
-                    Ok(0) | Err(_) => return Detached::ClientGone,
-                    Ok(_) => {}
-                }
-            }
+        let search_path = params.get("search_path").unwrap_or_default().to_owned();
+        let client_side = ClientSide {
+            buf: &mut self.client_buf,
+            scanner: &mut self.client_scanner,
+            transaction_mode,
+            tracking: tracking.then_some(Tracking {
+                client: &mut self.statements,
+                cap,
+                search_path,
+            }),
         };
-        let server_to_client = async {
-            loop {
-                let mut pos = 0;
-                let mut release = false;
-                loop {
-                    let scanned =
-                        server_scanner.scan(&server_buf[pos..], MAX_MESSAGE_LEN, |tag| match tag {
-                            backend::READY_FOR_QUERY => 1,
-                            backend::PARAMETER_STATUS => usize::MAX,
-                            _ => 0,
-                        });
-                    match scanned {
-                        Err(e) => {
-                            return Detached::Ended(Ending::server_lost(
-                                self.pools,
-                                format!("invalid message from the server: {e}"),
-                            ))
-                        }
-                        Ok(Scanned::NeedMore) => break,
-                        Ok(Scanned::Continues { len }) => pos += len,
-                        Ok(Scanned::Message {
-                            tag, prefix, len, ..
-                        }) => {
-                            pos += len;
-                            match tag {
-                                backend::PARAMETER_STATUS => {
-                                    if let Ok((name, value)) = parse_parameter_status(prefix) {
-                                        params.record(name, value);
-                                        server_params.record(name, value);
-                                    }
-                                }
-                                backend::READY_FOR_QUERY => {
-                                    let Ok(status) = TransactionStatus::parse(prefix) else {
-                                        return Detached::Ended(Ending::server_lost(
-                                            self.pools,
-                                            "invalid ReadyForQuery from the server".into(),
-                                        ));
-                                    };
-                                    let mut e = shared.exchange();
-                                    e.ready(status);
-                                    shared.set_exchange(e);
-                                    if transaction_mode
-                                        && e.at_transaction_boundary()
-                                        && !shared.client_inside_message.load(Ordering::Relaxed)
-                                    {
-                                        release = true;
-                                        break;
-                                    }
-                                }
-                                backend::COPY_BOTH_RESPONSE => {
-                                    return Detached::Ended(Ending::server_lost(
-                                        self.pools,
-                                        "the server started a COPY BOTH (replication), which a pool cannot carry".into(),
-                                    ))
-                                }
-                                _ => {}
-                            }
-                        }
-                    }
-                }
-                if pos > 0 {
-                    let written = async {
-                        writer.write_all(&server_buf[..pos]).await?;
-                        writer.flush().await
-                    }
-                    .await;
-                    if written.is_err() {
-                        return Detached::ClientGone;
-                    }
-                    server_buf.advance(pos);
-                    to_client.fetch_add(pos as u64, Ordering::Relaxed);
-                }
-                if release {
-                    if !shared.client_writing.load(Ordering::Relaxed) {
-                        return Detached::Released;
-                    }
-                    shared.release_wanted.store(true, Ordering::Relaxed);
-                    std::future::pending::<()>().await;
-                }
-                if pos == 0 {
-                    if server_buf.capacity() - server_buf.len() < 1024 {
-                        server_buf.reserve(16384);
-                    }
-                    match server_reader.read_buf(server_buf).await {
-                        Ok(0) => {
-                            return Detached::Ended(Ending::server_lost(
-                                self.pools,
-                                "the server closed the connection".into(),
-                            ))
-                        }
-                        Err(e) => {
-                            return Detached::Ended(Ending::server_lost(
-                                self.pools,
-                                format!("reading from the server: {e}"),
-                            ))
-                        }
-                        Ok(_) => {}
-                    }
-                }
-            }
+        let server_side = ServerSide {
+            buf: server_buf,
+            scanner: server_scanner,
+            params: server_params,
+            client_params: params,
+            transaction_mode,
+            tracking,
         };
-        let detached = tokio::select! {
-            d = client_to_server => d,
-            d = server_to_client => d,
+        let stop = tokio::select! {
+            stop = client_to_server(&shared, client_side, reader, &mut server_writer) => stop,
+            stop = server_to_client(&shared, server_side, &mut server_reader, writer) => stop,
         };
         *exchange = shared.exchange();
-        self.from_client += from_client.into_inner();
-        self.to_client += to_client.into_inner();
-        if server_buf.is_empty() {
-            *server_buf = BytesMut::new();
+        self.from_client += shared.from_client.load(Ordering::Relaxed);
+        self.to_client += shared.to_client.load(Ordering::Relaxed);
+        server.statements = shared.into_server_statements();
+        if server.buf.is_empty() {
+            server.buf = BytesMut::new();
         }
         if self.client_buf.is_empty() {
             self.client_buf = BytesMut::new();
         }
-        detached
-    }
-}
-
-/// What the two directions of an attachment share. They run in one
-/// task, so nothing here is ever contended; the types are those a `Send`
-/// future may share.
-struct Shared {
-    exchange: Mutex<Exchange>,
-    client_inside_message: AtomicBool,
-    client_writing: AtomicBool,
-    release_wanted: AtomicBool,
-}
-
-impl Shared {
-    fn exchange(&self) -> Exchange {
-        *self.exchange.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn set_exchange(&self, e: Exchange) {
-        *self.exchange.lock().unwrap_or_else(|p| p.into_inner()) = e;
+        match stop {
+            Stop::Released => Detached::Released,
+            Stop::ClientGone => Detached::ClientGone,
+            Stop::Malformed(detail) => Detached::Ended(Ending::malformed(detail)),
+            Stop::ServerLost(what) => Detached::Ended(Ending::server_lost(self.pools, what)),
+        }
     }
 }
 

@@ -1,0 +1,219 @@
+//! The pool's own logins to PostgreSQL, through the binary: a password
+//! from `auth_file` (SCRAM over TCP, and a wrong one whose 28P01 reaches
+//! the client as the server sent it), and a client certificate the proxy
+//! mints for each database user, which a PostgreSQL with TLS and
+//! `hostssl ... cert` checks itself.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::OnceLock;
+
+use intransit_testkit::{PgOptions, PgServer, PgSsl};
+
+use std::time::Duration;
+
+use crate::support::*;
+
+#[test]
+fn password_from_auth_file_and_a_wrong_one_relayed_as_the_server_said_it() {
+    let user = db_user("pool_pw");
+    let wrong = db_user("pool_pw_wrong");
+    let dir = tempfile::tempdir().unwrap();
+    let auth_file = dir.path().join("userlist.txt");
+    std::fs::write(
+        &auth_file,
+        format!(
+            "; the pool's passwords\n\"{}\" \"{}\"\n\"{}\" \"not-{}\"\n",
+            user.name, user.password, wrong.name, wrong.password
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&auth_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let proxy = ProxyProcess::start(&listener_toml(
+        &pg_upstream(),
+        "",
+        &format!(
+            "[listener.pool]\nserver_auth = \"password\"\nauth_file = \"{}\"",
+            auth_file.display()
+        ),
+    ));
+
+    let ci = conninfo(proxy.port(), &user.name, &user.name, &pki().trainer, "");
+    let out = psql(&ci, "SELECT current_user", None);
+    assert!(out.status.success(), "psql: {}", stderr(&out));
+    assert_eq!(stdout(&out), user.name);
+
+    let ci = conninfo(proxy.port(), &wrong.name, &wrong.name, &pki().trainer, "");
+    let out = psql(&ci, "SELECT 1", None);
+    assert!(!out.status.success(), "logged in with a wrong password");
+    let said = stderr(&out);
+    assert!(
+        said.contains(&format!(
+            "password authentication failed for user \"{}\"",
+            wrong.name
+        )),
+        "{said}"
+    );
+    let line = proxy.refusal("upstream_refused");
+    let detail = line["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("28P01"), "{line}");
+    assert!(!detail.contains(&wrong.password), "{line}");
+}
+
+/// A PostgreSQL with TLS that logs everyone in by client certificate,
+/// trusting the test CA, which also mints the pool's certificates.
+fn cert_pg() -> &'static PgServer {
+    static PG: OnceLock<PgServer> = OnceLock::new();
+    PG.get_or_init(|| {
+        let p = pki();
+        PgServer::start(PgOptions {
+            ssl: Some(PgSsl {
+                cert_file: p.server.chain.clone(),
+                key_file: p.server.key.clone(),
+                ca_file: p.ca.clone(),
+            }),
+            hba_first: vec![
+                "hostssl all all 127.0.0.1/32 cert".into(),
+                "hostnossl all all 127.0.0.1/32 reject".into(),
+            ],
+            ..PgOptions::default()
+        })
+        .expect("PostgreSQL with TLS")
+    })
+}
+
+#[test]
+fn cert_logins_present_a_certificate_minted_for_each_database_user() {
+    let pg = cert_pg();
+    let users: Vec<String> = ["pool_cert_a", "pool_cert_b"]
+        .iter()
+        .map(|prefix| {
+            let name = intransit_testkit::unique_name(prefix);
+            pg.psql("postgres", &format!("CREATE ROLE \"{name}\" LOGIN"))
+                .expect("role");
+            name
+        })
+        .collect();
+    let proxy = ProxyProcess::start(&listener_toml(
+        &format!("127.0.0.1:{}", pg.port()),
+        "",
+        &format!(
+            "[listener.pool]\nserver_auth = \"cert\"\ncert_authority = \"{}\"\n[listener.upstream_tls]\nmode = \"verify-full\"\nca = \"{}\"",
+            pki().dir.display(),
+            pki().ca.display()
+        ),
+    ));
+    for user in &users {
+        let ci = conninfo(proxy.port(), user, "postgres", &pki().trainer, "");
+        let out = psql(
+            &ci,
+            "SELECT current_user, client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            None,
+        );
+        assert!(out.status.success(), "psql: {}", stderr(&out));
+        assert_eq!(stdout(&out), format!("{user}|/CN={user}"));
+    }
+    let logins: Vec<_> = proxy
+        .logs()
+        .into_iter()
+        .filter(|v| v["message"] == "server connection logged in")
+        .collect();
+    assert_eq!(logins.len(), 2, "{logins:?}");
+    for login in &logins {
+        assert_eq!(login["server_auth"], "cert", "{login}");
+        assert_eq!(login["upstream_tls"], "TLSv1_3", "{login}");
+    }
+}
+
+/// A cert-mode pool on `cert_pg`, with the upstream CA read from `ca`.
+fn cert_pool(ca: &std::path::Path, extra: &str) -> ProxyProcess {
+    ProxyProcess::start(&listener_toml(
+        &format!("127.0.0.1:{}", cert_pg().port()),
+        "",
+        &format!(
+            "{extra}\n[listener.pool]\nserver_auth = \"cert\"\ncert_authority = \"{}\"\n[listener.upstream_tls]\nmode = \"verify-full\"\nca = \"{}\"",
+            pki().dir.display(),
+            ca.display()
+        ),
+    ))
+}
+
+fn role(prefix: &str) -> String {
+    let name = intransit_testkit::unique_name(prefix);
+    cert_pg()
+        .psql("postgres", &format!("CREATE ROLE \"{name}\" LOGIN"))
+        .expect("role");
+    name
+}
+
+fn server_logins(proxy: &ProxyProcess) -> usize {
+    proxy
+        .logs()
+        .iter()
+        .filter(|v| v["message"] == "server connection logged in")
+        .count()
+}
+
+#[test]
+fn a_user_the_mapping_denies_never_reaches_postgresql() {
+    let (allowed, denied) = (role("pool_map_ok"), role("pool_map_no"));
+    let proxy = cert_pool(
+        &pki().ca,
+        &format!("[[listener.db_users]]\nidentity = \"cn:trainer\"\nusers = [\"{allowed}\"]"),
+    );
+    let ci = conninfo(proxy.port(), &denied, "postgres", &pki().trainer, "");
+    let out = psql(&ci, "SELECT 1", None);
+    assert!(!out.status.success(), "a denied user logged in");
+    proxy.refusal("user_denied");
+    assert_eq!(
+        server_logins(&proxy),
+        0,
+        "the denied user reached PostgreSQL"
+    );
+    let seen = cert_pg()
+        .psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE usename = '{denied}'"),
+        )
+        .expect("pg_stat_activity");
+    assert_eq!(seen, "0");
+    let ci = conninfo(proxy.port(), &allowed, "postgres", &pki().trainer, "");
+    let out = psql(&ci, "SELECT current_user", None);
+    assert!(out.status.success(), "psql: {}", stderr(&out));
+    assert_eq!(server_logins(&proxy), 1);
+}
+
+#[test]
+fn new_upstream_material_replaces_server_connections_without_a_client_error() {
+    let user = role("pool_reload");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("upstream-ca.pem");
+    std::fs::copy(&pki().ca, &ca).expect("copy CA");
+    let proxy = cert_pool(&ca, "");
+    let ci = conninfo(proxy.port(), &user, "postgres", &pki().trainer, "");
+    let mut client = crate::pool::Interactive::start(&ci);
+    assert_eq!(client.query("SELECT 1"), "1");
+    // (psql -q prints nothing for BEGIN and COMMIT themselves.)
+    assert_eq!(client.query("BEGIN; SELECT 2"), "2");
+    assert_eq!(server_logins(&proxy), 1);
+    // The upstream trust anchors change (a second CA joins the bundle):
+    // new material for the upstream leg.
+    let extra = RawCa::new("pool-reload-extra");
+    let mut bundle = std::fs::read(&pki().ca).expect("CA");
+    bundle.extend(std::fs::read(&extra.ca).expect("extra CA"));
+    std::fs::write(&ca, bundle).expect("write bundle");
+    signal(proxy.pid(), "HUP");
+    proxy.wait_for_log(Duration::from_secs(15), |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("pool credentials or upstream TLS changed"))
+    });
+    // The open transaction finishes on its own server connection...
+    assert_eq!(client.query("SELECT 3; COMMIT"), "3");
+    assert_eq!(server_logins(&proxy), 1);
+    // ...which is then replaced: the next transaction logs in anew.
+    assert_eq!(client.query("SELECT 4"), "4");
+    assert_eq!(server_logins(&proxy), 2);
+    let out = client.finish();
+    assert!(out.status.success(), "psql: {}", stderr(&out));
+    assert_eq!(stderr(&out), "", "the client saw an error");
+}
