@@ -525,6 +525,18 @@ the configuration file.
   upstream_tls = { ... }             default: the listener's
   require_sni_match = false          (listener key) refuse names that match no route
 
+  [listener.pool]                    PostgreSQL pooling; clients log in by certificate alone
+  mode = \"transaction\"               transaction (default) or session
+  size = 20                          server connections per (database, user)
+  min_idle = 0
+  server_auth = \"cert\"               cert (minted per user), password (auth_file) or trust
+  auth_file = \"userlist.txt\"         \"user\" \"password\" lines, mode 0600
+  cert_authority = \"/var/lib/intransit\"   the CA that mints; default state_dir
+  cert_lifetime = \"1h\"  reset_query = \"DISCARD ALL\"  max_prepared_statements = 200
+  wait_timeout = \"120s\"  server_idle_timeout = \"10m\"  server_lifetime = \"1h\"
+  server_login_timeout = \"15s\"
+  [listener.pool.users.NAME]         server_auth, cert, key, size for one user
+
   [[listener.db_users]]              once any rule exists, logins must match one
   identity = \"uri:spiffe://prod/trainer\"
   users = [\"trainer\", \"readonly\"]    \"*\" = any user
@@ -704,6 +716,7 @@ mod tests {
             "[[listener]]\n[listener.upstream_tls]",
             "[[listener]]\n[[listener.route]]",
             "[[listener]]\n[[listener.db_users]]",
+            "[[listener]]\n[listener.pool]",
         ] {
             for key in keys_of_table(table) {
                 assert!(

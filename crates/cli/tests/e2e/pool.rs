@@ -175,18 +175,59 @@ fn transaction_mode_keeps_each_client_s_time_zone_its_own() {
     let user = db_user("pool_tz");
     let proxy = pooled("mode = \"transaction\"\nsize = 1");
     let ci = conninfo(proxy.port(), &user.name, &user.name, &pki().trainer, "");
-    // One server connection for both clients: psql's SET is restored for
-    // its own later transactions and never seen by the other client.
-    let out = psql(
-        &ci,
-        "SET TimeZone = 'Asia/Tokyo'; SELECT 1; SHOW TimeZone",
+    // Two clients interleaved on one server connection, each with its own
+    // SET TimeZone: each sees only its own, in every transaction.
+    let mut tokyo = Interactive::start(&ci);
+    let mut lima = Interactive::start(&ci);
+    let mut plain = Interactive::start(&ci);
+    let default = plain.query("SHOW TimeZone");
+    assert_eq!(
+        tokyo.query("SET TimeZone = 'Asia/Tokyo'; SHOW TimeZone"),
+        "Asia/Tokyo"
+    );
+    assert_eq!(
+        lima.query("SET TimeZone = 'America/Lima'; SHOW TimeZone"),
+        "America/Lima"
+    );
+    for _ in 0..5 {
+        assert_eq!(tokyo.query("SHOW TimeZone"), "Asia/Tokyo");
+        assert_eq!(plain.query("SHOW TimeZone"), default);
+        assert_eq!(lima.query("SHOW TimeZone"), "America/Lima");
+        assert_eq!(
+            tokyo.query("SELECT to_char(timestamptz '2026-01-01 00:00:00+00', 'HH24')"),
+            "09"
+        );
+        assert_eq!(
+            lima.query("SELECT to_char(timestamptz '2026-01-01 00:00:00+00', 'HH24')"),
+            "19"
+        );
+    }
+    for client in [tokyo, lima, plain] {
+        let out = client.finish();
+        assert!(out.status.success(), "psql: {}", stderr(&out));
+        assert_eq!(stderr(&out), "");
+    }
+    assert_eq!(backends(&user.name), 1);
+}
+
+#[test]
+fn a_large_result_set_arrives_exactly_as_it_does_directly() {
+    let user = db_user("pool_large");
+    let proxy = pooled("mode = \"transaction\"\nsize = 1");
+    let ci = conninfo(proxy.port(), &user.name, &user.name, &pki().trainer, "");
+    // About 50 MB of rows, hashed by psql's client.
+    let sql = "SELECT i, repeat(md5(i::text), 16) FROM generate_series(1, 100000) AS i";
+    let through = psql(&ci, sql, None);
+    assert!(through.status.success(), "psql: {}", stderr(&through));
+    let direct = psql(
+        &pg().tcp_conninfo(&user.name, &user.password, &user.name),
+        sql,
         None,
     );
-    assert!(out.status.success(), "psql: {}", stderr(&out));
-    assert!(stdout(&out).ends_with("Asia/Tokyo"), "{}", stdout(&out));
-    let out = psql(&ci, "SHOW TimeZone", None);
-    assert!(out.status.success(), "psql: {}", stderr(&out));
-    assert_ne!(stdout(&out), "Asia/Tokyo");
+    assert!(direct.status.success(), "psql: {}", stderr(&direct));
+    assert_eq!(through.stdout.len(), direct.stdout.len());
+    assert!(through.stdout == direct.stdout, "the rows differ");
+    assert!(through.stdout.len() > 50_000_000);
 }
 
 #[test]

@@ -124,17 +124,23 @@ fn cert_logins_present_a_certificate_minted_for_each_database_user() {
     }
 }
 
-/// A cert-mode pool on `cert_pg`, with the upstream CA read from `ca`.
-fn cert_pool(ca: &std::path::Path, extra: &str) -> ProxyProcess {
+/// A cert-mode pool on `cert_pg`, with the upstream CA read from `ca`,
+/// `extra` listener lines and `pool` lines.
+fn cert_pool_with(ca: &std::path::Path, extra: &str, pool: &str) -> ProxyProcess {
     ProxyProcess::start(&listener_toml(
         &format!("127.0.0.1:{}", cert_pg().port()),
         "",
         &format!(
-            "{extra}\n[listener.pool]\nserver_auth = \"cert\"\ncert_authority = \"{}\"\n[listener.upstream_tls]\nmode = \"verify-full\"\nca = \"{}\"",
+            "{extra}\n[listener.pool]\n{pool}\nserver_auth = \"cert\"\ncert_authority = \"{}\"\n[listener.upstream_tls]\nmode = \"verify-full\"\nca = \"{}\"",
             pki().dir.display(),
             ca.display()
         ),
     ))
+}
+
+/// A cert-mode pool on `cert_pg` in transaction mode.
+fn cert_pool(ca: &std::path::Path, extra: &str) -> ProxyProcess {
+    cert_pool_with(ca, extra, "")
 }
 
 fn role(prefix: &str) -> String {
@@ -216,4 +222,57 @@ fn new_upstream_material_replaces_server_connections_without_a_client_error() {
     let out = client.finish();
     assert!(out.status.success(), "psql: {}", stderr(&out));
     assert_eq!(stderr(&out), "", "the client saw an error");
+}
+
+fn pgbench_select(ci: &str) -> std::process::Output {
+    let pgbench = intransit_testkit::require_tool("pgbench", "postgresql-client").expect("pgbench");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("select.sql");
+    std::fs::write(&script, "SELECT current_user, pg_backend_pid();\n").expect("script");
+    std::process::Command::new(pgbench)
+        .args(["-n", "-c", "6", "-j", "2", "-t", "30", "-f"])
+        .arg(&script)
+        .arg(ci)
+        .env_remove("PGPASSWORD")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("pgbench")
+}
+
+#[test]
+fn pgbench_runs_through_password_and_cert_pools_in_both_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let user = db_user("pool_pw_bench");
+    let auth_file = dir.path().join("userlist.txt");
+    std::fs::write(
+        &auth_file,
+        format!("\"{}\" \"{}\"\n", user.name, user.password),
+    )
+    .unwrap();
+    std::fs::set_permissions(&auth_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cert_user = role("pool_cert_bench");
+    for mode in ["transaction", "session"] {
+        let password = ProxyProcess::start(&listener_toml(
+            &pg_upstream(),
+            "",
+            &format!(
+                "[listener.pool]\nmode = \"{mode}\"\nsize = 2\nserver_auth = \"password\"\nauth_file = \"{}\"",
+                auth_file.display()
+            ),
+        ));
+        let cert = cert_pool_with(&pki().ca, "", &format!("mode = \"{mode}\"\nsize = 2"));
+        for (proxy, name, db) in [
+            (&password, user.name.as_str(), user.name.as_str()),
+            (&cert, cert_user.as_str(), "postgres"),
+        ] {
+            let ci = conninfo(proxy.port(), name, db, &pki().trainer, "");
+            let run = pgbench_select(&ci);
+            assert!(run.status.success(), "{mode} {name}: {}", stderr(&run));
+            let out = String::from_utf8_lossy(&run.stdout).into_owned();
+            assert!(
+                out.contains("number of transactions actually processed: 180/180"),
+                "{mode} {name}: {out}"
+            );
+        }
+    }
 }

@@ -90,8 +90,12 @@ where
     let pool = pools.pool(database, user);
     let _counted = pool.client();
     let slot = CancelKeys::register(pools);
+    // A server connection is taken at login only when the pool has never
+    // logged in and so has no parameters to report; otherwise the client
+    // gets one with its first message (and, in session mode, keeps it), so
+    // a login never waits for a busy pool.
     let mut lease = None;
-    if pools.mode() == PoolMode::Session || pool.startup_parameters().is_none() {
+    if pool.startup_parameters().is_none() {
         match pools.acquire(&pool).await {
             Ok(l) => lease = Some(l),
             Err(e) => return Err(refuse_acquire(&mut client, pools, &pool, e).await),
