@@ -38,7 +38,7 @@ use crate::error::ProxyError;
 use crate::protocol::mysql::negotiation as my;
 use crate::protocol::postgres::negotiation as pgn;
 use crate::protocol::postgres::pool::tracking::{
-    is_listen, ClientMessage, Exchange, Parameters, RESTORED,
+    has_listen, is_listen, ClientMessage, Exchange, Parameters, RESTORED,
 };
 use crate::refusal::RefusalReason;
 use crate::tls::listener::{client_verifier, crypto_provider, ClientTrust};
@@ -717,12 +717,19 @@ fn escape_string_literals(sql: &str) -> (String, Vec<String>) {
     (text, literals)
 }
 
-/// [`is_listen`] never panics, and its verdict does not change with
+/// [`is_listen`] and [`has_listen`] never panic; `is_listen`'s verdict
+/// does not change with
 /// blanks, comments or empty statements put before the query, or with
 /// letter case; `LISTEN` followed by anything that ends a keyword is
 /// LISTEN, followed by what continues an identifier it is another word.
 fn pool_listen(data: &[u8]) {
     let verdict = is_listen(data);
+    // Any statement of a query: a LISTEN first is one, and the verdict
+    // does not depend on letter case.
+    let anywhere = has_listen(data);
+    assert!(anywhere || !verdict);
+    assert_eq!(has_listen(&data.to_ascii_lowercase()), anywhere);
+    assert_eq!(has_listen(&data.to_ascii_uppercase()), anywhere);
     for before in [
         &b" "[..],
         b"\t\r\n\x0b\x0c",

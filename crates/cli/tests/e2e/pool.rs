@@ -1077,3 +1077,38 @@ async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) 
     .await;
     out.into_iter().flatten().collect()
 }
+
+#[test]
+fn listen_is_refused_after_other_statements_and_through_the_extended_protocol() {
+    let user = db_user("pool_listen_more");
+    let proxy = pooled("mode = \"transaction\"");
+    let ci = conninfo(proxy.port(), &user.name, &user.name, &pki().trainer, "");
+    let out = psql(&ci, "SELECT 1; LISTEN jobs", None);
+    assert!(!out.status.success(), "LISTEN after SELECT got through");
+    assert!(
+        stderr(&out).contains("LISTEN is not available"),
+        "{}",
+        stderr(&out)
+    );
+    // A semicolon inside a string is not a statement boundary.
+    let out = psql(&ci, "SELECT ';LISTEN x'", None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), ";LISTEN x");
+    // Prepared (psycopg with prepare_threshold 0) and unnamed (the
+    // extended protocol) LISTEN both get the refusal at execution.
+    let out = psycopg(
+        r#"
+import sys, psycopg
+for threshold in (0, None):
+    with psycopg.connect(sys.argv[1], prepare_threshold=threshold, autocommit=True) as c:
+        try:
+            c.execute("LISTEN jobs", prepare=threshold == 0)
+            print("listened")
+        except psycopg.errors.FeatureNotSupported as e:
+            print("refused")
+        print(c.execute("SELECT %s::int", (7,)).fetchone()[0])
+"#,
+        &ci,
+    );
+    assert_eq!(out, "refused\n7\nrefused\n7");
+}

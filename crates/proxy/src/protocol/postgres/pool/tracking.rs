@@ -276,8 +276,96 @@ fn continues_identifier(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
 }
 
-/// How much of a Query's text [`is_listen`] needs to see.
-pub(crate) const LISTEN_PREFIX: usize = 256;
+/// Whether any statement of a query text (statements separated by `;`
+/// outside quotes, quoted identifiers, dollar quotes and comments) is a
+/// LISTEN. Text cut short is judged on what is there.
+pub(crate) fn has_listen(text: &[u8]) -> bool {
+    let mut rest = text;
+    loop {
+        if is_listen(rest) {
+            return true;
+        }
+        match next_statement(rest) {
+            Some(after) => rest = after,
+            None => return false,
+        }
+    }
+}
+
+/// The text after the `;` that ends the statement at the front of
+/// `text`, or `None` when no such `;` is there.
+fn next_statement(mut rest: &[u8]) -> Option<&[u8]> {
+    let mut previous = 0u8;
+    loop {
+        match rest {
+            [] => return None,
+            [b';', tail @ ..] => return Some(tail),
+            [b'-', b'-', tail @ ..] => {
+                let end = tail.iter().position(|&b| b == b'\n' || b == b'\r')?;
+                rest = &tail[end..];
+            }
+            [b'/', b'*', tail @ ..] => rest = block_comment_end(tail)?,
+            [b'\'', tail @ ..] => {
+                let escapes = previous == b'E' || previous == b'e';
+                rest = quoted_end(tail, b'\'', escapes)?;
+            }
+            [b'"', tail @ ..] => rest = quoted_end(tail, b'"', false)?,
+            [b'$', tail @ ..] if !continues_identifier(previous) || previous >= 0x80 => {
+                rest = dollar_quoted_end(tail).unwrap_or(tail);
+            }
+            [b, tail @ ..] => {
+                previous = *b;
+                rest = tail;
+                continue;
+            }
+        }
+        previous = 0;
+    }
+}
+
+/// What follows a quoted string or identifier whose opening `quote` was
+/// just read (a doubled quote stays inside; with `escapes`, a backslash
+/// escapes the next byte).
+fn quoted_end(mut rest: &[u8], quote: u8, escapes: bool) -> Option<&[u8]> {
+    loop {
+        match rest {
+            [b'\\', _, tail @ ..] if escapes => rest = tail,
+            [q1, q2, tail @ ..] if *q1 == quote && *q2 == quote => rest = tail,
+            [q, tail @ ..] if *q == quote => return Some(tail),
+            [_, tail @ ..] => rest = tail,
+            [] => return None,
+        }
+    }
+}
+
+/// What follows a dollar-quoted string whose first `$` was just read
+/// (`$tag$ ... $tag$`), or `None` when `$` does not open one here (a
+/// positional parameter such as `$1`).
+fn dollar_quoted_end(rest: &[u8]) -> Option<&[u8]> {
+    let tag_len = rest.iter().position(|&b| b == b'$')?;
+    let tag = &rest[..tag_len];
+    if tag.first().is_some_and(u8::is_ascii_digit)
+        || !tag.iter().all(|&b| continues_identifier(b) && b != b'$')
+    {
+        return None;
+    }
+    let body = &rest[tag_len + 1..];
+    let mut i = 0;
+    while i < body.len() {
+        if body[i] == b'$'
+            && body[i + 1..].starts_with(tag)
+            && body.get(i + 1 + tag_len) == Some(&b'$')
+        {
+            return Some(&body[i + 2 + tag_len..]);
+        }
+        i += 1;
+    }
+    // An unterminated dollar quote runs to the end of the text.
+    Some(&[])
+}
+
+/// How much of a Query's text [`has_listen`] sees: all of it up to 1 MiB.
+pub(crate) const LISTEN_PREFIX: usize = 1 << 20;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
@@ -405,6 +493,31 @@ mod tests {
             client.difference_from(&Parameters::default()).unwrap(),
             "SELECT pg_catalog.set_config('application_name', E'caf\\u00e9 \\u0101\\u000a\\U0001f600', false)"
         );
+    }
+
+    #[test]
+    fn listen_is_found_in_any_statement_of_a_query() {
+        for q in [
+            "SELECT 1; LISTEN jobs",
+            "SELECT 'a;b'; listen x",
+            "SELECT $$ ; $$; LISTEN x",
+            "SELECT $tag$ ; LISTEN no $tag$; LISTEN yes",
+            "SELECT \"we;ird\"; LISTEN x",
+            "SELECT E'it\\'s;'; LISTEN x",
+        ] {
+            assert!(has_listen(q.as_bytes()), "{q}");
+        }
+        for q in [
+            "SELECT ';LISTEN x'",
+            "SELECT $$;LISTEN x$$",
+            "SELECT 1 -- ; LISTEN x",
+            "SELECT 1 /* ; LISTEN x */",
+            "SELECT \";LISTEN x\"",
+            "SELECT $1; SELECT 2",
+            "SELECT E'\\';LISTEN x'",
+        ] {
+            assert!(!has_listen(q.as_bytes()), "{q}");
+        }
     }
 
     #[test]
