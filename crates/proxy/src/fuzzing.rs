@@ -1,20 +1,27 @@
 //! Entry points for the cargo-fuzz targets `pg_negotiation` and
 //! `mysql_negotiation` in `fuzz/`: the negotiation decisions a client
-//! reaches before anything else, over arbitrary bytes; and
-//! `pki_trust_material`: a route's client CA and CRL files loaded as the
-//! proxy loads them at start and on every reload.
+//! reaches before anything else, over arbitrary bytes;
+//! `pg_pool_decisions`: what a PostgreSQL pool decides from a pooled
+//! client's conversation and parameters; and `pki_trust_material`: a
+//! route's client CA and CRL files loaded as the proxy loads them at
+//! start and on every reload.
 //!
 //! Each function drives the pure decisions of `protocol::*::negotiation`
-//! the way the drivers do and asserts what must hold for any input: no
-//! panic; an SSLRequest followed by bytes is refused without a reply; a
-//! StartupMessage or HandshakeResponse in plaintext never goes on in
-//! server mode; every reply the proxy writes is one well-formed message
-//! of its protocol; `db_users` decides on exactly the user name that is
-//! forwarded; sequence ids renumber both ways. A failed assertion here is
-//! a bug in the crate. It is not part of the crate's API (hidden from the
-//! documentation); the unit tests run these functions over captured
-//! messages, so they are exercised on stable Rust too.
+//! and `protocol::postgres::pool::tracking` the way the drivers do and
+//! asserts what must hold for any input: no panic; an SSLRequest
+//! followed by bytes is refused without a reply; a StartupMessage or
+//! HandshakeResponse in plaintext never goes on in server mode; every
+//! reply the proxy writes is one well-formed message of its protocol;
+//! `db_users` decides on exactly the user name that is forwarded;
+//! sequence ids renumber both ways; a pooled server connection changes
+//! hands only when everything sent to it is answered; the statement that
+//! restores a client's parameters cannot be escaped by their values. A
+//! failed assertion here is a bug in the crate. It is not part of the
+//! crate's API (hidden from the documentation); the unit tests run these
+//! functions over captured messages, so they are exercised on stable
+//! Rust too.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -24,11 +31,15 @@ use intransit_wire::mysql::{
     self, parse_client_handshake, parse_packet, parse_server_auth_reply, ClientHandshake,
     ErrPacket, HandshakeResponse41, HandshakeV10, ServerAuthReply, ServerError, CLIENT_SSL,
 };
+use intransit_wire::pg::session::{backend, frontend, TransactionStatus};
 use intransit_wire::pg::{self, InitialMessage, SqlState};
 
 use crate::error::ProxyError;
 use crate::protocol::mysql::negotiation as my;
 use crate::protocol::postgres::negotiation as pgn;
+use crate::protocol::postgres::pool::tracking::{
+    has_listen, is_listen, ClientMessage, Exchange, Parameters, RESTORED,
+};
 use crate::refusal::RefusalReason;
 use crate::tls::listener::{client_verifier, crypto_provider, ClientTrust};
 use rustls::pki_types::pem::PemObject;
@@ -458,6 +469,311 @@ fn one_err(reply: &[u8], seq: u8, error: ServerError) {
     );
 }
 
+/// Drives the pool's decisions over `data`, read three ways: as a
+/// conversation for [`Exchange`] (each byte a client message's tag, except
+/// `Z` and the byte after it, a ReadyForQuery and its status); as
+/// NUL-separated names and values, the client's startup parameters until
+/// an empty name and then what the server reported, for [`Parameters`];
+/// and as the start of a Query for [`is_listen`].
+pub fn pg_pool_decisions(data: &[u8]) {
+    pool_exchange(data);
+    pool_parameters(data);
+    pool_listen(data);
+}
+
+/// An [`Exchange`] agrees at every step with a count of the Query, Sync
+/// and FunctionCall messages not yet matched by a ReadyForQuery and
+/// whether an extended-protocol message came after the last Sync: it is
+/// answered exactly when nothing is due and no such message is waiting,
+/// and at a transaction boundary exactly when, moreover, the latest
+/// status is idle. Terminate and unknown tags are never forwarded and
+/// change nothing.
+fn pool_exchange(data: &[u8]) {
+    let mut exchange = Exchange::default();
+    let mut due = 0u32;
+    let mut sequence_open = false;
+    let mut status = TransactionStatus::Idle;
+    let mut bytes = data.iter();
+    while let Some(&tag) = bytes.next() {
+        if tag == backend::READY_FOR_QUERY {
+            // The proxy ends the session on a status it cannot read.
+            let Some(Ok(ready)) = bytes.next().map(|b| TransactionStatus::parse(&[*b])) else {
+                return;
+            };
+            exchange.ready(ready);
+            due = due.saturating_sub(1);
+            status = ready;
+        } else {
+            let before = exchange;
+            let verdict = exchange.client_message(tag);
+            match tag {
+                frontend::QUERY | frontend::FUNCTION_CALL => due += 1,
+                frontend::SYNC => {
+                    due += 1;
+                    sequence_open = false;
+                }
+                frontend::PARSE
+                | frontend::BIND
+                | frontend::DESCRIBE
+                | frontend::EXECUTE
+                | frontend::CLOSE
+                | frontend::FLUSH => sequence_open = true,
+                frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL => {}
+                frontend::TERMINATE => {
+                    assert_eq!(verdict, ClientMessage::Terminate);
+                    assert_eq!(exchange, before, "Terminate changed the exchange");
+                    continue;
+                }
+                _ => {
+                    assert_eq!(verdict, ClientMessage::Invalid, "tag 0x{tag:02x}");
+                    assert_eq!(exchange, before, "tag 0x{tag:02x} changed the exchange");
+                    continue;
+                }
+            }
+            assert_eq!(verdict, ClientMessage::Forward, "tag 0x{tag:02x}");
+        }
+        let answered = due == 0 && !sequence_open;
+        assert_eq!(exchange.status(), status);
+        assert_eq!(
+            exchange.answered(),
+            answered,
+            "{due} due, open {sequence_open}"
+        );
+        assert_eq!(
+            exchange.at_transaction_boundary(),
+            answered && status == TransactionStatus::Idle
+        );
+        if exchange.at_transaction_boundary() {
+            assert!(exchange.answered() && exchange.status() == TransactionStatus::Idle);
+        }
+    }
+}
+
+/// [`Parameters::from_startup`] keeps the restored parameters by
+/// lower-case name (the last value of each) and names the first one it
+/// cannot honour; [`Parameters::record`] keeps the restored ones only.
+/// The statement that makes a server connection hold the client's values
+/// sets exactly the ones that differ, in ASCII, as one `SELECT` whose
+/// only variable parts are escape string literals holding the values.
+fn pool_parameters(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut fields = text.split('\0');
+    let mut startup = Vec::new();
+    let mut reported = Vec::new();
+    let mut from_server = false;
+    while let Some(name) = fields.next() {
+        if name.is_empty() && !from_server {
+            from_server = true;
+            continue;
+        }
+        let value = fields.next().unwrap_or_default();
+        if from_server {
+            reported.push((name, value));
+        } else {
+            startup.push((name, value));
+        }
+    }
+
+    let restored = |pairs: &[(&str, &str)]| {
+        let mut kept = BTreeMap::new();
+        for (name, value) in pairs {
+            let lower = name.to_ascii_lowercase();
+            if RESTORED.contains(&lower.as_str()) {
+                kept.insert(lower, value.to_string());
+            }
+        }
+        kept
+    };
+    let wanted = restored(&startup);
+    let held = restored(&reported);
+    let refused = startup.iter().find(|(name, _)| {
+        let lower = name.to_ascii_lowercase();
+        !matches!(lower.as_str(), "user" | "database")
+            && !lower.starts_with("_pq_.")
+            && !RESTORED.contains(&lower.as_str())
+    });
+
+    let client = match Parameters::from_startup(startup.iter().copied()) {
+        Ok(client) => {
+            assert_eq!(refused, None, "{refused:?} accepted");
+            client
+        }
+        Err(not) => {
+            assert_eq!(refused.map(|(name, _)| *name), Some(not.name.as_str()));
+            let mut client = Parameters::default();
+            for (name, value) in &startup {
+                client.record(name, value);
+            }
+            client
+        }
+    };
+    let mut server = Parameters::default();
+    for (name, value) in &reported {
+        server.record(name, value);
+    }
+    for name in RESTORED {
+        assert_eq!(client.get(name), wanted.get(*name).map(String::as_str));
+        assert_eq!(server.get(name), held.get(*name).map(String::as_str));
+    }
+
+    let differing: Vec<(&String, &String)> = wanted
+        .iter()
+        .filter(|(name, value)| held.get(*name) != Some(*value))
+        .collect();
+    let statement = client.difference_from(&server);
+    match &statement {
+        None => assert!(differing.is_empty(), "{differing:?} not set"),
+        Some(sql) => restore_statement(sql, &differing),
+    }
+    // What the client leaves unset it takes from the server, which then
+    // needs no setting; once set, nothing differs.
+    assert_eq!(
+        client.clone().or_defaults(&server).difference_from(&server),
+        statement
+    );
+    let mut after = server.clone();
+    for (name, value) in &wanted {
+        after.record(name, value);
+    }
+    assert_eq!(client.difference_from(&after), None);
+}
+
+/// `sql` is one statement, in ASCII, whose text outside its escape
+/// string literals is exactly the `set_config` calls of `differing`, and
+/// whose literals read back as their values.
+fn restore_statement(sql: &str, differing: &[(&String, &String)]) {
+    assert!(sql.is_ascii(), "{sql:?} is not ASCII");
+    let mut query = Vec::new();
+    assert!(intransit_wire::pg::session::encode_query(sql, &mut query).is_ok());
+    let calls: Vec<String> = differing
+        .iter()
+        .map(|(name, _)| format!("pg_catalog.set_config('{name}', E'', false)"))
+        .collect();
+    let expected = format!("SELECT {}", calls.join(", "));
+    let (skeleton, literals) = escape_string_literals(sql);
+    assert_eq!(skeleton, expected);
+    let values: Vec<&str> = differing.iter().map(|(_, value)| value.as_str()).collect();
+    assert_eq!(literals, values);
+}
+
+/// Reads `sql` as PostgreSQL's lexer reads string literals: the text
+/// with every escape string literal (`E'...'`) emptied, and the value of
+/// each. Standard literals stay in the text; a backslash in one would
+/// read differently with `standard_conforming_strings` off, so it fails
+/// here, as does any escape `string_literal` has no reason to write.
+fn escape_string_literals(sql: &str) -> (String, Vec<String>) {
+    let mut text = String::new();
+    let mut literals = Vec::new();
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        text.push(c);
+        if c != '\'' {
+            continue;
+        }
+        let mut before = text.chars().rev().skip(1);
+        let escape = matches!(before.next(), Some('E' | 'e'))
+            && !before
+                .next()
+                .is_some_and(|p| p.is_alphanumeric() || p == '_' || p == '$');
+        let mut value = String::new();
+        loop {
+            let Some(c) = chars.next() else {
+                panic!("a literal that does not end in {sql:?}");
+            };
+            match c {
+                '\'' if chars.peek() == Some(&'\'') => {
+                    chars.next();
+                    value.push('\'');
+                }
+                '\'' => break,
+                '\\' if !escape => panic!("a backslash in a standard literal in {sql:?}"),
+                '\\' => match chars.next() {
+                    Some(c @ ('\\' | '\'')) => value.push(c),
+                    Some(width @ ('u' | 'U')) => {
+                        let count = if width == 'u' { 4 } else { 8 };
+                        let digits: String = chars.by_ref().take(count).collect();
+                        let hex =
+                            digits.len() == count && digits.chars().all(|c| c.is_ascii_hexdigit());
+                        let code = u32::from_str_radix(&digits, 16)
+                            .ok()
+                            .filter(|&c| hex && c != 0);
+                        let Some(decoded) = code.and_then(char::from_u32) else {
+                            panic!("an invalid escape \\{width}{digits} in {sql:?}");
+                        };
+                        value.push(decoded);
+                    }
+                    other => panic!("an escape \\{other:?} in {sql:?}"),
+                },
+                c => value.push(c),
+            }
+        }
+        if escape {
+            literals.push(value);
+        } else {
+            text.push_str(&value.replace('\'', "''"));
+        }
+        text.push('\'');
+    }
+    (text, literals)
+}
+
+/// [`is_listen`] and [`has_listen`] never panic; `is_listen`'s verdict
+/// does not change with
+/// blanks, comments or empty statements put before the query, or with
+/// letter case; `LISTEN` followed by anything that ends a keyword is
+/// LISTEN, followed by what continues an identifier it is another word.
+fn pool_listen(data: &[u8]) {
+    let verdict = is_listen(data);
+    // Any statement of a query: a LISTEN first is one, and the verdict
+    // does not depend on letter case.
+    let anywhere = has_listen(data);
+    assert!(anywhere || !verdict);
+    assert_eq!(has_listen(&data.to_ascii_lowercase()), anywhere);
+    assert_eq!(has_listen(&data.to_ascii_uppercase()), anywhere);
+    for before in [
+        &b" "[..],
+        b"\t\r\n\x0b\x0c",
+        b"-- c\n",
+        b"-- c\r",
+        b"/* c */",
+        b"/* a /* b */ c */",
+        b"/**/",
+        b";",
+        b"(",
+    ] {
+        assert_eq!(
+            is_listen(&[before, data].concat()),
+            verdict,
+            "after {before:?}"
+        );
+    }
+    assert_eq!(is_listen(&data.to_ascii_lowercase()), verdict);
+    assert_eq!(is_listen(&data.to_ascii_uppercase()), verdict);
+    for end in [
+        &b" "[..],
+        b"\n",
+        b"\r",
+        b"\x0b",
+        b"\x0c",
+        b"/*",
+        b"--",
+        b"\"",
+        b";",
+        b"(",
+    ] {
+        assert!(
+            is_listen(&[b"LiStEn", end, data].concat()),
+            "LISTEN then {end:?}"
+        );
+    }
+    for more in [&b"_"[..], b"1", b"$", b"s", b"\xc3"] {
+        assert!(
+            !is_listen(&[b"LISTEN", more, data].concat()),
+            "LISTEN then {more:?}"
+        );
+    }
+}
+
 const CLIENT_CA: &str = "client-ca.pem";
 const CRL: &str = "crl.pem";
 
@@ -567,6 +883,35 @@ mod tests {
             vec![&ssl[..], &ssl[..], &gssenc[..], &startup[..]],
         ] {
             pg_negotiation(&parts.concat());
+        }
+    }
+
+    /// Pipelines, COPY, transactions, startup parameters with quotes,
+    /// backslashes, dollars and non-ASCII values, and queries behind
+    /// comments, each with single-byte mutations.
+    #[test]
+    fn pool_decisions_over_conversations_parameters_and_queries() {
+        let inputs: [&[u8]; 10] = [
+            b"QZI",
+            b"PBDEHSZI",
+            b"PBESBESBESZIZIZI",
+            b"QdddcZIXQ",
+            b"QZTQZEQZIFZI",
+            b"PBEQZISZT",
+            b"user\0alice\0database\0shop\0application_name\0it's \\ $$ caf\xc3\xa9\0TimeZone\0Europe/Paris\0\0timezone\0UTC\0client_encoding\0UTF8\0",
+            b"search_path\0\"$user\", public\0extra_float_digits\x003\0options\0-c x\0",
+            b"/* a /* nested */ comment */ -- and a line\r\n\x0c;LISTEN/**/chan",
+            b"listen_chan",
+        ];
+        for data in inputs {
+            pg_pool_decisions(data);
+            for at in 0..data.len() {
+                for value in [0x00, b'Z', b'I', b'S', b'\'', b'\\', 0xff, data[at] ^ 0x20] {
+                    let mut mutated = data.to_vec();
+                    mutated[at] = value;
+                    pg_pool_decisions(&mutated);
+                }
+            }
         }
     }
 

@@ -9,6 +9,7 @@
 //! stable Rust too.
 
 use crate::mysql::{self, ClientHandshake, HandshakeResponse41, HandshakeV10, ServerAuthReply};
+use crate::pg::session;
 use crate::pg::{
     self, AuthenticationRequest, BackendFrame, ErrorResponse, InitialMessage, SqlState,
     MAX_STARTUP_PACKET_LEN,
@@ -278,9 +279,6 @@ pub fn mysql_handshake_response(data: &[u8]) {
     }
 }
 
-/// The fuzz entry points over captured messages, every prefix of them and
-/// deterministic mutations: a stable-Rust smoke run of what `cargo fuzz`
-/// explores at length.
 /// Drives [`mysql::CommandScanner`] the way the proxy does after login:
 /// the first 4 bytes are the client's capabilities, the next byte a read
 /// size, the rest the client's byte stream, fed in reads of that size.
@@ -343,6 +341,256 @@ fn scan_commands(caps: u32, stream: &[u8], step: usize) -> (Vec<(usize, Vec<u8>)
     (found, false)
 }
 
+/// Drives [`session::MessageScanner`] the way a pool follows a session:
+/// byte 0 says how the rest, the stream, is cut into reads; each read is
+/// appended to what the scanner left, and the scanner steps over the
+/// front until it needs more. Reading the stream whole, in reads of byte
+/// 0's size and in reads whose sizes come from the stream's own bytes
+/// finds the same messages (tag, body length, the prefix the caller
+/// wanted) at the same offsets, steps over the same bytes and fails at
+/// the same header. Every step stays within the bytes given, "need more"
+/// comes only while a header or a wanted prefix is incomplete, and
+/// `inside_message` is false exactly at message boundaries. The messages
+/// a pool says itself parse back, and what the body parsers accept
+/// encodes to the same bytes.
+pub fn pg_session(data: &[u8]) {
+    let Some((&split, stream)) = data.split_first() else {
+        return;
+    };
+    let whole = scan_session(stream, std::iter::once(stream.len()));
+    let stepped = scan_session(stream, std::iter::repeat(usize::from(split).max(1)));
+    assert_eq!(stepped, whole, "reads of {split} bytes");
+    let from_content = stream
+        .iter()
+        .cycle()
+        .map(|&b| 1 + usize::from(b ^ split) % 64);
+    assert_eq!(
+        scan_session(stream, from_content),
+        whole,
+        "reads cut by content"
+    );
+
+    for (tag, body_len, prefix) in &whole.messages {
+        if prefix.len() == *body_len {
+            session_body_round_trip(*tag, prefix);
+        }
+    }
+    let _ = session::TransactionStatus::parse(stream);
+    let _ = session::parse_parameter_status(stream);
+    let _ = session::parse_backend_key_data(stream);
+    session_own_messages(stream);
+}
+
+/// How much of a message's body the fuzzed caller wants before judging
+/// it, by tag: what the pool asks for (a ReadyForQuery's status, a whole
+/// ParameterStatus or BackendKeyData, a Query's first 256 bytes), and for
+/// other tags none, one byte, a few or all of it.
+fn session_want(tag: u8) -> usize {
+    match tag {
+        b'Z' => 1,
+        b'S' | b'K' => usize::MAX,
+        b'Q' => 256,
+        _ => [0, 1, 5, usize::MAX][usize::from(tag % 4)],
+    }
+}
+
+/// What one reading of a stream found.
+#[derive(Debug, PartialEq, Eq)]
+struct SessionScan {
+    /// Tag, body length and wanted prefix of each message.
+    messages: Vec<(u8, usize, Vec<u8>)>,
+    /// Where each message starts.
+    offsets: Vec<usize>,
+    /// The bytes stepped over.
+    passed: usize,
+    /// The error the scan ended with, at the offset `passed`.
+    error: Option<crate::WireError>,
+}
+
+/// Scans `stream` in reads of the sizes `reads` gives (each at least 1),
+/// checking every step against what the bytes it was given allow.
+fn scan_session(stream: &[u8], reads: impl Iterator<Item = usize>) -> SessionScan {
+    let mut scanner = session::MessageScanner::new();
+    let mut found = SessionScan {
+        messages: Vec::new(),
+        offsets: Vec::new(),
+        passed: 0,
+        error: None,
+    };
+    // Bytes of the current message still to come after what was stepped
+    // over: the scanner's state, kept here from the steps alone.
+    let mut rest_of_message = 0usize;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut read = 0;
+    for size in reads {
+        if read == stream.len() {
+            break;
+        }
+        let end = read.saturating_add(size.max(1)).min(stream.len());
+        pending.extend_from_slice(&stream[read..end]);
+        read = end;
+        loop {
+            let scanned = scanner.scan(&pending, session::MAX_MESSAGE_LEN, session_want);
+            match scanned {
+                Err(e) => {
+                    assert_eq!(rest_of_message, 0, "an error inside a message");
+                    let Some(header) = pending.get(..session::HEADER_LEN) else {
+                        panic!("an error before a whole header: {e}");
+                    };
+                    let declared = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+                    assert!(declared < 4 || declared as usize > session::MAX_MESSAGE_LEN + 4);
+                    found.error = Some(e);
+                    return found;
+                }
+                Ok(session::Scanned::NeedMore) => {
+                    if rest_of_message > 0 {
+                        assert!(
+                            pending.is_empty(),
+                            "need more with the message's bytes here"
+                        );
+                    } else if let Some(header) = pending.get(..session::HEADER_LEN) {
+                        let declared =
+                            u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+                        let body_len = (declared as usize).saturating_sub(4);
+                        let wanted = session_want(header[0]).min(body_len);
+                        assert!(
+                            pending.len() - session::HEADER_LEN < wanted,
+                            "need more with the header and {wanted} wanted bytes here"
+                        );
+                    }
+                    break;
+                }
+                Ok(session::Scanned::Continues { len }) => {
+                    assert!(
+                        len > 0 && len <= pending.len(),
+                        "continues over {len} bytes"
+                    );
+                    assert!(len <= rest_of_message, "continues past the message's end");
+                    rest_of_message -= len;
+                    pending.drain(..len);
+                    found.passed += len;
+                }
+                Ok(session::Scanned::Message {
+                    tag,
+                    body_len,
+                    prefix,
+                    len,
+                }) => {
+                    assert_eq!(rest_of_message, 0, "a message inside a message");
+                    assert!(len <= pending.len(), "a message of {len} bytes");
+                    assert!(
+                        pending.len() >= session::HEADER_LEN,
+                        "a message without a header"
+                    );
+                    assert!(body_len <= session::MAX_MESSAGE_LEN);
+                    assert_eq!(pending.first(), Some(&tag));
+                    let body_here = pending.len() - session::HEADER_LEN;
+                    assert_eq!(len, session::HEADER_LEN + body_here.min(body_len));
+                    let wanted = session_want(tag).min(body_len);
+                    assert_eq!(
+                        Some(prefix),
+                        pending.get(session::HEADER_LEN..session::HEADER_LEN + wanted)
+                    );
+                    found.messages.push((tag, body_len, prefix.to_vec()));
+                    found.offsets.push(found.passed);
+                    rest_of_message = session::HEADER_LEN + body_len - len;
+                    pending.drain(..len);
+                    found.passed += len;
+                }
+            }
+            assert_eq!(scanner.inside_message(), rest_of_message > 0);
+        }
+    }
+    assert_eq!(found.passed + pending.len(), stream.len());
+    found
+}
+
+/// A whole message body that a body parser accepts encodes back to the
+/// same message.
+fn session_body_round_trip(tag: u8, body: &[u8]) {
+    let mut original = vec![tag];
+    original.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    original.extend_from_slice(body);
+    let mut encoded = Vec::new();
+    match tag {
+        b'Z' => {
+            if let Ok(status) = session::TransactionStatus::parse(body) {
+                assert_eq!(body, [status.byte()]);
+                session::encode_ready_for_query(status, &mut encoded);
+                assert_eq!(encoded, original);
+            }
+        }
+        b'S' => {
+            if let Ok((name, value)) = session::parse_parameter_status(body) {
+                assert!(session::encode_parameter_status(name, value, &mut encoded).is_ok());
+                assert_eq!(encoded, original);
+            }
+        }
+        b'K' => {
+            if let Ok((pid, key)) = session::parse_backend_key_data(body) {
+                assert!(!key.is_empty() && key.len() <= 256);
+                if let Ok(secret) = <[u8; 4]>::try_from(key) {
+                    session::encode_backend_key_data(pid, u32::from_be_bytes(secret), &mut encoded);
+                    assert_eq!(encoded, original);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The pool's own messages, with text taken from `data`, scan as one
+/// message each and parse back to what was encoded; a NUL in the text is
+/// refused by the encoders that take text.
+fn session_own_messages(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let nul = text.contains('\0');
+    let (name, value) = text.split_once('=').unwrap_or((&text, ""));
+    let status = [
+        session::TransactionStatus::Idle,
+        session::TransactionStatus::InTransaction,
+        session::TransactionStatus::Failed,
+    ][data.len() % 3];
+    let pid = data
+        .iter()
+        .fold(0u32, |h, &b| h.rotate_left(5) ^ u32::from(b));
+    let mut out = Vec::new();
+    session::encode_authentication_ok(&mut out);
+    session::encode_ready_for_query(status, &mut out);
+    session::encode_backend_key_data(pid, !pid, &mut out);
+    assert_eq!(
+        session::encode_parameter_status(name, value, &mut out).is_ok(),
+        !nul
+    );
+    assert_eq!(session::encode_query(&text, &mut out).is_ok(), !nul);
+    session::encode_terminate(&mut out);
+
+    let scan = scan_session(&out, std::iter::once(out.len()));
+    assert_eq!((scan.passed, &scan.error), (out.len(), &None));
+    let tags: Vec<u8> = scan.messages.iter().map(|m| m.0).collect();
+    assert_eq!(tags, if nul { &b"RZKX"[..] } else { b"RZKSQX" });
+    for (tag, _, body) in &scan.messages {
+        match tag {
+            b'R' => assert_eq!(body[..], [0, 0, 0, 0]),
+            b'Z' => assert_eq!(session::TransactionStatus::parse(body), Ok(status)),
+            b'K' => assert_eq!(
+                session::parse_backend_key_data(body),
+                Ok((pid, &(!pid).to_be_bytes()[..]))
+            ),
+            b'S' => assert_eq!(session::parse_parameter_status(body), Ok((name, value))),
+            b'Q' => {
+                let mut sent = text.as_bytes().to_vec();
+                sent.push(0);
+                assert_eq!(body[..], sent[..body.len()]);
+            }
+            _ => assert!(body.is_empty()),
+        }
+    }
+}
+
+/// The fuzz entry points over captured messages, every prefix of them and
+/// deterministic mutations: a stable-Rust smoke run of what `cargo fuzz`
+/// explores at length.
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,6 +607,7 @@ mod tests {
         tls_record_header(data);
         tls_server_flight(data);
         mysql_commands(data);
+        pg_session(data);
     }
 
     /// xorshift64: a fixed, dependency-free source of varied bytes.
@@ -405,6 +654,42 @@ mod tests {
             assert!(!failed);
             assert_eq!(found, [(13, b"admin".to_vec())]);
         }
+    }
+
+    /// The server's login stream and a client's pipeline, each read in
+    /// every size of read the first byte can ask for.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn session_streams_read_any_way_give_the_same_messages() {
+        let server = hex(crate::pg::captured::PG15_SASL_FINAL_TO_READY);
+        let mut client = hex(crate::pg::captured::PSQL15_QUERY_SELECT_1);
+        for (tag, body) in [
+            (b'P', &b"\0SELECT $1\0\0\0"[..]),
+            (b'B', b"\0\0\0\0\0\x01\0\0\0\x011\0\0"),
+            (b'E', b"\0\0\0\0\0"),
+            (b'S', b""),
+            (b'Q', &[b'x'; 300]),
+        ] {
+            client.push(tag);
+            client.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+            client.extend_from_slice(body);
+        }
+        client.extend(hex(crate::pg::captured::PSQL15_TERMINATE));
+        for stream in [&server, &client] {
+            let whole = scan_session(stream, std::iter::once(stream.len()));
+            assert_eq!((whole.passed, &whole.error), (stream.len(), &None));
+            for split in 0..=u8::MAX {
+                let mut data = vec![split];
+                data.extend_from_slice(stream);
+                pg_session(&data);
+            }
+        }
+        let tags: Vec<u8> = scan_session(&client, std::iter::once(client.len()))
+            .messages
+            .iter()
+            .map(|m| m.0)
+            .collect();
+        assert_eq!(tags, b"QPBESQX");
     }
 
     #[test]

@@ -78,7 +78,14 @@ fn with_fixture_paths(text: &str, dir: &Path) -> String {
         } else {
             (&p.server.chain, &p.server.key)
         };
-        let fixtures: [(&str, PathBuf); 9] = [
+        let auth_file = dir.join("userlist.txt");
+        if !auth_file.exists() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(&auth_file, "\"orders\" \"secret\"\n").expect("auth_file");
+            std::fs::set_permissions(&auth_file, std::fs::Permissions::from_mode(0o600))
+                .expect("auth_file mode");
+        }
+        let fixtures: [(&str, PathBuf); 11] = [
             ("cert", cert.clone()),
             ("key", key.clone()),
             ("client_ca", p.ca.clone()),
@@ -88,6 +95,9 @@ fn with_fixture_paths(text: &str, dir: &Path) -> String {
             ("pid_file", dir.join("intransit.pid")),
             ("state_dir", dir.join("state")),
             ("ca_dir", dir.join("ca")),
+            ("auth_file", auth_file),
+            // A state directory whose CA mints the pool's certificates.
+            ("cert_authority", p.dir.clone()),
         ];
         let mut line = line.to_owned();
         for (name, value) in placeholders {

@@ -231,15 +231,50 @@ fn a_large_result_set_arrives_exactly_as_it_does_directly() {
 }
 
 #[test]
+fn a_client_s_parameters_are_restored_alike_whatever_encoding_the_last_client_left() {
+    let user = db_user("pool_encoding");
+    let proxy = pooled("mode = \"transaction\"\nsize = 1");
+    let cert = &pki().trainer;
+    let ci = conninfo(
+        proxy.port(),
+        &user.name,
+        &user.name,
+        cert,
+        "client_encoding=UTF8 application_name=caf\u{e9}",
+    );
+    let latin1 = conninfo(
+        proxy.port(),
+        &user.name,
+        &user.name,
+        cert,
+        "client_encoding=LATIN1",
+    );
+    // What PostgreSQL makes of the name (it keeps application_name in
+    // printable ASCII) on a server connection in UTF8.
+    let out = psql(&ci, "SHOW application_name", None);
+    assert!(out.status.success(), "psql: {}", stderr(&out));
+    let expected = stdout(&out);
+    // The one server connection is left in LATIN1, where the UTF-8 bytes
+    // of the name would read as other characters.
+    let out = psql(&latin1, "SHOW client_encoding", None);
+    assert_eq!(stdout(&out), "LATIN1", "psql: {}", stderr(&out));
+    let out = psql(&ci, "SHOW application_name", None);
+    assert!(out.status.success(), "psql: {}", stderr(&out));
+    assert_eq!(stdout(&out), expected);
+}
+
+#[test]
 fn listen_is_refused_in_transaction_mode_with_a_pointer_to_session_mode() {
     let user = db_user("pool_listen");
     let proxy = pooled("mode = \"transaction\"");
     let ci = conninfo(proxy.port(), &user.name, &user.name, &pki().trainer, "");
-    let out = psql(&ci, "LISTEN jobs", None);
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(err.contains("LISTEN is not available"), "{err}");
-    assert!(err.contains("mode = \"session\""), "{err}");
+    for listen in ["LISTEN jobs", "/* a /* nested */ comment */ LISTEN jobs"] {
+        let out = psql(&ci, listen, None);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(err.contains("LISTEN is not available"), "{err}");
+        assert!(err.contains("mode = \"session\""), "{err}");
+    }
     // The session goes on after the refusal.
     let out = psql(&ci, "SELECT 41 + 1", None);
     assert_eq!(stdout(&out), "42");
@@ -1041,4 +1076,39 @@ async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) 
     })
     .await;
     out.into_iter().flatten().collect()
+}
+
+#[test]
+fn listen_is_refused_after_other_statements_and_through_the_extended_protocol() {
+    let user = db_user("pool_listen_more");
+    let proxy = pooled("mode = \"transaction\"");
+    let ci = conninfo(proxy.port(), &user.name, &user.name, &pki().trainer, "");
+    let out = psql(&ci, "SELECT 1; LISTEN jobs", None);
+    assert!(!out.status.success(), "LISTEN after SELECT got through");
+    assert!(
+        stderr(&out).contains("LISTEN is not available"),
+        "{}",
+        stderr(&out)
+    );
+    // A semicolon inside a string is not a statement boundary.
+    let out = psql(&ci, "SELECT ';LISTEN x'", None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), ";LISTEN x");
+    // Prepared (psycopg with prepare_threshold 0) and unnamed (the
+    // extended protocol) LISTEN both get the refusal at execution.
+    let out = psycopg(
+        r#"
+import sys, psycopg
+for threshold in (0, None):
+    with psycopg.connect(sys.argv[1], prepare_threshold=threshold, autocommit=True) as c:
+        try:
+            c.execute("LISTEN jobs", prepare=threshold == 0)
+            print("listened")
+        except psycopg.errors.FeatureNotSupported as e:
+            print("refused")
+        print(c.execute("SELECT %s::int", (7,)).fetchone()[0])
+"#,
+        &ci,
+    );
+    assert_eq!(out, "refused\n7\nrefused\n7");
 }

@@ -276,3 +276,12 @@ fn pgbench_runs_through_password_and_cert_pools_in_both_modes() {
         }
     }
 }
+
+#[test]
+fn cancel_goes_to_the_server_over_the_tls_upstream_leg() {
+    let user = role("pool_cert_cancel");
+    let proxy = cert_pool(&pki().ca, "");
+    let ci = conninfo(proxy.port(), &user, "postgres", &pki().trainer, "");
+    let forwarded = cancel_a_running_query(&proxy, cert_pg(), &ci, &user, "");
+    assert_eq!(forwarded["upstream_tls"], "TLSv1_3", "{forwarded}");
+}

@@ -21,7 +21,7 @@ use super::statements::{
     self, bind_statement, close_statement, parse_parse, target, ClientStatements, Deliver, Expect,
     Expected, ServerStatements, Statement,
 };
-use super::tracking::{is_listen, ClientMessage, Exchange, Parameters, LISTEN_PREFIX};
+use super::tracking::{has_listen, ClientMessage, Exchange, Parameters, LISTEN_PREFIX};
 
 /// What both directions share. They run in one task, so nothing here is
 /// ever contended; the types are those a `Send` future may share.
@@ -276,7 +276,7 @@ where
             shared.set_exchange(e);
             let at = pos;
             pos += len;
-            if transaction_mode && tag == frontend::QUERY && is_listen(prefix) {
+            if transaction_mode && tag == frontend::QUERY && has_listen(prefix) {
                 if !whole {
                     return Stop::Malformed(
                         "a LISTEN query longer than what arrived with it".into(),
@@ -297,6 +297,30 @@ where
             // Statement tracking: what each message becomes.
             let expect = match tag {
                 frontend::PARSE => match parse_parse(prefix).filter(|_| whole) {
+                    Some(p) if p.rest.split(|&b| b == 0).next().is_some_and(has_listen) => {
+                        // The statement is prepared as the refusal,
+                        // which its Execute then raises in order.
+                        let name = p.name.to_vec();
+                        let mut body = name.clone();
+                        body.push(0);
+                        body.extend_from_slice(LISTEN_REFUSAL.as_bytes());
+                        body.extend_from_slice(&[0, 0, 0]);
+                        let refusal = parse_parse(&body).map(|p| {
+                            (p.name.is_empty(), statements::statement(&p, &t.search_path))
+                        });
+                        match refusal {
+                            Some((false, statement)) => {
+                                t.client.insert(&name, statement.clone());
+                                t.ensure(shared, &statement, &mut batch);
+                                lock(&shared.expected).push(Expect::ParseAnswered);
+                            }
+                            _ => {
+                                batch.own(statements::frame(tag, &body));
+                                lock(&shared.expected).push(Expect::Parse { statement: None });
+                            }
+                        }
+                        continue;
+                    }
                     Some(p) if !p.name.is_empty() => {
                         let statement = statements::statement(&p, &t.search_path);
                         let name = p.name.to_vec();

@@ -307,8 +307,7 @@ impl Run<'_> {
                 None => {
                     // Idle between transactions: wait for the client.
                     if self.client_buf.is_empty() {
-                        self.client_buf = BytesMut::with_capacity(2048);
-                        match reader.read_buf(&mut self.client_buf).await {
+                        match read_holding_no_buffer(reader, &mut self.client_buf).await {
                             Ok(0) | Err(_) => return Ok(()),
                             Ok(_) => {}
                         }
@@ -347,9 +346,10 @@ impl Run<'_> {
             }
             self.slot.serving(Some(l.conn().key));
             let mut exchange = Exchange::default();
-            let detached = self
-                .attached(reader, writer, l.conn(), params, &mut exchange)
-                .await;
+            // Boxed: an idle client's task then holds only the small state
+            // of waiting, not room for both directions' state.
+            let detached =
+                Box::pin(self.attached(reader, writer, l.conn(), params, &mut exchange)).await;
             self.slot.serving(None);
             match detached {
                 Detached::Released => l.release(),
@@ -458,6 +458,29 @@ impl Run<'_> {
             Stop::ServerLost(what) => Detached::Ended(Ending::server_lost(self.pools, what)),
         }
     }
+}
+
+/// Reads what a client sends next, holding a buffer only while bytes are
+/// there to read: a client idle between transactions costs none.
+async fn read_holding_no_buffer<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        if buf.capacity() == 0 {
+            *buf = BytesMut::with_capacity(2048);
+        }
+        match tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut *reader), cx, buf) {
+            std::task::Poll::Pending => {
+                if buf.is_empty() {
+                    *buf = BytesMut::new();
+                }
+                std::task::Poll::Pending
+            }
+            ready => ready,
+        }
+    })
+    .await
 }
 
 /// Why a query of the pool's own did not run.

@@ -70,7 +70,7 @@ pub(crate) fn target(body: &[u8]) -> Option<(u8, &[u8])> {
     (!name.contains(&0)).then_some((kind, name))
 }
 
-fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 5);
     out.push(tag);
     out.extend_from_slice(

@@ -4,6 +4,7 @@
 //! parameters each side holds (`Parameters`).
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use intransit_wire::pg::session::{frontend, TransactionStatus};
 
@@ -187,7 +188,14 @@ impl Parameters {
     }
 }
 
-/// `value` as an escape string literal.
+/// `value` as an escape string literal written in ASCII: a quote and a
+/// backslash doubled, every other character outside printable ASCII as a
+/// `\u` or `\U` escape. The statement is read in whatever
+/// `client_encoding` the server connection was left with by the client
+/// it served before; ASCII reads the same in every encoding PostgreSQL
+/// accepts from a client, whereas UTF-8 bytes would be read as other
+/// characters in LATIN1, and in SJIS one of them could take the
+/// backslash after it as the second byte of a character.
 fn string_literal(value: &str) -> String {
     let mut out = String::with_capacity(value.len() + 3);
     out.push_str("E'");
@@ -195,27 +203,39 @@ fn string_literal(value: &str) -> String {
         match c {
             '\'' => out.push_str("''"),
             '\\' => out.push_str("\\\\"),
-            c => out.push(c),
+            ' '..='~' => out.push(c),
+            c if u32::from(c) <= 0xffff => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => {
+                let _ = write!(out, "\\U{:08x}", u32::from(c));
+            }
         }
     }
     out.push('\'');
     out
 }
 
-/// Whether a simple Query starts with LISTEN (after blanks and
-/// comments), which transaction pooling cannot honour: notifications
-/// arrive on a server connection the client no longer holds.
+/// Whether a simple Query starts with LISTEN, which transaction pooling
+/// cannot honour: notifications arrive on a server connection the client
+/// no longer holds. What comes before the keyword is skipped the way
+/// PostgreSQL's lexer skips it (blanks, `--` comments to the end of the
+/// line, nested `/* */` comments), and so are empty statements; the
+/// keyword ends where an identifier could not go on. A LISTEN after
+/// another statement of the same Query is not seen.
 pub(crate) fn is_listen(query_prefix: &[u8]) -> bool {
     let mut rest = query_prefix;
     loop {
         match rest {
-            [b' ' | b'\t' | b'\n' | b'\r' | b'(', tail @ ..] => rest = tail,
-            [b'-', b'-', tail @ ..] => match tail.iter().position(|&b| b == b'\n') {
-                Some(end) => rest = &tail[end + 1..],
+            [b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c' | b'(' | b';', tail @ ..] => {
+                rest = tail
+            }
+            [b'-', b'-', tail @ ..] => match tail.iter().position(|&b| b == b'\n' || b == b'\r') {
+                Some(end) => rest = &tail[end..],
                 None => return false,
             },
-            [b'/', b'*', tail @ ..] => match tail.windows(2).position(|w| w == b"*/") {
-                Some(end) => rest = &tail[end + 2..],
+            [b'/', b'*', tail @ ..] => match block_comment_end(tail) {
+                Some(after) => rest = after,
                 None => return false,
             },
             _ => break,
@@ -223,13 +243,129 @@ pub(crate) fn is_listen(query_prefix: &[u8]) -> bool {
     }
     rest.len() >= 6
         && rest[..6].eq_ignore_ascii_case(b"listen")
-        && rest
-            .get(6)
-            .is_none_or(|b| b.is_ascii_whitespace() || *b == b'"')
+        && rest.get(6).is_none_or(|&b| !continues_identifier(b))
 }
 
-/// How much of a Query's text [`is_listen`] needs to see.
-pub(crate) const LISTEN_PREFIX: usize = 256;
+/// What follows the end of a block comment whose `/*` was just read, or
+/// `None` if it does not end. Comments nest, as in PostgreSQL.
+fn block_comment_end(mut rest: &[u8]) -> Option<&[u8]> {
+    let mut depth = 0usize;
+    loop {
+        match rest {
+            [b'/', b'*', tail @ ..] => {
+                depth += 1;
+                rest = tail;
+            }
+            [b'*', b'/', tail @ ..] => {
+                if depth == 0 {
+                    return Some(tail);
+                }
+                depth -= 1;
+                rest = tail;
+            }
+            [_, tail @ ..] => rest = tail,
+            [] => return None,
+        }
+    }
+}
+
+/// Whether `b` may continue an identifier or keyword in PostgreSQL's
+/// lexer (`ident_cont`: letters, digits, `_`, `$` and any byte of a
+/// multibyte character).
+fn continues_identifier(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
+/// Whether any statement of a query text (statements separated by `;`
+/// outside quotes, quoted identifiers, dollar quotes and comments) is a
+/// LISTEN. Text cut short is judged on what is there.
+pub(crate) fn has_listen(text: &[u8]) -> bool {
+    let mut rest = text;
+    loop {
+        if is_listen(rest) {
+            return true;
+        }
+        match next_statement(rest) {
+            Some(after) => rest = after,
+            None => return false,
+        }
+    }
+}
+
+/// The text after the `;` that ends the statement at the front of
+/// `text`, or `None` when no such `;` is there.
+fn next_statement(mut rest: &[u8]) -> Option<&[u8]> {
+    let mut previous = 0u8;
+    loop {
+        match rest {
+            [] => return None,
+            [b';', tail @ ..] => return Some(tail),
+            [b'-', b'-', tail @ ..] => {
+                let end = tail.iter().position(|&b| b == b'\n' || b == b'\r')?;
+                rest = &tail[end..];
+            }
+            [b'/', b'*', tail @ ..] => rest = block_comment_end(tail)?,
+            [b'\'', tail @ ..] => {
+                let escapes = previous == b'E' || previous == b'e';
+                rest = quoted_end(tail, b'\'', escapes)?;
+            }
+            [b'"', tail @ ..] => rest = quoted_end(tail, b'"', false)?,
+            [b'$', tail @ ..] if !continues_identifier(previous) || previous >= 0x80 => {
+                rest = dollar_quoted_end(tail).unwrap_or(tail);
+            }
+            [b, tail @ ..] => {
+                previous = *b;
+                rest = tail;
+                continue;
+            }
+        }
+        previous = 0;
+    }
+}
+
+/// What follows a quoted string or identifier whose opening `quote` was
+/// just read (a doubled quote stays inside; with `escapes`, a backslash
+/// escapes the next byte).
+fn quoted_end(mut rest: &[u8], quote: u8, escapes: bool) -> Option<&[u8]> {
+    loop {
+        match rest {
+            [b'\\', _, tail @ ..] if escapes => rest = tail,
+            [q1, q2, tail @ ..] if *q1 == quote && *q2 == quote => rest = tail,
+            [q, tail @ ..] if *q == quote => return Some(tail),
+            [_, tail @ ..] => rest = tail,
+            [] => return None,
+        }
+    }
+}
+
+/// What follows a dollar-quoted string whose first `$` was just read
+/// (`$tag$ ... $tag$`), or `None` when `$` does not open one here (a
+/// positional parameter such as `$1`).
+fn dollar_quoted_end(rest: &[u8]) -> Option<&[u8]> {
+    let tag_len = rest.iter().position(|&b| b == b'$')?;
+    let tag = &rest[..tag_len];
+    if tag.first().is_some_and(u8::is_ascii_digit)
+        || !tag.iter().all(|&b| continues_identifier(b) && b != b'$')
+    {
+        return None;
+    }
+    let body = &rest[tag_len + 1..];
+    let mut i = 0;
+    while i < body.len() {
+        if body[i] == b'$'
+            && body[i + 1..].starts_with(tag)
+            && body.get(i + 1 + tag_len) == Some(&b'$')
+        {
+            return Some(&body[i + 2 + tag_len..]);
+        }
+        i += 1;
+    }
+    // An unterminated dollar quote runs to the end of the text.
+    Some(&[])
+}
+
+/// How much of a Query's text [`has_listen`] sees: all of it up to 1 MiB.
+pub(crate) const LISTEN_PREFIX: usize = 1 << 20;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
@@ -350,12 +486,53 @@ mod tests {
     }
 
     #[test]
+    fn values_are_written_in_ascii() {
+        let mut client = Parameters::default();
+        client.record("application_name", "caf\u{e9} \u{101}\n\u{1f600}");
+        assert_eq!(
+            client.difference_from(&Parameters::default()).unwrap(),
+            "SELECT pg_catalog.set_config('application_name', E'caf\\u00e9 \\u0101\\u000a\\U0001f600', false)"
+        );
+    }
+
+    #[test]
+    fn listen_is_found_in_any_statement_of_a_query() {
+        for q in [
+            "SELECT 1; LISTEN jobs",
+            "SELECT 'a;b'; listen x",
+            "SELECT $$ ; $$; LISTEN x",
+            "SELECT $tag$ ; LISTEN no $tag$; LISTEN yes",
+            "SELECT \"we;ird\"; LISTEN x",
+            "SELECT E'it\\'s;'; LISTEN x",
+        ] {
+            assert!(has_listen(q.as_bytes()), "{q}");
+        }
+        for q in [
+            "SELECT ';LISTEN x'",
+            "SELECT $$;LISTEN x$$",
+            "SELECT 1 -- ; LISTEN x",
+            "SELECT 1 /* ; LISTEN x */",
+            "SELECT \";LISTEN x\"",
+            "SELECT $1; SELECT 2",
+            "SELECT E'\\';LISTEN x'",
+        ] {
+            assert!(!has_listen(q.as_bytes()), "{q}");
+        }
+    }
+
+    #[test]
     fn listen_is_found_behind_blanks_and_comments() {
         for q in [
             "LISTEN chan",
             "  listen chan",
             "/* hi */ Listen \"Chan\"",
             "-- c\nLISTEN x",
+            "-- c\rLISTEN x",
+            "/* a /* nested */ comment */ LISTEN x",
+            "\x0c\x0bLISTEN x",
+            "; ;LISTEN x",
+            "LISTEN/* c */x",
+            "LISTEN-- c\nx",
             "listen",
         ] {
             assert!(is_listen(q.as_bytes()), "{q}");
@@ -365,6 +542,11 @@ mod tests {
             "listener",
             "UNLISTEN x",
             "/* LISTEN",
+            "/* /* */ LISTEN x",
+            "-- LISTEN x",
+            "listen_x",
+            "LISTEN$1",
+            "LISTEN\u{e9}",
             "NOTIFY x",
         ] {
             assert!(!is_listen(q.as_bytes()), "{q}");
