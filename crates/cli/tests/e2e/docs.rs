@@ -62,6 +62,7 @@ fn with_fixture_paths(text: &str, dir: &Path) -> String {
     let p = pki();
     let placeholders = [
         ("PROXYPORT", "6432"),
+        ("POOLPORT", "6433"),
         ("PGPORT", "5432"),
         ("SOCKDIR", "/run/postgresql"),
     ];
