@@ -53,14 +53,10 @@ pub(crate) async fn serve(
         .handshake_deadline(negotiate(&ctx, stream, pools.as_ref()))
         .await;
     let negotiated = ctx.in_time(negotiated)?;
-    // Each path's session is boxed: the connection's task then holds
-    // negotiation's state and the one session it runs, not room for the
-    // largest of both paths (a debug build's future went from 27 KB to
-    // 6.6 KB plus the session's own).
     match negotiated {
-        Some(Next::Session(session)) => Box::pin(session.run(&ctx)).await,
+        Some(Next::Session(session)) => session.run(&ctx).await,
         Some(Next::Pooled(authorized)) => match &pools {
-            Some(pools) => Box::pin(authorized.pooled(&ctx, pools)).await,
+            Some(pools) => authorized.pooled(&ctx, pools).await,
             None => Ok(()),
         },
         None => Ok(()),
