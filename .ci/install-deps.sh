@@ -34,6 +34,14 @@ needs() {
     # PyMySQL comes from PyPI (below), through pip.
     need python3             have_commands python3
     need python3-pip         have_pip
+    # Packaging: the wheel is installed into a fresh venv; the Debian
+    # package is built (dpkg-shlibdeps works out its dependencies),
+    # installed (its postinst creates a user with adduser) and its unit
+    # checked with systemd-analyze, which runs without systemd as PID 1.
+    need python3-venv        have_venv
+    need dpkg-dev            have_commands dpkg-shlibdeps
+    need adduser             have_files /usr/sbin/adduser
+    need systemd             have_commands systemd-analyze
 }
 
 missing=()
@@ -59,6 +67,12 @@ have_pip() {
     python3 -m pip --version >/dev/null 2>&1
 }
 
+# Succeeds when python3 can make a venv with pip in it (Debian splits
+# ensurepip into python3-venv).
+have_venv() {
+    python3 -c 'import ensurepip, venv' >/dev/null 2>&1
+}
+
 # Succeeds when every glob pattern matches at least one file.
 have_files() {
     local pattern
@@ -81,9 +95,27 @@ install_python_clients() {
     python3 -c 'import pymysql, nacl, psycopg, asyncpg'
 }
 
+# The packaging tools, built or fetched only when missing: cargo-deb from
+# crates.io (a couple of minutes of compiling, once per machine) and
+# maturin from PyPI.
+install_packaging_tools() {
+    if ! cargo deb --version >/dev/null 2>&1; then
+        echo "install-deps: installing cargo-deb with cargo install"
+        cargo install --locked --quiet cargo-deb
+    fi
+    if ! maturin --version >/dev/null 2>&1; then
+        echo "install-deps: installing maturin for $(command -v python3)"
+        python3 -m pip install --quiet --disable-pip-version-check 'maturin>=1.5,<2' ||
+            python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'maturin>=1.5,<2'
+    fi
+    cargo deb --version >/dev/null
+    maturin --version >/dev/null
+}
+
 needs
 if [[ ${#missing[@]} -eq 0 ]]; then
     install_python_clients
+    install_packaging_tools
     echo "install-deps: all test dependencies present"
     exit 0
 fi
@@ -128,4 +160,5 @@ if [[ ${#missing[@]} -ne 0 ]]; then
     exit 1
 fi
 install_python_clients
+install_packaging_tools
 echo "install-deps: done"

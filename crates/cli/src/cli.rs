@@ -111,6 +111,10 @@ pub enum Command {
     Man {
         /// A command's own page instead, e.g. proxy (intransit-proxy(1)).
         command: Option<String>,
+        /// Write every page (intransit.1, intransit-proxy.1, intransit-ca-init.1,
+        /// ...) into this directory instead, as packages install them.
+        #[arg(long, conflicts_with = "command")]
+        out_dir: Option<std::path::PathBuf>,
     },
 }
 

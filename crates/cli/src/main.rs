@@ -25,6 +25,7 @@ mod reload;
 mod reload_cmd;
 mod renewal;
 mod rotate;
+mod service_manager;
 mod up;
 mod watch;
 
@@ -154,7 +155,17 @@ fn run(command: Command) -> Result<ExitCode> {
             manual::completions(shell)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Man { command } => {
+        Command::Man {
+            out_dir: Some(dir), ..
+        } => {
+            let pages = manual::write_man_pages(&dir)?;
+            out!("wrote {pages} manual pages to {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man {
+            command,
+            out_dir: None,
+        } => {
             manual::man(command.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
@@ -379,13 +390,19 @@ impl ShutdownSignals {
 
 /// Runs a bound proxy until SIGINT or SIGTERM, then drains. A second signal
 /// during the drain exits at once.
+///
+/// Every listener is bound when this is called, so it is where the service
+/// manager hears that the proxy is ready, and where its watchdog starts.
 pub(crate) async fn serve(bound: intransit_proxy::BoundProxy, mut signals: ShutdownSignals) {
+    service_manager::ready(bound.listeners().len() + bound.client_listeners().len());
+    service_manager::spawn_watchdog();
     let shutdown = async move {
         let signal = signals.next().await;
         info!(
             signal,
             "shutdown requested; no longer accepting connections"
         );
+        service_manager::stopping();
         tokio::spawn(async move {
             let signal = signals.next().await;
             warn!(

@@ -3,6 +3,7 @@
 //! definitions in `cli.rs`, so they cannot drift from the parser.
 
 use std::io::Write;
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use clap::CommandFactory;
@@ -21,6 +22,21 @@ pub fn completions(shell: Shell) -> Result<()> {
 /// roff.
 pub fn man(command: Option<&str>) -> Result<()> {
     write_stdout(&render_man(command)?)
+}
+
+/// Writes the manual page of `intransit` and of every command and
+/// subcommand into `dir` (created if missing), one `NAME.1` file each, and
+/// returns how many pages the directory then holds.
+pub fn write_man_pages(dir: &Path) -> Result<usize> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    clap_mangen::generate_to(Cli::command(), dir)
+        .with_context(|| format!("writing manual pages to {}", dir.display()))?;
+    let pages = std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.path().extension().is_some_and(|e| e == "1"))
+        .count();
+    Ok(pages)
 }
 
 fn render_man(command: Option<&str>) -> Result<Vec<u8>> {
@@ -69,6 +85,17 @@ mod tests {
         for command in Cli::command().get_subcommands() {
             assert!(page.contains(command.get_name()), "{}", command.get_name());
         }
+    }
+
+    #[test]
+    fn every_command_and_subcommand_gets_a_page_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let pages = write_man_pages(dir.path()).unwrap();
+        for name in ["intransit.1", "intransit-proxy.1", "intransit-ca-init.1"] {
+            let page = std::fs::read_to_string(dir.path().join(name)).unwrap();
+            assert!(page.contains(".TH "), "{name}: {page}");
+        }
+        assert!(pages > Cli::command().get_subcommands().count(), "{pages}");
     }
 
     #[test]

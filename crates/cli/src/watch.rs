@@ -10,6 +10,8 @@
 //! directories are ignored, and a burst of events is reloaded once, after
 //! it has been quiet for [`QUIET`]. The reload compares fingerprints of
 //! the files' contents, so an event that changed nothing changes nothing.
+//! Each round is announced to systemd (`service_manager`): `RELOADING=1`
+//! before it starts and `READY=1` when it ends.
 
 use std::collections::{BTreeSet, HashSet};
 use std::ffi::OsString;
@@ -74,10 +76,12 @@ pub fn spawn(reloader: Reloader, mut hup: Signal) {
                 }
             };
             let worker = reloader.clone();
+            crate::service_manager::reloading();
             // Reading files and building rustls configurations blocks.
             if let Err(e) = tokio::task::spawn_blocking(move || worker.reload(trigger)).await {
                 warn!(error = %e, "the reload task failed");
             }
+            crate::service_manager::reloaded();
             if let Some(w) = &mut files {
                 w.update(&reloader.watched_files());
             }

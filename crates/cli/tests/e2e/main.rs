@@ -56,6 +56,11 @@
 //!   (psql, pgbench, cancels, session and transaction mode, exhaustion).
 //! - `pool_login`: the pool's own logins: a password from `auth_file`, and
 //!   a certificate minted per database user for `hostssl ... cert`.
+//! - `systemd_notify`: what `proxy` and `up` tell a `Type=notify` unit
+//!   (READY, RELOADING, STOPPING, WATCHDOG) on a NOTIFY_SOCKET the test reads.
+//! - `packaging`: the Debian package (contents, conffile, unit checked by
+//!   `systemd-analyze`, installed, run and purged with dpkg) and the Python
+//!   wheel (built with maturin, installed in a fresh venv).
 
 // Tests may panic on anything unexpected: that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -73,6 +78,7 @@ mod lint;
 mod metrics;
 mod mysql;
 mod negotiation;
+mod packaging;
 mod policy;
 mod pool;
 mod pool_login;
@@ -85,5 +91,6 @@ mod sni;
 mod stale_crl;
 mod status_page;
 mod support;
+mod systemd_notify;
 mod tls_protocol;
 mod upstream_tls;
