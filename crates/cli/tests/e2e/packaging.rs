@@ -323,15 +323,39 @@ fn the_python_wheel_puts_intransit_on_path_in_a_fresh_venv() {
     let (target_dir, profile) = build_of_binary();
     let out = TempDir::new().expect("temp dir");
     let wheels = out.path().join("wheels");
+    // maturin moves the binary it packs out of cargo's output directory
+    // and back while it writes the wheel, which would take the binary away
+    // from the tests running beside this one. Its cargo (`$CARGO`) is
+    // wrapped so that cargo's report of the binary names a hard link
+    // instead; cargo itself finds the build fresh and builds nothing.
+    let packed = out.path().join("intransit");
+    std::fs::hard_link(BIN, &packed)
+        .or_else(|_| std::fs::copy(BIN, &packed).map(drop))
+        .expect("linking the binary");
+    let cargo = out.path().join("cargo");
+    std::fs::write(
+        &cargo,
+        format!(
+            "#!/usr/bin/env bash\nset -o pipefail\n\"$REAL_CARGO\" \"$@\" | sed 's#\"{bin}\"#\"{packed}\"#g'\n",
+            bin = BIN,
+            packed = packed.display()
+        ),
+    )
+    .expect("writing the cargo wrapper");
+    std::fs::set_permissions(&cargo, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
     succeed(
         Command::new("maturin")
             .args(["build", "--quiet", "--profile", &profile])
             .arg("--out")
             .arg(&wheels)
             .current_dir(repo_root())
-            .env("CARGO_TARGET_DIR", &target_dir),
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .env("CARGO", &cargo)
+            .env("REAL_CARGO", option_env!("CARGO").unwrap_or("cargo")),
         hint,
     );
+    assert!(packed.exists(), "maturin did not put the binary back");
     let wheel = std::fs::read_dir(&wheels)
         .expect("listing the wheels")
         .filter_map(|e| e.ok().map(|e| e.path()))
