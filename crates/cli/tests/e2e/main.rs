@@ -54,6 +54,10 @@
 //!   refusals, never timings).
 //! - `pool`: `[listener.pool]`: clients served on shared server connections
 //!   (psql, pgbench, cancels, session and transaction mode, exhaustion).
+//! - `up_demo`: `intransit up --demo`: its own PostgreSQL and MariaDB
+//!   behind the proxy with psql and mariadb, plaintext and certificate-less
+//!   TLS refused by the database itself, data kept across runs, missing
+//!   server programs, and the warning when nothing answers upstream.
 //! - `pool_login`: the pool's own logins: a password from `auth_file`, and
 //!   a certificate minted per database user for `hostssl ... cert`.
 
@@ -86,4 +90,5 @@ mod stale_crl;
 mod status_page;
 mod support;
 mod tls_protocol;
+mod up_demo;
 mod upstream_tls;
