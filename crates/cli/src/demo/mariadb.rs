@@ -145,7 +145,7 @@ pub(super) fn start(
         install_data(programs, account, &layout)?;
     }
     write_private(&layout.init_sql, INIT_SQL.as_bytes(), account)?;
-    stop_leftover(&layout.pid)?;
+    stop_leftover(&layout)?;
     let version = server_version(&programs.mariadbd)?;
 
     let mut previous = previous_port(dir);
@@ -265,18 +265,23 @@ fn install_data(programs: &Programs, account: &DatabaseAccount, layout: &Layout)
 }
 
 /// Stops a mariadbd that outlived an earlier `up` (killed before it could
-/// stop it), which would hold the data directory's locks.
-fn stop_leftover(pid_file: &Path) -> Result<()> {
-    let Some(pid) = fs::read_to_string(pid_file)
+/// stop it), which would hold the data directory's locks. Only a process
+/// started with this directory's option file counts: the pid in a stale
+/// pid file may belong to anyone by now.
+fn stop_leftover(layout: &Layout) -> Result<()> {
+    let Some(pid) = fs::read_to_string(&layout.pid)
         .ok()
         .and_then(|text| text.trim().parse::<i32>().ok())
         .and_then(Pid::from_raw)
     else {
         return Ok(());
     };
-    let comm =
-        fs::read_to_string(format!("/proc/{}/comm", pid.as_raw_nonzero())).unwrap_or_default();
-    if comm.trim() != "mariadbd" {
+    let ours = format!("--defaults-file={}", layout.conf.display());
+    let cmdline = fs::read(format!("/proc/{}/cmdline", pid.as_raw_nonzero())).unwrap_or_default();
+    if !cmdline
+        .split(|byte| *byte == 0)
+        .any(|arg| arg == ours.as_bytes())
+    {
         return Ok(());
     }
     warn!(

@@ -181,13 +181,18 @@ impl DemoPlan {
         server_lifetime: time::Duration,
         created: bool,
     ) -> Result<RunningDemo> {
-        if let DatabaseAccount::System { .. } = self.account {
-            // The state directory is private (0700); its owner keeps every
-            // right, and the database's account may pass through it to its
-            // own directory, not list it. Keys inside stay mode 0600.
-            set_mode(&self.state_root, 0o711)?;
-        }
-        make_dir(&self.demo_root, 0o711)?;
+        let passable = match self.account {
+            DatabaseAccount::Current => 0o700,
+            DatabaseAccount::System { .. } => {
+                // The state directory is private (0700); its owner keeps
+                // every right, and the database's account may pass through
+                // it to its own directory, not list it. The CA and the
+                // certificates stay in directories of mode 0700.
+                set_mode(&self.state_root, 0o711)?;
+                0o711
+            }
+        };
+        make_dir(&self.demo_root, passable)?;
         make_dir(&self.dir, 0o700)?;
         self.account.take_ownership(&self.dir)?;
         // Directories that did not exist at the check were created private
@@ -274,12 +279,16 @@ pub(crate) struct DemoStopper {
 }
 
 impl DemoStopper {
+    /// Stops the database and returns once it is down; a call while
+    /// another is stopping it waits for that one.
     pub(crate) fn stop(&self) {
-        let engine = match self.engine.lock() {
-            Ok(mut guard) => guard.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
+        // The lock is held for the whole stop, so that no caller returns
+        // (and lets the process exit) while the database is going down.
+        let mut guard = match self.engine.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
         };
-        if let Some(engine) = engine {
+        if let Some(engine) = guard.take() {
             match engine.stop() {
                 Ok(()) => info!("demo database stopped"),
                 Err(e) => warn!(

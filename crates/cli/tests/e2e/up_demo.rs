@@ -79,6 +79,31 @@ impl Up {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the log has `count` lines holding `needle`.
+    fn wait_for_log(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.log_text().matches(needle).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "no {count} x {needle:?} in the log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the process to exit by itself.
+    fn wait_exit(mut self) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for intransit up") {
+                return (status, self.log_text());
+            }
+            assert!(Instant::now() < deadline, "intransit up did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGTERM, then the exit status and the whole log.
     fn terminate(mut self) -> (std::process::ExitStatus, String) {
         signal(self.child.id(), "TERM");
@@ -269,12 +294,67 @@ fn up_demo_puts_the_proxy_in_front_of_its_own_postgresql_which_refuses_plaintext
         ident,
         std::fs::read_to_string(data.join("PG_VERSION")).expect("PG_VERSION")
     );
-    let (status, log) = again.terminate();
-    assert!(status.success(), "exit {status:?}\n{log}");
     assert!(
-        !log.contains("not reachable"),
-        "up --demo warned about its own upstream:\n{log}"
+        !again.log_text().contains("not reachable"),
+        "up --demo warned about its own upstream:\n{}",
+        again.log_text()
     );
+
+    // Ctrl-C with a session open: the proxy waits for it; a second Ctrl-C
+    // exits at once, and stops the database before it does.
+    let mut session = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{through} -X -c 'SELECT pg_sleep(60)'"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("psql session");
+    again.wait_for_log("connection established", 2);
+    signal(again.child.id(), "INT");
+    again.wait_for_log("shutdown requested", 1);
+    assert!(
+        data.join("postmaster.pid").exists(),
+        "the database stopped before the proxy's drain"
+    );
+    signal(again.child.id(), "INT");
+    let (status, log) = again.wait_exit();
+    let _ = session.kill();
+    let _ = session.wait();
+    // 130 when the second signal's exit came first; 0 when the database,
+    // stopping, ended the session and so the drain.
+    assert!(matches!(status.code(), Some(0 | 130)), "{status:?}\n{log}");
+    assert!(log.contains("second signal"), "{log}");
+    assert!(log.contains("demo database stopped"), "{log}");
+    assert!(
+        !data.join("postmaster.pid").exists(),
+        "PostgreSQL still runs after a second Ctrl-C"
+    );
+
+    // A run killed outright leaves the database running; the next run
+    // stops it and starts it again with its own settings.
+    let killed = Up::start(work.path(), &["--demo"]);
+    killed.banner();
+    signal(killed.child.id(), "KILL");
+    let (_, _) = killed.wait_exit();
+    assert!(
+        data.join("postmaster.pid").exists(),
+        "no database left over"
+    );
+    let next = Up::start(work.path(), &["--demo"]);
+    let banner = next.banner();
+    assert!(
+        next.log_text().contains("still running; restarting it"),
+        "{}",
+        next.log_text()
+    );
+    let through = line_after(&banner, "Connect through it with:");
+    let out = run_printed(&through, "-X -A -t -c 'SELECT v FROM kept'");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "42");
+    let (status, log) = next.terminate();
+    assert!(status.success(), "exit {status:?}\n{log}");
+    assert!(!data.join("postmaster.pid").exists(), "{log}");
 }
 
 #[test]
