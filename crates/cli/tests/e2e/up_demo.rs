@@ -2,9 +2,11 @@
 //! mysql`) of the binary's own behind the proxy, driven with psql and the
 //! mariadb client exactly as the printed commands say; the database
 //! refusing plaintext and TLS without a client certificate by itself; the
-//! data kept from one run to the next; the message, exit status and empty
-//! state directory when the server programs are missing; and the one
-//! warning `up` gives when nothing answers at its upstream.
+//! data kept from one run to the next; Ctrl-C twice and a run killed
+//! outright; the message, exit status and empty state directory when the
+//! server programs are missing or, as root, the database's account cannot
+//! reach the state directory; and the one warning `up` gives when nothing
+//! answers at its upstream.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -497,4 +499,46 @@ fn up_warns_once_at_start_when_nothing_answers_upstream() {
         warning.contains("--upstream") && warning.contains("intransit up --demo"),
         "{warning}"
     );
+}
+
+#[test]
+fn up_demo_as_root_says_when_the_database_account_cannot_reach_the_state_directory() {
+    let work = work_dir();
+    // A directory only its owner may enter, as /root is.
+    let private = work.path().join("private");
+    std::fs::create_dir(&private).expect("private dir");
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let state = private.join("state");
+    let as_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| stdout(&o) == "0")
+        .expect("id -u");
+    if as_root {
+        let out = Command::new(BIN)
+            .arg("up")
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--listen", "127.0.0.1:0", "--admin", "off", "--demo"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("intransit up");
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("`postgres`")
+                && err.contains("cannot enter")
+                && err.contains("--state-dir"),
+            "{err}"
+        );
+        assert!(!state.exists(), "{} was created", state.display());
+    } else {
+        // Not as root the database runs as this user, who owns the
+        // directory: the same start works.
+        let up = Up::start(&private, &["--demo"]);
+        let text = up.banner().join("\n");
+        assert!(text.contains("demo database: PostgreSQL"), "{text}");
+        let (status, log) = up.terminate();
+        assert!(status.success(), "{log}");
+    }
 }
