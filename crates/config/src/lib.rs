@@ -23,7 +23,7 @@ use intransit_policy::{AllowList, DbUserRule, DbUserRules, IdentityPattern};
 
 pub use duration::parse_duration;
 pub use pool::{
-    PoolConfig, PoolMode, PoolUser, ServerAuth, DEFAULT_MAX_PREPARED_STATEMENTS,
+    PoolConfig, PoolMode, PoolPeer, PoolUser, ServerAuth, DEFAULT_MAX_PREPARED_STATEMENTS,
     DEFAULT_MINTED_CERT_LIFETIME, DEFAULT_POOL_SIZE, DEFAULT_POOL_WAIT_TIMEOUT,
     DEFAULT_RESET_QUERY, DEFAULT_SERVER_IDLE_TIMEOUT, DEFAULT_SERVER_LIFETIME,
     DEFAULT_SERVER_LOGIN_TIMEOUT,
@@ -621,6 +621,9 @@ impl Config {
                         .iter_mut()
                         .chain(user.key.iter_mut())
                         .for_each(path);
+                }
+                for peer in &mut pool.peers {
+                    upstream_tls(&mut peer.tls);
                 }
             }
             for r in &mut l.routes {

@@ -919,3 +919,61 @@ fn worker_threads_are_a_count_and_zero_means_the_shared_runtime() {
     );
     assert!(with("5000").is_err());
 }
+
+const PEERS: &str = r#"
+[listener.pool]
+mode = "transaction"
+peer_id = 1
+
+[[listener.pool.peers]]
+id = 2
+address = "10.0.0.2:6432"
+
+[[listener.pool.peers]]
+id = 3
+address = "db-proxy-3.internal:6432"
+
+[listener.pool.peer_tls]
+ca = "/etc/intransit/ca.pem"
+cert = "/etc/intransit/peer.pem"
+key = "/etc/intransit/peer-key.pem"
+"#;
+
+#[test]
+fn pool_peers_carry_their_id_address_and_mutual_tls() {
+    let c = Config::from_toml(&format!("{MINIMAL}{PEERS}")).unwrap();
+    let pool = c.listeners[0].pool.as_ref().unwrap();
+    assert_eq!(pool.peer_id, Some(1));
+    assert_eq!(pool.peers.len(), 2);
+    assert_eq!(pool.peers[0].id, 2);
+    assert_eq!(pool.peers[0].address.to_string(), "10.0.0.2:6432");
+    // The server name is each peer's own host.
+    assert_eq!(
+        pool.peers[1].tls.server_name.to_string(),
+        "db-proxy-3.internal"
+    );
+    assert_eq!(pool.peers[0].tls.mode, UpstreamTlsMode::VerifyFull);
+    assert!(pool.peers[0].tls.cert.is_some());
+}
+
+#[test]
+fn pool_peers_are_refused_without_what_makes_a_cancel_safe_to_forward() {
+    let with = |peers: &str| error_of(&format!("{MINIMAL}{peers}")).to_string();
+    let e = with(&PEERS.replace("peer_id = 1\n", ""));
+    assert!(e.contains("peer_id") && e.contains("missing"), "{e}");
+    let e = with(&PEERS.replace("id = 3", "id = 1"));
+    assert!(e.contains("own peer_id"), "{e}");
+    let e = with(&PEERS.replace("id = 3", "id = 2"));
+    assert!(e.contains("given twice"), "{e}");
+    let e = with(&PEERS.replace("peer_id = 1", "peer_id = 256"));
+    assert!(e.contains("1 to 255"), "{e}");
+    let e = with(&PEERS[..PEERS.find("[listener.pool.peer_tls]").unwrap()]);
+    assert!(e.contains("peer_tls") && e.contains("mutual TLS"), "{e}");
+    let e = with(&PEERS.replace(
+        "cert = \"/etc/intransit/peer.pem\"\nkey = \"/etc/intransit/peer-key.pem\"\n",
+        "",
+    ));
+    assert!(e.contains("client certificate"), "{e}");
+    let e = with(&PEERS.replace("\"10.0.0.2:6432\"", "\"unix:/run/p.sock\""));
+    assert!(e.contains("TCP listener"), "{e}");
+}

@@ -73,6 +73,7 @@ mod lint;
 mod metrics;
 mod mysql;
 mod negotiation;
+mod peers;
 mod policy;
 mod pool;
 mod pool_login;

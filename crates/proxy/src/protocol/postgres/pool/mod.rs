@@ -84,6 +84,16 @@ pub struct Pools {
     metrics: Arc<ProxyMetrics>,
     /// The upstream TLS material the server connections were made with.
     upstream_seen: Mutex<Option<Arc<UpstreamMaterial>>>,
+    /// The other instances a cancel for one of their clients goes to.
+    peers: Vec<Peer>,
+}
+
+/// Another instance behind the same load balancer (`[[listener.pool.peers]]`).
+#[derive(Debug)]
+pub(crate) struct Peer {
+    pub(crate) id: u8,
+    pub(crate) address: Endpoint,
+    pub(crate) tls: UpstreamTls,
 }
 
 impl std::fmt::Debug for Pools {
@@ -225,6 +235,17 @@ impl Pools {
         let seen = upstream_tls.as_ref().map(|t| t.snapshot());
         let credentials =
             Credentials::load(config, upstream_tls.clone()).map_err(|e| e.in_listener(listener))?;
+        let peers = config
+            .peers
+            .iter()
+            .map(|p| {
+                Ok(Peer {
+                    id: p.id,
+                    address: p.address.clone(),
+                    tls: UpstreamTls::build(&p.tls).map_err(|e| e.in_listener(listener))?,
+                })
+            })
+            .collect::<Result<Vec<_>, ProxyError>>()?;
         Ok(Pools {
             listener: listener.to_owned(),
             config: config.clone(),
@@ -240,7 +261,15 @@ impl Pools {
             logins_failed: AtomicU64::new(0),
             metrics,
             upstream_seen: Mutex::new(seen),
+            peers,
         })
+    }
+
+    /// The peer whose `peer_id` a cancel key carries, when it is not this
+    /// instance's own.
+    pub(crate) fn peer_of(&self, pid: u32) -> Option<&Peer> {
+        let id = cancel::instance_of(pid, self.config.peer_id)?;
+        self.peers.iter().find(|p| p.id == id)
     }
 
     /// The listener's name.
