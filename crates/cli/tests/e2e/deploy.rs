@@ -401,7 +401,7 @@ fn seconds(duration: &str) -> f64 {
 /// The path prefix under which the manifests mount the certificate Secret.
 const TLS_MOUNT: &str = "/etc/intransit/tls";
 /// Where the ConfigMap is mounted, and the file the proxy is given.
-const CONFIG_MOUNT: &str = "/etc/intransit";
+const CONFIG_MOUNT: &str = "/etc/intransit/config";
 const CONFIG_KEY: &str = "intransit.toml";
 
 /// One intransit deployment: the ConfigMap's configuration and the pod
