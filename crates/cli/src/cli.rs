@@ -478,6 +478,8 @@ the configuration file.
 
   state_dir = \"/var/lib/intransit\"   optional: where the CA and certificates live
   shutdown_grace = \"30s\"             time open connections get after SIGTERM
+  worker_threads = 2                 threads serving connections (default: one per CPU;
+                                     0: the shared runtime)
   audit_log = \"audit.jsonl\"          also append one JSON line per connection here
   pid_file = \"/run/intransit.pid\"    for `intransit reload` (--pid-file overrides it)
   admin = \"127.0.0.1:8432\"           status page, /metrics, /healthz, /readyz (loopback only

@@ -108,6 +108,10 @@ pub struct Config {
     pub pid_file: Option<PathBuf>,
     /// How long connections may finish after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// Threads that serve connections, each with its own single-threaded
+    /// runtime; `None` is one per CPU, `Some(0)` serves them on the
+    /// shared runtime.
+    pub worker_threads: Option<usize>,
     /// The server-mode listeners, in file order.
     pub listeners: Vec<ListenerConfig>,
     /// The client-mode listeners (`mode = "client"`), in file order: plaintext

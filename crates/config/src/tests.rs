@@ -29,6 +29,7 @@ fn minimal_listener_gets_secure_defaults() {
     assert_eq!(l.unauthenticated.max, 512);
     assert_eq!(l.unauthenticated.per_address, 64);
     assert_eq!(c.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
+    assert_eq!(c.worker_threads, None);
     assert_eq!(c.admin_limits, AdminLimits::default());
     assert_eq!(
         c.admin_limits.header_read_timeout,
@@ -904,4 +905,17 @@ fn pin_mistakes_name_the_command_that_prints_pins() {
         assert_eq!(e.key, key);
         assert!(e.message.contains("`intransit pin FILE`"), "{e}");
     }
+}
+
+#[test]
+fn worker_threads_are_a_count_and_zero_means_the_shared_runtime() {
+    let with = |n: &str| Config::from_toml(&format!("worker_threads = {n}\n{MINIMAL}"));
+    assert_eq!(with("4").unwrap().worker_threads, Some(4));
+    assert_eq!(with("0").unwrap().worker_threads, Some(0));
+    let e = with("-1").unwrap_err().to_string();
+    assert!(
+        e.contains("worker_threads") && e.contains("out of range"),
+        "{e}"
+    );
+    assert!(with("5000").is_err());
 }

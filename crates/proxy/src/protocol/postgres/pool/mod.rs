@@ -63,6 +63,7 @@ use crate::error::ProxyError;
 use crate::metrics::ProxyMetrics;
 use crate::net::BoxStream;
 use crate::tls::upstream::{UpstreamMaterial, UpstreamTls};
+use crate::workers;
 
 /// The pools of one listener, keyed by (database, user).
 pub struct Pools {
@@ -134,6 +135,9 @@ pub(crate) struct ServerConn {
     created: Instant,
     last_used: Instant,
     generation: u64,
+    /// The worker thread whose reactor owns `stream` (see `workers`):
+    /// lent to a client on that worker, its wake-ups stay on one thread.
+    home: Option<usize>,
 }
 
 /// A server connection lent to one client, with the permit that counts
@@ -304,7 +308,7 @@ impl Pools {
             .pool_wait(&self.listener, started.elapsed().as_secs_f64());
         let generation = self.generation.load(Ordering::Relaxed);
         loop {
-            let candidate = lock(&pool.idle).pop();
+            let candidate = take_idle(&mut lock(&pool.idle), workers::current());
             let Some(mut conn) = candidate else { break };
             if conn.generation != generation || conn.created.elapsed() > self.config.server_lifetime
             {
@@ -411,6 +415,7 @@ impl Pools {
             created: now,
             last_used: now,
             generation,
+            home: workers::current(),
         })
     }
 
@@ -604,6 +609,14 @@ impl Lease {
     pub(crate) fn close(self, why: &str) {
         debug!(listener = %self.pools.listener, server = self.conn.id, why, "closing a server connection");
     }
+}
+
+/// The newest idle connection whose socket belongs to the worker thread
+/// `here`, or else the newest (the vector is oldest first).
+fn take_idle(idle: &mut Vec<ServerConn>, here: Option<usize>) -> Option<ServerConn> {
+    let newest = idle.len().checked_sub(1)?;
+    let at = idle.iter().rposition(|c| c.home == here).unwrap_or(newest);
+    Some(idle.remove(at))
 }
 
 /// Whether an idle server connection is still usable, without waiting:
