@@ -1,8 +1,8 @@
 //! The deployment artefacts in `deploy/`, checked the way a cluster and a
 //! monitoring stack would read them:
 //!
-//! - the Kubernetes manifests: built-in kinds against the Kubernetes
-//!   schemas with `kubernetes-validate --strict` (PyPI), cert-manager
+//! - the Kubernetes manifests: built-in kinds against the Kubernetes 1.30
+//!   and newest schemas with `kubernetes-validate --strict` (PyPI), cert-manager
 //!   objects against models generated from cert-manager's published CRDs
 //!   (`cloudcoil.models.cert_manager`, PyPI), with keys the model does not
 //!   know refused; each kustomization's resources;
@@ -187,8 +187,9 @@ fn is_built_in(m: &Manifest) -> bool {
 }
 
 /// Runs kubernetes-validate over `docs` (each written to a file named
-/// after where it came from).
-fn kubernetes_validate(docs: &[&Manifest], dir: &Path) -> Output {
+/// after where it came from) for Kubernetes `version`, or for the newest
+/// it knows when `None`.
+fn kubernetes_validate(docs: &[&Manifest], dir: &Path, version: Option<&str>) -> Output {
     let mut files = Vec::new();
     for (i, m) in docs.iter().enumerate() {
         let name = m
@@ -202,9 +203,12 @@ fn kubernetes_validate(docs: &[&Manifest], dir: &Path) -> Output {
         std::fs::write(&path, serde_json::to_string_pretty(&m.doc).expect("JSON")).expect("write");
         files.push(path);
     }
-    let out = Command::new(python3())
-        .args(["-m", "kubernetes_validate", "--strict", "--no-warn"])
-        .args(["--kubernetes-version", KUBERNETES_VERSION])
+    let mut command = Command::new(python3());
+    command.args(["-m", "kubernetes_validate", "--strict", "--no-warn"]);
+    if let Some(version) = version {
+        command.args(["--kubernetes-version", version]);
+    }
+    let out = command
         .args(&files)
         .output()
         .expect("python3 -m kubernetes_validate");
@@ -281,19 +285,24 @@ fn every_manifest_validates_against_the_kubernetes_or_cert_manager_schema() {
         assert!(kinds.contains(kind), "no {kind} among {kinds:?}");
     }
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = kubernetes_validate(&built_in, dir.path());
-    assert!(
-        out.status.success(),
-        "kubernetes-validate {KUBERNETES_VERSION}:\n{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    assert_eq!(
-        stdout(&out).matches(" passed for resource ").count(),
-        built_in.len(),
-        "{}",
-        stdout(&out)
-    );
+    // The oldest version the manifests are for, and the newest the
+    // validator knows (nothing they use was removed since).
+    for version in [Some(KUBERNETES_VERSION), None] {
+        let out = kubernetes_validate(&built_in, dir.path(), version);
+        assert!(
+            out.status.success(),
+            "kubernetes-validate {}:\n{}{}",
+            version.unwrap_or("(newest)"),
+            stdout(&out),
+            stderr(&out)
+        );
+        assert_eq!(
+            stdout(&out).matches(" passed for resource ").count(),
+            built_in.len(),
+            "{}",
+            stdout(&out)
+        );
+    }
 
     // The validator is strict: a key Kubernetes does not know fails it.
     let mut broken = built_in
@@ -302,7 +311,7 @@ fn every_manifest_validates_against_the_kubernetes_or_cert_manager_schema() {
         .map(|m| (*m).clone())
         .expect("a StatefulSet");
     broken.doc["spec"]["template"]["spec"]["initContainers"][0]["restartPolicyy"] = json!("Always");
-    let out = kubernetes_validate(&[&broken], dir.path());
+    let out = kubernetes_validate(&[&broken], dir.path(), Some(KUBERNETES_VERSION));
     assert!(!out.status.success(), "{}", stdout(&out));
     assert!(stdout(&out).contains("restartPolicyy"), "{}", stdout(&out));
 
