@@ -5,7 +5,8 @@
 //! data kept from one run to the next; Ctrl-C twice and a run killed
 //! outright; the message, exit status and empty state directory when the
 //! server programs are missing or, as root, the database's account cannot
-//! reach the state directory; and the one warning `up` gives when nothing
+//! reach the state directory; a first run failing half-way leaving no demo
+//! directory; and the one warning `up` gives when nothing
 //! answers at its upstream.
 
 use std::io::{BufRead, BufReader};
@@ -541,4 +542,41 @@ fn up_demo_as_root_says_when_the_database_account_cannot_reach_the_state_directo
         let (status, log) = up.terminate();
         assert!(status.success(), "{log}");
     }
+}
+
+#[test]
+fn up_demo_removes_a_first_run_that_failed_half_way() {
+    let work = work_dir();
+    // Server programs that exist but fail, as a broken installation would.
+    let bin = work.path().join("broken-bin");
+    std::fs::create_dir(&bin).expect("bin dir");
+    for name in ["initdb", "pg_ctl", "postgres"] {
+        let path = bin.join(name);
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\necho \"{name}: simulated failure\" >&2\nexit 1\n"),
+        )
+        .expect("script");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let state = work.path().join("state");
+    let out = Command::new(BIN)
+        .arg("up")
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--listen", "127.0.0.1:0", "--admin", "off", "--demo"])
+        .arg("--demo-bin-dir")
+        .arg(&bin)
+        .stdin(Stdio::null())
+        .output()
+        .expect("intransit up");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("initdb: simulated failure"), "{err}");
+    // The CA is complete and stays; nothing of the demo database does.
+    assert!(state.join("ca/ca.pem").is_file(), "{err}");
+    assert!(
+        !state.join("demo").exists(),
+        "a half-made demo directory was left behind"
+    );
 }
