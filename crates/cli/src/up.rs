@@ -226,6 +226,10 @@ pub async fn run(args: UpArgs) -> Result<()> {
             Err(e) => {
                 let demo_hint = match protocol {
                     Protocol::Tls => "",
+                    Protocol::Mysql => {
+                        ", or run `intransit up --demo --protocol mysql` for a throwaway MariaDB \
+                         of its own"
+                    }
                     _ => ", or run `intransit up --demo` for a throwaway database of its own",
                 };
                 warn!(
