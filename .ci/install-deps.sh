@@ -31,6 +31,10 @@ needs() {
     need chromium            have_commands chromium
     need chromium-driver     have_commands chromedriver
     need fonts-dejavu-core   have_files '/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf'
+    # Several instances behind a load balancer: network namespaces (ip)
+    # and a real HAProxy, which the tests start themselves.
+    need iproute2            have_commands ip
+    need haproxy             have_files '/usr/sbin/haproxy'
     # PyMySQL comes from PyPI (below), through pip.
     need python3             have_commands python3
     need python3-pip         have_pip

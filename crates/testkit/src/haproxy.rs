@@ -25,7 +25,13 @@ pub struct HaProxy {
 impl HaProxy {
     /// Starts HAProxy balancing over `servers`.
     pub fn start(servers: &[SocketAddr]) -> Result<HaProxy> {
-        let bin = require_tool("haproxy", "haproxy")?;
+        // /usr/sbin is not on every user's PATH.
+        let sbin = PathBuf::from("/usr/sbin/haproxy");
+        let bin = if sbin.exists() {
+            sbin
+        } else {
+            require_tool("haproxy", "haproxy")?
+        };
         let dir = tempfile::tempdir().context("temp dir for haproxy")?;
         let port = free_port();
         let mut config = format!(

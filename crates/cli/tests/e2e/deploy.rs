@@ -1463,6 +1463,12 @@ size = 2
     );
     assert!(!refused.status.success());
     proxy.refusal("revoked");
+    // A cancel request with a key no client holds (counted as unknown).
+    let mut cancel = tcp(proxy.port());
+    let mut request = vec![0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
+    request.extend_from_slice(&[0, 0, 0, 7, 0, 0, 0, 9]);
+    write(&mut cancel, &request);
+    read_to_close(&mut cancel);
     std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\ntruncated\n").expect("write");
     proxy.wait_for_log(Duration::from_secs(20), |v| {
         v["message"]
