@@ -375,23 +375,26 @@ impl Pools {
     /// Logs in a new server connection for `pool`.
     async fn open(&self, pool: &Pool, generation: u64) -> Result<ServerConn, LoginFailure> {
         let key = &pool.key;
-        let login = self
-            .credentials
-            .for_user(&key.user)
-            .map_err(|refused| LoginFailure {
+        // No credentials for the user is a failed login like the
+        // server's refusal: counted, logged, told to the client.
+        let logged_in = match self.credentials.for_user(&key.user) {
+            Ok(login) => {
+                log_in(
+                    &self.target,
+                    &login,
+                    &key.database,
+                    &key.user,
+                    &[],
+                    self.connect_timeout,
+                    self.config.server_login_timeout,
+                )
+                .await
+            }
+            Err(refused) => Err(LoginFailure {
                 refused,
                 server_error: None,
-            })?;
-        let logged_in = log_in(
-            &self.target,
-            &login,
-            &key.database,
-            &key.user,
-            &[],
-            self.connect_timeout,
-            self.config.server_login_timeout,
-        )
-        .await;
+            }),
+        };
         let logged_in = match logged_in {
             Ok(l) => l,
             Err(failure) => {
