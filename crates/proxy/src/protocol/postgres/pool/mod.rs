@@ -86,6 +86,8 @@ pub struct Pools {
     upstream_seen: Mutex<Option<Arc<UpstreamMaterial>>>,
     /// The other instances a cancel for one of their clients goes to.
     peers: Vec<Peer>,
+    /// Why the latest reload of the credentials failed, until one works.
+    credentials_error: Mutex<Option<String>>,
 }
 
 /// Another instance behind the same load balancer (`[[listener.pool.peers]]`).
@@ -212,6 +214,9 @@ pub struct PoolsStatus {
     pub server_logins_ok: u64,
     /// Server logins that failed since start.
     pub server_logins_failed: u64,
+    /// Why the latest reload of the credentials failed (the previous ones
+    /// stay in use), until a reload succeeds.
+    pub credentials_error: Option<String>,
     /// Every (database, user) pool.
     pub pools: Vec<PoolStatus>,
 }
@@ -262,6 +267,7 @@ impl Pools {
             metrics,
             upstream_seen: Mutex::new(seen),
             peers,
+            credentials_error: Mutex::new(None),
         })
     }
 
@@ -469,7 +475,9 @@ impl Pools {
             *seen = now;
             changed
         };
-        let changed = self.credentials.reload()? || upstream_changed;
+        let reloaded = self.credentials.reload();
+        *lock(&self.credentials_error) = reloaded.as_ref().err().map(ToString::to_string);
+        let changed = reloaded? || upstream_changed;
         if changed {
             self.generation.fetch_add(1, Ordering::Relaxed);
             info!(listener = %self.listener, "pool credentials or upstream TLS changed: server connections will be replaced as they go idle");
@@ -561,6 +569,7 @@ impl Pools {
             mode: self.config.mode.as_str(),
             server_auth: self.config.server_auth.as_str(),
             server_logins_ok: self.logins_ok.load(Ordering::Relaxed),
+            credentials_error: lock(&self.credentials_error).clone(),
             server_logins_failed: self.logins_failed.load(Ordering::Relaxed),
             pools,
         }
