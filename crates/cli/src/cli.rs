@@ -549,6 +549,7 @@ the configuration file.
   server_auth = \"cert\"               cert (minted per user), password (auth_file) or trust
   auth_file = \"userlist.txt\"         \"user\" \"password\" lines, mode 0600
   cert_authority = \"/var/lib/intransit\"   the CA that mints; default state_dir
+  cert_authority_passphrase_file = \"ca.pass\"   mode 0600, for an encrypted CA key
   cert_lifetime = \"1h\"  reset_query = \"DISCARD ALL\"  max_prepared_statements = 200
   wait_timeout = \"120s\"  server_idle_timeout = \"10m\"  server_lifetime = \"1h\"
   server_login_timeout = \"15s\"
