@@ -343,7 +343,7 @@ impl Pools {
             .pool_wait(&self.listener, started.elapsed().as_secs_f64());
         let generation = self.generation.load(Ordering::Relaxed);
         loop {
-            let candidate = take_idle(&mut lock(&pool.idle), workers::current());
+            let candidate = take_idle(pool, workers::current());
             let Some(mut conn) = candidate else { break };
             if conn.generation != generation || conn.created.elapsed() > self.config.server_lifetime
             {
@@ -653,11 +653,21 @@ impl Lease {
 }
 
 /// The newest idle connection whose socket belongs to the worker thread
-/// `here`, or else the newest (the vector is oldest first).
-fn take_idle(idle: &mut Vec<ServerConn>, here: Option<usize>) -> Option<ServerConn> {
-    let newest = idle.len().checked_sub(1)?;
-    let at = idle.iter().rposition(|c| c.home == here).unwrap_or(newest);
-    Some(idle.remove(at))
+/// `here`; when there is none and the pool has room, none (a new one is
+/// opened here: lent across threads, every message of every transaction
+/// would cost a wake-up of another thread); else the newest of another
+/// worker (the vector is oldest first).
+fn take_idle(pool: &Pool, here: Option<usize>) -> Option<ServerConn> {
+    let mut idle = lock(&pool.idle);
+    if let Some(at) = idle.iter().rposition(|c| c.home == here) {
+        return Some(idle.remove(at));
+    }
+    let open =
+        idle.len() + pool.active.load(Ordering::Relaxed) + pool.opening.load(Ordering::Relaxed);
+    if here.is_some() && open < pool.size {
+        return None;
+    }
+    idle.pop()
 }
 
 /// Whether an idle server connection is still usable, without waiting:
