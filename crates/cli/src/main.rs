@@ -16,6 +16,7 @@ mod admin;
 mod bench_cmd;
 mod cli;
 mod compliance_cmd;
+mod demo;
 mod descriptors;
 mod errors;
 mod inspect;
@@ -390,10 +391,20 @@ impl ShutdownSignals {
 
 /// Runs a bound proxy until SIGINT or SIGTERM, then drains. A second signal
 /// during the drain exits at once.
+pub(crate) async fn serve(bound: intransit_proxy::BoundProxy, signals: ShutdownSignals) {
+    serve_then(bound, signals, || {}).await;
+}
+
+/// [`serve`], running `before_exit` (on a blocking thread) when a second
+/// signal ends the process without waiting for the drain.
 ///
 /// Every listener is bound when this is called, so it is where the service
 /// manager hears that the proxy is ready, and where its watchdog starts.
-pub(crate) async fn serve(bound: intransit_proxy::BoundProxy, mut signals: ShutdownSignals) {
+pub(crate) async fn serve_then(
+    bound: intransit_proxy::BoundProxy,
+    mut signals: ShutdownSignals,
+    before_exit: impl FnOnce() + Send + 'static,
+) {
     service_manager::ready(bound.listeners().len() + bound.client_listeners().len());
     service_manager::spawn_watchdog();
     let shutdown = async move {
@@ -409,6 +420,7 @@ pub(crate) async fn serve(bound: intransit_proxy::BoundProxy, mut signals: Shutd
                 signal,
                 "second signal: exiting without waiting for connections"
             );
+            let _ = tokio::task::spawn_blocking(before_exit).await;
             std::process::exit(130);
         });
     };

@@ -43,9 +43,10 @@ pub fn stopping() {
 
 /// Pings systemd's watchdog from the runtime, when the unit asks for it
 /// (`WatchdogSec=`, seen as `WATCHDOG_USEC` and, if set, a `WATCHDOG_PID`
-/// equal to this process's id). The ping comes from a task on the same
-/// runtime that serves connections, so a runtime that stops running tasks
-/// stops the pings too.
+/// equal to this process's id). The ping comes from a task on the main
+/// runtime, which runs the accept loops and reloads, so a main runtime
+/// that stops running tasks stops the pings too. Connections on worker
+/// threads (`worker_threads`) are not covered by it.
 pub fn spawn_watchdog() {
     let Some(interval) = sd_notify::watchdog_enabled() else {
         return;

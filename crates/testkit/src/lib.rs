@@ -4,8 +4,9 @@
 //! rather than a mock: a private PostgreSQL per test binary ([`PgServer`]),
 //! a private MariaDB ([`MariaDbServer`]),
 //! names and ports that keep parallel tests apart ([`unique_name`],
-//! [`free_port`]), and lookup of client programs such as psql and openssl
-//! ([`require_tool`]).
+//! [`free_port`]), several hosts on one machine in network namespaces
+//! ([`Subnet`]) with a real load balancer in front ([`HaProxy`]), and
+//! lookup of client programs such as psql and openssl ([`require_tool`]).
 //!
 //! It must never skip a test: when a server or client program is missing,
 //! every helper returns an error that names the `apt-get` command which
@@ -17,15 +18,19 @@
 #![forbid(unsafe_code)]
 
 mod account;
+mod haproxy;
 mod isolation;
 mod mariadb;
+mod netns;
 mod postgres;
 mod redis;
 mod supervisor;
 mod tools;
 
+pub use haproxy::HaProxy;
 pub use isolation::{free_port, unique_name};
 pub use mariadb::{run_mariadb, MariaDbAuth, MariaDbOptions, MariaDbServer, MariaDbSsl};
+pub use netns::Subnet;
 pub use postgres::{PgOptions, PgServer, PgSsl};
 pub use redis::{RedisServer, RedisTls};
 pub use tools::{require_tool, run_psql};

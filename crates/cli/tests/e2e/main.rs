@@ -54,6 +54,15 @@
 //!   refusals, never timings).
 //! - `pool`: `[listener.pool]`: clients served on shared server connections
 //!   (psql, pgbench, cancels, session and transaction mode, exhaustion).
+//! - `deploy`: deploy/: the Kubernetes manifests against the Kubernetes
+//!   and cert-manager schemas, their intransit configurations run as a
+//!   tunnel with the probes answered, the Prometheus rules through
+//!   promtool, and every metric the rules and the Grafana dashboard query
+//!   found on a running proxy.
+//! - `up_demo`: `intransit up --demo`: its own PostgreSQL and MariaDB
+//!   behind the proxy with psql and mariadb, plaintext and certificate-less
+//!   TLS refused by the database itself, data kept across runs, missing
+//!   server programs, and the warning when nothing answers upstream.
 //! - `pool_login`: the pool's own logins: a password from `auth_file`, and
 //!   a certificate minted per database user for `hostssl ... cert`.
 //! - `systemd_notify`: what `proxy` and `up` tell a `Type=notify` unit
@@ -70,6 +79,7 @@ mod ca;
 mod client_mode;
 mod clients;
 mod command_line;
+mod deploy;
 mod docs;
 mod hot_reload;
 mod lifecycle;
@@ -79,6 +89,7 @@ mod metrics;
 mod mysql;
 mod negotiation;
 mod packaging;
+mod peers;
 mod policy;
 mod pool;
 mod pool_login;
@@ -93,4 +104,5 @@ mod status_page;
 mod support;
 mod systemd_notify;
 mod tls_protocol;
+mod up_demo;
 mod upstream_tls;

@@ -955,12 +955,15 @@ mod against_postgres {
             auth_file: None,
             cert_authority: None,
             cert_lifetime: Duration::from_secs(3600),
+            cert_authority_passphrase_file: None,
             reset_query: "DISCARD ALL".into(),
             wait_timeout: Duration::from_secs(10),
             server_idle_timeout: Duration::from_secs(60),
             server_lifetime: Duration::from_secs(600),
             server_login_timeout: LOGIN,
             max_prepared_statements: 200,
+            peer_id: None,
+            peers: Vec::new(),
         }
     }
 

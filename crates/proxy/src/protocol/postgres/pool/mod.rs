@@ -63,6 +63,7 @@ use crate::error::ProxyError;
 use crate::metrics::ProxyMetrics;
 use crate::net::BoxStream;
 use crate::tls::upstream::{UpstreamMaterial, UpstreamTls};
+use crate::workers;
 
 /// The pools of one listener, keyed by (database, user).
 pub struct Pools {
@@ -83,6 +84,18 @@ pub struct Pools {
     metrics: Arc<ProxyMetrics>,
     /// The upstream TLS material the server connections were made with.
     upstream_seen: Mutex<Option<Arc<UpstreamMaterial>>>,
+    /// The other instances a cancel for one of their clients goes to.
+    peers: Vec<Peer>,
+    /// Why the latest reload of the credentials failed, until one works.
+    credentials_error: Mutex<Option<String>>,
+}
+
+/// Another instance behind the same load balancer (`[[listener.pool.peers]]`).
+#[derive(Debug)]
+pub(crate) struct Peer {
+    pub(crate) id: u8,
+    pub(crate) address: Endpoint,
+    pub(crate) tls: UpstreamTls,
 }
 
 impl std::fmt::Debug for Pools {
@@ -134,6 +147,9 @@ pub(crate) struct ServerConn {
     created: Instant,
     last_used: Instant,
     generation: u64,
+    /// The worker thread whose reactor owns `stream` (see `workers`):
+    /// lent to a client on that worker, its wake-ups stay on one thread.
+    home: Option<usize>,
 }
 
 /// A server connection lent to one client, with the permit that counts
@@ -198,6 +214,9 @@ pub struct PoolsStatus {
     pub server_logins_ok: u64,
     /// Server logins that failed since start.
     pub server_logins_failed: u64,
+    /// Why the latest reload of the credentials failed (the previous ones
+    /// stay in use), until a reload succeeds.
+    pub credentials_error: Option<String>,
     /// Every (database, user) pool.
     pub pools: Vec<PoolStatus>,
 }
@@ -221,6 +240,17 @@ impl Pools {
         let seen = upstream_tls.as_ref().map(|t| t.snapshot());
         let credentials =
             Credentials::load(config, upstream_tls.clone()).map_err(|e| e.in_listener(listener))?;
+        let peers = config
+            .peers
+            .iter()
+            .map(|p| {
+                Ok(Peer {
+                    id: p.id,
+                    address: p.address.clone(),
+                    tls: UpstreamTls::build(&p.tls).map_err(|e| e.in_listener(listener))?,
+                })
+            })
+            .collect::<Result<Vec<_>, ProxyError>>()?;
         Ok(Pools {
             listener: listener.to_owned(),
             config: config.clone(),
@@ -236,7 +266,16 @@ impl Pools {
             logins_failed: AtomicU64::new(0),
             metrics,
             upstream_seen: Mutex::new(seen),
+            peers,
+            credentials_error: Mutex::new(None),
         })
+    }
+
+    /// The peer whose `peer_id` a cancel key carries, when it is not this
+    /// instance's own.
+    pub(crate) fn peer_of(&self, pid: u32) -> Option<&Peer> {
+        let id = cancel::instance_of(pid, self.config.peer_id)?;
+        self.peers.iter().find(|p| p.id == id)
     }
 
     /// The listener's name.
@@ -304,7 +343,7 @@ impl Pools {
             .pool_wait(&self.listener, started.elapsed().as_secs_f64());
         let generation = self.generation.load(Ordering::Relaxed);
         loop {
-            let candidate = lock(&pool.idle).pop();
+            let candidate = take_idle(pool, workers::current());
             let Some(mut conn) = candidate else { break };
             if conn.generation != generation || conn.created.elapsed() > self.config.server_lifetime
             {
@@ -342,23 +381,26 @@ impl Pools {
     /// Logs in a new server connection for `pool`.
     async fn open(&self, pool: &Pool, generation: u64) -> Result<ServerConn, LoginFailure> {
         let key = &pool.key;
-        let login = self
-            .credentials
-            .for_user(&key.user)
-            .map_err(|refused| LoginFailure {
+        // No credentials for the user is a failed login like the
+        // server's refusal: counted, logged, told to the client.
+        let logged_in = match self.credentials.for_user(&key.user) {
+            Ok(login) => {
+                log_in(
+                    &self.target,
+                    &login,
+                    &key.database,
+                    &key.user,
+                    &[],
+                    self.connect_timeout,
+                    self.config.server_login_timeout,
+                )
+                .await
+            }
+            Err(refused) => Err(LoginFailure {
                 refused,
                 server_error: None,
-            })?;
-        let logged_in = log_in(
-            &self.target,
-            &login,
-            &key.database,
-            &key.user,
-            &[],
-            self.connect_timeout,
-            self.config.server_login_timeout,
-        )
-        .await;
+            }),
+        };
         let logged_in = match logged_in {
             Ok(l) => l,
             Err(failure) => {
@@ -411,6 +453,7 @@ impl Pools {
             created: now,
             last_used: now,
             generation,
+            home: workers::current(),
         })
     }
 
@@ -432,7 +475,9 @@ impl Pools {
             *seen = now;
             changed
         };
-        let changed = self.credentials.reload()? || upstream_changed;
+        let reloaded = self.credentials.reload();
+        *lock(&self.credentials_error) = reloaded.as_ref().err().map(ToString::to_string);
+        let changed = reloaded? || upstream_changed;
         if changed {
             self.generation.fetch_add(1, Ordering::Relaxed);
             info!(listener = %self.listener, "pool credentials or upstream TLS changed: server connections will be replaced as they go idle");
@@ -524,6 +569,7 @@ impl Pools {
             mode: self.config.mode.as_str(),
             server_auth: self.config.server_auth.as_str(),
             server_logins_ok: self.logins_ok.load(Ordering::Relaxed),
+            credentials_error: lock(&self.credentials_error).clone(),
             server_logins_failed: self.logins_failed.load(Ordering::Relaxed),
             pools,
         }
@@ -604,6 +650,24 @@ impl Lease {
     pub(crate) fn close(self, why: &str) {
         debug!(listener = %self.pools.listener, server = self.conn.id, why, "closing a server connection");
     }
+}
+
+/// The newest idle connection whose socket belongs to the worker thread
+/// `here`; when there is none and the pool has room, none (a new one is
+/// opened here: lent across threads, every message of every transaction
+/// would cost a wake-up of another thread); else the newest of another
+/// worker (the vector is oldest first).
+fn take_idle(pool: &Pool, here: Option<usize>) -> Option<ServerConn> {
+    let mut idle = lock(&pool.idle);
+    if let Some(at) = idle.iter().rposition(|c| c.home == here) {
+        return Some(idle.remove(at));
+    }
+    let open =
+        idle.len() + pool.active.load(Ordering::Relaxed) + pool.opening.load(Ordering::Relaxed);
+    if here.is_some() && open < pool.size {
+        return None;
+    }
+    idle.pop()
 }
 
 /// Whether an idle server connection is still usable, without waiting:
