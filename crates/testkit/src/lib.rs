@@ -2,7 +2,8 @@
 //!
 //! This crate owns everything a test needs to talk to a genuine database
 //! rather than a mock: a private PostgreSQL per test binary ([`PgServer`]),
-//! a private MariaDB ([`MariaDbServer`]),
+//! a private MariaDB ([`MariaDbServer`]), a private ACME server per test
+//! ([`Pebble`]),
 //! names and ports that keep parallel tests apart ([`unique_name`],
 //! [`free_port`]), and lookup of client programs such as psql and openssl
 //! ([`require_tool`]).
@@ -19,6 +20,7 @@
 mod account;
 mod isolation;
 mod mariadb;
+mod pebble;
 mod postgres;
 mod redis;
 mod supervisor;
@@ -26,6 +28,7 @@ mod tools;
 
 pub use isolation::{free_port, unique_name};
 pub use mariadb::{run_mariadb, MariaDbAuth, MariaDbOptions, MariaDbServer, MariaDbSsl};
+pub use pebble::Pebble;
 pub use postgres::{PgOptions, PgServer, PgSsl};
 pub use redis::{RedisServer, RedisTls};
 pub use tools::{require_tool, run_psql};

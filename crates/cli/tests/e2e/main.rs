@@ -57,9 +57,14 @@
 //! - `pool_login`: the pool's own logins: a password from `auth_file`, and
 //!   a certificate minted per database user for `hostssl ... cert`.
 
+//! - `acme`: `cert issue server --acme`, `cert renew` and `up --acme`
+//!   against a real pebble (HTTP-01 and TLS-ALPN-01 validated for real),
+//!   a refused challenge, an unreachable ACME server, psql `verify-full`.
+
 // Tests may panic on anything unexpected: that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod acme;
 mod bench;
 mod ca;
 mod client_mode;
