@@ -34,6 +34,9 @@ needs() {
     # PyMySQL comes from PyPI (below), through pip.
     need python3             have_commands python3
     need python3-pip         have_pip
+    # ACME: pebble, Let's Encrypt's ACME test server, which the tests
+    # start on loopback with real HTTP-01 and TLS-ALPN-01 validation.
+    need pebble              have_commands pebble
 }
 
 missing=()

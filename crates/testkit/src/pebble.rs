@@ -29,6 +29,8 @@ use crate::{free_port, require_tool};
 
 /// How long a starting pebble gets to listen.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Start-up attempts, each on fresh ports, in case a port was taken.
+const ATTEMPTS: usize = 3;
 
 /// A running `pebble`.
 #[derive(Debug)]
@@ -54,62 +56,26 @@ impl Pebble {
             .keep();
         let mut supervisor = Supervisor::spawn(&dir)?;
         write_https_certificate(&dir)?;
-        let (port, management_port, http_port, tls_port) =
-            (free_port(), free_port(), free_port(), free_port());
-        let config = format!(
-            r#"{{
-  "pebble": {{
-    "listenAddress": "127.0.0.1:{port}",
-    "managementListenAddress": "127.0.0.1:{management_port}",
-    "certificate": "{dir}/https-cert.pem",
-    "privateKey": "{dir}/https-key.pem",
-    "httpPort": {http_port},
-    "tlsPort": {tls_port},
-    "ocspResponderURL": "",
-    "externalAccountBindingRequired": false
-  }}
-}}
-"#,
-            dir = dir.display()
-        );
-        std::fs::write(dir.join("pebble-config.json"), config)
-            .context("writing pebble's config")?;
-        let log = std::fs::File::create(dir.join("pebble.log")).context("creating pebble.log")?;
-        let mut process = Command::new(&binary)
-            .arg("-config")
-            .arg(dir.join("pebble-config.json"))
-            .env_remove("PEBBLE_VA_ALWAYS_VALID")
-            .env("PEBBLE_VA_NOSLEEP", "1")
-            .env("PEBBLE_AUTHZREUSE", "0")
-            .env("PEBBLE_WFE_NONCEREJECT", "0")
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().context("pebble.log")?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        supervisor.watch(process.id())?;
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while !(listening(port) && listening(management_port)) {
-            if let Some(status) = process.try_wait().context("checking pebble")? {
-                let log = std::fs::read_to_string(dir.join("pebble.log")).unwrap_or_default();
-                bail!("pebble exited with {status}:\n{log}");
+        let mut last_error = None;
+        for _ in 0..ATTEMPTS {
+            match spawn(&binary, &dir) {
+                Ok((process, ports)) => {
+                    supervisor.watch(process.id())?;
+                    let (port, management_port, http_port, tls_port) = ports;
+                    return Ok(Pebble {
+                        dir,
+                        port,
+                        management_port,
+                        http_port,
+                        tls_port,
+                        process: Some(process),
+                        supervisor,
+                    });
+                }
+                Err(e) => last_error = Some(e),
             }
-            if Instant::now() > deadline {
-                let _ = process.kill();
-                bail!("pebble did not listen on {port} within {READY_TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(Pebble {
-            dir,
-            port,
-            management_port,
-            http_port,
-            tls_port,
-            process: Some(process),
-            supervisor,
-        })
+        Err(last_error.unwrap_or_else(|| anyhow!("pebble did not start")))
     }
 
     /// The ACME directory URL.
@@ -168,6 +134,58 @@ impl Drop for Pebble {
         self.stop();
         self.supervisor.stop();
     }
+}
+
+/// Starts pebble on fresh ports and waits until it listens; returns the
+/// process and its (directory, management, HTTP-01, TLS-ALPN-01) ports.
+fn spawn(binary: &Path, dir: &Path) -> Result<(Child, (u16, u16, u16, u16))> {
+    let (port, management_port, http_port, tls_port) =
+        (free_port(), free_port(), free_port(), free_port());
+    let config = format!(
+        r#"{{
+  "pebble": {{
+    "listenAddress": "127.0.0.1:{port}",
+    "managementListenAddress": "127.0.0.1:{management_port}",
+    "certificate": "{dir}/https-cert.pem",
+    "privateKey": "{dir}/https-key.pem",
+    "httpPort": {http_port},
+    "tlsPort": {tls_port},
+    "ocspResponderURL": "",
+    "externalAccountBindingRequired": false
+  }}
+}}
+"#,
+        dir = dir.display()
+    );
+    std::fs::write(dir.join("pebble-config.json"), config).context("writing pebble's config")?;
+    let log = std::fs::File::create(dir.join("pebble.log")).context("creating pebble.log")?;
+    let mut process = Command::new(binary)
+        .arg("-config")
+        .arg(dir.join("pebble-config.json"))
+        .env_remove("PEBBLE_VA_ALWAYS_VALID")
+        .env("PEBBLE_VA_NOSLEEP", "1")
+        .env("PEBBLE_AUTHZREUSE", "0")
+        .env("PEBBLE_WFE_NONCEREJECT", "0")
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().context("pebble.log")?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !(listening(port) && listening(management_port)) {
+        if let Some(status) = process.try_wait().context("checking pebble")? {
+            let log = std::fs::read_to_string(dir.join("pebble.log")).unwrap_or_default();
+            bail!("pebble exited with {status}:\n{log}");
+        }
+        if Instant::now() > deadline {
+            let _ = process.kill();
+            let _ = process.wait();
+            bail!("pebble did not listen on {port} within {READY_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((process, (port, management_port, http_port, tls_port)))
 }
 
 fn listening(port: u16) -> bool {
