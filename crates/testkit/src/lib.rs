@@ -28,7 +28,7 @@ mod tools;
 
 pub use isolation::{free_port, unique_name};
 pub use mariadb::{run_mariadb, MariaDbAuth, MariaDbOptions, MariaDbServer, MariaDbSsl};
-pub use pebble::Pebble;
+pub use pebble::{Pebble, PebbleOptions};
 pub use postgres::{PgOptions, PgServer, PgSsl};
 pub use redis::{RedisServer, RedisTls};
 pub use tools::{require_tool, run_psql};

@@ -32,6 +32,17 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Start-up attempts, each on fresh ports, in case a port was taken.
 const ATTEMPTS: usize = 3;
 
+/// How a [`Pebble`] is configured beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct PebbleOptions {
+    /// The lifetime of the certificates it issues, in seconds (pebble's
+    /// default is five years).
+    pub validity_seconds: Option<u64>,
+    /// Require external account binding, with this key id and HMAC key
+    /// (base64url).
+    pub external_account: Option<(String, String)>,
+}
+
 /// A running `pebble`.
 #[derive(Debug)]
 pub struct Pebble {
@@ -48,6 +59,11 @@ impl Pebble {
     /// Starts a fresh pebble. A missing `pebble` is an error that names
     /// the package to install.
     pub fn start() -> Result<Pebble> {
+        Pebble::start_with(&PebbleOptions::default())
+    }
+
+    /// Starts a fresh pebble configured by `options`.
+    pub fn start_with(options: &PebbleOptions) -> Result<Pebble> {
         let binary = require_tool("pebble", "pebble")?;
         let dir = tempfile::Builder::new()
             .prefix("intransit-pebble-")
@@ -58,7 +74,7 @@ impl Pebble {
         write_https_certificate(&dir)?;
         let mut last_error = None;
         for _ in 0..ATTEMPTS {
-            match spawn(&binary, &dir) {
+            match spawn(&binary, &dir, options) {
                 Ok((process, ports)) => {
                     supervisor.watch(process.id())?;
                     let (port, management_port, http_port, tls_port) = ports;
@@ -138,7 +154,11 @@ impl Drop for Pebble {
 
 /// Starts pebble on fresh ports and waits until it listens; returns the
 /// process and its (directory, management, HTTP-01, TLS-ALPN-01) ports.
-fn spawn(binary: &Path, dir: &Path) -> Result<(Child, (u16, u16, u16, u16))> {
+fn spawn(
+    binary: &Path,
+    dir: &Path,
+    options: &PebbleOptions,
+) -> Result<(Child, (u16, u16, u16, u16))> {
     let (port, management_port, http_port, tls_port) =
         (free_port(), free_port(), free_port(), free_port());
     let config = format!(
@@ -150,12 +170,24 @@ fn spawn(binary: &Path, dir: &Path) -> Result<(Child, (u16, u16, u16, u16))> {
     "privateKey": "{dir}/https-key.pem",
     "httpPort": {http_port},
     "tlsPort": {tls_port},
-    "ocspResponderURL": "",
-    "externalAccountBindingRequired": false
+    "ocspResponderURL": "",{validity}{eab}
+    "externalAccountBindingRequired": {eab_required}
   }}
 }}
 "#,
-        dir = dir.display()
+        dir = dir.display(),
+        validity = options
+            .validity_seconds
+            .map(|s| format!("\n    \"certificateValidityPeriod\": {s},"))
+            .unwrap_or_default(),
+        eab = options
+            .external_account
+            .as_ref()
+            .map(|(kid, key)| format!(
+                "\n    \"externalAccountMACKeys\": {{\"{kid}\": \"{key}\"}},"
+            ))
+            .unwrap_or_default(),
+        eab_required = options.external_account.is_some(),
     );
     std::fs::write(dir.join("pebble-config.json"), config).context("writing pebble's config")?;
     let log = std::fs::File::create(dir.join("pebble.log")).context("creating pebble.log")?;

@@ -11,7 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use intransit_testkit::{free_port, require_tool, Pebble};
+use intransit_testkit::{free_port, require_tool, Pebble, PebbleOptions};
 
 use crate::support::*;
 
@@ -350,4 +350,199 @@ fn up_with_acme_serves_the_acme_certificate_to_psql_verify_full() {
     assert_eq!(stdout(&run), "42");
     assert_chains_to(&state.join("certs/server"), &root);
     assert_eq!(mode(&state.join("certs/server/key.pem")), 0o600);
+}
+
+#[test]
+fn external_account_binding_is_sent_when_the_ca_requires_it() {
+    // pebble's own example key: base64url, as CAs hand them out.
+    let key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let pebble = Pebble::start_with(&PebbleOptions {
+        external_account: Some(("kid-1".to_owned(), key.to_owned())),
+        ..PebbleOptions::default()
+    })
+    .expect("starting pebble");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+
+    let refused = issue(&state, &acme_flags(&pebble));
+    assert!(!refused.status.success());
+    let err = stderr(&refused);
+    assert!(
+        err.contains("the ACME server refused the new account") && err.contains("externalAccount"),
+        "{err}"
+    );
+
+    let mut flags = acme_flags(&pebble);
+    flags.extend([
+        "--acme-eab-kid".to_owned(),
+        "kid-1".to_owned(),
+        "--acme-eab-hmac-key".to_owned(),
+        key.to_owned(),
+    ]);
+    ok(&issue(&state, &flags));
+    assert_chains_to(
+        &state.join("certs/web"),
+        &pebble.issuing_root_file().expect("root"),
+    );
+}
+
+#[test]
+fn up_with_acme_renews_its_server_certificate_there_while_it_runs() {
+    // A 12-second certificate is due after about 8 seconds.
+    let pebble = Pebble::start_with(&PebbleOptions {
+        validity_seconds: Some(12),
+        ..PebbleOptions::default()
+    })
+    .expect("starting pebble");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "up", "--state-dir"])
+        .arg(&state)
+        .args(["--listen", "127.0.0.1:0", "--admin", "off", "--upstream"])
+        .arg(format!("unix:{}", pg().socket_path().display()))
+        .args(["--acme-dns", "localhost"])
+        .args(acme_flags(&pebble))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("intransit up");
+    let (tx, rx) = mpsc::channel::<serde_json::Value>();
+    let err = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(v) = serde_json::from_str(&line) {
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let out = child.stdout.take().expect("stdout");
+    let port: u16 = BufReader::new(out)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix("port="))
+                .and_then(|p| p.parse().ok())
+        })
+        .expect("port in the psql command");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut issued = Vec::new();
+    while issued.len() < 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(v) = rx.recv_timeout(left) else {
+            let _ = child.kill();
+            panic!("issued {issued:?}, then nothing; pebble:\n{}", pebble.log());
+        };
+        assert_ne!(v["level"], "ERROR", "{v}");
+        if v["message"] == "certificate issued by the ACME server" {
+            issued.push(v["serial"].as_str().expect("serial").to_owned());
+        }
+    }
+    assert_ne!(issued[0], issued[1]);
+
+    // The listener serves the renewed certificate, which chains to
+    // pebble's root for the name asked.
+    let root = std::fs::read_to_string(pebble.issuing_root_file().expect("root")).expect("root");
+    let mut roots = rustls::RootCertStore::empty();
+    for der in intransit_pki::pem_to_der_certs(&root).expect("root pem") {
+        roots.add(der.into()).expect("root");
+    }
+    let config = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let leaf = crate::lifecycle::served_leaf(port, config.clone());
+        let serial = intransit_pki::summarize(leaf.as_ref())
+            .expect("summary")
+            .serial_hex;
+        if serial.eq_ignore_ascii_case(&issued[1]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still serving {serial}, not the renewed {}",
+            issued[1]
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    signal(child.id(), "TERM");
+    assert!(child.wait().expect("wait").success());
+}
+
+#[test]
+fn acme_flags_are_checked_before_anything_is_written() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+
+    let out = issue(
+        &state,
+        &["--acme-http".to_owned(), "127.0.0.1:80".to_owned()],
+    );
+    assert!(
+        stderr(&out).contains("--acme-http needs --acme DIRECTORY_URL"),
+        "{}",
+        stderr(&out)
+    );
+    let out = issue(
+        &state,
+        &["--acme".to_owned(), "http://ca.example/dir".to_owned()],
+    );
+    assert!(
+        stderr(&out).contains("is not an https:// URL"),
+        "{}",
+        stderr(&out)
+    );
+    let out = issue(
+        &state,
+        &[
+            "--acme".to_owned(),
+            "https://ca.example/dir".to_owned(),
+            "--days".to_owned(),
+            "30".to_owned(),
+        ],
+    );
+    assert!(
+        stderr(&out).contains("the ACME CA chooses the lifetime"),
+        "{}",
+        stderr(&out)
+    );
+
+    // `up` binds the challenge address among its checks: one in use stops
+    // it before the state directory exists.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = held.local_addr().expect("addr").to_string();
+    let out = Command::new(BIN)
+        .args(["up", "--state-dir"])
+        .arg(&state)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--acme-dns",
+            "localhost",
+        ])
+        .args(["--acme", "https://127.0.0.1:1/dir", "--acme-http", &addr])
+        .stdin(Stdio::null())
+        .output()
+        .expect("intransit up");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!("cannot answer the http-01 challenge on {addr}")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!state.exists());
 }
