@@ -31,12 +31,17 @@ needs() {
     need chromium            have_commands chromium
     need chromium-driver     have_commands chromedriver
     need fonts-dejavu-core   have_files '/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf'
+    # Several instances behind a load balancer: network namespaces (ip)
+    # and a real HAProxy, which the tests start themselves.
+    need iproute2            have_commands ip
+    need haproxy             have_files '/usr/sbin/haproxy'
     # PyMySQL comes from PyPI (below), through pip.
     need python3             have_commands python3
     need python3-pip         have_pip
     # ACME: pebble, Let's Encrypt's ACME test server, which the tests
     # start on loopback with real HTTP-01 and TLS-ALPN-01 validation.
     need pebble              have_commands pebble
+    deploy_needs
 }
 
 missing=()
@@ -84,9 +89,44 @@ install_python_clients() {
     python3 -c 'import pymysql, nacl, psycopg, asyncpg'
 }
 
+# --- deploy/ (docs/deployment.md): the checkers of the Kubernetes
+# manifests and the Prometheus rules. promtool comes from Debian's
+# prometheus package; kubernetes-validate (which brings PyYAML) checks
+# manifests offline against the Kubernetes schemas it bundles, and
+# cloudcoil's cert-manager models check the cert-manager objects.
+deploy_needs() {
+    need prometheus          have_commands promtool
+}
+
+# The prometheus package enables its service for the next boot (the
+# policy-rc.d below keeps it from starting now); the tests use promtool
+# only, so no Prometheus server is left to start with the machine.
+disable_prometheus_service() {
+    if [[ -e /etc/systemd/system/multi-user.target.wants/prometheus.service ]]; then
+        if command -v systemctl >/dev/null 2>&1; then
+            "${as_root[@]}" systemctl disable prometheus.service
+        else
+            "${as_root[@]}" rm -f /etc/systemd/system/multi-user.target.wants/prometheus.service
+        fi
+    fi
+}
+
+install_deploy_checkers() {
+    if python3 -c 'import kubernetes_validate, yaml, cloudcoil.models.cert_manager.v1' >/dev/null 2>&1; then
+        return
+    fi
+    local packages=('kubernetes-validate>=1.30' 'cloudcoil.models.cert_manager>=1.17')
+    echo "install-deps: installing ${packages[*]} for $(command -v python3)"
+    python3 -m pip install --quiet --disable-pip-version-check "${packages[@]}" ||
+        python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${packages[@]}"
+    python3 -c 'import kubernetes_validate, yaml, cloudcoil.models.cert_manager.v1'
+}
+# --- end of deploy/
+
 needs
 if [[ ${#missing[@]} -eq 0 ]]; then
     install_python_clients
+    install_deploy_checkers
     echo "install-deps: all test dependencies present"
     exit 0
 fi
@@ -121,6 +161,7 @@ fi
 "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
 "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y --no-install-recommends "${missing[@]}"
+disable_prometheus_service
 
 # Check again, so a package that installed but did not provide what the tests
 # use fails here rather than in the middle of the test suite.
@@ -131,4 +172,5 @@ if [[ ${#missing[@]} -ne 0 ]]; then
     exit 1
 fi
 install_python_clients
+install_deploy_checkers
 echo "install-deps: done"

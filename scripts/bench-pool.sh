@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# Measures PostgreSQL connection pooling on one PostgreSQL server, four
-# targets side by side, as ratios to PostgreSQL's own TLS 1.3, and prints
-# a markdown summary (method and figures in docs/benchmarks.md, "Pooling"):
+# Measures the PostgreSQL data path and connection pooling on one
+# PostgreSQL server, six targets side by side, as ratios to PostgreSQL's
+# own TLS 1.3, and prints a markdown summary (method and figures in
+# docs/benchmarks.md, "Pooling"):
 #
 #   native       PostgreSQL's own TLS 1.3 (client certificate verified,
 #                trust), a backend forked per connection;
+#   stunnel      stunnel4, `protocol = pgsql`, TLS 1.3 with a verified
+#                client certificate, the unix socket behind it;
 #   passthrough  intransit without a pool: one backend per client session,
 #                over PostgreSQL's unix socket;
+#   shared       the same pass-through proxy with `worker_threads = 0`
+#                (connections on tokio's shared multi-thread runtime, as
+#                before per-thread runtimes), for comparison (SHARED=0
+#                leaves it out);
 #   pooled       intransit with [listener.pool] mode = "transaction",
 #                size = POOL_SIZE, server_auth = "trust" over the unix
 #                socket: the proxy completes the client's login itself;
@@ -15,11 +22,13 @@
 #                certificate from the same CA, auth_type = trust, the unix
 #                socket behind it.
 #
-#   1. pgbench -S -c 2 -j 2 with -C (a new connection per transaction)
-#      and on persistent connections, the four targets interleaved, REPS
-#      times;
+#   1. pgbench -S -c 2 -j JOBS with -C (a new connection per
+#      transaction) and on persistent connections, the targets
+#      interleaved, REPS times;
 #   2. connect + SELECT 1 latency, a fresh TLS connection each time,
-#      sequential, interleaved, then each target alone;
+#      sequential, interleaved, then each target alone; and the TLS
+#      handshake alone (connect, SSLRequest, TLS 1.3 with the client
+#      certificate), interleaved;
 #   3. the proxy's CPU (user and system) per 10,000 transactions, and the
 #      CPU of pgbench and PostgreSQL's backends;
 #   4. the resident memory of a fresh pooled proxy and a fresh PgBouncer
@@ -31,10 +40,14 @@
 # Everything runs on loopback, in a temporary directory that is removed on
 # exit (KEEP=1 keeps it, with every log). Needs root (PostgreSQL and
 # PgBouncer run as the `postgres` user), PostgreSQL server binaries, psql,
-# pgbench and openssl (`.ci/install-deps.sh`), and pgbouncer (`apt-get
-# install pgbouncer`). Not part of the test suite.
+# pgbench and openssl (`.ci/install-deps.sh`), pgbouncer and stunnel4
+# (`apt-get install pgbouncer stunnel4`). Not part of the test suite.
 #
 # Knobs (environment): REPS (5), DURATION seconds per pgbench run (10),
+# JOBS pgbench threads (1: one pgbench thread drives both clients, so
+# that client, proxy and server share the two cores as in the peers'
+# comparisons; 2 was the default before), HANDSHAKES per target (1000),
+# SHARED (1),
 # SCALE pgbench scale (10), POOL_SIZE server connections per pool (5),
 # SESSION_PROBES per target (500), IDLE clients (1000), PREPARED=0 skips
 # the -M prepared runs, PREPARED_CLIENTS the pgbench client counts they
@@ -59,11 +72,15 @@ SESSION_PROBES=${SESSION_PROBES:-500}
 IDLE=${IDLE:-1000}
 PREPARED=${PREPARED:-1}
 PREPARED_CLIENTS=${PREPARED_CLIENTS:-"2 $((POOL_SIZE * 2))"}
+JOBS=${JOBS:-1}
+HANDSHAKES=${HANDSHAKES:-1000}
+SHARED=${SHARED:-1}
 PERF=${PERF:-0}
 PERF_INTRANSIT=${PERF_INTRANSIT:-}
 
 pg_require
 pg_pgbouncer_require
+pg_stunnel_require
 if [[ $PERF == 1 ]]; then command -v perf >/dev/null || die "perf not found (apt-get install linux-perf)"; fi
 pg_build
 
@@ -78,18 +95,37 @@ pg_pgbench_init "$SCALE"
 pg_proxy_config 60s $((IDLE + 1000)) -
 pg_pool_config transaction "$POOL_SIZE" 60s $((IDLE + 1000))
 pg_pgbouncer_config transaction "$POOL_SIZE" $((IDLE + 100))
+pg_stunnel_config
 pg_start_proxy warn
 pg_start_pool_proxy warn
 pg_start_pgbouncer
+pg_start_stunnel
+# The pass-through proxy again, its connections on the shared runtime.
+shared_pid=""
+on_cleanup() { pg_stop_pid shared_pid; }
+if [[ $SHARED == 1 ]]; then
+    shared_port=$(free_port)
+    {
+        echo "worker_threads = 0"
+        echo
+        pg_listener_toml shared "$shared_port" 60s $((IDLE + 1000))
+    } >"$work/shared.toml"
+    pg_run_intransit shared_pid "$work/shared.toml" "$shared_port" "$work/shared-warn.log" warn
+fi
 
-sides=(native passthrough pooled pgbouncer)
-declare -A port=([native]=$pg_port [passthrough]=$proxy_port [pooled]=$pool_port [pgbouncer]=$pgbouncer_port)
-declare -A title=([native]="native TLS" [passthrough]="intransit pass-through"
-    [pooled]="intransit pooled" [pgbouncer]="PgBouncer")
+sides=(native stunnel pgbouncer passthrough)
+if [[ $SHARED == 1 ]]; then sides+=(shared); fi
+sides+=(pooled)
+declare -A port=([native]=$pg_port [stunnel]=$stunnel_port [passthrough]=$proxy_port
+    [shared]=${shared_port:-} [pooled]=$pool_port [pgbouncer]=$pgbouncer_port)
+declare -A title=([native]="native TLS" [stunnel]="stunnel" [passthrough]="intransit pass-through"
+    [shared]="intransit pass-through, worker_threads = 0" [pooled]="intransit pooled" [pgbouncer]="PgBouncer")
 # The process between the client and PostgreSQL, or - for none.
 watched_pid() { # side
     case $1 in
+        stunnel) echo "$stunnel_pid" ;;
         passthrough) echo "$proxy_pid" ;;
+        shared) echo "$shared_pid" ;;
         pooled) echo "$pool_pid" ;;
         pgbouncer) echo "$pgbouncer_pid" ;;
         *) echo - ;;
@@ -133,7 +169,7 @@ pgbench_run() { # side mode(persistent|reconnect) label
     if [[ $pid != - ]]; then read -r u0 s0 <<<"$(proc_ticks "$pid")"; fi
     pg_before=$(pg_server_ticks)
     local TIMEFORMAT='%3U %3S'
-    { time pgbench -n "${flags[@]}" -c 2 -j 2 -T "$DURATION" "$(conninfo "${port[$side]}")" >"$out" 2>&1; } 2>"$out.cpu" \
+    { time pgbench -n "${flags[@]}" -c 2 -j "$JOBS" -T "$DURATION" "$(conninfo "${port[$side]}")" >"$out" 2>&1; } 2>"$out.cpu" \
         || die "pgbench through $side failed (see $out)"
     if [[ $pid != - ]]; then
         read -r u1 s1 <<<"$(proc_ticks "$pid")"
@@ -253,6 +289,10 @@ for side in "${sides[@]}"; do
         --count "$SESSION_PROBES" --warmup 20 --session --query "SELECT 1")$'\n'
 done
 
+# The TLS handshake alone (no login), interleaved.
+log "TLS handshake latency: $HANDSHAKES per target"
+handshakes=$("$bench" latency "${tls_args[@]}" "${targets[@]}" --count "$HANDSHAKES" --warmup 20)
+
 # --- 5: prepared statements in transaction mode: with 2 clients, as the
 # other runs, and with more clients than the pool has server connections.
 prepared_rows=""
@@ -262,7 +302,7 @@ if [[ $PREPARED == 1 ]]; then
             log "pgbench -M prepared -S -c $clients through $side"
             out=$work/pgbench-prepared-$side-$clients.log
             rc=0
-            pgbench -n -M prepared -S -c "$clients" -j 2 -T "$DURATION" "$(conninfo "${port[$side]}")" >"$out" 2>&1 || rc=$?
+            pgbench -n -M prepared -S -c "$clients" -j "$JOBS" -T "$DURATION" "$(conninfo "${port[$side]}")" >"$out" 2>&1 || rc=$?
             t=$(awk '/^tps = /{printf "%.1f", $3; exit}' "$out")
             n=$(awk -F': ' '/number of transactions actually processed/{print $2; exit}' "$out")
             f=$(awk -F': ' '/number of failed transactions/{print $2; exit}' "$out")
@@ -299,6 +339,8 @@ idle_run() { # side pid
 # first, for scale (one backend per client).
 pg_stop_pool_proxy
 pg_stop_pgbouncer
+pg_stop_pid shared_pid
+pg_stop_pid stunnel_pid
 log "memory: $IDLE idle clients through a fresh pass-through proxy"
 pg_start_proxy warn
 sleep 1
@@ -370,6 +412,11 @@ r_c=$(ratio "$m_pooled_c" "$m_native_c")
 r_p50=$(ratio "$(lat pooled p50_us)" "$(lat native p50_us)")
 r_p99=$(ratio "$(lat pooled p99_us)" "$(lat native p99_us)")
 r_pp=$(ratio "$m_pooled_p" "$m_pass_p")
+m_native_p=$(median_of "${tps[native-persistent]}")
+r_pass_p=$(ratio "$m_pass_p" "$m_native_p")
+r_pooled_p=$(ratio "$m_pooled_p" "$m_native_p")
+r_hs=$(ratio "$(lat pooled p50_us "$handshakes")" "$(lat pgbouncer p50_us "$handshakes")")
+r_hs_pass=$(ratio "$(lat passthrough p50_us "$handshakes")" "$(lat pgbouncer p50_us "$handshakes")")
 
 cat <<EOF
 ## Pooling: intransit pooled vs pass-through vs PgBouncer vs PostgreSQL TLS 1.3: $(date -u +%Y-%m-%dT%H:%MZ)
@@ -380,12 +427,12 @@ $(openssl version); $(rustc --version 2>/dev/null || echo "rustc unknown"); intr
 Load average (1, 5, 15 min) at start: $load_start; at end: $load_end.
 Pool size $POOL_SIZE server connections for (bench, bench) in both poolers, transaction mode.
 
-TLS negotiated by libpq's OpenSSL: native: ${tls[native]}; pass-through: ${tls[passthrough]}; pooled: ${tls[pooled]}; PgBouncer: ${tls[pgbouncer]}.
+TLS negotiated by libpq's OpenSSL: $(for side in "${sides[@]}"; do printf '%s: %s; ' "${title[$side]}" "${tls[$side]}"; done)
 
-### pgbench -S -c 2 -j 2 -T $DURATION, $REPS repetitions interleaved (tps, median [min–max], ratio of medians to native)
+### pgbench -S -c 2 -j $JOBS -T $DURATION, $REPS repetitions interleaved (tps, median [min–max], ratio of medians to native)
 
-| run | ${title[native]} | ${title[passthrough]} | ${title[pooled]} | ${title[pgbouncer]} |
-|---|---|---|---|---|
+| run |$(for side in "${sides[@]}"; do printf ' %s |' "${title[$side]}"; done)
+|---|$(for side in "${sides[@]}"; do printf -- '---|'; done)
 $(tps_row "-C (new connection per transaction)" reconnect)
 $(tps_row "persistent" persistent)
 
@@ -401,9 +448,15 @@ The same probe, each target alone (one target after the other, $SESSION_PROBES e
 |---|---|---|---|---|---|---|---|
 $(for side in "${sides[@]}"; do lat_row "$side" "$latency_alone"; done)
 
+### TLS handshake alone: connect, SSLRequest, TLS 1.3 with the client certificate, sequential, interleaved ($HANDSHAKES per target, µs)
+
+| target | p50 | p90 | p99 | min | max | p50 / native | p99 / native |
+|---|---|---|---|---|---|---|---|
+$(for side in "${sides[@]}"; do lat_row "$side" "$handshakes"; done)
+
 ### CPU per 10,000 transactions by process (median of $REPS runs, ms)
 
-"proxy" is the process between client and PostgreSQL (intransit or PgBouncer), split into user and system time.
+"proxy" is the process between client and PostgreSQL (intransit, stunnel or PgBouncer), split into user and system time.
 
 | run | target | pgbench (client) | PostgreSQL backends | proxy | proxy user | proxy system | total |
 |---|---|---|---|---|---|---|---|
@@ -428,7 +481,7 @@ EOF
 if [[ $PREPARED == 1 ]]; then
     cat <<EOF
 
-### pgbench -M prepared -S -j 2 -T $DURATION (pools in transaction mode, $POOL_SIZE server connections)
+### pgbench -M prepared -S -j $JOBS -T $DURATION (pools in transaction mode, $POOL_SIZE server connections)
 
 | target | clients | pgbench exit status | tps | transactions processed | failed transactions |
 |---|---|---|---|---|---|
@@ -458,6 +511,9 @@ cat <<EOF
 | pooled connect + SELECT 1 p50 ≤ 0.3x native | ${r_p50}x | $(verdict "$r_p50" "<=" 0.3) |
 | pooled connect + SELECT 1 p99 ≤ 0.3x native | ${r_p99}x | $(verdict "$r_p99" "<=" 0.3) |
 | pooled persistent tps ≥ pass-through | ${r_pp}x of pass-through | $(verdict "$r_pp" ">=" 1) |
+| pass-through persistent tps ≥ 0.75x native | ${r_pass_p}x | $(verdict "$r_pass_p" ">=" 0.75) |
+| pooled persistent tps ≥ 0.75x native | ${r_pooled_p}x | $(verdict "$r_pooled_p" ">=" 0.75) |
+| TLS handshake p50 ≤ 0.6x PgBouncer's | pooled ${r_hs}x, pass-through ${r_hs_pass}x | $(verdict "$r_hs" "<=" 0.6) |
 EOF
 
 if [[ $PERF == 1 ]]; then

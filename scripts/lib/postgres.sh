@@ -67,6 +67,7 @@ pg_cleanup() {
     pg_stop_proxy
     pg_stop_pool_proxy
     pg_stop_pgbouncer
+    pg_stop_pid stunnel_pid
     if [[ $pg_started == 1 ]]; then
         runuser -u postgres -- "$PGBIN/pg_ctl" -D "$work/pg/data" -m immediate stop >/dev/null 2>&1
     fi
@@ -338,6 +339,41 @@ pg_stop_pgbouncer() {
         pgbouncer_pid=""
     fi
     pg_stop_pid pgbouncer_runner
+}
+
+# --- stunnel (the Debian package stunnel4), the pass-through baseline, on
+# 127.0.0.1:$stunnel_port: `protocol = pgsql` answers the SSLRequest, TLS
+# 1.3 with a client certificate required and verified against the same
+# CA, the same server certificate, PostgreSQL's unix socket behind it.
+pg_stunnel_require() {
+    command -v stunnel4 >/dev/null \
+        || die "stunnel4 not found (Debian, Ubuntu: apt-get install stunnel4)"
+}
+pg_stunnel_config() {
+    stunnel_port=$(free_port)
+    cat >"$work/stunnel.conf" <<EOF
+foreground = yes
+pid =
+debug = 3
+output = $work/stunnel.log
+[postgres]
+accept = 127.0.0.1:$stunnel_port
+connect = $pg/sock/.s.PGSQL.$pg_port
+protocol = pgsql
+cert = $server_chain
+key = $server_key
+CAfile = $ca
+verifyChain = yes
+requireCert = yes
+sslVersionMin = TLSv1.3
+EOF
+}
+stunnel_pid=""
+pg_start_stunnel() {
+    pg_stop_pid stunnel_pid
+    stunnel4 "$work/stunnel.conf" >>"$work/stunnel-stderr.log" 2>&1 &
+    stunnel_pid=$!
+    wait_for_port "$stunnel_port" "stunnel (see $work/stunnel.log)"
 }
 
 # libpq connection string: through a TLS port (the proxy's or PostgreSQL's

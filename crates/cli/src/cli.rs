@@ -549,6 +549,8 @@ the configuration file.
 
   state_dir = \"/var/lib/intransit\"   optional: where the CA and certificates live
   shutdown_grace = \"30s\"             time open connections get after SIGTERM
+  worker_threads = 2                 threads serving connections (default: one per CPU;
+                                     0: the shared runtime)
   audit_log = \"audit.jsonl\"          also append one JSON line per connection here
   pid_file = \"/run/intransit.pid\"    for `intransit reload` (--pid-file overrides it)
   admin = \"127.0.0.1:8432\"           status page, /metrics, /healthz, /readyz (loopback only
@@ -607,6 +609,9 @@ the configuration file.
   wait_timeout = \"120s\"  server_idle_timeout = \"10m\"  server_lifetime = \"1h\"
   server_login_timeout = \"15s\"
   [listener.pool.users.NAME]         server_auth, cert, key, size for one user
+  peer_id = 1                        this instance's id among peers behind a load balancer
+  [[listener.pool.peers]]            id = 2, address = \"10.0.0.12:6432\": cancels with its keys go there
+  [listener.pool.peer_tls]           ca, cert, key (as [listener.upstream_tls]) to reach the peers
 
   [[listener.db_users]]              once any rule exists, logins must match one
   identity = \"uri:spiffe://prod/trainer\"

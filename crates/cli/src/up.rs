@@ -148,6 +148,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         audit_log: args.audit_log.clone(),
         pid_file: None,
         shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        worker_threads: None,
         listeners: vec![listener],
         client_listeners: Vec::new(),
     };

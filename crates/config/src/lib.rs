@@ -23,7 +23,7 @@ use intransit_policy::{AllowList, DbUserRule, DbUserRules, IdentityPattern};
 
 pub use duration::parse_duration;
 pub use pool::{
-    PoolConfig, PoolMode, PoolUser, ServerAuth, DEFAULT_MAX_PREPARED_STATEMENTS,
+    PoolConfig, PoolMode, PoolPeer, PoolUser, ServerAuth, DEFAULT_MAX_PREPARED_STATEMENTS,
     DEFAULT_MINTED_CERT_LIFETIME, DEFAULT_POOL_SIZE, DEFAULT_POOL_WAIT_TIMEOUT,
     DEFAULT_RESET_QUERY, DEFAULT_SERVER_IDLE_TIMEOUT, DEFAULT_SERVER_LIFETIME,
     DEFAULT_SERVER_LOGIN_TIMEOUT,
@@ -108,6 +108,10 @@ pub struct Config {
     pub pid_file: Option<PathBuf>,
     /// How long connections may finish after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// Threads that serve connections, each with its own single-threaded
+    /// runtime; `None` is one per CPU, `Some(0)` serves them on the
+    /// shared runtime.
+    pub worker_threads: Option<usize>,
     /// The server-mode listeners, in file order.
     pub listeners: Vec<ListenerConfig>,
     /// The client-mode listeners (`mode = "client"`), in file order: plaintext
@@ -617,6 +621,9 @@ impl Config {
                         .iter_mut()
                         .chain(user.key.iter_mut())
                         .for_each(path);
+                }
+                for peer in &mut pool.peers {
+                    upstream_tls(&mut peer.tls);
                 }
             }
             for r in &mut l.routes {

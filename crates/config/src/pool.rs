@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::{err, parse_duration, ConfigError, Protocol, UpstreamTls};
+use crate::upstream_tls::RawUpstreamTls;
+use crate::{err, parse_duration, ConfigError, Endpoint, Protocol, UpstreamTls};
 
 /// Default server connections per (database, user), PgBouncer's
 /// `default_pool_size`.
@@ -118,6 +119,25 @@ pub struct PoolConfig {
     /// connection keeps for clients (least recently used closed beyond
     /// it); 0 passes statement names through untracked.
     pub max_prepared_statements: usize,
+    /// This instance's id among several behind a load balancer (1 to
+    /// 255), carried in every cancel key it hands out; `None` alone.
+    pub peer_id: Option<u8>,
+    /// The other instances (`[[listener.pool.peers]]`): a cancel request
+    /// with a key of theirs is forwarded to them.
+    pub peers: Vec<PoolPeer>,
+}
+
+/// Another instance serving the same database, which a cancel request
+/// for one of its clients is forwarded to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolPeer {
+    /// Its `peer_id`.
+    pub id: u8,
+    /// Its pooled listener (TCP).
+    pub address: Endpoint,
+    /// How this instance reaches it: `[listener.pool.peer_tls]`, with the
+    /// server name derived from `address` unless the table names one.
+    pub tls: UpstreamTls,
 }
 
 /// What one database user overrides in a pool.
@@ -200,6 +220,17 @@ pub(crate) struct RawPool {
     server_lifetime: Option<String>,
     server_login_timeout: Option<String>,
     max_prepared_statements: Option<i64>,
+    peer_id: Option<i64>,
+    #[serde(default)]
+    peers: Vec<RawPeer>,
+    peer_tls: Option<RawUpstreamTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    id: Option<i64>,
+    address: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -361,8 +392,11 @@ impl RawPool {
                 ))
             }
         };
+        let (peer_id, peers) = peers(k, self.peer_id, self.peers, self.peer_tls)?;
         let pool = PoolConfig {
             max_prepared_statements,
+            peer_id,
+            peers,
             mode,
             size,
             min_idle,
@@ -407,6 +441,91 @@ impl RawPool {
         }
         Ok(pool)
     }
+}
+
+fn peer_id(key: &str, value: i64) -> Result<u8, ConfigError> {
+    match u8::try_from(value) {
+        Ok(id) if id >= 1 => Ok(id),
+        _ => Err(err(key, format!("{value} is not a peer id; use 1 to 255"))),
+    }
+}
+
+/// `peer_id`, `[[listener.pool.peers]]` and `[listener.pool.peer_tls]`.
+fn peers(
+    k: &str,
+    own: Option<i64>,
+    raw: Vec<RawPeer>,
+    raw_tls: Option<RawUpstreamTls>,
+) -> Result<(Option<u8>, Vec<PoolPeer>), ConfigError> {
+    let own = own
+        .map(|v| peer_id(&format!("{k}.peer_id"), v))
+        .transpose()?;
+    if raw.is_empty() {
+        if raw_tls.is_some() {
+            return Err(err(
+                format!("{k}.peer_tls"),
+                "is for reaching [[listener.pool.peers]], and there are none",
+            ));
+        }
+        return Ok((own, Vec::new()));
+    }
+    let Some(own) = own else {
+        return Err(err(
+            format!("{k}.peer_id"),
+            "missing: with [[listener.pool.peers]] each instance needs its own peer_id (1 to 255), carried in the cancel keys it hands out",
+        ));
+    };
+    let tk = format!("{k}.peer_tls");
+    let Some(raw_tls) = raw_tls else {
+        return Err(err(
+            tk,
+            "missing: cancel requests go to peers over mutual TLS; add [listener.pool.peer_tls] with ca (the CA of the peers' listener certificates), cert and key (a certificate the peers' listeners admit)",
+        ));
+    };
+    let mut peers: Vec<PoolPeer> = Vec::with_capacity(raw.len());
+    for (i, p) in raw.into_iter().enumerate() {
+        let pk = format!("{k}.peers[{i}]");
+        let id = peer_id(
+            &format!("{pk}.id"),
+            p.id.ok_or_else(|| err(format!("{pk}.id"), "missing: the peer's own peer_id"))?,
+        )?;
+        if id == own {
+            return Err(err(
+                format!("{pk}.id"),
+                format!("{id} is this instance's own peer_id"),
+            ));
+        }
+        if peers.iter().any(|q| q.id == id) {
+            return Err(err(format!("{pk}.id"), format!("{id} is given twice")));
+        }
+        let text = p.address.ok_or_else(|| {
+            err(
+                format!("{pk}.address"),
+                "missing: the peer's listener, host:port",
+            )
+        })?;
+        let address = Endpoint::parse(&text).map_err(|m| err(format!("{pk}.address"), m))?;
+        if matches!(address, Endpoint::Unix(_)) {
+            return Err(err(
+                format!("{pk}.address"),
+                "a peer is another instance's TCP listener (host:port)",
+            ));
+        }
+        // The same table for every peer; a derived server name is each
+        // peer's own host.
+        let tls = raw_tls
+            .clone()
+            .validate(&tk, &address)?
+            .ok_or_else(|| err(&tk, "mode = \"disable\" would send cancel keys in plaintext; peers are reached over mutual TLS"))?;
+        if tls.cert.is_none() {
+            return Err(err(
+                tk,
+                "cert and key are needed: the peers' listeners require a client certificate",
+            ));
+        }
+        peers.push(PoolPeer { id, address, tls });
+    }
+    Ok((Some(own), peers))
 }
 
 /// Fills in the CA that mints certificates from the top-level

@@ -31,6 +31,7 @@ pub(crate) struct RawConfig {
     audit_log: Option<PathBuf>,
     pid_file: Option<PathBuf>,
     shutdown_grace: Option<String>,
+    worker_threads: Option<i64>,
     admin_header_read_timeout: Option<String>,
     admin_idle_timeout: Option<String>,
     admin_max_connections: Option<i64>,
@@ -133,6 +134,18 @@ impl RawConfig {
             Some(s) => parse_duration(s).map_err(|m| err("shutdown_grace", m))?,
             None => DEFAULT_SHUTDOWN_GRACE,
         };
+        let worker_threads = match self.worker_threads {
+            None => None,
+            Some(n) if (0..=1024).contains(&n) => Some(n as usize),
+            Some(n) => {
+                return Err(err(
+                    "worker_threads",
+                    format!(
+                        "{n} is out of range; use 0 (connections on the shared runtime) to 1024"
+                    ),
+                ))
+            }
+        };
         let admin_limits = AdminLimits {
             header_read_timeout: positive_duration(
                 "admin_header_read_timeout",
@@ -207,6 +220,7 @@ impl RawConfig {
             audit_log: self.audit_log,
             pid_file: self.pid_file,
             shutdown_grace,
+            worker_threads,
             listeners,
             client_listeners,
         })

@@ -29,6 +29,7 @@ fn minimal_listener_gets_secure_defaults() {
     assert_eq!(l.unauthenticated.max, 512);
     assert_eq!(l.unauthenticated.per_address, 64);
     assert_eq!(c.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
+    assert_eq!(c.worker_threads, None);
     assert_eq!(c.admin_limits, AdminLimits::default());
     assert_eq!(
         c.admin_limits.header_read_timeout,
@@ -904,4 +905,75 @@ fn pin_mistakes_name_the_command_that_prints_pins() {
         assert_eq!(e.key, key);
         assert!(e.message.contains("`intransit pin FILE`"), "{e}");
     }
+}
+
+#[test]
+fn worker_threads_are_a_count_and_zero_means_the_shared_runtime() {
+    let with = |n: &str| Config::from_toml(&format!("worker_threads = {n}\n{MINIMAL}"));
+    assert_eq!(with("4").unwrap().worker_threads, Some(4));
+    assert_eq!(with("0").unwrap().worker_threads, Some(0));
+    let e = with("-1").unwrap_err().to_string();
+    assert!(
+        e.contains("worker_threads") && e.contains("out of range"),
+        "{e}"
+    );
+    assert!(with("5000").is_err());
+}
+
+const PEERS: &str = r#"
+[listener.pool]
+mode = "transaction"
+peer_id = 1
+
+[[listener.pool.peers]]
+id = 2
+address = "10.0.0.2:6432"
+
+[[listener.pool.peers]]
+id = 3
+address = "db-proxy-3.internal:6432"
+
+[listener.pool.peer_tls]
+ca = "/etc/intransit/ca.pem"
+cert = "/etc/intransit/peer.pem"
+key = "/etc/intransit/peer-key.pem"
+"#;
+
+#[test]
+fn pool_peers_carry_their_id_address_and_mutual_tls() {
+    let c = Config::from_toml(&format!("{MINIMAL}{PEERS}")).unwrap();
+    let pool = c.listeners[0].pool.as_ref().unwrap();
+    assert_eq!(pool.peer_id, Some(1));
+    assert_eq!(pool.peers.len(), 2);
+    assert_eq!(pool.peers[0].id, 2);
+    assert_eq!(pool.peers[0].address.to_string(), "10.0.0.2:6432");
+    // The server name is each peer's own host.
+    assert_eq!(
+        pool.peers[1].tls.server_name.to_string(),
+        "db-proxy-3.internal"
+    );
+    assert_eq!(pool.peers[0].tls.mode, UpstreamTlsMode::VerifyFull);
+    assert!(pool.peers[0].tls.cert.is_some());
+}
+
+#[test]
+fn pool_peers_are_refused_without_what_makes_a_cancel_safe_to_forward() {
+    let with = |peers: &str| error_of(&format!("{MINIMAL}{peers}")).to_string();
+    let e = with(&PEERS.replace("peer_id = 1\n", ""));
+    assert!(e.contains("peer_id") && e.contains("missing"), "{e}");
+    let e = with(&PEERS.replace("id = 3", "id = 1"));
+    assert!(e.contains("own peer_id"), "{e}");
+    let e = with(&PEERS.replace("id = 3", "id = 2"));
+    assert!(e.contains("given twice"), "{e}");
+    let e = with(&PEERS.replace("peer_id = 1", "peer_id = 256"));
+    assert!(e.contains("1 to 255"), "{e}");
+    let e = with(&PEERS[..PEERS.find("[listener.pool.peer_tls]").unwrap()]);
+    assert!(e.contains("peer_tls") && e.contains("mutual TLS"), "{e}");
+    let e = with(&PEERS.replace(
+        "cert = \"/etc/intransit/peer.pem\"\nkey = \"/etc/intransit/peer-key.pem\"\n",
+        "",
+    ));
+    assert!(e.contains("client certificate"), "{e}");
+    let e = with(&PEERS.replace("\"10.0.0.2:6432\"", "\"unix:/run/p.sock\""));
+    assert!(e.contains("TCP listener"), "{e}");
 }

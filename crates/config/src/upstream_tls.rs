@@ -186,7 +186,7 @@ fn unix_refused(k: &str) -> ConfigError {
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawUpstreamTls {
     mode: Option<String>,

@@ -23,18 +23,20 @@ use crate::admission::{Entry, Gate, Source, Ticket};
 use crate::conn::{ConnectionContext, Listener, Refused};
 use crate::net::{BoundListener, BoxStream};
 use crate::refusal::RefusalReason;
+use crate::workers::Workers;
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Accepts connections until `shutdown` is cancelled, and runs `serve` on
-/// each in a task spawned on `tracker`, so the caller can wait for them to
-/// drain.
+/// each in a task on one of `workers`, tracked by `tracker`, so the caller
+/// can wait for them to drain.
 pub(crate) async fn accept_loop<L, S, F>(
     listener: Arc<L>,
     socket: BoundListener,
     serve: S,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    workers: Arc<Workers>,
 ) where
     L: Listener,
     S: Fn(ConnectionContext<L>, BoxStream) -> F + Clone + Send + 'static,
@@ -91,8 +93,17 @@ pub(crate) async fn accept_loop<L, S, F>(
             .connection_opened(listener.name(), listener.protocol().as_str());
         let gate = gate.clone();
         let serve = serve.clone();
-        tracker.spawn(async move {
+        workers.spawn(tracker.track_future(async move {
             let _active = active;
+            // On the worker's runtime: its reactor owns the socket from
+            // here on.
+            let stream = match stream.register() {
+                Ok(s) => s,
+                Err(e) => {
+                    error!(conn = ctx.id, listener = %ctx.listener.name(), error = %e, "could not register an accepted connection");
+                    return;
+                }
+            };
             let served = tokio::select! {
                 biased;
                 () = ticket.evicted() => Err(evicted(&ticket)),
@@ -108,7 +119,7 @@ pub(crate) async fn accept_loop<L, S, F>(
                 }
                 Ok(()) => ctx.listener.audit().record(ctx.audit_event(None)),
             }
-        });
+        }));
     }
 }
 

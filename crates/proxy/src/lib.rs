@@ -28,6 +28,7 @@ mod net;
 mod protocol;
 mod refusal;
 pub mod tls;
+mod workers;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -37,6 +38,7 @@ use intransit_config::{Config, Endpoint};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
+use workers::Workers;
 
 pub use audit::AuditLog;
 pub use conn::ListenerBasics;
@@ -84,6 +86,7 @@ pub struct Proxy {
     pools: Vec<Option<Arc<Pools>>>,
     client_listeners: Vec<Arc<PreparedClientListener>>,
     shutdown_grace: Duration,
+    worker_threads: usize,
     metrics: Arc<ProxyMetrics>,
     audit: Arc<AuditLog>,
 }
@@ -136,6 +139,9 @@ impl Proxy {
             pools,
             client_listeners,
             shutdown_grace: config.shutdown_grace,
+            worker_threads: config
+                .worker_threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             metrics,
             audit,
         })
@@ -179,6 +185,7 @@ impl Proxy {
             listeners: bound,
             client_listeners: clients,
             shutdown_grace: self.shutdown_grace,
+            worker_threads: self.worker_threads,
             metrics: self.metrics,
             audit: self.audit,
         })
@@ -195,6 +202,7 @@ pub struct BoundProxy {
     )>,
     client_listeners: Vec<(Arc<PreparedClientListener>, net::BoundListener)>,
     shutdown_grace: Duration,
+    worker_threads: usize,
     metrics: Arc<ProxyMetrics>,
     audit: Arc<AuditLog>,
 }
@@ -250,9 +258,17 @@ impl BoundProxy {
     /// are accepted and open ones get the grace period to finish before
     /// they are cut. Returns how many connections were still open when the
     /// grace period ran out.
+    ///
+    /// Connections run on `worker_threads` threads of their own (see
+    /// `workers`), stopped before this returns; if they cannot be
+    /// started, on the caller's runtime.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> usize {
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let workers = Arc::new(Workers::start(self.worker_threads).unwrap_or_else(|e| {
+            warn!(error = %e, worker_threads = self.worker_threads, "could not start the connection worker threads; connections run on the shared runtime");
+            Workers::none()
+        }));
         let mut loops = Vec::new();
         for (listener, socket, pools) in self.listeners {
             info!(
@@ -285,6 +301,7 @@ impl BoundProxy {
                 serve,
                 token.clone(),
                 tracker.clone(),
+                workers.clone(),
             )));
         }
         for (listener, socket) in self.client_listeners {
@@ -314,6 +331,7 @@ impl BoundProxy {
                 protocol::serve_client_mode,
                 token.clone(),
                 tracker.clone(),
+                workers.clone(),
             )));
         }
         shutdown.await;
@@ -322,26 +340,34 @@ impl BoundProxy {
             let _ = l.await;
         }
         tracker.close();
-        let open = tracker.len();
-        if open == 0 {
-            info!("shut down: no connections were open");
-            return 0;
+        let left = drain(&tracker, self.shutdown_grace).await;
+        // The accept loops are gone, and with them every other handle.
+        if let Ok(workers) = Arc::try_unwrap(workers) {
+            workers.stop().await;
         }
-        info!(
-            open,
-            grace_secs = self.shutdown_grace.as_secs_f64(),
-            "draining open connections"
-        );
-        if tokio::time::timeout(self.shutdown_grace, tracker.wait())
-            .await
-            .is_ok()
-        {
-            info!("shut down: all connections finished");
-            0
-        } else {
-            let left = tracker.len();
-            warn!(left, "grace period over; closing the remaining connections");
-            left
-        }
+        left
+    }
+}
+
+/// Waits up to `grace` for the tracked connections to finish; returns how
+/// many were still open then.
+async fn drain(tracker: &TaskTracker, grace: Duration) -> usize {
+    let open = tracker.len();
+    if open == 0 {
+        info!("shut down: no connections were open");
+        return 0;
+    }
+    info!(
+        open,
+        grace_secs = grace.as_secs_f64(),
+        "draining open connections"
+    );
+    if tokio::time::timeout(grace, tracker.wait()).await.is_ok() {
+        info!("shut down: all connections finished");
+        0
+    } else {
+        let left = tracker.len();
+        warn!(left, "grace period over; closing the remaining connections");
+        left
     }
 }

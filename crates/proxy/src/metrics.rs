@@ -86,6 +86,15 @@ pub struct ReloadRound {
     pub error: Option<String>,
 }
 
+/// Labels of a pooled listener's cancel requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolCancelLabels {
+    /// Configured listener name.
+    pub listener: String,
+    /// `server`, `idle`, `peer` or `unknown`.
+    pub outcome: String,
+}
+
 /// Labels of a pooled listener's server logins.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLoginLabels {
@@ -158,6 +167,7 @@ pub struct ProxyMetrics {
     reloads: Family<ReloadLabels, Counter>,
     pool_wait_seconds: Family<PoolLabels, Histogram>,
     pool_server_logins: Family<PoolLoginLabels, Counter>,
+    pool_cancels: Family<PoolCancelLabels, Counter>,
     reload_rounds: Mutex<ReloadRounds>,
     summary: Mutex<Summary>,
 }
@@ -249,6 +259,7 @@ impl Default for ProxyMetrics {
             reloads: Family::default(),
             pool_wait_seconds: Family::new_with_constructor(pool_wait_histogram),
             pool_server_logins: Family::default(),
+            pool_cancels: Family::default(),
             reload_rounds: Mutex::default(),
             summary: Mutex::default(),
         }
@@ -336,6 +347,21 @@ impl ProxyMetrics {
             "Logins of pooled server connections to the database, by outcome",
             self.pool_server_logins.clone(),
         );
+        registry.register(
+            "pool_cancels",
+            "Cancel requests on pooled listeners, by where they went: server (the client's server connection), idle (no query running), peer (forwarded to the instance that handed out the key), unknown (no client has the key)",
+            self.pool_cancels.clone(),
+        );
+    }
+
+    /// Counts a cancel request on a pooled listener by where it went.
+    pub fn pool_cancel(&self, listener: &str, outcome: &str) {
+        self.pool_cancels
+            .get_or_create(&PoolCancelLabels {
+                listener: listener.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     /// Records how long a pooled client waited for a server connection.

@@ -89,21 +89,45 @@ impl BoundListener {
         }
     }
 
-    /// Accepts one connection, with Nagle disabled on TCP.
-    pub async fn accept(&self) -> io::Result<(BoxStream, PeerAddr)> {
+    /// Accepts one connection, with Nagle disabled on TCP. The socket
+    /// comes back unregistered ([`Accepted`]), for the worker that will
+    /// serve it.
+    pub async fn accept(&self) -> io::Result<(Accepted, PeerAddr)> {
         match self {
             BoundListener::Tcp(l) => {
                 let (s, a) = l.accept().await?;
                 // Database protocols are request/response: waiting to
                 // coalesce small writes only adds latency.
                 s.set_nodelay(true)?;
-                Ok((Box::new(s), PeerAddr::Tcp(a)))
+                Ok((Accepted::Tcp(s.into_std()?), PeerAddr::Tcp(a)))
             }
             BoundListener::Unix(l, _) => {
                 let (s, _) = l.accept().await?;
-                Ok((Box::new(s), PeerAddr::Unix))
+                Ok((Accepted::Unix(s.into_std()?), PeerAddr::Unix))
             }
         }
+    }
+}
+
+/// An accepted connection registered with no runtime's reactor yet, so
+/// that it can move to the worker thread that serves it (see `workers`).
+/// Non-blocking already.
+#[derive(Debug)]
+pub enum Accepted {
+    /// TCP.
+    Tcp(std::net::TcpStream),
+    /// A unix domain socket.
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Accepted {
+    /// Registers the socket with the reactor of the runtime this is
+    /// called on.
+    pub fn register(self) -> io::Result<BoxStream> {
+        Ok(match self {
+            Accepted::Tcp(s) => Box::new(TcpStream::from_std(s)?),
+            Accepted::Unix(s) => Box::new(UnixStream::from_std(s)?),
+        })
     }
 }
 

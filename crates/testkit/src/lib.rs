@@ -5,8 +5,9 @@
 //! a private MariaDB ([`MariaDbServer`]), a private ACME server per test
 //! ([`Pebble`]),
 //! names and ports that keep parallel tests apart ([`unique_name`],
-//! [`free_port`]), and lookup of client programs such as psql and openssl
-//! ([`require_tool`]).
+//! [`free_port`]), several hosts on one machine in network namespaces
+//! ([`Subnet`]) with a real load balancer in front ([`HaProxy`]), and
+//! lookup of client programs such as psql and openssl ([`require_tool`]).
 //!
 //! It must never skip a test: when a server or client program is missing,
 //! every helper returns an error that names the `apt-get` command which
@@ -18,16 +19,20 @@
 #![forbid(unsafe_code)]
 
 mod account;
+mod haproxy;
 mod isolation;
 mod mariadb;
+mod netns;
 mod pebble;
 mod postgres;
 mod redis;
 mod supervisor;
 mod tools;
 
+pub use haproxy::HaProxy;
 pub use isolation::{free_port, unique_name};
 pub use mariadb::{run_mariadb, MariaDbAuth, MariaDbOptions, MariaDbServer, MariaDbSsl};
+pub use netns::Subnet;
 pub use pebble::{Pebble, PebbleOptions};
 pub use postgres::{PgOptions, PgServer, PgSsl};
 pub use redis::{RedisServer, RedisTls};

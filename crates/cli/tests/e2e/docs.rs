@@ -73,7 +73,8 @@ fn with_fixture_paths(text: &str, dir: &Path) -> String {
         if trimmed.starts_with('[') && !trimmed.contains('=') {
             table = trimmed.to_owned();
         }
-        let client_side = table.starts_with("[listener.upstream_tls]");
+        let client_side = table.starts_with("[listener.upstream_tls]")
+            || table.starts_with("[listener.pool.peer_tls]");
         let (cert, key) = if client_side {
             (&p.trainer.chain, &p.trainer.key)
         } else {

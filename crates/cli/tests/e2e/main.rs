@@ -54,6 +54,11 @@
 //!   refusals, never timings).
 //! - `pool`: `[listener.pool]`: clients served on shared server connections
 //!   (psql, pgbench, cancels, session and transaction mode, exhaustion).
+//! - `deploy`: deploy/: the Kubernetes manifests against the Kubernetes
+//!   and cert-manager schemas, their intransit configurations run as a
+//!   tunnel with the probes answered, the Prometheus rules through
+//!   promtool, and every metric the rules and the Grafana dashboard query
+//!   found on a running proxy.
 //! - `pool_login`: the pool's own logins: a password from `auth_file`, and
 //!   a certificate minted per database user for `hostssl ... cert`.
 
@@ -70,6 +75,7 @@ mod ca;
 mod client_mode;
 mod clients;
 mod command_line;
+mod deploy;
 mod docs;
 mod hot_reload;
 mod lifecycle;
@@ -78,6 +84,7 @@ mod lint;
 mod metrics;
 mod mysql;
 mod negotiation;
+mod peers;
 mod policy;
 mod pool;
 mod pool_login;

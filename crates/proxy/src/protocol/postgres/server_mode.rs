@@ -25,7 +25,7 @@ use super::upstream::{
     upstreams_of,
 };
 use crate::accept::Admission;
-use crate::conn::{ConnectionContext, Established, Refused};
+use crate::conn::{ConnectionContext, Established, Listener as _, Refused};
 use crate::listener::handshake::{self, Accepted, AcceptedTls};
 use crate::listener::server_mode::{PreparedListener, PreparedRoute};
 use crate::net::{close_with, BoxStream, Rewind};
@@ -126,7 +126,9 @@ async fn negotiate(
 
 /// A cancel request on a pooled listener carries the proxy's own key of
 /// a client: it goes, with the server's key, to the server connection
-/// that client is using, or nowhere when it is using none.
+/// that client is using, or nowhere when it is using none. A key another
+/// instance handed out (its `peer_id` in the process id) goes to that
+/// peer, over mutual TLS, as it came.
 async fn cancel_pooled(ctx: &Ctx, pools: &Pools, cancel: &CancelRequest) {
     match pools.cancels.target(cancel.process_id, &cancel.secret_key) {
         Some(Some(server)) => {
@@ -135,19 +137,43 @@ async fn cancel_pooled(ctx: &Ctx, pools: &Pools, cancel: &CancelRequest) {
                 secret_key: server.secret.to_be_bytes().to_vec(),
             };
             forward_cancel(ctx, &to_server, &[(pools.target(), pools.upstream_tls())]).await;
+            ctx.listener
+                .metrics()
+                .pool_cancel(ctx.listener.name(), "server");
         }
         Some(None) => {
             tracing::debug!(
                 conn = ctx.id,
                 "cancel request for a pooled client with no query running"
             );
+            ctx.listener
+                .metrics()
+                .pool_cancel(ctx.listener.name(), "idle");
         }
-        None => {
-            tracing::debug!(
-                conn = ctx.id,
-                "cancel request with a key of no pooled client"
-            );
-        }
+        None => match pools.peer_of(cancel.process_id) {
+            Some(peer) => {
+                tracing::info!(
+                    conn = ctx.id,
+                    listener = %ctx.listener.name(),
+                    peer_id = peer.id,
+                    peer = %peer.address,
+                    "cancel request for a client of a peer: forwarding it"
+                );
+                forward_cancel(ctx, cancel, &[(&peer.address, Some(&peer.tls))]).await;
+                ctx.listener
+                    .metrics()
+                    .pool_cancel(ctx.listener.name(), "peer");
+            }
+            None => {
+                tracing::debug!(
+                    conn = ctx.id,
+                    "cancel request with a key of no pooled client"
+                );
+                ctx.listener
+                    .metrics()
+                    .pool_cancel(ctx.listener.name(), "unknown");
+            }
+        },
     }
 }
 

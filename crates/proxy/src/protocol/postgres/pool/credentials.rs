@@ -695,6 +695,8 @@ mod tests {
             server_lifetime: Duration::from_secs(600),
             server_login_timeout: Duration::from_secs(5),
             max_prepared_statements: 200,
+            peer_id: None,
+            peers: Vec::new(),
         }
     }
 

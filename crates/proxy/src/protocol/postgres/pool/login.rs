@@ -961,6 +961,8 @@ mod against_postgres {
             server_lifetime: Duration::from_secs(600),
             server_login_timeout: LOGIN,
             max_prepared_statements: 200,
+            peer_id: None,
+            peers: Vec::new(),
         }
     }
 

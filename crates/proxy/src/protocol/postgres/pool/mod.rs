@@ -63,6 +63,7 @@ use crate::error::ProxyError;
 use crate::metrics::ProxyMetrics;
 use crate::net::BoxStream;
 use crate::tls::upstream::{UpstreamMaterial, UpstreamTls};
+use crate::workers;
 
 /// The pools of one listener, keyed by (database, user).
 pub struct Pools {
@@ -83,6 +84,16 @@ pub struct Pools {
     metrics: Arc<ProxyMetrics>,
     /// The upstream TLS material the server connections were made with.
     upstream_seen: Mutex<Option<Arc<UpstreamMaterial>>>,
+    /// The other instances a cancel for one of their clients goes to.
+    peers: Vec<Peer>,
+}
+
+/// Another instance behind the same load balancer (`[[listener.pool.peers]]`).
+#[derive(Debug)]
+pub(crate) struct Peer {
+    pub(crate) id: u8,
+    pub(crate) address: Endpoint,
+    pub(crate) tls: UpstreamTls,
 }
 
 impl std::fmt::Debug for Pools {
@@ -134,6 +145,9 @@ pub(crate) struct ServerConn {
     created: Instant,
     last_used: Instant,
     generation: u64,
+    /// The worker thread whose reactor owns `stream` (see `workers`):
+    /// lent to a client on that worker, its wake-ups stay on one thread.
+    home: Option<usize>,
 }
 
 /// A server connection lent to one client, with the permit that counts
@@ -221,6 +235,17 @@ impl Pools {
         let seen = upstream_tls.as_ref().map(|t| t.snapshot());
         let credentials =
             Credentials::load(config, upstream_tls.clone()).map_err(|e| e.in_listener(listener))?;
+        let peers = config
+            .peers
+            .iter()
+            .map(|p| {
+                Ok(Peer {
+                    id: p.id,
+                    address: p.address.clone(),
+                    tls: UpstreamTls::build(&p.tls).map_err(|e| e.in_listener(listener))?,
+                })
+            })
+            .collect::<Result<Vec<_>, ProxyError>>()?;
         Ok(Pools {
             listener: listener.to_owned(),
             config: config.clone(),
@@ -236,7 +261,15 @@ impl Pools {
             logins_failed: AtomicU64::new(0),
             metrics,
             upstream_seen: Mutex::new(seen),
+            peers,
         })
+    }
+
+    /// The peer whose `peer_id` a cancel key carries, when it is not this
+    /// instance's own.
+    pub(crate) fn peer_of(&self, pid: u32) -> Option<&Peer> {
+        let id = cancel::instance_of(pid, self.config.peer_id)?;
+        self.peers.iter().find(|p| p.id == id)
     }
 
     /// The listener's name.
@@ -304,7 +337,7 @@ impl Pools {
             .pool_wait(&self.listener, started.elapsed().as_secs_f64());
         let generation = self.generation.load(Ordering::Relaxed);
         loop {
-            let candidate = lock(&pool.idle).pop();
+            let candidate = take_idle(&mut lock(&pool.idle), workers::current());
             let Some(mut conn) = candidate else { break };
             if conn.generation != generation || conn.created.elapsed() > self.config.server_lifetime
             {
@@ -411,6 +444,7 @@ impl Pools {
             created: now,
             last_used: now,
             generation,
+            home: workers::current(),
         })
     }
 
@@ -604,6 +638,14 @@ impl Lease {
     pub(crate) fn close(self, why: &str) {
         debug!(listener = %self.pools.listener, server = self.conn.id, why, "closing a server connection");
     }
+}
+
+/// The newest idle connection whose socket belongs to the worker thread
+/// `here`, or else the newest (the vector is oldest first).
+fn take_idle(idle: &mut Vec<ServerConn>, here: Option<usize>) -> Option<ServerConn> {
+    let newest = idle.len().checked_sub(1)?;
+    let at = idle.iter().rposition(|c| c.home == here).unwrap_or(newest);
+    Some(idle.remove(at))
 }
 
 /// Whether an idle server connection is still usable, without waiting:
