@@ -12,7 +12,8 @@
 #
 # Loopback only; everything lives in a temporary directory removed on exit.
 # Knobs: REPS (5), QUERIES per run (50000), CONNECT_QUERIES (2000),
-# CONCURRENCY (2), SKIP_BUILD=1,
+# CONCURRENCY (2), WORKER_THREADS (the proxy's worker_threads; 0 serves
+# connections on the shared runtime), SKIP_BUILD=1,
 # CARGO_TARGET_DIR. Needs root (mariadbd runs as the mysql user). Not part
 # of the test suite.
 set -euo pipefail
@@ -80,6 +81,7 @@ mariadb --no-defaults -S "$work/run/mysql.sock" -u root -e \
 
 proxy_port=$(free_port)
 cat > "$work/proxy.toml" <<EOF
+${WORKER_THREADS:+worker_threads = $WORKER_THREADS}
 [[listener]]
 name = "maria"
 protocol = "mysql"

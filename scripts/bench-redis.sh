@@ -11,7 +11,8 @@
 # Loopback only; everything lives in a temporary directory removed on exit.
 # Knobs: REPS (5), REQUESTS per run (200000), CLIENTS (50), TESTS
 # (ping_mbulk,set,get), UPSTREAM (tcp, or unix for the proxy to reach Redis
-# over its unix socket), SKIP_BUILD=1, CARGO_TARGET_DIR. Not part of the
+# over its unix socket), WORKER_THREADS (the proxy's worker_threads; 0
+# serves connections on the shared runtime), SKIP_BUILD=1, CARGO_TARGET_DIR. Not part of the
 # test suite.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -67,6 +68,7 @@ proxy_port=$(free_port)
 upstream=127.0.0.1:$plain_port
 [[ $UPSTREAM == unix ]] && upstream=unix:$work/redis.sock
 cat > "$work/proxy.toml" <<EOF
+${WORKER_THREADS:+worker_threads = $WORKER_THREADS}
 [[listener]]
 name = "redis"
 protocol = "tls"

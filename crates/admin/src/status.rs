@@ -280,7 +280,18 @@ pub(crate) fn build(admin: &Admin) -> Status {
             upstream_tls: upstream_tls_status(&l.upstream_tls, now),
         })
         .collect();
-    let readiness = admin.readiness();
+    let mut readiness = admin.readiness();
+    let pools: Vec<PoolsStatus> = admin.pools.iter().map(|p| p.status()).collect();
+    readiness
+        .warnings
+        .extend(pools.iter().filter_map(|p| {
+            p.credentials_error.as_ref().map(|e| {
+                format!(
+                    "listener {}: the pool's credentials could not be reloaded ({e}); server logins keep using the previous ones",
+                    p.listener
+                )
+            })
+        }));
     Status {
         version: env!("CARGO_PKG_VERSION"),
         started_at: rfc3339_unix(unix_seconds(admin.started_at)),
@@ -293,7 +304,7 @@ pub(crate) fn build(admin: &Admin) -> Status {
         handshakes: admin.metrics.summary(),
         recent_refusals: admin.audit.recent_refusals(),
         reloads: admin.metrics.reload_rounds(),
-        pools: admin.pools.iter().map(|p| p.status()).collect(),
+        pools,
     }
 }
 

@@ -34,8 +34,9 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Zero-configuration start: create a CA and certificates, put TLS 1.3 +
-    /// client certificates in front of a local PostgreSQL, and print the psql
-    /// command that connects through it.
+    /// client certificates in front of a local PostgreSQL (or, with --demo,
+    /// a throwaway one of its own), and print the psql command that
+    /// connects through it.
     Up(UpArgs),
     /// Run the listeners of a configuration file.
     #[command(long_about = PROXY_LONG_ABOUT)]
@@ -440,6 +441,20 @@ pub struct UpArgs {
     /// e.g. 127.0.0.1:6379 for Redis).
     #[arg(long)]
     pub upstream: Option<String>,
+    /// Start a throwaway database to try the proxy against, and put the
+    /// proxy in front of it: PostgreSQL (or MariaDB with --protocol mysql)
+    /// in <state-dir>/demo, on a free loopback port with TLS and client
+    /// certificates from intransit's CA only, so it refuses plaintext
+    /// itself. The data is kept for the next run; Ctrl-C stops both. As
+    /// root, the database runs as the system user postgres (or mysql).
+    #[arg(long, conflicts_with = "upstream")]
+    pub demo: bool,
+    /// Where --demo finds the database server programs (initdb, pg_ctl and
+    /// postgres; or mariadbd and mariadb-install-db), instead of
+    /// `pg_config --bindir`, /usr/lib/postgresql/*/bin and PATH (MariaDB:
+    /// PATH, /usr/sbin, /usr/bin).
+    #[arg(long, value_name = "DIR", requires = "demo")]
+    pub demo_bin_dir: Option<PathBuf>,
     /// Protocol: postgres, mysql (MySQL/MariaDB, default upstream
     /// 127.0.0.1:3306), or tls (TLS from the first byte: Redis, Kafka, NATS, ...).
     #[arg(long, value_enum, default_value_t = UpProtocol::Postgres)]
@@ -605,6 +620,7 @@ the configuration file.
   server_auth = \"cert\"               cert (minted per user), password (auth_file) or trust
   auth_file = \"userlist.txt\"         \"user\" \"password\" lines, mode 0600
   cert_authority = \"/var/lib/intransit\"   the CA that mints; default state_dir
+  cert_authority_passphrase_file = \"ca.pass\"   mode 0600, for an encrypted CA key
   cert_lifetime = \"1h\"  reset_query = \"DISCARD ALL\"  max_prepared_statements = 200
   wait_timeout = \"120s\"  server_idle_timeout = \"10m\"  server_lifetime = \"1h\"
   server_login_timeout = \"15s\"

@@ -17,6 +17,7 @@ mod admin;
 mod bench_cmd;
 mod cli;
 mod compliance_cmd;
+mod demo;
 mod descriptors;
 mod errors;
 mod inspect;
@@ -380,7 +381,17 @@ impl ShutdownSignals {
 
 /// Runs a bound proxy until SIGINT or SIGTERM, then drains. A second signal
 /// during the drain exits at once.
-pub(crate) async fn serve(bound: intransit_proxy::BoundProxy, mut signals: ShutdownSignals) {
+pub(crate) async fn serve(bound: intransit_proxy::BoundProxy, signals: ShutdownSignals) {
+    serve_then(bound, signals, || {}).await;
+}
+
+/// [`serve`], running `before_exit` (on a blocking thread) when a second
+/// signal ends the process without waiting for the drain.
+pub(crate) async fn serve_then(
+    bound: intransit_proxy::BoundProxy,
+    mut signals: ShutdownSignals,
+    before_exit: impl FnOnce() + Send + 'static,
+) {
     let shutdown = async move {
         let signal = signals.next().await;
         info!(
@@ -393,6 +404,7 @@ pub(crate) async fn serve(bound: intransit_proxy::BoundProxy, mut signals: Shutd
                 signal,
                 "second signal: exiting without waiting for connections"
             );
+            let _ = tokio::task::spawn_blocking(before_exit).await;
             std::process::exit(130);
         });
     };

@@ -3,7 +3,9 @@
 //! Creates (or reuses) a CA, a server certificate and a client certificate
 //! in the state directory, builds one PostgreSQL listener with the secure
 //! defaults (TLS 1.3, client certificate required), and prints the psql
-//! command that connects through it with `sslmode=verify-full`.
+//! command that connects through it with `sslmode=verify-full`. With
+//! `--demo`, the database behind it is one of its own ([`crate::demo`]),
+//! started first and stopped last.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -22,6 +24,7 @@ use intransit_proxy::{Proxy, ProxyError};
 use tracing::{info, warn};
 
 use crate::cli::{UpArgs, UpProtocol, DEFAULT_ADMIN};
+use crate::demo::{DemoKind, DemoPlan, DemoStopper, RunningDemo, DEMO_HOST};
 
 pub async fn run(args: UpArgs) -> Result<()> {
     let signals = crate::ShutdownSignals::install()?;
@@ -41,6 +44,15 @@ pub async fn run(args: UpArgs) -> Result<()> {
         UpProtocol::Tls => Protocol::Tls,
         UpProtocol::Mysql => Protocol::Mysql,
     };
+    let demo_kind = match (args.demo, protocol) {
+        (false, _) => None,
+        (true, Protocol::Postgres) => Some(DemoKind::Postgres),
+        (true, Protocol::Mysql) => Some(DemoKind::MariaDb),
+        (true, _) => bail!(
+            "--demo starts PostgreSQL (the default) or MariaDB (--protocol mysql); with \
+             --protocol tls, give --upstream HOST:PORT instead"
+        ),
+    };
     let upstream_text = match (&args.upstream, protocol) {
         (Some(u), _) => u.clone(),
         (None, Protocol::Postgres) => "127.0.0.1:5432".to_owned(),
@@ -58,6 +70,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let admin_addr = admin_address(args.admin.as_deref())?;
     let state_root = absolute(&args.state_dir)?;
     let acme = crate::acme_cmd::UpAcme::from_flags(&args.acme, &args.acme_dns)?;
+    // The demo's programs, account and paths are checked here, so that a
+    // machine without the database fails before anything is written.
+    let demo_plan = demo_kind
+        .map(|kind| DemoPlan::check(kind, &state_root, args.demo_bin_dir.as_deref()))
+        .transpose()?;
 
     let listener_name = protocol.to_string();
     let elsewhere = |_: &str| "choose another address with --listen".to_owned();
@@ -111,6 +128,26 @@ pub async fn run(args: UpArgs) -> Result<()> {
     } else {
         info!(state_dir = %state_root.display(), "reusing CA and certificates");
     }
+
+    let demo = match demo_plan {
+        Some(plan) => {
+            let (state, client_name) = (state.clone(), args.client_name.clone());
+            let server_lifetime = lifetimes.server;
+            let running = tokio::task::spawn_blocking(move || {
+                plan.start(&state, &client_name, server_lifetime)
+            })
+            .await
+            .context("starting the demo database")??;
+            Some(running)
+        }
+        None => None,
+    };
+    // From here on, an error return stops the demo database too.
+    let demo_guard = StopOnDrop(demo.as_ref().map(RunningDemo::stopper));
+    let upstream = match &demo {
+        Some(running) => running.upstream.clone(),
+        None => upstream,
+    };
 
     let listener = ListenerConfig {
         name: listener_name,
@@ -189,13 +226,27 @@ pub async fn run(args: UpArgs) -> Result<()> {
         .map(|(_, e)| e)
         .unwrap_or(listen);
 
-    match intransit_proxy::connect_upstream(&upstream, Duration::from_secs(2)).await {
-        Ok(_) => info!(upstream = %upstream, "the upstream is reachable"),
-        Err(e) => warn!(
-            upstream = %upstream,
-            error = %e,
-            "the upstream is not reachable yet; the proxy is running and refuses clients until it is"
-        ),
+    if demo.is_none() {
+        match intransit_proxy::connect_upstream(&upstream, Duration::from_secs(2)).await {
+            Ok(_) => info!(upstream = %upstream, "the upstream is reachable"),
+            Err(e) => {
+                let demo_hint = match protocol {
+                    Protocol::Tls => "",
+                    Protocol::Mysql => {
+                        ", or run `intransit up --demo --protocol mysql` for a throwaway MariaDB \
+                         of its own"
+                    }
+                    _ => ", or run `intransit up --demo` for a throwaway database of its own",
+                };
+                warn!(
+                    upstream = %upstream,
+                    error = %e,
+                    "the upstream {upstream} is not reachable: nothing answers there; the proxy \
+                     runs anyway and tells clients the database is unavailable until it does. \
+                     Point --upstream at your database{demo_hint}"
+                );
+            }
+        }
     }
 
     let host_for_client = match &bound_at {
@@ -238,6 +289,24 @@ pub async fn run(args: UpArgs) -> Result<()> {
     } else {
         "reused"
     };
+    let demo_line = match &demo {
+        Some(running) => format!(
+            "demo database: {name} {version} in {dir} ({note}), on {DEMO_HOST}:{port} with TLS and client certificates only\n",
+            name = match running.kind {
+                DemoKind::Postgres => "PostgreSQL",
+                DemoKind::MariaDb => "MariaDB",
+            },
+            version = running.version,
+            dir = running.dir.display(),
+            note = if running.created { "created" } else { "reused" },
+            port = running.port,
+        ),
+        None => String::new(),
+    };
+    let (database_kind, stop_note) = match &demo {
+        Some(_) => ("the demo ", " (the demo database stops too)"),
+        None => ("", ""),
+    };
     let banner = match protocol {
         Protocol::Tls => {
             let (host, port) = match &bound_at {
@@ -265,31 +334,57 @@ pub async fn run(args: UpArgs) -> Result<()> {
                 Endpoint::Tcp { host, port } => (host.clone(), port.to_string()),
                 Endpoint::Unix(_) => (String::new(), String::new()),
             };
-            let user = if args.user == "postgres" { "root".to_owned() } else { args.user.clone() };
+            let user = if args.user == "postgres" {
+                "root".to_owned()
+            } else {
+                args.user.clone()
+            };
+            // The demo's root has no password over the unix socket.
+            let password = if demo.is_some() { "" } else { " -p" };
+            let refused = match &demo {
+                Some(running) => format!(
+                    "The demo database itself refuses plaintext:\n  mariadb -h {DEMO_HOST} -P {} -u {user} --skip-ssl\n",
+                    running.port
+                ),
+                None => String::new(),
+            };
             format!(
-                "intransit: listening on {bound_at} (TLS 1.3, client certificate required), forwarding to MySQL/MariaDB at {upstream}\n\
+                "intransit: listening on {bound_at} (TLS 1.3, client certificate required), forwarding to {database_kind}MySQL/MariaDB at {upstream}\n\
                  state directory: {} ({state_note})\n\
-                 {admin_line}{audit_line}\
+                 {demo_line}{admin_line}{audit_line}\
                  \n\
-                 Connect through it with:\n  mariadb -h {host} -P {port} -u {user} -p --ssl --ssl-verify-server-cert --ssl-ca={ca} --ssl-cert={cert} --ssl-key={key}\n\
+                 Connect through it with:\n  mariadb -h {host} -P {port} -u {user}{password} --ssl --ssl-verify-server-cert --ssl-ca={ca} --ssl-cert={cert} --ssl-key={key}\n\
+                 {refused}\
                  \n\
-                 Press Ctrl-C to stop.\n",
+                 Press Ctrl-C to stop{stop_note}.\n",
                 state_root.display(),
                 ca = material.ca_cert.display(),
                 cert = material.client.cert.display(),
                 key = material.client.key.display(),
             )
         }
-        Protocol::Postgres => format!(
-            "intransit: listening on {bound_at} (TLS 1.3, client certificate required), forwarding to PostgreSQL at {upstream}\n\
-             state directory: {} ({state_note})\n\
-                 {admin_line}{audit_line}\
-             \n\
-             Connect through it with:\n  psql \"{conninfo}\"\n\
-             \n\
-             Press Ctrl-C to stop.\n",
-            state_root.display(),
-        ),
+        Protocol::Postgres => {
+            let refused = match &demo {
+                Some(running) => format!(
+                    "The demo database itself refuses plaintext:\n  psql \"host={DEMO_HOST} port={} user={} dbname={} sslmode=disable\"\n",
+                    running.port,
+                    conninfo_value(&args.user),
+                    conninfo_value(&args.database),
+                ),
+                None => String::new(),
+            };
+            format!(
+                "intransit: listening on {bound_at} (TLS 1.3, client certificate required), forwarding to {database_kind}PostgreSQL at {upstream}\n\
+                 state directory: {} ({state_note})\n\
+                 {demo_line}{admin_line}{audit_line}\
+                 \n\
+                 Connect through it with:\n  psql \"{conninfo}\"\n\
+                 {refused}\
+                 \n\
+                 Press Ctrl-C to stop{stop_note}.\n",
+                state_root.display(),
+            )
+        }
     };
     // The proxy keeps running whether or not anyone reads the banner: a
     // closed stdout (a supervisor, `| head`) is not a reason to stop.
@@ -300,8 +395,31 @@ pub async fn run(args: UpArgs) -> Result<()> {
         let _ = stdout.flush();
     }
 
-    crate::serve(bound, signals).await;
+    match demo {
+        None => crate::serve(bound, signals).await,
+        Some(running) => {
+            // A second signal exits at once, but not before the database
+            // is told to stop.
+            let stopper = running.stopper();
+            crate::serve_then(bound, signals, move || stopper.stop()).await;
+            tokio::task::spawn_blocking(move || running.stop())
+                .await
+                .context("stopping the demo database")?;
+        }
+    }
+    drop(demo_guard);
     Ok(())
+}
+
+/// Stops the demo database when `up` returns early with an error.
+struct StopOnDrop(Option<DemoStopper>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(stopper) = self.0.take() {
+            stopper.stop();
+        }
+    }
 }
 
 /// The admin server's address as `--admin` asks: `None` for `off`.

@@ -615,6 +615,7 @@ impl Config {
                 pool.auth_file
                     .iter_mut()
                     .chain(pool.cert_authority.iter_mut())
+                    .chain(pool.cert_authority_passphrase_file.iter_mut())
                     .for_each(path);
                 for user in pool.users.values_mut() {
                     user.cert

@@ -100,6 +100,10 @@ pub struct PoolConfig {
     /// `server_auth = "cert"` users without a configured certificate;
     /// the top-level `state_dir` unless set.
     pub cert_authority: Option<PathBuf>,
+    /// A file (mode 0600) holding the passphrase of an encrypted
+    /// `cert_authority` key; without it, the `INTRANSIT_CA_PASSPHRASE`
+    /// environment variable.
+    pub cert_authority_passphrase_file: Option<PathBuf>,
     /// Lifetime of a minted client certificate.
     pub cert_lifetime: Duration,
     /// Run on a session-mode server connection before another client
@@ -213,6 +217,7 @@ pub(crate) struct RawPool {
     users: BTreeMap<String, RawPoolUser>,
     auth_file: Option<PathBuf>,
     cert_authority: Option<PathBuf>,
+    cert_authority_passphrase_file: Option<PathBuf>,
     cert_lifetime: Option<String>,
     reset_query: Option<String>,
     wait_timeout: Option<String>,
@@ -404,6 +409,7 @@ impl RawPool {
             users,
             auth_file: self.auth_file,
             cert_authority: self.cert_authority,
+            cert_authority_passphrase_file: self.cert_authority_passphrase_file,
             cert_lifetime,
             reset_query,
             wait_timeout: duration(

@@ -165,17 +165,32 @@ impl CertificateAuthority {
         }
         let cert_pem = read_text(&cert_path, "reading CA certificate")?;
         let key_pem = read_text(&key_path, "reading CA private key")?;
+        Self::from_pem_with_passphrase(&cert_pem, &key_pem, passphrase, dir, &key_path)
+    }
+
+    /// [`Self::from_pem`] for a key that may be encrypted (PKCS#8
+    /// `ENCRYPTED PRIVATE KEY`), decrypted with `passphrase`; `dir` and
+    /// `key_path` name where the PEM came from, in errors. The errors are
+    /// those of [`Self::load_with_passphrase`].
+    pub fn from_pem_with_passphrase(
+        cert_pem: &str,
+        key_pem: &str,
+        passphrase: Option<&[u8]>,
+        dir: &Path,
+        key_path: &Path,
+    ) -> Result<Self, PkiError> {
+        let key_path = key_path.to_path_buf();
         let load_error = |source: PkiError| PkiError::Load {
             path: dir.to_path_buf(),
             source: Box::new(source),
         };
-        if !is_encrypted_pem(&key_pem) {
-            return Self::from_pem(&cert_pem, &key_pem).map_err(load_error);
+        if !is_encrypted_pem(key_pem) {
+            return Self::from_pem(cert_pem, key_pem).map_err(load_error);
         }
         let Some(passphrase) = passphrase else {
             return Err(PkiError::PassphraseRequired { path: key_path });
         };
-        let mut der = decrypt_pkcs8(&key_pem, passphrase).map_err(|e| match e {
+        let mut der = decrypt_pkcs8(key_pem, passphrase).map_err(|e| match e {
             DecryptError::WrongPassphrase => PkiError::WrongPassphrase {
                 path: key_path.clone(),
             },
@@ -186,7 +201,7 @@ impl CertificateAuthority {
         })?;
         let plain_pem = encode_pem("PRIVATE KEY", &der);
         der.fill(0);
-        Self::from_pem(&cert_pem, &plain_pem).map_err(load_error)
+        Self::from_pem(cert_pem, &plain_pem).map_err(load_error)
     }
 
     /// Whether `dir/key.pem` is encrypted, so that a caller can ask for the

@@ -59,6 +59,10 @@
 //!   tunnel with the probes answered, the Prometheus rules through
 //!   promtool, and every metric the rules and the Grafana dashboard query
 //!   found on a running proxy.
+//! - `up_demo`: `intransit up --demo`: its own PostgreSQL and MariaDB
+//!   behind the proxy with psql and mariadb, plaintext and certificate-less
+//!   TLS refused by the database itself, data kept across runs, missing
+//!   server programs, and the warning when nothing answers upstream.
 //! - `pool_login`: the pool's own logins: a password from `auth_file`, and
 //!   a certificate minted per database user for `hostssl ... cert`.
 
@@ -98,4 +102,5 @@ mod stale_crl;
 mod status_page;
 mod support;
 mod tls_protocol;
+mod up_demo;
 mod upstream_tls;

@@ -1090,3 +1090,134 @@ for threshold in (0, None):
     );
     assert_eq!(out, "refused\n7\nrefused\n7");
 }
+
+/// A TCP relay in front of the shared PostgreSQL's unix socket whose
+/// connections the test can cut, as a failing network or a database host
+/// that goes away would.
+struct CuttableRelay {
+    port: u16,
+    open: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl CuttableRelay {
+    fn start() -> CuttableRelay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("relay bind");
+        let port = listener.local_addr().expect("relay addr").port();
+        let open: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let kept = open.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                let Ok(server) = std::os::unix::net::UnixStream::connect(pg().socket_path()) else {
+                    continue;
+                };
+                kept.lock()
+                    .expect("relay lock")
+                    .push(client.try_clone().expect("clone"));
+                let (mut c_read, mut c_write) = (client.try_clone().expect("clone"), client);
+                let (mut s_read, mut s_write) = (server.try_clone().expect("clone"), server);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_read, &mut s_write);
+                    let _ = s_write.shutdown(std::net::Shutdown::Both);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s_read, &mut c_write);
+                    let _ = c_write.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        CuttableRelay { port, open }
+    }
+
+    /// Cuts every connection relayed so far.
+    fn cut(&self) -> usize {
+        let open = std::mem::take(&mut *self.open.lock().expect("relay lock"));
+        for s in &open {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        open.len()
+    }
+}
+
+#[test]
+fn a_server_connection_lost_mid_transaction_is_fatal_08006_for_its_client_alone() {
+    let relay = CuttableRelay::start();
+    let user = db_user("pool_lost");
+    let proxy = ProxyProcess::start(&format!(
+        "{ADMIN_ON}{}",
+        listener_toml(
+            &format!("127.0.0.1:{}", relay.port),
+            "",
+            "[listener.pool]\nserver_auth = \"password\"\nmode = \"transaction\"\nsize = 2\nauth_file = \"AUTHFILE\"",
+        )
+        .replace("AUTHFILE", &write_userlist(&user).display().to_string())
+    ));
+    let ci = conninfo(proxy.port(), &user.name, &user.name, &pki().trainer, "");
+    let mut inside = Interactive::start(&ci);
+    assert_eq!(inside.query("BEGIN; SELECT 1"), "1");
+    assert!(relay.cut() >= 1, "no server connection was relayed");
+    // The next statement of the open transaction meets the lost
+    // connection: psql reports the proxy's FATAL and exits.
+    let stdin = inside.child.stdin.as_mut().expect("stdin");
+    let _ = writeln!(stdin, "SELECT 2;");
+    let _ = stdin.flush();
+    let out = inside.finish();
+    let said = stderr(&out);
+    assert!(
+        said.contains("FATAL:  the server connection was lost"),
+        "psql: {said}"
+    );
+    assert!(said.contains("connect again"), "psql: {said}");
+    let line = proxy.refusal("upstream_lost");
+    let detail = line["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("the server closed the connection"),
+        "{line}"
+    );
+    // A new client gets a new server connection and works.
+    let out = psql(&ci, "SELECT 3", None);
+    assert!(out.status.success(), "after the loss: {}", stderr(&out));
+    assert_eq!(stdout(&out), "3");
+}
+
+fn write_userlist(user: &DbUser) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::temp_dir().join(intransit_testkit::unique_name("userlist"));
+    std::fs::write(&path, format!("\"{}\" \"{}\"\n", user.name, user.password)).expect("userlist");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("mode");
+    path
+}
+
+#[test]
+fn a_server_login_the_proxy_cannot_make_is_server_login_failed_for_psql() {
+    // server_auth = "password" with no line for the user in auth_file:
+    // the proxy has nothing to log in with, says so to the client, and
+    // never opens a connection to PostgreSQL for it.
+    let user = db_user("pool_nologin");
+    let other = db_user("pool_nologin_other");
+    let proxy = ProxyProcess::start(&format!(
+        "{ADMIN_ON}{}",
+        listener_toml(
+            &pg_upstream(),
+            "",
+            &format!(
+                "[listener.pool]\nserver_auth = \"password\"\nauth_file = \"{}\"",
+                write_userlist(&other).display()
+            ),
+        )
+    ));
+    let ci = conninfo(proxy.port(), &user.name, &user.name, &pki().trainer, "");
+    let out = psql(&ci, "SELECT 1", None);
+    assert!(!out.status.success(), "logged in without a password line");
+    let said = stderr(&out);
+    assert!(said.contains("FATAL:"), "psql: {said}");
+    let line = proxy.refusal("server_login_failed");
+    let detail = line["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(&user.name), "{line}");
+    assert_eq!(backends(&user.name), 0, "PostgreSQL saw the user");
+    let failed = proxy.metrics().sum(
+        "intransit_pool_server_logins_total",
+        &[("outcome", "server_login_failed")],
+    );
+    assert_eq!(failed, 1.0);
+}

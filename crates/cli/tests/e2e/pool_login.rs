@@ -285,3 +285,73 @@ fn cancel_goes_to_the_server_over_the_tls_upstream_leg() {
     let forwarded = cancel_a_running_query(&proxy, cert_pg(), &ci, &user, "");
     assert_eq!(forwarded["upstream_tls"], "TLSv1_3", "{forwarded}");
 }
+
+#[test]
+fn a_credentials_reload_that_fails_is_a_status_warning_until_one_works() {
+    let user = db_user("pool_reload_pw");
+    let dir = tempfile::tempdir().unwrap();
+    let auth_file = dir.path().join("userlist.txt");
+    std::fs::write(
+        &auth_file,
+        format!("\"{}\" \"{}\"\n", user.name, user.password),
+    )
+    .unwrap();
+    std::fs::set_permissions(&auth_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let proxy = ProxyProcess::start(&format!(
+        "{ADMIN_ON}{}",
+        listener_toml(
+            &pg_upstream(),
+            "",
+            &format!(
+                "[listener.pool]\nserver_auth = \"password\"\nauth_file = \"{}\"",
+                auth_file.display()
+            ),
+        )
+    ));
+    let status = || -> serde_json::Value {
+        let (code, body) = http_get(proxy.admin_addr(), "/status");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("status JSON")
+    };
+    let reload = |n: usize| {
+        signal(proxy.pid(), "HUP");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while proxy
+            .logs()
+            .iter()
+            .filter(|v| v["message"] == "reload round finished" && v["trigger"] == "sighup")
+            .count()
+            < n
+        {
+            assert!(std::time::Instant::now() < deadline, "no reload round");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert!(status()["pools"][0]["credentials_error"].is_null());
+    // Readable by others: refused on reload, the previous credentials stay.
+    std::fs::set_permissions(&auth_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    reload(1);
+    let s = status();
+    let error = s["pools"][0]["credentials_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(error.contains("0600") || error.contains("mode"), "{s}");
+    let warnings = s["warnings"].to_string();
+    assert!(warnings.contains("could not be reloaded"), "{s}");
+    assert_eq!(
+        s["ready"], true,
+        "the previous credentials still log in: {s}"
+    );
+    let ci = conninfo(proxy.port(), &user.name, &user.name, &pki().trainer, "");
+    let out = psql(&ci, "SELECT 1", None);
+    assert!(out.status.success(), "psql: {}", stderr(&out));
+    // Fixed: the next reload clears it.
+    std::fs::set_permissions(&auth_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    reload(2);
+    let s = status();
+    assert!(s["pools"][0]["credentials_error"].is_null(), "{s}");
+    assert!(
+        !s["warnings"].to_string().contains("could not be reloaded"),
+        "{s}"
+    );
+}

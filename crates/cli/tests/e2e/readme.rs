@@ -1,20 +1,28 @@
 //! README.md's first section, "Start in two commands", run as a reader
-//! would: every line of its ```sh blocks, in a fresh working directory,
-//! then the psql command `intransit up` prints, against the test
-//! PostgreSQL. A line this test does not know how to run fails it, so the
-//! section cannot change into something untested.
+//! would: every line of its ```sh blocks, in order, each `up` in a fresh
+//! working directory, then the psql commands `intransit up` prints. A line
+//! this test does not know how to run fails it, so the section cannot
+//! change into something untested.
 //!
 //! The only differences from the README's text are these substitutions:
 //!
 //! | README says | the test runs | why |
 //! |---|---|---|
-//! | `cargo run --release --` | the `intransit` binary cargo built for this test run (`CARGO_BIN_EXE_intransit`) | the same program from the same sources; building the workspace again in release mode inside a test would take minutes |
+//! | `cargo install --locked --path crates/cli` | puts the `intransit` binary cargo built for this test run (`CARGO_BIN_EXE_intransit`) on `PATH` for the lines after it, once `crates/cli` is checked to be the package of that binary | the same program from the same sources; building it again in release mode inside a test would take minutes |
+//! | `cargo run --release --` | that binary | the same |
 //! | `up` | `up --listen 127.0.0.1:0` | port 6432 may be taken on a machine that runs tests in parallel; `up` prints the port it got |
-//! | `up` | `up --upstream unix:<the test PostgreSQL's socket>` | there is no PostgreSQL on 127.0.0.1:5432 here, only the test's private one, which trusts local logins over its socket |
+//! | `up` without `--demo` | `up --upstream unix:<the test PostgreSQL's socket>` | there is no PostgreSQL on 127.0.0.1:5432 here, only the test's private one, which trusts local logins over its socket |
 //! | `./scripts/test` | nothing: the file must exist and be executable | it is the command that runs this very test |
 //!
-//! The printed psql command must match the README's example once the
-//! directory (`/home/me` there) and the port are put back.
+//! `up --demo` runs as written otherwise: it starts its own PostgreSQL.
+//! When the tests run as root, the fresh working directory is made mode
+//! 0755, as a home directory is, so that the database's account can reach
+//! the state directory inside it.
+//!
+//! The first psql command printed must work and match the README's
+//! example once the directory (`/home/me` there) and the port are put
+//! back; with `--demo`, the second one (plaintext, straight to the demo
+//! database) must be refused by the database.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -33,14 +41,20 @@ const EXAMPLE_HOME: &str = "/home/me";
 /// The README's prefix for running the binary, replaced by [`BIN`].
 const CARGO_RUN: &str = "cargo run --release -- ";
 
+/// The README's install line.
+const CARGO_INSTALL: &str = "cargo install --locked --path crates/cli";
+
+/// The README's prefix for running the installed binary.
+const INSTALLED: &str = "intransit ";
+
 /// Flags added to the README's `up` line; see the module's table.
-fn up_substitutions() -> Vec<String> {
-    vec![
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--upstream".into(),
-        format!("unix:{}", pg().socket_path().display()),
-    ]
+fn up_substitutions(demo: bool) -> Vec<String> {
+    let mut flags = vec!["--listen".into(), "127.0.0.1:0".into()];
+    if !demo {
+        flags.push("--upstream".into());
+        flags.push(format!("unix:{}", pg().socket_path().display()));
+    }
+    flags
 }
 
 fn repo_root() -> PathBuf {
@@ -84,8 +98,11 @@ fn first_section() -> Section {
 /// One line of the section, as this test runs it.
 #[derive(Debug)]
 enum Step {
-    /// `cargo run --release -- up ...`: the words after `up`.
-    Up(String),
+    /// `cargo install --locked --path crates/cli`.
+    Install,
+    /// `intransit up ...` or `cargo run --release -- up ...`: whether the
+    /// binary is the installed one, and the words after `up`.
+    Up { installed: bool, rest: String },
     /// `./scripts/test`.
     TestScript,
 }
@@ -94,12 +111,20 @@ fn step(line: &str) -> Step {
     if line == "./scripts/test" {
         return Step::TestScript;
     }
-    if let Some(args) = line.strip_prefix(CARGO_RUN) {
-        if let Some(rest) = args
-            .strip_prefix("up")
-            .filter(|r| r.is_empty() || r.starts_with(' '))
-        {
-            return Step::Up(rest.to_owned());
+    if line == CARGO_INSTALL {
+        return Step::Install;
+    }
+    for (prefix, installed) in [(CARGO_RUN, false), (INSTALLED, true)] {
+        if let Some(args) = line.strip_prefix(prefix) {
+            if let Some(rest) = args
+                .strip_prefix("up")
+                .filter(|r| r.is_empty() || r.starts_with(' '))
+            {
+                return Step::Up {
+                    installed,
+                    rest: rest.to_owned(),
+                };
+            }
         }
     }
     panic!(
@@ -120,11 +145,18 @@ struct Up {
 }
 
 impl Up {
-    fn start(rest: &str, dir: &Path) -> Up {
+    /// Runs `up` with `rest`: the installed binary through `path` (the
+    /// `PATH` the install line left), or [`BIN`].
+    fn start(installed: bool, rest: &str, dir: &Path, path: &std::ffi::OsStr) -> Up {
+        let program = if installed {
+            "intransit".to_owned()
+        } else {
+            sh_quote(BIN)
+        };
+        let demo = rest.split_whitespace().any(|word| word == "--demo");
         let line = format!(
-            "exec {} up{rest} {}",
-            sh_quote(BIN),
-            up_substitutions()
+            "exec {program} up{rest} {}",
+            up_substitutions(demo)
                 .iter()
                 .map(|a| sh_quote(a))
                 .collect::<Vec<_>>()
@@ -133,6 +165,7 @@ impl Up {
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(&line)
+            .env("PATH", path)
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -195,17 +228,22 @@ impl Drop for Up {
 
 /// Runs `intransit up` from the README in `dir`, then the psql command it
 /// prints with `SELECT 1`, and checks that command against the README's
-/// example.
-fn run_up(rest: &str, dir: &Path, example: &str) {
-    let up = Up::start(rest, dir);
+/// example; with `--demo`, also the plaintext command, which must fail.
+fn run_up(installed: bool, rest: &str, dir: &Path, path: &std::ffi::OsStr, example: &str) {
+    let demo = rest.split_whitespace().any(|word| word == "--demo");
+    let up = Up::start(installed, rest, dir, path);
     let banner = up.banner();
     let text = banner.join("\n");
-    let printed = banner
+    let psql_lines: Vec<String> = banner
         .iter()
         .map(|l| l.trim())
-        .find(|l| l.starts_with("psql "))
+        .filter(|l| l.starts_with("psql "))
+        .map(str::to_owned)
+        .collect();
+    let printed = psql_lines
+        .first()
         .unwrap_or_else(|| panic!("intransit up printed no psql command:\n{text}"))
-        .to_owned();
+        .clone();
     // "It creates ./.intransit/": in the directory it was started in.
     assert!(
         dir.join(".intransit/ca/ca.pem").is_file()
@@ -238,8 +276,58 @@ fn run_up(rest: &str, dir: &Path, example: &str) {
         "intransit up printed a command unlike README.md's example"
     );
 
+    let data = dir.join(".intransit/demo/postgres/data");
+    if demo {
+        let plaintext = psql_lines
+            .get(1)
+            .unwrap_or_else(|| panic!("up --demo printed no plaintext psql command:\n{text}"));
+        assert!(plaintext.contains("sslmode=disable"), "{plaintext}");
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{plaintext} -X -A -t -c 'SELECT 1'"))
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("sh");
+        assert!(
+            !out.status.success() && stderr(&out).contains("no encryption"),
+            "the demo database did not refuse plaintext: {plaintext}\n{}",
+            stderr(&out)
+        );
+        assert!(
+            data.join("PG_VERSION").is_file(),
+            "no demo database in {}",
+            data.display()
+        );
+    }
+
     let status = up.terminate();
     assert!(status.success(), "intransit up exited with {status:?}");
+    if demo {
+        assert!(
+            !data.join("postmaster.pid").exists(),
+            "the demo PostgreSQL still runs after intransit up exited"
+        );
+    }
+}
+
+/// What `cargo install --locked --path crates/cli` would leave: an
+/// `intransit` on `PATH`. Returns the new `PATH`, with a directory in
+/// `bin_dir` holding a link to [`BIN`] first.
+fn install(bin_dir: &Path) -> std::ffi::OsString {
+    let manifest = std::fs::read_to_string(repo_root().join("crates/cli/Cargo.toml"))
+        .expect("crates/cli/Cargo.toml");
+    assert!(
+        manifest.contains("[[bin]]\nname = \"intransit\""),
+        "crates/cli no longer builds the intransit binary, so `{CARGO_INSTALL}` does not \
+         install it"
+    );
+    std::os::unix::fs::symlink(BIN, bin_dir.join("intransit")).expect("linking intransit");
+    let mut dirs = vec![bin_dir.to_owned()];
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    std::env::join_paths(dirs).expect("PATH")
 }
 
 #[test]
@@ -251,18 +339,38 @@ fn the_readme_first_section_runs_as_written() {
         .find(|l| l.starts_with("psql "))
         .unwrap_or_else(|| panic!("{SECTION:?} shows no example psql command"));
     let steps: Vec<Step> = section.commands.iter().map(|l| step(l)).collect();
-    assert!(
-        steps.iter().any(|s| matches!(s, Step::Up(_))),
-        "{SECTION:?} no longer runs intransit up: {:?}",
-        section.commands
-    );
+    for (what, found) in [
+        (
+            "intransit up --demo",
+            steps
+                .iter()
+                .any(|s| matches!(s, Step::Up { rest, .. } if rest.contains("--demo"))),
+        ),
+        (
+            "intransit up",
+            steps
+                .iter()
+                .any(|s| matches!(s, Step::Up { rest, .. } if !rest.contains("--demo"))),
+        ),
+    ] {
+        assert!(
+            found,
+            "{SECTION:?} no longer runs {what}: {:?}",
+            section.commands
+        );
+    }
+    let bin_dir = tempfile::tempdir().expect("temp dir");
+    let mut path = std::env::var_os("PATH").unwrap_or_default();
     for step in &steps {
         match step {
-            Step::Up(rest) => {
+            Step::Install => path = install(bin_dir.path()),
+            Step::Up { installed, rest } => {
                 // A fresh working directory, so a fresh ./.intransit.
                 let dir = tempfile::tempdir().expect("temp dir");
+                std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+                    .expect("chmod");
                 let dir_path = dir.path().canonicalize().expect("temp dir path");
-                run_up(rest, &dir_path, example);
+                run_up(*installed, rest, &dir_path, &path, example);
             }
             Step::TestScript => {
                 let script = repo_root().join("scripts/test");

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use intransit_config::{PoolConfig, ServerAuth};
 use intransit_pki::{
-    CertificateAuthority, CertificateKind, IssueRequest, KeyAlgorithm, Validity,
+    CertificateAuthority, CertificateKind, IssueRequest, KeyAlgorithm, PkiError, Validity,
     CLOCK_SKEW_ALLOWANCE,
 };
 use time::OffsetDateTime;
@@ -169,6 +169,33 @@ struct CaFiles {
     dir: PathBuf,
     cert: Vec<u8>,
     key: Vec<u8>,
+    /// For an encrypted key: from `cert_authority_passphrase_file`, or
+    /// else the environment.
+    passphrase: Option<Vec<u8>>,
+}
+
+/// Where the passphrase of an encrypted minting CA key comes from when
+/// no file is configured (the same variable `intransit ca` reads).
+const PASSPHRASE_ENV: &str = "INTRANSIT_CA_PASSPHRASE";
+
+fn ca_passphrase(pool: &PoolConfig) -> Result<Option<Vec<u8>>, ProxyError> {
+    if let Some(path) = &pool.cert_authority_passphrase_file {
+        let mut bytes = read_private_file(path, "pool minting CA passphrase file")?;
+        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            bytes.pop();
+        }
+        if bytes.is_empty() {
+            return Err(ProxyError::file(
+                "pool minting CA passphrase file",
+                path,
+                "is empty",
+            ));
+        }
+        return Ok(Some(bytes));
+    }
+    Ok(std::env::var_os(PASSPHRASE_ENV)
+        .filter(|v| !v.is_empty())
+        .map(|v| v.into_encoded_bytes()))
 }
 
 impl CredentialFiles {
@@ -207,6 +234,7 @@ impl CredentialFiles {
                     "pool minting CA certificate",
                 )?,
                 key: read_ca_file(&dir.join("ca").join("key.pem"), "pool minting CA key")?,
+                passphrase: ca_passphrase(pool)?,
             })
         } else {
             None
@@ -420,15 +448,26 @@ impl Minter {
         };
         let cert_pem = text(&files.cert, &files.dir.join("ca").join("ca.pem"))?;
         let key_pem = text(&files.key, &key_path)?;
-        if key_pem.contains("ENCRYPTED PRIVATE KEY") {
-            return Err(ProxyError::file(
+        let ca = CertificateAuthority::from_pem_with_passphrase(
+            &cert_pem,
+            &key_pem,
+            files.passphrase.as_deref(),
+            &files.dir,
+            &key_path,
+        )
+        .map_err(|e| match e {
+            PkiError::PassphraseRequired { .. } => ProxyError::file(
                 "pool minting CA key",
                 &key_path,
-                "is encrypted; the proxy mints certificates unattended and needs the CA key unencrypted (or give each user cert and key under [listener.pool.users.NAME])",
-            ));
-        }
-        let ca = CertificateAuthority::from_pem(&cert_pem, &key_pem)
-            .map_err(|e| ProxyError::file("pool minting CA", &files.dir, e.to_string()))?;
+                format!("is encrypted; the proxy mints certificates unattended: set cert_authority_passphrase_file (a file of mode 0600 holding the passphrase) or {PASSPHRASE_ENV}, or give each user cert and key under [listener.pool.users.NAME]"),
+            ),
+            PkiError::WrongPassphrase { .. } => ProxyError::file(
+                "pool minting CA key",
+                &key_path,
+                "is encrypted, and the passphrase given does not decrypt it",
+            ),
+            other => ProxyError::file("pool minting CA", &files.dir, other.to_string()),
+        })?;
         Ok(Minter {
             ca,
             lifetime,
@@ -689,6 +728,7 @@ mod tests {
             auth_file: None,
             cert_authority: None,
             cert_lifetime: Duration::from_secs(3600),
+            cert_authority_passphrase_file: None,
             reset_query: "DISCARD ALL".into(),
             wait_timeout: Duration::from_secs(10),
             server_idle_timeout: Duration::from_secs(60),
@@ -813,6 +853,47 @@ mod tests {
         };
         let summary = intransit_pki::summarize(cert.chain()[0].as_ref()).unwrap();
         (cert, summary)
+    }
+
+    #[test]
+    fn an_encrypted_minting_ca_needs_its_passphrase_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::generate(
+            "pool test CA",
+            KeyAlgorithm::EcdsaP256,
+            Validity::days_from_now(30),
+        )
+        .unwrap();
+        ca.save_encrypted(&dir.path().join("ca"), b"correct horse")
+            .unwrap();
+        let mut config = pool(ServerAuth::Cert);
+        config.cert_authority = Some(dir.path().to_owned());
+        let tls = Some(require_tls());
+        // No passphrase (the test process has no INTRANSIT_CA_PASSPHRASE).
+        let e = Credentials::load(&config, tls.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cert_authority_passphrase_file"), "{e}");
+        let pass = dir.path().join("passphrase");
+        let write = |text: &str, mode: u32| {
+            std::fs::write(&pass, text).unwrap();
+            std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        config.cert_authority_passphrase_file = Some(pass.clone());
+        write("wrong\n", 0o600);
+        let e = Credentials::load(&config, tls.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not decrypt"), "{e}");
+        write("correct horse\n", 0o644);
+        let e = Credentials::load(&config, tls.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("0600"), "{e}");
+        write("correct horse\n", 0o600);
+        let credentials = Credentials::load(&config, tls).unwrap();
+        let (_, summary) = minted_at(&credentials, "orders", SystemTime::now());
+        assert!(summary.subject.contains("orders"), "{}", summary.subject);
     }
 
     #[test]

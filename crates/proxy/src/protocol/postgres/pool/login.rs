@@ -955,6 +955,7 @@ mod against_postgres {
             auth_file: None,
             cert_authority: None,
             cert_lifetime: Duration::from_secs(3600),
+            cert_authority_passphrase_file: None,
             reset_query: "DISCARD ALL".into(),
             wait_timeout: Duration::from_secs(10),
             server_idle_timeout: Duration::from_secs(60),

@@ -86,6 +86,8 @@ pub struct Pools {
     upstream_seen: Mutex<Option<Arc<UpstreamMaterial>>>,
     /// The other instances a cancel for one of their clients goes to.
     peers: Vec<Peer>,
+    /// Why the latest reload of the credentials failed, until one works.
+    credentials_error: Mutex<Option<String>>,
 }
 
 /// Another instance behind the same load balancer (`[[listener.pool.peers]]`).
@@ -212,6 +214,9 @@ pub struct PoolsStatus {
     pub server_logins_ok: u64,
     /// Server logins that failed since start.
     pub server_logins_failed: u64,
+    /// Why the latest reload of the credentials failed (the previous ones
+    /// stay in use), until a reload succeeds.
+    pub credentials_error: Option<String>,
     /// Every (database, user) pool.
     pub pools: Vec<PoolStatus>,
 }
@@ -262,6 +267,7 @@ impl Pools {
             metrics,
             upstream_seen: Mutex::new(seen),
             peers,
+            credentials_error: Mutex::new(None),
         })
     }
 
@@ -337,7 +343,7 @@ impl Pools {
             .pool_wait(&self.listener, started.elapsed().as_secs_f64());
         let generation = self.generation.load(Ordering::Relaxed);
         loop {
-            let candidate = take_idle(&mut lock(&pool.idle), workers::current());
+            let candidate = take_idle(pool, workers::current());
             let Some(mut conn) = candidate else { break };
             if conn.generation != generation || conn.created.elapsed() > self.config.server_lifetime
             {
@@ -375,23 +381,26 @@ impl Pools {
     /// Logs in a new server connection for `pool`.
     async fn open(&self, pool: &Pool, generation: u64) -> Result<ServerConn, LoginFailure> {
         let key = &pool.key;
-        let login = self
-            .credentials
-            .for_user(&key.user)
-            .map_err(|refused| LoginFailure {
+        // No credentials for the user is a failed login like the
+        // server's refusal: counted, logged, told to the client.
+        let logged_in = match self.credentials.for_user(&key.user) {
+            Ok(login) => {
+                log_in(
+                    &self.target,
+                    &login,
+                    &key.database,
+                    &key.user,
+                    &[],
+                    self.connect_timeout,
+                    self.config.server_login_timeout,
+                )
+                .await
+            }
+            Err(refused) => Err(LoginFailure {
                 refused,
                 server_error: None,
-            })?;
-        let logged_in = log_in(
-            &self.target,
-            &login,
-            &key.database,
-            &key.user,
-            &[],
-            self.connect_timeout,
-            self.config.server_login_timeout,
-        )
-        .await;
+            }),
+        };
         let logged_in = match logged_in {
             Ok(l) => l,
             Err(failure) => {
@@ -466,7 +475,9 @@ impl Pools {
             *seen = now;
             changed
         };
-        let changed = self.credentials.reload()? || upstream_changed;
+        let reloaded = self.credentials.reload();
+        *lock(&self.credentials_error) = reloaded.as_ref().err().map(ToString::to_string);
+        let changed = reloaded? || upstream_changed;
         if changed {
             self.generation.fetch_add(1, Ordering::Relaxed);
             info!(listener = %self.listener, "pool credentials or upstream TLS changed: server connections will be replaced as they go idle");
@@ -558,6 +569,7 @@ impl Pools {
             mode: self.config.mode.as_str(),
             server_auth: self.config.server_auth.as_str(),
             server_logins_ok: self.logins_ok.load(Ordering::Relaxed),
+            credentials_error: lock(&self.credentials_error).clone(),
             server_logins_failed: self.logins_failed.load(Ordering::Relaxed),
             pools,
         }
@@ -641,11 +653,21 @@ impl Lease {
 }
 
 /// The newest idle connection whose socket belongs to the worker thread
-/// `here`, or else the newest (the vector is oldest first).
-fn take_idle(idle: &mut Vec<ServerConn>, here: Option<usize>) -> Option<ServerConn> {
-    let newest = idle.len().checked_sub(1)?;
-    let at = idle.iter().rposition(|c| c.home == here).unwrap_or(newest);
-    Some(idle.remove(at))
+/// `here`; when there is none and the pool has room, none (a new one is
+/// opened here: lent across threads, every message of every transaction
+/// would cost a wake-up of another thread); else the newest of another
+/// worker (the vector is oldest first).
+fn take_idle(pool: &Pool, here: Option<usize>) -> Option<ServerConn> {
+    let mut idle = lock(&pool.idle);
+    if let Some(at) = idle.iter().rposition(|c| c.home == here) {
+        return Some(idle.remove(at));
+    }
+    let open =
+        idle.len() + pool.active.load(Ordering::Relaxed) + pool.opening.load(Ordering::Relaxed);
+    if here.is_some() && open < pool.size {
+        return None;
+    }
+    idle.pop()
 }
 
 /// Whether an idle server connection is still usable, without waiting:
