@@ -46,6 +46,9 @@ needs() {
     need dpkg-dev            have_commands dpkg-shlibdeps
     need adduser             have_files /usr/sbin/adduser
     need systemd             have_commands systemd-analyze
+    # ACME: pebble, Let's Encrypt's ACME test server, which the tests
+    # start on loopback with real HTTP-01 and TLS-ALPN-01 validation.
+    need pebble              have_commands pebble
     deploy_needs
 }
 

@@ -295,6 +295,11 @@ pub enum CertCommand {
         renew_at: f64,
         #[command(flatten)]
         passphrase: PassphraseArgs,
+        /// A certificate issued with --acme is renewed by the same ACME CA,
+        /// with the settings it was issued with; these flags change them
+        /// (--acme also moves a certificate of the local CA to an ACME CA).
+        #[command(flatten)]
+        acme: AcmeArgs,
     },
     /// Revoke a certificate by serial or name and regenerate the CRL.
     Revoke {
@@ -332,10 +337,66 @@ pub enum CertCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum IssueKind {
-    /// A server certificate (serverAuth): needs --dns and/or --ip.
-    Server(CertIssueArgs),
+    /// A server certificate (serverAuth): needs --dns and/or --ip. From the
+    /// local CA, or with --acme from an ACME CA (Let's Encrypt, step-ca,
+    /// Vault, ...).
+    Server(ServerIssueArgs),
     /// A client certificate (clientAuth): CN and optional URI SANs.
     Client(CertIssueArgs),
+}
+
+/// `cert issue server`: the common flags and the ACME ones.
+#[derive(Debug, Args, Clone)]
+pub struct ServerIssueArgs {
+    #[command(flatten)]
+    pub common: CertIssueArgs,
+    #[command(flatten)]
+    pub acme: AcmeArgs,
+}
+
+/// Getting the server certificate from an ACME CA (RFC 8555) instead of the
+/// local CA.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "ACME (certificates from an ACME CA)")]
+pub struct AcmeArgs {
+    /// The ACME CA's directory URL, e.g.
+    /// https://acme-v02.api.letsencrypt.org/directory. The account key is
+    /// kept in <state-dir>/acme/ (mode 0600) and reused.
+    #[arg(long, value_name = "DIRECTORY_URL")]
+    pub acme: Option<String>,
+    /// Contact email for the ACME account (optional).
+    #[arg(long, value_name = "EMAIL")]
+    pub acme_email: Option<String>,
+    /// An extra trust root (PEM) for the ACME server's own HTTPS, besides
+    /// the system's: for a private ACME CA (step-ca, Vault, pebble).
+    #[arg(long, value_name = "FILE")]
+    pub acme_ca: Option<PathBuf>,
+    /// The challenge intransit answers: http-01 (the CA fetches
+    /// http://NAME/.well-known/acme-challenge/TOKEN on port 80) or
+    /// tls-alpn-01 (the CA connects to NAME:443 with ALPN acme-tls/1).
+    /// [default: http-01]
+    #[arg(long, value_name = "CHALLENGE", value_parser = ["http-01", "tls-alpn-01"])]
+    pub acme_challenge: Option<String>,
+    /// Where intransit serves HTTP-01 answers, only while an order is
+    /// pending. [default: 0.0.0.0:80]
+    #[arg(long, value_name = "ADDR")]
+    pub acme_http: Option<String>,
+    /// Where intransit answers TLS-ALPN-01, only while an order is pending.
+    /// This is a listener of its own, not the proxy's: the proxy's port
+    /// does not answer acme-tls/1, so it must not hold this address.
+    /// [default: 0.0.0.0:443]
+    #[arg(long, value_name = "ADDR")]
+    pub acme_tls_alpn: Option<String>,
+    /// External account binding key id, for CAs that require one.
+    #[arg(long, value_name = "KID", requires = "acme_eab_hmac_key")]
+    pub acme_eab_kid: Option<String>,
+    /// External account binding HMAC key (base64url, as the CA gives it).
+    #[arg(long, value_name = "KEY", requires = "acme_eab_kid")]
+    pub acme_eab_hmac_key: Option<String>,
+    /// Attempts while the ACME server cannot be reached, with waits of 2,
+    /// 4, 8, ... seconds between them. [default: 4]
+    #[arg(long, value_name = "N")]
+    pub acme_attempts: Option<u32>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -426,6 +487,16 @@ pub struct UpArgs {
     /// Also append audit events (one JSON line per connection) to this file.
     #[arg(long)]
     pub audit_log: Option<PathBuf>,
+    /// With --acme: the server certificate's DNS names (repeatable; default
+    /// this machine's host name). The ACME CA must reach this machine by
+    /// each of them for the challenge.
+    #[arg(long, value_name = "NAME", requires = "acme")]
+    pub acme_dns: Vec<String>,
+    /// The server certificate comes from an ACME CA and is renewed there
+    /// at two thirds of its lifetime; the client certificate and the CA
+    /// for client certificates stay local.
+    #[command(flatten)]
+    pub acme: AcmeArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -12,6 +12,7 @@ macro_rules! out {
     };
 }
 
+mod acme_cmd;
 mod admin;
 mod bench_cmd;
 mod cli;

@@ -130,33 +130,77 @@ pub fn run_cert(state_dir: &Path, command: CertCommand) -> Result<ExitCode> {
             exec,
             renew_at,
             passphrase: pass_args,
+            acme,
         } => {
             if name.is_none() && !all {
                 bail!("name a certificate to renew, or pass --all");
+            }
+            if all && acme.acme.is_some() {
+                bail!("--acme with --all: name the certificate to move to an ACME CA");
             }
             let policy = RenewalPolicy {
                 fraction: renew_at,
                 ..RenewalPolicy::default()
             };
-            let ca = load_ca(&state, &pass_args)?;
             let now = OffsetDateTime::now_utc();
+            let inventory = state.inventory()?;
             let names = match name {
                 Some(n) => vec![n],
-                None => state
-                    .inventory()?
-                    .entries
-                    .iter()
-                    .map(|e| e.name.clone())
-                    .collect(),
+                None => inventory.entries.iter().map(|e| e.name.clone()).collect(),
             };
             let options = RenewOptions {
                 reuse_key,
                 force,
                 policy,
             };
+            // The local CA is loaded only for a certificate it renews, so a
+            // state directory holding only ACME certificates needs none.
+            let mut ca = None;
             let mut failed = false;
             for name in names {
-                match state.renew(&ca, &name, &options, now) {
+                let entry = inventory.get(&name);
+                let acme_choice = match entry {
+                    Some(entry) if entry.acme.is_some() || acme.acme.is_some() => {
+                        crate::acme_cmd::with_origin(entry.acme.as_ref(), &acme)?
+                    }
+                    _ => None,
+                };
+                if let (Some(entry), Some(choice)) = (entry, acme_choice) {
+                    if reuse_key {
+                        bail!(
+                            "--reuse-key: a certificate from an ACME CA is renewed with a new key"
+                        );
+                    }
+                    match crate::acme_cmd::renew(&state, entry, &choice, &policy, force) {
+                        Ok(crate::acme_cmd::AcmeRenewal::NotDue(due_at)) => {
+                            out!("{name}: not due until {}", date(due_at));
+                        }
+                        Ok(crate::acme_cmd::AcmeRenewal::Renewed { old_serial, entry }) => {
+                            out!(
+                                "{name}: renewed by the ACME CA {}, serial {old_serial} -> {}, files in {}",
+                                choice.settings.directory,
+                                entry.serial_hex,
+                                entry.paths.dir.display()
+                            );
+                            if let Some(cmd) = &exec {
+                                run_hook(cmd, &name, &entry.paths.dir)?;
+                            }
+                        }
+                        Err(e) => {
+                            eprintln!(
+                                "{name}: {} (the certificate in place is unchanged)",
+                                crate::errors::chain(&e)
+                            );
+                            failed = true;
+                        }
+                    }
+                    continue;
+                }
+                let ca = match &ca {
+                    Some(ca) => ca,
+                    None => ca.insert(load_ca(&state, &pass_args)?),
+                };
+                match state.renew(ca, &name, &options, now) {
                     Ok(RenewOutcome::NotDue { due_at, .. }) => {
                         out!("{name}: not due until {}", date(due_at));
                     }
@@ -216,7 +260,12 @@ pub fn run_cert(state_dir: &Path, command: CertCommand) -> Result<ExitCode> {
 
 fn issue(state: &StateDir, kind: IssueKind) -> Result<ExitCode> {
     let (cert_kind, args): (CertificateKind, CertIssueArgs) = match kind {
-        IssueKind::Server(a) => (CertificateKind::Server, a),
+        IssueKind::Server(a) => {
+            if let Some(choice) = crate::acme_cmd::from_flags(&a.acme)? {
+                return crate::acme_cmd::issue_server(state, &a.common, &choice);
+            }
+            (CertificateKind::Server, a.common)
+        }
         IssueKind::Client(a) => (CertificateKind::Client, a),
     };
     let days = args
@@ -290,6 +339,7 @@ fn list(state: &StateDir, as_json: bool) -> Result<ExitCode> {
                     "status": e.status(now, &policy).as_str(),
                     "dir": e.paths.dir.display().to_string(),
                     "problem": e.problem,
+                    "acme": e.acme.as_ref().map(|o| o.directory.clone()),
                 })
             })
             .collect();

@@ -2,7 +2,11 @@
 //! runs: each is re-issued from the local CA when it becomes due (two thirds
 //! of its lifetime, with a little jitter), and a renewed server certificate
 //! is swapped into the listener. Established connections keep the
-//! certificate they started with; new handshakes get the new one.
+//! certificate they started with; new handshakes get the new one. With
+//! `up --acme`, the server certificate is renewed by the ACME CA instead,
+//! at the same point of its lifetime; a failed renewal (the CA down, a
+//! refused challenge) keeps the current certificate and is tried again
+//! after a wait that doubles with each failure, up to an hour.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +17,8 @@ use intransit_proxy::PreparedListener;
 use time::OffsetDateTime;
 use tracing::{error, info, warn};
 
+use crate::acme_cmd::UpAcme;
+
 /// The certificates `up` renews, by inventory name.
 const SERVER: &str = "server";
 const CLIENT: &str = "client";
@@ -22,13 +28,20 @@ const CLIENT: &str = "client";
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
 /// Shortest sleep, so a failing renewal cannot spin.
 const MIN_SLEEP: Duration = Duration::from_secs(1);
-/// How long to wait before retrying after a failed renewal.
+/// How long to wait before retrying after a failed renewal (doubled after
+/// each further failure, up to [`MAX_SLEEP`]).
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// Starts the renewal task for `up`'s server and client certificates.
-pub fn spawn(state: StateDir, listener: Arc<PreparedListener>, server_tls: ServerTls) {
+pub fn spawn(
+    state: StateDir,
+    listener: Arc<PreparedListener>,
+    server_tls: ServerTls,
+    acme: Option<UpAcme>,
+) {
     tokio::spawn(async move {
         let policy = RenewalPolicy::default();
+        let mut retry_after = RETRY_AFTER;
         loop {
             let sleep = match next_check(&state, &policy).await {
                 Ok(at) => at,
@@ -40,7 +53,11 @@ pub fn spawn(state: StateDir, listener: Arc<PreparedListener>, server_tls: Serve
             tokio::time::sleep(sleep).await;
             let mut failed = false;
             for name in [SERVER, CLIENT] {
-                match renew(&state, name, &policy).await {
+                let renewed = match (&acme, name) {
+                    (Some(acme), SERVER) => acme.renew_if_due(&state).await,
+                    _ => renew(&state, name, &policy).await,
+                };
+                match renewed {
                     Ok(true) if name == SERVER => {
                         failed |= !crate::reload::reload_listener(&listener, &server_tls);
                     }
@@ -49,7 +66,7 @@ pub fn spawn(state: StateDir, listener: Arc<PreparedListener>, server_tls: Serve
                         failed = true;
                         error!(
                             certificate = name,
-                            error = %e,
+                            error = %crate::errors::chain(&e),
                             "automatic renewal failed; the current certificate stays in use"
                         );
                     }
@@ -57,7 +74,10 @@ pub fn spawn(state: StateDir, listener: Arc<PreparedListener>, server_tls: Serve
             }
             // A failure must not turn into a renewal every second.
             if failed {
-                tokio::time::sleep(RETRY_AFTER).await;
+                tokio::time::sleep(retry_after).await;
+                retry_after = (retry_after * 2).min(MAX_SLEEP);
+            } else {
+                retry_after = RETRY_AFTER;
             }
         }
     });

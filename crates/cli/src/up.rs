@@ -69,6 +69,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     };
     let admin_addr = admin_address(args.admin.as_deref())?;
     let state_root = absolute(&args.state_dir)?;
+    let acme = crate::acme_cmd::UpAcme::from_flags(&args.acme, &args.acme_dns)?;
     // The demo's programs, account and paths are checked here, so that a
     // machine without the database fails before anything is written.
     let demo_plan = demo_kind
@@ -114,9 +115,14 @@ pub async fn run(args: UpArgs) -> Result<()> {
         IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(Ipv6Addr::LOCALHOST),
     ];
-    let material = state
-        .ensure_quickstart_with(&dns, &ips, &args.client_name, &lifetimes)
-        .with_context(|| format!("preparing certificates in {}", state_root.display()))?;
+    let material = match &acme {
+        None => state.ensure_quickstart_with(&dns, &ips, &args.client_name, &lifetimes),
+        Some(_) => state.ensure_quickstart_without_server(&args.client_name, &lifetimes),
+    }
+    .with_context(|| format!("preparing certificates in {}", state_root.display()))?;
+    if let Some(acme) = &acme {
+        acme.ensure_server(&state).await?;
+    }
     if material.created {
         info!(state_dir = %state_root.display(), "created CA and certificates");
     } else {
@@ -208,7 +214,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         }
     };
     if let Some(running) = bound.listeners().into_iter().next() {
-        crate::renewal::spawn(state.clone(), running, server_tls);
+        crate::renewal::spawn(state.clone(), running, server_tls, acme.clone());
     }
     // Certificates replaced by hand (or by `intransit cert renew`) reload
     // like the proxy's; there is no configuration file to re-read.
@@ -256,12 +262,19 @@ pub async fn run(args: UpArgs) -> Result<()> {
         Endpoint::Unix(_) => String::new(),
     };
     let conninfo = [
-        ("host", host_for_client),
+        // The ACME certificate names the host, not the listening address.
+        match acme.as_ref().and_then(|a| a.dns.first()) {
+            Some(name) => ("host", name.clone()),
+            None => ("host", host_for_client),
+        },
         ("port", port),
         ("user", args.user.clone()),
         ("dbname", args.database.clone()),
         ("sslmode", "verify-full".into()),
-        ("sslrootcert", material.ca_cert.display().to_string()),
+        match acme {
+            Some(_) => ("sslrootcert", crate::acme_cmd::SYSTEM_ROOTS.to_owned()),
+            None => ("sslrootcert", material.ca_cert.display().to_string()),
+        },
         ("sslcert", material.client.cert.display().to_string()),
         ("sslkey", material.client.key.display().to_string()),
     ]

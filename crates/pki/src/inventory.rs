@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
+use crate::acme::{AcmeCertificate, AcmeOrigin};
 use crate::authority::{CA_CERT_FILE, CA_KEY_FILE};
 use crate::inspect::{pem_to_der_certs, summarize};
 use crate::key::parse_private_key;
@@ -136,6 +137,9 @@ pub struct IssuedEntry {
     /// False for a certificate found in `certs/` but not in the inventory
     /// (a state directory from before the inventory existed).
     pub recorded: bool,
+    /// For a certificate from an ACME CA, where it came from; renewing it
+    /// goes back there rather than to the local CA.
+    pub acme: Option<AcmeOrigin>,
 }
 
 impl IssuedEntry {
@@ -385,6 +389,7 @@ impl StateDir {
             serial: issued.serial_hex.clone(),
             issued_at: now,
             previous_serials: previous.into_iter().map(PreviousRecord::from).collect(),
+            acme: None,
         };
         self.install(&mut file, record, &issued)
     }
@@ -437,6 +442,13 @@ impl StateDir {
             .into_iter()
             .find(|e| e.name == name)
             .ok_or_else(|| PkiError::UnknownCertificate(name.to_owned()))?;
+        if let Some(origin) = &entry.acme {
+            return Err(PkiError::InvalidRequest(format!(
+                "the certificate {name:?} comes from the ACME server {}; it is renewed \
+                 there (`intransit cert renew {name}` does that), not by the local CA",
+                origin.directory
+            )));
+        }
         if !options.force {
             if let Some(plan) = entry.renewal_plan(&options.policy) {
                 if !plan.is_due(now) {
@@ -524,6 +536,7 @@ impl StateDir {
             serial: issued.serial_hex.clone(),
             issued_at: now,
             previous_serials: previous.into_iter().map(PreviousRecord::from).collect(),
+            acme: None,
         };
         let renewed = self.install(&mut file, record, &issued)?;
         Ok(RenewOutcome::Renewed {
@@ -531,6 +544,63 @@ impl StateDir {
             new_serial: issued.serial_hex,
             entry: Box::new(renewed),
         })
+    }
+
+    /// Installs a certificate from an ACME CA under `name`: its files go
+    /// where the local CA's certificate of that name goes (the directory the
+    /// name already has, else `<root>/certs/<name>/`), `chain.pem` being the
+    /// leaf and the issuers the ACME server sent and `ca.pem` those issuers;
+    /// the inventory records the [`AcmeOrigin`], so renewing it goes back to
+    /// the same server, and keeps the serial it replaces in the history. On
+    /// any error the previous files are restored.
+    pub fn install_acme(
+        &self,
+        name: &str,
+        certificate: &AcmeCertificate,
+    ) -> Result<IssuedEntry, PkiError> {
+        let _lock = self.lock()?;
+        let default_dir = self.cert_dir(name)?;
+        let mut file = self.load_inventory_file()?;
+        let entries = self.entries(&file)?;
+        let existing = entries.iter().find(|e| e.name == name);
+        let now = OffsetDateTime::now_utc();
+        let mut previous = existing
+            .map(|e| e.previous_serials.clone())
+            .unwrap_or_default();
+        if let Some(entry) = existing {
+            previous.push(PreviousSerial {
+                serial_hex: entry.serial_hex.clone(),
+                replaced_at: now,
+            });
+        }
+        let summary = &certificate.summary;
+        let request = &certificate.request;
+        let record = Record {
+            name: name.to_owned(),
+            kind: CertificateKind::Server,
+            key: request.key,
+            common_name: request.common_name.clone(),
+            dns_names: request.dns_names.clone(),
+            ip_addresses: request.ip_addresses.clone(),
+            uris: Vec::new(),
+            lifetime_seconds: (summary.not_after - summary.not_before).whole_seconds(),
+            dir: existing
+                .filter(|e| e.custom_dir)
+                .map(|e| e.paths.dir.clone())
+                .filter(|dir| !same_dir(dir, &default_dir)),
+            serial: summary.serial_hex.clone(),
+            issued_at: now,
+            previous_serials: previous.into_iter().map(PreviousRecord::from).collect(),
+            acme: Some(certificate.origin.clone()),
+        };
+        let issued = IssuedCertificate {
+            cert_pem: certificate.cert_pem.clone(),
+            key_pem: request.key_pem().to_owned(),
+            ca_pem: certificate.issuers_pem.clone(),
+            serial_hex: summary.serial_hex.clone(),
+            not_after: summary.not_after,
+        };
+        self.install(&mut file, record, &issued)
     }
 
     /// Records the revocation of a certificate, given by inventory name (its
@@ -716,6 +786,7 @@ impl StateDir {
                 serial,
                 issued_at: now,
                 previous_serials: previous,
+                acme: None,
             };
             upsert(file, record);
             changed = true;
@@ -858,6 +929,7 @@ impl StateDir {
             certificate,
             problem,
             recorded: true,
+            acme: record.acme.clone(),
         })
     }
 
@@ -893,6 +965,7 @@ impl StateDir {
             certificate: Some(cert),
             problem: None,
             recorded: false,
+            acme: None,
         })
     }
 }
@@ -1012,6 +1085,9 @@ struct Record {
     issued_at: OffsetDateTime,
     #[serde(default)]
     previous_serials: Vec<PreviousRecord>,
+    /// Set for a certificate from an ACME CA: renewal goes back there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    acme: Option<AcmeOrigin>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -45,6 +45,11 @@
 //!   (webpki, plus libpq's acceptance of a certificate that is itself a
 //!   trust anchor), shared by the proxy's upstream leg and `scan`; and
 //!   [`describe_certificate_error`], certificate verdicts in words.
+//! - [`acme`]: the PKI side of ACME: the key and CSR of an order
+//!   ([`AcmeRequest`]), the chain it returned checked against them
+//!   ([`AcmeCertificate`]) and where it came from ([`AcmeOrigin`]);
+//!   [`StateDir::install_acme`] installs it. The protocol itself is the
+//!   `intransit-acme` crate's.
 //! - [`inventory`]: `<state>/inventory.json` and the operations on named
 //!   certificates: [`StateDir::issue`], [`StateDir::inventory`],
 //!   [`StateDir::renew`], [`StateDir::revoke`], [`StateDir::write_crl`],
@@ -53,6 +58,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod acme;
 pub mod authority;
 mod error;
 #[doc(hidden)]
@@ -68,6 +74,7 @@ pub mod state;
 pub mod storage;
 pub mod trust;
 
+pub use acme::{AcmeCertificate, AcmeOrigin, AcmeRequest};
 pub use authority::{CertificateAuthority, IssuedCertificate, CA_ORGANIZATION};
 pub use error::PkiError;
 pub use inspect::{

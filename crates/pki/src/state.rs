@@ -175,6 +175,29 @@ impl StateDir {
         client_name: &str,
         lifetimes: &QuickstartLifetimes,
     ) -> Result<Quickstart, PkiError> {
+        self.ensure_quickstart_inner(Some((server_dns, server_ips)), client_name, lifetimes)
+    }
+
+    /// [`Self::ensure_quickstart_with`] for a server certificate that comes
+    /// from an ACME CA: the CA and the client certificate are made or
+    /// reused as usual, and the server certificate's files and inventory
+    /// record are left alone (the returned `server` paths are where it
+    /// goes, whether or not it exists yet).
+    pub fn ensure_quickstart_without_server(
+        &self,
+        client_name: &str,
+        lifetimes: &QuickstartLifetimes,
+    ) -> Result<Quickstart, PkiError> {
+        self.ensure_quickstart_inner(None, client_name, lifetimes)
+    }
+
+    fn ensure_quickstart_inner(
+        &self,
+        server_names: Option<(&[String], &[IpAddr])>,
+        client_name: &str,
+        lifetimes: &QuickstartLifetimes,
+    ) -> Result<Quickstart, PkiError> {
+        let (server_dns, server_ips) = server_names.unwrap_or((&[], &[]));
         // Validate what we were asked for before creating anything.
         let mut server = IssueRequest::new(CertificateKind::Server, SERVER_COMMON_NAME);
         server.dns_names = if server_dns.is_empty() && server_ips.is_empty() {
@@ -205,15 +228,20 @@ impl StateDir {
             });
         }
 
-        let (server_paths, server_created) =
-            self.ensure_leaf(&ca, SERVER_CERT_NAME, &server, &revoked, now)?;
+        let (server_paths, server_created) = if server_names.is_some() {
+            self.ensure_leaf(&ca, SERVER_CERT_NAME, &server, &revoked, now)?
+        } else {
+            let dir = self.cert_dir(SERVER_CERT_NAME)?;
+            (CertificatePaths::in_dir(&dir), false)
+        };
         let (client_paths, client_created) =
             self.ensure_leaf(&ca, CLIENT_CERT_NAME, &client, &revoked, now)?;
         created |= server_created | client_created;
-        self.record_quickstart(
-            &mut inventory,
-            &[(SERVER_CERT_NAME, &server), (CLIENT_CERT_NAME, &client)],
-        )?;
+        let mut leaves = vec![(CLIENT_CERT_NAME, &client)];
+        if server_names.is_some() {
+            leaves.insert(0, (SERVER_CERT_NAME, &server));
+        }
+        self.record_quickstart(&mut inventory, &leaves)?;
 
         Ok(Quickstart {
             created,

@@ -2,7 +2,8 @@
 //!
 //! This crate owns everything a test needs to talk to a genuine database
 //! rather than a mock: a private PostgreSQL per test binary ([`PgServer`]),
-//! a private MariaDB ([`MariaDbServer`]),
+//! a private MariaDB ([`MariaDbServer`]), a private ACME server per test
+//! ([`Pebble`]),
 //! names and ports that keep parallel tests apart ([`unique_name`],
 //! [`free_port`]), several hosts on one machine in network namespaces
 //! ([`Subnet`]) with a real load balancer in front ([`HaProxy`]), and
@@ -22,6 +23,7 @@ mod haproxy;
 mod isolation;
 mod mariadb;
 mod netns;
+mod pebble;
 mod postgres;
 mod redis;
 mod supervisor;
@@ -31,6 +33,7 @@ pub use haproxy::HaProxy;
 pub use isolation::{free_port, unique_name};
 pub use mariadb::{run_mariadb, MariaDbAuth, MariaDbOptions, MariaDbServer, MariaDbSsl};
 pub use netns::Subnet;
+pub use pebble::{Pebble, PebbleOptions};
 pub use postgres::{PgOptions, PgServer, PgSsl};
 pub use redis::{RedisServer, RedisTls};
 pub use tools::{require_tool, run_psql};

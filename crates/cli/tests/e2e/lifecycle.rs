@@ -306,7 +306,7 @@ pub(crate) fn served_fingerprint(port: u16) -> String {
 /// The certificate the proxy presents to a client that does SSLRequest and
 /// a TLS handshake with `config`. The client's own certificate (or its
 /// absence) does not matter: the server's arrives before it is judged.
-fn served_leaf(
+pub(crate) fn served_leaf(
     port: u16,
     config: std::sync::Arc<rustls::ClientConfig>,
 ) -> rustls::pki_types::CertificateDer<'static> {

@@ -71,9 +71,14 @@
 //!   `systemd-analyze`, installed, run and purged with dpkg) and the Python
 //!   wheel (built with maturin, installed in a fresh venv).
 
+//! - `acme`: `cert issue server --acme`, `cert renew` and `up --acme`
+//!   against a real pebble (HTTP-01 and TLS-ALPN-01 validated for real),
+//!   a refused challenge, an unreachable ACME server, psql `verify-full`.
+
 // Tests may panic on anything unexpected: that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod acme;
 mod bench;
 mod ca;
 mod client_mode;

@@ -3,6 +3,11 @@
 //! rustls/webpki (what the proxy uses). openssl must be installed; a missing
 //! binary fails the tests with an install hint.
 
+/// Certificates from an ACME CA: the CSR, the returned chain checked
+/// against key and names, installed and recorded; the local CA refuses to
+/// renew them.
+mod acme;
+
 /// Shared helpers: openssl runner, in-memory rustls handshake, file utilities.
 mod common;
 

@@ -1,0 +1,548 @@
+//! Server certificates from an ACME CA: `cert issue server --acme`, `cert
+//! renew` and `up --acme` against a real pebble per test (validation on,
+//! its validation authority connecting to intransit's own HTTP-01 and
+//! TLS-ALPN-01 answers on loopback), checked with `openssl verify` against
+//! pebble's root and with psql `sslmode=verify-full` through the proxy.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use intransit_testkit::{free_port, require_tool, Pebble, PebbleOptions};
+
+use crate::support::*;
+
+fn pebble() -> Pebble {
+    Pebble::start().expect("starting pebble")
+}
+
+fn cli(state: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--state-dir")
+        .arg(state)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running intransit")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed: {}\n{}",
+        stdout(out),
+        stderr(out)
+    );
+    stdout(out)
+}
+
+/// The flags that point intransit at `pebble` and answer HTTP-01 where
+/// pebble looks.
+fn acme_flags(pebble: &Pebble) -> Vec<String> {
+    vec![
+        "--acme".into(),
+        pebble.directory_url(),
+        "--acme-ca".into(),
+        pebble.https_ca().display().to_string(),
+        "--acme-http".into(),
+        format!("127.0.0.1:{}", pebble.http_port()),
+    ]
+}
+
+fn issue(state: &Path, extra: &[String]) -> Output {
+    let mut args: Vec<&str> = vec![
+        "cert",
+        "issue",
+        "server",
+        "--name",
+        "web",
+        "--dns",
+        "localhost",
+    ];
+    args.extend(extra.iter().map(String::as_str));
+    cli(state, &args)
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn serial(path: &Path) -> String {
+    let pem = std::fs::read_to_string(path).expect("cert.pem");
+    let der = intransit_pki::pem_to_der_certs(&pem).expect("pem");
+    intransit_pki::summarize(&der[0])
+        .expect("summary")
+        .serial_hex
+}
+
+/// `openssl verify` of `dir`'s cert.pem against pebble's root, with the
+/// issuers from ca.pem as the untrusted chain.
+fn assert_chains_to(dir: &Path, root: &Path) {
+    let openssl = require_tool("openssl", "openssl").expect("openssl");
+    let out = Command::new(openssl)
+        .args(["verify", "-purpose", "sslserver", "-CAfile"])
+        .arg(root)
+        .arg("-untrusted")
+        .arg(dir.join("ca.pem"))
+        .arg(dir.join("cert.pem"))
+        .output()
+        .expect("openssl verify");
+    assert!(
+        out.status.success() && stdout(&out).ends_with("OK"),
+        "openssl verify: {}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
+fn account_files(state: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(state.join("acme"))
+        .expect("acme dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn cert_issue_with_http01_chains_to_the_acme_root_names_the_host_and_keeps_keys_private() {
+    let pebble = pebble();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let out = ok(&issue(&state, &acme_flags(&pebble)));
+    assert!(
+        out.contains("from the ACME CA") && out.contains(&pebble.directory_url()),
+        "{out}"
+    );
+
+    let certs = state.join("certs/web");
+    let root = pebble.issuing_root_file().expect("pebble root");
+    assert_chains_to(&certs, &root);
+    let pem = std::fs::read_to_string(certs.join("cert.pem")).expect("cert");
+    let der = intransit_pki::pem_to_der_certs(&pem).expect("pem");
+    let summary = intransit_pki::summarize(&der[0]).expect("summary");
+    assert_eq!(summary.dns_names, ["localhost"]);
+    assert!(summary.ip_addresses.is_empty());
+    assert!(
+        summary
+            .extended_key_usages
+            .iter()
+            .any(|u| u == "serverAuth"),
+        "{:?}",
+        summary.extended_key_usages
+    );
+    // chain.pem is what a server presents: the leaf, then the issuers.
+    let chain = std::fs::read_to_string(certs.join("chain.pem")).expect("chain");
+    let chain = intransit_pki::pem_to_der_certs(&chain).expect("chain pem");
+    assert!(
+        chain.len() >= 2,
+        "{} certificate(s) in chain.pem",
+        chain.len()
+    );
+    assert_eq!(chain[0], der[0]);
+
+    assert_eq!(mode(&certs.join("key.pem")), 0o600);
+    let accounts = account_files(&state);
+    assert_eq!(accounts.len(), 1, "{accounts:?}");
+    assert_eq!(mode(&accounts[0]), 0o600);
+    assert_eq!(mode(&state.join("acme")), 0o700);
+
+    // The inventory knows where it came from.
+    let list = ok(&cli(&state, &["cert", "list", "--json"]));
+    let list: serde_json::Value = serde_json::from_str(&list).expect("json");
+    let entry = &list["certificates"][0];
+    assert_eq!(entry["name"], "web");
+    assert_eq!(entry["serial"], summary.serial_hex.as_str());
+    assert_eq!(entry["acme"], pebble.directory_url().as_str());
+
+    // A second issue under the same name needs --force, like the local CA's.
+    let again = issue(&state, &acme_flags(&pebble));
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
+}
+
+#[test]
+fn cert_renew_goes_back_to_the_acme_ca_with_tls_alpn01_and_the_same_account() {
+    let pebble = pebble();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let mut flags = acme_flags(&pebble);
+    flags.extend([
+        "--acme-challenge".to_owned(),
+        "tls-alpn-01".to_owned(),
+        "--acme-tls-alpn".to_owned(),
+        format!("127.0.0.1:{}", pebble.tls_port()),
+        "--acme-email".to_owned(),
+        "ops@example.com".to_owned(),
+    ]);
+    ok(&issue(&state, &flags));
+    let certs = state.join("certs/web");
+    let first = serial(&certs.join("cert.pem"));
+    let accounts = account_files(&state);
+    let account = std::fs::read(&accounts[0]).expect("account");
+
+    // Not due: a fresh certificate stays.
+    let out = ok(&cli(&state, &["cert", "renew", "web"]));
+    assert!(out.contains("not due until"), "{out}");
+    assert_eq!(serial(&certs.join("cert.pem")), first);
+
+    // Forced: no ACME flag is given; the recorded settings are used (the
+    // ACME server, its extra root, TLS-ALPN-01 on the recorded address).
+    let out = ok(&cli(&state, &["cert", "renew", "web", "--force"]));
+    assert!(out.contains("renewed by the ACME CA"), "{out}");
+    let second = serial(&certs.join("cert.pem"));
+    assert_ne!(first, second);
+    assert!(out.contains(&format!("{first} -> {second}")), "{out}");
+    assert_chains_to(&certs, &pebble.issuing_root_file().expect("root"));
+    assert_eq!(mode(&certs.join("key.pem")), 0o600);
+    // The account was reused, not registered again.
+    assert_eq!(account_files(&state), accounts);
+    assert_eq!(std::fs::read(&accounts[0]).expect("account"), account);
+    // Nothing answered HTTP-01 (its server only runs for http-01 orders):
+    // pebble validated the TLS-ALPN-01 answer, as recorded.
+    let inventory = std::fs::read_to_string(state.join("inventory.json")).expect("inventory");
+    let inventory: serde_json::Value = serde_json::from_str(&inventory).expect("json");
+    let origin = &inventory["certificates"][0]["acme"];
+    assert_eq!(origin["challenge"], "tls-alpn-01", "{inventory}");
+    assert_eq!(
+        origin["challenge_addr"],
+        format!("127.0.0.1:{}", pebble.tls_port()).as_str()
+    );
+    assert_eq!(origin["contact"][0], "mailto:ops@example.com");
+}
+
+#[test]
+fn a_refused_challenge_is_named_with_the_cas_detail_and_the_old_certificate_stays() {
+    let pebble = pebble();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    ok(&issue(&state, &acme_flags(&pebble)));
+    let certs = state.join("certs/web");
+    let files = ["cert.pem", "key.pem", "chain.pem", "ca.pem"];
+    let before: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(certs.join(f)).expect("file"))
+        .collect();
+    let inventory = std::fs::read(state.join("inventory.json")).expect("inventory");
+
+    // The answer is served where pebble does not look: nothing answers on
+    // its HTTP-01 port, and it says so.
+    let elsewhere = format!("127.0.0.1:{}", free_port());
+    let out = cli(
+        &state,
+        &["cert", "renew", "web", "--force", "--acme-http", &elsewhere],
+    );
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("refused the http-01 challenge for localhost"),
+        "{err}"
+    );
+    // pebble's problem document: its detail and type.
+    assert!(err.contains("urn:ietf:params:acme:error:"), "{err}");
+    assert!(
+        err.contains(&format!(":{}", pebble.http_port())),
+        "the detail names where pebble connected: {err}"
+    );
+    let after: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(certs.join(f)).expect("file"))
+        .collect();
+    assert!(before == after, "the certificate files changed");
+    assert_eq!(
+        std::fs::read(state.join("inventory.json")).expect("inventory"),
+        inventory
+    );
+}
+
+#[test]
+fn an_unreachable_acme_server_is_retried_then_reported_and_nothing_is_written() {
+    let mut pebble = pebble();
+    let flags = acme_flags(&pebble);
+    pebble.stop();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let mut flags = flags;
+    flags.extend(["--acme-attempts".to_owned(), "2".to_owned()]);
+    let out = issue(&state, &flags);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "the ACME server {} cannot be reached (2 attempt(s))",
+            pebble.directory_url()
+        )),
+        "{err}"
+    );
+    assert!(err.to_lowercase().contains("connection refused"), "{err}");
+    assert!(err.contains("trying again"), "no retry was logged: {err}");
+    assert!(!state.join("certs/web").exists());
+    assert!(!state.join("inventory.json").exists());
+}
+
+#[test]
+fn up_with_acme_serves_the_acme_certificate_to_psql_verify_full() {
+    let pebble = pebble();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let mut child = Command::new(BIN)
+        .args(["up", "--state-dir"])
+        .arg(&state)
+        .args(["--listen", "127.0.0.1:0", "--admin", "off", "--upstream"])
+        .arg(format!("unix:{}", pg().socket_path().display()))
+        .args(["--user", pg().superuser(), "--acme-dns", "localhost"])
+        .args(acme_flags(&pebble))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("intransit up");
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let command = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("no psql line from up --acme; pebble:\n{}", pebble.log())
+        });
+        if line.trim_start().starts_with("psql ") {
+            break line.trim().to_owned();
+        }
+    };
+    // The server is not verified with the local CA: the printed command
+    // trusts the system's roots, as for a public ACME CA.
+    assert!(command.contains("sslrootcert=system"), "{command}");
+    let root = pebble.issuing_root_file().expect("root");
+    let command = command.replace(
+        "sslrootcert=system",
+        &format!("sslrootcert={}", root.display()),
+    );
+    assert!(command.contains("host=localhost"), "{command}");
+    let run = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{command} -X -A -t -c 'SELECT 40 + 2'"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("sh");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        run.status.success(),
+        "psql verify-full against pebble's root failed: {}",
+        stderr(&run)
+    );
+    assert_eq!(stdout(&run), "42");
+    assert_chains_to(&state.join("certs/server"), &root);
+    assert_eq!(mode(&state.join("certs/server/key.pem")), 0o600);
+}
+
+#[test]
+fn external_account_binding_is_sent_when_the_ca_requires_it() {
+    // pebble's own example key: base64url, as CAs hand them out.
+    let key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let pebble = Pebble::start_with(&PebbleOptions {
+        external_account: Some(("kid-1".to_owned(), key.to_owned())),
+        ..PebbleOptions::default()
+    })
+    .expect("starting pebble");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+
+    let refused = issue(&state, &acme_flags(&pebble));
+    assert!(!refused.status.success());
+    let err = stderr(&refused);
+    assert!(
+        err.contains("the ACME server refused the new account") && err.contains("externalAccount"),
+        "{err}"
+    );
+
+    let mut flags = acme_flags(&pebble);
+    flags.extend([
+        "--acme-eab-kid".to_owned(),
+        "kid-1".to_owned(),
+        "--acme-eab-hmac-key".to_owned(),
+        key.to_owned(),
+    ]);
+    ok(&issue(&state, &flags));
+    assert_chains_to(
+        &state.join("certs/web"),
+        &pebble.issuing_root_file().expect("root"),
+    );
+}
+
+#[test]
+fn up_with_acme_renews_its_server_certificate_there_while_it_runs() {
+    // A 12-second certificate is due after about 8 seconds.
+    let pebble = Pebble::start_with(&PebbleOptions {
+        validity_seconds: Some(12),
+        ..PebbleOptions::default()
+    })
+    .expect("starting pebble");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "up", "--state-dir"])
+        .arg(&state)
+        .args(["--listen", "127.0.0.1:0", "--admin", "off", "--upstream"])
+        .arg(format!("unix:{}", pg().socket_path().display()))
+        .args(["--acme-dns", "localhost"])
+        .args(acme_flags(&pebble))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("intransit up");
+    let (tx, rx) = mpsc::channel::<serde_json::Value>();
+    let err = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(v) = serde_json::from_str(&line) {
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let out = child.stdout.take().expect("stdout");
+    let port: u16 = BufReader::new(out)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix("port="))
+                .and_then(|p| p.parse().ok())
+        })
+        .expect("port in the psql command");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut issued = Vec::new();
+    while issued.len() < 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(v) = rx.recv_timeout(left) else {
+            let _ = child.kill();
+            panic!("issued {issued:?}, then nothing; pebble:\n{}", pebble.log());
+        };
+        assert_ne!(v["level"], "ERROR", "{v}");
+        if v["message"] == "certificate issued by the ACME server" {
+            issued.push(v["serial"].as_str().expect("serial").to_owned());
+        }
+    }
+    assert_ne!(issued[0], issued[1]);
+
+    // The listener serves the renewed certificate, which chains to
+    // pebble's root for the name asked.
+    let root = std::fs::read_to_string(pebble.issuing_root_file().expect("root")).expect("root");
+    let mut roots = rustls::RootCertStore::empty();
+    for der in intransit_pki::pem_to_der_certs(&root).expect("root pem") {
+        roots.add(der.into()).expect("root");
+    }
+    let config = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let leaf = crate::lifecycle::served_leaf(port, config.clone());
+        let serial = intransit_pki::summarize(leaf.as_ref())
+            .expect("summary")
+            .serial_hex;
+        if serial.eq_ignore_ascii_case(&issued[1]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still serving {serial}, not the renewed {}",
+            issued[1]
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    signal(child.id(), "TERM");
+    assert!(child.wait().expect("wait").success());
+}
+
+#[test]
+fn acme_flags_are_checked_before_anything_is_written() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+
+    let out = issue(
+        &state,
+        &["--acme-http".to_owned(), "127.0.0.1:80".to_owned()],
+    );
+    assert!(
+        stderr(&out).contains("--acme-http needs --acme DIRECTORY_URL"),
+        "{}",
+        stderr(&out)
+    );
+    let out = issue(
+        &state,
+        &["--acme".to_owned(), "http://ca.example/dir".to_owned()],
+    );
+    assert!(
+        stderr(&out).contains("is not an https:// URL"),
+        "{}",
+        stderr(&out)
+    );
+    let out = issue(
+        &state,
+        &[
+            "--acme".to_owned(),
+            "https://ca.example/dir".to_owned(),
+            "--days".to_owned(),
+            "30".to_owned(),
+        ],
+    );
+    assert!(
+        stderr(&out).contains("the ACME CA chooses the lifetime"),
+        "{}",
+        stderr(&out)
+    );
+
+    // `up` binds the challenge address among its checks: one in use stops
+    // it before the state directory exists.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = held.local_addr().expect("addr").to_string();
+    let out = Command::new(BIN)
+        .args(["up", "--state-dir"])
+        .arg(&state)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--acme-dns",
+            "localhost",
+        ])
+        .args(["--acme", "https://127.0.0.1:1/dir", "--acme-http", &addr])
+        .stdin(Stdio::null())
+        .output()
+        .expect("intransit up");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!("cannot answer the http-01 challenge on {addr}")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!state.exists());
+}
