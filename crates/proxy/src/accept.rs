@@ -93,7 +93,9 @@ pub(crate) async fn accept_loop<L, S, F>(
             .connection_opened(listener.name(), listener.protocol().as_str());
         let gate = gate.clone();
         let serve = serve.clone();
-        workers.spawn(tracker.track_future(async move {
+        workers.spawn(|placed| {
+            tracker.track_future(async move {
+            let _placed = placed;
             let _active = active;
             // On the worker's runtime: its reactor owns the socket from
             // here on.
@@ -119,7 +121,8 @@ pub(crate) async fn accept_loop<L, S, F>(
                 }
                 Ok(()) => ctx.listener.audit().record(ctx.audit_event(None)),
             }
-        }));
+        })
+        });
     }
 }
 

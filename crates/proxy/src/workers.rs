@@ -86,11 +86,18 @@ impl Workers {
         }
     }
 
-    /// Runs `task` on the worker with the fewest connections (or on the
-    /// caller's runtime without workers). `task` receives nothing from the
-    /// caller's runtime: what it needs of the reactor (its socket) it
-    /// registers itself, on the worker.
-    pub(crate) fn spawn<F>(&self, task: F)
+    /// Runs the task `make` returns on the worker with the fewest
+    /// connections (or on the caller's runtime without workers). The task
+    /// receives nothing from the caller's runtime: what it needs of the
+    /// reactor (its socket) it registers itself, on the worker. It must
+    /// hold the [`Placed`] it is given until it ends: that is what counts
+    /// it on its worker.
+    ///
+    /// The guard goes into the task rather than around it: an `async`
+    /// block that awaited the task would keep room for the task twice
+    /// (its captured value and the value being awaited), a few KiB per
+    /// idle connection.
+    pub(crate) fn spawn<F>(&self, make: impl FnOnce(Placed) -> F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
@@ -99,14 +106,11 @@ impl Workers {
             .iter()
             .min_by_key(|w| w.active.load(Ordering::Relaxed))
         else {
-            tokio::spawn(task);
+            tokio::spawn(make(Placed(None)));
             return;
         };
-        let active = Active::enter(worker.active.clone());
-        worker.handle.spawn(async move {
-            let _active = active;
-            task.await;
-        });
+        let placed = Placed(Some(Active::enter(worker.active.clone())));
+        worker.handle.spawn(make(placed));
     }
 
     /// Stops every worker, dropping the connections still on them, and
@@ -130,6 +134,9 @@ thread_local! {
 pub(crate) fn current() -> Option<usize> {
     WORKER.get()
 }
+
+/// A task's place on its worker, counted while the task holds it.
+pub(crate) struct Placed(#[allow(dead_code)] Option<Active>);
 
 /// One connection counted on its worker while its task lives.
 struct Active(Arc<AtomicUsize>);
@@ -160,7 +167,8 @@ mod tests {
         // The first task holds its worker; the next two both go to the
         // other one, which has fewer connections.
         let tx = name_tx.clone();
-        workers.spawn(async move {
+        workers.spawn(|placed| async move {
+            let _placed = placed;
             tx.send(std::thread::current().name().map(str::to_owned))
                 .unwrap();
             let _ = held_rx.await;
@@ -168,7 +176,8 @@ mod tests {
         let first = names.recv().await.unwrap().unwrap();
         for _ in 0..2 {
             let tx = name_tx.clone();
-            workers.spawn(async move {
+            workers.spawn(|placed| async move {
+                let _placed = placed;
                 tx.send(std::thread::current().name().map(str::to_owned))
                     .unwrap();
             });
@@ -198,7 +207,8 @@ mod tests {
     async fn without_workers_tasks_run_on_the_callers_runtime() {
         let workers = Workers::start(0).unwrap();
         let (tx, rx) = oneshot::channel();
-        workers.spawn(async move {
+        workers.spawn(|placed| async move {
+            let _placed = placed;
             tx.send(std::thread::current().name().map(str::to_owned))
                 .unwrap();
         });

@@ -338,9 +338,18 @@ fn status_and_metrics_count_clients_and_server_connections_per_pool() {
     let ci = conninfo(proxy.port(), &user.name, &user.name, &pki().trainer, "");
     let out = psql(&ci, "SELECT 1", None);
     assert!(out.status.success(), "psql: {}", stderr(&out));
-    let (code, body) = http_get(proxy.admin_addr(), "/status");
-    assert_eq!(code, 200, "{body}");
-    let status: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    // psql has exited; the proxy sees its connection end a moment later
+    // (bounded: 5 s).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        let (code, body) = http_get(proxy.admin_addr(), "/status");
+        assert_eq!(code, 200, "{body}");
+        let status: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        if status["pools"][0]["pools"][0]["clients"] == 0 || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let listener = &status["pools"][0];
     assert_eq!(listener["listener"], "pg");
     assert_eq!(listener["mode"], "transaction");
