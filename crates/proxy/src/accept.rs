@@ -95,33 +95,38 @@ pub(crate) async fn accept_loop<L, S, F>(
         let serve = serve.clone();
         workers.spawn(|placed| {
             tracker.track_future(async move {
-            let _placed = placed;
-            let _active = active;
-            // On the worker's runtime: its reactor owns the socket from
-            // here on.
-            let stream = match stream.register() {
-                Ok(s) => s,
-                Err(e) => {
-                    error!(conn = ctx.id, listener = %ctx.listener.name(), error = %e, "could not register an accepted connection");
-                    return;
+                let _placed = placed;
+                let _active = active;
+                // On the worker's runtime: its reactor owns the socket from
+                // here on.
+                let stream = match stream.register() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        error!(
+                            conn = ctx.id,
+                            listener = %ctx.listener.name(),
+                            error = %e,
+                            "could not register an accepted connection"
+                        );
+                        return;
+                    }
+                };
+                let served = tokio::select! {
+                    biased;
+                    () = ticket.evicted() => Err(evicted(&ticket)),
+                    served = serve(ctx.clone(), stream) => served,
+                };
+                match &served {
+                    Err(refused) if refused.reason == RefusalReason::TooManyUnauthenticated => {
+                        ctx.log_flood_refusal(refused, gate.flood_log.sample(refused.reason));
+                    }
+                    Err(refused) => {
+                        ctx.log_refusal(refused);
+                        ctx.listener.audit().record(ctx.audit_event(Some(refused)));
+                    }
+                    Ok(()) => ctx.listener.audit().record(ctx.audit_event(None)),
                 }
-            };
-            let served = tokio::select! {
-                biased;
-                () = ticket.evicted() => Err(evicted(&ticket)),
-                served = serve(ctx.clone(), stream) => served,
-            };
-            match &served {
-                Err(refused) if refused.reason == RefusalReason::TooManyUnauthenticated => {
-                    ctx.log_flood_refusal(refused, gate.flood_log.sample(refused.reason));
-                }
-                Err(refused) => {
-                    ctx.log_refusal(refused);
-                    ctx.listener.audit().record(ctx.audit_event(Some(refused)));
-                }
-                Ok(()) => ctx.listener.audit().record(ctx.audit_event(None)),
-            }
-        })
+            })
         });
     }
 }

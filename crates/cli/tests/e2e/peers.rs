@@ -214,16 +214,10 @@ fn a_cancel_reaching_any_instance_behind_haproxy_stops_the_query() {
 /// runs; psql must report PostgreSQL's "canceling statement due to user
 /// request", which only a CancelRequest that reached PostgreSQL causes.
 fn cancel_through_balancer(ci: &str, user: &str) {
-    let psql_bin = intransit_testkit::require_tool("psql", "postgresql-client").expect("psql");
-    let child = Command::new(psql_bin)
-        .arg(ci)
-        .args(["-X", "-c", "SELECT pg_sleep(30)"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    let child = psql_running(ci, "SELECT pg_sleep(30)")
         .spawn()
         .expect("psql");
-    wait_until_running(user, "SELECT pg_sleep(30)");
+    wait_for_active_query(pg(), user, "SELECT pg_sleep(30)");
     signal(child.id(), "INT");
     let out = child.wait_with_output().expect("psql output");
     assert!(
@@ -231,25 +225,6 @@ fn cancel_through_balancer(ci: &str, user: &str) {
         "psql did not report a cancel: {}",
         stderr(&out)
     );
-}
-
-fn wait_until_running(user: &str, query: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let running = pg()
-            .psql(
-                "postgres",
-                &format!(
-                    "SELECT count(*) FROM pg_stat_activity WHERE usename = '{user}' AND query = '{query}' AND state = 'active'"
-                ),
-            )
-            .expect("pg_stat_activity");
-        if running == "1" {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{query} never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn write_script(sql: &str) -> std::path::PathBuf {
@@ -287,16 +262,10 @@ fn forged_keys_cancel_nothing_and_a_draining_instance_lets_its_clients_finish() 
     // A query runs; cancels with keys nobody handed out change nothing:
     // one naming peer 2 with a made-up secret (forwarded, unknown there),
     // one naming an instance that is no peer (9), one with no instance.
-    let psql_bin = intransit_testkit::require_tool("psql", "postgresql-client").expect("psql");
-    let sleeper = Command::new(&psql_bin)
-        .arg(&ci)
-        .args(["-X", "-A", "-t", "-c", "SELECT pg_sleep(2), 4242"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    let sleeper = psql_running(&ci, "SELECT pg_sleep(2), 4242")
         .spawn()
         .expect("psql");
-    wait_until_running(&user.name, "SELECT pg_sleep(2), 4242");
+    wait_for_active_query(pg(), &user.name, "SELECT pg_sleep(2), 4242");
     let first = fleet.instance(1).addr;
     for (pid, secret) in [(2u32 << 23 | 77, 12345u32), (9 << 23 | 5, 1), (12, 34)] {
         send_cancel(first, pid, secret);

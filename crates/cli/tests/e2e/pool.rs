@@ -1150,6 +1150,7 @@ impl CuttableRelay {
 
 #[test]
 fn a_server_connection_lost_mid_transaction_is_fatal_08006_for_its_client_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
     let relay = CuttableRelay::start();
     let user = db_user("pool_lost");
     let proxy = ProxyProcess::start(&format!(
@@ -1159,7 +1160,10 @@ fn a_server_connection_lost_mid_transaction_is_fatal_08006_for_its_client_alone(
             "",
             "[listener.pool]\nserver_auth = \"password\"\nmode = \"transaction\"\nsize = 2\nauth_file = \"AUTHFILE\"",
         )
-        .replace("AUTHFILE", &write_userlist(&user).display().to_string())
+        .replace(
+            "AUTHFILE",
+            &write_userlist(dir.path(), &user).display().to_string()
+        )
     ));
     let ci = conninfo(proxy.port(), &user.name, &user.name, &pki().trainer, "");
     let mut inside = Interactive::start(&ci);
@@ -1189,19 +1193,12 @@ fn a_server_connection_lost_mid_transaction_is_fatal_08006_for_its_client_alone(
     assert_eq!(stdout(&out), "3");
 }
 
-fn write_userlist(user: &DbUser) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = std::env::temp_dir().join(intransit_testkit::unique_name("userlist"));
-    std::fs::write(&path, format!("\"{}\" \"{}\"\n", user.name, user.password)).expect("userlist");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("mode");
-    path
-}
-
 #[test]
 fn a_server_login_the_proxy_cannot_make_is_server_login_failed_for_psql() {
     // server_auth = "password" with no line for the user in auth_file:
     // the proxy has nothing to log in with, says so to the client, and
     // never opens a connection to PostgreSQL for it.
+    let dir = tempfile::tempdir().expect("tempdir");
     let user = db_user("pool_nologin");
     let other = db_user("pool_nologin_other");
     let proxy = ProxyProcess::start(&format!(
@@ -1211,7 +1208,7 @@ fn a_server_login_the_proxy_cannot_make_is_server_login_failed_for_psql() {
             "",
             &format!(
                 "[listener.pool]\nserver_auth = \"password\"\nauth_file = \"{}\"",
-                write_userlist(&other).display()
+                write_userlist(dir.path(), &other).display()
             ),
         )
     ));

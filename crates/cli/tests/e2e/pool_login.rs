@@ -290,13 +290,7 @@ fn cancel_goes_to_the_server_over_the_tls_upstream_leg() {
 fn a_credentials_reload_that_fails_is_a_status_warning_until_one_works() {
     let user = db_user("pool_reload_pw");
     let dir = tempfile::tempdir().unwrap();
-    let auth_file = dir.path().join("userlist.txt");
-    std::fs::write(
-        &auth_file,
-        format!("\"{}\" \"{}\"\n", user.name, user.password),
-    )
-    .unwrap();
-    std::fs::set_permissions(&auth_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let auth_file = write_userlist(dir.path(), &user);
     let proxy = ProxyProcess::start(&format!(
         "{ADMIN_ON}{}",
         listener_toml(

@@ -435,6 +435,16 @@ pub fn db_user(prefix: &str) -> DbUser {
     DbUser { name, password }
 }
 
+/// A pool's `auth_file` in `dir` with `user`'s password (PgBouncer's
+/// userlist format), mode 0600.
+pub fn write_userlist(dir: &Path, user: &DbUser) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("userlist.txt");
+    std::fs::write(&path, format!("\"{}\" \"{}\"\n", user.name, user.password)).expect("userlist");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("mode");
+    path
+}
+
 /// An upstream that accepts connections and counts them, to prove that a
 /// refused client caused no traffic to the database.
 pub struct Sentinel {
@@ -717,33 +727,10 @@ pub fn cancel_a_running_query(
     user: &str,
     password: &str,
 ) -> Value {
-    let psql_bin = intransit_testkit::require_tool("psql", "postgresql-client").expect("psql");
-    let child = Command::new(psql_bin)
-        .arg(conninfo)
-        .args(["-X", "-c", "SELECT pg_sleep(30)"])
-        .env("PGPASSWORD", password)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("psql");
+    let mut command = psql_running(conninfo, "SELECT pg_sleep(30)");
+    let child = command.env("PGPASSWORD", password).spawn().expect("psql");
     // Wait until the query is running upstream before interrupting.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let running = server
-            .psql(
-                "postgres",
-                &format!(
-                    "SELECT count(*) FROM pg_stat_activity WHERE usename = '{user}' AND query LIKE 'SELECT pg_sleep%' AND state = 'active'"
-                ),
-            )
-            .expect("pg_stat_activity");
-        if running == "1" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "query never started");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_active_query(server, user, "SELECT pg_sleep");
     signal(child.id(), "INT");
     let out = child.wait_with_output().expect("psql output");
     let err = stderr(&out);
@@ -754,6 +741,42 @@ pub fn cancel_a_running_query(
     proxy.wait_for_log(Duration::from_secs(5), |v| {
         v["message"] == "cancel request forwarded"
     })
+}
+
+/// psql running one statement (`-X -A -t -c`), its output captured, ready
+/// to spawn.
+pub fn psql_running(conninfo: &str, sql: &str) -> Command {
+    let psql_bin = intransit_testkit::require_tool("psql", "postgresql-client").expect("psql");
+    let mut command = Command::new(psql_bin);
+    command
+        .arg(conninfo)
+        .args(["-X", "-A", "-t", "-c", sql])
+        .env_remove("PGPASSWORD")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Waits (up to 20 s) until `server` shows one active query of `user`
+/// starting with `prefix`.
+pub fn wait_for_active_query(server: &PgServer, user: &str, prefix: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let running = server
+            .psql(
+                "postgres",
+                &format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = '{user}' AND query LIKE '{prefix}%' AND state = 'active'"
+                ),
+            )
+            .expect("pg_stat_activity");
+        if running == "1" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{prefix}... never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A client CA made with rcgen directly, for what `intransit ca` never

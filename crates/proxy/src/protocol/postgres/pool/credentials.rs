@@ -626,7 +626,7 @@ fn classify_secret(secret: String) -> Result<Secret, &'static str> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use intransit_config::{PoolMode, PoolUser};
+    use intransit_config::PoolUser;
 
     fn plain(s: &str) -> Secret {
         Secret::Plain(s.to_owned())
@@ -719,25 +719,7 @@ mod tests {
     }
 
     fn pool(server_auth: ServerAuth) -> PoolConfig {
-        PoolConfig {
-            mode: PoolMode::Transaction,
-            size: 4,
-            min_idle: 0,
-            server_auth,
-            users: BTreeMap::new(),
-            auth_file: None,
-            cert_authority: None,
-            cert_lifetime: Duration::from_secs(3600),
-            cert_authority_passphrase_file: None,
-            reset_query: "DISCARD ALL".into(),
-            wait_timeout: Duration::from_secs(10),
-            server_idle_timeout: Duration::from_secs(60),
-            server_lifetime: Duration::from_secs(600),
-            server_login_timeout: Duration::from_secs(5),
-            max_prepared_statements: 200,
-            peer_id: None,
-            peers: Vec::new(),
-        }
+        super::super::test_config(server_auth)
     }
 
     fn write(path: &Path, text: &str, mode: u32) {

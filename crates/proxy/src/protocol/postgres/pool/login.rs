@@ -923,14 +923,13 @@ mod tests {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod against_postgres {
-    use std::collections::BTreeMap;
     use std::os::unix::fs::PermissionsExt as _;
     use std::path::{Path, PathBuf};
     use std::sync::{Arc, OnceLock};
 
     use intransit_config::{
-        PoolConfig, PoolMode, PoolUser, TlsVersion, UpstreamServerName,
-        UpstreamTls as UpstreamTlsConfig, UpstreamTlsMode,
+        PoolConfig, PoolUser, TlsVersion, UpstreamServerName, UpstreamTls as UpstreamTlsConfig,
+        UpstreamTlsMode,
     };
     use intransit_pki::{
         CertificateAuthority, CertificateKind, IssueRequest, KeyAlgorithm, Validity,
@@ -947,23 +946,8 @@ mod against_postgres {
 
     fn pool(server_auth: ServerAuth) -> PoolConfig {
         PoolConfig {
-            mode: PoolMode::Transaction,
-            size: 4,
-            min_idle: 0,
-            server_auth,
-            users: BTreeMap::new(),
-            auth_file: None,
-            cert_authority: None,
-            cert_lifetime: Duration::from_secs(3600),
-            cert_authority_passphrase_file: None,
-            reset_query: "DISCARD ALL".into(),
-            wait_timeout: Duration::from_secs(10),
-            server_idle_timeout: Duration::from_secs(60),
-            server_lifetime: Duration::from_secs(600),
             server_login_timeout: LOGIN,
-            max_prepared_statements: 200,
-            peer_id: None,
-            peers: Vec::new(),
+            ..super::super::test_config(server_auth)
         }
     }
 

@@ -714,3 +714,27 @@ async fn probe(conn: &mut ServerConn) -> bool {
         }
     }
 }
+
+/// A pool configuration for unit tests: transaction mode, size 4.
+#[cfg(test)]
+pub(crate) fn test_config(server_auth: intransit_config::ServerAuth) -> PoolConfig {
+    PoolConfig {
+        mode: intransit_config::PoolMode::Transaction,
+        size: 4,
+        min_idle: 0,
+        server_auth,
+        users: std::collections::BTreeMap::new(),
+        auth_file: None,
+        cert_authority: None,
+        cert_lifetime: Duration::from_secs(3600),
+        cert_authority_passphrase_file: None,
+        reset_query: "DISCARD ALL".into(),
+        wait_timeout: Duration::from_secs(10),
+        server_idle_timeout: Duration::from_secs(60),
+        server_lifetime: Duration::from_secs(600),
+        server_login_timeout: Duration::from_secs(5),
+        max_prepared_statements: 200,
+        peer_id: None,
+        peers: Vec::new(),
+    }
+}
