@@ -31,8 +31,10 @@ use crate::tls::listener::PresentedCertificate;
 /// A TLS alert record: fatal, unrecognized_name.
 const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
 
-/// The TLS stream a server-mode listener accepted from a client.
-pub(crate) type AcceptedTls = TlsStream<Rewind<BoxStream>>;
+/// The TLS stream a server-mode listener accepted from a client. Boxed:
+/// the TLS state is over a kilobyte, and a connection's futures then hold
+/// a pointer to it wherever they pass it on, instead of a copy each.
+pub(crate) type AcceptedTls = Box<TlsStream<Rewind<BoxStream>>>;
 
 /// A completed handshake whose certificate passed every check. What it
 /// negotiated, and the client's identity, are on the connection's context.
@@ -176,7 +178,7 @@ pub(crate) async fn accept(
         }
     }
     Ok(Accepted {
-        stream,
+        stream: Box::new(stream),
         route,
         handshake_micros: started.elapsed().as_micros(),
         admission: ctx.admission.promote(),

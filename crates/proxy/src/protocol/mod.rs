@@ -42,9 +42,9 @@ pub(crate) async fn serve_server_mode(
     pools: Option<Arc<Pools>>,
 ) -> Result<(), Refused> {
     match ctx.listener.basics.protocol {
-        Protocol::Tls => plain_tls::serve(ctx, stream).await,
+        Protocol::Tls => Box::pin(plain_tls::serve(ctx, stream)).await,
         Protocol::Postgres => postgres::server_mode::serve(ctx, stream, pools).await,
-        Protocol::Mysql => mysql::server_mode::serve(ctx, stream).await,
+        Protocol::Mysql => Box::pin(mysql::server_mode::serve(ctx, stream)).await,
     }
 }
 

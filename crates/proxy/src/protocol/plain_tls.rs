@@ -43,7 +43,11 @@ pub(crate) async fn serve(
     ctx: ConnectionContext<PreparedListener>,
     stream: BoxStream,
 ) -> Result<(), Refused> {
-    let negotiated = ctx.handshake_deadline(negotiate(&ctx, stream)).await;
+    // Boxed, as PostgreSQL's: the session does not keep room for the
+    // handshake's and the upstream connect's state.
+    let negotiated = ctx
+        .handshake_deadline(Box::pin(negotiate(&ctx, stream)))
+        .await;
     let opened = ctx.in_time(negotiated)?;
     let route = &opened.route;
     let established = || {
@@ -163,10 +167,10 @@ pub(crate) async fn serve_client(
     let listener = &ctx.listener;
     let (target, timeout) = (&listener.upstream, listener.basics.upstream_connect_timeout);
     let opened = ctx
-        .handshake_deadline(async {
+        .handshake_deadline(Box::pin(async {
             let stream = upstream::connect(target, timeout).await?;
             upstream::start_tls(&listener.upstream_tls, stream, target, timeout).await
-        })
+        }))
         .await;
     match ctx.in_time(opened) {
         Ok((upstream, session)) => {

@@ -27,7 +27,7 @@ pub(crate) async fn serve(
     admission: Admission,
 ) -> Result<(), Refused> {
     let negotiated = ctx
-        .handshake_deadline(negotiate(&ctx, stream, admission))
+        .handshake_deadline(Box::pin(negotiate(&ctx, stream, admission)))
         .await;
     let (app, upstream) = ctx.in_time(negotiated)?;
     copy::forward(&ctx, app, upstream).await

@@ -30,7 +30,11 @@ pub(crate) async fn serve(
     ctx: ConnectionContext<PreparedListener>,
     stream: BoxStream,
 ) -> Result<(), Refused> {
-    let negotiated = ctx.handshake_deadline(negotiate(&ctx, stream)).await;
+    // Boxed, as PostgreSQL's: the session does not keep room for the
+    // negotiation's state.
+    let negotiated = ctx
+        .handshake_deadline(Box::pin(negotiate(&ctx, stream)))
+        .await;
     let (client, upstream, guard) = ctx.in_time(negotiated)?;
     copy::forward_inspected(&ctx, client, upstream, guard).await
 }

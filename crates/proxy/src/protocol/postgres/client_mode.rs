@@ -39,7 +39,7 @@ pub(crate) async fn serve(
     admission: Admission,
 ) -> Result<(), Refused> {
     let negotiated = ctx
-        .handshake_deadline(negotiate(&ctx, stream, admission))
+        .handshake_deadline(Box::pin(negotiate(&ctx, stream, admission)))
         .await;
     let negotiated = ctx.in_time(negotiated)?;
     match negotiated {

@@ -49,24 +49,24 @@ pub(crate) async fn serve(
     stream: BoxStream,
     pools: Option<Arc<Pools>>,
 ) -> Result<(), Refused> {
+    // Each phase is boxed: the connection's task holds only the phase it
+    // is in (an idle pooled client does not keep room for a handshake or
+    // a server login), and each box is freed when its phase ends.
     let negotiated = ctx
-        .handshake_deadline(negotiate(&ctx, stream, pools.as_ref()))
+        .handshake_deadline(Box::pin(negotiate(&ctx, stream, pools.as_ref())))
         .await;
     let negotiated = ctx.in_time(negotiated)?;
     match negotiated {
-        Some(Next::Session(session)) => session.run(&ctx).await,
+        Some(Next::Session(session)) => Box::pin(session.run(&ctx)).await,
         Some(Next::Pooled(authorized)) => match &pools {
-            Some(pools) => authorized.pooled(&ctx, pools).await,
+            Some(pools) => Box::pin(authorized.pooled(&ctx, pools)).await,
             None => Ok(()),
         },
         None => Ok(()),
     }
 }
 
-/// Where a negotiated connection goes. Returned once per connection, so
-/// the size of the pass-through variant (its TLS state) costs nothing a
-/// box would save.
-#[allow(clippy::large_enum_variant)]
+/// Where a negotiated connection goes.
 enum Next {
     /// Its own server connection, bytes copied both ways.
     Session(Session<AcceptedTls>),

@@ -38,11 +38,10 @@ pub(crate) mod statements;
 pub(crate) mod tracking;
 
 use std::collections::HashMap;
-use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -119,7 +118,10 @@ pub(crate) struct Pool {
     pub(crate) key: PoolKey,
     size: usize,
     permits: Arc<Semaphore>,
-    idle: Mutex<Vec<ServerConn>>,
+    // Boxed in the vector on purpose: a lease takes the box as it is, so
+    // lending allocates nothing and moves a pointer.
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<ServerConn>>>,
     /// The parameters the first server login reported: what a client's
     /// login reports without waiting for a server connection.
     startup: Mutex<Option<StartupParameters>>,
@@ -132,7 +134,9 @@ pub(crate) struct Pool {
 /// The ParameterStatus values of a server login, in order.
 pub(crate) type StartupParameters = Arc<Vec<(String, String)>>;
 
-/// One logged-in server connection.
+/// One logged-in server connection. Kept boxed, in the idle list and in a
+/// lease, so that lending it moves a pointer and a client's futures hold
+/// a pointer rather than room for it.
 pub(crate) struct ServerConn {
     pub(crate) stream: BoxStream,
     /// Bytes read from the server that no client has been given yet.
@@ -156,7 +160,7 @@ pub(crate) struct ServerConn {
 /// it against the pool's size. `release` gives it back; dropping the
 /// lease closes it.
 pub(crate) struct Lease {
-    conn: ServerConn,
+    conn: Box<ServerConn>,
     pools: Arc<Pools>,
     active: Active,
     _permit: OwnedSemaphorePermit,
@@ -343,21 +347,24 @@ impl Pools {
             .pool_wait(&self.listener, started.elapsed().as_secs_f64());
         let generation = self.generation.load(Ordering::Relaxed);
         loop {
-            let candidate = take_idle(pool, workers::current());
-            let Some(mut conn) = candidate else { break };
+            let Some(mut conn) = take_idle(pool, workers::current()) else {
+                break;
+            };
             if conn.generation != generation || conn.created.elapsed() > self.config.server_lifetime
             {
                 debug!(listener = %self.listener, server = conn.id, "closing a server connection of older material or past its lifetime");
                 continue;
             }
-            if !probe(&mut conn).await {
+            if !probe(&mut conn) {
                 debug!(listener = %self.listener, server = conn.id, "an idle server connection was closed by the database");
                 continue;
             }
             return Ok(self.lend(pool, conn, permit));
         }
         pool.opening.fetch_add(1, Ordering::Relaxed);
-        let opened = self.open(pool, generation).await;
+        // Boxed: a login's state (TLS, authentication) is large and rare,
+        // and every client's task would otherwise keep room for it.
+        let opened = Box::pin(self.open(pool, generation)).await;
         pool.opening.fetch_sub(1, Ordering::Relaxed);
         let conn = opened.map_err(AcquireError::Login)?;
         Ok(self.lend(pool, conn, permit))
@@ -366,7 +373,7 @@ impl Pools {
     fn lend(
         self: &Arc<Self>,
         pool: &Arc<Pool>,
-        conn: ServerConn,
+        conn: Box<ServerConn>,
         permit: OwnedSemaphorePermit,
     ) -> Lease {
         pool.active.fetch_add(1, Ordering::Relaxed);
@@ -379,7 +386,7 @@ impl Pools {
     }
 
     /// Logs in a new server connection for `pool`.
-    async fn open(&self, pool: &Pool, generation: u64) -> Result<ServerConn, LoginFailure> {
+    async fn open(&self, pool: &Pool, generation: u64) -> Result<Box<ServerConn>, LoginFailure> {
         let key = &pool.key;
         // No credentials for the user is a failed login like the
         // server's refusal: counted, logged, told to the client.
@@ -442,7 +449,7 @@ impl Pools {
             "server connection logged in"
         );
         let now = Instant::now();
-        Ok(ServerConn {
+        Ok(Box::new(ServerConn {
             stream: logged_in.stream,
             buf: BytesMut::new(),
             scanner: MessageScanner::new(),
@@ -454,7 +461,7 @@ impl Pools {
             last_used: now,
             generation,
             home: workers::current(),
-        })
+        }))
     }
 
     /// Re-reads the credentials (password file, configured certificates,
@@ -505,7 +512,7 @@ impl Pools {
 
     async fn maintain_pool(self: &Arc<Self>, pool: &Arc<Pool>) {
         let generation = self.generation.load(Ordering::Relaxed);
-        let taken: Vec<ServerConn> = std::mem::take(&mut *lock(&pool.idle));
+        let taken: Vec<Box<ServerConn>> = std::mem::take(&mut *lock(&pool.idle));
         let mut kept = Vec::with_capacity(taken.len());
         // Newest first (the vector is oldest first): the oldest idle ones
         // beyond min_idle go.
@@ -515,7 +522,7 @@ impl Pools {
             let close = conn.generation != generation
                 || conn.created.elapsed() > self.config.server_lifetime
                 || (expendable && idle_for > self.config.server_idle_timeout)
-                || !probe(&mut conn).await;
+                || !probe(&mut conn);
             if close {
                 debug!(listener = %self.listener, server = conn.id, "closing an idle server connection");
             } else {
@@ -538,7 +545,9 @@ impl Pools {
             // Top up one at a time, through the permits so the size holds.
             if let Ok(permit) = pool.permits.clone().try_acquire_owned() {
                 pool.opening.fetch_add(1, Ordering::Relaxed);
-                let opened = self.open(pool, generation).await;
+                // Boxed: a login's state (TLS, authentication) is large and rare,
+                // and every client's task would otherwise keep room for it.
+                let opened = Box::pin(self.open(pool, generation)).await;
                 pool.opening.fetch_sub(1, Ordering::Relaxed);
                 if let Ok(conn) = opened {
                     lock(&pool.idle).push(conn);
@@ -657,7 +666,7 @@ impl Lease {
 /// opened here: lent across threads, every message of every transaction
 /// would cost a wake-up of another thread); else the newest of another
 /// worker (the vector is oldest first).
-fn take_idle(pool: &Pool, here: Option<usize>) -> Option<ServerConn> {
+fn take_idle(pool: &Pool, here: Option<usize>) -> Option<Box<ServerConn>> {
     let mut idle = lock(&pool.idle);
     if let Some(at) = idle.iter().rposition(|c| c.home == here) {
         return Some(idle.remove(at));
@@ -674,22 +683,20 @@ fn take_idle(pool: &Pool, here: Option<usize>) -> Option<ServerConn> {
 /// no bytes and no end of stream is alive; a ParameterStatus or a notice
 /// the server sent while it was idle is taken in; anything else (the
 /// FATAL of a shutdown, end of stream, an error) means it is not.
-async fn probe(conn: &mut ServerConn) -> bool {
+///
+/// It never waits, so it is not `async`: the socket is polled once with a
+/// waker that does nothing (whoever reads the connection next registers
+/// its own), and no future of the caller keeps room for the read.
+fn probe(conn: &mut ServerConn) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
     let mut chunk = [0u8; 512];
     loop {
-        let read = poll_fn(|cx| {
-            let mut buf = ReadBuf::new(&mut chunk);
-            match Pin::new(&mut conn.stream).poll_read(cx, &mut buf) {
-                Poll::Pending => Poll::Ready(None),
-                Poll::Ready(Ok(())) => Poll::Ready(Some(Ok(buf.filled().len()))),
-                Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
-            }
-        })
-        .await;
-        match read {
-            None => return true,
-            Some(Ok(0) | Err(_)) => return false,
-            Some(Ok(n)) => conn.buf.extend_from_slice(&chunk[..n]),
+        let mut buf = ReadBuf::new(&mut chunk);
+        match Pin::new(&mut conn.stream).poll_read(&mut cx, &mut buf) {
+            Poll::Pending => return true,
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => return false,
+            Poll::Ready(Ok(())) => conn.buf.extend_from_slice(buf.filled()),
+            Poll::Ready(Err(_)) => return false,
         }
         loop {
             let scanned = conn.scanner.scan(&conn.buf, 1 << 16, |_| usize::MAX);

@@ -323,7 +323,7 @@ impl Run<'_> {
             };
             self.servers.insert(l.conn().id);
             if let Some(sql) = params.difference_from(&l.conn().params) {
-                match run_internal(l.conn(), &sql, self.pools).await {
+                match Box::pin(run_internal(l.conn(), &sql, self.pools)).await {
                     Ok(TransactionStatus::Idle) => {}
                     Ok(_) => {
                         return Err(Ending::server_lost(
@@ -354,12 +354,12 @@ impl Run<'_> {
             match detached {
                 Detached::Released => l.release(),
                 Detached::ClientGone => {
-                    self.settle(l, exchange).await;
+                    Box::pin(self.settle(l, exchange)).await;
                     return Ok(());
                 }
                 Detached::Ended(ending) => {
                     if ending.refused.reason != RefusalReason::UpstreamLost {
-                        self.settle(l, exchange).await;
+                        Box::pin(self.settle(l, exchange)).await;
                     }
                     return Err(ending);
                 }
