@@ -546,3 +546,411 @@ fn acme_flags_are_checked_before_anything_is_written() {
     );
     assert!(!state.exists());
 }
+
+/// A running `intransit up --log-format json`: the lines it prints and its
+/// log, as they come.
+struct UpProcess {
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+    logs: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl UpProcess {
+    fn start(state: &Path, args: &[String]) -> UpProcess {
+        let mut child = Command::new(BIN)
+            .args([
+                "--log-format",
+                "json",
+                "--log-level",
+                "debug",
+                "up",
+                "--state-dir",
+            ])
+            .arg(state)
+            .args(["--admin", "off"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("intransit up");
+        let logs: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>> =
+            std::sync::Arc::default();
+        let sink = std::sync::Arc::clone(&logs);
+        let err = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    sink.lock().expect("logs").push(v);
+                }
+            }
+        });
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        UpProcess { child, lines, logs }
+    }
+
+    /// The first printed line starting with `program`, trimmed.
+    fn command_line(&mut self, program: &str, pebble: &Pebble) -> String {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                let _ = self.child.kill();
+                panic!(
+                    "no {program} line from up; log:\n{:#?}\npebble:\n{}",
+                    self.logs(),
+                    pebble.log()
+                );
+            };
+            if line.trim_start().starts_with(&format!("{program} ")) {
+                return line.trim().to_owned();
+            }
+        }
+    }
+
+    fn logs(&self) -> Vec<serde_json::Value> {
+        self.logs.lock().expect("logs").clone()
+    }
+
+    /// Waits until `count` log lines match `pred`; returns them.
+    fn wait_for_logs(
+        &mut self,
+        count: usize,
+        pred: impl Fn(&serde_json::Value) -> bool,
+        pebble: &Pebble,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let logs = self.logs();
+            assert!(
+                logs.iter().all(|v| v["level"] != "ERROR"),
+                "an error was logged: {logs:#?}"
+            );
+            let found: Vec<_> = logs.into_iter().filter(|v| pred(v)).collect();
+            if found.len() >= count {
+                return found;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "{} of {count} lines; log:\n{:#?}\npebble:\n{}",
+                    found.len(),
+                    self.logs(),
+                    pebble.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stop(mut self) {
+        signal(self.child.id(), "TERM");
+        assert!(self.child.wait().expect("wait").success());
+    }
+}
+
+/// `up`'s flags for TLS-ALPN-01 answered on its own listener: it listens
+/// where pebble validates.
+fn tls_alpn_on_listener(pebble: &Pebble) -> Vec<String> {
+    let addr = format!("127.0.0.1:{}", pebble.tls_port());
+    let mut flags = acme_flags(pebble);
+    flags.extend([
+        "--listen".to_owned(),
+        addr.clone(),
+        "--acme-dns".to_owned(),
+        "localhost".to_owned(),
+        "--acme-challenge".to_owned(),
+        "tls-alpn-01".to_owned(),
+        "--acme-tls-alpn".to_owned(),
+        addr,
+    ]);
+    flags
+}
+
+/// What `openssl s_client` offering only ALPN `acme-tls/1` for `name`
+/// gets from 127.0.0.1:`port`: the certificate served (DER) when the
+/// handshake negotiated `acme-tls/1`, `None` when it was refused.
+fn acme_tls_hello(port: u16, name: &str) -> Option<Vec<u8>> {
+    let openssl = require_tool("openssl", "openssl").expect("openssl");
+    let out = Command::new(openssl)
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(["-servername", name, "-alpn", "acme-tls/1"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    let text = format!("{}\n{}", stdout(&out), stderr(&out));
+    if !text.contains("ALPN protocol: acme-tls/1") {
+        assert!(
+            text.contains("handshake failure") && !text.contains("BEGIN CERTIFICATE"),
+            "neither negotiated nor refused with handshake_failure: {text}"
+        );
+        return None;
+    }
+    let certs = intransit_pki::pem_to_der_certs(&stdout(&out)).expect("served certificate");
+    Some(certs[0].clone())
+}
+
+/// Leaves a pending TLS-ALPN-01 answer for `name` in `state`, as `cert
+/// issue --acme` does while a proxy holds the challenge's address.
+fn pending_challenge(state: &Path, name: &str) -> (PathBuf, intransit_pki::ChallengeCertificate) {
+    let certificate = intransit_pki::ChallengeCertificate::new(name, &[0x42; 32]).expect("cert");
+    let path = intransit_pki::tls_alpn::write_challenge_file(
+        &intransit_pki::StateDir::new(state),
+        name,
+        &certificate,
+    )
+    .expect("challenge file");
+    (path, certificate)
+}
+
+fn answered_validation(v: &serde_json::Value) -> bool {
+    v["message"] == "answered an ACME TLS-ALPN-01 validation"
+}
+
+fn issued(v: &serde_json::Value) -> bool {
+    v["message"] == "certificate issued by the ACME server"
+}
+
+fn psql_through(command: &str, root: &Path) -> String {
+    let command = command.replace(
+        "sslrootcert=system",
+        &format!("sslrootcert={}", root.display()),
+    );
+    let run = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{command} -X -A -t -c 'SELECT 40 + 2'"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("sh");
+    assert!(
+        run.status.success(),
+        "psql verify-full against pebble's root failed: {}",
+        stderr(&run)
+    );
+    stdout(&run)
+}
+
+#[test]
+fn up_answers_tls_alpn01_on_its_own_postgres_listener_and_renews_through_it() {
+    // A 12-second certificate is due after about 8 seconds: renewed while
+    // the listener serves.
+    let pebble = Pebble::start_with(&PebbleOptions {
+        validity_seconds: Some(12),
+        ..PebbleOptions::default()
+    })
+    .expect("starting pebble");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let mut args = tls_alpn_on_listener(&pebble);
+    args.extend([
+        "--upstream".to_owned(),
+        format!("unix:{}", pg().socket_path().display()),
+    ]);
+    args.extend(["--user".to_owned(), pg().superuser().to_owned()]);
+    let mut up = UpProcess::start(&state, &args);
+    let command = up.command_line("psql", &pebble);
+    assert!(
+        command.contains(&format!("port={}", pebble.tls_port())),
+        "{command}"
+    );
+    let root = pebble.issuing_root_file().expect("root");
+    assert_eq!(psql_through(&command, &root), "42");
+
+    // The renewal goes through the running listener: no listener of its
+    // own, the answer given by the proxy's PostgreSQL listener.
+    let renewed = up.wait_for_logs(2, issued, &pebble);
+    assert_ne!(renewed[0]["serial"], renewed[1]["serial"]);
+    let logs = up.logs();
+    assert!(
+        logs.iter()
+            .any(|v| v["message"] == "answering ACME challenges on the proxy's own listener"),
+        "{logs:#?}"
+    );
+    let answers: Vec<_> = logs.iter().filter(|v| answered_validation(v)).collect();
+    assert!(
+        !answers.is_empty(),
+        "the listener answered nothing: {logs:#?}"
+    );
+    assert!(answers
+        .iter()
+        .all(|v| v["listener"] == "postgres" && v["server_name"] == "localhost"));
+    // An answered validation is audited as such, not as a client.
+    assert!(
+        logs.iter().any(|v| v["message"] == "connection audit"
+            && v["outcome"] == "acme_validation"
+            && v["alpn"] == "acme-tls/1"),
+        "{logs:#?}"
+    );
+
+    // While a challenge is pending, clients are served as before...
+    let (file, pending) = pending_challenge(&state, "pending.example");
+    assert_eq!(psql_through(&command, &root), "42");
+    // ...and only acme-tls/1 for that name gets the challenge certificate.
+    assert_eq!(
+        acme_tls_hello(pebble.tls_port(), "pending.example").as_deref(),
+        Some(pending.cert_der())
+    );
+    std::fs::remove_file(&file).expect("remove");
+    assert_eq!(acme_tls_hello(pebble.tls_port(), "pending.example"), None);
+    assert_eq!(acme_tls_hello(pebble.tls_port(), "unknown.example"), None);
+    up.wait_for_logs(
+        1,
+        |v| {
+            v["message"] == "connection refused"
+                && v["reason"] == "alpn"
+                && v["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("unknown.example"))
+        },
+        &pebble,
+    );
+    assert_eq!(psql_through(&command, &root), "42");
+    up.stop();
+    assert_chains_to(&state.join("certs/server"), &root);
+}
+
+#[test]
+fn up_with_acme_over_a_tls_listener_prints_client_lines_that_trust_the_acme_root() {
+    let pebble = pebble();
+    let redis = intransit_testkit::RedisServer::shared().expect("redis");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let mut args = tls_alpn_on_listener(&pebble);
+    args.extend([
+        "--protocol".to_owned(),
+        "tls".to_owned(),
+        "--upstream".to_owned(),
+        redis.addr(),
+    ]);
+    let mut up = UpProcess::start(&state, &args);
+    let openssl_line = up.command_line("openssl", &pebble);
+    let redis_line = up.command_line("redis-cli", &pebble);
+    // No line names the local CA's file for the server: it is not the
+    // ACME certificate's issuer.
+    let local_ca = state.join("ca/ca.pem").display().to_string();
+    for line in [&openssl_line, &redis_line] {
+        assert!(!line.contains(&local_ca), "{line}");
+        assert!(line.contains("localhost"), "{line}");
+    }
+    // The lines as printed, with pebble's root standing in for the
+    // system's roots (which a public ACME CA is in).
+    let root = pebble.issuing_root_file().expect("root");
+    let redis_cli = redis_line.replacen("--tls", &format!("--tls --cacert {}", root.display()), 1);
+    let run = Command::new("sh")
+        .arg("-c")
+        .arg(&redis_cli)
+        .stdin(Stdio::null())
+        .output()
+        .expect("sh");
+    assert_eq!(stdout(&run), "PONG", "{redis_cli}: {}", stderr(&run));
+    let openssl = openssl_line.replacen(
+        "-verify_return_error",
+        &format!("-verify_return_error -CAfile {}", root.display()),
+        1,
+    );
+    let run = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{openssl} </dev/null"))
+        .output()
+        .expect("sh");
+    assert!(
+        stdout(&run).contains("Verify return code: 0 (ok)"),
+        "{openssl}: {}\n{}",
+        stdout(&run),
+        stderr(&run)
+    );
+    up.stop();
+}
+
+#[test]
+fn a_running_proxy_answers_tls_alpn01_for_cert_issue_in_another_process() {
+    let pebble = pebble();
+    let redis = intransit_testkit::RedisServer::shared().expect("redis");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let addr = format!("127.0.0.1:{}", pebble.tls_port());
+    let config = format!(
+        "state_dir = \"{}\"\n{}",
+        state.display(),
+        listener_toml(&redis.addr(), "", "")
+            .replace("name = \"pg\"", "name = \"redis\"\nprotocol = \"tls\"")
+            .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\""))
+    );
+    let proxy = ProxyProcess::start(&config);
+
+    // Nothing pending: acme-tls/1 is refused at the handshake.
+    assert_eq!(acme_tls_hello(proxy.port(), "localhost"), None);
+    let refused = proxy.refusal("alpn");
+    assert!(
+        refused["detail"].as_str().is_some_and(
+            |d| d.contains("acme-tls/1") && d.contains("no TLS-ALPN-01 challenge pending")
+        ),
+        "{refused}"
+    );
+
+    // The address is the proxy's: cert issue leaves its answer in the
+    // state directory, and the proxy gives it.
+    let mut flags = acme_flags(&pebble);
+    flags.extend([
+        "--acme-challenge".to_owned(),
+        "tls-alpn-01".to_owned(),
+        "--acme-tls-alpn".to_owned(),
+        addr,
+    ]);
+    let out = issue(&state, &flags);
+    assert!(
+        out.status.success(),
+        "{}\nproxy: {:#?}\npebble: {}",
+        stderr(&out),
+        proxy.logs(),
+        pebble.log()
+    );
+    assert_chains_to(
+        &state.join("certs/web"),
+        &pebble.issuing_root_file().expect("root"),
+    );
+    let answered = proxy.wait_for_log(Duration::from_secs(5), answered_validation);
+    assert_eq!(answered["listener"], "redis");
+    assert_eq!(answered["server_name"], "localhost");
+    // The answers are gone with the order.
+    let left: Vec<_> = std::fs::read_dir(state.join("acme/tls-alpn"))
+        .expect("challenge dir")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // A normal client is served as before while a challenge is pending,
+    // and never gets acme-tls/1.
+    let (_file, pending) = pending_challenge(&state, "localhost");
+    let cli = require_tool("redis-cli", "redis-tools").expect("redis-cli");
+    let run = Command::new(cli)
+        .args(["-h", "127.0.0.1", "-p", &proxy.port().to_string()])
+        .args(["--tls", "--sni", "localhost", "--cacert"])
+        .arg(&pki().ca)
+        .arg("--cert")
+        .arg(&pki().trainer.cert)
+        .arg("--key")
+        .arg(&pki().trainer.key)
+        .arg("PING")
+        .stdin(Stdio::null())
+        .output()
+        .expect("redis-cli");
+    assert_eq!(stdout(&run), "PONG", "{}", stderr(&run));
+    let established = proxy.wait_for_log(Duration::from_secs(5), |v| {
+        v["message"] == "connection audit" && v["outcome"] == "ok"
+    });
+    assert_ne!(established["alpn"], "acme-tls/1", "{established}");
+    assert_eq!(
+        acme_tls_hello(proxy.port(), "localhost").as_deref(),
+        Some(pending.cert_der())
+    );
+}
