@@ -3,6 +3,9 @@
 //! its validation authority connecting to intransit's own HTTP-01 and
 //! TLS-ALPN-01 answers on loopback), checked with `openssl verify` against
 //! pebble's root and with psql `sslmode=verify-full` through the proxy.
+//! TLS-ALPN-01 is also answered by the proxy's own listeners: `up`'s on
+//! pebble's validation port, and an `intransit proxy` holding that port for
+//! `cert issue` run beside it (through the state directory).
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -292,62 +295,16 @@ fn up_with_acme_serves_the_acme_certificate_to_psql_verify_full() {
     let pebble = pebble();
     let dir = tempfile::tempdir().expect("temp dir");
     let state = dir.path().join("state");
-    let mut child = Command::new(BIN)
-        .args(["up", "--state-dir"])
-        .arg(&state)
-        .args(["--listen", "127.0.0.1:0", "--admin", "off", "--upstream"])
-        .arg(format!("unix:{}", pg().socket_path().display()))
-        .args(["--user", pg().superuser(), "--acme-dns", "localhost"])
-        .args(acme_flags(&pebble))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("intransit up");
-    let out = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let command = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!("no psql line from up --acme; pebble:\n{}", pebble.log())
-        });
-        if line.trim_start().starts_with("psql ") {
-            break line.trim().to_owned();
-        }
-    };
+    let args = in_front_of_pg(up_args(&pebble, &["--listen", "127.0.0.1:0"]));
+    let mut up = UpProcess::start(&state, &args);
+    let command = up.command_line("psql", &pebble);
     // The server is not verified with the local CA: the printed command
     // trusts the system's roots, as for a public ACME CA.
     assert!(command.contains("sslrootcert=system"), "{command}");
-    let root = pebble.issuing_root_file().expect("root");
-    let command = command.replace(
-        "sslrootcert=system",
-        &format!("sslrootcert={}", root.display()),
-    );
     assert!(command.contains("host=localhost"), "{command}");
-    let run = Command::new("sh")
-        .arg("-c")
-        .arg(format!("{command} -X -A -t -c 'SELECT 40 + 2'"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("sh");
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(
-        run.status.success(),
-        "psql verify-full against pebble's root failed: {}",
-        stderr(&run)
-    );
-    assert_eq!(stdout(&run), "42");
+    let root = pebble.issuing_root_file().expect("root");
+    assert_eq!(psql_through(&command, &root), "42");
+    up.stop();
     assert_chains_to(&state.join("certs/server"), &root);
     assert_eq!(mode(&state.join("certs/server/key.pem")), 0o600);
 }
@@ -388,61 +345,22 @@ fn external_account_binding_is_sent_when_the_ca_requires_it() {
 
 #[test]
 fn up_with_acme_renews_its_server_certificate_there_while_it_runs() {
-    // A 12-second certificate is due after about 8 seconds.
-    let pebble = Pebble::start_with(&PebbleOptions {
-        validity_seconds: Some(12),
-        ..PebbleOptions::default()
-    })
-    .expect("starting pebble");
+    let pebble = short_lived_pebble();
     let dir = tempfile::tempdir().expect("temp dir");
     let state = dir.path().join("state");
-    let mut child = Command::new(BIN)
-        .args(["--log-format", "json", "up", "--state-dir"])
-        .arg(&state)
-        .args(["--listen", "127.0.0.1:0", "--admin", "off", "--upstream"])
-        .arg(format!("unix:{}", pg().socket_path().display()))
-        .args(["--acme-dns", "localhost"])
-        .args(acme_flags(&pebble))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("intransit up");
-    let (tx, rx) = mpsc::channel::<serde_json::Value>();
-    let err = child.stderr.take().expect("stderr");
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines() {
-            let Ok(line) = line else { break };
-            if let Ok(v) = serde_json::from_str(&line) {
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        }
-    });
-    let out = child.stdout.take().expect("stdout");
-    let port: u16 = BufReader::new(out)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|line| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix("port="))
-                .and_then(|p| p.parse().ok())
-        })
+    let args = in_front_of_pg(up_args(&pebble, &["--listen", "127.0.0.1:0"]));
+    let mut up = UpProcess::start(&state, &args);
+    let command = up.command_line("psql", &pebble);
+    let port: u16 = command
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("port="))
+        .and_then(|p| p.parse().ok())
         .expect("port in the psql command");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut issued = Vec::new();
-    while issued.len() < 2 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(v) = rx.recv_timeout(left) else {
-            let _ = child.kill();
-            panic!("issued {issued:?}, then nothing; pebble:\n{}", pebble.log());
-        };
-        assert_ne!(v["level"], "ERROR", "{v}");
-        if v["message"] == "certificate issued by the ACME server" {
-            issued.push(v["serial"].as_str().expect("serial").to_owned());
-        }
-    }
+    let issued: Vec<String> = up
+        .wait_for_logs(2, issued, &pebble)
+        .iter()
+        .map(|v| v["serial"].as_str().expect("serial").to_owned())
+        .collect();
     assert_ne!(issued[0], issued[1]);
 
     // The listener serves the renewed certificate, which chains to
@@ -477,8 +395,7 @@ fn up_with_acme_renews_its_server_certificate_there_while_it_runs() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    signal(child.id(), "TERM");
-    assert!(child.wait().expect("wait").success());
+    up.stop();
 }
 
 #[test]
@@ -659,22 +576,45 @@ impl UpProcess {
     }
 }
 
+/// `up`'s flags for a certificate for localhost from `pebble`, and `extra`.
+fn up_args(pebble: &Pebble, extra: &[&str]) -> Vec<String> {
+    let mut args = acme_flags(pebble);
+    args.extend(["--acme-dns", "localhost"].map(str::to_owned));
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+/// `args`, with the shared PostgreSQL as the upstream.
+fn in_front_of_pg(mut args: Vec<String>) -> Vec<String> {
+    let upstream = format!("unix:{}", pg().socket_path().display());
+    args.extend(["--upstream", &upstream, "--user", pg().superuser()].map(str::to_owned));
+    args
+}
+
 /// `up`'s flags for TLS-ALPN-01 answered on its own listener: it listens
 /// where pebble validates.
 fn tls_alpn_on_listener(pebble: &Pebble) -> Vec<String> {
     let addr = format!("127.0.0.1:{}", pebble.tls_port());
-    let mut flags = acme_flags(pebble);
-    flags.extend([
-        "--listen".to_owned(),
-        addr.clone(),
-        "--acme-dns".to_owned(),
-        "localhost".to_owned(),
-        "--acme-challenge".to_owned(),
-        "tls-alpn-01".to_owned(),
-        "--acme-tls-alpn".to_owned(),
-        addr,
-    ]);
-    flags
+    up_args(
+        pebble,
+        &[
+            "--listen",
+            &addr,
+            "--acme-challenge",
+            "tls-alpn-01",
+            "--acme-tls-alpn",
+            &addr,
+        ],
+    )
+}
+
+/// A pebble issuing 12-second certificates, due after about 8 seconds.
+fn short_lived_pebble() -> Pebble {
+    Pebble::start_with(&PebbleOptions {
+        validity_seconds: Some(12),
+        ..PebbleOptions::default()
+    })
+    .expect("starting pebble")
 }
 
 /// What `openssl s_client` offering only ALPN `acme-tls/1` for `name`
@@ -742,22 +682,11 @@ fn psql_through(command: &str, root: &Path) -> String {
 
 #[test]
 fn up_answers_tls_alpn01_on_its_own_postgres_listener_and_renews_through_it() {
-    // A 12-second certificate is due after about 8 seconds: renewed while
-    // the listener serves.
-    let pebble = Pebble::start_with(&PebbleOptions {
-        validity_seconds: Some(12),
-        ..PebbleOptions::default()
-    })
-    .expect("starting pebble");
+    // Renewed while the listener serves.
+    let pebble = short_lived_pebble();
     let dir = tempfile::tempdir().expect("temp dir");
     let state = dir.path().join("state");
-    let mut args = tls_alpn_on_listener(&pebble);
-    args.extend([
-        "--upstream".to_owned(),
-        format!("unix:{}", pg().socket_path().display()),
-    ]);
-    args.extend(["--user".to_owned(), pg().superuser().to_owned()]);
-    let mut up = UpProcess::start(&state, &args);
+    let mut up = UpProcess::start(&state, &in_front_of_pg(tls_alpn_on_listener(&pebble)));
     let command = up.command_line("psql", &pebble);
     assert!(
         command.contains(&format!("port={}", pebble.tls_port())),
@@ -931,19 +860,7 @@ fn a_running_proxy_answers_tls_alpn01_for_cert_issue_in_another_process() {
     // A normal client is served as before while a challenge is pending,
     // and never gets acme-tls/1.
     let (_file, pending) = pending_challenge(&state, "localhost");
-    let cli = require_tool("redis-cli", "redis-tools").expect("redis-cli");
-    let run = Command::new(cli)
-        .args(["-h", "127.0.0.1", "-p", &proxy.port().to_string()])
-        .args(["--tls", "--sni", "localhost", "--cacert"])
-        .arg(&pki().ca)
-        .arg("--cert")
-        .arg(&pki().trainer.cert)
-        .arg("--key")
-        .arg(&pki().trainer.key)
-        .arg("PING")
-        .stdin(Stdio::null())
-        .output()
-        .expect("redis-cli");
+    let run = crate::tls_protocol::redis_cli(proxy.port(), Some(&pki().trainer), true, &["PING"]);
     assert_eq!(stdout(&run), "PONG", "{}", stderr(&run));
     let established = proxy.wait_for_log(Duration::from_secs(5), |v| {
         v["message"] == "connection audit" && v["outcome"] == "ok"
