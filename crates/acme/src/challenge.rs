@@ -4,14 +4,20 @@
 //! - HTTP-01 (RFC 8555 section 8.3): a small axum server that answers
 //!   `GET /.well-known/acme-challenge/TOKEN` with the key authorization, and
 //!   404 to anything else.
-//! - TLS-ALPN-01 (RFC 8737): a TLS listener that completes handshakes only
-//!   for ALPN `acme-tls/1`, presenting for the server name asked a
-//!   self-signed certificate that names it and carries the critical
-//!   acmeIdentifier extension (the SHA-256 of the key authorization). It
-//!   is a listener of its own, not the proxy's: the CA connects to port 443.
+//! - TLS-ALPN-01 (RFC 8737): handshakes only for ALPN `acme-tls/1`,
+//!   presenting for the server name asked a self-signed certificate that
+//!   names it and carries the critical acmeIdentifier extension (the
+//!   SHA-256 of the key authorization; [`ChallengeCertificate`]). Answered
+//!   where the address allows, in this order: by a running proxy listener
+//!   of this process ([`AcmeSettings::running_listener`], its
+//!   [`TlsAlpnChallenges`]); by a TLS listener of its own; and, when the
+//!   address is in use (a proxy of another process holds it), through a
+//!   challenge file in the state directory that such a proxy reads
+//!   (`intransit_pki::tls_alpn`).
 //!
-//! Both bind when the order starts and stop when [`Responder::stop`] is
-//! called (or the responder is dropped), so nothing listens between orders.
+//! Each binds (or registers) when the order starts and stops when
+//! [`Responder::stop`] is called (or the responder is dropped), so nothing
+//! listens and no answer is left between orders.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -23,18 +29,18 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use rcgen::{CertificateParams, CustomExtension, KeyPair};
+use intransit_pki::tls_alpn::{remove_challenge_file, write_challenge_file};
+use intransit_pki::{ChallengeCertificate, StateDir, TlsAlpnChallenges};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
-use crate::AcmeError;
+use crate::{AcmeError, AcmeSettings};
 
-/// The ALPN protocol of TLS-ALPN-01.
-pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+pub use intransit_pki::ACME_TLS_ALPN;
 
 /// How long one validation connection may take.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -83,11 +89,23 @@ impl Challenge {
     }
 }
 
+/// Where the TLS-ALPN-01 answers of an order go.
+enum AlpnAnswers {
+    /// A listener of this process: the running proxy listener's, or the
+    /// responder's own.
+    Registry(TlsAlpnChallenges),
+    /// Challenge files in the state directory, for the proxy of another
+    /// process that holds the address; the files written so far.
+    Files(StateDir, Mutex<Vec<std::path::PathBuf>>),
+}
+
 /// A running challenge server.
 pub(crate) struct Responder {
     challenge: Challenge,
     http_answers: Arc<Mutex<HashMap<String, String>>>,
-    tls_answers: Arc<AlpnCertificates>,
+    tls_answers: AlpnAnswers,
+    /// The identifiers answered, removed from a registry at the end.
+    answered: Mutex<Vec<String>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -101,23 +119,65 @@ impl fmt::Debug for Responder {
 }
 
 impl Responder {
-    /// Binds the challenge's address and starts answering (nothing yet).
-    pub(crate) async fn start(challenge: Challenge) -> Result<Self, AcmeError> {
-        let listener = TcpListener::bind(challenge.addr())
-            .await
-            .map_err(|source| AcmeError::Bind {
-                challenge: challenge.name(),
-                addr: challenge.addr(),
-                source,
-            })?;
-        let (stop, stopped) = oneshot::channel::<()>();
+    /// Starts answering `settings.challenge` (nothing yet): for
+    /// TLS-ALPN-01 through the running listener given, else on a listener
+    /// of its own bound to the challenge's address or, when a proxy of
+    /// another process holds that address, through `state`'s challenge
+    /// files.
+    pub(crate) async fn start(
+        settings: &AcmeSettings,
+        state: &StateDir,
+    ) -> Result<Self, AcmeError> {
+        let challenge = settings.challenge;
         let http_answers = Arc::new(Mutex::new(HashMap::new()));
-        let tls_answers = Arc::new(AlpnCertificates::default());
+        let mut responder = Responder {
+            challenge,
+            http_answers: http_answers.clone(),
+            tls_answers: AlpnAnswers::Registry(TlsAlpnChallenges::new(None)),
+            answered: Mutex::default(),
+            stop: None,
+            task: None,
+        };
+        if let (Challenge::TlsAlpn01(addr), Some(running)) = (challenge, &settings.running_listener)
+        {
+            info!(
+                challenge = challenge.name(),
+                %addr,
+                "answering ACME challenges on the proxy's own listener"
+            );
+            responder.tls_answers = AlpnAnswers::Registry(running.clone());
+            return Ok(responder);
+        }
+        let listener = match TcpListener::bind(challenge.addr()).await {
+            Ok(listener) => listener,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && matches!(challenge, Challenge::TlsAlpn01(_)) =>
+            {
+                info!(
+                    challenge = challenge.name(),
+                    addr = %challenge.addr(),
+                    dir = %intransit_pki::tls_alpn::challenge_dir(state.root()).display(),
+                    "the address is in use: leaving the answers in the state directory for \
+                     the intransit proxy listening there"
+                );
+                responder.tls_answers = AlpnAnswers::Files(state.clone(), Mutex::default());
+                return Ok(responder);
+            }
+            Err(source) => {
+                return Err(AcmeError::Bind {
+                    challenge: challenge.name(),
+                    addr: challenge.addr(),
+                    source,
+                })
+            }
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
         let task = match challenge {
             Challenge::Http01(_) => {
                 let app = Router::new()
                     .route("/.well-known/acme-challenge/{token}", get(http01_answer))
-                    .with_state(http_answers.clone());
+                    .with_state(http_answers);
                 tokio::spawn(async move {
                     let served = axum::serve(listener, app)
                         .with_graceful_shutdown(async {
@@ -130,15 +190,17 @@ impl Responder {
                 })
             }
             Challenge::TlsAlpn01(_) => {
+                let registry = TlsAlpnChallenges::new(None);
                 let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
                     rustls::crypto::aws_lc_rs::default_provider(),
                 ))
                 .with_safe_default_protocol_versions()
                 .map_err(|e| tls_setup(e.to_string()))?
                 .with_no_client_auth()
-                .with_cert_resolver(tls_answers.clone());
+                .with_cert_resolver(Arc::new(AlpnCertificates(registry.clone())));
                 config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
                 let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+                responder.tls_answers = AlpnAnswers::Registry(registry);
                 tokio::spawn(serve_tls_alpn(listener, acceptor, stopped))
             }
         };
@@ -147,13 +209,18 @@ impl Responder {
             addr = %challenge.addr(),
             "answering ACME challenges"
         );
-        Ok(Self {
-            challenge,
-            http_answers,
-            tls_answers,
-            stop: Some(stop),
-            task: Some(task),
-        })
+        responder.stop = Some(stop);
+        responder.task = Some(task);
+        Ok(responder)
+    }
+
+    /// Whether the TLS-ALPN-01 answers went to challenge files, for a proxy
+    /// of another process: the state directory, if so.
+    pub(crate) fn answers_through_files(&self) -> Option<&StateDir> {
+        match &self.tls_answers {
+            AlpnAnswers::Files(state, _) => Some(state),
+            AlpnAnswers::Registry(_) => None,
+        }
     }
 
     /// Answers the challenge `token` for `identifier` with `key_authorization`.
@@ -163,27 +230,37 @@ impl Responder {
         token: &str,
         key_authorization: &instant_acme::KeyAuthorization,
     ) -> Result<(), AcmeError> {
-        match self.challenge {
-            Challenge::Http01(_) => {
-                self.http_answers
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(token.to_owned(), key_authorization.as_str().to_owned());
+        if let Challenge::Http01(_) = self.challenge {
+            lock(&self.http_answers)
+                .insert(token.to_owned(), key_authorization.as_str().to_owned());
+            return Ok(());
+        }
+        let certificate =
+            ChallengeCertificate::new(identifier, key_authorization.digest().as_ref()).map_err(
+                |e| tls_setup(format!("the TLS-ALPN-01 certificate for {identifier}: {e}")),
+            )?;
+        match &self.tls_answers {
+            AlpnAnswers::Registry(registry) => {
+                registry.insert(identifier, certificate);
+                lock(&self.answered).push(identifier.to_owned());
             }
-            Challenge::TlsAlpn01(_) => {
-                let certified = alpn_certificate(identifier, key_authorization.digest().as_ref())?;
-                self.tls_answers
-                    .by_name
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(identifier.to_ascii_lowercase(), Arc::new(certified));
+            AlpnAnswers::Files(state, written) => {
+                let path =
+                    write_challenge_file(state, identifier, &certificate).map_err(|source| {
+                        AcmeError::Pki {
+                            action: "leaving the TLS-ALPN-01 answer in the state directory",
+                            source,
+                        }
+                    })?;
+                lock(written).push(path);
             }
         }
         Ok(())
     }
 
-    /// Stops answering and releases the address.
+    /// Stops answering, releases the address and removes every answer.
     pub(crate) async fn stop(mut self) {
+        self.withdraw();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -191,14 +268,36 @@ impl Responder {
             let _ = task.await;
         }
     }
+
+    fn withdraw(&self) {
+        match &self.tls_answers {
+            AlpnAnswers::Registry(registry) => {
+                for identifier in lock(&self.answered).drain(..) {
+                    registry.remove(&identifier);
+                }
+            }
+            AlpnAnswers::Files(_, written) => {
+                for path in lock(written).drain(..) {
+                    if let Err(e) = remove_challenge_file(&path) {
+                        warn!(file = %path.display(), error = %e, "could not remove a TLS-ALPN-01 answer");
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Drop for Responder {
     fn drop(&mut self) {
+        self.withdraw();
         if let Some(task) = self.task.take() {
             task.abort();
         }
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 async fn http01_answer(
@@ -245,11 +344,9 @@ async fn serve_tls_alpn(
     }
 }
 
-/// The TLS-ALPN-01 certificates by server name.
-#[derive(Default)]
-struct AlpnCertificates {
-    by_name: Mutex<HashMap<String, Arc<CertifiedKey>>>,
-}
+/// The responder's own listener's certificates: the pending answers, by
+/// server name.
+struct AlpnCertificates(TlsAlpnChallenges);
 
 impl fmt::Debug for AlpnCertificates {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -266,31 +363,22 @@ impl ResolvesServerCert for AlpnCertificates {
         if !acme {
             return None;
         }
-        let name = hello.server_name()?.to_ascii_lowercase();
-        self.by_name
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&name)
-            .cloned()
+        let found = self.0.find(hello.server_name()?)?;
+        certified_key(&found).ok().map(Arc::new)
     }
 }
 
-/// The RFC 8737 certificate for `identifier`: self-signed, the identifier
-/// as its only subjectAltName, and the acmeIdentifier extension.
-fn alpn_certificate(identifier: &str, digest: &[u8]) -> Result<CertifiedKey, AcmeError> {
-    let mut params = CertificateParams::new(vec![identifier.to_owned()])
-        .map_err(|e| tls_setup(format!("the TLS-ALPN-01 certificate for {identifier}: {e}")))?;
-    params
-        .custom_extensions
-        .push(CustomExtension::new_acme_identifier(digest));
-    let key = KeyPair::generate().map_err(|e| tls_setup(e.to_string()))?;
-    let cert = params
-        .self_signed(&key)
-        .map_err(|e| tls_setup(e.to_string()))?;
-    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+/// A challenge certificate as rustls serves it.
+fn certified_key(certificate: &ChallengeCertificate) -> Result<CertifiedKey, AcmeError> {
+    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        certificate.key_pkcs8_der().to_vec(),
+    ));
     let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key_der)
         .map_err(|e| tls_setup(e.to_string()))?;
-    Ok(CertifiedKey::new(vec![cert.der().clone()], signing))
+    Ok(CertifiedKey::new(
+        vec![CertificateDer::from(certificate.cert_der().to_vec())],
+        signing,
+    ))
 }
 
 fn tls_setup(detail: String) -> AcmeError {

@@ -31,7 +31,9 @@ use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, ExternalAccountKey, Identifier, NewAccount,
     NewOrder, Order, OrderStatus, Problem, RetryPolicy,
 };
-use intransit_pki::{AcmeOrigin, AcmeRequest, IssuedEntry, KeyAlgorithm, StateDir};
+use intransit_pki::{
+    AcmeOrigin, AcmeRequest, IssuedEntry, KeyAlgorithm, StateDir, TlsAlpnChallenges,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
@@ -100,6 +102,11 @@ pub struct AcmeSettings {
     pub external_account: Option<ExternalAccount>,
     /// The challenge answered, and where.
     pub challenge: Challenge,
+    /// For TLS-ALPN-01 on an address a proxy listener of this process
+    /// holds (`intransit up`): that listener's pending challenges, which
+    /// the order's answers are put into instead of binding a listener of
+    /// their own. Not recorded in the inventory.
+    pub running_listener: Option<TlsAlpnChallenges>,
 }
 
 impl AcmeSettings {
@@ -125,6 +132,7 @@ impl AcmeSettings {
             extra_root: origin.extra_root.clone(),
             external_account: None,
             challenge: Challenge::from_name(&origin.challenge, addr)?,
+            running_listener: None,
         })
     }
 }
@@ -237,7 +245,7 @@ async fn obtain_once(
         other => other.map_err(|e| classify(e, "the new order", settings))?,
     };
 
-    let responder = Responder::start(settings.challenge).await?;
+    let responder = Responder::start(settings, state).await?;
     let answered = answer_challenges(&mut order, &responder, settings).await;
     let polled = match answered {
         Ok(()) => order
@@ -247,21 +255,47 @@ async fn obtain_once(
         Err(e) => Err(e),
     };
     // The order has left `pending` (or failed): nothing more to answer.
+    let through_files = responder
+        .answers_through_files()
+        .map(|state| state.root().to_owned());
     responder.stop().await;
-    match polled {
-        Ok(OrderStatus::Ready) => {}
-        Ok(status) => {
-            return Err(challenge_refusal(&mut order, settings).await.unwrap_or(
-                AcmeError::Refused {
-                    action: "the order",
-                    detail: format!("it is {status:?} instead of ready"),
-                    transient: false,
-                },
-            ))
+    let refused = match polled {
+        Ok(OrderStatus::Ready) => None,
+        Ok(status) => Some(challenge_refusal(&mut order, settings).await.unwrap_or(
+            AcmeError::Refused {
+                action: "the order",
+                detail: format!("it is {status:?} instead of ready"),
+                transient: false,
+            },
+        )),
+        Err(e) => Some(challenge_refusal(&mut order, settings).await.unwrap_or(e)),
+    };
+    match (refused, through_files) {
+        (None, _) => {}
+        (
+            Some(AcmeError::ChallengeRefused {
+                challenge,
+                identifier,
+                detail,
+            }),
+            Some(root),
+        ) => {
+            // The answer was left for a proxy of another process: say
+            // which state directory that proxy must read.
+            return Err(AcmeError::ChallengeRefused {
+                challenge,
+                identifier,
+                detail: format!(
+                    "{detail}; {} was in use, so the answer was left in {} for the intransit \
+                     proxy listening there, which reads it only with state_dir = {:?} in its \
+                     configuration",
+                    settings.challenge.addr(),
+                    intransit_pki::tls_alpn::challenge_dir(&root).display(),
+                    root.display().to_string()
+                ),
+            });
         }
-        Err(e) => {
-            return Err(challenge_refusal(&mut order, settings).await.unwrap_or(e));
-        }
+        (Some(e), _) => return Err(e),
     }
     order
         .finalize_csr(&request.csr_der)
@@ -562,6 +596,7 @@ mod tests {
             extra_root: Some(PathBuf::from("/etc/ca.pem")),
             external_account: None,
             challenge: Challenge::TlsAlpn01(std::net::SocketAddr::from(([0, 0, 0, 0], 443))),
+            running_listener: None,
         };
         let back = AcmeSettings::from_origin(&settings.origin());
         assert_eq!(back.map(|s| s.origin()), Some(settings.origin()));

@@ -8,8 +8,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{bail, Context, Result};
 use intransit_acme::{AcmeSettings, CertificateOrder, Challenge, ExternalAccount, Retry};
+use intransit_config::{Endpoint, Protocol};
 use intransit_pki::{
     AcmeOrigin, CertificateKind, IssuedEntry, KeyAlgorithm, RenewalPolicy, StateDir,
+    TlsAlpnChallenges,
 };
 use time::OffsetDateTime;
 
@@ -110,6 +112,7 @@ pub(crate) fn with_origin(
             extra_root,
             external_account,
             challenge,
+            running_listener: None,
         },
         retry: Retry {
             attempts,
@@ -274,6 +277,9 @@ pub(crate) fn renew(
 pub(crate) struct UpAcme {
     pub choice: AcmeChoice,
     pub dns: Vec<String>,
+    /// TLS-ALPN-01 on an address `up`'s own listener holds: its listener
+    /// answers, once it runs.
+    pub on_listener: bool,
 }
 
 /// The name of `up`'s server certificate in the inventory.
@@ -282,8 +288,15 @@ const UP_SERVER: &str = "server";
 impl UpAcme {
     /// Reads `up`'s ACME flags; `None` without `--acme`. The challenge's
     /// address is bound once here, so an address in use or a port below
-    /// 1024 without the privilege stops `up` before it writes its state.
-    pub(crate) fn from_flags(args: &AcmeArgs, dns: &[String]) -> Result<Option<UpAcme>> {
+    /// 1024 without the privilege stops `up` before it writes its state;
+    /// unless it is TLS-ALPN-01 on an address `listen` (a PostgreSQL or
+    /// `tls` listener) covers, which `up` holds itself.
+    pub(crate) fn from_flags(
+        args: &AcmeArgs,
+        dns: &[String],
+        listen: &Endpoint,
+        protocol: Protocol,
+    ) -> Result<Option<UpAcme>> {
         let Some(choice) = from_flags(args)? else {
             return Ok(None);
         };
@@ -300,6 +313,25 @@ impl UpAcme {
             dns.to_vec()
         };
         let challenge = choice.settings.challenge;
+        let on_listener = match challenge {
+            Challenge::TlsAlpn01(addr) => listen.bind_addr().is_some_and(|l| covers(l, addr)),
+            Challenge::Http01(_) => false,
+        };
+        if on_listener && protocol == Protocol::Mysql {
+            bail!(
+                "--acme-tls-alpn {}: a MySQL listener cannot answer TLS-ALPN-01 (MySQL clients \
+                 ask for TLS inside the protocol, never from the first byte); answer it on \
+                 another address, or use --acme-challenge http-01",
+                challenge.addr()
+            );
+        }
+        if on_listener {
+            return Ok(Some(UpAcme {
+                choice,
+                dns,
+                on_listener,
+            }));
+        }
         std::net::TcpListener::bind(challenge.addr()).map_err(|e| {
             let flag = match challenge {
                 Challenge::Http01(_) => "--acme-http",
@@ -311,7 +343,20 @@ impl UpAcme {
                 challenge.addr()
             )
         })?;
-        Ok(Some(UpAcme { choice, dns }))
+        Ok(Some(UpAcme {
+            choice,
+            dns,
+            on_listener,
+        }))
+    }
+
+    /// From now on, TLS-ALPN-01 answers go to the running listener whose
+    /// pending challenges these are (when the challenge is on its address).
+    pub(crate) fn answering_on(mut self, listener: &TlsAlpnChallenges) -> Self {
+        if self.on_listener {
+            self.choice.settings.running_listener = Some(listener.clone());
+        }
+        self
     }
 
     /// Gets `up`'s server certificate from the ACME CA unless the one in
@@ -369,6 +414,14 @@ impl UpAcme {
     }
 }
 
+/// Whether a listener bound to `listen` receives the connections a CA makes
+/// to `addr`: the same port, and the same address or either unspecified.
+fn covers(listen: SocketAddr, addr: SocketAddr) -> bool {
+    listen.port() != 0
+        && listen.port() == addr.port()
+        && (listen.ip() == addr.ip() || listen.ip().is_unspecified() || addr.ip().is_unspecified())
+}
+
 /// Shown instead of the local CA where clients need a root for the server:
 /// libpq's `sslrootcert=system` (PostgreSQL 16 and later) trusts the
 /// system's roots, which public ACME CAs are in.
@@ -376,4 +429,22 @@ pub(crate) const SYSTEM_ROOTS: &str = "system";
 
 fn date(t: OffsetDateTime) -> String {
     format!("{:04}-{:02}-{:02}", t.year(), u8::from(t.month()), t.day())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listener_covers_its_port_on_its_address_or_any() {
+        let addr = |ip: [u8; 4], port| SocketAddr::from((ip, port));
+        let (lo, any, other) = ([127, 0, 0, 1], [0, 0, 0, 0], [127, 0, 0, 2]);
+        assert!(covers(addr(lo, 443), addr(lo, 443)));
+        assert!(covers(addr(any, 443), addr(lo, 443)));
+        assert!(covers(addr(lo, 443), addr(any, 443)));
+        assert!(!covers(addr(lo, 5432), addr(lo, 443)));
+        assert!(!covers(addr(other, 443), addr(lo, 443)));
+        // Port 0 is whatever the system gives: never the CA's port.
+        assert!(!covers(addr(lo, 0), addr(lo, 0)));
+    }
 }

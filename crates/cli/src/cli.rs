@@ -382,8 +382,11 @@ pub struct AcmeArgs {
     #[arg(long, value_name = "ADDR")]
     pub acme_http: Option<String>,
     /// Where intransit answers TLS-ALPN-01, only while an order is pending.
-    /// This is a listener of its own, not the proxy's: the proxy's port
-    /// does not answer acme-tls/1, so it must not hold this address.
+    /// On an address `up` listens on (PostgreSQL or tls), its listener
+    /// answers; on an address an `intransit proxy` listens on, that proxy
+    /// answers through the state directory (its state_dir must be this
+    /// --state-dir); otherwise a listener of its own, bound for the order.
+    /// MySQL listeners cannot answer (no TLS from the first byte).
     /// [default: 0.0.0.0:443]
     #[arg(long, value_name = "ADDR")]
     pub acme_tls_alpn: Option<String>,
@@ -566,7 +569,8 @@ The configuration is TOML. Every key, with its default (docs/configuration.md
 has the full reference). Relative paths are resolved from the directory of
 the configuration file.
 
-  state_dir = \"/var/lib/intransit\"   optional: where the CA and certificates live
+  state_dir = \"/var/lib/intransit\"   optional: where the CA and certificates live (and
+                                     the TLS-ALPN-01 answers `cert issue --acme` leaves)
   shutdown_grace = \"30s\"             time open connections get after SIGTERM
   worker_threads = 2                 threads serving connections (default: one per CPU;
                                      0: the shared runtime)

@@ -69,7 +69,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     };
     let admin_addr = admin_address(args.admin.as_deref())?;
     let state_root = absolute(&args.state_dir)?;
-    let acme = crate::acme_cmd::UpAcme::from_flags(&args.acme, &args.acme_dns)?;
+    let acme = crate::acme_cmd::UpAcme::from_flags(&args.acme, &args.acme_dns, &listen, protocol)?;
     // The demo's programs, account and paths are checked here, so that a
     // machine without the database fails before anything is written.
     let demo_plan = demo_kind
@@ -78,7 +78,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
 
     let listener_name = protocol.to_string();
     let elsewhere = |_: &str| "choose another address with --listen".to_owned();
-    let held_port = hold_port(&listener_name, &listen)
+    let mut held_port = hold_port(&listener_name, &listen)
         .map_err(|e| crate::errors::explain_listener(e, &elsewhere))?;
     let admin_socket = match admin_addr {
         None => None,
@@ -120,8 +120,19 @@ pub async fn run(args: UpArgs) -> Result<()> {
         Some(_) => state.ensure_quickstart_without_server(&args.client_name, &lifetimes),
     }
     .with_context(|| format!("preparing certificates in {}", state_root.display()))?;
-    if let Some(acme) = &acme {
-        acme.ensure_server(&state).await?;
+    match &acme {
+        // The listener's address is the challenge's, and the listener
+        // cannot run before it has a certificate: the first order is
+        // answered on that address before the listener starts (the port
+        // let go only for the order), the renewals by the running listener.
+        Some(acme) if acme.on_listener => {
+            drop(held_port.take());
+            acme.ensure_server(&state).await?;
+            held_port = hold_port(&listener_name, &listen)
+                .map_err(|e| crate::errors::explain_listener(e, &elsewhere))?;
+        }
+        Some(acme) => acme.ensure_server(&state).await?,
+        None => {}
     }
     if material.created {
         info!(state_dir = %state_root.display(), "created CA and certificates");
@@ -214,7 +225,10 @@ pub async fn run(args: UpArgs) -> Result<()> {
         }
     };
     if let Some(running) = bound.listeners().into_iter().next() {
-        crate::renewal::spawn(state.clone(), running, server_tls, acme.clone());
+        let acme = acme
+            .clone()
+            .map(|a| a.answering_on(&running.acme_challenges));
+        crate::renewal::spawn(state.clone(), running, server_tls, acme);
     }
     // Certificates replaced by hand (or by `intransit cert renew`) reload
     // like the proxy's; there is no configuration file to re-read.
@@ -261,12 +275,12 @@ pub async fn run(args: UpArgs) -> Result<()> {
         Endpoint::Tcp { port, .. } => port.to_string(),
         Endpoint::Unix(_) => String::new(),
     };
+    // The ACME certificate names the host, not the listening address, and
+    // chains to a root in the system's store, not to the local CA.
+    let acme_name = acme.as_ref().and_then(|a| a.dns.first()).cloned();
+    let server_name = acme_name.clone().unwrap_or_else(|| "localhost".to_owned());
     let conninfo = [
-        // The ACME certificate names the host, not the listening address.
-        match acme.as_ref().and_then(|a| a.dns.first()) {
-            Some(name) => ("host", name.clone()),
-            None => ("host", host_for_client),
-        },
+        ("host", acme_name.clone().unwrap_or(host_for_client)),
         ("port", port),
         ("user", args.user.clone()),
         ("dbname", args.database.clone()),
@@ -307,33 +321,49 @@ pub async fn run(args: UpArgs) -> Result<()> {
         Some(_) => ("the demo ", " (the demo database stops too)"),
         None => ("", ""),
     };
+    let (host, port) = match (&bound_at, &acme_name) {
+        (Endpoint::Tcp { port, .. }, Some(name)) => (name.clone(), port.to_string()),
+        (Endpoint::Tcp { host, port }, None) => (host.clone(), port.to_string()),
+        (Endpoint::Unix(_), _) => (String::new(), String::new()),
+    };
+    // Each client's way of naming the server's trust: the local CA's file,
+    // or with ACME nothing (its default, the system's roots).
+    let ca = material.ca_cert.display();
+    let (ca_note, openssl_ca, redis_ca, mariadb_ca) = match &acme {
+        Some(acme) => (
+            format!(
+                "the server's certificate comes from the ACME CA {} (trusted through the system's roots)",
+                acme.choice.settings.directory
+            ),
+            String::new(),
+            String::new(),
+            String::new(),
+        ),
+        None => (
+            format!("CA {ca}"),
+            format!(" -CAfile {ca}"),
+            format!(" --cacert {ca}"),
+            format!(" --ssl-ca={ca}"),
+        ),
+    };
     let banner = match protocol {
         Protocol::Tls => {
-            let (host, port) = match &bound_at {
-                Endpoint::Tcp { host, port } => (host.clone(), port.to_string()),
-                Endpoint::Unix(_) => (String::new(), String::new()),
-            };
             format!(
                 "intransit: listening on {bound_at} (TLS 1.3, client certificate required), forwarding plaintext to {upstream}\n\
                  state directory: {} ({state_note})\n\
                  {admin_line}{audit_line}\
                  \n\
-                 Client files: CA {ca}, certificate {cert}, key {key}\n\
-                 Check it with:\n  openssl s_client -connect {host}:{port} -servername localhost -verify_return_error -CAfile {ca} -cert {cert} -key {key}\n\
-                 For Redis:\n  redis-cli -h {host} -p {port} --tls --sni localhost --cacert {ca} --cert {cert} --key {key} PING\n\
+                 Client files: {ca_note}, certificate {cert}, key {key}\n\
+                 Check it with:\n  openssl s_client -connect {host}:{port} -servername {server_name} -verify_return_error{openssl_ca} -cert {cert} -key {key}\n\
+                 For Redis:\n  redis-cli -h {host} -p {port} --tls --sni {server_name}{redis_ca} --cert {cert} --key {key} PING\n\
                  \n\
                  Press Ctrl-C to stop.\n",
                 state_root.display(),
-                ca = material.ca_cert.display(),
                 cert = material.client.cert.display(),
                 key = material.client.key.display(),
             )
         }
         Protocol::Mysql => {
-            let (host, port) = match &bound_at {
-                Endpoint::Tcp { host, port } => (host.clone(), port.to_string()),
-                Endpoint::Unix(_) => (String::new(), String::new()),
-            };
             let user = if args.user == "postgres" {
                 "root".to_owned()
             } else {
@@ -353,12 +383,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
                  state directory: {} ({state_note})\n\
                  {demo_line}{admin_line}{audit_line}\
                  \n\
-                 Connect through it with:\n  mariadb -h {host} -P {port} -u {user}{password} --ssl --ssl-verify-server-cert --ssl-ca={ca} --ssl-cert={cert} --ssl-key={key}\n\
+                 Connect through it with:\n  mariadb -h {host} -P {port} -u {user}{password} --ssl --ssl-verify-server-cert{mariadb_ca} --ssl-cert={cert} --ssl-key={key}\n\
                  {refused}\
                  \n\
                  Press Ctrl-C to stop{stop_note}.\n",
                 state_root.display(),
-                ca = material.ca_cert.display(),
                 cert = material.client.cert.display(),
                 key = material.client.key.display(),
             )

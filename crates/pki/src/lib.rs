@@ -50,6 +50,10 @@
 //!   ([`AcmeCertificate`]) and where it came from ([`AcmeOrigin`]);
 //!   [`StateDir::install_acme`] installs it. The protocol itself is the
 //!   `intransit-acme` crate's.
+//! - [`tls_alpn`]: TLS-ALPN-01 answers ([`ChallengeCertificate`]) and the
+//!   registry of pending ones a listener answers from
+//!   ([`TlsAlpnChallenges`]), in memory or through challenge files in the
+//!   state directory.
 //! - [`inventory`]: `<state>/inventory.json` and the operations on named
 //!   certificates: [`StateDir::issue`], [`StateDir::inventory`],
 //!   [`StateDir::renew`], [`StateDir::revoke`], [`StateDir::write_crl`],
@@ -72,6 +76,7 @@ pub mod request;
 pub mod revocation;
 pub mod state;
 pub mod storage;
+pub mod tls_alpn;
 pub mod trust;
 
 pub use acme::{AcmeCertificate, AcmeOrigin, AcmeRequest};
@@ -99,4 +104,5 @@ pub use state::{Quickstart, QuickstartLifetimes, StateDir, QUICKSTART_CA_NAME};
 #[cfg(unix)]
 pub use storage::write_file_atomic_owned;
 pub use storage::{write_file_atomic, CertificatePaths, FileOwnership};
+pub use tls_alpn::{ChallengeCertificate, TlsAlpnChallenges, ACME_TLS_ALPN};
 pub use trust::{describe_certificate_error, CaNotAnAnchor, ServerTrust, ServerTrustError};

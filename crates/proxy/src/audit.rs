@@ -28,6 +28,10 @@ use crate::error::ProxyError;
 /// How many refusals `/status` keeps.
 pub const RECENT_REFUSALS: usize = 50;
 
+/// The outcome of a connection that was an ACME CA's TLS-ALPN-01
+/// validation, answered: neither a client's session nor a refusal.
+pub const ACME_VALIDATION: &str = "acme_validation";
+
 /// What the connection presented as a client certificate.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ClientCertFacts {
@@ -70,6 +74,8 @@ pub(crate) struct ConnectionRecord {
     /// The connection was counted as established: a later refusal ends
     /// its session and is not a second handshake outcome.
     pub(crate) established: bool,
+    /// The connection was an ACME CA's TLS-ALPN-01 validation, answered.
+    pub(crate) acme_validation: bool,
 }
 
 /// One connection, as the audit log records it.
@@ -105,7 +111,8 @@ pub struct AuditEvent {
     pub sni: Option<String>,
     /// ALPN protocol agreed.
     pub alpn: Option<String>,
-    /// `ok` or the refusal reason.
+    /// `ok`, the refusal reason, or `acme_validation` (an ACME CA's
+    /// TLS-ALPN-01 validation, answered).
     pub outcome: String,
     /// Why, for a refusal (no secrets: names and error texts only).
     pub detail: Option<String>,
@@ -184,7 +191,7 @@ impl AuditLog {
             server_connections = event.server_connections,
             "connection audit"
         );
-        if event.outcome != "ok" {
+        if event.outcome != "ok" && event.outcome != ACME_VALIDATION {
             let mut recent = lock(&self.recent);
             if recent.len() == RECENT_REFUSALS {
                 recent.pop_front();

@@ -25,7 +25,7 @@ use tokio::time::Timeout;
 use tracing::{info, warn};
 
 use crate::admission::Ticket;
-use crate::audit::{rfc3339, AuditEvent, AuditLog, ConnectionRecord};
+use crate::audit::{rfc3339, AuditEvent, AuditLog, ConnectionRecord, ACME_VALIDATION};
 use crate::metrics::{HandshakeFacts, ProxyMetrics};
 use crate::net::PeerAddr;
 use crate::refusal::RefusalReason;
@@ -442,7 +442,12 @@ impl<L: Listener> ConnectionContext<L> {
             resumed: facts.resumed,
             sni: record.sni,
             alpn: record.alpn,
-            outcome: refused.map_or("ok", |r| r.reason.as_str()).to_owned(),
+            outcome: match refused {
+                Some(r) => r.reason.as_str(),
+                None if record.acme_validation => ACME_VALIDATION,
+                None => "ok",
+            }
+            .to_owned(),
             detail: refused.map(|r| r.detail.clone()),
             bytes_from_client: from_client,
             bytes_to_client: to_client,

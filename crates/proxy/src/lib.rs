@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use intransit_config::{Config, Endpoint};
+use intransit_pki::TlsAlpnChallenges;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -99,12 +100,23 @@ impl Proxy {
             Some(path) => AuditLog::to_file(path)?,
             None => AuditLog::to_log(),
         });
+        // One registry for every listener: an ACME order for this process
+        // (`up`) puts its answers here, and another process's (`cert
+        // issue`) leaves them in the state directory, read from here.
+        let acme_challenges = TlsAlpnChallenges::new(config.state_dir.as_deref());
         let listeners = config
             .listeners
             .iter()
             .map(|l| {
                 let alpn = protocol::alpn(l.protocol);
-                PreparedListener::prepare(l, alpn, metrics.clone(), audit.clone()).map(Arc::new)
+                PreparedListener::prepare(
+                    l,
+                    alpn,
+                    metrics.clone(),
+                    audit.clone(),
+                    acme_challenges.clone(),
+                )
+                .map(Arc::new)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let pools = config

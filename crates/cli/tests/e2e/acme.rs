@@ -3,6 +3,9 @@
 //! its validation authority connecting to intransit's own HTTP-01 and
 //! TLS-ALPN-01 answers on loopback), checked with `openssl verify` against
 //! pebble's root and with psql `sslmode=verify-full` through the proxy.
+//! TLS-ALPN-01 is also answered by the proxy's own listeners: `up`'s on
+//! pebble's validation port, and an `intransit proxy` holding that port for
+//! `cert issue` run beside it (through the state directory).
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -292,62 +295,16 @@ fn up_with_acme_serves_the_acme_certificate_to_psql_verify_full() {
     let pebble = pebble();
     let dir = tempfile::tempdir().expect("temp dir");
     let state = dir.path().join("state");
-    let mut child = Command::new(BIN)
-        .args(["up", "--state-dir"])
-        .arg(&state)
-        .args(["--listen", "127.0.0.1:0", "--admin", "off", "--upstream"])
-        .arg(format!("unix:{}", pg().socket_path().display()))
-        .args(["--user", pg().superuser(), "--acme-dns", "localhost"])
-        .args(acme_flags(&pebble))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("intransit up");
-    let out = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let command = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!("no psql line from up --acme; pebble:\n{}", pebble.log())
-        });
-        if line.trim_start().starts_with("psql ") {
-            break line.trim().to_owned();
-        }
-    };
+    let args = in_front_of_pg(up_args(&pebble, &["--listen", "127.0.0.1:0"]));
+    let mut up = UpProcess::start(&state, &args);
+    let command = up.command_line("psql", &pebble);
     // The server is not verified with the local CA: the printed command
     // trusts the system's roots, as for a public ACME CA.
     assert!(command.contains("sslrootcert=system"), "{command}");
-    let root = pebble.issuing_root_file().expect("root");
-    let command = command.replace(
-        "sslrootcert=system",
-        &format!("sslrootcert={}", root.display()),
-    );
     assert!(command.contains("host=localhost"), "{command}");
-    let run = Command::new("sh")
-        .arg("-c")
-        .arg(format!("{command} -X -A -t -c 'SELECT 40 + 2'"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("sh");
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(
-        run.status.success(),
-        "psql verify-full against pebble's root failed: {}",
-        stderr(&run)
-    );
-    assert_eq!(stdout(&run), "42");
+    let root = pebble.issuing_root_file().expect("root");
+    assert_eq!(psql_through(&command, &root), "42");
+    up.stop();
     assert_chains_to(&state.join("certs/server"), &root);
     assert_eq!(mode(&state.join("certs/server/key.pem")), 0o600);
 }
@@ -388,61 +345,22 @@ fn external_account_binding_is_sent_when_the_ca_requires_it() {
 
 #[test]
 fn up_with_acme_renews_its_server_certificate_there_while_it_runs() {
-    // A 12-second certificate is due after about 8 seconds.
-    let pebble = Pebble::start_with(&PebbleOptions {
-        validity_seconds: Some(12),
-        ..PebbleOptions::default()
-    })
-    .expect("starting pebble");
+    let pebble = short_lived_pebble();
     let dir = tempfile::tempdir().expect("temp dir");
     let state = dir.path().join("state");
-    let mut child = Command::new(BIN)
-        .args(["--log-format", "json", "up", "--state-dir"])
-        .arg(&state)
-        .args(["--listen", "127.0.0.1:0", "--admin", "off", "--upstream"])
-        .arg(format!("unix:{}", pg().socket_path().display()))
-        .args(["--acme-dns", "localhost"])
-        .args(acme_flags(&pebble))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("intransit up");
-    let (tx, rx) = mpsc::channel::<serde_json::Value>();
-    let err = child.stderr.take().expect("stderr");
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines() {
-            let Ok(line) = line else { break };
-            if let Ok(v) = serde_json::from_str(&line) {
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        }
-    });
-    let out = child.stdout.take().expect("stdout");
-    let port: u16 = BufReader::new(out)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|line| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix("port="))
-                .and_then(|p| p.parse().ok())
-        })
+    let args = in_front_of_pg(up_args(&pebble, &["--listen", "127.0.0.1:0"]));
+    let mut up = UpProcess::start(&state, &args);
+    let command = up.command_line("psql", &pebble);
+    let port: u16 = command
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("port="))
+        .and_then(|p| p.parse().ok())
         .expect("port in the psql command");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut issued = Vec::new();
-    while issued.len() < 2 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(v) = rx.recv_timeout(left) else {
-            let _ = child.kill();
-            panic!("issued {issued:?}, then nothing; pebble:\n{}", pebble.log());
-        };
-        assert_ne!(v["level"], "ERROR", "{v}");
-        if v["message"] == "certificate issued by the ACME server" {
-            issued.push(v["serial"].as_str().expect("serial").to_owned());
-        }
-    }
+    let issued: Vec<String> = up
+        .wait_for_logs(2, issued, &pebble)
+        .iter()
+        .map(|v| v["serial"].as_str().expect("serial").to_owned())
+        .collect();
     assert_ne!(issued[0], issued[1]);
 
     // The listener serves the renewed certificate, which chains to
@@ -477,8 +395,7 @@ fn up_with_acme_renews_its_server_certificate_there_while_it_runs() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    signal(child.id(), "TERM");
-    assert!(child.wait().expect("wait").success());
+    up.stop();
 }
 
 #[test]
@@ -545,4 +462,412 @@ fn acme_flags_are_checked_before_anything_is_written() {
         stderr(&out)
     );
     assert!(!state.exists());
+}
+
+/// A running `intransit up --log-format json`: the lines it prints and its
+/// log, as they come.
+struct UpProcess {
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+    logs: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl UpProcess {
+    fn start(state: &Path, args: &[String]) -> UpProcess {
+        let mut child = Command::new(BIN)
+            .args([
+                "--log-format",
+                "json",
+                "--log-level",
+                "debug",
+                "up",
+                "--state-dir",
+            ])
+            .arg(state)
+            .args(["--admin", "off"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("intransit up");
+        let logs: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>> =
+            std::sync::Arc::default();
+        let sink = std::sync::Arc::clone(&logs);
+        let err = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    sink.lock().expect("logs").push(v);
+                }
+            }
+        });
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        UpProcess { child, lines, logs }
+    }
+
+    /// The first printed line starting with `program`, trimmed.
+    fn command_line(&mut self, program: &str, pebble: &Pebble) -> String {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                let _ = self.child.kill();
+                panic!(
+                    "no {program} line from up; log:\n{:#?}\npebble:\n{}",
+                    self.logs(),
+                    pebble.log()
+                );
+            };
+            if line.trim_start().starts_with(&format!("{program} ")) {
+                return line.trim().to_owned();
+            }
+        }
+    }
+
+    fn logs(&self) -> Vec<serde_json::Value> {
+        self.logs.lock().expect("logs").clone()
+    }
+
+    /// Waits until `count` log lines match `pred`; returns them.
+    fn wait_for_logs(
+        &mut self,
+        count: usize,
+        pred: impl Fn(&serde_json::Value) -> bool,
+        pebble: &Pebble,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let logs = self.logs();
+            assert!(
+                logs.iter().all(|v| v["level"] != "ERROR"),
+                "an error was logged: {logs:#?}"
+            );
+            let found: Vec<_> = logs.into_iter().filter(|v| pred(v)).collect();
+            if found.len() >= count {
+                return found;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "{} of {count} lines; log:\n{:#?}\npebble:\n{}",
+                    found.len(),
+                    self.logs(),
+                    pebble.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stop(mut self) {
+        signal(self.child.id(), "TERM");
+        assert!(self.child.wait().expect("wait").success());
+    }
+}
+
+/// `up`'s flags for a certificate for localhost from `pebble`, and `extra`.
+fn up_args(pebble: &Pebble, extra: &[&str]) -> Vec<String> {
+    let mut args = acme_flags(pebble);
+    args.extend(["--acme-dns", "localhost"].map(str::to_owned));
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+/// `args`, with the shared PostgreSQL as the upstream.
+fn in_front_of_pg(mut args: Vec<String>) -> Vec<String> {
+    let upstream = format!("unix:{}", pg().socket_path().display());
+    args.extend(["--upstream", &upstream, "--user", pg().superuser()].map(str::to_owned));
+    args
+}
+
+/// `up`'s flags for TLS-ALPN-01 answered on its own listener: it listens
+/// where pebble validates.
+fn tls_alpn_on_listener(pebble: &Pebble) -> Vec<String> {
+    let addr = format!("127.0.0.1:{}", pebble.tls_port());
+    up_args(
+        pebble,
+        &[
+            "--listen",
+            &addr,
+            "--acme-challenge",
+            "tls-alpn-01",
+            "--acme-tls-alpn",
+            &addr,
+        ],
+    )
+}
+
+/// A pebble issuing 12-second certificates, due after about 8 seconds.
+fn short_lived_pebble() -> Pebble {
+    Pebble::start_with(&PebbleOptions {
+        validity_seconds: Some(12),
+        ..PebbleOptions::default()
+    })
+    .expect("starting pebble")
+}
+
+/// What `openssl s_client` offering only ALPN `acme-tls/1` for `name`
+/// gets from 127.0.0.1:`port`: the certificate served (DER) when the
+/// handshake negotiated `acme-tls/1`, `None` when it was refused.
+fn acme_tls_hello(port: u16, name: &str) -> Option<Vec<u8>> {
+    let openssl = require_tool("openssl", "openssl").expect("openssl");
+    let out = Command::new(openssl)
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(["-servername", name, "-alpn", "acme-tls/1"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    let text = format!("{}\n{}", stdout(&out), stderr(&out));
+    if !text.contains("ALPN protocol: acme-tls/1") {
+        assert!(
+            text.contains("handshake failure") && !text.contains("BEGIN CERTIFICATE"),
+            "neither negotiated nor refused with handshake_failure: {text}"
+        );
+        return None;
+    }
+    let certs = intransit_pki::pem_to_der_certs(&stdout(&out)).expect("served certificate");
+    Some(certs[0].clone())
+}
+
+/// Leaves a pending TLS-ALPN-01 answer for `name` in `state`, as `cert
+/// issue --acme` does while a proxy holds the challenge's address.
+fn pending_challenge(state: &Path, name: &str) -> (PathBuf, intransit_pki::ChallengeCertificate) {
+    let certificate = intransit_pki::ChallengeCertificate::new(name, &[0x42; 32]).expect("cert");
+    let path = intransit_pki::tls_alpn::write_challenge_file(
+        &intransit_pki::StateDir::new(state),
+        name,
+        &certificate,
+    )
+    .expect("challenge file");
+    (path, certificate)
+}
+
+fn answered_validation(v: &serde_json::Value) -> bool {
+    v["message"] == "answered an ACME TLS-ALPN-01 validation"
+}
+
+fn issued(v: &serde_json::Value) -> bool {
+    v["message"] == "certificate issued by the ACME server"
+}
+
+fn psql_through(command: &str, root: &Path) -> String {
+    let command = command.replace(
+        "sslrootcert=system",
+        &format!("sslrootcert={}", root.display()),
+    );
+    let run = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{command} -X -A -t -c 'SELECT 40 + 2'"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("sh");
+    assert!(
+        run.status.success(),
+        "psql verify-full against pebble's root failed: {}",
+        stderr(&run)
+    );
+    stdout(&run)
+}
+
+#[test]
+fn up_answers_tls_alpn01_on_its_own_postgres_listener_and_renews_through_it() {
+    // Renewed while the listener serves.
+    let pebble = short_lived_pebble();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let mut up = UpProcess::start(&state, &in_front_of_pg(tls_alpn_on_listener(&pebble)));
+    let command = up.command_line("psql", &pebble);
+    assert!(
+        command.contains(&format!("port={}", pebble.tls_port())),
+        "{command}"
+    );
+    let root = pebble.issuing_root_file().expect("root");
+    assert_eq!(psql_through(&command, &root), "42");
+
+    // The renewal goes through the running listener: no listener of its
+    // own, the answer given by the proxy's PostgreSQL listener.
+    let renewed = up.wait_for_logs(2, issued, &pebble);
+    assert_ne!(renewed[0]["serial"], renewed[1]["serial"]);
+    let logs = up.logs();
+    assert!(
+        logs.iter()
+            .any(|v| v["message"] == "answering ACME challenges on the proxy's own listener"),
+        "{logs:#?}"
+    );
+    let answers: Vec<_> = logs.iter().filter(|v| answered_validation(v)).collect();
+    assert!(
+        !answers.is_empty(),
+        "the listener answered nothing: {logs:#?}"
+    );
+    assert!(answers
+        .iter()
+        .all(|v| v["listener"] == "postgres" && v["server_name"] == "localhost"));
+    // An answered validation is audited as such, not as a client.
+    assert!(
+        logs.iter().any(|v| v["message"] == "connection audit"
+            && v["outcome"] == "acme_validation"
+            && v["alpn"] == "acme-tls/1"),
+        "{logs:#?}"
+    );
+
+    // While a challenge is pending, clients are served as before...
+    let (file, pending) = pending_challenge(&state, "pending.example");
+    assert_eq!(psql_through(&command, &root), "42");
+    // ...and only acme-tls/1 for that name gets the challenge certificate.
+    assert_eq!(
+        acme_tls_hello(pebble.tls_port(), "pending.example").as_deref(),
+        Some(pending.cert_der())
+    );
+    std::fs::remove_file(&file).expect("remove");
+    assert_eq!(acme_tls_hello(pebble.tls_port(), "pending.example"), None);
+    assert_eq!(acme_tls_hello(pebble.tls_port(), "unknown.example"), None);
+    up.wait_for_logs(
+        1,
+        |v| {
+            v["message"] == "connection refused"
+                && v["reason"] == "alpn"
+                && v["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("unknown.example"))
+        },
+        &pebble,
+    );
+    assert_eq!(psql_through(&command, &root), "42");
+    up.stop();
+    assert_chains_to(&state.join("certs/server"), &root);
+}
+
+#[test]
+fn up_with_acme_over_a_tls_listener_prints_client_lines_that_trust_the_acme_root() {
+    let pebble = pebble();
+    let redis = intransit_testkit::RedisServer::shared().expect("redis");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let mut args = tls_alpn_on_listener(&pebble);
+    args.extend([
+        "--protocol".to_owned(),
+        "tls".to_owned(),
+        "--upstream".to_owned(),
+        redis.addr(),
+    ]);
+    let mut up = UpProcess::start(&state, &args);
+    let openssl_line = up.command_line("openssl", &pebble);
+    let redis_line = up.command_line("redis-cli", &pebble);
+    // No line names the local CA's file for the server: it is not the
+    // ACME certificate's issuer.
+    let local_ca = state.join("ca/ca.pem").display().to_string();
+    for line in [&openssl_line, &redis_line] {
+        assert!(!line.contains(&local_ca), "{line}");
+        assert!(line.contains("localhost"), "{line}");
+    }
+    // The lines as printed, with pebble's root standing in for the
+    // system's roots (which a public ACME CA is in).
+    let root = pebble.issuing_root_file().expect("root");
+    let redis_cli = redis_line.replacen("--tls", &format!("--tls --cacert {}", root.display()), 1);
+    let run = Command::new("sh")
+        .arg("-c")
+        .arg(&redis_cli)
+        .stdin(Stdio::null())
+        .output()
+        .expect("sh");
+    assert_eq!(stdout(&run), "PONG", "{redis_cli}: {}", stderr(&run));
+    let openssl = openssl_line.replacen(
+        "-verify_return_error",
+        &format!("-verify_return_error -CAfile {}", root.display()),
+        1,
+    );
+    let run = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{openssl} </dev/null"))
+        .output()
+        .expect("sh");
+    assert!(
+        stdout(&run).contains("Verify return code: 0 (ok)"),
+        "{openssl}: {}\n{}",
+        stdout(&run),
+        stderr(&run)
+    );
+    up.stop();
+}
+
+#[test]
+fn a_running_proxy_answers_tls_alpn01_for_cert_issue_in_another_process() {
+    let pebble = pebble();
+    let redis = intransit_testkit::RedisServer::shared().expect("redis");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let addr = format!("127.0.0.1:{}", pebble.tls_port());
+    let config = format!(
+        "state_dir = \"{}\"\n{}",
+        state.display(),
+        listener_toml(&redis.addr(), "", "")
+            .replace("name = \"pg\"", "name = \"redis\"\nprotocol = \"tls\"")
+            .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\""))
+    );
+    let proxy = ProxyProcess::start(&config);
+
+    // Nothing pending: acme-tls/1 is refused at the handshake.
+    assert_eq!(acme_tls_hello(proxy.port(), "localhost"), None);
+    let refused = proxy.refusal("alpn");
+    assert!(
+        refused["detail"].as_str().is_some_and(
+            |d| d.contains("acme-tls/1") && d.contains("no TLS-ALPN-01 challenge pending")
+        ),
+        "{refused}"
+    );
+
+    // The address is the proxy's: cert issue leaves its answer in the
+    // state directory, and the proxy gives it.
+    let mut flags = acme_flags(&pebble);
+    flags.extend([
+        "--acme-challenge".to_owned(),
+        "tls-alpn-01".to_owned(),
+        "--acme-tls-alpn".to_owned(),
+        addr,
+    ]);
+    let out = issue(&state, &flags);
+    assert!(
+        out.status.success(),
+        "{}\nproxy: {:#?}\npebble: {}",
+        stderr(&out),
+        proxy.logs(),
+        pebble.log()
+    );
+    assert_chains_to(
+        &state.join("certs/web"),
+        &pebble.issuing_root_file().expect("root"),
+    );
+    let answered = proxy.wait_for_log(Duration::from_secs(5), answered_validation);
+    assert_eq!(answered["listener"], "redis");
+    assert_eq!(answered["server_name"], "localhost");
+    // The answers are gone with the order.
+    let left: Vec<_> = std::fs::read_dir(state.join("acme/tls-alpn"))
+        .expect("challenge dir")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // A normal client is served as before while a challenge is pending,
+    // and never gets acme-tls/1.
+    let (_file, pending) = pending_challenge(&state, "localhost");
+    let run = crate::tls_protocol::redis_cli(proxy.port(), Some(&pki().trainer), true, &["PING"]);
+    assert_eq!(stdout(&run), "PONG", "{}", stderr(&run));
+    let established = proxy.wait_for_log(Duration::from_secs(5), |v| {
+        v["message"] == "connection audit" && v["outcome"] == "ok"
+    });
+    assert_ne!(established["alpn"], "acme-tls/1", "{established}");
+    assert_eq!(
+        acme_tls_hello(proxy.port(), "localhost").as_deref(),
+        Some(pending.cert_der())
+    );
 }

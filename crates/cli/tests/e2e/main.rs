@@ -73,7 +73,8 @@
 
 //! - `acme`: `cert issue server --acme`, `cert renew` and `up --acme`
 //!   against a real pebble (HTTP-01 and TLS-ALPN-01 validated for real),
-//!   a refused challenge, an unreachable ACME server, psql `verify-full`.
+//!   a refused challenge, an unreachable ACME server, psql `verify-full`,
+//!   TLS-ALPN-01 answered by `up`'s and a running proxy's own listeners.
 
 // Tests may panic on anything unexpected: that is how they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

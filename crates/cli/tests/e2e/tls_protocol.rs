@@ -16,7 +16,12 @@ fn tls_listener(upstream: &str) -> String {
     listener_toml(upstream, "", "").replace("name = \"pg\"", "name = \"redis\"\nprotocol = \"tls\"")
 }
 
-fn redis_cli(port: u16, cert: Option<&CertificatePaths>, tls: bool, args: &[&str]) -> Output {
+pub(crate) fn redis_cli(
+    port: u16,
+    cert: Option<&CertificatePaths>,
+    tls: bool,
+    args: &[&str],
+) -> Output {
     let cli = intransit_testkit::require_tool("redis-cli", "redis-tools").expect("redis-cli");
     let mut cmd = Command::new(cli);
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]);

@@ -8,15 +8,27 @@
 //! and the bytes a protocol gives it to say that a resumed session is no
 //! longer accepted. Its success is where a connection stops counting as
 //! unauthenticated and asks for a `max_connections` slot.
+//!
+//! Where TLS starts at the first byte ([`accept_first_byte`]: `tls`
+//! listeners, PostgreSQL direct TLS), a ClientHello offering ALPN
+//! `acme-tls/1` is an ACME CA validating a TLS-ALPN-01 challenge (RFC
+//! 8737), not a client: it gets the challenge certificate pending for its
+//! server name in the listener's [`TlsAlpnChallenges`], `acme-tls/1` is
+//! negotiated and the connection is closed without any database protocol;
+//! with no challenge pending for that name it is refused with a
+//! handshake_failure alert. Other ClientHellos never meet that material,
+//! and the routes' configurations do not offer `acme-tls/1`.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use intransit_pki::{TlsAlpnChallenges, ACME_TLS_ALPN};
 use intransit_policy::{AllowDecision, AllowList, ClientIdentity};
 use rustls::server::Acceptor;
 use tokio::io::AsyncWriteExt;
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::LazyConfigAcceptor;
+use tokio_rustls::{LazyConfigAcceptor, StartHandshake};
+use tracing::info;
 
 use crate::admission::Admission;
 use crate::audit::ClientCertFacts;
@@ -26,10 +38,12 @@ use crate::metrics::NO_IDENTITY;
 use crate::net::{close_with, BoxStream, Rewind};
 use crate::refusal::{describe_handshake_io, describe_tls_error, RefusalReason};
 use crate::tls::facts::TlsFacts;
-use crate::tls::listener::PresentedCertificate;
+use crate::tls::listener::{acme_validation_config, PresentedCertificate};
 
 /// A TLS alert record: fatal, unrecognized_name.
 const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
+/// A TLS alert record: fatal, handshake_failure.
+const HANDSHAKE_FAILURE_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28];
 
 /// The TLS stream a server-mode listener accepted from a client. Boxed:
 /// the TLS state is over a kilobyte, and a connection's futures then hold
@@ -61,11 +75,13 @@ fn identity_label(allow: &AllowList, identity: Option<&ClientIdentity>) -> Strin
     }
 }
 
-/// Runs the handshake. With `required_alpn`, a ClientHello that does not
-/// offer that protocol is refused before the server says anything. A
-/// resumed session whose certificate no longer passes today's checks gets
-/// `on_rejected` (the protocol's own error, or nothing) inside TLS before
-/// the connection closes.
+/// Runs the handshake of a connection that asked for TLS its protocol's
+/// way (an SSLRequest, MySQL's CLIENT_SSL): a database client, never an
+/// ACME CA. With `required_alpn`, a ClientHello that does not offer that
+/// protocol is refused before the server says anything. A resumed session
+/// whose certificate no longer passes today's checks gets `on_rejected`
+/// (the protocol's own error, or nothing) inside TLS before the connection
+/// closes.
 pub(crate) async fn accept(
     ctx: &ConnectionContext<PreparedListener>,
     stream: Rewind<BoxStream>,
@@ -73,20 +89,117 @@ pub(crate) async fn accept(
     on_rejected: &[u8],
 ) -> Result<Accepted, Refused> {
     let started = Instant::now();
-    let start = LazyConfigAcceptor::new(Acceptor::default(), stream)
+    let start = read_client_hello(stream).await?;
+    accept_client(ctx, start, started, required_alpn, on_rejected).await
+}
+
+/// [`accept`] for TLS from the connection's first byte, where an ACME
+/// CA's TLS-ALPN-01 validation may arrive too: `None` when the connection
+/// was one, answered (see the module doc) and closed.
+pub(crate) async fn accept_first_byte(
+    ctx: &ConnectionContext<PreparedListener>,
+    stream: Rewind<BoxStream>,
+    required_alpn: Option<&[u8]>,
+    on_rejected: &[u8],
+) -> Result<Option<Accepted>, Refused> {
+    let started = Instant::now();
+    let start = read_client_hello(stream).await?;
+    if offers(&start, ACME_TLS_ALPN) {
+        answer_acme_validation(ctx, start, &ctx.listener.acme_challenges).await?;
+        return Ok(None);
+    }
+    accept_client(ctx, start, started, required_alpn, on_rejected)
+        .await
+        .map(Some)
+}
+
+type ClientHelloRead = StartHandshake<Rewind<BoxStream>>;
+
+async fn read_client_hello(stream: Rewind<BoxStream>) -> Result<ClientHelloRead, Refused> {
+    LazyConfigAcceptor::new(Acceptor::default(), stream)
         .await
         .map_err(|e| {
             Refused::new(
                 RefusalReason::from_handshake_io(&e),
                 format!("reading ClientHello: {e}"),
             )
-        })?;
+        })
+}
+
+/// Whether the ClientHello offers ALPN `protocol`.
+fn offers(start: &ClientHelloRead, protocol: &[u8]) -> bool {
+    start
+        .client_hello()
+        .alpn()
+        .is_some_and(|mut protocols| protocols.any(|p| p == protocol))
+}
+
+/// Answers a TLS-ALPN-01 validation with the challenge certificate
+/// pending for the ClientHello's server name, or refuses it with a
+/// handshake_failure alert when none is. An answered validation is logged
+/// and audited (outcome `acme_validation`) but not counted as a client's
+/// handshake.
+async fn answer_acme_validation(
+    ctx: &ConnectionContext<PreparedListener>,
+    start: ClientHelloRead,
+    challenges: &TlsAlpnChallenges,
+) -> Result<(), Refused> {
+    let server_name = start.client_hello().server_name().map(str::to_owned);
+    ctx.note(|r| {
+        r.sni = server_name.clone();
+        r.alpn = Some(String::from_utf8_lossy(ACME_TLS_ALPN).into_owned());
+    });
+    let pending = server_name
+        .as_deref()
+        .and_then(|name| challenges.find(name));
+    let Some(certificate) = pending else {
+        let mut io = start.io;
+        let _ = io.write_all(&HANDSHAKE_FAILURE_ALERT).await;
+        let _ = io.shutdown().await;
+        return Err(Refused::new(
+            RefusalReason::Alpn,
+            format!(
+                "ClientHello offering ALPN \"acme-tls/1\" for server name {:?}, with no \
+                 TLS-ALPN-01 challenge pending for it",
+                server_name.as_deref().unwrap_or("")
+            ),
+        ));
+    };
+    let config = acme_validation_config(&certificate).map_err(|e| {
+        Refused::new(
+            RefusalReason::HandshakeFailed,
+            format!("the TLS-ALPN-01 answer: {e}"),
+        )
+    })?;
+    let mut stream = start.into_stream(config).await.map_err(|e| {
+        Refused::new(
+            RefusalReason::from_handshake_io(&e),
+            format!("TLS-ALPN-01 handshake: {}", describe_handshake_io(&e)),
+        )
+    })?;
+    // The validation is the handshake itself: nothing follows it.
+    let _ = stream.shutdown().await;
+    ctx.note(|r| r.acme_validation = true);
+    info!(
+        conn = ctx.id,
+        listener = %ctx.listener.basics.name,
+        peer = %ctx.peer,
+        server_name = server_name.as_deref().unwrap_or(""),
+        "answered an ACME TLS-ALPN-01 validation"
+    );
+    Ok(())
+}
+
+/// The handshake of a database client whose ClientHello has been read.
+async fn accept_client(
+    ctx: &ConnectionContext<PreparedListener>,
+    start: ClientHelloRead,
+    started: Instant,
+    required_alpn: Option<&[u8]>,
+    on_rejected: &[u8],
+) -> Result<Accepted, Refused> {
     if let Some(required) = required_alpn {
-        let offered = start
-            .client_hello()
-            .alpn()
-            .is_some_and(|mut protocols| protocols.any(|p| p == required));
-        if !offered {
+        if !offers(&start, required) {
             return Err(Refused::new(
                 RefusalReason::Alpn,
                 format!(

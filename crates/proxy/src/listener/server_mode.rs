@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use intransit_config::{ClientAuth, Endpoint, ListenerConfig, ServerNamePattern};
+use intransit_pki::TlsAlpnChallenges;
 use intransit_policy::DbUserRules;
 
 use crate::audit::AuditLog;
@@ -59,17 +60,22 @@ pub struct PreparedListener {
     pub client_auth: ClientAuth,
     /// The server version a MySQL listener's own greeting announces.
     pub mysql_server_version: String,
+    /// The TLS-ALPN-01 challenges pending for an ACME CA validating on
+    /// this listener's address (shared by every listener of the proxy).
+    pub acme_challenges: TlsAlpnChallenges,
 }
 
 impl PreparedListener {
     /// Loads certificate files and builds TLS state for one listener and
     /// each of its routes, offering the ALPN protocols `alpn` (the
-    /// protocol's choice).
+    /// protocol's choice); an ACME CA's TLS-ALPN-01 validation is answered
+    /// from `acme_challenges`.
     pub fn prepare(
         config: &ListenerConfig,
         alpn: Vec<Vec<u8>>,
         metrics: Arc<ProxyMetrics>,
         audit: Arc<AuditLog>,
+        acme_challenges: TlsAlpnChallenges,
     ) -> Result<Self, ProxyError> {
         let in_listener = |e: ProxyError| e.in_listener(&config.name);
         let upstream_tls = |settings: Option<&intransit_config::UpstreamTls>| {
@@ -112,6 +118,7 @@ impl PreparedListener {
             require_sni_match: config.require_sni_match,
             client_auth: config.tls.client_auth,
             mysql_server_version: config.mysql_server_version.clone(),
+            acme_challenges,
         })
     }
 

@@ -48,7 +48,10 @@ pub(crate) async fn serve(
     let negotiated = ctx
         .handshake_deadline(Box::pin(negotiate(&ctx, stream)))
         .await;
-    let opened = ctx.in_time(negotiated)?;
+    let Some(opened) = ctx.in_time(negotiated)? else {
+        // An ACME CA's TLS-ALPN-01 validation, answered.
+        return Ok(());
+    };
     let route = &opened.route;
     let established = || {
         ctx.log_established(Established {
@@ -81,10 +84,12 @@ struct Opened {
     handshake_micros: u128,
 }
 
+/// `None` when the connection was an ACME CA's TLS-ALPN-01 validation,
+/// answered and closed.
 async fn negotiate(
     ctx: &ConnectionContext<PreparedListener>,
     mut stream: BoxStream,
-) -> Result<Opened, Refused> {
+) -> Result<Option<Opened>, Refused> {
     let mut first = [0u8; 1];
     let n = stream
         .read(&mut first)
@@ -106,7 +111,9 @@ async fn negotiate(
         ));
     }
     let stream = Rewind::new(Bytes::copy_from_slice(&first), stream);
-    let mut accepted = handshake::accept(ctx, stream, None, &[]).await?;
+    let Some(mut accepted) = handshake::accept_first_byte(ctx, stream, None, &[]).await? else {
+        return Ok(None);
+    };
     if accepted.admission == Admission::OverLimit {
         close_with(&mut accepted.stream, &[]).await;
         return Err(ctx.over_limit());
@@ -118,13 +125,13 @@ async fn negotiate(
         ctx.listener.basics.upstream_connect_timeout,
     );
     match opened.await {
-        Ok((upstream, session)) => Ok(Opened {
+        Ok((upstream, session)) => Ok(Some(Opened {
             client: accepted.stream,
             upstream,
             route,
             upstream_tls: session.map(|s| s.tls.version),
             handshake_micros: accepted.handshake_micros,
-        }),
+        })),
         Err(refused) => {
             // No in-band error exists in a protocol we do not speak: the
             // client sees the connection close.

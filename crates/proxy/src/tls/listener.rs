@@ -14,12 +14,14 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use intransit_config::{ClientAuth, ServerTls, StaleCrl, TlsVersion};
-use intransit_pki::{crl_freshness, CrlFreshness};
+use intransit_pki::{crl_freshness, ChallengeCertificate, CrlFreshness};
 use intransit_policy::{AllowList, ClientIdentity};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime,
+};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
 use rustls::{
@@ -458,6 +460,38 @@ pub(crate) struct ClientTrust {
     pub(crate) crls: Vec<LoadedCrl>,
 }
 
+/// The configuration of one answer to an ACME CA's TLS-ALPN-01
+/// validation (RFC 8737): the challenge certificate, ALPN `acme-tls/1`
+/// only, no client certificate asked, no session to resume. Built for
+/// each validation, which is rare, and never used for a client.
+pub(crate) fn acme_validation_config(
+    certificate: &ChallengeCertificate,
+) -> Result<Arc<ServerConfig>, ProxyError> {
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        certificate.key_pkcs8_der().to_vec(),
+    ));
+    let provider = Arc::new(crypto_provider());
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| ProxyError::Tls(e.to_string()))?;
+    let cert = CertificateDer::from(certificate.cert_der().to_vec());
+    // A resolver rather than `with_single_cert`, which would check the
+    // certificate as a web server's and refuse the critical acmeIdentifier
+    // extension RFC 8737 requires.
+    let answer =
+        rustls::sign::SingleCertAndKey::from(rustls::sign::CertifiedKey::new(vec![cert], signing));
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions(TlsVersion::V1_2))
+        .map_err(|e| ProxyError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(answer));
+    config.alpn_protocols = vec![intransit_pki::ACME_TLS_ALPN.to_vec()];
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
 fn build_material(
     tls: &ServerTls,
     files: &ServerTlsFiles,
@@ -728,6 +762,7 @@ impl PresentedCertificate {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use intransit_pki::ACME_TLS_ALPN;
     use intransit_pki::{
         CertificateAuthority, CertificateKind, IssueRequest, IssuedCertificate, KeyAlgorithm,
         Validity,
@@ -1137,5 +1172,123 @@ mod tests {
             let detail = refusal::describe_tls_error(&err);
             assert!(detail.contains(words), "{reason}: {detail}");
         }
+    }
+
+    /// A client that accepts any server certificate: what an ACME CA's
+    /// validation does (it checks the acmeIdentifier, not a chain).
+    #[derive(Debug)]
+    struct AnyServer;
+
+    impl rustls::client::danger::ServerCertVerifier for AnyServer {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            crypto_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+
+    /// An in-memory handshake of a client offering `alpn` for `name`
+    /// against `server`: the protocol negotiated and the certificate
+    /// served, or the server's error.
+    fn handshake(
+        server: Arc<ServerConfig>,
+        alpn: &[&[u8]],
+        name: &str,
+    ) -> Result<(Option<Vec<u8>>, Vec<u8>), rustls::Error> {
+        let mut client_config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(crypto_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyServer))
+                .with_no_client_auth();
+        client_config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let server_name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+        let mut client =
+            rustls::ClientConnection::new(Arc::new(client_config), server_name).unwrap();
+        let mut server = rustls::ServerConnection::new(server).unwrap();
+        while client.is_handshaking() || server.is_handshaking() {
+            let mut bytes = Vec::new();
+            client.write_tls(&mut bytes).unwrap();
+            server.read_tls(&mut bytes.as_slice()).unwrap();
+            server.process_new_packets()?;
+            let mut bytes = Vec::new();
+            server.write_tls(&mut bytes).unwrap();
+            client.read_tls(&mut bytes.as_slice()).unwrap();
+            if client.process_new_packets().is_err() {
+                break;
+            }
+        }
+        let served = client.peer_certificates().unwrap()[0].to_vec();
+        Ok((server.alpn_protocol().map(<[u8]>::to_vec), served))
+    }
+
+    #[test]
+    fn the_acme_answer_negotiates_acme_tls_only_and_a_route_never_does() {
+        let challenge = ChallengeCertificate::new("db.example.com", &[5; 32]).unwrap();
+        let answer = acme_validation_config(&challenge).unwrap();
+        // The CA's hello: acme-tls/1, the challenge certificate, although
+        // the certificate's critical acmeIdentifier is not a web server's.
+        let (alpn, served) = handshake(answer.clone(), &[ACME_TLS_ALPN], "db.example.com").unwrap();
+        assert_eq!(alpn.as_deref(), Some(ACME_TLS_ALPN));
+        assert_eq!(served, challenge.cert_der());
+        // A database client's hello never gets the answer's protocol.
+        let refused = handshake(answer, &[intransit_wire::pg::ALPN], "db.example.com");
+        assert!(
+            matches!(refused, Err(rustls::Error::NoApplicationProtocol)),
+            "{refused:?}"
+        );
+
+        // A route's own configuration offers its protocol's ALPN only: a
+        // hello asking for acme-tls/1 alone is refused there, and a
+        // client's gets the route's certificate.
+        let ca = ca("test CA");
+        let issued = server(&ca, Validity::days_from_now(5));
+        let mut files = Files::new(&ca, &issued);
+        files.tls.client_auth = ClientAuth::None;
+        let route =
+            ListenerTls::build(&files.tls, vec![intransit_wire::pg::ALPN.to_vec()]).unwrap();
+        let refused = handshake(route.snapshot().config(), &[ACME_TLS_ALPN], "localhost");
+        assert!(
+            matches!(refused, Err(rustls::Error::NoApplicationProtocol)),
+            "{refused:?}"
+        );
+        let (alpn, served) = handshake(
+            route.snapshot().config(),
+            &[intransit_wire::pg::ALPN],
+            "localhost",
+        )
+        .unwrap();
+        assert_eq!(alpn.as_deref(), Some(intransit_wire::pg::ALPN));
+        assert_eq!(
+            intransit_pki::sha256_fingerprint(&served),
+            fingerprint(&issued)
+        );
     }
 }

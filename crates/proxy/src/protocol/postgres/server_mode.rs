@@ -99,7 +99,10 @@ async fn negotiate(
             return Ok(None);
         }
     };
-    let established = tls_requested.handshake(ctx).await?;
+    let Some(established) = tls_requested.handshake(ctx).await? else {
+        // An ACME CA's TLS-ALPN-01 validation, answered.
+        return Ok(None);
+    };
     let received = match established.read_startup().await? {
         Startup::Message(m) => m,
         Startup::Cancel(cancel, route) => {
@@ -247,22 +250,34 @@ struct TlsRequested {
 }
 
 impl TlsRequested {
-    async fn handshake(self, ctx: &Ctx) -> Result<TlsEstablished, Refused> {
-        // PostgreSQL 17 accepts direct TLS only with ALPN "postgresql", so
-        // that a TLS connection meant for another protocol (say HTTPS routed
-        // to the wrong port) is never taken for a database session.
-        let required = self.direct.then_some(pg::ALPN);
+    /// `None` when the connection was an ACME CA's TLS-ALPN-01 validation
+    /// (direct TLS only), answered and closed.
+    async fn handshake(self, ctx: &Ctx) -> Result<Option<TlsEstablished>, Refused> {
         let no_longer_accepted = error_response(
             SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
             "the client certificate is no longer accepted; connect again with a valid certificate"
                 .into(),
             None,
         );
-        let accepted = handshake::accept(ctx, self.stream, required, &no_longer_accepted).await?;
-        Ok(TlsEstablished {
+        let accepted = if self.direct {
+            // PostgreSQL 17 accepts direct TLS only with ALPN "postgresql",
+            // so that a TLS connection meant for another protocol (say
+            // HTTPS routed to the wrong port) is never taken for a
+            // database session.
+            let required = Some(pg::ALPN);
+            match handshake::accept_first_byte(ctx, self.stream, required, &no_longer_accepted)
+                .await?
+            {
+                Some(accepted) => accepted,
+                None => return Ok(None),
+            }
+        } else {
+            handshake::accept(ctx, self.stream, None, &no_longer_accepted).await?
+        };
+        Ok(Some(TlsEstablished {
             accepted,
             buf: BytesMut::with_capacity(512),
-        })
+        }))
     }
 }
 
