@@ -350,14 +350,17 @@ struct Authorized {
 impl Authorized {
     /// Hands the verified client to its pool.
     async fn pooled(self: Box<Self>, ctx: &Ctx, pools: &Arc<Pools>) -> Result<(), Refused> {
-        let Authorized { tls, startup, .. } = *self;
+        let Authorized { tls, startup, raw } = *self;
+        // The StartupMessage's bytes share the read buffer's allocation:
+        // dropped now, the session holds no buffer while the client idles.
+        drop(raw);
         let TlsEstablished { accepted, buf } = tls;
         pool::session::serve(
             ctx,
             pools,
             pool::session::Verified {
                 client: accepted.stream,
-                startup: &startup,
+                startup,
                 pending: buf,
                 handshake_micros: accepted.handshake_micros,
             },

@@ -124,15 +124,22 @@ pub(crate) struct Pool {
     idle: Mutex<Vec<Box<ServerConn>>>,
     /// The parameters the first server login reported: what a client's
     /// login reports without waiting for a server connection.
-    startup: Mutex<Option<StartupParameters>>,
+    startup: Mutex<Option<Arc<StartupParameters>>>,
     clients: AtomicUsize,
     waiting: AtomicUsize,
     active: AtomicUsize,
     opening: AtomicUsize,
 }
 
-/// The ParameterStatus values of a server login, in order.
-pub(crate) type StartupParameters = Arc<Vec<(String, String)>>;
+/// What the pool's first server login reported.
+#[derive(Debug, Default)]
+pub(crate) struct StartupParameters {
+    /// Every ParameterStatus, in order: what a client's login reports.
+    pub(crate) reported: Vec<(String, String)>,
+    /// The restored ones among them: a client's values until it sets its
+    /// own, shared by every client of the pool.
+    pub(crate) defaults: Parameters,
+}
 
 /// One logged-in server connection. Kept boxed, in the idle list and in a
 /// lease, so that lending it moves a pointer and a client's futures hold
@@ -435,7 +442,10 @@ impl Pools {
         {
             let mut startup = lock(&pool.startup);
             if startup.is_none() {
-                *startup = Some(Arc::new(logged_in.parameters.clone()));
+                *startup = Some(Arc::new(StartupParameters {
+                    reported: logged_in.parameters.clone(),
+                    defaults: params.clone(),
+                }));
             }
         }
         info!(
@@ -610,7 +620,7 @@ impl Pools {
 
 impl Pool {
     /// The parameters of the pool's first server login, if there was one.
-    pub(crate) fn startup_parameters(&self) -> Option<StartupParameters> {
+    pub(crate) fn startup_parameters(&self) -> Option<Arc<StartupParameters>> {
         lock(&self.startup).clone()
     }
 

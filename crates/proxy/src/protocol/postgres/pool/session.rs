@@ -40,9 +40,9 @@ use crate::net::close_with;
 use crate::refusal::RefusalReason;
 
 /// A client whose certificate and database user passed every check.
-pub(crate) struct Verified<'a, S> {
+pub(crate) struct Verified<S> {
     pub(crate) client: S,
-    pub(crate) startup: &'a StartupMessage,
+    pub(crate) startup: StartupMessage,
     /// Bytes the client sent after its StartupMessage.
     pub(crate) pending: BytesMut,
     pub(crate) handshake_micros: u128,
@@ -52,7 +52,7 @@ pub(crate) struct Verified<'a, S> {
 pub(crate) async fn serve<L, S>(
     ctx: &ConnectionContext<L>,
     pools: &Arc<Pools>,
-    verified: Verified<'_, S>,
+    verified: Verified<S>,
 ) -> Result<(), Refused>
 where
     L: Listener,
@@ -102,15 +102,11 @@ where
         }
     }
     let reported = pool.startup_parameters().unwrap_or_default();
-    let mut defaults = Parameters::default();
-    for (name, value) in reported.iter() {
-        defaults.record(name, value);
-    }
-    let mut params = wanted.or_defaults(&defaults);
+    let mut params = wanted.or_defaults(&reported.defaults);
     let mut hello = Vec::with_capacity(512);
     encode_authentication_ok(&mut hello);
-    for (name, value) in reported.iter() {
-        let value = params.get(&name.to_ascii_lowercase()).unwrap_or(value);
+    for (name, value) in &reported.reported {
+        let value = params.get(name).unwrap_or(value);
         // Values came from the server or the client's own startup, where
         // a NUL cannot be.
         let _ = encode_parameter_status(name, value, &mut hello);
@@ -122,6 +118,7 @@ where
         .await
         .map_err(Refused::client_closed)?;
     client.flush().await.map_err(Refused::client_closed)?;
+    drop(hello);
     if pools.mode() == PoolMode::Transaction {
         if let Some(l) = lease.take() {
             l.release();
@@ -135,6 +132,8 @@ where
         server_name: None,
         handshake_micros,
     });
+    // What the login needed is not kept for the session's life.
+    drop((startup, reported));
     let started = Instant::now();
     let mut run = Run {
         pools,

@@ -3,8 +3,8 @@
 //! answered everything the client sent (`Exchange`), and which session
 //! parameters each side holds (`Parameters`).
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use intransit_wire::pg::session::{frontend, TransactionStatus};
 
@@ -98,13 +98,12 @@ pub(crate) const RESTORED: &[&str] = &[
     "application_name",
     "client_encoding",
     "datestyle",
-    "intervalstyle",
-    "timezone",
-    "standard_conforming_strings",
-    "search_path",
     "extra_float_digits",
+    "intervalstyle",
+    "search_path",
+    "standard_conforming_strings",
+    "timezone",
 ];
-
 /// Startup parameters a pooled client may send besides those in
 /// [`RESTORED`].
 const ACCEPTED: &[&str] = &["user", "database"];
@@ -116,9 +115,17 @@ pub(crate) struct NotPoolable {
     pub(crate) name: String,
 }
 
-/// Values of [`RESTORED`] parameters, by lower-case name.
+/// Values of [`RESTORED`] parameters, one slot per name in its order
+/// (alphabetical, which is also the order of a restoring statement).
+/// Values are shared: a client that keeps the values its login reported
+/// holds the pool's own, so an idle client costs no allocation for them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Parameters(BTreeMap<String, String>);
+pub(crate) struct Parameters([Option<Arc<str>>; RESTORED.len()]);
+
+/// The slot of a restored parameter, by name in any case.
+fn slot(name: &str) -> Option<usize> {
+    RESTORED.iter().position(|r| r.eq_ignore_ascii_case(name))
+}
 
 impl Parameters {
     /// The restored parameters among a client's startup parameters; an
@@ -130,41 +137,55 @@ impl Parameters {
     ) -> Result<Self, NotPoolable> {
         let mut out = Parameters::default();
         for (name, value) in params {
-            let lower = name.to_ascii_lowercase();
-            if ACCEPTED.contains(&lower.as_str()) || lower.starts_with("_pq_.") {
+            let protocol_option = name
+                .as_bytes()
+                .get(..5)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"_pq_."));
+            if protocol_option || ACCEPTED.iter().any(|a| a.eq_ignore_ascii_case(name)) {
                 continue;
             }
-            if !RESTORED.contains(&lower.as_str()) {
+            let Some(at) = slot(name) else {
                 return Err(NotPoolable {
                     name: name.to_owned(),
                 });
-            }
-            out.0.insert(lower, value.to_owned());
+            };
+            out.0[at] = Some(Arc::from(value));
         }
         Ok(out)
     }
 
     /// Records a value the server reported or was set to; parameters the
-    /// pool does not restore are ignored.
+    /// pool does not restore are ignored, and so is a value already held.
     pub(crate) fn record(&mut self, name: &str, value: &str) {
-        let lower = name.to_ascii_lowercase();
-        if RESTORED.contains(&lower.as_str()) {
-            self.0.insert(lower, value.to_owned());
+        if let Some(at) = slot(name) {
+            if self.0[at].as_deref() != Some(value) {
+                self.0[at] = Some(Arc::from(value));
+            }
         }
     }
 
-    /// The value of `name` (lower case), if known.
+    /// The value of `name`, if known.
     pub(crate) fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
+        slot(name).and_then(|at| self.0[at].as_deref())
     }
 
     /// Fills in what `self` does not set from `defaults` (a client
     /// that set nothing has the values its login reported).
     pub(crate) fn or_defaults(mut self, defaults: &Parameters) -> Self {
-        for (name, value) in &defaults.0 {
-            self.0.entry(name.clone()).or_insert_with(|| value.clone());
+        for (mine, default) in self.0.iter_mut().zip(&defaults.0) {
+            if mine.is_none() {
+                mine.clone_from(default);
+            }
         }
         self
+    }
+
+    /// The parameters that have a value, by lower-case name.
+    fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> + '_ {
+        RESTORED
+            .iter()
+            .zip(&self.0)
+            .filter_map(|(name, value)| Some((*name, value.as_deref()?)))
     }
 
     /// The statement that makes a server connection holding `server`
@@ -174,9 +195,8 @@ impl Parameters {
     /// `search_path` as `SET` would.
     pub(crate) fn difference_from(&self, server: &Parameters) -> Option<String> {
         let calls: Vec<String> = self
-            .0
             .iter()
-            .filter(|(name, value)| server.get(name) != Some(value.as_str()))
+            .filter(|(name, value)| server.get(name) != Some(*value))
             .map(|(name, value)| {
                 format!(
                     "pg_catalog.set_config('{name}', {}, false)",
