@@ -237,7 +237,12 @@ fn a_refused_challenge_is_named_with_the_cas_detail_and_the_old_certificate_stay
 
     // The answer is served where pebble does not look: nothing answers on
     // its HTTP-01 port, and it says so.
-    let elsewhere = format!("127.0.0.1:{}", free_port());
+    // A port free now may be the very one pebble connects to (it only
+    // connects there, so the port is free too): never that one.
+    let elsewhere = std::iter::repeat_with(free_port)
+        .find(|&p| p != pebble.http_port() && p != pebble.tls_port())
+        .map(|p| format!("127.0.0.1:{p}"))
+        .expect("a free port");
     let out = cli(
         &state,
         &["cert", "renew", "web", "--force", "--acme-http", &elsewhere],
