@@ -51,8 +51,10 @@ pub enum Challenge {
     /// HTTP-01, answered by an HTTP server on this address (the CA
     /// connects to port 80).
     Http01(SocketAddr),
-    /// TLS-ALPN-01, answered by a TLS listener on this address (the CA
-    /// connects to port 443).
+    /// TLS-ALPN-01 on this address (the CA connects to port 443):
+    /// answered by a TLS listener of the order's own, or, when the
+    /// address is a running proxy listener's, by that listener (see the
+    /// module documentation).
     TlsAlpn01(SocketAddr),
 }
 
