@@ -364,13 +364,15 @@ impl ProxyMetrics {
             .inc();
     }
 
-    /// Records how long a pooled client waited for a server connection.
-    pub fn pool_wait(&self, listener: &str, seconds: f64) {
+    /// The histogram of how long a pooled client of `listener` waited
+    /// for a server connection: a handle its pools keep, since it is
+    /// observed once per transaction (no label lookup there).
+    pub fn pool_wait(&self, listener: &str) -> Histogram {
         self.pool_wait_seconds
             .get_or_create(&PoolLabels {
                 listener: listener.to_owned(),
             })
-            .observe(seconds);
+            .clone()
     }
 
     /// Counts a server login of a pool: `None` when it succeeded.

@@ -47,6 +47,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use intransit_config::{Endpoint, PoolConfig, PoolMode};
 use intransit_wire::pg::session::{backend, parse_parameter_status, MessageScanner, Scanned};
+use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -81,6 +82,8 @@ pub struct Pools {
     logins_ok: AtomicU64,
     logins_failed: AtomicU64,
     metrics: Arc<ProxyMetrics>,
+    /// `intransit_pool_wait_seconds` of this listener.
+    waited: Histogram,
     /// The upstream TLS material the server connections were made with.
     upstream_seen: Mutex<Option<Arc<UpstreamMaterial>>>,
     /// The other instances a cancel for one of their clients goes to.
@@ -275,6 +278,7 @@ impl Pools {
             next_server: AtomicU64::new(1),
             logins_ok: AtomicU64::new(0),
             logins_failed: AtomicU64::new(0),
+            waited: metrics.pool_wait(listener),
             metrics,
             upstream_seen: Mutex::new(seen),
             peers,
@@ -350,8 +354,7 @@ impl Pools {
                 }
             }
         };
-        self.metrics
-            .pool_wait(&self.listener, started.elapsed().as_secs_f64());
+        self.waited.observe(started.elapsed().as_secs_f64());
         let generation = self.generation.load(Ordering::Relaxed);
         loop {
             let Some(mut conn) = take_idle(pool, workers::current()) else {

@@ -180,23 +180,19 @@ impl Parameters {
         self
     }
 
-    /// The parameters that have a value, by lower-case name.
-    fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> + '_ {
-        RESTORED
-            .iter()
-            .zip(&self.0)
-            .filter_map(|(name, value)| Some((*name, value.as_deref()?)))
-    }
-
     /// The statement that makes a server connection holding `server`
     /// hold `self`, or `None` when nothing differs. Values go through
     /// `set_config` as string literals (`E''`, so neither a quote nor a
     /// backslash can end them), which also parses list values such as
     /// `search_path` as `SET` would.
     pub(crate) fn difference_from(&self, server: &Parameters) -> Option<String> {
-        let calls: Vec<String> = self
+        let calls: Vec<String> = RESTORED
             .iter()
-            .filter(|(name, value)| server.get(name) != Some(*value))
+            .zip(self.0.iter().zip(&server.0))
+            .filter_map(|(name, (mine, held))| match mine {
+                Some(value) if Some(value) != held.as_ref() => Some((name, value)),
+                _ => None,
+            })
             .map(|(name, value)| {
                 format!(
                     "pg_catalog.set_config('{name}', {}, false)",
