@@ -112,9 +112,11 @@ pub(super) struct Tracking<'a> {
 const LISTEN_REFUSAL: &str = "DO $intransit$ BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', MESSAGE = 'LISTEN is not available through a transaction-mode pool: notifications would arrive on a server connection this session no longer holds', HINT = 'Connect through a listener whose [listener.pool] has mode = \"session\".'; END $intransit$";
 
 /// Bytes to write: ranges of an input buffer and bytes of the pool's own,
-/// in order.
+/// in order. The common batch, one range of the input (the messages read
+/// in one go, passed on), takes no allocation.
 #[derive(Default)]
 struct Batch {
+    single: Option<(usize, usize)>,
     pieces: Vec<Piece>,
 }
 
@@ -128,6 +130,13 @@ impl Batch {
         if start == end {
             return;
         }
+        if self.pieces.is_empty() {
+            match &mut self.single {
+                None => return self.single = Some((start, end)),
+                Some((_, last_end)) if *last_end == start => return *last_end = end,
+                Some(_) => self.spill(),
+            }
+        }
         if let Some(Piece::Input(_, last_end)) = self.pieces.last_mut() {
             if *last_end == start {
                 *last_end = end;
@@ -139,12 +148,20 @@ impl Batch {
 
     fn own(&mut self, bytes: Vec<u8>) {
         if !bytes.is_empty() {
+            self.spill();
             self.pieces.push(Piece::Own(bytes));
         }
     }
 
+    /// Moves the single range into `pieces`, where the rest goes after it.
+    fn spill(&mut self) {
+        if let Some((start, end)) = self.single.take() {
+            self.pieces.push(Piece::Input(start, end));
+        }
+    }
+
     fn is_empty(&self) -> bool {
-        self.pieces.is_empty()
+        self.single.is_none() && self.pieces.is_empty()
     }
 
     /// Writes the batch; a batch that is one range of `input` is written
@@ -154,6 +171,10 @@ impl Batch {
         input: &[u8],
         out: &mut W,
     ) -> std::io::Result<usize> {
+        if let Some((s, e)) = self.single {
+            out.write_all(&input[s..e]).await?;
+            return Ok(e - s);
+        }
         match self.pieces.as_slice() {
             [] => Ok(0),
             [Piece::Input(s, e)] => {
@@ -187,9 +208,16 @@ fn client_wants(tag: u8, transaction_mode: bool, tracking: bool) -> usize {
 
 /// Whether a Query empties the server connection's prepared statements.
 fn drops_statements(query_prefix: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(query_prefix).to_ascii_lowercase();
-    let text = text.trim_start();
-    text.starts_with("discard") || text.starts_with("deallocate")
+    let start = query_prefix
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c'))
+        .unwrap_or(query_prefix.len());
+    let text = &query_prefix[start..];
+    let starts = |word: &[u8]| {
+        text.get(..word.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(word))
+    };
+    starts(b"discard") || starts(b"deallocate")
 }
 
 impl Tracking<'_> {
@@ -589,4 +617,64 @@ where
 /// zero.
 pub(super) fn tracks(transaction_mode: bool, cap: usize) -> bool {
     transaction_mode && cap > 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_keeps_its_pieces_in_order() {
+        fn joined(batch: &Batch, input: &[u8]) -> Vec<u8> {
+            let mut out = Vec::new();
+            let written = block_on(batch.write(input, &mut out)).expect("write");
+            assert_eq!(written, out.len());
+            out
+        }
+        let input = b"0123456789";
+        let mut one = Batch::default();
+        assert!(one.is_empty());
+        one.input(0, 2);
+        one.input(2, 5);
+        one.input(5, 5);
+        assert!(one.pieces.is_empty(), "contiguous ranges stay one");
+        assert_eq!(joined(&one, input), b"01234");
+
+        let mut mixed = Batch::default();
+        mixed.input(1, 3);
+        mixed.own(b"ab".to_vec());
+        mixed.input(3, 4);
+        mixed.input(6, 8);
+        mixed.own(Vec::new());
+        assert_eq!(joined(&mixed, input), b"12ab367");
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn discard_and_deallocate_are_seen_in_any_case_behind_blanks() {
+        for q in [
+            "DISCARD ALL",
+            "  \t\n\x0b\x0cdiscard plans",
+            "Deallocate P_0",
+            "\r\nDEALLOCATE ALL",
+        ] {
+            assert!(drops_statements(q.as_bytes()), "{q:?}");
+        }
+        for q in [
+            "",
+            "   ",
+            "SELECT 1",
+            "discar",
+            "/* x */ DISCARD ALL",
+            "caf\u{e9}",
+        ] {
+            assert!(!drops_statements(q.as_bytes()), "{q:?}");
+        }
+    }
 }

@@ -39,6 +39,10 @@ use crate::conn::{ConnectionContext, Established, Listener, Refused};
 use crate::net::close_with;
 use crate::refusal::RefusalReason;
 
+/// The largest read buffer a server connection keeps between
+/// transactions; one that grew past it (a large result) is freed.
+const SERVER_BUFFER_KEPT: usize = 64 * 1024;
+
 /// A client whose certificate and database user passed every check.
 pub(crate) struct Verified<S> {
     pub(crate) client: S,
@@ -444,7 +448,10 @@ impl Run<'_> {
         self.from_client += shared.from_client.load(Ordering::Relaxed);
         self.to_client += shared.to_client.load(Ordering::Relaxed);
         server.statements = shared.into_server_statements();
-        if server.buf.is_empty() {
+        // A server connection keeps a read buffer of ordinary size between
+        // transactions (there are `size` of them, not one per client), so
+        // the next transaction does not allocate it again.
+        if server.buf.is_empty() && server.buf.capacity() > SERVER_BUFFER_KEPT {
             server.buf = BytesMut::new();
         }
         if self.client_buf.is_empty() {
