@@ -620,6 +620,7 @@ pub(super) fn tracks(transaction_mode: bool, cap: usize) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::*;
 
