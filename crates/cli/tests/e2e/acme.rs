@@ -807,6 +807,58 @@ fn up_with_acme_over_a_tls_listener_prints_client_lines_that_trust_the_acme_root
 }
 
 #[test]
+fn up_with_acme_in_front_of_mariadb_prints_a_mariadb_line_that_trusts_the_acme_root() {
+    let pebble = pebble();
+    let mariadb = intransit_testkit::MariaDbServer::shared().expect("mariadb");
+    mariadb
+        .create_user(
+            "acme_up",
+            "acme-up-pw",
+            intransit_testkit::MariaDbAuth::NativePassword,
+        )
+        .expect("user");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let upstream = mariadb.addr();
+    let args = up_args(
+        &pebble,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--protocol",
+            "mysql",
+            "--upstream",
+            &upstream,
+            "--user",
+            "acme_up",
+        ],
+    );
+    let mut up = UpProcess::start(&state, &args);
+    let line = up.command_line("mariadb", &pebble);
+    let local_ca = state.join("ca/ca.pem").display().to_string();
+    assert!(!line.contains(&local_ca), "{line}");
+    assert!(line.contains("-h localhost"), "{line}");
+    assert!(line.contains("--ssl-verify-server-cert"), "{line}");
+    // The line as printed, with pebble's root standing in for the
+    // system's roots and the password given instead of prompted for.
+    let root = pebble.issuing_root_file().expect("root");
+    let command = line.replacen(" -p ", " -pacme-up-pw ", 1).replacen(
+        "--ssl-verify-server-cert",
+        &format!("--ssl-verify-server-cert --ssl-ca={}", root.display()),
+        1,
+    );
+    assert_ne!(command, line, "{line}");
+    let run = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{command} -N -B -e 'SELECT 40 + 2'"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("sh");
+    assert_eq!(stdout(&run), "42", "{command}: {}", stderr(&run));
+    up.stop();
+}
+
+#[test]
 fn a_running_proxy_answers_tls_alpn01_for_cert_issue_in_another_process() {
     let pebble = pebble();
     let redis = intransit_testkit::RedisServer::shared().expect("redis");
