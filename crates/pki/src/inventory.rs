@@ -175,6 +175,17 @@ impl IssuedEntry {
         self.not_after().map(|at| days_until(at, now))
     }
 
+    /// The serials this certificate had, once it is replaced at `now`:
+    /// the earlier ones, then the current one.
+    fn history_when_replaced(&self, now: OffsetDateTime) -> Vec<PreviousSerial> {
+        let mut previous = self.previous_serials.clone();
+        previous.push(PreviousSerial {
+            serial_hex: self.serial_hex.clone(),
+            replaced_at: now,
+        });
+        previous
+    }
+
     /// Whether `serial` (hex, any case, colons allowed) is this
     /// certificate's current or an earlier serial number.
     fn has_serial(&self, serial: &str) -> bool {
@@ -367,15 +378,9 @@ impl StateDir {
 
         let issued = ca.issue(req)?;
         let now = OffsetDateTime::now_utc();
-        let mut previous = existing
-            .map(|e| e.previous_serials.clone())
+        let previous = existing
+            .map(|e| e.history_when_replaced(now))
             .unwrap_or_default();
-        if let Some(entry) = existing {
-            previous.push(PreviousSerial {
-                serial_hex: entry.serial_hex.clone(),
-                replaced_at: now,
-            });
-        }
         let record = Record {
             name: name.to_owned(),
             kind: req.kind,
@@ -518,11 +523,7 @@ impl StateDir {
         };
         let issued = ca.issue_with_key(&req, existing_key)?;
 
-        let mut previous = entry.previous_serials.clone();
-        previous.push(PreviousSerial {
-            serial_hex: entry.serial_hex.clone(),
-            replaced_at: now,
-        });
+        let previous = entry.history_when_replaced(now);
         let record = Record {
             name: entry.name.clone(),
             kind: req.kind,
@@ -564,15 +565,9 @@ impl StateDir {
         let entries = self.entries(&file)?;
         let existing = entries.iter().find(|e| e.name == name);
         let now = OffsetDateTime::now_utc();
-        let mut previous = existing
-            .map(|e| e.previous_serials.clone())
+        let previous = existing
+            .map(|e| e.history_when_replaced(now))
             .unwrap_or_default();
-        if let Some(entry) = existing {
-            previous.push(PreviousSerial {
-                serial_hex: entry.serial_hex.clone(),
-                replaced_at: now,
-            });
-        }
         let summary = &certificate.summary;
         let request = &certificate.request;
         let record = Record {
