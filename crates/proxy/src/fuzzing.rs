@@ -38,7 +38,7 @@ use crate::error::ProxyError;
 use crate::protocol::mysql::negotiation as my;
 use crate::protocol::postgres::negotiation as pgn;
 use crate::protocol::postgres::pool::tracking::{
-    has_listen, is_listen, ClientMessage, Exchange, Parameters, RESTORED,
+    has_listen, is_listen, listen_in_any_statement, ClientMessage, Exchange, Parameters, RESTORED,
 };
 use crate::refusal::RefusalReason;
 use crate::tls::listener::{client_verifier, crypto_provider, ClientTrust};
@@ -728,6 +728,8 @@ fn pool_listen(data: &[u8]) {
     // does not depend on letter case.
     let anywhere = has_listen(data);
     assert!(anywhere || !verdict);
+    // Its shortcuts change no verdict.
+    assert_eq!(listen_in_any_statement(data), anywhere);
     assert_eq!(has_listen(&data.to_ascii_lowercase()), anywhere);
     assert_eq!(has_listen(&data.to_ascii_uppercase()), anywhere);
     for before in [

@@ -332,10 +332,14 @@ impl Pools {
     /// Lends a server connection of `pool`, waiting at most
     /// `wait_timeout` for one to be free.
     pub(crate) async fn acquire(self: &Arc<Self>, pool: &Arc<Pool>) -> Result<Lease, AcquireError> {
-        let started = Instant::now();
         let permit = match pool.permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
+            Ok(permit) => {
+                // Not waited for: no clock read for the histogram.
+                self.waited.observe(0.0);
+                permit
+            }
             Err(_) => {
+                let started = Instant::now();
                 pool.waiting.fetch_add(1, Ordering::Relaxed);
                 let waited = tokio::time::timeout(
                     self.config.wait_timeout,
@@ -343,18 +347,19 @@ impl Pools {
                 )
                 .await;
                 pool.waiting.fetch_sub(1, Ordering::Relaxed);
+                let waited_for = started.elapsed();
                 match waited {
-                    Ok(Ok(permit)) => permit,
+                    Ok(Ok(permit)) => {
+                        self.waited.observe(waited_for.as_secs_f64());
+                        permit
+                    }
                     // The semaphore is never closed.
                     Ok(Err(_)) | Err(_) => {
-                        return Err(AcquireError::Exhausted {
-                            waited: started.elapsed(),
-                        })
+                        return Err(AcquireError::Exhausted { waited: waited_for })
                     }
                 }
             }
         };
-        self.waited.observe(started.elapsed().as_secs_f64());
         let generation = self.generation.load(Ordering::Relaxed);
         loop {
             let Some(mut conn) = take_idle(pool, workers::current()) else {
@@ -659,9 +664,12 @@ impl Lease {
             active,
             _permit,
         } = self;
-        conn.last_used = Instant::now();
+        let now = Instant::now();
+        conn.last_used = now;
         let generation = pools.generation.load(Ordering::Relaxed);
-        if conn.generation == generation && conn.created.elapsed() <= pools.config.server_lifetime {
+        if conn.generation == generation
+            && now.saturating_duration_since(conn.created) <= pools.config.server_lifetime
+        {
             lock(&active.0.idle).push(conn);
         } else {
             debug!(listener = %pools.listener, server = conn.id, "closing a server connection of older material or past its lifetime");

@@ -13,7 +13,6 @@
 //! is complete. Either way no message is split between two clients.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,13 +24,11 @@ use intransit_wire::pg::session::{
     Scanned, TransactionStatus,
 };
 use intransit_wire::pg::{ErrorResponse, SqlState, StartupMessage};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::info;
 
 use super::cancel::{CancelKeys, CancelSlot};
-use super::directions::{
-    self, client_to_server, server_to_client, ClientSide, ServerSide, Shared, Stop, Tracking,
-};
+use super::directions::{self, ClientSide, Common, ServerSide, Stop, Tracking};
 use super::statements::ClientStatements;
 use super::tracking::{Exchange, Parameters, RESTORED};
 use super::{AcquireError, Lease, Pool, Pools, ServerConn};
@@ -150,10 +147,7 @@ where
         servers: BTreeSet::new(),
         statements: ClientStatements::default(),
     };
-    let (mut reader, mut writer) = tokio::io::split(&mut client);
-    let ended = run
-        .serve(&mut reader, &mut writer, lease, &mut params)
-        .await;
+    let ended = run.serve(&mut client, lease, &mut params).await;
     let (from_client, to_client, servers) = (run.from_client, run.to_client, run.servers.len());
     let mode = pools.mode().as_str();
     ctx.note(|r| {
@@ -166,7 +160,6 @@ where
     let ended = match ended {
         Ok(()) => Ok(()),
         Err(Ending { reply, refused }) => {
-            let mut client = reader.unsplit(writer);
             close_with(&mut client, &reply).await;
             Err(refused)
         }
@@ -293,14 +286,10 @@ struct Run<'a> {
     statements: ClientStatements,
 }
 
-type Reader<'c, S> = ReadHalf<&'c mut S>;
-type Writer<'c, S> = WriteHalf<&'c mut S>;
-
 impl Run<'_> {
     async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
-        reader: &mut Reader<'_, S>,
-        writer: &mut Writer<'_, S>,
+        client: &mut S,
         mut lease: Option<Lease>,
         params: &mut Parameters,
     ) -> Result<(), Ending> {
@@ -310,7 +299,7 @@ impl Run<'_> {
                 None => {
                     // Idle between transactions: wait for the client.
                     if self.client_buf.is_empty() {
-                        match read_holding_no_buffer(reader, &mut self.client_buf).await {
+                        match read_holding_no_buffer(client, &mut self.client_buf).await {
                             Ok(0) | Err(_) => return Ok(()),
                             Ok(_) => {}
                         }
@@ -325,34 +314,41 @@ impl Run<'_> {
                 }
             };
             self.servers.insert(l.conn().id);
-            if let Some(sql) = params.difference_from(&l.conn().params) {
-                match Box::pin(run_internal(l.conn(), &sql, self.pools)).await {
-                    Ok(TransactionStatus::Idle) => {}
-                    Ok(_) => {
-                        return Err(Ending::server_lost(
-                            self.pools,
-                            "restoring the session parameters left a transaction open".into(),
-                        ))
+            // Values the server connection already shares with this client
+            // need no comparison; any other difference is set, and the
+            // values then held are the client's own.
+            if !params.shared_with(&l.conn().params) {
+                if let Some(sql) = params.difference_from(&l.conn().params) {
+                    match Box::pin(run_internal(l.conn(), &sql, self.pools)).await {
+                        Ok(TransactionStatus::Idle) => {}
+                        Ok(_) => {
+                            return Err(Ending::server_lost(
+                                self.pools,
+                                "restoring the session parameters left a transaction open".into(),
+                            ))
+                        }
+                        Err(Internal::Error(reply)) => {
+                            l.release();
+                            return Err(Ending {
+                                reply,
+                                refused: Refused::new(
+                                    RefusalReason::NotPoolable,
+                                    "the server refused the client's session parameters",
+                                ),
+                            });
+                        }
+                        Err(Internal::Lost(what)) => {
+                            return Err(Ending::server_lost(self.pools, what))
+                        }
                     }
-                    Err(Internal::Error(reply)) => {
-                        l.release();
-                        return Err(Ending {
-                            reply,
-                            refused: Refused::new(
-                                RefusalReason::NotPoolable,
-                                "the server refused the client's session parameters",
-                            ),
-                        });
-                    }
-                    Err(Internal::Lost(what)) => return Err(Ending::server_lost(self.pools, what)),
                 }
+                l.conn().params.adopt(params);
             }
             self.slot.serving(Some(l.conn().key));
             let mut exchange = Exchange::default();
             // Boxed: an idle client's task then holds only the small state
             // of waiting, not room for both directions' state.
-            let detached =
-                Box::pin(self.attached(reader, writer, l.conn(), params, &mut exchange)).await;
+            let detached = Box::pin(self.attached(client, l.conn(), params, &mut exchange)).await;
             self.slot.serving(None);
             match detached {
                 Detached::Released => l.release(),
@@ -399,8 +395,7 @@ impl Run<'_> {
     /// (transaction mode), the client's end, or an error.
     async fn attached<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
-        reader: &mut Reader<'_, S>,
-        writer: &mut Writer<'_, S>,
+        client: &mut S,
         server: &mut ServerConn,
         params: &mut Parameters,
         exchange: &mut Exchange,
@@ -408,46 +403,35 @@ impl Run<'_> {
         let transaction_mode = self.pools.mode() == PoolMode::Transaction;
         let cap = self.pools.config.max_prepared_statements;
         let tracking = directions::tracks(transaction_mode, cap);
-        let shared = Shared::new(
-            *exchange,
-            self.client_scanner.inside_message(),
-            std::mem::take(&mut server.statements),
-        );
-        let ServerConn {
-            stream,
-            buf: server_buf,
-            scanner: server_scanner,
-            params: server_params,
-            ..
-        } = server;
-        let (mut server_reader, mut server_writer) = tokio::io::split(stream);
-        let search_path = params.get("search_path").unwrap_or_default().to_owned();
-        let client_side = ClientSide {
-            buf: &mut self.client_buf,
-            scanner: &mut self.client_scanner,
-            transaction_mode,
-            tracking: tracking.then_some(Tracking {
+        let stop = {
+            let ServerConn {
+                stream,
+                buf: server_buf,
+                scanner: server_scanner,
+                params: server_params,
+                statements: server_statements,
+                ..
+            } = server;
+            let tracking_state = tracking.then(|| Tracking {
                 client: &mut self.statements,
                 cap,
-                search_path,
-            }),
+                search_path: params.search_path(),
+            });
+            let mut common = Common::new(*exchange, server_statements, transaction_mode);
+            let mut up = ClientSide::new(
+                &mut self.client_buf,
+                &mut self.client_scanner,
+                tracking_state,
+            );
+            let mut down =
+                ServerSide::new(server_buf, server_scanner, server_params, params, tracking);
+            let stop =
+                directions::attached(&mut common, &mut up, &mut down, client, &mut **stream).await;
+            *exchange = common.exchange;
+            self.from_client += common.from_client;
+            self.to_client += common.to_client;
+            stop
         };
-        let server_side = ServerSide {
-            buf: server_buf,
-            scanner: server_scanner,
-            params: server_params,
-            client_params: params,
-            transaction_mode,
-            tracking,
-        };
-        let stop = tokio::select! {
-            stop = client_to_server(&shared, client_side, reader, &mut server_writer) => stop,
-            stop = server_to_client(&shared, server_side, &mut server_reader, writer) => stop,
-        };
-        *exchange = shared.exchange();
-        self.from_client += shared.from_client.load(Ordering::Relaxed);
-        self.to_client += shared.to_client.load(Ordering::Relaxed);
-        server.statements = shared.into_server_statements();
         // A server connection keeps a read buffer of ordinary size between
         // transactions (there are `size` of them, not one per client), so
         // the next transaction does not allocate it again.

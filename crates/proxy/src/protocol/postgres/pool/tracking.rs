@@ -104,6 +104,8 @@ pub(crate) const RESTORED: &[&str] = &[
     "standard_conforming_strings",
     "timezone",
 ];
+/// The slot of `search_path` in [`RESTORED`].
+const SEARCH_PATH: usize = 5;
 /// Startup parameters a pooled client may send besides those in
 /// [`RESTORED`].
 const ACCEPTED: &[&str] = &["user", "database"];
@@ -169,6 +171,11 @@ impl Parameters {
         slot(name).and_then(|at| self.0[at].as_deref())
     }
 
+    /// The value of `search_path`, if known, shared.
+    pub(crate) fn search_path(&self) -> Option<Arc<str>> {
+        self.0[SEARCH_PATH].clone()
+    }
+
     /// Fills in what `self` does not set from `defaults` (a client
     /// that set nothing has the values its login reported).
     pub(crate) fn or_defaults(mut self, defaults: &Parameters) -> Self {
@@ -178,6 +185,32 @@ impl Parameters {
             }
         }
         self
+    }
+
+    /// Whether `server` holds each of `self`'s values as the very same
+    /// allocation (see [`Parameters::adopt`]): then nothing differs, and
+    /// no value needs comparing.
+    pub(crate) fn shared_with(&self, server: &Parameters) -> bool {
+        self.0
+            .iter()
+            .zip(&server.0)
+            .all(|(mine, held)| match (mine, held) {
+                (None, _) => true,
+                (Some(mine), Some(held)) => Arc::ptr_eq(mine, held),
+                (Some(_), None) => false,
+            })
+    }
+
+    /// Records that a server connection now holds `client`'s values
+    /// (they were equal, or were just set), as the client's own
+    /// allocations, so that the next [`Parameters::shared_with`] of the
+    /// same values compares pointers only.
+    pub(crate) fn adopt(&mut self, client: &Parameters) {
+        for (held, mine) in self.0.iter_mut().zip(&client.0) {
+            if mine.is_some() {
+                held.clone_from(mine);
+            }
+        }
     }
 
     /// The statement that makes a server connection holding `server`
@@ -296,16 +329,27 @@ fn continues_identifier(b: u8) -> bool {
 /// outside quotes, quoted identifiers, dollar quotes and comments) is a
 /// LISTEN. Text cut short is judged on what is there.
 pub(crate) fn has_listen(text: &[u8]) -> bool {
-    // Most queries have no "listen" anywhere: found (or not) with a
-    // vectorised search for its first letter, before any statement is
-    // lexed.
-    let mentions = memchr::memchr2_iter(b'l', b'L', text).any(|at| {
-        text.get(at..at + 6)
+    if is_listen(text) {
+        return true;
+    }
+    // Every statement after the first begins after a `;`, so after the
+    // first one in the text; most queries have no "listen" there (often
+    // nothing but the terminating NUL): found (or not) with vectorised
+    // searches, before any statement is lexed.
+    let Some(first_end) = memchr::memchr(b';', text) else {
+        return false;
+    };
+    let after = &text[first_end..];
+    let mentions = memchr::memchr2_iter(b'l', b'L', after).any(|at| {
+        after
+            .get(at..at + 6)
             .is_some_and(|w| w.eq_ignore_ascii_case(b"listen"))
     });
-    if !mentions {
-        return false;
-    }
+    mentions && listen_in_any_statement(text)
+}
+
+/// [`has_listen`] without its shortcuts: each statement lexed in turn.
+pub(crate) fn listen_in_any_statement(text: &[u8]) -> bool {
     let mut rest = text;
     loop {
         if is_listen(rest) {
@@ -509,6 +553,41 @@ mod tests {
             client.difference_from(&server).unwrap(),
             "SELECT pg_catalog.set_config('application_name', E'it''s \\\\ here', false), pg_catalog.set_config('timezone', E'Europe/Paris', false)"
         );
+    }
+
+    #[test]
+    fn search_path_has_its_slot() {
+        assert_eq!(RESTORED[SEARCH_PATH], "search_path");
+        let mut p = Parameters::default();
+        p.record("Search_Path", "app, public");
+        assert_eq!(p.search_path().as_deref(), Some("app, public"));
+        assert_eq!(p.get("search_path"), Some("app, public"));
+    }
+
+    #[test]
+    fn adopted_values_are_shared_until_either_side_changes() {
+        let mut server = Parameters::default();
+        server.record("TimeZone", "UTC");
+        let mut client = Parameters::default();
+        client.record("timezone", "UTC");
+        assert!(!client.shared_with(&server), "equal, but not yet shared");
+        assert_eq!(client.difference_from(&server), None);
+        server.adopt(&client);
+        assert!(client.shared_with(&server));
+        // The server reporting the value it holds changes nothing.
+        server.record("TimeZone", "UTC");
+        assert!(client.shared_with(&server));
+
+        client.record("application_name", "app");
+        assert!(!client.shared_with(&server));
+        assert!(client.difference_from(&server).is_some());
+        server.adopt(&client);
+        assert!(client.shared_with(&server));
+        assert_eq!(server.get("application_name"), Some("app"));
+
+        server.record("TimeZone", "Europe/Paris");
+        assert!(!client.shared_with(&server));
+        assert!(client.difference_from(&server).is_some());
     }
 
     #[test]
