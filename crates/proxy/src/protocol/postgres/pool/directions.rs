@@ -34,8 +34,10 @@ use super::tracking::{has_listen, ClientMessage, Exchange, Parameters, LISTEN_PR
 /// What both directions know of the attachment.
 pub(super) struct Common<'a> {
     pub(super) exchange: Exchange,
-    /// Completions due from the server, with statement tracking.
-    expected: Expected,
+    /// Completions due from the server, with statement tracking (the
+    /// server connection's queue, empty between attachments: its room
+    /// is kept).
+    expected: &'a mut Expected,
     /// The statements the server connection holds.
     server_statements: &'a mut ServerStatements,
     /// The server's direction saw the end of a transaction while the
@@ -50,12 +52,14 @@ pub(super) struct Common<'a> {
 impl<'a> Common<'a> {
     pub(super) fn new(
         exchange: Exchange,
+        expected: &'a mut Expected,
         server_statements: &'a mut ServerStatements,
         transaction_mode: bool,
     ) -> Self {
+        expected.clear();
         Common {
             exchange,
-            expected: Expected::default(),
+            expected,
             server_statements,
             release_wanted: false,
             from_client: 0,

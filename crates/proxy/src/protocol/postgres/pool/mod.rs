@@ -57,7 +57,7 @@ use tracing::{debug, info, warn};
 use self::cancel::CancelKeys;
 use self::credentials::Credentials;
 use self::login::{log_in, BackendKey, LoginFailure};
-use self::statements::ServerStatements;
+use self::statements::{Expected, ServerStatements};
 use self::tracking::Parameters;
 use crate::error::ProxyError;
 use crate::metrics::ProxyMetrics;
@@ -156,6 +156,9 @@ pub(crate) struct ServerConn {
     pub(crate) params: Parameters,
     /// The client statements prepared on it, by server-side name.
     pub(crate) statements: ServerStatements,
+    /// The completions due while a client is attached (kept here, not
+    /// per client or per transaction, so its room is allocated once).
+    pub(crate) expected: Expected,
     pub(crate) key: BackendKey,
     pub(crate) id: u64,
     created: Instant,
@@ -473,6 +476,7 @@ impl Pools {
             scanner: MessageScanner::new(),
             params,
             statements: ServerStatements::default(),
+            expected: Expected::default(),
             key: logged_in.key,
             id,
             created: now,

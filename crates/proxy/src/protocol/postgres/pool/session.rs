@@ -410,6 +410,7 @@ impl Run<'_> {
                 scanner: server_scanner,
                 params: server_params,
                 statements: server_statements,
+                expected,
                 ..
             } = server;
             let tracking_state = tracking.then(|| Tracking {
@@ -417,7 +418,7 @@ impl Run<'_> {
                 cap,
                 search_path: params.search_path(),
             });
-            let mut common = Common::new(*exchange, server_statements, transaction_mode);
+            let mut common = Common::new(*exchange, expected, server_statements, transaction_mode);
             let mut up = ClientSide::new(
                 &mut self.client_buf,
                 &mut self.client_scanner,
