@@ -24,7 +24,9 @@
 #
 #   1. pgbench -S -c 2 -j JOBS with -C (a new connection per
 #      transaction) and on persistent connections, the targets
-#      interleaved, REPS times;
+#      interleaved, REPS times, the order turning by one target each
+#      time (scripts/pair-pool.sh compares pooled and pass-through
+#      alone, by many pairs of runs);
 #   2. connect + SELECT 1 latency, a fresh TLS connection each time,
 #      sequential, interleaved, then each target alone; and the TLS
 #      handshake alone (connect, SSLRequest, TLS 1.3 with the client
@@ -198,8 +200,12 @@ load_start=$(load_now)
 declare -A tps proxy10k user10k sys10k pg10k client10k
 log "pgbench -S: $REPS repetitions x 2 modes x ${#sides[@]} targets x ${DURATION}s"
 for rep in $(seq "$REPS"); do
+    # The order turns by one target each repetition, so that no target
+    # always runs first, or always right after the same one.
+    turn=$(((rep - 1) % ${#sides[@]}))
+    order=("${sides[@]:turn}" "${sides[@]:0:turn}")
     for mode in reconnect persistent; do
-        for side in "${sides[@]}"; do
+        for side in "${order[@]}"; do
             result=$(pgbench_run "$side" "$mode" "$side-$mode-$rep")
             read -r t n pu ps p b <<<"$result"
             key=$side-$mode
