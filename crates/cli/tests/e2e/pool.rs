@@ -720,7 +720,7 @@ fn a_stopped_backend_holds_only_its_own_client() {
 
 /// Runs `script` with python3 and psycopg 3, the connection string in
 /// argv[1]; returns stdout.
-fn psycopg(script: &str, ci: &str) -> String {
+pub(crate) fn psycopg(script: &str, ci: &str) -> String {
     python_client("psycopg", script, ci)
 }
 

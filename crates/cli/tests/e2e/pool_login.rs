@@ -277,6 +277,109 @@ fn pgbench_runs_through_password_and_cert_pools_in_both_modes() {
     }
 }
 
+/// What psycopg 3 runs through a password or cert pool: a table of its
+/// own, ten transactions, then what the server saw.
+const DRIVER_SCRIPT: &str = r#"
+import sys, psycopg
+ci = sys.argv[1]
+with psycopg.connect(ci) as conn:
+    conn.execute("DROP TABLE IF EXISTS drivers_psycopg")
+    conn.execute("CREATE TABLE drivers_psycopg (n int)")
+    conn.commit()
+    for i in range(10):
+        conn.execute("INSERT INTO drivers_psycopg VALUES (%s)", (i,))
+        conn.commit()
+    row = conn.execute("SELECT count(*), sum(n), current_user FROM drivers_psycopg").fetchone()
+    conn.execute("DROP TABLE drivers_psycopg")
+    conn.commit()
+    print(row[0], row[1], row[2])
+"#;
+
+#[test]
+fn psycopg_and_tokio_postgres_run_through_password_and_cert_pools_in_both_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let user = db_user("pool_pw_drivers");
+    let auth_file = write_userlist(dir.path(), &user);
+    // A role with a database of its own on the PostgreSQL that checks
+    // client certificates (PostgreSQL 15 lets no role create tables in
+    // another owner's public schema).
+    let cert_user = role("pool_cert_drivers");
+    cert_pg()
+        .psql(
+            "postgres",
+            &format!("CREATE DATABASE \"{cert_user}\" OWNER \"{cert_user}\""),
+        )
+        .expect("database");
+    for mode in ["transaction", "session"] {
+        let password = ProxyProcess::start(&listener_toml(
+            &pg_upstream(),
+            "",
+            &format!(
+                "[listener.pool]\nmode = \"{mode}\"\nsize = 2\nserver_auth = \"password\"\nauth_file = \"{}\"",
+                auth_file.display()
+            ),
+        ));
+        let cert = cert_pool_with(&pki().ca, "", &format!("mode = \"{mode}\"\nsize = 2"));
+        for (proxy, name) in [(&password, user.name.as_str()), (&cert, cert_user.as_str())] {
+            // No password anywhere on the client: its certificate is the
+            // login, and the pool logs in with its own credentials.
+            let ci = conninfo(proxy.port(), name, name, &pki().trainer, "");
+            let out = crate::pool::psycopg(DRIVER_SCRIPT, &ci);
+            assert_eq!(out, format!("10 45 {name}"), "psycopg, {mode}, {name}");
+
+            let tls_config = rustls_client(Some(&pki().trainer), &[]);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let (sum, seen_as): (i64, String) = rt.block_on(async {
+                let connector =
+                    tokio_postgres_rustls::MakeRustlsConnect::new((*tls_config).clone());
+                let (mut client, connection) = tokio_postgres::connect(
+                    &format!(
+                        "host=localhost port={} user={name} dbname={name} sslmode=require",
+                        proxy.port()
+                    ),
+                    connector,
+                )
+                .await
+                .expect("tokio-postgres connect through the pool");
+                tokio::spawn(connection);
+                client
+                    .batch_execute(
+                        "DROP TABLE IF EXISTS drivers_tokio; CREATE TABLE drivers_tokio (n bigint)",
+                    )
+                    .await
+                    .expect("create");
+                for i in 0..10i64 {
+                    let tx = client.transaction().await.expect("begin");
+                    tx.execute("INSERT INTO drivers_tokio VALUES ($1)", &[&i])
+                        .await
+                        .expect("insert");
+                    tx.commit().await.expect("commit");
+                }
+                let row = client
+                    .query_one(
+                        "SELECT sum(n)::bigint, current_user::text FROM drivers_tokio",
+                        &[],
+                    )
+                    .await
+                    .expect("sum");
+                client
+                    .batch_execute("DROP TABLE drivers_tokio")
+                    .await
+                    .expect("drop");
+                (row.get(0), row.get(1))
+            });
+            assert_eq!(
+                (sum, seen_as.as_str()),
+                (45, name),
+                "tokio-postgres, {mode}"
+            );
+        }
+    }
+}
+
 #[test]
 fn cancel_goes_to_the_server_over_the_tls_upstream_leg() {
     let user = role("pool_cert_cancel");
