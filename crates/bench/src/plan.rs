@@ -16,7 +16,7 @@ use crate::client::{
     Configuration, Connected, Endpoint, OpError, SetupError, TlsFacts, TlsOptions,
 };
 use crate::measure::{self, Bounds, RunOutcome, Sample, Watched};
-use crate::report::{Report, RunReport};
+use crate::report::{Measured, Report, RunReport};
 use crate::session::{Credentials, Session};
 
 /// What each operation does.
@@ -137,7 +137,13 @@ pub async fn execute(
         }
     }
     let runs: Vec<RunReport> = rows.into_iter().map(Row::finish).collect();
-    Ok(Report::new(plan, repeat, interrupted, runs))
+    let measured = Measured {
+        command: plan.workload.name(),
+        targets: (0..plan.targets.len()).map(|i| plan.name_of(i)).collect(),
+        urls: plan.targets.iter().map(ToString::to_string).collect(),
+        bounds: plan.bounds,
+    };
+    Ok(Report::new(measured, repeat, interrupted, runs))
 }
 
 /// The state of one (configuration, target) pair across rounds.

@@ -11,8 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::client::TlsFacts;
-use crate::measure::{ProcessCost, Sample};
-use crate::plan::Plan;
+use crate::measure::{Bounds, ProcessCost, Sample};
 use crate::stats::{LatencySummary, Spread};
 
 /// The version of the JSON layout; it changes when a field changes meaning.
@@ -232,15 +231,31 @@ pub struct Ratio {
     pub p50_latency: Option<f64>,
 }
 
+/// What was measured, as a report names it.
+pub(crate) struct Measured {
+    /// The subcommand (`handshake`, `query`, `throughput`).
+    pub(crate) command: &'static str,
+    /// What each target is called, the baseline first.
+    pub(crate) targets: Vec<String>,
+    /// Each target's URL, in the same order.
+    pub(crate) urls: Vec<String>,
+    /// When each run ended.
+    pub(crate) bounds: Bounds,
+}
+
 impl Report {
     pub(crate) fn new(
-        plan: &Plan,
+        measured: Measured,
         repeat: usize,
         interrupted: bool,
         runs: Vec<RunReport>,
     ) -> Report {
-        let targets: Vec<String> = (0..plan.targets.len()).map(|i| plan.name_of(i)).collect();
-        let urls: Vec<String> = plan.targets.iter().map(ToString::to_string).collect();
+        let Measured {
+            command,
+            targets,
+            urls,
+            bounds,
+        } = measured;
         let mut ratios = Vec::new();
         if let Some(baseline) = targets.first() {
             for base in runs
@@ -270,12 +285,12 @@ impl Report {
         }
         Report {
             schema_version: SCHEMA_VERSION,
-            command: plan.workload.name(),
+            command,
             targets,
             urls,
-            concurrency: plan.bounds.concurrency,
-            duration_s: plan.bounds.duration.map(|d| d.as_secs_f64()),
-            count: plan.bounds.count,
+            concurrency: bounds.concurrency,
+            duration_s: bounds.duration.map(|d| d.as_secs_f64()),
+            count: bounds.count,
             repeat,
             interrupted,
             runs,
