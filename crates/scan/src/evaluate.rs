@@ -12,7 +12,8 @@ use intransit_compliance::{Finding, Policy, Requirement, Status, Version};
 use intransit_pki::{describe_certificate_error, ServerTrust};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::survey::{Plaintext, Survey};
+use crate::plaintext::Plaintext;
+use crate::survey::Survey;
 
 /// The Debian/Ubuntu system bundle, used when no `--ca` is given.
 pub const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";

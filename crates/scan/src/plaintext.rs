@@ -4,12 +4,25 @@
 //! answer, whatever it is.
 
 use intransit_wire::{mysql, pg, printable};
+use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::Stage;
 use crate::negotiate::Deadline;
-use crate::survey::Plaintext;
+
+/// What a plaintext login attempt got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Plaintext {
+    /// The server asked for credentials (or let the probe in): a plaintext
+    /// login is possible.
+    Accepted,
+    /// The server refused a login without TLS.
+    Refused,
+    /// The probe could not tell.
+    Unknown,
+}
 
 /// The user and database the probe names.
 pub const PROBE_USER: &str = "intransit_scan_probe";

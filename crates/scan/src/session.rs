@@ -23,7 +23,7 @@ use tokio_rustls::TlsConnector;
 use crate::error::{ScanError, Stage};
 use crate::fetch::{AcceptAnyChain, CertificateRequestSeen};
 use crate::negotiate::{negotiate, Deadline};
-use crate::survey::SurveyOptions;
+use crate::options::{ClientIdentity, SurveyOptions};
 use crate::Target;
 
 /// How long a session waits for the server to refuse a client
@@ -61,7 +61,7 @@ struct Config {
 }
 
 fn config(
-    identity: Option<&crate::survey::ClientIdentity>,
+    identity: Option<&ClientIdentity>,
     resumption: bool,
     alpn: Vec<Vec<u8>>,
 ) -> Result<Config, ScanError> {

@@ -26,53 +26,13 @@ use tokio::sync::Semaphore;
 
 use crate::error::{ScanError, Stage};
 use crate::negotiate::{negotiate, Deadline};
+use crate::options::SurveyOptions;
+use crate::plaintext::Plaintext;
 use crate::Target;
 
 /// The most a server's first flight may take before a probe gives up
 /// reading it.
 const MAX_FLIGHT: usize = 64 * 1024;
-
-/// How to survey.
-#[derive(Debug, Clone)]
-pub struct SurveyOptions {
-    /// SNI for the probes (default: the target host when it is a name).
-    pub server_name: Option<String>,
-    /// Connections open at once.
-    pub concurrency: usize,
-    /// Time allowed per probe.
-    pub timeout: Duration,
-    /// A client certificate and key to test acceptance.
-    pub client_identity: Option<ClientIdentity>,
-}
-
-/// A client certificate chain and its key.
-#[derive(Debug)]
-pub struct ClientIdentity {
-    /// The chain, leaf first.
-    pub chain: Vec<CertificateDer<'static>>,
-    /// The private key.
-    pub key: rustls_pki_types::PrivateKeyDer<'static>,
-}
-
-impl Clone for ClientIdentity {
-    fn clone(&self) -> Self {
-        ClientIdentity {
-            chain: self.chain.clone(),
-            key: self.key.clone_key(),
-        }
-    }
-}
-
-impl Default for SurveyOptions {
-    fn default() -> Self {
-        SurveyOptions {
-            server_name: None,
-            concurrency: 8,
-            timeout: Duration::from_secs(5),
-            client_identity: None,
-        }
-    }
-}
 
 /// A protocol version and whether the server accepts it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -83,19 +43,6 @@ pub struct VersionSupport {
     pub accepted: bool,
     /// The alert or reason when refused.
     pub refusal: Option<String>,
-}
-
-/// What a plaintext login attempt got.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Plaintext {
-    /// The server asked for credentials (or let the probe in): a plaintext
-    /// login is possible.
-    Accepted,
-    /// The server refused a login without TLS.
-    Refused,
-    /// The probe could not tell.
-    Unknown,
 }
 
 /// What a presented certificate says.
