@@ -138,6 +138,24 @@ fn cert_pool_with(ca: &std::path::Path, extra: &str, pool: &str) -> ProxyProcess
     ))
 }
 
+/// A password pool (`auth_file`) on the shared PostgreSQL and a cert
+/// pool on `cert_pg`, both in `mode` with 2 server connections.
+fn password_and_cert_pools(
+    mode: &str,
+    auth_file: &std::path::Path,
+) -> (ProxyProcess, ProxyProcess) {
+    let password = ProxyProcess::start(&listener_toml(
+        &pg_upstream(),
+        "",
+        &format!(
+            "[listener.pool]\nmode = \"{mode}\"\nsize = 2\nserver_auth = \"password\"\nauth_file = \"{}\"",
+            auth_file.display()
+        ),
+    ));
+    let cert = cert_pool_with(&pki().ca, "", &format!("mode = \"{mode}\"\nsize = 2"));
+    (password, cert)
+}
+
 /// A cert-mode pool on `cert_pg` in transaction mode.
 fn cert_pool(ca: &std::path::Path, extra: &str) -> ProxyProcess {
     cert_pool_with(ca, extra, "")
@@ -243,24 +261,10 @@ fn pgbench_select(ci: &str) -> std::process::Output {
 fn pgbench_runs_through_password_and_cert_pools_in_both_modes() {
     let dir = tempfile::tempdir().unwrap();
     let user = db_user("pool_pw_bench");
-    let auth_file = dir.path().join("userlist.txt");
-    std::fs::write(
-        &auth_file,
-        format!("\"{}\" \"{}\"\n", user.name, user.password),
-    )
-    .unwrap();
-    std::fs::set_permissions(&auth_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let auth_file = write_userlist(dir.path(), &user);
     let cert_user = role("pool_cert_bench");
     for mode in ["transaction", "session"] {
-        let password = ProxyProcess::start(&listener_toml(
-            &pg_upstream(),
-            "",
-            &format!(
-                "[listener.pool]\nmode = \"{mode}\"\nsize = 2\nserver_auth = \"password\"\nauth_file = \"{}\"",
-                auth_file.display()
-            ),
-        ));
-        let cert = cert_pool_with(&pki().ca, "", &format!("mode = \"{mode}\"\nsize = 2"));
+        let (password, cert) = password_and_cert_pools(mode, &auth_file);
         for (proxy, name, db) in [
             (&password, user.name.as_str(), user.name.as_str()),
             (&cert, cert_user.as_str(), "postgres"),
@@ -311,15 +315,7 @@ fn psycopg_and_tokio_postgres_run_through_password_and_cert_pools_in_both_modes(
         )
         .expect("database");
     for mode in ["transaction", "session"] {
-        let password = ProxyProcess::start(&listener_toml(
-            &pg_upstream(),
-            "",
-            &format!(
-                "[listener.pool]\nmode = \"{mode}\"\nsize = 2\nserver_auth = \"password\"\nauth_file = \"{}\"",
-                auth_file.display()
-            ),
-        ));
-        let cert = cert_pool_with(&pki().ca, "", &format!("mode = \"{mode}\"\nsize = 2"));
+        let (password, cert) = password_and_cert_pools(mode, &auth_file);
         for (proxy, name) in [(&password, user.name.as_str()), (&cert, cert_user.as_str())] {
             // No password anywhere on the client: its certificate is the
             // login, and the pool logs in with its own credentials.
