@@ -18,7 +18,6 @@
 
 #![forbid(unsafe_code)]
 
-mod account;
 mod haproxy;
 mod isolation;
 mod mariadb;

@@ -13,7 +13,6 @@
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -23,10 +22,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::account::ServerAccount;
 use crate::isolation::free_port;
 use crate::supervisor::Supervisor;
 use crate::tools::{find_on_path, is_executable, require_tool};
+use intransit_localdb::ServerAccount;
 
 /// The command that installs the server programs on Debian.
 const SERVER_INSTALL: &str = "apt-get install -y mariadb-server";
@@ -466,7 +465,7 @@ fn server_conf(layout: &Layout, opts: &MariaDbOptions) -> String {
 /// exists only @localhost).
 fn install_db_files(install_db: &Path, account: &ServerAccount, layout: &Layout) -> Result<()> {
     let output = account
-        .command(install_db, &layout.root, without_mysql_environment)
+        .command(install_db, &layout.root)
         .arg("--no-defaults")
         .arg(format!("--datadir={}", layout.data_dir.display()))
         // The bootstrap server's temporary tables go in a directory of this
@@ -524,7 +523,7 @@ fn launch(
         port = next_port();
         let log_start = fs::metadata(log_path).map(|m| m.len()).unwrap_or(0);
         let mut server = account
-            .command(mariadbd, &layout.root, without_mysql_environment)
+            .command(mariadbd, &layout.root)
             // --defaults-file must come first; it also keeps every other
             // option file (/etc/mysql/...) out.
             .arg(format!("--defaults-file={}", layout.conf_path.display()))
@@ -608,7 +607,7 @@ fn wait_until_ready(server: &mut Child, port: u16) -> Result<(), NotReady> {
                 ))
             }
         }
-        if greets(port) {
+        if intransit_localdb::mysql_greets(HOST, port) {
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -616,17 +615,6 @@ fn wait_until_ready(server: &mut Child, port: u16) -> Result<(), NotReady> {
         }
         std::thread::sleep(READY_POLL);
     }
-}
-
-/// Whether a MySQL-protocol server on `port` sends a HandshakeV10 greeting.
-fn greets(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect((HOST, port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let mut start = [0u8; 5];
-    // Payload length, sequence id 0, protocol version 10.
-    stream.read_exact(&mut start).is_ok() && start[3] == 0 && start[4] == 10
 }
 
 /// A server program: on PATH, or in /usr/sbin and /usr/bin where Debian

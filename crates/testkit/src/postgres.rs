@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::account::ServerAccount;
 use crate::isolation::free_port;
 use crate::supervisor::Supervisor;
 use crate::tools::{
-    conninfo_value, find_on_path, is_executable, require_tool, run_psql, without_libpq_environment,
+    conninfo_value, is_executable, require_tool, run_psql, without_libpq_environment,
 };
+use intransit_localdb::ServerAccount;
 
 /// The command that installs the server binaries on Debian.
 const SERVER_INSTALL: &str = "apt-get install -y postgresql postgresql-contrib";
@@ -457,7 +457,7 @@ impl Launcher<'_> {
                 .with_context(|| format!("opening server log {}", log_path.display()))
         };
         self.account
-            .command(&self.postgres, &self.layout.root, without_libpq_environment)
+            .command(&self.postgres, &self.layout.root)
             .arg("-D")
             .arg(&self.layout.data_dir)
             .stdin(Stdio::null())
@@ -548,7 +548,7 @@ fn init_cluster(
     let data_dir = &layout.data_dir;
     let initdb = bindir.join("initdb");
     let output = account
-        .command(&initdb, &layout.root, without_libpq_environment)
+        .command(&initdb, &layout.root)
         .arg("--pgdata")
         .arg(data_dir)
         .args(["--username", SUPERUSER, "--auth", "trust"])
@@ -649,25 +649,7 @@ fn server_conf(port: u16, socket_dir: &Path, opts: &PgOptions) -> String {
 /// The directory holding `postgres` and `initdb`, looked for where Debian
 /// and upstream builds put it.
 fn server_bindir() -> Result<PathBuf> {
-    let mut candidates = Vec::new();
-    if let Some(dir) = pg_config_bindir() {
-        candidates.push(dir);
-    }
-    candidates.extend(debian_bindirs(Path::new("/usr/lib/postgresql")));
-    if let Some(postgres) = find_on_path("postgres") {
-        // A link on PATH (Debian users often add one) points into the real
-        // directory, which also holds pg_isready.
-        if let Some(dir) = fs::canonicalize(&postgres)
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_owned))
-        {
-            candidates.push(dir);
-        }
-        if let Some(dir) = postgres.parent() {
-            candidates.push(dir.to_owned());
-        }
-    }
-    first_server_bindir(&candidates)
+    first_server_bindir(&intransit_localdb::postgres_bindirs())
 }
 
 /// The first of `candidates` holding both `postgres` and `initdb`.
@@ -683,39 +665,6 @@ fn first_server_bindir(candidates: &[PathBuf]) -> Result<PathBuf> {
                  install them with: {SERVER_INSTALL} (or run .ci/install-deps.sh)"
             )
         })
-}
-
-/// What `pg_config --bindir` prints, if pg_config is installed.
-fn pg_config_bindir() -> Option<PathBuf> {
-    let pg_config = find_on_path("pg_config")?;
-    let output = Command::new(pg_config)
-        .arg("--bindir")
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    let dir = String::from_utf8(output.stdout).ok()?;
-    (output.status.success() && !dir.trim().is_empty()).then(|| PathBuf::from(dir.trim()))
-}
-
-/// `<base>/<version>/bin` for every installed version, newest first.
-fn debian_bindirs(base: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = fs::read_dir(base) else {
-        return Vec::new();
-    };
-    let mut versions: Vec<(Vec<u32>, PathBuf)> = entries
-        .filter_map(|entry| entry.ok())
-        .filter_map(|entry| {
-            let name = entry.file_name().into_string().ok()?;
-            let version = name
-                .split('.')
-                .map(|part| part.parse().ok())
-                .collect::<Option<Vec<u32>>>()?;
-            Some((version, entry.path().join("bin")))
-        })
-        .collect();
-    versions.sort_by(|a, b| b.0.cmp(&a.0));
-    versions.into_iter().map(|(_, dir)| dir).collect()
 }
 
 /// `name` as a quoted SQL identifier.
@@ -768,20 +717,6 @@ mod tests {
             message.contains("apt-get install -y postgresql postgresql-contrib"),
             "{message}"
         );
-    }
-
-    #[test]
-    fn newest_debian_version_comes_first() {
-        let base = tempfile::tempdir().expect("temporary directory");
-        for version in ["9.6", "15", "13", "common", "16"] {
-            fs::create_dir(base.path().join(version)).expect("version directory");
-        }
-        let found = debian_bindirs(base.path());
-        let expected: Vec<PathBuf> = ["16", "15", "13", "9.6"]
-            .iter()
-            .map(|v| base.path().join(v).join("bin"))
-            .collect();
-        assert_eq!(found, expected);
     }
 
     #[test]

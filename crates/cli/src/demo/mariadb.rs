@@ -16,8 +16,6 @@
 //! ```
 
 use std::fs;
-use std::io::Read;
-use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -330,7 +328,7 @@ fn wait_until_ready(server: &mut Child, port: u16) -> Result<()> {
         if let Some(status) = server.try_wait().context("checking on mariadbd")? {
             bail!("mariadbd exited during start-up ({status})");
         }
-        if greets(port) {
+        if intransit_localdb::mysql_greets(DEMO_HOST, port) {
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -338,17 +336,6 @@ fn wait_until_ready(server: &mut Child, port: u16) -> Result<()> {
         }
         std::thread::sleep(POLL);
     }
-}
-
-/// Whether a MySQL-protocol server on `port` sends a HandshakeV10 greeting.
-fn greets(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect((DEMO_HOST, port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let mut start = [0u8; 5];
-    // Payload length, sequence id 0, protocol version 10.
-    stream.read_exact(&mut start).is_ok() && start[3] == 0 && start[4] == 10
 }
 
 /// Run at every start. mariadb-install-db makes root without a password

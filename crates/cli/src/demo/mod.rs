@@ -34,7 +34,7 @@ use intransit_pki::{
 };
 use tracing::{info, warn};
 
-use self::account::DatabaseAccount;
+use self::account::{detect_account, ensure_can_enter, DatabaseAccount};
 
 /// The longest path a unix socket may have on Linux, less its final NUL.
 const MAX_SOCKET_PATH: usize = 107;
@@ -102,11 +102,11 @@ impl DemoPlan {
         let (programs, account) = match kind {
             DemoKind::Postgres => (
                 Programs::Postgres(postgres::Programs::find(bin_dir)?),
-                DatabaseAccount::detect(postgres::SYSTEM_ACCOUNT, postgres::INSTALL)?,
+                detect_account(postgres::SYSTEM_ACCOUNT, postgres::INSTALL)?,
             ),
             DemoKind::MariaDb => (
                 Programs::MariaDb(mariadb::Programs::find(bin_dir)?),
-                DatabaseAccount::detect(mariadb::SYSTEM_ACCOUNT, mariadb::INSTALL)?,
+                detect_account(mariadb::SYSTEM_ACCOUNT, mariadb::INSTALL)?,
             ),
         };
         let demo_root = state_root.join("demo");
@@ -128,7 +128,7 @@ impl DemoPlan {
         let mut above = state_root.parent();
         while let Some(dir) = above {
             if dir.exists() {
-                account.check_can_enter(dir)?;
+                ensure_can_enter(&account, dir)?;
                 break;
             }
             above = dir.parent();
@@ -197,7 +197,7 @@ impl DemoPlan {
         self.account.take_ownership(&self.dir)?;
         // Directories that did not exist at the check were created private
         // on the way; this says so before the database fails to start.
-        self.account.check_can_enter(&self.dir)?;
+        ensure_can_enter(&self.account, &self.dir)?;
 
         let certificate = format!("demo-{}", self.kind.dir_name());
         let tls = TlsFiles::install(

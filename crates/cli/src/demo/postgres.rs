@@ -14,7 +14,6 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use tracing::warn;
@@ -22,8 +21,8 @@ use tracing::warn;
 use super::account::DatabaseAccount;
 use super::{
     choose_port, dir_with_programs, log_len, log_tail, make_dir, missing_programs, output_text,
-    path_dirs, previous_port, read_log_from, record_port, write_private, TlsFiles, DEMO_HOST,
-    PORT_ATTEMPTS, PORT_TAKEN,
+    previous_port, read_log_from, record_port, write_private, TlsFiles, DEMO_HOST, PORT_ATTEMPTS,
+    PORT_TAKEN,
 };
 
 /// The Debian package with initdb, pg_ctl and postgres.
@@ -59,7 +58,7 @@ impl Programs {
         let (candidates, searched) = match bin_dir {
             Some(dir) => (vec![dir.to_owned()], dir.display().to_string()),
             None => (
-                default_candidates(),
+                intransit_localdb::postgres_bindirs(),
                 "`pg_config --bindir`, /usr/lib/postgresql/*/bin and PATH".to_owned(),
             ),
         };
@@ -77,57 +76,6 @@ impl Programs {
     fn program(&self, name: &str) -> PathBuf {
         self.bindir.join(name)
     }
-}
-
-fn default_candidates() -> Vec<PathBuf> {
-    let mut candidates = Vec::new();
-    candidates.extend(pg_config_bindir());
-    candidates.extend(debian_bindirs(Path::new("/usr/lib/postgresql")));
-    for dir in path_dirs() {
-        let postgres = dir.join("postgres");
-        // A link on PATH points into the real directory, which holds the
-        // programs pg_ctl runs next to itself.
-        if let Some(real) = fs::canonicalize(&postgres)
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_owned))
-        {
-            candidates.push(real);
-        }
-        candidates.push(dir);
-    }
-    candidates
-}
-
-/// What `pg_config --bindir` prints, if pg_config is installed.
-fn pg_config_bindir() -> Option<PathBuf> {
-    let output = Command::new("pg_config")
-        .arg("--bindir")
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    let dir = String::from_utf8(output.stdout).ok()?;
-    (output.status.success() && !dir.trim().is_empty()).then(|| PathBuf::from(dir.trim()))
-}
-
-/// `<base>/<version>/bin` for every installed version, newest first.
-fn debian_bindirs(base: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = fs::read_dir(base) else {
-        return Vec::new();
-    };
-    let mut versions: Vec<(Vec<u32>, PathBuf)> = entries
-        .filter_map(|entry| entry.ok())
-        .filter_map(|entry| {
-            let name = entry.file_name().into_string().ok()?;
-            let version = name
-                .split('.')
-                .map(|part| part.parse().ok())
-                .collect::<Option<Vec<u32>>>()?;
-            Some((version, entry.path().join("bin")))
-        })
-        .collect();
-    versions.sort_by(|a, b| b.0.cmp(&a.0));
-    versions.into_iter().map(|(_, dir)| dir).collect()
 }
 
 /// The longest socket path the server may use in `dir`.
@@ -409,20 +357,6 @@ mod tests {
         assert!(conf.contains("ssl = on\n"), "{conf}");
         assert!(conf.contains("ssl_ca_file = '/s/it''s/ca.pem'\n"), "{conf}");
         assert!(conf.contains("listen_addresses = '127.0.0.1'\n"), "{conf}");
-    }
-
-    #[test]
-    fn newest_debian_version_comes_first() {
-        let base = tempfile::tempdir().expect("temporary directory");
-        for version in ["9.6", "15", "common", "16"] {
-            fs::create_dir(base.path().join(version)).expect("version directory");
-        }
-        let found = debian_bindirs(base.path());
-        let expected: Vec<PathBuf> = ["16", "15", "9.6"]
-            .iter()
-            .map(|v| base.path().join(v).join("bin"))
-            .collect();
-        assert_eq!(found, expected);
     }
 
     #[test]
