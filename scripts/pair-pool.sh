@@ -6,13 +6,15 @@
 # PostgreSQL (the setup of bench-pool.sh: TLS 1.3 with a client
 # certificate, the pooled one in transaction mode with 5 server
 # connections, trust over the unix socket), and each pair runs `pgbench -n
-# -S -c 2 -j 1 -T RUN_SECONDS` through both, back to back, the order
+# -S -c CLIENTS -j 1 -T RUN_SECONDS` through both, back to back, the order
 # alternating from pair to pair. Each pair's ratio (pooled tps over
 # pass-through tps) and each proxy's CPU per 10,000 transactions are
 # printed, then the median ratio and how many pairs put the pool ahead.
 #
 # Needs root, PostgreSQL server binaries and pgbench.
-# Knobs: PAIRS (16), RUN_SECONDS per run (5), SKIP_BUILD=1 (use the release
+# Knobs: PAIRS (16), RUN_SECONDS per run (5), CLIENTS (2; more than 5
+# makes clients wait for the pool's server connections), POOL_WORKERS
+# (the pooled proxy's worker_threads; unset: its default), SKIP_BUILD=1 (use the release
 # build as built), KEEP=1, INTRANSIT (another build of the proxy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +24,7 @@ source "$repo/scripts/lib/postgres.sh"
 
 PAIRS=${PAIRS:-16}
 SECONDS_PER_RUN=${RUN_SECONDS:-5}
+CLIENTS=${CLIENTS:-2}
 
 pg_require
 command -v python3 >/dev/null || die "python3 not found (apt-get install python3)"
@@ -37,11 +40,14 @@ pg_start 200
 pg_pgbench_init 10
 pg_proxy_config 60s 1000 -
 pg_pool_config transaction 5 60s 1000
+if [[ -n ${POOL_WORKERS:-} ]]; then
+    sed -i "1i worker_threads = $POOL_WORKERS" "$work/pool.toml"
+fi
 pg_start_pool_proxy warn
 pg_start_proxy warn
 
 tps_of() { # port
-    pgbench -n -S -c 2 -j 1 -T "$SECONDS_PER_RUN" "$(conninfo "$1")" 2>&1 \
+    pgbench -n -S -c "$CLIENTS" -j 1 -T "$SECONDS_PER_RUN" "$(conninfo "$1")" 2>&1 \
         | sed -n 's/^tps = \([0-9.]*\).*/\1/p'
 }
 cpu_ticks() { # pid: user + system clock ticks so far
