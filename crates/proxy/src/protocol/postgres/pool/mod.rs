@@ -11,8 +11,11 @@
 //! Pools (one per listener)
 //!   └─ Pool per (database, user): a semaphore of `size` permits, idle ServerConns (newest first)
 //!        acquire: permit (waiting at most wait_timeout) → an idle connection that is still alive,
-//!                 of the current generation and not too old, or a new login
-//!        Lease: a ServerConn with its permit; release() returns it idle, drop closes it
+//!                 of the current generation and not too old, or a new login;
+//!                 or, while waiting, a lease handed over by release()
+//!        Lease: a ServerConn with its permit; release() hands it to a client waiting on the
+//!               worker thread of its socket (the oldest passed over for at most PASS_OVER)
+//!               or returns it idle; drop closes it
 //! ```
 //!
 //! - `tracking`: when a server connection may change hands (`Exchange`)
@@ -37,7 +40,7 @@ pub(crate) mod session;
 pub(crate) mod statements;
 pub(crate) mod tracking;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -50,7 +53,7 @@ use intransit_wire::pg::session::{backend, parse_parameter_status, MessageScanne
 use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -132,7 +135,62 @@ pub(crate) struct Pool {
     waiting: AtomicUsize,
     active: AtomicUsize,
     opening: AtomicUsize,
+    /// The clients waiting for a server connection, oldest first, each
+    /// with the worker thread it runs on (see `Lease::release`).
+    waiters: Mutex<VecDeque<Waiter>>,
+    next_waiter: AtomicU64,
 }
+
+/// A client waiting for a server connection: a released connection can
+/// be handed to it directly, with the permit that counts it.
+struct Waiter {
+    id: u64,
+    worker: Option<usize>,
+    since: Instant,
+    handoff: oneshot::Sender<Handoff>,
+}
+
+/// A lease handed from the client that released it to a waiting one.
+struct Handoff(Lease);
+
+/// A client counted as waiting and queued for a hand-off until this
+/// drops (also when the waiting client's task is dropped mid-wait).
+struct Waiting<'a> {
+    pool: &'a Pool,
+    id: u64,
+}
+
+impl<'a> Waiting<'a> {
+    fn register(pool: &'a Pool, since: Instant, handoff: oneshot::Sender<Handoff>) -> Self {
+        pool.waiting.fetch_add(1, Ordering::Relaxed);
+        let id = pool.next_waiter.fetch_add(1, Ordering::Relaxed);
+        lock(&pool.waiters).push_back(Waiter {
+            id,
+            worker: workers::current(),
+            since,
+            handoff,
+        });
+        Waiting { pool, id }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        lock(&self.pool.waiters).retain(|w| w.id != self.id);
+        self.pool.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a waiting client got: a permit (then it takes an idle
+/// connection or opens one) or a connection handed to it.
+enum Granted {
+    Permit(OwnedSemaphorePermit),
+    Handoff(Handoff),
+}
+
+/// How long the oldest waiting client may be passed over for one on the
+/// worker thread of a released connection's socket.
+const PASS_OVER: Duration = Duration::from_millis(2);
 
 /// What the pool's first server login reported.
 #[derive(Debug, Default)]
@@ -327,6 +385,8 @@ impl Pools {
                     waiting: AtomicUsize::new(0),
                     active: AtomicUsize::new(0),
                     opening: AtomicUsize::new(0),
+                    waiters: Mutex::new(VecDeque::new()),
+                    next_waiter: AtomicU64::new(0),
                 })
             })
             .clone()
@@ -343,21 +403,33 @@ impl Pools {
             }
             Err(_) => {
                 let started = Instant::now();
-                pool.waiting.fetch_add(1, Ordering::Relaxed);
-                let waited = tokio::time::timeout(
-                    self.config.wait_timeout,
-                    pool.permits.clone().acquire_owned(),
-                )
+                let (handoff, mut handed) = oneshot::channel();
+                let waiting = Waiting::register(pool, started, handoff);
+                let waited = tokio::time::timeout(self.config.wait_timeout, async {
+                    tokio::select! {
+                        permit = pool.permits.clone().acquire_owned() => {
+                            permit.ok().map(Granted::Permit)
+                        }
+                        handed = &mut handed => handed.ok().map(Granted::Handoff),
+                    }
+                })
                 .await;
-                pool.waiting.fetch_sub(1, Ordering::Relaxed);
+                // No longer waiting; a hand-off sent meanwhile is taken.
+                drop(waiting);
                 let waited_for = started.elapsed();
-                match waited {
-                    Ok(Ok(permit)) => {
+                let late = handed.try_recv().ok();
+                match (waited, late) {
+                    (Ok(Some(Granted::Handoff(Handoff(lease)))), _) | (_, Some(Handoff(lease))) => {
+                        self.waited.observe(waited_for.as_secs_f64());
+                        return Ok(lease);
+                    }
+                    (Ok(Some(Granted::Permit(permit))), None) => {
                         self.waited.observe(waited_for.as_secs_f64());
                         permit
                     }
-                    // The semaphore is never closed.
-                    Ok(Err(_)) | Err(_) => {
+                    // The semaphore is never closed, nor a waiter's
+                    // sender dropped unsent.
+                    (Ok(None), None) | (Err(_), None) => {
                         return Err(AcquireError::Exhausted { waited: waited_for })
                     }
                 }
@@ -661,23 +733,48 @@ impl Lease {
     /// Gives the connection back to its pool, idle. The caller has made
     /// sure it is at a transaction boundary with nothing unread. One of
     /// older material or past its lifetime is closed instead.
-    pub(crate) fn release(self) {
-        let Lease {
-            mut conn,
-            pools,
-            active,
-            _permit,
-        } = self;
+    pub(crate) fn release(mut self) {
         let now = Instant::now();
-        conn.last_used = now;
-        let generation = pools.generation.load(Ordering::Relaxed);
-        if conn.generation == generation
-            && now.saturating_duration_since(conn.created) <= pools.config.server_lifetime
+        self.conn.last_used = now;
+        let generation = self.pools.generation.load(Ordering::Relaxed);
+        if self.conn.generation != generation
+            || now.saturating_duration_since(self.conn.created) > self.pools.config.server_lifetime
         {
-            lock(&active.0.idle).push(conn);
-        } else {
-            debug!(listener = %pools.listener, server = conn.id, "closing a server connection of older material or past its lifetime");
+            debug!(listener = %self.pools.listener, server = self.conn.id, "closing a server connection of older material or past its lifetime");
+            return;
         }
+        // A client waiting on the worker thread whose reactor owns the
+        // connection's socket gets the lease as it is (still counted as
+        // active): its wake-ups, and every message of its transaction,
+        // stay on that thread. The oldest waiter is passed over for it
+        // only briefly; otherwise the permit goes back and the semaphore
+        // wakes the oldest.
+        let local = {
+            let mut waiters = lock(&self.active.0.waiters);
+            let oldest_waited = waiters
+                .front()
+                .map(|w| now.saturating_duration_since(w.since));
+            match waiters.iter().position(|w| w.worker == self.conn.home) {
+                Some(at) if at == 0 || oldest_waited < Some(PASS_OVER) => waiters.remove(at),
+                _ => None,
+            }
+        };
+        let lease = match local {
+            Some(waiter) => match waiter.handoff.send(Handoff(self)) {
+                Ok(()) => return,
+                Err(Handoff(lease)) => lease,
+            },
+            None => self,
+        };
+        let Lease {
+            conn,
+            active,
+            _permit: permit,
+            ..
+        } = lease;
+        lock(&active.0.idle).push(conn);
+        // The connection is idle before its permit wakes anyone.
+        drop(permit);
     }
 
     /// Closes the connection: it cannot be reused.
