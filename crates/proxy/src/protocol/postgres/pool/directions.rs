@@ -131,8 +131,8 @@ pub(super) struct ServerSide<'a> {
     tracking: bool,
     out: Option<Outgoing>,
     scanned: usize,
-    /// The size of `out` when it was made.
-    written: usize,
+    /// The size of `out` when it was made, counted once it is written.
+    out_len: usize,
     /// `out` is written; the client's stream is being flushed.
     flushing: bool,
     /// The batch ends a transaction: once it is written, the server
@@ -156,7 +156,7 @@ impl<'a> ServerSide<'a> {
             tracking,
             out: None,
             scanned: 0,
-            written: 0,
+            out_len: 0,
             flushing: false,
             release: false,
         }
@@ -640,7 +640,7 @@ where
                 return Poll::Ready(Stop::ClientGone);
             }
             side.flushing = false;
-            common.to_client += std::mem::take(&mut side.written) as u64;
+            common.to_client += std::mem::take(&mut side.out_len) as u64;
             side.buf.advance(std::mem::take(&mut side.scanned));
             if std::mem::take(&mut side.release) {
                 return release(common, client_state);
@@ -659,7 +659,7 @@ where
                 Err(stop) => return Poll::Ready(stop),
             };
             if let Some(out) = batch.finish(side.buf) {
-                side.written = out.len();
+                side.out_len = out.len();
                 side.out = Some(out);
                 side.scanned = scanned;
                 continue;
