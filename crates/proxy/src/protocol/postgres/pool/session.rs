@@ -3,9 +3,9 @@
 //! The proxy answers the client's StartupMessage itself, then serves
 //! each of its transactions (transaction mode) or its whole session
 //! (session mode) on a server connection lent by the pool. While a
-//! server connection is attached, two directions run side by side in the
-//! connection's task: the client's messages to the server, and the
-//! server's to the client. Both follow message boundaries with a
+//! server connection is attached, two directions are polled in turn by
+//! one future in the connection's task (`directions::attached`): the
+//! client's messages to the server, and the server's to the client. Both follow message boundaries with a
 //! `MessageScanner` and record into one `Exchange`; the server's
 //! direction sees the ReadyForQuery that ends a transaction and lets the
 //! connection go, unless the client's direction is in the middle of
